@@ -1,0 +1,328 @@
+"""Configuration: one TOML file, validated at start-up with errors that name the key.
+
+Every key has a default that serves on 127.0.0.1, so `chorus serve` with no file works. The
+README's configuration table documents each key; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from control.sip.transaction import Timers
+
+
+class ConfigError(Exception):
+    """A bad configuration value; the message starts with the dotted key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+
+
+TRANSPORTS = ("udp", "tcp", "tls")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    transport: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+def parse_listen(key: str, text: str, transports: tuple[str, ...] = TRANSPORTS) -> ListenAddress:
+    transport, sep, rest = text.partition(":")
+    if not sep or transport not in transports:
+        raise ConfigError(key, f"{text!r}: expected one of {'/'.join(transports)}:HOST:PORT")
+    host, sep, port_text = rest.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ConfigError(key, f"{text!r}: expected {transport}:HOST:PORT")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ConfigError(key, f"{host!r} is not an IP address") from exc
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(key, f"port {port} out of range")
+    return ListenAddress(transport, host, port)
+
+
+@dataclass(frozen=True, slots=True)
+class SipConfig:
+    listen: tuple[ListenAddress, ...] = (
+        ListenAddress("udp", "127.0.0.1", 5060),
+        ListenAddress("tcp", "127.0.0.1", 5060),
+        ListenAddress("tls", "127.0.0.1", 5061),
+    )
+    advertised_address: str | None = None
+    outbound_proxy: str | None = None
+    trusted_peers: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    timers: Timers = Timers()
+    max_message_bytes: int = 65536
+    max_connections: int = 1024
+    connection_idle_timeout: float = 300.0
+    max_sessions: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class RtpConfig:
+    port_range: tuple[int, int] = (50000, 50999)
+    timeout: float = 30.0
+    codecs: tuple[str, ...] = ("G722", "PCMU", "PCMA", "telephone-event")
+    srtp: str = "optional"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    certificate: Path | None = None
+    private_key: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    spool_dir: Path = Path("spool")
+    log_level: str = "INFO"
+    trace_sip: Path | None = None
+    shutdown_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ApplicationsConfig:
+    default: str = "conference"
+    map: dict[str, str] = field(default_factory=lambda: {"echo": "echo"})
+
+
+@dataclass(frozen=True, slots=True)
+class EchoConfig:
+    session_limit: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    sip: SipConfig = SipConfig()
+    rtp: RtpConfig = RtpConfig()
+    tls: TlsConfig = TlsConfig()
+    server: ServerConfig = ServerConfig()
+    applications: ApplicationsConfig = field(default_factory=ApplicationsConfig)
+    echo: EchoConfig = EchoConfig()
+
+
+KNOWN_CODECS = ("PCMU", "PCMA", "G722", "telephone-event")
+APPLICATIONS = ("conference", "echo")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class _Section:
+    """Reads one TOML table, checking types and rejecting unknown keys."""
+
+    def __init__(self, name: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(name, "must be a table")
+        self.name = name
+        self.data: dict[str, Any] = dict(data)
+
+    def key(self, key: str) -> str:
+        return f"{self.name}.{key}"
+
+    def take(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if key not in self.data:
+            return default
+        value = self.data.pop(key)
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise ConfigError(self.key(key), f"expected {_kind_name(kind)}, got a boolean")
+        if not isinstance(value, kind):
+            raise ConfigError(self.key(key), f"expected {_kind_name(kind)}, got {value!r}")
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
+        value = float(self.take(key, (int, float), default))
+        if value < minimum:
+            raise ConfigError(self.key(key), f"must be at least {minimum}")
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
+        value = int(self.take(key, int, default))
+        if value < minimum:
+            raise ConfigError(self.key(key), f"must be at least {minimum}")
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.take(key, list, list(default))
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ConfigError(f"{self.key(key)}[{index}]", "expected a string")
+        return tuple(value)
+
+    def finish(self) -> None:
+        if self.data:
+            raise ConfigError(self.key(sorted(self.data)[0]), "unknown key")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate ``path``; None gives the defaults."""
+    if path is None:
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from exc
+    return parse_config(data)
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    root = _Section("", data)
+    config = Config(
+        sip=_parse_sip(_Section("sip", root.take("sip", dict, {}))),
+        rtp=_parse_rtp(_Section("rtp", root.take("rtp", dict, {}))),
+        tls=_parse_tls(_Section("tls", root.take("tls", dict, {}))),
+        server=_parse_server(_Section("server", root.take("server", dict, {}))),
+        applications=_parse_applications(
+            _Section("applications", root.take("applications", dict, {}))
+        ),
+        echo=_parse_echo(_Section("echo", root.take("echo", dict, {}))),
+    )
+    if root.data:
+        raise ConfigError(sorted(root.data)[0], "unknown section")
+    return config
+
+
+def _parse_sip(section: _Section) -> SipConfig:
+    default = SipConfig()
+    listen_texts = section.strings("listen", tuple(str(a) for a in default.listen))
+    if not listen_texts:
+        raise ConfigError(section.key("listen"), "needs at least one address")
+    listen = tuple(parse_listen(f"sip.listen[{i}]", text) for i, text in enumerate(listen_texts))
+    advertised = section.take("advertised_address", str, None)
+    if advertised is not None:
+        try:
+            ipaddress.ip_address(advertised)
+        except ValueError as exc:
+            raise ConfigError(section.key("advertised_address"), "not an IP address") from exc
+    proxy = section.take("outbound_proxy", str, None)
+    if proxy is not None and not proxy.startswith(("sip:", "sips:")):
+        raise ConfigError(section.key("outbound_proxy"), "expected a sip: URI")
+    peers = []
+    for index, text in enumerate(
+        section.strings("trusted_peers", tuple(str(n) for n in default.trusted_peers))
+    ):
+        try:
+            peers.append(ipaddress.ip_network(text, strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"sip.trusted_peers[{index}]", f"{text!r} is not a network") from exc
+    t1 = section.number("t1", default.timers.t1, minimum=0.01)
+    t2 = section.number("t2", default.timers.t2, minimum=t1)
+    t4 = section.number("t4", default.timers.t4, minimum=0.01)
+    config = SipConfig(
+        listen=listen,
+        advertised_address=advertised,
+        outbound_proxy=proxy,
+        trusted_peers=tuple(peers),
+        timers=Timers(t1=t1, t2=t2, t4=t4),
+        max_message_bytes=section.integer(
+            "max_message_bytes", default.max_message_bytes, minimum=1500
+        ),
+        max_connections=section.integer("max_connections", default.max_connections, minimum=1),
+        connection_idle_timeout=section.number(
+            "connection_idle_timeout", default.connection_idle_timeout, minimum=1.0
+        ),
+        max_sessions=section.integer("max_sessions", default.max_sessions, minimum=1),
+    )
+    section.finish()
+    return config
+
+
+def _parse_rtp(section: _Section) -> RtpConfig:
+    default = RtpConfig()
+    text = section.take("port_range", str, f"{default.port_range[0]}-{default.port_range[1]}")
+    low, sep, high = text.partition("-")
+    if not sep or not low.isdigit() or not high.isdigit():
+        raise ConfigError(section.key("port_range"), f"{text!r}: expected LOW-HIGH")
+    port_range = (int(low), int(high))
+    if not 1024 <= port_range[0] < port_range[1] <= 65535 or port_range[1] - port_range[0] < 1:
+        raise ConfigError(section.key("port_range"), f"{text!r}: expected 1024 <= LOW < HIGH")
+    codecs = section.strings("codecs", default.codecs)
+    for index, codec in enumerate(codecs):
+        if codec not in KNOWN_CODECS:
+            raise ConfigError(f"rtp.codecs[{index}]", f"unknown codec {codec!r}")
+    srtp = section.take("srtp", str, default.srtp)
+    if srtp not in ("optional", "mandatory", "disabled"):
+        raise ConfigError(section.key("srtp"), "expected optional, mandatory or disabled")
+    config = RtpConfig(
+        port_range=port_range,
+        timeout=section.number("timeout", default.timeout, minimum=1.0),
+        codecs=codecs,
+        srtp=srtp,
+    )
+    section.finish()
+    return config
+
+
+def _parse_tls(section: _Section) -> TlsConfig:
+    certificate = section.take("certificate", str, None)
+    private_key = section.take("private_key", str, None)
+    if (certificate is None) != (private_key is None):
+        raise ConfigError(section.key("certificate"), "certificate and private_key go together")
+    config = TlsConfig(
+        certificate=Path(certificate) if certificate else None,
+        private_key=Path(private_key) if private_key else None,
+    )
+    for key, path in (("certificate", config.certificate), ("private_key", config.private_key)):
+        if path is not None and not path.is_file():
+            raise ConfigError(section.key(key), f"{path} does not exist")
+    section.finish()
+    return config
+
+
+def _parse_server(section: _Section) -> ServerConfig:
+    default = ServerConfig()
+    level = section.take("log_level", str, default.log_level).upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(section.key("log_level"), f"expected one of {', '.join(LOG_LEVELS)}")
+    trace = section.take("trace_sip", (str, bool), False)
+    if trace is True:
+        raise ConfigError(section.key("trace_sip"), "expected a file path or false")
+    config = ServerConfig(
+        spool_dir=Path(section.take("spool_dir", str, str(default.spool_dir))),
+        log_level=level,
+        trace_sip=Path(trace) if trace else None,
+        shutdown_timeout=section.number("shutdown_timeout", default.shutdown_timeout, minimum=0.1),
+    )
+    section.finish()
+    return config
+
+
+def _parse_applications(section: _Section) -> ApplicationsConfig:
+    default = section.take("default", str, "conference")
+    if default not in APPLICATIONS:
+        raise ConfigError(section.key("default"), f"unknown application {default!r}")
+    mapping = section.take("map", dict, {"echo": "echo"})
+    for key, value in mapping.items():
+        if not isinstance(value, str) or value not in APPLICATIONS:
+            raise ConfigError(f"applications.map.{key}", f"unknown application {value!r}")
+    section.finish()
+    return ApplicationsConfig(default=default, map=dict(mapping))
+
+
+def _parse_echo(section: _Section) -> EchoConfig:
+    config = EchoConfig(session_limit=section.number("session_limit", 600.0, minimum=1.0))
+    section.finish()
+    return config

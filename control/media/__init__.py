@@ -1,0 +1,1 @@
+"""Media: RTP/RTCP, codecs, SRTP, jitter buffer, and the audio engines."""

@@ -1,0 +1,671 @@
+"""The MSRP stream core: one connection, many sessions (RFC 4975 §6, §7).
+
+Sans-IO like h11 and aioquic: the owner feeds received bytes and ``now`` with
+:meth:`MsrpConnection.receive_data`, takes events with :meth:`~MsrpConnection.next_event`,
+writes :meth:`~MsrpConnection.data_to_send` (responses and REPORTs the core decided to send on
+its own) and re-arms one timer at :meth:`~MsrpConnection.next_timer`. What the owner asks to
+send (``send_message``, ``send_chunk``, ``send_nickname``, ``respond``) is returned as bytes for
+it to write. Transaction ids and Message-IDs come from the injected ``random`` source.
+
+Several sessions share one connection (RFC 4975 §7.3): a request is routed by the session-id of
+the first To-Path URI. No such session → 481. A From-Path whose last URI (the peer endpoint)
+differs from the last URI of the session's ``remote_path`` → 403: RFC 4975 §7.3 asks the
+receiver to check that the request comes from the session's peer; comparing the endpoint URI
+(not relay hops, which RFC 4976 relays rewrite) is the check that still works through relays.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .errors import MsrpError, MsrpUsageError
+from .events import (
+    ChunkData,
+    ChunkEnded,
+    ChunkRejected,
+    ChunkStarted,
+    ConnectionFailed,
+    Event,
+    FramingEvent,
+    FramingLost,
+    MessageAborted,
+    MessageChunkReceived,
+    MessageReceived,
+    NicknameRequested,
+    ProtocolError,
+    ReportReceived,
+    ResponseReceived,
+    TransactionTimedOut,
+)
+from .message import (
+    WHOLE_MESSAGE,
+    ByteRange,
+    ChunkHead,
+    FailureReport,
+    Flag,
+    format_nickname,
+    serialize_request,
+)
+from .parser import ChunkParser
+from .reassembly import IncomingMessage
+from .report import build_report, build_response, response_wanted
+from .uri import MsrpUri
+
+__all__ = ["MsrpConnection", "MsrpSession", "RandomSource", "make_ident"]
+
+RandomSource = Callable[[int], bytes]
+"""Like :func:`os.urandom`: n random bytes. Injected so tests can predict every byte."""
+
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def make_ident(random: RandomSource, length: int = 16) -> str:
+    """An unguessable ``ident`` (RFC 4975 §14.1 wants at least 64 random bits).
+
+    16 base62 characters from 12 random bytes carry about 95 bits.
+    """
+    value = int.from_bytes(random(12), "big")
+    out = []
+    for _ in range(length):
+        value, digit = divmod(value, 62)
+        out.append(_BASE62[digit])
+    return "".join(out)
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+class MsrpSession:
+    """One MSRP session on a connection, keyed by the session-id of ``local_uri``.
+
+    ``remote_path`` is the peer's a=path (RFC 4975 §8.1); ``None`` until known, and then no
+    From-Path check is made. ``accept_types`` are a=accept-types patterns (``*``, ``text/*``,
+    ``message/cpim``); a chunk of another type is answered 415 (§7.3.1). With
+    ``deliver_chunks`` message bytes are handed out as they come and not kept (file transfer);
+    ``report_per_chunk`` sends a success REPORT per chunk instead of one per message (§7.1.2);
+    ``max_message_size`` overrides the connection's limit (a file session's limit is the file).
+    """
+
+    # Message-IDs of recently finished messages, so a duplicate chunk after completion is
+    # answered but not reassembled again.
+    _DONE_MEMORY = 128
+
+    def __init__(
+        self,
+        local_uri: MsrpUri,
+        remote_path: Sequence[MsrpUri] | None = None,
+        *,
+        accept_types: Sequence[str] = ("*",),
+        deliver_chunks: bool = False,
+        report_per_chunk: bool = False,
+        max_message_size: int | None = None,
+        check_from_path: bool = True,
+    ) -> None:
+        if local_uri.session_id is None:
+            raise MsrpUsageError("a session's local URI needs a session-id")
+        self.local_uri = local_uri
+        self.remote_path: tuple[MsrpUri, ...] | None = (
+            tuple(remote_path) if remote_path is not None else None
+        )
+        self.accept_types = tuple(t.strip().lower() for t in accept_types)
+        self.deliver_chunks = deliver_chunks
+        self.report_per_chunk = report_per_chunk
+        self.max_message_size = max_message_size
+        self.check_from_path = check_from_path
+        self.messages: dict[str, IncomingMessage] = {}
+        self._done: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def session_id(self) -> str:
+        assert self.local_uri.session_id is not None
+        return self.local_uri.session_id
+
+    def accepts(self, content_type: str) -> bool:
+        media = _media_type(content_type)
+        major = media.split("/", 1)[0]
+        return any(p == "*" or p == media or p == f"{major}/*" for p in self.accept_types)
+
+    def from_path_ok(self, from_path: Sequence[MsrpUri]) -> bool:
+        if not self.check_from_path or not self.remote_path:
+            return True
+        return from_path[-1].matches(self.remote_path[-1])
+
+    def _finished(self, message_id: str) -> None:
+        self.messages.pop(message_id, None)
+        self._done[message_id] = None
+        while len(self._done) > self._DONE_MEMORY:
+            self._done.popitem(last=False)
+
+    def _is_finished(self, message_id: str) -> bool:
+        return message_id in self._done
+
+
+@dataclass(slots=True)
+class _Transaction:
+    session_id: str | None
+    message_id: str | None
+    method: str
+    deadline: float
+    report_timeout: bool  # False for Failure-Report: partial (silence means success)
+
+
+@dataclass(slots=True)
+class _Current:
+    """The chunk being read (chunks never interleave inside one stream)."""
+
+    head: ChunkHead
+    session: MsrpSession | None = None
+    message: IncomingMessage | None = None
+    offset: int = 0
+    ignore: bool = False  # read to the end-line, deliver nothing
+    answer_ok: bool = False  # still answer 200 at the end (duplicate of a finished message)
+
+
+class MsrpConnection:
+    """One MSRP TCP/TLS stream and the sessions that share it.
+
+    Limits (constructor arguments, each with why):
+    ``max_header_size`` 16 KiB: a chunk head is a few hundred bytes even with relay paths.
+    ``max_chunk_size`` 64 MiB: one chunk may hold a whole file (bodies are streamed, so this
+    bounds time on the wire, not memory).
+    ``max_message_size`` 16 MiB: a chat message is reassembled in memory; file sessions set
+    their own limit.
+    ``max_concurrent_messages`` 16 per session: each incomplete message costs memory.
+    ``transaction_timeout`` 30 s: RFC 4975 §7.3's suggested transaction timeout.
+    ``body_piece_size`` 64 KiB: body bytes handed out per event for large chunks.
+    ``max_ranges`` 4096: disjoint byte ranges tracked per message.
+    """
+
+    def __init__(
+        self,
+        *,
+        random: RandomSource,
+        max_header_size: int = 16 * 1024,
+        max_chunk_size: int = 64 * 1024 * 1024,
+        max_message_size: int = 16 * 1024 * 1024,
+        max_concurrent_messages: int = 16,
+        transaction_timeout: float = 30.0,
+        body_piece_size: int = 64 * 1024,
+        max_ranges: int = 4096,
+    ) -> None:
+        self._random = random
+        self.max_message_size = max_message_size
+        self.max_concurrent_messages = max_concurrent_messages
+        self.transaction_timeout = transaction_timeout
+        self.max_ranges = max_ranges
+        self._parser = ChunkParser(
+            max_header_size=max_header_size,
+            max_chunk_size=max_chunk_size,
+            body_piece_size=body_piece_size,
+        )
+        self._sessions: dict[str, MsrpSession] = {}
+        self._events: deque[Event] = deque()
+        self._out = bytearray()
+        self._current: _Current | None = None
+        self._txns: dict[str, _Transaction] = {}
+        self._timers: list[tuple[float, str]] = []
+        self._pending: dict[str, tuple[ChunkHead, MsrpSession]] = {}
+        self.failed = False
+
+    # ---- sessions -----------------------------------------------------------------------
+
+    def add_session(self, session: MsrpSession) -> MsrpSession:
+        if session.session_id in self._sessions:
+            raise MsrpUsageError(f"session {session.session_id!r} already on this connection")
+        self._sessions[session.session_id] = session
+        return session
+
+    def remove_session(self, session_id: str) -> None:
+        """Forget a session and its incomplete messages (no events for them)."""
+        self._sessions.pop(session_id, None)
+        cur = self._current
+        if cur is not None and cur.session is not None and cur.session.session_id == session_id:
+            cur.ignore = True
+
+    def session(self, session_id: str) -> MsrpSession | None:
+        return self._sessions.get(session_id)
+
+    # ---- I/O surface --------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Feed received bytes. Never raises for peer input: errors become events."""
+        if self.failed:
+            return
+        for event in self._parser.feed(data):
+            self._handle(event, now)
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def events(self) -> list[Event]:
+        """Take every pending event."""
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    def data_to_send(self) -> bytes:
+        """Responses and REPORTs queued by the core."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def next_timer(self) -> float | None:
+        while self._timers:
+            deadline, tid = self._timers[0]
+            txn = self._txns.get(tid)
+            if txn is not None and txn.deadline == deadline:
+                return deadline
+            heapq.heappop(self._timers)
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        """Expire transactions (RFC 4975 §7.3: no response in time counts as a 408)."""
+        while self._timers and self._timers[0][0] <= now:
+            deadline, tid = heapq.heappop(self._timers)
+            txn = self._txns.get(tid)
+            if txn is None or txn.deadline != deadline:
+                continue
+            del self._txns[tid]
+            if txn.report_timeout:
+                self._events.append(
+                    TransactionTimedOut(txn.session_id, tid, txn.message_id, txn.method)
+                )
+
+    # ---- sending ------------------------------------------------------------------------
+
+    def new_message_id(self) -> str:
+        return make_ident(self._random)
+
+    def new_transaction_id(self, body: bytes = b"") -> str:
+        """A fresh transaction id whose end-line does not occur in ``body`` (RFC 4975 §7.1)."""
+        for _ in range(16):
+            tid = make_ident(self._random)
+            if b"-------" + tid.encode("ascii") not in body and tid not in self._txns:
+                return tid
+        raise MsrpUsageError("random source keeps producing colliding transaction ids")
+
+    def send_chunk(
+        self,
+        to_path: Sequence[MsrpUri],
+        from_path: Sequence[MsrpUri],
+        message_id: str,
+        content_type: str,
+        data: bytes,
+        *,
+        now: float,
+        offset: int,
+        total: int | None,
+        flag: Flag = Flag.END,
+        success_report: bool = False,
+        failure_report: FailureReport = FailureReport.YES,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> bytes:
+        """One SEND chunk carrying ``data`` at 0-based ``offset`` (RFC 4975 §7.1.1).
+
+        A file sender calls this per piece it reads from disk; ``flag=Flag.ABORT`` with empty
+        ``data`` aborts the message.
+        """
+        tid = self.new_transaction_id(data)
+        byte_range = ByteRange(offset + 1, offset + len(data), total)
+        lines = [("Message-ID", message_id), ("Byte-Range", str(byte_range))]
+        if success_report:
+            lines.append(("Success-Report", "yes"))
+        if failure_report is not FailureReport.YES:
+            lines.append(("Failure-Report", failure_report.value))
+        lines += headers
+        wire = serialize_request(
+            tid, "SEND", to_path, from_path, lines, content_type=content_type, body=data, flag=flag
+        )
+        if failure_report is not FailureReport.NO:
+            self._track(tid, from_path, message_id, "SEND", now, failure_report)
+        return wire
+
+    def send_message(
+        self,
+        to_path: Sequence[MsrpUri],
+        from_path: Sequence[MsrpUri],
+        message_id: str,
+        content_type: str,
+        body: bytes,
+        *,
+        now: float,
+        chunk_size: int = 2048,
+        success_report: bool = False,
+        failure_report: FailureReport = FailureReport.YES,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> bytes:
+        """A whole message as chunks of at most ``chunk_size`` body bytes.
+
+        Every chunk but the last ends with ``+``, the last with ``$`` (RFC 4975 §7.1.1). The
+        default of 2048 keeps a big message from holding up other traffic on a shared
+        connection (§5.1: chunking exists so messages can interleave).
+        """
+        if chunk_size < 1:
+            raise MsrpUsageError("chunk_size must be positive")
+        total = len(body)
+        out = []
+        offset = 0
+        while True:
+            piece = body[offset : offset + chunk_size]
+            last = offset + len(piece) >= total
+            out.append(
+                self.send_chunk(
+                    to_path,
+                    from_path,
+                    message_id,
+                    content_type,
+                    piece,
+                    now=now,
+                    offset=offset,
+                    total=total,
+                    flag=Flag.END if last else Flag.CONTINUE,
+                    success_report=success_report,
+                    failure_report=failure_report,
+                    headers=headers,
+                )
+            )
+            offset += len(piece)
+            if last:
+                return b"".join(out)
+
+    def send_nickname(
+        self,
+        to_path: Sequence[MsrpUri],
+        from_path: Sequence[MsrpUri],
+        nickname: str,
+        *,
+        now: float,
+    ) -> bytes:
+        """A NICKNAME request (RFC 7701 §6.1) with its Use-Nickname header."""
+        tid = self.new_transaction_id()
+        wire = serialize_request(
+            tid, "NICKNAME", to_path, from_path, [("Use-Nickname", format_nickname(nickname))]
+        )
+        self._track(tid, from_path, None, "NICKNAME", now, FailureReport.YES)
+        return wire
+
+    def respond(self, transaction_id: str, status: int, comment: str | None = None) -> bytes:
+        """Answer a request left to the application (NICKNAME: 200, 424, 425 …)."""
+        pending = self._pending.pop(transaction_id, None)
+        if pending is None:
+            raise MsrpUsageError(f"no request {transaction_id!r} awaits an answer")
+        head, session = pending
+        return build_response(head, status, comment, local_uri=session.local_uri)
+
+    def _track(
+        self,
+        tid: str,
+        from_path: Sequence[MsrpUri],
+        message_id: str | None,
+        method: str,
+        now: float,
+        failure_report: FailureReport,
+    ) -> None:
+        local = from_path[0].session_id if from_path else None
+        session_id = local if local in self._sessions else None
+        deadline = now + self.transaction_timeout
+        self._txns[tid] = _Transaction(
+            session_id, message_id, method, deadline, failure_report is FailureReport.YES
+        )
+        heapq.heappush(self._timers, (deadline, tid))
+
+    # ---- receiving ----------------------------------------------------------------------
+
+    def _handle(self, event: FramingEvent, now: float) -> None:
+        match event:
+            case ChunkStarted(head=head):
+                try:
+                    self._started(head)
+                except MsrpError as exc:
+                    self._fail_chunk(exc)
+            case ChunkData(data=data):
+                cur = self._current
+                if cur is None or cur.ignore:
+                    return
+                try:
+                    self._data(cur, data)
+                except MsrpError as exc:
+                    self._fail_chunk(exc)
+            case ChunkEnded(flag=flag, body_length=length):
+                cur, self._current = self._current, None
+                if cur is None:
+                    return
+                try:
+                    self._ended(cur, flag, length)
+                except MsrpError as exc:
+                    self._current = cur
+                    self._fail_chunk(exc)
+                    self._current = None
+            case ChunkRejected():
+                self._rejected(event)
+            case FramingLost(reason=reason):
+                self.failed = True
+                self._abort_current(reason, None)
+                self._events.append(ConnectionFailed(reason))
+
+    def _started(self, head: ChunkHead) -> None:
+        self._current = cur = _Current(head, ignore=True)
+        if not head.is_request:
+            self._response(head)
+            return
+        if head.method == "REPORT":
+            self._report(head)
+            return
+        session = self._route(head)
+        cur.session = session
+        if head.method == "SEND":
+            self._start_send(cur, session)
+        elif head.method != "NICKNAME":
+            raise MsrpError(501, f"method {head.method} not understood")
+
+    def _route(self, head: ChunkHead) -> MsrpSession:
+        uri = head.to_path[0]
+        session = self._sessions.get(uri.session_id) if uri.session_id else None
+        if session is None or not session.local_uri.matches(uri):
+            raise MsrpError(481, "session does not exist")
+        if not session.from_path_ok(head.from_path):
+            raise MsrpError(403, "From-Path is not this session's peer")
+        return session
+
+    def _response(self, head: ChunkHead) -> None:
+        txn = self._txns.pop(head.transaction_id, None)
+        if txn is None:
+            return  # late (after its timeout) or not ours: nothing to tell
+        assert head.status is not None
+        self._events.append(
+            ResponseReceived(
+                txn.session_id,
+                head.transaction_id,
+                txn.message_id,
+                txn.method,
+                head.status,
+                head.comment,
+            )
+        )
+
+    def _report(self, head: ChunkHead) -> None:
+        """REPORTs are never answered (RFC 4975 §7.1.2), even when wrong."""
+        uri = head.to_path[0]
+        session = self._sessions.get(uri.session_id) if uri.session_id else None
+        sid = session.session_id if session is not None else None
+        if session is None or not session.local_uri.matches(uri):
+            self._problem(head.transaction_id, None, 481, "REPORT for an unknown session")
+        elif head.message_id is None or head.report_status is None:
+            self._problem(head.transaction_id, sid, 400, "REPORT without Message-ID or Status")
+        else:
+            self._events.append(
+                ReportReceived(
+                    session.session_id,
+                    head.message_id,
+                    head.transaction_id,
+                    head.byte_range,
+                    head.report_status.code,
+                    head.report_status.reason,
+                )
+            )
+
+    def _start_send(self, cur: _Current, session: MsrpSession) -> None:
+        head = cur.head
+        if head.message_id is None:
+            raise MsrpError(400, "SEND without Message-ID")
+        if head.content_type is not None and not session.accepts(head.content_type):
+            raise MsrpError(415, f"{_media_type(head.content_type)} not accepted")
+        byte_range = head.byte_range or WHOLE_MESSAGE
+        if session._is_finished(head.message_id):
+            cur.answer_ok = True  # a duplicate of what we already delivered
+            return
+        msg = session.messages.get(head.message_id)
+        if msg is None:
+            if len(session.messages) >= self.max_concurrent_messages:
+                raise MsrpError(413, "too many concurrent messages")
+            limit = session.max_message_size or self.max_message_size
+            msg = IncomingMessage(
+                head.message_id,
+                keep_body=not session.deliver_chunks,
+                max_size=limit,
+                max_ranges=self.max_ranges,
+            )
+            if byte_range.total is not None:
+                msg.set_total(byte_range.total)
+            session.messages[head.message_id] = msg
+        cur.message = msg
+        if byte_range.total is not None:
+            msg.set_total(byte_range.total)
+        if byte_range.end is not None:
+            msg.check_room(byte_range.end)
+        if byte_range.start == 1 or not msg.headers:
+            msg.headers = head.headers
+            msg.content_type = head.content_type
+        msg.success_report = msg.success_report or bool(head.success_report)
+        msg.report_path = head.from_path
+        cur.offset = byte_range.start - 1
+        cur.ignore = False
+
+    def _data(self, cur: _Current, data: bytes) -> None:
+        head, msg, session = cur.head, cur.message, cur.session
+        assert msg is not None and session is not None and head.message_id is not None
+        byte_range = head.byte_range or WHOLE_MESSAGE
+        if byte_range.end is not None and cur.offset + len(data) > byte_range.end:
+            raise MsrpError(400, "more body bytes than the Byte-Range says")
+        pieces = msg.write(cur.offset, data)
+        cur.offset += len(data)
+        if session.deliver_chunks:
+            for offset, piece in pieces:
+                self._events.append(
+                    MessageChunkReceived(
+                        session.session_id,
+                        head.message_id,
+                        head.content_type or msg.content_type,
+                        offset,
+                        piece,
+                        msg.total,
+                    )
+                )
+
+    def _ended(self, cur: _Current, flag: Flag, length: int) -> None:
+        head, session = cur.head, cur.session
+        if head.method == "NICKNAME" and session is not None:
+            self._pending[head.transaction_id] = (head, session)
+            self._events.append(
+                NicknameRequested(session.session_id, head.transaction_id, head.nickname)
+            )
+            return
+        if cur.answer_ok:
+            self._answer(head, 200, session)
+        msg = cur.message
+        if cur.ignore or msg is None or session is None:
+            return
+        byte_range = head.byte_range or WHOLE_MESSAGE
+        end = byte_range.start - 1 + length
+        if flag is Flag.ABORT:
+            session.messages.pop(msg.message_id, None)
+            self._answer(head, 200, session)
+            self._events.append(
+                MessageAborted(session.session_id, msg.message_id, "aborted by the sender", None)
+            )
+            return
+        if byte_range.end is not None and end != byte_range.end and flag is Flag.END:
+            raise MsrpError(400, "last chunk shorter than its Byte-Range")
+        if flag is Flag.END:
+            msg.set_total(end)
+        self._answer(head, 200, session)
+        if head.success_report and session.report_per_chunk:
+            self._send_report(session, msg, ByteRange(byte_range.start, end, msg.total))
+        if not msg.complete:
+            return
+        assert msg.total is not None
+        session._finished(msg.message_id)
+        self._events.append(
+            MessageReceived(
+                session.session_id,
+                msg.message_id,
+                msg.content_type,
+                None if session.deliver_chunks else msg.body(),
+                msg.headers,
+                msg.total,
+            )
+        )
+        if msg.success_report and not session.report_per_chunk:
+            self._send_report(session, msg, ByteRange(1, msg.total, msg.total))
+
+    def _send_report(self, session: MsrpSession, msg: IncomingMessage, rng: ByteRange) -> None:
+        """Success REPORT (RFC 4975 §7.1.2) back along the request's From-Path."""
+        self._out += build_report(
+            self.new_transaction_id(),
+            to_path=msg.report_path,
+            from_path=[session.local_uri],
+            message_id=msg.message_id,
+            byte_range=rng,
+        )
+
+    def _answer(self, head: ChunkHead, status: int, session: MsrpSession | None) -> None:
+        if head.method == "REPORT" or not response_wanted(head.failure_report, status):
+            return
+        local = session.local_uri if session is not None else None
+        self._out += build_response(head, status, local_uri=local)
+
+    def _fail_chunk(self, exc: MsrpError) -> None:
+        """Answer the current request with ``exc.status`` and drop the rest of its chunk."""
+        cur = self._current
+        if cur is None:
+            return
+        cur.ignore = True
+        sid = cur.session.session_id if cur.session is not None else None
+        self._problem(cur.head.transaction_id, sid, exc.status, exc.reason)
+        if cur.head.is_request:
+            self._answer(cur.head, exc.status, cur.session)
+        self._abort_current(exc.reason, exc.status)
+
+    def _abort_current(self, reason: str, status: int | None) -> None:
+        cur = self._current
+        if cur is None or cur.message is None or cur.session is None:
+            return
+        msg, cur.message = cur.message, None
+        if cur.session.messages.pop(msg.message_id, None) is not None:
+            self._events.append(
+                MessageAborted(cur.session.session_id, msg.message_id, reason, status)
+            )
+
+    def _rejected(self, event: ChunkRejected) -> None:
+        cur = self._current
+        if cur is not None and cur.head.transaction_id == event.transaction_id:
+            self._fail_chunk(MsrpError(event.status, event.reason))
+            self._current = None
+            return
+        self._current = None
+        self._problem(event.transaction_id, None, event.status, event.reason)
+        if not event.is_request or event.to_path is None or event.from_path is None:
+            return
+        failure = {"no": FailureReport.NO, "partial": FailureReport.PARTIAL}.get(
+            event.failure_report or "yes"
+        )
+        if response_wanted(failure, event.status):
+            request = (event.transaction_id, event.to_path, event.from_path)
+            self._out += build_response(request, event.status)
+
+    def _problem(self, tid: str | None, sid: str | None, status: int, reason: str) -> None:
+        self._events.append(ProtocolError(tid, sid, status, reason))

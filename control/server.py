@@ -1,0 +1,191 @@
+"""The server: builds the SIP stack and the applications, routes requests, shuts down cleanly.
+
+Routing follows the convention SylkServer users know: an application map over the Request-URI
+(``user@host``, then ``host``, then ``user``), then the default application; a trusted peer
+(the Kamailio edge) may override with ``X-Chorus-App``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+from typing import Protocol
+
+from control.config import Config
+from control.media.ports import PortAllocator
+from control.sip.message import Request
+from control.sip.session import IncomingCall
+from control.sip.transport import Peer, SipTracer, SipTransportLayer
+from control.sip.uri import SipUri, parse_uri
+from control.sip.useragent import ALLOWED_METHODS, IncomingRequest, UserAgent
+from control.tls import ensure_certificate
+
+log = logging.getLogger("chorus.server")
+
+APP_HEADER = "X-Chorus-App"
+SUPPORTED_EXTENSIONS = frozenset({"replaces", "norefersub", "timer"})
+
+
+class Application(Protocol):
+    """What conference, echo and xmpp implement (STYLE.md §5)."""
+
+    async def incoming_invite(self, call: IncomingCall) -> None: ...
+
+    async def incoming_message(self, incoming: IncomingRequest) -> None: ...
+
+    async def incoming_subscribe(self, incoming: IncomingRequest) -> None: ...
+
+    async def incoming_refer(self, incoming: IncomingRequest) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+
+class ApplicationMap:
+    """Request-URI → application name (``user@host``, ``host``, ``user``, default)."""
+
+    def __init__(self, mapping: dict[str, str], default: str) -> None:
+        self._map = {key.lower(): value for key, value in mapping.items()}
+        self.default = default
+
+    def resolve(self, request: Request, *, trusted: bool) -> str:
+        if trusted:
+            override = request.headers.get(APP_HEADER)
+            if override:
+                return override.strip().lower()
+        uri = request.uri
+        if isinstance(uri, SipUri):
+            user = (uri.unescaped_user() or "").lower()
+            host = uri.host.lower()
+            for key in (f"{user}@{host}" if user else None, host, user or None):
+                if key and key in self._map:
+                    return self._map[key]
+        return self.default
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.ua = UserAgent(
+            timers=config.sip.timers,
+            advertised_address=config.sip.advertised_address,
+            outbound_proxy=parse_uri(config.sip.outbound_proxy)
+            if config.sip.outbound_proxy
+            else None,
+        )
+        self.ua.request_handler = self.handle_request
+        self.ports = PortAllocator(*config.rtp.port_range)
+        self.applications: dict[str, Application] = {}
+        self.app_map = ApplicationMap(config.applications.map, config.applications.default)
+        self.transport: SipTransportLayer | None = None
+        self.accepting = True
+        self.stopped = asyncio.Event()
+
+    def register(self, name: str, application: Application) -> None:
+        self.applications[name] = application
+
+    def _trusted(self, peer: Peer) -> bool:
+        try:
+            address = ipaddress.ip_address(peer.host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.config.sip.trusted_peers)
+
+    async def start(self) -> None:
+        needs_tls = any(a.transport == "tls" for a in self.config.sip.listen)
+        ssl_server: ssl.SSLContext | None = None
+        ssl_client: ssl.SSLContext | None = None
+        if needs_tls:
+            cert, key = ensure_certificate(self.config)
+            ssl_server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_server.load_cert_chain(cert, key)
+            ssl_client = ssl.create_default_context()
+            ssl_client.check_hostname = False
+            ssl_client.verify_mode = (
+                ssl.CERT_NONE
+            )  # peers behind the edge present self-signed certs
+        self.transport = SipTransportLayer(
+            self.ua.handle_message,
+            ssl_server=ssl_server,
+            ssl_client=ssl_client,
+            max_connections=self.config.sip.max_connections,
+            idle_timeout=self.config.sip.connection_idle_timeout,
+            max_body_bytes=self.config.sip.max_message_bytes,
+            tracer=SipTracer(self.config.server.trace_sip),
+        )
+        self.ua.transport = self.transport
+        await self.transport.start(self.config.sip.listen)
+        for bound in self.transport.bound:
+            log.info("listening on %s", bound)
+
+    async def stop(self) -> None:
+        """Stop taking new sessions, end the running ones with BYE, exit in bounded time."""
+        self.accepting = False
+        timeout = self.config.server.shutdown_timeout
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(app.shutdown() for app in self.applications.values()),
+                    return_exceptions=True,
+                ),
+                timeout,
+            )
+        except TimeoutError:
+            log.warning("applications did not finish within %.1f s", timeout)
+        await self.ua.close()
+        if self.transport is not None:
+            await self.transport.stop()
+        self.stopped.set()
+
+    async def handle_request(self, incoming: IncomingRequest) -> None:
+        request = incoming.request
+        trusted = self._trusted(incoming.source)
+        if not trusted:
+            log.info("refusing %s from untrusted %s", request.method, incoming.source)
+            incoming.respond(403)
+            return
+        if not isinstance(request.uri, SipUri):
+            incoming.respond(416)
+            return
+        unsupported = [
+            ext
+            for ext in request.headers.get_all("Require")
+            if ext.lower() not in SUPPORTED_EXTENSIONS
+        ]
+        if unsupported and request.method not in ("CANCEL", "ACK"):
+            incoming.respond(420, headers=[("Unsupported", ", ".join(unsupported))])
+            return
+        if request.method == "OPTIONS":
+            incoming.respond(
+                200,
+                headers=[
+                    ("Allow", ALLOWED_METHODS),
+                    ("Accept", "application/sdp, message/cpim, text/plain"),
+                    ("Supported", "replaces, norefersub"),
+                ],
+            )
+            return
+        if request.method in ("REGISTER", "PUBLISH"):
+            incoming.respond(405, headers=[("Allow", ALLOWED_METHODS)])
+            return
+        if request.method not in ("INVITE", "MESSAGE", "SUBSCRIBE", "REFER"):
+            incoming.respond(501)
+            return
+        name = self.app_map.resolve(request, trusted=trusted)
+        application = self.applications.get(name)
+        if application is None:
+            log.info("no application %r for %s", name, request.uri)
+            incoming.respond(404, f"No application {name}"[:60])
+            return
+        if request.method == "INVITE":
+            if not self.accepting:
+                incoming.respond(503, headers=[("Retry-After", "5")])
+                return
+            await application.incoming_invite(IncomingCall(self.ua, incoming))
+        elif request.method == "MESSAGE":
+            await application.incoming_message(incoming)
+        elif request.method == "SUBSCRIBE":
+            await application.incoming_subscribe(incoming)
+        else:
+            await application.incoming_refer(incoming)

@@ -1,0 +1,303 @@
+"""Header fields: the ordered container, canonical names, and the structured ones (Via, CSeq).
+
+Headers are kept as raw text in arrival order so that what we forward or copy into a response
+is exactly what the peer sent (RFC 3261 §8.2.6.2 copies Via, From, To, Call-ID, CSeq verbatim);
+structured values are parsed on demand.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from control.sip.errors import SipError
+from control.sip.uri import (
+    NameAddr,
+    format_host,
+    format_params,
+    parse_name_addr,
+    parse_params,
+    split_header_list,
+    split_host_port,
+)
+
+# RFC 3261 §7.3.3 and later RFCs: compact forms.
+COMPACT_FORMS = {
+    "i": "Call-ID",
+    "m": "Contact",
+    "e": "Content-Encoding",
+    "l": "Content-Length",
+    "c": "Content-Type",
+    "f": "From",
+    "s": "Subject",
+    "k": "Supported",
+    "t": "To",
+    "v": "Via",
+    "o": "Event",
+    "r": "Refer-To",
+    "b": "Referred-By",
+    "u": "Allow-Events",
+    "x": "Session-Expires",
+    "a": "Accept-Contact",
+    "j": "Reject-Contact",
+    "d": "Request-Disposition",
+    "y": "Identity",
+    "n": "Identity-Info",
+}
+
+_CANONICAL = {
+    name.lower(): name
+    for name in (
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Alert-Info",
+        "Allow",
+        "Allow-Events",
+        "Authentication-Info",
+        "Authorization",
+        "Call-ID",
+        "Call-Info",
+        "Contact",
+        "Content-Disposition",
+        "Content-Encoding",
+        "Content-Language",
+        "Content-Length",
+        "Content-Type",
+        "CSeq",
+        "Date",
+        "Error-Info",
+        "Event",
+        "Expires",
+        "From",
+        "In-Reply-To",
+        "Max-Forwards",
+        "MIME-Version",
+        "Min-Expires",
+        "Organization",
+        "Priority",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Require",
+        "RAck",
+        "Record-Route",
+        "Refer-To",
+        "Referred-By",
+        "Reply-To",
+        "Require",
+        "Retry-After",
+        "Route",
+        "RSeq",
+        "Server",
+        "Session-Expires",
+        "Subject",
+        "Subscription-State",
+        "Supported",
+        "Timestamp",
+        "To",
+        "Unsupported",
+        "User-Agent",
+        "Via",
+        "Warning",
+        "WWW-Authenticate",
+        "X-Chorus-App",
+    )
+}
+
+# Headers whose grammar is a comma-separated list (RFC 3261 §7.3.1): they may be combined or
+# split freely. The rest (Date, the auth headers, …) contain commas of their own.
+LIST_HEADERS = frozenset(
+    {
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Allow",
+        "Allow-Events",
+        "Contact",
+        "Content-Encoding",
+        "Content-Language",
+        "Proxy-Require",
+        "Record-Route",
+        "Require",
+        "Route",
+        "Supported",
+        "Unsupported",
+        "Via",
+        "Warning",
+    }
+)
+
+# Headers that may appear at most once (RFC 3261 Table 2; RFC 4475 §3.3.8).
+SINGLE_HEADERS = frozenset(
+    {"Call-ID", "Content-Length", "Content-Type", "CSeq", "From", "Max-Forwards", "To"}
+)
+
+
+def canonical_name(name: str) -> str:
+    lower = name.lower()
+    if lower in COMPACT_FORMS:
+        return COMPACT_FORMS[lower]
+    return _CANONICAL.get(lower, name)
+
+
+class Headers:
+    """Ordered, case-insensitive, multi-valued header fields."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[tuple[str, str]] | None = None) -> None:
+        self._items: list[tuple[str, str]] = [
+            (canonical_name(n), v) for n, v in (items or [])
+        ]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = canonical_name(name).lower()
+        return any(n.lower() == key for n, _ in self._items)
+
+    def copy(self) -> Headers:
+        clone = Headers()
+        clone._items = list(self._items)
+        return clone
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        key = canonical_name(name).lower()
+        for n, v in self._items:
+            if n.lower() == key:
+                return v
+        return default
+
+    def get_raw(self, name: str) -> list[str]:
+        """Every header line's value as received, one entry per line."""
+        key = canonical_name(name).lower()
+        return [v for n, v in self._items if n.lower() == key]
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value, list headers split at their commas."""
+        canonical = canonical_name(name)
+        values = self.get_raw(canonical)
+        if canonical in LIST_HEADERS:
+            return [part for value in values for part in split_header_list(value)]
+        return values
+
+    def add(self, name: str, value: str) -> None:
+        self._items.append((canonical_name(name), value))
+
+    def prepend(self, name: str, value: str) -> None:
+        self._items.insert(0, (canonical_name(name), value))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace all lines of ``name`` with one, keeping the first one's position."""
+        canonical = canonical_name(name)
+        key = canonical.lower()
+        out: list[tuple[str, str]] = []
+        placed = False
+        for n, v in self._items:
+            if n.lower() == key:
+                if not placed:
+                    out.append((canonical, value))
+                    placed = True
+            else:
+                out.append((n, v))
+        if not placed:
+            out.append((canonical, value))
+        self._items = out
+
+    def remove(self, name: str) -> None:
+        key = canonical_name(name).lower()
+        self._items = [(n, v) for n, v in self._items if n.lower() != key]
+
+    def name_addrs(self, name: str) -> list[NameAddr]:
+        return [parse_name_addr(v) for v in self.get_all(name)]
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """One Via value (RFC 3261 §20.42); ``received``/``rport`` per RFC 3581."""
+
+    transport: str
+    host: str
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+    protocol: str = "SIP/2.0"
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    def __str__(self) -> str:
+        port = f":{self.port}" if self.port is not None else ""
+        return f"{self.protocol}/{self.transport} {format_host(self.host)}{port}" + format_params(
+            self.params
+        )
+
+
+_VIA_RE = re.compile(
+    r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*"
+    r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]+([^;]+?)[ \t]*(;.*)?"
+)
+
+
+def parse_via(value: str) -> Via:
+    match = _VIA_RE.fullmatch(value.strip())
+    if match is None:
+        raise SipError(400, f"bad Via {value!r}")
+    name, version, transport, sent_by, param_text = match.groups()
+    if f"{name}/{version}".upper() != "SIP/2.0":
+        raise SipError(400, f"bad Via protocol {name}/{version}")
+    host, port = split_host_port(sent_by.replace(" ", "").replace("\t", ""))
+    return Via(transport.upper(), host, port, parse_params(param_text or ""), "SIP/2.0")
+
+
+@dataclass(frozen=True, slots=True)
+class CSeq:
+    number: int
+    method: str
+
+    def __str__(self) -> str:
+        return f"{self.number} {self.method}"
+
+
+MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5: must be less than 2**31.
+
+
+def parse_cseq(value: str) -> CSeq:
+    parts = value.split()
+    if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10:
+        raise SipError(400, f"bad CSeq {value!r}")
+    number = int(parts[0])
+    if number > MAX_CSEQ:
+        raise SipError(400, "CSeq out of range")
+    return CSeq(number, parts[1])
+
+
+@dataclass(frozen=True, slots=True)
+class ContentType:
+    type: str
+    subtype: str
+    params: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def mime(self) -> str:
+        return f"{self.type}/{self.subtype}"
+
+    def __str__(self) -> str:
+        return self.mime + format_params(self.params)
+
+
+def parse_content_type(value: str) -> ContentType:
+    mime, semi, rest = value.partition(";")
+    main, slash, sub = mime.strip().partition("/")
+    if not slash or not main.strip() or not sub.strip():
+        raise SipError(400, f"bad Content-Type {value!r}")
+    return ContentType(
+        main.strip().lower(), sub.strip().lower(), parse_params(rest) if semi else {}
+    )

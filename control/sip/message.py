@@ -1,0 +1,480 @@
+"""SIP messages (RFC 3261 §7): model, parser, serializer and stream framing.
+
+The parser validates what an element must validate before acting on a message: the start line,
+the mandatory headers and their structure (Via, From, To, Call-ID, CSeq, Content-Length,
+Max-Forwards, Contact), single-valued headers appearing once, CSeq's method matching the
+request, and numeric fields in range. RFC 4475's torture tests are the reference.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from control.sip.errors import SipError, SipParseError
+from control.sip.headers import (
+    SINGLE_HEADERS,
+    ContentType,
+    CSeq,
+    Headers,
+    Via,
+    canonical_name,
+    parse_content_type,
+    parse_cseq,
+    parse_via,
+)
+from control.sip.uri import (
+    NameAddr,
+    SipUri,
+    Uri,
+    is_token,
+    parse_name_addr,
+    parse_params,
+    parse_uri,
+    split_header_list,
+)
+
+SIP_VERSION = "SIP/2.0"
+MAX_HEADER_BYTES = 64 * 1024  # no legitimate SIP header block comes near this
+MAX_BODY_BYTES = 1024 * 1024  # SDP, conference-info and MESSAGE bodies are far smaller
+MAX_DELTA_SECONDS = 2**32 - 1  # RFC 3261 §25.1 delta-seconds: 32 bits
+
+REASONS = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    204: "No Notification",
+    300: "Multiple Choices",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    380: "Alternative Service",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    410: "Gone",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    421: "Extension Required",
+    423: "Interval Too Brief",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    489: "Bad Event",
+    491: "Request Pending",
+    493: "Undecipherable",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
+}
+
+
+def reason_phrase(status: int) -> str:
+    return REASONS.get(status, REASONS.get(status // 100 * 100, "Unknown"))
+
+
+@dataclass(slots=True)
+class Message:
+    """What requests and responses share: headers, body and the parsed mandatory fields."""
+
+    headers: Headers
+    body: bytes = b""
+
+    @property
+    def call_id(self) -> str:
+        return self.headers.get("Call-ID") or ""
+
+    @property
+    def cseq(self) -> CSeq:
+        return parse_cseq(self.headers.get("CSeq") or "")
+
+    @property
+    def from_(self) -> NameAddr:
+        return parse_name_addr(self.headers.get("From") or "")
+
+    @property
+    def to(self) -> NameAddr:
+        return parse_name_addr(self.headers.get("To") or "")
+
+    @property
+    def vias(self) -> list[Via]:
+        return [parse_via(v) for v in self.headers.get_all("Via")]
+
+    @property
+    def top_via(self) -> Via:
+        return parse_via(self.headers.get_all("Via")[0])
+
+    @property
+    def contacts(self) -> list[NameAddr]:
+        return [parse_name_addr(v) for v in self.headers.get_all("Contact") if v.strip() != "*"]
+
+    @property
+    def content_type(self) -> ContentType | None:
+        value = self.headers.get("Content-Type")
+        return parse_content_type(value) if value else None
+
+    def _serialize(self, start_line: str) -> bytes:
+        lines = [start_line]
+        for name, value in self.headers:
+            if name != "Content-Length":
+                lines.append(f"{name}: {value}")
+        lines.append(f"Content-Length: {len(self.body)}")
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        return head.encode("utf-8", "surrogateescape") + self.body
+
+
+@dataclass(slots=True)
+class Request(Message):
+    method: str = ""
+    uri: Uri = field(default_factory=lambda: SipUri("invalid"))
+
+    @property
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {SIP_VERSION}"
+
+    def serialize(self) -> bytes:
+        return self._serialize(self.start_line)
+
+    @property
+    def max_forwards(self) -> int | None:
+        value = self.headers.get("Max-Forwards")
+        return int(value) if value is not None else None
+
+    def make_response(
+        self,
+        status: int,
+        reason: str | None = None,
+        *,
+        to_tag: str | None = None,
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> Response:
+        """Build a response per RFC 3261 §8.2.6.2: Via, From, To, Call-ID, CSeq copied.
+
+        Record-Route is copied into responses that can establish a dialog (§12.1.1).
+        """
+        headers = Headers()
+        for value in self.headers.get_raw("Via"):
+            headers.add("Via", value)
+        headers.add("From", self.headers.get("From") or "")
+        to_value = self.headers.get("To") or ""
+        if to_tag is not None and status != 100:
+            to_addr = parse_name_addr(to_value)
+            if to_addr.tag is None:
+                to_value = str(to_addr.with_tag(to_tag))
+        headers.add("To", to_value)
+        headers.add("Call-ID", self.call_id)
+        headers.add("CSeq", self.headers.get("CSeq") or "")
+        if 100 < status < 300 and self.method in ("INVITE", "SUBSCRIBE", "REFER"):
+            for value in self.headers.get_raw("Record-Route"):
+                headers.add("Record-Route", value)
+        if content_type is not None:
+            headers.add("Content-Type", content_type)
+        return Response(
+            headers=headers, body=body, status=status, reason=reason or reason_phrase(status)
+        )
+
+
+@dataclass(slots=True)
+class Response(Message):
+    status: int = 0
+    reason: str = ""
+
+    @property
+    def start_line(self) -> str:
+        return f"{SIP_VERSION} {self.status} {self.reason}"
+
+    def serialize(self) -> bytes:
+        return self._serialize(self.start_line)
+
+
+_REQUEST_LINE_RE = re.compile(r"([^ \t]+) ([^ \t]+) ([^ \t]+)")
+_STATUS_LINE_RE = re.compile(r"SIP/2\.0 (\d{3})(?: (.*))?", re.DOTALL)
+_HEADER_NAME_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_DIGITS = re.compile(r"\d+")
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    index = data.find(b"\r\n\r\n")
+    if index >= 0:
+        return data[:index], data[index + 4 :]
+    index = data.find(b"\n\n")
+    if index >= 0:
+        return data[:index], data[index + 2 :]
+    raise SipParseError(400, "no end of headers")
+
+
+def _header_lines(head: str) -> list[str]:
+    """Split and unfold (RFC 3261 §7.3.1: a line starting with whitespace continues)."""
+    lines: list[str] = []
+    for line in head.replace("\r\n", "\n").split("\n"):
+        if line[:1] in (" ", "\t") and lines:
+            lines[-1] = lines[-1] + " " + line.strip(" \t")
+        else:
+            lines.append(line)
+    return lines
+
+
+def parse_message(
+    data: bytes,
+    *,
+    stream: bool = False,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> Request | Response:
+    """Parse one whole message.
+
+    On a datagram (``stream=False``) octets past Content-Length are ignored (RFC 3261 §18.3) and
+    a missing Content-Length means the rest of the datagram; on a stream the framer has already
+    cut the message to its Content-Length.
+    """
+    data = data.lstrip(b"\r\n")
+    head_bytes, rest = _split_head(data)
+    if len(head_bytes) > max_header_bytes:
+        raise SipParseError(513, "header block too large")
+    head = head_bytes.decode("utf-8", "surrogateescape")
+    lines = _header_lines(head)
+    start = lines[0]
+    is_request = not start.startswith("SIP/")
+    raw: list[tuple[str, str]] = []
+    try:
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            name = name.rstrip(" \t")
+            if not colon or _HEADER_NAME_RE.fullmatch(name) is None:
+                raise SipError(400, f"bad header line {line[:40]!r}")
+            raw.append((canonical_name(name), value.strip(" \t")))
+        headers = Headers(raw)
+        body = _take_body(headers, rest, stream=stream, max_body_bytes=max_body_bytes)
+        if is_request:
+            message: Request | Response = _parse_request_line(start, headers, body)
+        else:
+            message = _parse_status_line(start, headers, body)
+        _validate(message)
+        return message
+    except SipParseError as exc:
+        exc.is_request = is_request
+        exc.raw_headers = raw
+        raise
+    except SipError as exc:
+        raise SipParseError(exc.status, exc.reason, is_request=is_request, raw_headers=raw) from exc
+    except (ValueError, IndexError) as exc:  # belt and braces: nothing else escapes the parser
+        raise SipParseError(400, f"malformed: {exc}", is_request=is_request, raw_headers=raw) from exc
+
+
+def _take_body(headers: Headers, rest: bytes, *, stream: bool, max_body_bytes: int) -> bytes:
+    lengths = headers.get_raw("Content-Length")
+    if len(lengths) > 1:
+        raise SipError(400, "several Content-Length headers")
+    if not lengths:
+        if stream:
+            raise SipError(400, "no Content-Length on a stream transport")
+        length = len(rest)
+    else:
+        text = lengths[0].strip()
+        if _DIGITS.fullmatch(text) is None:
+            raise SipError(400, f"bad Content-Length {text!r}")
+        length = int(text)
+    if length > max_body_bytes:
+        raise SipError(413, "body too large")
+    if length > len(rest):
+        raise SipError(400, "Content-Length larger than message")
+    return rest[:length]
+
+
+def _parse_request_line(start: str, headers: Headers, body: bytes) -> Request:
+    match = _REQUEST_LINE_RE.fullmatch(start)
+    if match is None:
+        raise SipError(400, "bad request line")
+    method, uri_text, version = match.groups()
+    if not is_token(method):
+        raise SipError(400, "bad method")
+    if version != SIP_VERSION:
+        if version.upper().startswith("SIP/"):
+            raise SipError(505, f"version {version} not supported")
+        raise SipError(400, "bad request line")
+    uri = parse_uri(uri_text)
+    if isinstance(uri, SipUri) and uri.headers:
+        # RFC 3261 §19.1.5 / RFC 4475 §3.1.2.11: headers are not allowed in a Request-URI.
+        raise SipError(400, "headers in Request-URI")
+    return Request(headers=headers, body=body, method=method, uri=uri)
+
+
+def _parse_status_line(start: str, headers: Headers, body: bytes) -> Response:
+    match = _STATUS_LINE_RE.fullmatch(start)
+    if match is None:
+        raise SipError(400, "bad status line")
+    status = int(match.group(1))
+    if not 100 <= status <= 699:
+        raise SipError(400, "status out of range")
+    return Response(headers=headers, body=body, status=status, reason=match.group(2) or "")
+
+
+def _validate(message: Request | Response) -> None:
+    headers = message.headers
+    for name in SINGLE_HEADERS:
+        if len(headers.get_raw(name)) > 1:
+            raise SipError(400, f"several {name} headers")
+    for name in ("Call-ID", "CSeq", "From", "To"):
+        if not (headers.get(name) or "").strip():
+            raise SipError(400, f"missing {name}")
+    vias = headers.get_all("Via")
+    if not vias:
+        raise SipError(400, "missing Via")
+    for value in vias:
+        via = parse_via(value)
+        if "rport" in via.params and via.params["rport"] not in (None, ""):
+            _bounded_int(via.params["rport"] or "", 65535, "rport")
+    message.from_  # noqa: B018 - parse for validation
+    message.to  # noqa: B018
+    cseq = message.cseq
+    if isinstance(message, Request):
+        if cseq.method != message.method:
+            raise SipError(400, "CSeq method does not match the request")
+        max_forwards = headers.get("Max-Forwards")
+        if max_forwards is not None:
+            _bounded_int(max_forwards, 255, "Max-Forwards")
+    for value in headers.get_all("Contact"):
+        if value.strip() == "*":
+            continue
+        contact = parse_name_addr(value)
+        if "expires" in contact.params:
+            _bounded_int(contact.params["expires"] or "", MAX_DELTA_SECONDS, "Contact expires")
+    for name in ("Expires", "Min-Expires"):
+        value = headers.get(name)
+        if value is not None:
+            _bounded_int(value, MAX_DELTA_SECONDS, name)
+    retry = headers.get("Retry-After")
+    if retry is not None:
+        _bounded_int(retry.split(";")[0].split("(")[0], MAX_DELTA_SECONDS, "Retry-After")
+    for value in headers.get_all("Warning"):
+        code = value.split(" ", 1)[0]
+        if len(code) != 3 or not code.isdigit():
+            raise SipError(400, "bad Warning code")
+    date = headers.get("Date")
+    if date is not None and not date.rstrip().endswith("GMT"):
+        raise SipError(400, "Date must be in GMT")  # RFC 3261 §20.17, RFC 4475 §3.1.2.12
+    content_type = headers.get("Content-Type")
+    if content_type is not None:
+        parse_content_type(content_type)
+    for value in headers.get_raw("Record-Route") + headers.get_raw("Route"):
+        for part in split_header_list(value):
+            parse_name_addr(part)
+    event = headers.get("Event")
+    if event is not None:
+        name, _, params = event.partition(";")
+        if not is_token(name.strip()):
+            raise SipError(400, "bad Event")
+        parse_params(params)
+
+
+def _bounded_int(text: str, limit: int, what: str) -> int:
+    text = text.strip()
+    if _DIGITS.fullmatch(text) is None or len(text) > 12 or int(text) > limit:
+        raise SipError(400, f"bad {what} {text[:20]!r}")
+    return int(text)
+
+
+class StreamFramer:
+    """Cuts a TCP/TLS byte stream into messages by Content-Length (RFC 3261 §18.3).
+
+    ``feed()`` returns whole messages as bytes; keep-alive CRLFs between messages are skipped
+    (RFC 5626 §4.4.1: a double CRLF ping is answered by the owner with one CRLF). A framing
+    error cannot be recovered from on a stream: ``feed`` raises SipParseError, and the
+    connection should answer if it can and close.
+    """
+
+    def __init__(
+        self, *, max_header_bytes: int = MAX_HEADER_BYTES, max_body_bytes: int = MAX_BODY_BYTES
+    ) -> None:
+        self._buffer = bytearray()
+        self._max_header_bytes = max_header_bytes
+        self._max_body_bytes = max_body_bytes
+        self.pings = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        messages: list[bytes] = []
+        while True:
+            stripped = self._buffer.lstrip(b"\r\n")
+            if len(stripped) != len(self._buffer):
+                if self._buffer[: len(self._buffer) - len(stripped)].count(b"\r\n\r\n"):
+                    self.pings += 1
+                del self._buffer[: len(self._buffer) - len(stripped)]
+            if not self._buffer:
+                return messages
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > self._max_header_bytes:
+                    raise SipParseError(513, "header block too large")
+                return messages
+            if end > self._max_header_bytes:
+                raise SipParseError(513, "header block too large")
+            length = self._content_length(bytes(self._buffer[:end]))
+            total = end + 4 + length
+            if len(self._buffer) < total:
+                return messages
+            messages.append(bytes(self._buffer[:total]))
+            del self._buffer[:total]
+
+    def _content_length(self, head: bytes) -> int:
+        found: int | None = None
+        for line in head.split(b"\r\n")[1:]:
+            name, colon, value = line.partition(b":")
+            if colon and name.strip().lower() in (b"content-length", b"l"):
+                text = value.strip()
+                if not text.isdigit() or found is not None:
+                    raise SipParseError(400, "bad Content-Length on stream")
+                found = int(text)
+        if found is None:
+            raise SipParseError(400, "no Content-Length on stream")
+        if found > self._max_body_bytes:
+            raise SipParseError(413, "body too large")
+        return found
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+
+def build_error_response(error: SipParseError) -> bytes | None:
+    """A response to an unparseable request, when enough headers survived to address one."""
+    if not error.is_request:
+        return None
+    headers = Headers(error.raw_headers)
+    if not all(headers.get(n) for n in ("Via", "From", "To", "Call-ID", "CSeq")):
+        return None
+    response = Headers()
+    for value in headers.get_raw("Via"):
+        response.add("Via", value)
+    for name in ("From", "To", "Call-ID", "CSeq"):
+        response.add(name, headers.get(name) or "")
+    reason = error.reason.replace("\r", " ").replace("\n", " ")[:100]
+    status = error.status
+    message = Response(headers=response, status=status, reason=reason_phrase(status))
+    message.headers.add("Warning", f'399 chorus "{reason}"')
+    return message.serialize()

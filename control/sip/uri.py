@@ -1,0 +1,321 @@
+"""SIP URIs and name-addr values (RFC 3261 §19.1, §20.10, §25.1).
+
+Parsing is strict where RFC 4475 says an element must reject (embedded whitespace, unbalanced
+quotes, escaped headers in a Request-URI) and lenient where it says to accept (unknown schemes,
+unknown parameters, escaped characters that need no escaping).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from urllib.parse import unquote_to_bytes
+
+from control.sip.errors import SipError
+
+_TOKEN_CHARS = "-.!%*_+`'~"
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
+_HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::(\d{1,5}))?")
+_WS = " \t"
+
+
+def is_token(text: str) -> bool:
+    return bool(text) and _TOKEN_RE.fullmatch(text) is not None
+
+
+def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    escaped = False
+    for char in text:
+        if escaped:
+            current.append(char)
+            escaped = False
+            continue
+        if quoted and char == "\\":
+            current.append(char)
+            escaped = True
+            continue
+        if char == '"':
+            quoted = not quoted
+        if char == sep and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if quoted:
+        raise SipError(400, "unterminated quoted string")
+    parts.append("".join(current))
+    return parts
+
+
+def parse_params(text: str) -> dict[str, str | None]:
+    """Parse ``;a=b;c`` (the leading ``;`` optional); names lower-cased, order kept."""
+    params: dict[str, str | None] = {}
+    text = text.strip(_WS)
+    if not text:
+        return params
+    if text.startswith(";"):
+        text = text[1:]
+    for part in _split_outside_quotes(text, ";"):
+        part = part.strip(_WS)
+        if not part:
+            raise SipError(400, "empty parameter")
+        name, eq, value = part.partition("=")
+        name = name.strip(_WS)
+        if not is_token(name):
+            raise SipError(400, f"bad parameter name {name!r}")
+        params[name.lower()] = value.strip(_WS) if eq else None
+    return params
+
+
+def format_params(params: dict[str, str | None]) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+
+
+def split_host_port(text: str) -> tuple[str, int | None]:
+    """Split ``host[:port]`` with IPv6 references in brackets (RFC 3261 §25.1 hostport)."""
+    match = _HOST_RE.fullmatch(text)
+    if match is None:
+        raise SipError(400, f"bad host {text!r}")
+    host, port_text = match.group(1), match.group(2)
+    port = int(port_text) if port_text is not None else None
+    if port is not None and not 0 < port < 65536:
+        raise SipError(400, f"bad port {port_text}")
+    return host, port
+
+
+def format_host(host: str) -> str:
+    """IPv6 literals are bracketed wherever a host appears in SIP (RFC 3261 §25.1)."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
+
+
+@dataclass(frozen=True, slots=True)
+class SipUri:
+    """A ``sip:`` or ``sips:`` URI. Host is lower-cased; user keeps its escapes as received."""
+
+    host: str
+    user: str | None = None
+    password: str | None = None
+    port: int | None = None
+    scheme: str = "sip"
+    params: dict[str, str | None] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def transport(self) -> str | None:
+        value = self.params.get("transport")
+        return value.lower() if value else None
+
+    @property
+    def bare_host(self) -> str:
+        """The host without IPv6 brackets, as sockets want it."""
+        return self.host[1:-1] if self.host.startswith("[") else self.host
+
+    @property
+    def address_of_record(self) -> str:
+        return f"{self.user}@{self.host}" if self.user is not None else self.host
+
+    def unescaped_user(self) -> str | None:
+        if self.user is None:
+            return None
+        return unquote_to_bytes(self.user).decode("utf-8", "replace")
+
+    def with_params(self, **params: str | None) -> SipUri:
+        merged = dict(self.params)
+        merged.update(params)
+        return replace(self, params=merged)
+
+    def without_headers(self) -> SipUri:
+        return replace(self, headers={})
+
+    def __str__(self) -> str:
+        out = [self.scheme, ":"]
+        if self.user is not None:
+            out.append(self.user)
+            if self.password is not None:
+                out.append(":" + self.password)
+            out.append("@")
+        out.append(format_host(self.host))
+        if self.port is not None:
+            out.append(f":{self.port}")
+        out.append(format_params(self.params))
+        if self.headers:
+            out.append("?" + "&".join(f"{k}={v}" for k, v in self.headers.items()))
+        return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class AbsoluteUri:
+    """Any other scheme (tel:, urn:, im:, …): kept opaque so we can answer 416 about it."""
+
+    scheme: str
+    rest: str
+
+    def __str__(self) -> str:
+        return f"{self.scheme}:{self.rest}"
+
+
+Uri = SipUri | AbsoluteUri
+
+
+def parse_uri(text: str) -> Uri:
+    """Parse a URI; whitespace anywhere inside is an error (RFC 4475 §3.1.2.8, §3.1.2.14)."""
+    if not text or any(c in text for c in " \t\r\n"):
+        raise SipError(400, f"bad URI {text!r}")
+    scheme, colon, rest = text.partition(":")
+    if not colon or _SCHEME_RE.fullmatch(scheme) is None or not rest:
+        raise SipError(400, f"bad URI {text!r}")
+    lower = scheme.lower()
+    if lower not in ("sip", "sips"):
+        return AbsoluteUri(lower, rest)
+    return _parse_sip_uri(lower, rest)
+
+
+def _parse_sip_uri(scheme: str, rest: str) -> SipUri:
+    # The user part may hold ';', '?' and '/' unescaped (RFC 3261 §25.1 user-unreserved), and
+    # '@' may not appear unescaped anywhere after it, so cut at the last '@' first.
+    user: str | None = None
+    password: str | None = None
+    if "@" in rest:
+        userinfo, _, rest = rest.rpartition("@")
+        user, colon, pw = userinfo.partition(":")
+        password = pw if colon else None
+        if not user:
+            raise SipError(400, "empty user in URI")
+    rest, _, header_text = rest.partition("?")
+    hostport, semi, param_text = rest.partition(";")
+    host, port = split_host_port(hostport)
+    params = parse_params(param_text) if semi else {}
+    headers: dict[str, str] = {}
+    if header_text:
+        for pair in header_text.split("&"):
+            name, _, value = pair.partition("=")
+            if not name:
+                raise SipError(400, "bad URI header")
+            headers[name] = value
+    return SipUri(
+        host=host.lower(),
+        user=user,
+        password=password,
+        port=port,
+        scheme=scheme,
+        params=params,
+        headers=headers,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """``"Display" <uri>;params`` as in From, To, Contact, Route (RFC 3261 §20.10)."""
+
+    uri: Uri
+    display_name: str | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+    def with_tag(self, tag: str) -> NameAddr:
+        params = dict(self.params)
+        params["tag"] = tag
+        return replace(self, params=params)
+
+    def __str__(self) -> str:
+        display = ""
+        if self.display_name is not None:
+            escaped = self.display_name.replace("\\", "\\\\").replace('"', '\\"')
+            display = f'"{escaped}" '
+        return f"{display}<{self.uri}>{format_params(self.params)}"
+
+
+def parse_name_addr(text: str) -> NameAddr:
+    """Parse name-addr or addr-spec with header parameters.
+
+    Without angle brackets, parameters after ``;`` belong to the header, not the URI
+    (RFC 3261 §20.10), and a URI with ``,``, ``?`` or ``;`` must be bracketed.
+    """
+    text = text.strip(_WS)
+    if not text:
+        raise SipError(400, "empty name-addr")
+    display: str | None = None
+    if text.startswith('"'):
+        end = _closing_quote(text)
+        display = _unquote(text[1:end])
+        text = text[end + 1 :].lstrip(_WS)
+        if not text.startswith("<"):
+            raise SipError(400, "display name without <uri>")
+    elif "<" in text:
+        before, _, after = text.partition("<")
+        token_display = before.strip(_WS)
+        if token_display:
+            for word in token_display.split():
+                if not is_token(word):
+                    raise SipError(400, f"bad display name {token_display!r}")
+            display = " ".join(token_display.split())
+        text = "<" + after
+    if text.startswith("<"):
+        close = text.find(">")
+        if close < 0:
+            raise SipError(400, "unterminated <uri>")
+        uri = parse_uri(text[1:close])
+        tail = text[close + 1 :].strip(_WS)
+        if tail and not tail.startswith(";"):
+            raise SipError(400, "junk after <uri>")
+        return NameAddr(uri, display, parse_params(tail))
+    uri_text, semi, param_text = text.partition(";")
+    uri = parse_uri(uri_text.strip(_WS))
+    if isinstance(uri, SipUri) and uri.headers:
+        raise SipError(400, "addr-spec with headers must use <>")
+    return NameAddr(uri, None, parse_params(param_text) if semi else {})
+
+
+def _closing_quote(text: str) -> int:
+    index = 1
+    while index < len(text):
+        char = text[index]
+        if char == "\\":
+            index += 2
+            continue
+        if char == '"':
+            return index
+        index += 1
+    raise SipError(400, "unterminated quoted string")
+
+
+def _unquote(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def split_header_list(value: str) -> list[str]:
+    """Split a comma-separated header value, ignoring commas in quotes and <…> (RFC 3261 §7.3)."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    angle = False
+    escaped = False
+    for char in value:
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"' and not angle:
+            quoted = not quoted
+        elif char == "<" and not quoted:
+            angle = True
+        elif char == ">" and not quoted:
+            angle = False
+        elif char == "," and not quoted and not angle:
+            parts.append("".join(current).strip(_WS))
+            current = []
+            continue
+        current.append(char)
+    if quoted:
+        raise SipError(400, "unterminated quoted string")
+    parts.append("".join(current).strip(_WS))
+    return [p for p in parts if p]

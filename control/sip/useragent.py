@@ -1,0 +1,489 @@
+"""The user agent: transactions and dialogs wired to the transports, on one event loop.
+
+This is the asyncio layer above the sans-IO cores. It matches incoming messages to
+transactions (RFC 3261 §17.1.3, §17.2.3) and dialogs (§12.2.2), re-arms one timer for the
+earliest transaction deadline, and offers applications two handles: ``IncomingRequest`` (answer
+it) and ``OutgoingRequest`` (await its final response).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import ipaddress
+import logging
+import random
+import string
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from control.sip.dialog import DialogId, dialog_id_of_request
+from control.sip.events import AckReceived, ResponseReceived, TimedOut, TransactionTerminated
+from control.sip.headers import Headers
+from control.sip.message import Request, Response, reason_phrase
+from control.sip.transaction import (
+    ClientTransaction,
+    InviteClientTransaction,
+    InviteServerTransaction,
+    NonInviteClientTransaction,
+    NonInviteServerTransaction,
+    ServerTransaction,
+    Timers,
+    TransactionKey,
+    client_key,
+    server_key,
+)
+from control.sip.transport import Peer, SipTransportLayer
+from control.sip.uri import NameAddr, SipUri, Uri, format_host
+
+log = logging.getLogger("chorus.sip.ua")
+
+ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO"
+USER_AGENT = "Chorus/0.1"
+_ALPHABET = string.ascii_letters + string.digits
+
+
+class TimerOwner(Protocol):
+    def next_timer(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+
+class DialogUsage(Protocol):
+    """What the UA hands in-dialog requests and 2xx ACKs to (a call, a subscription)."""
+
+    def handle_request(self, incoming: IncomingRequest) -> None: ...
+
+    def handle_ack(self, request: Request, peer: Peer) -> None: ...
+
+
+class IncomingRequest:
+    """A request received in a server transaction, waiting for its answer."""
+
+    def __init__(
+        self, ua: UserAgent, request: Request, source: Peer, txn: ServerTransaction
+    ) -> None:
+        self.ua = ua
+        self.request = request
+        self.source = source
+        self._txn = txn
+        self.final_sent = False
+        self.cancelled = asyncio.get_running_loop().create_future()
+
+    @property
+    def method(self) -> str:
+        return self.request.method
+
+    def respond(
+        self,
+        status: int,
+        reason: str | None = None,
+        *,
+        to_tag: str | None = None,
+        body: bytes = b"",
+        content_type: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> Response:
+        response = self.request.make_response(
+            status, reason, to_tag=to_tag, body=body, content_type=content_type
+        )
+        for name, value in headers or []:
+            response.headers.add(name, value)
+        if "Server" not in response.headers:
+            response.headers.add("Server", USER_AGENT)
+        self.send_response(response)
+        return response
+
+    def send_response(self, response: Response) -> None:
+        if self.final_sent:
+            log.debug("ignoring a second final response to %s", self.request.method)
+            return
+        if response.status >= 200:
+            self.final_sent = True
+        self._txn.send_response(response, self.ua.now())
+        self.ua.pump_server(self._txn, self.source)
+
+
+class OutgoingRequest:
+    """A request sent in a client transaction. ``final`` resolves with the final response
+    (a synthetic 408 on timeout, 503 on a transport failure, RFC 3261 §8.1.3.1)."""
+
+    def __init__(self, request: Request, peer: Peer) -> None:
+        self.request = request
+        self.peer = peer
+        loop = asyncio.get_running_loop()
+        self.final: asyncio.Future[Response] = loop.create_future()
+        self.provisional: list[Callable[[Response], None]] = []
+        self.on_2xx_retransmission: Callable[[Response], None] | None = None
+
+    def _received(self, response: Response) -> None:
+        if response.status < 200:
+            for callback in self.provisional:
+                callback(response)
+        elif not self.final.done():
+            self.final.set_result(response)
+        elif 200 <= response.status < 300 and self.on_2xx_retransmission is not None:
+            self.on_2xx_retransmission(response)
+
+    def _synthetic(self, status: int) -> None:
+        if not self.final.done():
+            response = self.request.make_response(status)
+            self.final.set_result(response)
+
+
+RequestHandler = Callable[[IncomingRequest], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _ServerEntry:
+    txn: ServerTransaction
+    source: Peer
+    incoming: IncomingRequest | None = None
+
+
+class UserAgent:
+    """Owns the transaction tables, the dialog table and the timer; one per server."""
+
+    def __init__(
+        self,
+        *,
+        timers: Timers = Timers(),
+        advertised_address: str | None = None,
+        outbound_proxy: Uri | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.timers = timers
+        self.advertised_address = advertised_address
+        self.outbound_proxy = outbound_proxy
+        self.rng = rng or random.SystemRandom()
+        self.transport: SipTransportLayer | None = None
+        self.request_handler: RequestHandler | None = None
+        self.dialogs: dict[DialogId, DialogUsage] = {}
+        self._clients: dict[TransactionKey, tuple[ClientTransaction, OutgoingRequest]] = {}
+        self._servers: dict[TransactionKey, _ServerEntry] = {}
+        self._heap: list[tuple[float, int, TimerOwner]] = []
+        self._counter = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- identity ---------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def token(self, length: int = 16) -> str:
+        return "".join(self.rng.choice(_ALPHABET) for _ in range(length))
+
+    def new_branch(self) -> str:
+        return "z9hG4bK" + self.token(20)
+
+    def local_host_port(self, transport: str, toward: str | None = None) -> tuple[str, int]:
+        assert self.transport is not None
+        bound = self.transport.local_address(transport, toward)
+        if bound is None:
+            bound = self.transport.local_address("udp", toward)
+        assert bound is not None, "no listening address"
+        return self.advertised_address or bound.host, bound.port
+
+    def via_for(self, peer: Peer) -> str:
+        host, port = self.local_host_port(peer.transport, peer.host)
+        return f"SIP/2.0/{peer.transport.upper()} {format_host(host)}:{port}" + (
+            f";branch={self.new_branch()};rport"
+        )
+
+    def contact_for(self, peer: Peer, user: str | None = None) -> NameAddr:
+        host, port = self.local_host_port(peer.transport, peer.host)
+        params: dict[str, str | None] = {}
+        if peer.transport != "udp":
+            params["transport"] = peer.transport
+        scheme = "sips" if peer.transport == "tls" else "sip"
+        return NameAddr(SipUri(host=host, user=user, port=port, scheme=scheme, params=params))
+
+    # --- receiving --------------------------------------------------------------------------
+
+    def handle_message(self, message: Request | Response, peer: Peer) -> None:
+        if isinstance(message, Response):
+            self._handle_response(message)
+        else:
+            self._handle_request(message, peer)
+
+    def _handle_response(self, response: Response) -> None:
+        try:
+            key = client_key(response)
+        except Exception:  # noqa: BLE001 - a response we cannot key is simply dropped
+            return
+        entry = self._clients.get(key)
+        if entry is None:
+            log.debug("stray response %s %s", response.status, response.call_id)
+            return
+        txn, _ = entry
+        txn.receive_response(response, self.now())
+        self._pump_client(key)
+
+    def _handle_request(self, request: Request, peer: Peer) -> None:
+        key = server_key(request)
+        entry = self._servers.get(key)
+        if entry is not None:
+            entry.txn.receive_request(request, self.now())
+            self.pump_server(entry.txn, entry.source)
+            return
+        if request.method == "ACK":
+            self._handle_2xx_ack(request, peer)
+            return
+        if request.method == "CANCEL":
+            self._handle_cancel(request, peer)
+            return
+        txn: ServerTransaction
+        if request.method == "INVITE":
+            txn = InviteServerTransaction(
+                request, reliable=peer.reliable, now=self.now(), timers=self.timers
+            )
+        else:
+            txn = NonInviteServerTransaction(
+                request, reliable=peer.reliable, now=self.now(), timers=self.timers
+            )
+        incoming = IncomingRequest(self, request, peer, txn)
+        self._servers[txn.key] = _ServerEntry(txn, peer, incoming)
+        self.pump_server(txn, peer)
+        max_forwards = request.headers.get("Max-Forwards")
+        if max_forwards is not None and int(max_forwards) == 0 and request.method != "OPTIONS":
+            incoming.respond(483)
+            return
+        dialog_id = dialog_id_of_request(request)
+        if dialog_id is not None:
+            usage = self.dialogs.get(dialog_id)
+            if usage is None:
+                incoming.respond(481)
+                return
+            usage.handle_request(incoming)
+            return
+        if self.request_handler is None:
+            incoming.respond(503)
+            return
+        self.spawn(self._run_handler(incoming))
+
+    async def _run_handler(self, incoming: IncomingRequest) -> None:
+        assert self.request_handler is not None
+        try:
+            await self.request_handler(incoming)
+        except Exception:
+            log.exception("application failed on %s", incoming.method)
+            if not incoming.final_sent:
+                incoming.respond(500)
+
+    def _handle_2xx_ack(self, request: Request, peer: Peer) -> None:
+        dialog_id = dialog_id_of_request(request)
+        usage = self.dialogs.get(dialog_id) if dialog_id else None
+        if usage is not None:
+            usage.handle_ack(request, peer)
+
+    def _handle_cancel(self, request: Request, peer: Peer) -> None:
+        """§9.2: 200 to the CANCEL, 487 to the INVITE if it is still pending."""
+        invite_key = server_key(_as_method(request, "INVITE"))
+        target = self._servers.get(invite_key)
+        cancel_txn = NonInviteServerTransaction(
+            request, reliable=peer.reliable, now=self.now(), timers=self.timers
+        )
+        self._servers[cancel_txn.key] = _ServerEntry(cancel_txn, peer)
+        status = 200 if target is not None else 481
+        cancel_txn.send_response(request.make_response(status), self.now())
+        self.pump_server(cancel_txn, peer)
+        if target is not None and target.incoming is not None and not target.incoming.final_sent:
+            if not target.incoming.cancelled.done():
+                target.incoming.cancelled.set_result(None)
+            target.incoming.respond(487)
+
+    # --- sending ----------------------------------------------------------------------------
+
+    def send_request(self, request: Request, peer: Peer) -> OutgoingRequest:
+        """Send a request in a new client transaction. The Via must already carry a branch
+        (ACK for 2xx is sent with ``send_stateless``)."""
+        if "Via" not in request.headers:
+            request.headers.prepend("Via", self.via_for(peer))
+        if "Max-Forwards" not in request.headers:
+            request.headers.add("Max-Forwards", "70")
+        if "User-Agent" not in request.headers:
+            request.headers.add("User-Agent", USER_AGENT)
+        outgoing = OutgoingRequest(request, peer)
+        txn: ClientTransaction
+        if request.method == "INVITE":
+            txn = InviteClientTransaction(
+                request, reliable=peer.reliable, now=self.now(), timers=self.timers
+            )
+        else:
+            txn = NonInviteClientTransaction(
+                request, reliable=peer.reliable, now=self.now(), timers=self.timers
+            )
+        self._clients[txn.key] = (txn, outgoing)
+        self._pump_client(txn.key)
+        return outgoing
+
+    def send_stateless(self, message: Request | Response, peer: Peer) -> None:
+        assert self.transport is not None
+        self.transport.send(message.serialize(), peer)
+
+    async def resolve(self, uri: Uri, *, reliable_hint: str | None = None) -> Peer:
+        """Where to send a request for ``uri``: the outbound proxy, else the URI itself.
+
+        Only IP addresses and names the host resolver knows (RFC 3263 SRV/NAPTR is the
+        proxy's job in the Chorus shape, not the focus's).
+        """
+        target = self.outbound_proxy or uri
+        if not isinstance(target, SipUri):
+            raise ValueError(f"cannot route to {target}")
+        transport = (
+            target.transport or reliable_hint or ("tls" if target.scheme == "sips" else "udp")
+        )
+        port = target.port or (5061 if transport == "tls" else 5060)
+        host = target.bare_host
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port)
+            host = str(infos[0][4][0])
+        return Peer(transport, host, port)
+
+    # --- pumps and timers -------------------------------------------------------------------
+
+    def _pump_client(self, key: TransactionKey) -> None:
+        entry = self._clients.get(key)
+        if entry is None:
+            return
+        txn, outgoing = entry
+        assert self.transport is not None
+        for data in txn.data_to_send():
+            self.transport.send(data, outgoing.peer)
+        while (event := txn.next_event()) is not None:
+            match event:
+                case ResponseReceived(response=response):
+                    outgoing._received(response)
+                case TimedOut():
+                    outgoing._synthetic(408)
+                case TransactionTerminated():
+                    outgoing._synthetic(408)
+                    self._clients.pop(key, None)
+        if not txn.terminated:
+            self._schedule(txn)
+        else:
+            self._clients.pop(key, None)
+
+    def pump_server(self, txn: ServerTransaction, source: Peer) -> None:
+        assert self.transport is not None
+        for data in txn.data_to_send():
+            self.transport.send(data, source)
+        while (event := txn.next_event()) is not None:
+            match event:
+                case AckReceived():
+                    pass
+                case TimedOut():
+                    log.debug("server transaction %s timed out", txn.key)
+                case TransactionTerminated():
+                    self._servers.pop(txn.key, None)
+        if txn.terminated:
+            self._servers.pop(txn.key, None)
+        else:
+            self._schedule(txn)
+
+    def schedule(self, owner: TimerOwner) -> None:
+        """Arm the loop timer for ``owner``'s deadline (sessions use it for 2xx resends)."""
+        self._schedule(owner)
+
+    def _schedule(self, owner: TimerOwner) -> None:
+        deadline = owner.next_timer()
+        if deadline is None:
+            return
+        self._counter += 1
+        heapq.heappush(self._heap, (deadline, self._counter, owner))
+        if self._timer is None or deadline < self._timer.when():
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        now = self.now()
+        due: list[TimerOwner] = []
+        while self._heap and self._heap[0][0] <= now:
+            _, _, owner = heapq.heappop(self._heap)
+            if owner not in due:
+                due.append(owner)
+        for owner in due:
+            deadline = owner.next_timer()
+            if deadline is None or deadline > now:
+                if deadline is not None:
+                    self._schedule(owner)
+                continue
+            owner.handle_timer(now)
+            if isinstance(owner, ClientTransaction):
+                self._pump_client(owner.key)
+            elif isinstance(owner, ServerTransaction):
+                entry = self._servers.get(owner.key)
+                if entry is not None:
+                    self.pump_server(owner, entry.source)
+            else:
+                self._schedule(owner)
+        if self._heap and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_at(self._heap[0][0], self._fire)
+
+    def spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    @property
+    def transaction_count(self) -> int:
+        return len(self._clients) + len(self._servers)
+
+
+def _as_method(request: Request, method: str) -> Request:
+    """A copy keyed as ``method`` (to find the INVITE a CANCEL names, §9.2)."""
+    headers = request.headers.copy()
+    cseq = request.cseq
+    headers.set("CSeq", f"{cseq.number} {method}")
+    return Request(headers=headers, body=b"", method=method, uri=request.uri)
+
+
+def build_request(
+    method: str,
+    uri: Uri,
+    *,
+    from_: NameAddr,
+    to: NameAddr,
+    call_id: str,
+    cseq: int = 1,
+    contact: NameAddr | None = None,
+    body: bytes = b"",
+    content_type: str | None = None,
+    extra_headers: list[tuple[str, str]] | None = None,
+) -> Request:
+    """An out-of-dialog request (RFC 3261 §8.1.1); the UA adds Via and Max-Forwards."""
+    headers = Headers()
+    if from_.tag is None:
+        raise ValueError("From needs a tag")
+    headers.add("From", str(from_))
+    headers.add("To", str(to))
+    headers.add("Call-ID", call_id)
+    headers.add("CSeq", f"{cseq} {method}")
+    if contact is not None:
+        headers.add("Contact", str(contact))
+    for name, value in extra_headers or []:
+        headers.add(name, value)
+    if content_type is not None:
+        headers.add("Content-Type", content_type)
+    return Request(headers=headers, body=body, method=method, uri=uri)
+
+
+def status_line(status: int) -> str:
+    return f"{status} {reason_phrase(status)}"

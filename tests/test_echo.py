@@ -1,0 +1,215 @@
+"""Echo against a real `chorus serve` process: SIPp calls, RTP tones back by FFT, MESSAGE,
+re-INVITE, session limit, TLS, and SIGTERM with calls up."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from control.media.codecs import G722Codec, PcmuCodec
+from control.media.tone import tone_power
+from control.sip import sdp
+from control.sip.session import SessionState
+from tests.peers.chorus import ChorusProcess
+from tests.peers.rtp_tone import RtpToneClient
+from tests.peers.sipclient import SipClient
+from tests.peers.sipp import run_sipp, scenario_path, sipp_available
+
+needs_sipp = pytest.mark.skipif(not sipp_available(), reason="sipp (sip-tester) not installed")
+
+
+@pytest.fixture(scope="module")
+def chorus() -> Iterator[ChorusProcess]:
+    with ChorusProcess({"echo": {"session_limit": 600}}) as process:
+        yield process
+        assert process.alive, process.log()
+
+
+def offer(port: int, codecs: str, rtpmaps: str, direction: str = "sendrecv") -> bytes:
+    return (
+        "v=0\r\no=tester 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP {codecs}\r\n{rtpmaps}a=ptime:20\r\na={direction}\r\n"
+    ).encode()
+
+
+PCMU_OFFER = "a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
+G722_OFFER = "a=rtpmap:9 G722/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
+
+
+@needs_sipp
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+def test_sipp_200_calls_to_echo(chorus: ChorusProcess, transport: str) -> None:
+    result = run_sipp(
+        scenario_path("uac_echo.xml"),
+        f"127.0.0.1:{chorus.sip_port}",
+        transport=transport,  # type: ignore[arg-type]
+        calls=200,
+        rate=50,
+        service="echo",
+        pause_ms=200,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.describe()
+    assert result.stats is not None and result.stats.successful == 200, result.describe()
+    assert chorus.alive
+
+
+@pytest.mark.parametrize(
+    ("codec_name", "pt", "rtpmaps"), [("PCMU", "0", PCMU_OFFER), ("G722", "9", G722_OFFER)]
+)
+async def test_tone_comes_back(
+    chorus: ChorusProcess, codec_name: str, pt: str, rtpmaps: str
+) -> None:
+    codec = PcmuCodec() if codec_name == "PCMU" else G722Codec()
+    decoder = PcmuCodec() if codec_name == "PCMU" else G722Codec()
+    client = RtpToneClient(codec, int(pt))
+    port = await client.open()
+    async with SipClient("udp") as sip:
+        session, response = await sip.call(
+            f"sip:echo@127.0.0.1:{chorus.sip_port}",
+            offer(port, f"{pt} 101", rtpmaps),
+            chorus.sip_port,
+        )
+        assert session is not None, response.status
+        answer = sdp.parse(response.body)
+        audio = answer.media[0]
+        assert audio.rtpmaps()[0].encoding.upper() == codec_name
+        conn = answer.connection_of(audio)
+        assert conn is not None
+        await client.play((conn.address, audio.port), 1000.0, 1.5)
+        await asyncio.sleep(0.3)
+        await session.bye()
+    client.close()
+    heard = decoder_output = client.heard(decoder)
+    rate = decoder.sample_rate
+    assert len(decoder_output) > rate // 2, "too little audio came back"
+    heard = heard[rate // 10 :]  # skip the codec's start-up
+    assert tone_power(heard, rate, 1000.0) > 50 * tone_power(heard, rate, 1500.0)
+    assert tone_power(heard, rate, 1000.0) > 50 * tone_power(heard, rate, 600.0)
+
+
+async def test_reinvite_hold_resume_and_codec_change(chorus: ChorusProcess) -> None:
+    client = RtpToneClient(PcmuCodec(), 0)
+    port = await client.open()
+    async with SipClient("udp") as sip:
+        session, response = await sip.call(
+            f"sip:echo@127.0.0.1:{chorus.sip_port}",
+            offer(port, "0 9 101", PCMU_OFFER + "a=rtpmap:9 G722/8000\r\n"),
+            chorus.sip_port,
+        )
+        assert session is not None
+        first = sdp.parse(response.body)
+        remote = (first.connection_of(first.media[0]).address, first.media[0].port)  # type: ignore[union-attr]
+        # Hold: we send only; echo must answer recvonly and stop sending.
+        held = await session.reinvite(offer(port, "0 101", PCMU_OFFER, "sendonly"))
+        assert held.status == 200
+        held_sdp = sdp.parse(held.body)
+        assert held_sdp.direction_of(held_sdp.media[0]) is sdp.Direction.RECVONLY
+        await client.play(remote, 1000.0, 0.4)
+        await asyncio.sleep(0.2)
+        assert client.collector.packets == []
+        # Resume with a codec change to G.722.
+        resumed = await session.reinvite(offer(port, "9 101", G722_OFFER))
+        assert resumed.status == 200
+        resumed_sdp = sdp.parse(resumed.body)
+        assert resumed_sdp.media[0].rtpmaps()[0].encoding == "G722"
+        assert resumed_sdp.direction_of(resumed_sdp.media[0]) is sdp.Direction.SENDRECV
+        assert resumed_sdp.origin.sess_version > first.origin.sess_version
+        client.codec = G722Codec()
+        client.payload_type = 9
+        await client.play(remote, 1000.0, 0.6)
+        await asyncio.sleep(0.2)
+        assert client.collector.packets, "no audio after resume"
+        assert {p.payload_type for p in client.collector.packets} == {9}
+        await session.bye()
+    client.close()
+
+
+async def test_offer_without_common_codec_gets_488(chorus: ChorusProcess) -> None:
+    async with SipClient("udp") as sip:
+        session, response = await sip.call(
+            f"sip:echo@127.0.0.1:{chorus.sip_port}",
+            offer(4000, "18", "a=rtpmap:18 G729/8000\r\n"),
+            chorus.sip_port,
+        )
+        assert session is None
+        assert response.status == 488
+
+
+async def test_session_limit_ends_call_with_bye() -> None:
+    with ChorusProcess({"echo": {"session_limit": 1.5}}) as chorus:
+        async with SipClient("tcp") as sip:
+            session, _ = await sip.call(
+                f"sip:echo@127.0.0.1:{chorus.sip_port}",
+                offer(4000, "0", PCMU_OFFER),
+                chorus.sip_port,
+            )
+            assert session is not None
+            reason = await asyncio.wait_for(session.terminated, 15)
+            assert reason == "remote BYE"
+            assert session.state is SessionState.TERMINATED
+
+
+async def test_tls_options_and_invite(chorus: ChorusProcess) -> None:
+    async with SipClient("tls") as sip:
+        options = await sip.request(
+            "OPTIONS", f"sip:echo@127.0.0.1:{chorus.tls_port}", chorus.tls_port
+        ).final
+        assert options.status == 200
+        assert "INVITE" in (options.headers.get("Allow") or "")
+        session, response = await sip.call(
+            f"sips:echo@127.0.0.1:{chorus.tls_port}",
+            offer(4000, "0", PCMU_OFFER),
+            chorus.tls_port,
+        )
+        assert session is not None, response.status
+        assert response.status == 200
+        contact = response.contacts[0].uri
+        assert str(contact).startswith("sips:")
+        await session.bye()
+        assert session.state is SessionState.TERMINATED
+
+
+async def test_message_reply_quotes_text(chorus: ChorusProcess) -> None:
+    async with SipClient("udp") as sip:
+        response = await sip.request(
+            "MESSAGE",
+            f"sip:echo@127.0.0.1:{chorus.sip_port}",
+            chorus.sip_port,
+            body=b"hello, echo",
+            content_type="text/plain",
+        ).final
+        assert response.status == 200
+        for _ in range(50):
+            if sip.received:
+                break
+            await asyncio.sleep(0.05)
+        assert sip.received, "no MESSAGE came back"
+        reply = sip.received[0].request
+        assert reply.method == "MESSAGE"
+        assert b"hello, echo" in reply.body
+
+
+async def test_sigterm_ends_calls_with_bye_and_exits() -> None:
+    chorus = ChorusProcess({"server": {"shutdown_timeout": 5}}).start()
+    try:
+        async with SipClient("udp") as sip:
+            sessions = []
+            for _ in range(3):
+                session, _ = await sip.call(
+                    f"sip:echo@127.0.0.1:{chorus.sip_port}",
+                    offer(4000, "0", PCMU_OFFER),
+                    chorus.sip_port,
+                )
+                assert session is not None
+                sessions.append(session)
+            loop = asyncio.get_running_loop()
+            code = await loop.run_in_executor(None, chorus.stop)
+            assert code == 0, chorus.log()
+            for session in sessions:
+                assert session.terminated.done()
+                assert session.terminated.result() == "remote BYE"
+    finally:
+        chorus.stop()
