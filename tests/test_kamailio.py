@@ -318,34 +318,39 @@ def test_failover_on_503() -> None:
 @needs_sipp
 def test_pike_spares_trusted_sources() -> None:
     """With pike on, 127.0.0.0/8 is whitelisted: one busy load generator is not banned."""
-    with SippUas() as uas:
-        with KamailioProcess(
-            [uas.sip_uri], defines={"WITH_PIKE": True, "PIKE_DENSITY": 5}
-        ) as proxy:
-            result = run_sipp("uac_echo", proxy.sip_address, calls=60, rate=100, service="busy")
-            assert result.ok, result.describe()
+    with (
+        SippUas() as uas,
+        KamailioProcess([uas.sip_uri], defines={"WITH_PIKE": True, "PIKE_DENSITY": 5}) as proxy,
+    ):
+        result = run_sipp("uac_echo", proxy.sip_address, calls=60, rate=100, service="busy")
+        assert result.ok, result.describe()
 
 
 @needs_sipp
 def test_pike_bans_an_untrusted_flood() -> None:
     """The same load from an untrusted source exceeds 5 requests per 2 s and is dropped."""
-    with SippUas(stop_timeout=1) as uas:  # its calls never end: do not wait for them
-        with KamailioProcess(
-            [uas.sip_uri],
-            defines={"WITH_PIKE": True, "PIKE_DENSITY": 5, "TRUSTED_NET": "192.0.2.0/24"},
-        ) as proxy:
-            result = run_sipp(
-                "uac_echo",
-                proxy.sip_address,
-                calls=60,
-                rate=100,
-                service="flood",
-                recv_timeout_ms=2000,
-                extra_args=["-max_invite_retrans", "1", "-max_non_invite_retrans", "1"],
-                timeout=10,
-            )
-            assert not result.ok
-            assert "pike blocked" in proxy.log()
+    untrusted: dict[str, str | int | bool] = {
+        "WITH_PIKE": True,
+        "PIKE_DENSITY": 5,
+        "TRUSTED_NET": "192.0.2.0/24",
+    }
+    # stop_timeout=1: the banned calls never end, do not wait for them
+    with (
+        SippUas(stop_timeout=1) as uas,
+        KamailioProcess([uas.sip_uri], defines=untrusted) as proxy,
+    ):
+        result = run_sipp(
+            "uac_echo",
+            proxy.sip_address,
+            calls=60,
+            rate=100,
+            service="flood",
+            recv_timeout_ms=2000,
+            extra_args=["-max_invite_retrans", "1", "-max_non_invite_retrans", "1"],
+            timeout=10,
+        )
+        assert not result.ok
+        assert "pike blocked" in proxy.log()
 
 
 # --------------------------------------------------------------------------- refusals

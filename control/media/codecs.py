@@ -302,7 +302,13 @@ class OpusCodec(Codec):
         if bitrate is not None:
             self._enc.bitrate = bitrate
         if inband_fec:
-            self._enc.inband_fec = 1
+            # opuslib's `inband_fec` setter drops its value; call the ctl directly.
+            import opuslib.api.ctl
+            import opuslib.api.encoder
+
+            enc_state = self._enc.encoder_state
+            opuslib.api.encoder.encoder_ctl(enc_state, opuslib.api.ctl.set_inband_fec, 1)
+            opuslib.api.encoder.encoder_ctl(enc_state, opuslib.api.ctl.set_packet_loss_perc, 5)
         self._dec: Any = opuslib.Decoder(48000, 1)
         self._error = opuslib.OpusError
 
@@ -460,11 +466,19 @@ class Resampler:
             return x.copy()
         buf = np.concatenate([self._history, x.astype(np.float64)])
         limit = x.size * self.up
-        t = np.arange(self._t, limit, self.down)
-        idx = t // self.up
-        phase = t % self.up
-        windows = np.lib.stride_tricks.sliding_window_view(buf, self._k)[idx]
-        y = np.einsum("nk,nk->n", windows, self._phases[phase])
-        self._t = (int(t[-1]) + self.down - limit) if t.size else self._t - limit
+        views = np.lib.stride_tricks.sliding_window_view(buf, self._k)
+        if self.down == 1:
+            # Pure up-sampling: every input yields `up` outputs, one per phase.
+            y = (views @ self._phases.T).reshape(-1)
+            self._t = 0
+        elif self.up == 1:
+            # Pure down-sampling: every `down`-th window, one filter.
+            y = views[self._t :: self.down] @ self._phases[0]
+            last = self._t + (y.size - 1) * self.down
+            self._t = (last + self.down - limit) if y.size else self._t - limit
+        else:
+            t = np.arange(self._t, limit, self.down)
+            y = np.einsum("nk,nk->n", views[t // self.up], self._phases[t % self.up])
+            self._t = (int(t[-1]) + self.down - limit) if t.size else self._t - limit
         self._history = buf[buf.size - (self._k - 1) :]
         return np.clip(np.round(y), -32768, 32767).astype(np.int16)

@@ -286,8 +286,12 @@ def parse_compound(data: bytes) -> list[RtcpPacket]:
 
 
 def _header(count: int, pt: int, body: bytes) -> bytes:
-    if len(body) % 4:
-        raise ValueError("RTCP body must be a multiple of 4 octets")
+    pad = -len(body) % 4
+    if pad:
+        # §6.4.1: a body that is not whole words (an odd extension or APP body we
+        # parsed from a padded packet) goes out padded, with P set.
+        body += bytes(pad - 1) + bytes([pad])
+        return _COMMON.pack(0xA0 | count, pt, len(body) // 4) + body
     return _COMMON.pack(0x80 | count, pt, len(body) // 4) + body
 
 
@@ -375,7 +379,7 @@ class ReceptionStats:
         if not result.valid:
             return result
         # A.8: transit time in timestamp units; only its differences matter.
-        arrival = int(now * self.clock_rate)
+        arrival = round(now * self.clock_rate)
         transit = ts_delta(arrival & 0xFFFFFFFF, packet.timestamp)
         if self._transit is not None:
             d = abs(transit - self._transit)

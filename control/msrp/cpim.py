@@ -27,6 +27,8 @@ from datetime import datetime
 
 from .errors import CpimError
 
+_DateTime = datetime  # the name ``datetime`` is also a CpimMessage property
+
 __all__ = [
     "CPIM_CONTENT_TYPE",
     "CpimAddress",
@@ -44,7 +46,7 @@ CPIM_CONTENT_TYPE = "message/cpim"
 MAX_HEADER_BLOCK = 16 * 1024
 
 _NAME_RE = re.compile(r"[A-Za-z0-9!#$%&'*+\-^_`|~]+(?:\.[A-Za-z0-9!#$%&'*+\-^_`|~]+)?")
-_NS_RE = re.compile(r'(?:([A-Za-z0-9!#$%&\'*+\-^_`|~]+)\s+)?<([^<>\s]*)>')
+_NS_RE = re.compile(r"(?:([A-Za-z0-9!#$%&\'*+\-^_`|~]+)\s+)?<([^<>\s]*)>")
 _ESCAPES = {"\\": "\\", '"': '"', "r": "\r", "n": "\n", "t": "\t"}
 
 
@@ -97,7 +99,7 @@ def parse_address(value: str) -> CpimAddress:
         raise CpimError(400, f"CPIM address needs <uri>: {value[:60]!r}")
     cut = text.rindex("<")
     uri = text[cut + 1 : -1].strip()
-    if not uri or any(c in uri for c in " <>\""):
+    if not uri or any(c in uri for c in ' <>"'):
         raise CpimError(400, "bad URI in CPIM address")
     name = text[:cut].strip()
     if name.startswith('"'):
@@ -237,7 +239,7 @@ class CpimMessage:
         sender: CpimAddress | None = None,
         recipients: Sequence[CpimAddress] = (),
         cc: Sequence[CpimAddress] = (),
-        datetime: datetime | None = None,
+        datetime: _DateTime | None = None,
         subject: str | None = None,
         namespaces: Mapping[str, str] | None = None,
         extra: Iterable[tuple[str, str]] = (),
@@ -261,7 +263,7 @@ class CpimMessage:
                 raise ValueError(f"bad CPIM header name {name!r}")
             headers.append(CpimHeader(name, _escape(value)))
         mime = [("Content-Type", content_type), *content_headers]
-        for name, value in mime:
+        for _name, value in mime:
             if "\r" in value or "\n" in value:
                 raise ValueError("line break in a MIME header value")
         return cls(tuple(headers), tuple(mime), body)

@@ -99,4 +99,3 @@ def build_report(
         ("Status", str(ReportStatus(status, text))),
     ]
     return serialize_request(transaction_id, "REPORT", to_path, from_path, headers)
-

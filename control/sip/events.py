@@ -9,6 +9,15 @@ from dataclasses import dataclass
 
 from control.sip.message import Request, Response
 
+__all__ = [
+    "AckFor2xxReceived",
+    "AckReceived",
+    "ResponseReceived",
+    "TimedOut",
+    "TransactionEvent",
+    "TransactionTerminated",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class ResponseReceived:

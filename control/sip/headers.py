@@ -16,6 +16,7 @@ from control.sip.uri import (
     NameAddr,
     format_host,
     format_params,
+    is_token,
     parse_name_addr,
     parse_params,
     split_header_list,
@@ -147,15 +148,24 @@ class Headers:
     __slots__ = ("_items",)
 
     def __init__(self, items: list[tuple[str, str]] | None = None) -> None:
-        self._items: list[tuple[str, str]] = [
-            (canonical_name(n), v) for n, v in (items or [])
-        ]
+        self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in (items or [])]
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when the same lines arrive in the same order (names canonical, values raw)."""
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return self._items == other._items
+
+    __hash__ = None  # type: ignore[assignment]  # mutable container
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
@@ -244,17 +254,26 @@ _VIA_RE = re.compile(
     r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*"
     r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]+([^;]+?)[ \t]*(;.*)?"
 )
+_SENT_BY_COLON_RE = re.compile(r"[ \t]*:[ \t]*")
 
 
 def parse_via(value: str) -> Via:
-    match = _VIA_RE.fullmatch(value.strip())
+    """One via-parm (RFC 3261 §25.1): sent-protocol LWS sent-by *( SEMI via-params ).
+
+    Any token/token/token protocol is well formed (protocol-name = "SIP" / token); the protocol
+    is kept as received unless it is SIP/2.0, so that a 505 can still copy a ``SIP/7.0`` Via
+    (RFC 4475 §3.1.2.16). LWS may surround the ``:`` of sent-by (HCOLON) but not split a host.
+    """
+    match = _VIA_RE.fullmatch(value.strip(" \t"))
     if match is None:
         raise SipError(400, f"bad Via {value!r}")
     name, version, transport, sent_by, param_text = match.groups()
-    if f"{name}/{version}".upper() != "SIP/2.0":
-        raise SipError(400, f"bad Via protocol {name}/{version}")
-    host, port = split_host_port(sent_by.replace(" ", "").replace("\t", ""))
-    return Via(transport.upper(), host, port, parse_params(param_text or ""), "SIP/2.0")
+    protocol = f"{name}/{version}"
+    if protocol.upper() == "SIP/2.0":
+        protocol = "SIP/2.0"
+    host, port = split_host_port(_SENT_BY_COLON_RE.sub(":", sent_by))
+    params = parse_params(param_text or "")
+    return Via(transport.upper(), host, port, params, protocol)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,14 +288,18 @@ class CSeq:
 MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5: must be less than 2**31.
 
 
+_CSEQ_RE = re.compile(r"[ \t]*([0-9]{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*")
+
+
 def parse_cseq(value: str) -> CSeq:
-    parts = value.split()
-    if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10:
-        raise SipError(400, f"bad CSeq {value!r}")
-    number = int(parts[0])
+    """``1*DIGIT LWS Method`` (RFC 3261 §20.16); the number must be below 2**31 (§8.1.1.5)."""
+    match = _CSEQ_RE.fullmatch(value)
+    if match is None:
+        raise SipError(400, f"bad CSeq {value[:40]!r}")
+    number = int(match.group(1))
     if number > MAX_CSEQ:
         raise SipError(400, "CSeq out of range")
-    return CSeq(number, parts[1])
+    return CSeq(number, match.group(2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,10 +317,10 @@ class ContentType:
 
 
 def parse_content_type(value: str) -> ContentType:
+    """``m-type SLASH m-subtype *(SEMI m-parameter)`` (RFC 3261 §20.15): both types tokens."""
     mime, semi, rest = value.partition(";")
-    main, slash, sub = mime.strip().partition("/")
-    if not slash or not main.strip() or not sub.strip():
-        raise SipError(400, f"bad Content-Type {value!r}")
-    return ContentType(
-        main.strip().lower(), sub.strip().lower(), parse_params(rest) if semi else {}
-    )
+    main, slash, sub = mime.partition("/")
+    main, sub = main.strip(" \t"), sub.strip(" \t")
+    if not slash or not is_token(main) or not is_token(sub):
+        raise SipError(400, f"bad Content-Type {value[:40]!r}")
+    return ContentType(main.lower(), sub.lower(), parse_params(rest) if semi else {})

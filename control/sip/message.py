@@ -192,6 +192,10 @@ class Request(Message):
         if 100 < status < 300 and self.method in ("INVITE", "SUBSCRIBE", "REFER"):
             for value in self.headers.get_raw("Record-Route"):
                 headers.add("Record-Route", value)
+        if status == 100:
+            # RFC 3261 §8.2.6.1: a 100 (Trying) copies the request's Timestamp.
+            for value in self.headers.get_raw("Timestamp"):
+                headers.add("Timestamp", value)
         if content_type is not None:
             headers.add("Content-Type", content_type)
         return Response(
@@ -213,19 +217,20 @@ class Response(Message):
 
 
 _REQUEST_LINE_RE = re.compile(r"([^ \t]+) ([^ \t]+) ([^ \t]+)")
-_STATUS_LINE_RE = re.compile(r"SIP/2\.0 (\d{3})(?: (.*))?", re.DOTALL)
+_STATUS_LINE_RE = re.compile(r"SIP/2\.0 ([0-9]{3})(?: (.*))?", re.DOTALL)
 _HEADER_NAME_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
-_DIGITS = re.compile(r"\d+")
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() and \d accept other scripts' digits
+_MAX_LENGTH_DIGITS = 12  # no Content-Length needs more; int() of thousands of digits raises
+# The empty line ending the header block: CRLF CRLF, or bare LF tolerated (RFC 3261 §7.5).
+_END_OF_HEADERS_RE = re.compile(rb"\r?\n\r?\n")
 
 
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
-    index = data.find(b"\r\n\r\n")
-    if index >= 0:
-        return data[:index], data[index + 4 :]
-    index = data.find(b"\n\n")
-    if index >= 0:
-        return data[:index], data[index + 2 :]
-    raise SipParseError(400, "no end of headers")
+    """Cut at the first empty line, whichever line ending it uses."""
+    match = _END_OF_HEADERS_RE.search(data)
+    if match is None:
+        raise SipParseError(400, "no end of headers")
+    return data[: match.start()], data[match.end() :]
 
 
 def _header_lines(head: str) -> list[str]:
@@ -254,8 +259,6 @@ def parse_message(
     """
     data = data.lstrip(b"\r\n")
     head_bytes, rest = _split_head(data)
-    if len(head_bytes) > max_header_bytes:
-        raise SipParseError(513, "header block too large")
     head = head_bytes.decode("utf-8", "surrogateescape")
     lines = _header_lines(head)
     start = lines[0]
@@ -268,6 +271,10 @@ def parse_message(
             if not colon or _HEADER_NAME_RE.fullmatch(name) is None:
                 raise SipError(400, f"bad header line {line[:40]!r}")
             raw.append((canonical_name(name), value.strip(" \t")))
+        if len(head_bytes) > max_header_bytes:
+            # Checked after reading the lines so that a server can still answer 513 (a datagram
+            # is bounded by the transport, so the work is too).
+            raise SipError(513, "header block too large")
         headers = Headers(raw)
         body = _take_body(headers, rest, stream=stream, max_body_bytes=max_body_bytes)
         if is_request:
@@ -283,7 +290,9 @@ def parse_message(
     except SipError as exc:
         raise SipParseError(exc.status, exc.reason, is_request=is_request, raw_headers=raw) from exc
     except (ValueError, IndexError) as exc:  # belt and braces: nothing else escapes the parser
-        raise SipParseError(400, f"malformed: {exc}", is_request=is_request, raw_headers=raw) from exc
+        raise SipParseError(
+            400, f"malformed: {exc}", is_request=is_request, raw_headers=raw
+        ) from exc
 
 
 def _take_body(headers: Headers, rest: bytes, *, stream: bool, max_body_bytes: int) -> bytes:
@@ -297,7 +306,9 @@ def _take_body(headers: Headers, rest: bytes, *, stream: bool, max_body_bytes: i
     else:
         text = lengths[0].strip()
         if _DIGITS.fullmatch(text) is None:
-            raise SipError(400, f"bad Content-Length {text!r}")
+            raise SipError(400, f"bad Content-Length {text[:20]!r}")
+        if len(text.lstrip("0")) > _MAX_LENGTH_DIGITS:
+            raise SipError(413, "body too large")
         length = int(text)
     if length > max_body_bytes:
         raise SipError(413, "body too large")
@@ -365,9 +376,9 @@ def _validate(message: Request | Response) -> None:
         if "expires" in contact.params:
             _bounded_int(contact.params["expires"] or "", MAX_DELTA_SECONDS, "Contact expires")
     for name in ("Expires", "Min-Expires"):
-        value = headers.get(name)
-        if value is not None:
-            _bounded_int(value, MAX_DELTA_SECONDS, name)
+        seconds = headers.get(name)
+        if seconds is not None:
+            _bounded_int(seconds, MAX_DELTA_SECONDS, name)
     retry = headers.get("Retry-After")
     if retry is not None:
         _bounded_int(retry.split(";")[0].split("(")[0], MAX_DELTA_SECONDS, "Retry-After")
@@ -403,9 +414,10 @@ class StreamFramer:
     """Cuts a TCP/TLS byte stream into messages by Content-Length (RFC 3261 §18.3).
 
     ``feed()`` returns whole messages as bytes; keep-alive CRLFs between messages are skipped
-    (RFC 5626 §4.4.1: a double CRLF ping is answered by the owner with one CRLF). A framing
-    error cannot be recovered from on a stream: ``feed`` raises SipParseError, and the
-    connection should answer if it can and close.
+    and every double CRLF among them counts as one ping (RFC 5626 §4.4.1: the owner answers
+    each with one CRLF), however the bytes were split. A framing error cannot be recovered from
+    on a stream: ``feed`` raises SipParseError, carrying whatever header lines it could read so
+    that the owner can answer (400, 413, 513) before it closes the connection.
     """
 
     def __init__(
@@ -414,46 +426,65 @@ class StreamFramer:
         self._buffer = bytearray()
         self._max_header_bytes = max_header_bytes
         self._max_body_bytes = max_body_bytes
+        self._crlf_run = b""  # CR/LF bytes seen since the last message or ping, across feeds
         self.pings = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
         messages: list[bytes] = []
         while True:
-            stripped = self._buffer.lstrip(b"\r\n")
-            if len(stripped) != len(self._buffer):
-                if self._buffer[: len(self._buffer) - len(stripped)].count(b"\r\n\r\n"):
-                    self.pings += 1
-                del self._buffer[: len(self._buffer) - len(stripped)]
+            self._skip_keepalives()
             if not self._buffer:
                 return messages
             end = self._buffer.find(b"\r\n\r\n")
             if end < 0:
-                if len(self._buffer) > self._max_header_bytes:
-                    raise SipParseError(513, "header block too large")
+                if len(self._buffer) > self._max_header_bytes + 3:
+                    raise _salvaged(513, "header block too large", bytes(self._buffer))
                 return messages
+            head = bytes(self._buffer[:end])
             if end > self._max_header_bytes:
-                raise SipParseError(513, "header block too large")
-            length = self._content_length(bytes(self._buffer[:end]))
+                raise _salvaged(513, "header block too large", head)
+            length = self._content_length(head)
             total = end + 4 + length
             if len(self._buffer) < total:
                 return messages
             messages.append(bytes(self._buffer[:total]))
             del self._buffer[:total]
 
+    def _skip_keepalives(self) -> None:
+        count = 0
+        while count < len(self._buffer) and self._buffer[count] in b"\r\n":
+            count += 1
+        if not count:
+            if self._buffer:
+                self._crlf_run = b""  # a message starts: a half-received ping is forgotten
+            return
+        self._crlf_run += bytes(self._buffer[:count])
+        del self._buffer[:count]
+        while (index := self._crlf_run.find(b"\r\n\r\n")) >= 0:
+            self.pings += 1
+            self._crlf_run = self._crlf_run[index + 4 :]
+        self._crlf_run = self._crlf_run[-3:]  # all a split ping can still need
+        if self._buffer:
+            self._crlf_run = b""
+
     def _content_length(self, head: bytes) -> int:
         found: int | None = None
         for line in head.split(b"\r\n")[1:]:
+            if line[:1] in (b" ", b"\t"):
+                continue  # a folded continuation line never starts a header (§7.3.1)
             name, colon, value = line.partition(b":")
-            if colon and name.strip().lower() in (b"content-length", b"l"):
-                text = value.strip()
+            if colon and name.strip(b" \t").lower() in (b"content-length", b"l"):
+                text = value.strip(b" \t")
                 if not text.isdigit() or found is not None:
-                    raise SipParseError(400, "bad Content-Length on stream")
+                    raise _salvaged(400, "bad Content-Length on stream", head)
+                if len(text.lstrip(b"0")) > _MAX_LENGTH_DIGITS:
+                    raise _salvaged(413, "body too large", head)
                 found = int(text)
         if found is None:
-            raise SipParseError(400, "no Content-Length on stream")
+            raise _salvaged(400, "no Content-Length on stream", head)
         if found > self._max_body_bytes:
-            raise SipParseError(413, "body too large")
+            raise _salvaged(413, "body too large", head)
         return found
 
     @property
@@ -461,8 +492,28 @@ class StreamFramer:
         return len(self._buffer)
 
 
-def build_error_response(error: SipParseError) -> bytes | None:
-    """A response to an unparseable request, when enough headers survived to address one."""
+def _salvaged(status: int, reason: str, head: bytes) -> SipParseError:
+    """A framing error carrying the readable header lines, for build_error_response."""
+    text = head.split(b"\r\n\r\n", 1)[0].decode("utf-8", "surrogateescape")
+    lines = _header_lines(text)
+    raw: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if colon and _HEADER_NAME_RE.fullmatch(name) is not None:
+            raw.append((canonical_name(name), value.strip(" \t")))
+    is_request = _REQUEST_LINE_RE.fullmatch(lines[0]) is not None
+    return SipParseError(status, reason, is_request=is_request, raw_headers=raw)
+
+
+def build_error_response(error: SipParseError, *, to_tag: str | None = None) -> bytes | None:
+    """A response to an unparseable request, when enough headers survived to address one.
+
+    Via, From, To, Call-ID and CSeq are copied verbatim (RFC 3261 §8.2.6.2), even when one of
+    them is what was malformed: the client matches a response by its top Via branch and CSeq
+    (§17.1.3), and a copy is what it sent. ``to_tag`` (from the owner's random source) is added
+    to a To that parses and has none. The parser's reason travels in a Warning (§20.43).
+    """
     if not error.is_request:
         return None
     headers = Headers(error.raw_headers)
@@ -471,9 +522,21 @@ def build_error_response(error: SipParseError) -> bytes | None:
     response = Headers()
     for value in headers.get_raw("Via"):
         response.add("Via", value)
-    for name in ("From", "To", "Call-ID", "CSeq"):
-        response.add(name, headers.get(name) or "")
-    reason = error.reason.replace("\r", " ").replace("\n", " ")[:100]
+    to_value = headers.get("To") or ""
+    if to_tag is not None:
+        try:
+            to_addr = parse_name_addr(to_value)
+        except SipError:
+            pass
+        else:
+            if to_addr.tag is None:
+                to_value = str(to_addr.with_tag(to_tag))
+    response.add("From", headers.get("From") or "")
+    response.add("To", to_value)
+    response.add("Call-ID", headers.get("Call-ID") or "")
+    response.add("CSeq", headers.get("CSeq") or "")
+    reason = "".join(c if " " <= c <= "~" else "?" for c in error.reason)[:100]
+    reason = reason.replace("\\", "\\\\").replace('"', '\\"')
     status = error.status
     message = Response(headers=response, status=status, reason=reason_phrase(status))
     message.headers.add("Warning", f'399 chorus "{reason}"')

@@ -144,9 +144,8 @@ class Session:
     # --- UAS side: 2xx retransmission and ACK ----------------------------------------------
 
     def start_2xx_retransmission(self, response: Response) -> None:
+        # §13.3.1.4 applies on every transport: a proxy beyond a TCP hop may be on UDP.
         self._last_2xx = response
-        if self.source.reliable:
-            return
         self._retransmitter = TwoHundredRetransmitter(
             response.serialize(), now=self.ua.now(), timers=self.ua.timers
         )

@@ -32,6 +32,30 @@ from control.sip.events import (
 from control.sip.headers import Headers, Via
 from control.sip.message import Request, Response
 
+__all__ = [
+    "MAGIC_COOKIE",
+    "ClientEvent",
+    "ClientTransaction",
+    "InviteClientTransaction",
+    "InviteServerTransaction",
+    "NonInviteClientTransaction",
+    "NonInviteServerTransaction",
+    "ServerEvent",
+    "ServerTransaction",
+    "Timers",
+    "TransactionKey",
+    "TransactionState",
+    "TransactionStateError",
+    "TwoHundredRetransmitter",
+    "build_ack_for_non2xx",
+    "build_cancel",
+    "cancel_target_key",
+    "client_key",
+    "new_client_transaction",
+    "new_server_transaction",
+    "server_key",
+]
+
 MAGIC_COOKIE: Final = "z9hG4bK"  # RFC 3261 §8.1.1.7: branches of RFC 3261 elements start so
 
 TransactionKey = tuple[str, str, str]  # (branch, sent-by or "", method)

@@ -16,8 +16,15 @@ from control.sip.errors import SipError
 _TOKEN_CHARS = "-.!%*_+`'~"
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
-_HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::(\d{1,5}))?")
+_HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::([0-9]{1,5}))?")
 _WS = " \t"
+# Characters no URI may hold unescaped (RFC 3261 §25.1, RFC 3986 §2): whitespace and controls,
+# and the delimiters that frame a URI inside a header value. Rejecting them keeps every parsed
+# URI safe to write back between ``<`` and ``>``.
+_URI_FORBIDDEN_RE = re.compile(r'[\x00-\x20\x7f<>"]')
+# A parameter value is a token, a host (IPv6 reference included) or a URI paramchar run
+# (RFC 3261 §25.1 gen-value, paramchar), or else a quoted-string: none holds these unquoted.
+_PARAM_VALUE_FORBIDDEN_RE = re.compile(r'[\x00-\x20\x7f<>",;\\]')
 
 
 def is_token(text: str) -> bool:
@@ -67,8 +74,24 @@ def parse_params(text: str) -> dict[str, str | None]:
         name = name.strip(_WS)
         if not is_token(name):
             raise SipError(400, f"bad parameter name {name!r}")
-        params[name.lower()] = value.strip(_WS) if eq else None
+        if not eq:
+            params[name.lower()] = None
+            continue
+        value = value.strip(_WS)
+        if not _is_param_value(value):
+            raise SipError(400, f"bad value for parameter {name!r}")
+        params[name.lower()] = value
     return params
+
+
+def _is_param_value(value: str) -> bool:
+    """RFC 3261 §25.1 gen-value: token / host / quoted-string (an empty value is tolerated)."""
+    if value.startswith('"'):
+        try:
+            return _closing_quote(value) == len(value) - 1
+        except SipError:
+            return False
+    return _PARAM_VALUE_FORBIDDEN_RE.search(value) is None
 
 
 def format_params(params: dict[str, str | None]) -> str:
@@ -165,7 +188,7 @@ Uri = SipUri | AbsoluteUri
 
 def parse_uri(text: str) -> Uri:
     """Parse a URI; whitespace anywhere inside is an error (RFC 4475 §3.1.2.8, §3.1.2.14)."""
-    if not text or any(c in text for c in " \t\r\n"):
+    if not text or _URI_FORBIDDEN_RE.search(text) is not None:
         raise SipError(400, f"bad URI {text!r}")
     scheme, colon, rest = text.partition(":")
     if not colon or _SCHEME_RE.fullmatch(scheme) is None or not rest:
@@ -177,12 +200,14 @@ def parse_uri(text: str) -> Uri:
 
 
 def _parse_sip_uri(scheme: str, rest: str) -> SipUri:
-    # The user part may hold ';', '?' and '/' unescaped (RFC 3261 §25.1 user-unreserved), and
-    # '@' may not appear unescaped anywhere after it, so cut at the last '@' first.
+    # The user part may hold ';', '?' and '/' unescaped (RFC 3261 §25.1 user-unreserved) but
+    # never '@', so the first '@' ends it. Cutting there (not at the last '@') also reads the
+    # unescaped '@' some peers leave in a header value (``?Replaces=id@host``) as part of that
+    # value instead of swallowing host and headers into the user part.
     user: str | None = None
     password: str | None = None
     if "@" in rest:
-        userinfo, _, rest = rest.rpartition("@")
+        userinfo, _, rest = rest.partition("@")
         user, colon, pw = userinfo.partition(":")
         password = pw if colon else None
         if not user:
@@ -229,9 +254,26 @@ class NameAddr:
     def __str__(self) -> str:
         display = ""
         if self.display_name is not None:
-            escaped = self.display_name.replace("\\", "\\\\").replace('"', '\\"')
-            display = f'"{escaped}" '
+            display = f"{quote_string(self.display_name)} "
         return f"{display}<{self.uri}>{format_params(self.params)}"
+
+
+def quote_string(text: str) -> str:
+    """A quoted-string holding ``text`` (RFC 3261 §25.1).
+
+    Backslash, quote and control characters go out as quoted-pairs; CR and LF cannot be quoted
+    at all, so they become spaces rather than break the header line.
+    """
+    out = ['"']
+    for char in text:
+        if char in "\r\n":
+            out.append(" ")
+        elif char in '\\"' or ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append("\\" + char)
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
 
 
 def parse_name_addr(text: str) -> NameAddr:

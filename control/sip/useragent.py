@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from control.sip.dialog import DialogId, dialog_id_of_request
-from control.sip.events import AckReceived, ResponseReceived, TimedOut, TransactionTerminated
+from control.sip.events import (
+    AckFor2xxReceived,
+    AckReceived,
+    ResponseReceived,
+    TimedOut,
+    TransactionTerminated,
+)
 from control.sip.headers import Headers
 from control.sip.message import Request, Response, reason_phrase
 from control.sip.transaction import (
@@ -32,6 +38,7 @@ from control.sip.transaction import (
     ServerTransaction,
     Timers,
     TransactionKey,
+    cancel_target_key,
     client_key,
     server_key,
 )
@@ -281,7 +288,7 @@ class UserAgent:
 
     def _handle_cancel(self, request: Request, peer: Peer) -> None:
         """§9.2: 200 to the CANCEL, 487 to the INVITE if it is still pending."""
-        invite_key = server_key(_as_method(request, "INVITE"))
+        invite_key = cancel_target_key(request)
         target = self._servers.get(invite_key)
         cancel_txn = NonInviteServerTransaction(
             request, reliable=peer.reliable, now=self.now(), timers=self.timers
@@ -377,6 +384,9 @@ class UserAgent:
             match event:
                 case AckReceived():
                     pass
+                case AckFor2xxReceived(request=ack):
+                    # RFC 6026 §7.1: an RFC 2543 peer's ACK for our 2xx keys like its INVITE.
+                    self._handle_2xx_ack(ack, source)
                 case TimedOut():
                     log.debug("server transaction %s timed out", txn.key)
                 case TransactionTerminated():
@@ -445,14 +455,6 @@ class UserAgent:
     @property
     def transaction_count(self) -> int:
         return len(self._clients) + len(self._servers)
-
-
-def _as_method(request: Request, method: str) -> Request:
-    """A copy keyed as ``method`` (to find the INVITE a CANCEL names, §9.2)."""
-    headers = request.headers.copy()
-    cseq = request.cseq
-    headers.set("CSeq", f"{cseq.number} {method}")
-    return Request(headers=headers, body=b"", method=method, uri=request.uri)
 
 
 def build_request(

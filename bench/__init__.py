@@ -1,0 +1,1 @@
+"""Chorus benchmarks: each module prints JSON results; bench/RESULTS.md records them."""
