@@ -23,6 +23,10 @@ How the delay adapts:
 * A new SSRC, or a sequence jump too large to be loss (RFC 3550 A.1's reasoning), flushes
   the buffer and starts again.  After `max_concealed` consecutive underruns the
   stream is taken as stopped (DTX, hold) and `get` returns None until packets return.
+
+Feed it every packet of the SSRC (telephone-event and comfort noise included) and
+dispatch on `frame.packet.payload_type` on the way out: they share the sequence space,
+so filtering some out beforehand would make them look lost.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 __all__ = [
     "RTP_VERSION",
@@ -328,8 +328,3 @@ class RtpSender:
         """Time passes without a packet (silence): the next packet starts a talkspurt."""
         self.timestamp = (self.timestamp + ticks) % TS_MOD
         self._talkspurt_start = True
-
-    def restamp(self, packet: RtpPacket, ticks: int) -> RtpPacket:
-        """Re-send someone else's packet under our SSRC and numbering (a relay)."""
-        out = self.stamp(packet.payload, ticks, payload_type=packet.payload_type)
-        return replace(out, marker=packet.marker or out.marker)

@@ -9,9 +9,9 @@ it to write. Transaction ids and Message-IDs come from the injected ``random`` s
 
 Several sessions share one connection (RFC 4975 §7.3): a request is routed by the session-id of
 the first To-Path URI. No such session → 481. A From-Path whose last URI (the peer endpoint)
-differs from the last URI of the session's ``remote_path`` → 403: RFC 4975 §7.3 asks the
-receiver to check that the request comes from the session's peer; comparing the endpoint URI
-(not relay hops, which RFC 4976 relays rewrite) is the check that still works through relays.
+differs from the last URI of the session's ``remote_path`` → 403 (Action-not-allowed): only
+the session's negotiated peer may send into it. Comparing the endpoint URI, not the relay hops
+that RFC 4976 relays rewrite, is the check that still works through relays.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ class MsrpConnection:
     ``max_message_size`` 16 MiB: a chat message is reassembled in memory; file sessions set
     their own limit.
     ``max_concurrent_messages`` 16 per session: each incomplete message costs memory.
-    ``transaction_timeout`` 30 s: RFC 4975 §7.3's suggested transaction timeout.
+    ``transaction_timeout`` 30 s: the transaction timeout RFC 4975 suggests.
     ``body_piece_size`` 64 KiB: body bytes handed out per event for large chunks.
     ``max_ranges`` 4096: disjoint byte ranges tracked per message.
     """
@@ -263,7 +263,7 @@ class MsrpConnection:
         return None
 
     def handle_timer(self, now: float) -> None:
-        """Expire transactions (RFC 4975 §7.3: no response in time counts as a 408)."""
+        """Expire transactions: no response in time counts as a 408 (RFC 4975 status table)."""
         while self._timers and self._timers[0][0] <= now:
             deadline, tid = heapq.heappop(self._timers)
             txn = self._txns.get(tid)

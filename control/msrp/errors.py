@@ -1,10 +1,10 @@
 """One exception family for MSRP, CPIM and the chat XML bodies.
 
 Bad input from a peer raises :class:`MsrpError` carrying the MSRP status code the core answers
-with (RFC 4975 §7.3 and §15.4), as h11 attaches the HTTP status to its protocol error. The core
-catches it once at its boundary and turns it into a response plus an event; nothing else escapes
-``MsrpConnection.receive_data``. Our own misuse of the API is :class:`MsrpUsageError`: a bug, not
-input, and never caught by the core.
+with (RFC 4975 §7.3 and the IANA MSRP status registry), as h11 attaches the HTTP status to its
+protocol error. The core catches it once at its boundary and turns it into a response plus an
+event; nothing else escapes ``MsrpConnection.receive_data``. Our own misuse of the API is
+:class:`MsrpUsageError`: a bug, not input, and never caught by the core.
 """
 
 from __future__ import annotations

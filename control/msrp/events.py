@@ -163,7 +163,7 @@ class ResponseReceived:
 
 @dataclass(frozen=True, slots=True)
 class TransactionTimedOut:
-    """No response within the transaction timeout (RFC 4975 §7.3: treated as a 408)."""
+    """No response within the transaction timeout: treated as a 408 (RFC 4975)."""
 
     session_id: str | None
     transaction_id: str
@@ -194,7 +194,7 @@ class ProtocolError:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionFailed:
-    """The byte stream is beyond repair (RFC 4975 §7.3 framing lost): the caller closes it."""
+    """The byte stream cannot be framed any more: the caller closes the connection."""
 
     reason: str
 
