@@ -91,8 +91,10 @@ session_limit = 30
         ({"rtp": {"codecs": ["PCMU", "AMR"]}}, "rtp.codecs[1]"),
         ({"rtp": {"srtp": "sometimes"}}, "rtp.srtp"),
         ({"rtp": {"timeout": "30"}}, "rtp.timeout"),
-        ({"tls": {"certificate": "/nonexistent.pem", "private_key": "/nonexistent.key"}},
-         "tls.certificate"),
+        (
+            {"tls": {"certificate": "/nonexistent.pem", "private_key": "/nonexistent.key"}},
+            "tls.certificate",
+        ),
         ({"tls": {"certificate": "/x.pem"}}, "tls.certificate"),
         ({"server": {"log_level": "LOUD"}}, "server.log_level"),
         ({"server": {"trace_sip": True}}, "server.trace_sip"),
@@ -158,6 +160,8 @@ def test_readme_documents_every_key() -> None:
         for name in fields:
             if name == "timers":
                 continue
-            assert f"`[{section}] {name}`" in readme or f", `{name}`" in readme or (
-                f"`[{section}] " in readme and f"`{name}`" in readme
+            assert (
+                f"`[{section}] {name}`" in readme
+                or f", `{name}`" in readme
+                or (f"`[{section}] " in readme and f"`{name}`" in readme)
             ), f"[{section}] {name} is not documented"

@@ -257,7 +257,9 @@ class BaresipProcess:
             except OSError:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise BaresipError(f"baresip control socket never opened:\n{self.log()}")
+                    raise BaresipError(
+                        f"baresip control socket never opened:\n{self.log()}"
+                    ) from None
                 time.sleep(0.05)
         self._sock.settimeout(None)
         self._reader = threading.Thread(target=self._read_loop, daemon=True)

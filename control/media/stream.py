@@ -1,0 +1,316 @@
+"""One participant's audio stream in the embedded mixer (sans-IO).
+
+Receive side: datagram → SRTP unprotect → RTP parse → source validation → jitter buffer;
+once per mixer tick the buffer's next packet is decoded (or concealed) and resampled to
+the mixer's internal rate.  Send side: a payload the mixer encoded (possibly shared with
+other listeners) gets this participant's own RTP header and SRTP protection.
+
+Nothing here touches a socket or a clock: datagrams arrive with `now`, ticks pass `now`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from control.media.answer import PTIME_MS, Address, AudioTerms
+from control.media.codecs import Codec, CodecError, Resampler
+from control.media.jitter import Frame, JitterBuffer
+from control.media.rtp import RtpError, RtpPacket, RtpSender, SequenceTracker, is_rtcp
+from control.media.srtp import SrtpContext, SrtpError
+
+__all__ = [
+    "EncoderChain",
+    "ParticipantStream",
+    "SourceFilter",
+    "StreamStats",
+    "TalkDetector",
+]
+
+Pcm = npt.NDArray[np.int16]
+
+
+class SourceFilter:
+    """Which SSRC we listen to (RFC 3550 §8.2 / Appendix A.1 source validation).
+
+    The current source's packets pass straight through A.1's checks.  A packet with another
+    SSRC goes to a candidate tracker and the stream switches only once that candidate has
+    sent `min_sequential` packets in sequence: a real SSRC change (a phone restarting its
+    stream) is followed within two packets, while garbage that happens to look like RTP
+    never displaces the talker, nor does it move where we send (symmetric RTP latching).
+    """
+
+    def __init__(self, min_sequential: int = 2) -> None:
+        self._min = min_sequential
+        self._current = SequenceTracker(min_sequential=min_sequential)
+        self._candidate = SequenceTracker(min_sequential=min_sequential)
+        self.changes = 0
+
+    @property
+    def ssrc(self) -> int | None:
+        return self._current.ssrc
+
+    def accept(self, packet: RtpPacket) -> bool:
+        if packet.ssrc == self._current.ssrc:
+            return self._current.update(packet.ssrc, packet.sequence).valid
+        if not self._candidate.update(packet.ssrc, packet.sequence).valid:
+            return False
+        if self._current.ssrc is not None:
+            self.changes += 1
+        self._current = self._candidate
+        self._candidate = SequenceTracker(min_sequential=self._min)
+        return True
+
+
+class TalkDetector:
+    """Energy voice activity with hysteresis: who is talking, and who gets mixed.
+
+    Onset is immediate (one frame above `start_db`) so no syllable is clipped; release
+    needs `hangover` frames below `stop_db`, which bridges the pauses between words.
+    Levels are RMS in dB relative to full scale.
+    """
+
+    def __init__(
+        self, *, start_db: float = -42.0, stop_db: float = -48.0, hangover: int = 20
+    ) -> None:
+        self.start_db = start_db
+        self.stop_db = stop_db
+        self.hangover = hangover
+        self.talking = False
+        self._quiet = 0
+
+    def update(self, level_db: float) -> bool | None:
+        """Feed one frame's level; returns the new state on a transition, else None."""
+        if level_db >= self.start_db:
+            self._quiet = 0
+            if not self.talking:
+                self.talking = True
+                return True
+            return None
+        if self.talking and level_db < self.stop_db:
+            self._quiet += 1
+            if self._quiet >= self.hangover:
+                self.talking = False
+                self._quiet = 0
+                return False
+        return None
+
+    def reset(self) -> bool | None:
+        """Stop at once (mute, stream stopped); returns False if that is a transition."""
+        self._quiet = 0
+        if self.talking:
+            self.talking = False
+            return False
+        return None
+
+
+def level_db(frame: Pcm) -> float:
+    """RMS level of an int16 frame in dBFS (silence floors at -120)."""
+    x = frame.astype(np.float32)
+    mean_square = float(np.dot(x, x)) / max(1, x.size)
+    return 10.0 * math.log10(max(mean_square, 1e-12) / (32768.0 * 32768.0))
+
+
+class EncoderChain:
+    """Resample the mixer's internal-rate PCM to a codec's rate and encode it.
+
+    Both stages keep state across frames (filter history, ADPCM/CELP predictors), so a
+    chain serves one continuous audio stream: one listener's own mix-minus, or the full
+    mix shared by every silent listener with the same codec.
+    """
+
+    def __init__(self, factory: Callable[[], Codec], internal_rate: int) -> None:
+        self.codec = factory()
+        self._resampler = Resampler(internal_rate, self.codec.sample_rate)
+        self._samples = self.codec.frame_samples(PTIME_MS)
+        self.encodes = 0
+
+    def encode(self, pcm: Pcm) -> bytes:
+        out = self._resampler.process(pcm)
+        if out.size != self._samples:
+            out = np.resize(out, self._samples)
+        self.encodes += 1
+        return self.codec.encode(out)
+
+
+@dataclass(slots=True)
+class StreamStats:
+    received: int = 0  # RTP packets accepted into the jitter buffer
+    garbage: int = 0  # datagrams that were not RTP
+    auth_failures: int = 0  # SRTP authentication or replay failures
+    rejected: int = 0  # RTP from a source not (yet) validated
+    foreign: int = 0  # payload types we did not negotiate (CN, telephone-event, …)
+    decode_errors: int = 0
+    sent: int = 0
+
+
+class ParticipantStream:
+    """Both directions of one participant's RTP stream; see the module docstring."""
+
+    def __init__(
+        self,
+        terms: AudioTerms,
+        *,
+        rng: random.Random,
+        now: float,
+        internal_rate: int = 16000,
+        talk: TalkDetector | None = None,
+    ) -> None:
+        self.internal_rate = internal_rate
+        self.frame_samples = internal_rate * PTIME_MS // 1000
+        self.stats = StreamStats()
+        self.talk = talk or TalkDetector()
+        self.muted = False
+        self.latched: Address | None = None
+        self.last_rtp = now
+        self.timed_out = False
+        self._rng = rng
+        self._srtp: SrtpContext | None = None
+        self.terms = terms
+        self._configure(terms, now, first=True)
+
+    def _configure(self, terms: AudioTerms, now: float, *, first: bool) -> None:
+        old = None if first else self.terms
+        self.terms = terms
+        if old is None or old.crypto != terms.crypto:
+            self._srtp = terms.crypto.context() if terms.crypto is not None else None
+        if old is None or (old.codec_key, old.payload_type) != (terms.codec_key, terms.payload_type):
+            factory = terms.codec_factory()
+            self._decoder = factory()
+            self._upsampler = Resampler(self._decoder.sample_rate, self.internal_rate)
+            self._jitter = JitterBuffer(terms.rtpmap.clock_rate, ptime_ms=PTIME_MS)
+            self._fifo: list[Pcm] = []
+            self._fifo_len = 0
+            self.private = EncoderChain(factory, self.internal_rate)
+            if old is None:
+                self._sender = RtpSender(terms.payload_type, self._rng)
+            else:
+                # RFC 3550 §5.1: a payload type change keeps the SSRC; a new clock rate
+                # only moves the timestamp on from where it is.
+                self._sender.payload_type = terms.payload_type
+                self._sender.skip(0)
+            self._ts_step = self.private.codec.timestamp_step(PTIME_MS)
+            self._source = SourceFilter()
+        if old is not None and old.direction.sends != terms.direction.sends:
+            self.last_rtp = now  # the RTP timeout counts from when sending is expected
+            self.timed_out = False
+
+    def update(self, terms: AudioTerms, now: float) -> None:
+        """A re-offer: new direction, address, keys or codec; the SSRC we send stays."""
+        self._configure(terms, now, first=False)
+
+    # --- receive ---------------------------------------------------------------------
+
+    def receive(self, data: bytes, addr: Address, now: float) -> None:
+        """One datagram on our RTP port.  Bad input is counted and dropped, never raised."""
+        if self.terms.rtcp_mux and is_rtcp(data):
+            return  # RFC 5761 §4: RTCP on the RTP port; we send no reports to match
+        if self._srtp is not None:
+            try:
+                data = self._srtp.unprotect(data)
+            except SrtpError:
+                self.stats.auth_failures += 1
+                return
+        try:
+            packet = RtpPacket.parse(data)
+        except RtpError:
+            self.stats.garbage += 1
+            return
+        if packet.payload_type != self.terms.payload_type:
+            # telephone-event, comfort noise or a stray format: not audio for the mix
+            self.stats.foreign += 1
+            if packet.payload_type == self.terms.telephone_event and self._source.ssrc in (
+                None,
+                packet.ssrc,
+            ):
+                self._alive(addr, now)
+            return
+        if not self._source.accept(packet):
+            self.stats.rejected += 1
+            return
+        self.stats.received += 1
+        self._jitter.put(packet, now)
+        self._alive(addr, now)
+
+    def _alive(self, addr: Address, now: float) -> None:
+        self.latched = (str(addr[0]), int(addr[1]))  # RFC 4961 symmetric RTP
+        self.last_rtp = now
+        self.timed_out = False
+
+    def check_timeout(self, now: float, timeout: float) -> bool:
+        """True exactly once when a sending participant has been silent for `timeout`."""
+        if self.timed_out or not self.terms.direction.sends:
+            return False
+        if now - self.last_rtp >= timeout:
+            self.timed_out = True
+            return True
+        return False
+
+    # --- playout ---------------------------------------------------------------------
+
+    def pull(self, now: float) -> Pcm | None:
+        """This tick's frame at the internal rate, or None when the stream is not playing.
+
+        Packets of any ptime are decoded into a FIFO and taken out 20 ms at a time, so a
+        30 ms or 10 ms sender plays at its own pace.  A lost packet is concealed by the
+        codec (RFC 3550 leaves concealment to the receiver).
+        """
+        n = self.frame_samples
+        while self._fifo_len < n:
+            item = self._jitter.get(now)
+            if item is None:
+                self._fifo.clear()
+                self._fifo_len = 0
+                return None
+            codec = self._decoder
+            if isinstance(item, Frame):
+                try:
+                    pcm = codec.decode(item.payload)
+                except CodecError:
+                    self.stats.decode_errors += 1
+                    pcm = codec.conceal(self._packet_samples())
+            else:
+                pcm = codec.conceal(self._packet_samples())
+            pcm = self._upsampler.process(pcm)
+            if pcm.size:
+                self._fifo.append(pcm)
+                self._fifo_len += pcm.size
+        if len(self._fifo) == 1 and self._fifo_len == n:
+            frame = self._fifo.pop()
+            self._fifo_len = 0
+            return frame
+        whole = np.concatenate(self._fifo)
+        frame, rest = whole[:n], whole[n:]
+        self._fifo = [rest] if rest.size else []
+        self._fifo_len = rest.size
+        return frame
+
+    def _packet_samples(self) -> int:
+        seconds = self._jitter.frame_duration
+        return max(1, int(round(seconds * self._decoder.sample_rate)))
+
+    # --- send ------------------------------------------------------------------------
+
+    @property
+    def destination(self) -> Address | None:
+        """Where the mix goes: the latched source once RTP arrived, else the SDP address."""
+        if not self.terms.direction.receives:
+            return None  # RFC 3264 §5.1: they are not receiving (hold, recvonly from us)
+        return self.latched or self.terms.remote
+
+    def packet(self, payload: bytes) -> bytes:
+        """Wrap a (possibly shared) payload in our RTP header and SRTP for this listener."""
+        data = self._sender.stamp(payload, self._ts_step).serialize()
+        self.stats.sent += 1
+        if self._srtp is not None:
+            return self._srtp.protect(data)
+        return data
+
+    def skip(self, frames: int) -> None:
+        """Frames we did not send (dropped ticks): keep the timestamp in real time."""
+        self._sender.skip(self._ts_step * frames)

@@ -1,0 +1,55 @@
+"""Echo behind the production edge: SIPp → real Kamailio (deploy/kamailio) → Chorus.
+
+Kamailio record-routes and dispatches on the Request-URI; Chorus must accept what arrives
+through it (a trusted peer), answer, and take ACK and BYE along the recorded route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.peers.chorus import ChorusProcess
+from tests.peers.kamailio import KamailioProcess, kamailio_available
+from tests.peers.sipp import run_sipp, scenario_path, sipp_available
+
+pytestmark = [
+    pytest.mark.peer,
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(not kamailio_available(), reason="kamailio is not installed"),
+    pytest.mark.skipif(not sipp_available(), reason="sipp is not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def chorus() -> Iterator[ChorusProcess]:
+    with ChorusProcess() as process:
+        yield process
+        assert process.alive, process.log()
+
+
+@pytest.mark.parametrize(("sipp_transport", "node_transport"), [("u1", "udp"), ("t1", "tcp")])
+def test_200_calls_through_kamailio(
+    chorus: ChorusProcess, sipp_transport: str, node_transport: str
+) -> None:
+    node = f"sip:127.0.0.1:{chorus.sip_port}"
+    if node_transport == "tcp":
+        node += ";transport=tcp"
+    with KamailioProcess([node]) as kamailio:
+        result = run_sipp(
+            scenario_path("uac_echo.xml"),
+            kamailio.sip_address,
+            transport=sipp_transport,  # type: ignore[arg-type]
+            calls=200,
+            rate=50,
+            service="echo",
+            pause_ms=200,
+            timeout=90,
+        )
+        assert result.returncode == 0, result.describe() + "\n" + kamailio.log()[-3000:]
+        assert result.stats is not None and result.stats.successful == 200
+    trace = chorus.trace()
+    # Every request reached Chorus through Kamailio, which record-routed the dialog.
+    assert "Record-Route:" in trace
+    assert chorus.alive
