@@ -687,9 +687,17 @@ def test_headers_container() -> None:
     headers.remove("subject")
     assert "Subject" not in headers and len(headers) == 1
     assert headers.get("Subject", "none") == "none"
-    assert 5 not in headers  # type: ignore[operator]
+    assert 5 not in headers
     copy = headers.copy()
     assert copy == headers
     copy.add("X", "1")
     assert copy != headers
     assert headers != [("Via", "only")]
+
+
+def test_list_headers_are_checked_so_later_reads_cannot_fail() -> None:
+    with pytest.raises(SipParseError):
+        parse_message(make('Supported: "timer'))
+    assert req(make('Accept: text/plain;q="0.5, x"')).headers.get_all("Accept") == [
+        'text/plain;q="0.5, x"'
+    ]

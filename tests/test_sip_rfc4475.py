@@ -241,7 +241,7 @@ def test_invalid_vector_error_response(name: str) -> None:
     request_to = parse_name_addr(request_headers.get("To") or "")
     assert answer.to.uri == request_to.uri
     assert answer.to.tag == (request_to.tag or "c4fe")
-    assert answer.headers.get("Warning", "").startswith("399 chorus ")
+    assert (answer.headers.get("Warning") or "").startswith("399 chorus ")
 
 
 @pytest.mark.parametrize("name", sorted(set(INVALID) - {"clerr", "ncl", "mcl01", "multi01"}))
@@ -422,7 +422,7 @@ def test_longreq() -> None:
     assert vias[-1].params["received"] == "192.0.2.5"
     assert vias[-1].branch == "very" + "long" * 50 + "branchvalue"
     assert len(m.headers.get_raw("Via")) == 34
-    assert m.headers.get("Unknown-" + "Long" * 20 + "-Name", "").startswith("unknown-long")
+    assert (m.headers.get("Unknown-" + "Long" * 20 + "-Name") or "").startswith("unknown-long")
     (contact,) = m.contacts
     assert isinstance(contact.uri, SipUri)
     assert contact.uri.user == "amazinglylongcallername" * 5
@@ -487,7 +487,7 @@ def test_mpart01() -> None:
     assert content_type.params == {"boundary": "7a9cbec02ceef655"}
     assert m.vias[0].port == 5070
     assert m.vias[0].params["rport"] is None
-    assert m.headers.get("Identity", "").startswith("r5mwreLuyDRYBi/")
+    assert (m.headers.get("Identity") or "").startswith("r5mwreLuyDRYBi/")
 
 
 def test_unreason() -> None:

@@ -8,6 +8,7 @@ keys).  It yields two things: the `sdp.Accept` the room puts in its SDP answer, 
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -102,9 +103,13 @@ def _remote(offer: sdp.SessionDescription, media: sdp.MediaDescription) -> Addre
     conn = offer.connection_of(media)
     if conn is None or conn.is_hold or media.port == 0:
         return None
-    if conn.addrtype == "IP6" and conn.address in ("::", "::0"):
+    try:
+        ip = ipaddress.ip_address(conn.address.split("/")[0])
+    except ValueError:
+        return None  # a host name: never resolved on the media path; latching finds them
+    if ip.is_unspecified:
         return None
-    return (conn.address.split("/")[0], media.port)
+    return (str(ip), media.port)
 
 
 def answer_audio(
@@ -139,7 +144,9 @@ def answer_audio(
     telephone_event = next(
         (r.payload_type for r in chosen[1:] if r.encoding.lower() == "telephone-event"), None
     )
-    offered = [" ".join([str(c.tag), c.suite, c.key_params, *c.session_params]) for c in media.cryptos()]
+    offered = [
+        " ".join([str(c.tag), c.suite, c.key_params, *c.session_params]) for c in media.cryptos()
+    ]
     secure = "SAVP" in media.proto.upper()
     try:
         crypto = answer_crypto(offered, srtp, randbytes, secure_profile=secure)

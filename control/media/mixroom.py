@@ -18,14 +18,12 @@ a few milliseconds, the price Asterisk's and FreeSWITCH's shared encoders pay as
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from control.media.answer import Address
-from control.media.codecs import Codec
+from control.media.answer import Address, AudioTerms
 from control.media.engine import (
     AudioEvent,
     ParticipantId,
@@ -42,6 +40,7 @@ Pcm = npt.NDArray[np.int16]
 Outgoing = tuple[ParticipantId, bytes, Address]
 
 _FULL = 32767
+_SILENT_DB = -120.0
 _KNEE = 24576  # 0.75 of full scale: below this the limiter is transparent
 
 
@@ -113,10 +112,11 @@ class MixRoom:
             return [TalkingStopped(self.room, participant)]
         return []
 
-    def _shared_chain(self, key: tuple[str, int, str], factory: Callable[[], Codec]) -> EncoderChain:
-        chain = self._shared.get(key)
+    def _shared_chain(self, terms: AudioTerms) -> EncoderChain:
+        chain = self._shared.get(terms.codec_key)
         if chain is None:
-            chain = self._shared[key] = EncoderChain(factory, self.internal_rate)
+            chain = EncoderChain(terms.codec_factory(), self.internal_rate)
+            self._shared[terms.codec_key] = chain
         return chain
 
     def tick(
@@ -135,19 +135,22 @@ class MixRoom:
             frame = stream.pull(now)
             if stream.check_timeout(now, rtp_timeout):
                 events.append(StreamTimedOut(room, pid))
-            if frame is None or stream.muted or not stream.terms.direction.sends:
+            if stream.muted or not stream.terms.direction.sends:
                 if stream.talk.reset() is False:
                     events.append(TalkingStopped(room, pid))
                 continue
-            change = stream.talk.update(level_db(frame))
+            # A gap (re-buffering after an SSRC change, DTX) is silence: the hangover
+            # bridges it instead of ending the talkspurt at once.
+            change = stream.talk.update(_SILENT_DB if frame is None else level_db(frame))
             if change is not None:
                 events.append(TalkingStarted(room, pid) if change else TalkingStopped(room, pid))
-            if stream.talk.talking:
+            if frame is not None and stream.talk.talking:
                 contributions[pid] = frame
+        total = self._silence
         if contributions:
-            total = np.sum(np.stack(list(contributions.values())), axis=0, dtype=np.int32)
-        else:
-            total = self._silence
+            total = np.zeros(total.size, dtype=np.int32)
+            for frame in contributions.values():
+                total += frame[: total.size]
         shared_pcm: Pcm | None = None
         shared_payloads: dict[tuple[str, int, str], bytes] = {}
         for pid, stream in self.streams.items():
@@ -169,7 +172,7 @@ class MixRoom:
                 if cached is None:
                     if shared_pcm is None:
                         shared_pcm = limit(total)
-                    chain = self._shared_chain(key, stream.terms.codec_factory())
+                    chain = self._shared_chain(stream.terms)
                     cached = shared_payloads[key] = chain.encode(shared_pcm)
                     counters.encodes += 1
                 payload = cached

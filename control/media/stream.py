@@ -179,7 +179,10 @@ class ParticipantStream:
         self.terms = terms
         if old is None or old.crypto != terms.crypto:
             self._srtp = terms.crypto.context() if terms.crypto is not None else None
-        if old is None or (old.codec_key, old.payload_type) != (terms.codec_key, terms.payload_type):
+        if old is None or (old.codec_key, old.payload_type) != (
+            terms.codec_key,
+            terms.payload_type,
+        ):
             factory = terms.codec_factory()
             self._decoder = factory()
             self._upsampler = Resampler(self._decoder.sample_rate, self.internal_rate)

@@ -2,7 +2,14 @@
 (RFC 5438) and nicknames (RFC 7701). The asyncio transport lives elsewhere and only feeds bytes
 and time to :class:`MsrpConnection`."""
 
-from .connection import MsrpConnection, MsrpSession, RandomSource, make_ident
+from .connection import (
+    MessageValidator,
+    MsrpConnection,
+    MsrpSession,
+    RandomSource,
+    SessionLookup,
+    make_ident,
+)
 from .cpim import (
     CPIM_CONTENT_TYPE,
     CpimAddress,
@@ -37,6 +44,7 @@ from .events import (
     ProtocolError,
     ReportReceived,
     ResponseReceived,
+    SessionBound,
     TransactionTimedOut,
 )
 from .imdn import IMDN_CONTENT_TYPE, ImdnKind, ImdnNotification, parse_imdn
@@ -94,6 +102,7 @@ __all__ = [
     "MessageAborted",
     "MessageChunkReceived",
     "MessageReceived",
+    "MessageValidator",
     "MsrpConnection",
     "MsrpError",
     "MsrpSession",
@@ -106,6 +115,8 @@ __all__ = [
     "ReportReceived",
     "ReportStatus",
     "ResponseReceived",
+    "SessionBound",
+    "SessionLookup",
     "TransactionTimedOut",
     "UriError",
     "build_report",

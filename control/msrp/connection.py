@@ -38,6 +38,7 @@ from .events import (
     ProtocolError,
     ReportReceived,
     ResponseReceived,
+    SessionBound,
     TransactionTimedOut,
 )
 from .message import (
@@ -54,10 +55,20 @@ from .reassembly import IncomingMessage
 from .report import build_report, build_response, response_wanted
 from .uri import MsrpUri
 
-__all__ = ["MsrpConnection", "MsrpSession", "RandomSource", "make_ident"]
+__all__ = [
+    "MessageValidator",
+    "MsrpConnection",
+    "MsrpSession",
+    "RandomSource",
+    "SessionLookup",
+    "make_ident",
+]
 
 RandomSource = Callable[[int], bytes]
 """Like :func:`os.urandom`: n random bytes. Injected so tests can predict every byte."""
+
+MessageValidator = Callable[[str | None, bytes], None]
+"""Checks a complete message body (content type, bytes); raises :class:`MsrpError` to refuse."""
 
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -88,6 +99,9 @@ class MsrpSession:
     ``deliver_chunks`` message bytes are handed out as they come and not kept (file transfer);
     ``report_per_chunk`` sends a success REPORT per chunk instead of one per message (§7.1.2);
     ``max_message_size`` overrides the connection's limit (a file session's limit is the file).
+    ``validator`` looks at each complete message before its last chunk is answered, so a body
+    the application cannot use (a malformed CPIM wrapper, a wrapped type outside
+    a=accept-wrapped-types) gets its 400 or 415 on the wire (RFC 4975 §7.3.1) instead of a 200.
     """
 
     # Message-IDs of recently finished messages, so a duplicate chunk after completion is
@@ -104,6 +118,7 @@ class MsrpSession:
         report_per_chunk: bool = False,
         max_message_size: int | None = None,
         check_from_path: bool = True,
+        validator: MessageValidator | None = None,
     ) -> None:
         if local_uri.session_id is None:
             raise MsrpUsageError("a session's local URI needs a session-id")
@@ -116,6 +131,7 @@ class MsrpSession:
         self.report_per_chunk = report_per_chunk
         self.max_message_size = max_message_size
         self.check_from_path = check_from_path
+        self.validator = validator
         self.messages: dict[str, IncomingMessage] = {}
         self._done: OrderedDict[str, None] = OrderedDict()
 
@@ -142,6 +158,10 @@ class MsrpSession:
 
     def _is_finished(self, message_id: str) -> bool:
         return message_id in self._done
+
+
+SessionLookup = Callable[[str], MsrpSession | None]
+"""Finds a session by session-id for a request on a connection that does not carry it yet."""
 
 
 @dataclass(slots=True)
@@ -178,6 +198,12 @@ class MsrpConnection:
     ``transaction_timeout`` 30 s: the transaction timeout RFC 4975 suggests.
     ``body_piece_size`` 64 KiB: body bytes handed out per event for large chunks.
     ``max_ranges`` 4096: disjoint byte ranges tracked per message.
+
+    ``session_lookup`` is asked about a request for a session-id this connection does not
+    carry yet. That is how the passive end of a session learns which connection is its own: by
+    the first request that arrives for it (RFC 4975 §5.4, the active end's first SEND). A session
+    it returns joins the connection only if the request's To-Path and From-Path fit it, and a
+    :class:`SessionBound` event says so.
     """
 
     def __init__(
@@ -191,8 +217,10 @@ class MsrpConnection:
         transaction_timeout: float = 30.0,
         body_piece_size: int = 64 * 1024,
         max_ranges: int = 4096,
+        session_lookup: SessionLookup | None = None,
     ) -> None:
         self._random = random
+        self._lookup = session_lookup
         self.max_message_size = max_message_size
         self.max_concurrent_messages = max_concurrent_messages
         self.transaction_timeout = transaction_timeout
@@ -372,6 +400,25 @@ class MsrpConnection:
             if last:
                 return b"".join(out)
 
+    def send_empty(
+        self,
+        to_path: Sequence[MsrpUri],
+        from_path: Sequence[MsrpUri],
+        message_id: str,
+        *,
+        now: float,
+    ) -> bytes:
+        """A bodiless SEND (RFC 4975 §5.4, §7.1.1 ``Byte-Range: 1-0/0``).
+
+        The active end sends it at once on a new connection so the passive end learns which
+        session the connection belongs to; its 200 (a :class:`ResponseReceived`) proves it.
+        """
+        tid = self.new_transaction_id()
+        lines = [("Message-ID", message_id), ("Byte-Range", str(ByteRange(1, 0, 0)))]
+        wire = serialize_request(tid, "SEND", to_path, from_path, lines)
+        self._track(tid, from_path, message_id, "SEND", now, FailureReport.YES)
+        return wire
+
     def send_nickname(
         self,
         to_path: Sequence[MsrpUri],
@@ -464,11 +511,18 @@ class MsrpConnection:
 
     def _route(self, head: ChunkHead) -> MsrpSession:
         uri = head.to_path[0]
-        session = self._sessions.get(uri.session_id) if uri.session_id else None
+        sid = uri.session_id
+        session = self._sessions.get(sid) if sid else None
+        bound = False
+        if session is None and sid and self._lookup is not None:
+            session, bound = self._lookup(sid), True
         if session is None or not session.local_uri.matches(uri):
             raise MsrpError(481, "session does not exist")
         if not session.from_path_ok(head.from_path):
             raise MsrpError(403, "From-Path is not this session's peer")
+        if bound:
+            self._sessions[session.session_id] = session
+            self._events.append(SessionBound(session.session_id))
         return session
 
     def _response(self, head: ChunkHead) -> None:
@@ -535,8 +589,8 @@ class MsrpConnection:
         cur.message = msg
         if byte_range.total is not None:
             msg.set_total(byte_range.total)
-        if byte_range.end is not None:
-            msg.check_room(byte_range.end)
+        if byte_range.end is not None and byte_range.end > msg.max_size:
+            raise MsrpError(413, "message too large")
         if byte_range.start == 1 or not msg.headers:
             msg.headers = head.headers
             msg.content_type = head.content_type
@@ -546,11 +600,9 @@ class MsrpConnection:
         cur.ignore = False
 
     def _data(self, cur: _Current, data: bytes) -> None:
+        # The data actually framed is trusted over the Byte-Range end (see IncomingMessage).
         head, msg, session = cur.head, cur.message, cur.session
         assert msg is not None and session is not None and head.message_id is not None
-        byte_range = head.byte_range or WHOLE_MESSAGE
-        if byte_range.end is not None and cur.offset + len(data) > byte_range.end:
-            raise MsrpError(400, "more body bytes than the Byte-Range says")
         pieces = msg.write(cur.offset, data)
         cur.offset += len(data)
         if session.deliver_chunks:
@@ -562,7 +614,7 @@ class MsrpConnection:
                         head.content_type or msg.content_type,
                         offset,
                         piece,
-                        msg.total,
+                        msg.expected_total,
                     )
                 )
 
@@ -588,13 +640,15 @@ class MsrpConnection:
                 MessageAborted(session.session_id, msg.message_id, "aborted by the sender", None)
             )
             return
-        if byte_range.end is not None and end != byte_range.end and flag is Flag.END:
-            raise MsrpError(400, "last chunk shorter than its Byte-Range")
+        # Lenient on purpose: a Byte-Range end that counts the CRLF (RFC 4975's own examples)
+        # is not an error; where the data ends is where the message ends.
         if flag is Flag.END:
-            msg.set_total(end)
+            msg.finish(end)
+        if msg.complete and session.validator is not None and not session.deliver_chunks:
+            session.validator(msg.content_type, msg.body())  # MsrpError → this chunk's answer
         self._answer(head, 200, session)
         if head.success_report and session.report_per_chunk:
-            self._send_report(session, msg, ByteRange(byte_range.start, end, msg.total))
+            self._send_report(session, msg, ByteRange(byte_range.start, end, msg.expected_total))
         if not msg.complete:
             return
         assert msg.total is not None

@@ -28,6 +28,7 @@ __all__ = [
     "ProtocolError",
     "ReportReceived",
     "ResponseReceived",
+    "SessionBound",
     "TransactionTimedOut",
 ]
 
@@ -193,6 +194,14 @@ class ProtocolError:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionBound:
+    """A session found by ``session_lookup`` joined this connection: its first request came
+    (RFC 4975 §5.4: the passive end binds a connection to a session by that request)."""
+
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionFailed:
     """The byte stream cannot be framed any more: the caller closes the connection."""
 
@@ -208,5 +217,6 @@ Event = (
     | TransactionTimedOut
     | NicknameRequested
     | ProtocolError
+    | SessionBound
     | ConnectionFailed
 )

@@ -81,6 +81,12 @@ class IncomingMessage:
     Offsets here are 0-based (Byte-Range start minus one). With ``keep_body`` the bytes are
     stored; without it only the covered ranges are, and :meth:`write` returns the new pieces
     for the caller to hand on.
+
+    Sizes are lenient on purpose: RFC 4975's own examples (§7.1.1, §10) give Byte-Range end and
+    total values that also count the CRLF before the end-line, and deployed clients copied
+    that. So a Byte-Range total is only ``declared_total`` (a hint, checked against the size
+    limit for an early 413); the message's real ``total`` is where the data actually framed in
+    the ``$`` chunk ends (:meth:`finish`).
     """
 
     def __init__(
@@ -91,6 +97,7 @@ class IncomingMessage:
         self.max_size = max_size
         self.ranges = RangeSet(max_ranges)
         self.total: int | None = None
+        self.declared_total: int | None = None
         self.content_type: str | None = None
         self.headers: tuple[tuple[str, str], ...] = ()
         self.success_report = False
@@ -98,19 +105,33 @@ class IncomingMessage:
         self._body = bytearray() if keep_body else None
 
     def set_total(self, total: int) -> None:
-        """Learn the size (Byte-Range total, or the end of the ``$`` chunk)."""
+        """Learn the size the sender declared (a Byte-Range total): 413 past the limit."""
         if total > self.max_size:
             raise MsrpError(413, "message too large")
-        if self.total is None:
-            self.total = total
-        elif self.total != total:
-            raise MsrpError(400, "Byte-Range total changed within a message")
+        if self.declared_total is None:
+            self.declared_total = total
+
+    @property
+    def expected_total(self) -> int | None:
+        """The real size once the ``$`` chunk arrived, else what the sender declared."""
+        return self.total if self.total is not None else self.declared_total
+
+    def finish(self, end: int) -> None:
+        """The ``$`` chunk ended at ``end`` (0-based, exclusive): that is the message size."""
+        if end > self.max_size:
+            raise MsrpError(413, "message too large")
+        if self.total is not None and self.total != end:
+            raise MsrpError(400, "two different ends for one message")
+        intervals = self.ranges.intervals()
+        if intervals and intervals[-1][1] > end:
+            raise MsrpError(400, "bytes beyond the end of the message")
+        self.total = end
 
     def check_room(self, end: int) -> None:
         if end > self.max_size:
             raise MsrpError(413, "message too large")
         if self.total is not None and end > self.total:
-            raise MsrpError(400, "bytes beyond the message total")
+            raise MsrpError(400, "bytes beyond the end of the message")
 
     def write(self, offset: int, data: bytes) -> list[tuple[int, bytes]]:
         """Record ``data`` at ``offset``; return the pieces not received before."""

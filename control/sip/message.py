@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from control.sip.errors import SipError, SipParseError
 from control.sip.headers import (
+    LIST_HEADERS,
     SINGLE_HEADERS,
     ContentType,
     CSeq,
@@ -392,6 +393,8 @@ def _validate(message: Request | Response) -> None:
     content_type = headers.get("Content-Type")
     if content_type is not None:
         parse_content_type(content_type)
+    for name in LIST_HEADERS:
+        headers.get_all(name)  # balanced quotes, so that later reads cannot fail (§7.3.1)
     for value in headers.get_raw("Record-Route") + headers.get_raw("Route"):
         for part in split_header_list(value):
             parse_name_addr(part)
@@ -444,6 +447,11 @@ class StreamFramer:
             head = bytes(self._buffer[:end])
             if end > self._max_header_bytes:
                 raise _salvaged(513, "header block too large", head)
+            if b"SIP/" not in head.split(b"\r\n", 1)[0].upper():
+                # Every message on a stream opens with a request or status line (RFC 3261 §7.1,
+                # §7.2). Anything else is what a wrong Content-Length left behind: the framing
+                # is lost and nothing later on this connection can be trusted (§18.3).
+                raise _salvaged(400, "stream out of sync", head)
             length = self._content_length(head)
             total = end + 4 + length
             if len(self._buffer) < total:

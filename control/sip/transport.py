@@ -163,7 +163,7 @@ class StreamConnection(asyncio.Protocol):
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = Peer(self.transport_name, str(host), int(port))
         if not self._layer.register_connection(self):
-            log.warning("connection limit reached: refusing %s", self.peer)
+            self._layer.log_refused(self.peer)
             transport.abort()
 
     def data_received(self, data: bytes) -> None:
@@ -174,6 +174,12 @@ class StreamConnection(asyncio.Protocol):
             messages = self._framer.feed(data)
         except SipParseError as exc:
             self._layer.log_bad_input(self.peer, exc)
+            # The framer salvaged the header lines it could: answer (400, 413, 513) when they
+            # address a response, then close, as a stream cannot be resynchronised (§18.3).
+            reply = build_error_response(exc)
+            if reply is not None:
+                self._layer.tracer.trace("send", self.peer, reply)
+                self.transport.write(reply)
             self.transport.close()
             return
         if self._framer.pings != pings:
@@ -220,6 +226,7 @@ class SipTransportLayer:
         self._connections: dict[Peer, StreamConnection] = {}
         self._pending: dict[Peer, asyncio.Future[StreamConnection]] = {}
         self._bad_input_logged = 0.0
+        self._refused_logged = 0.0
         self._sweeper: asyncio.Task[None] | None = None
         self.bound: list[ListenAddress] = []
 
@@ -289,6 +296,13 @@ class SipTransportLayer:
         if now - self._bad_input_logged >= 0.1:
             self._bad_input_logged = now
             log.warning("bad SIP from %s: %s %s", peer, exc.status, exc.reason)
+
+    def log_refused(self, peer: Peer) -> None:
+        # A connection flood must not become a log flood: ~10 lines a second at most.
+        now = time.monotonic()
+        if now - self._refused_logged >= 0.1:
+            self._refused_logged = now
+            log.warning("connection limit reached: refusing %s", peer)
 
     def register_connection(self, connection: StreamConnection) -> bool:
         if len(self._connections) >= self.max_connections:

@@ -37,7 +37,7 @@ class ChorusProcess:
     def __init__(self, overrides: dict[str, dict[str, Any]] | None = None) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="chorus-test-"))
         self.sip_port, self.tls_port = free_ports(2)
-        rtp_low = 20000 + (os.getpid() * 7 + self.sip_port) % 20000 // 2 * 2
+        rtp_low = 20000 + (os.getpid() * 7 + self.sip_port) % 16000 // 2 * 2
         sections: dict[str, dict[str, Any]] = {
             "sip": {
                 "listen": [
@@ -46,7 +46,7 @@ class ChorusProcess:
                     f"tls:127.0.0.1:{self.tls_port}",
                 ],
             },
-            "rtp": {"port_range": f"{rtp_low}-{rtp_low + 1999}"},
+            "rtp": {"port_range": f"{rtp_low}-{rtp_low + 3999}"},
             "server": {
                 "spool_dir": str(self.workdir / "spool"),
                 "log_level": "INFO",

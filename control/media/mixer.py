@@ -1,0 +1,347 @@
+"""EmbeddedMixer: the in-process AudioEngine (the one-machine default).
+
+The asyncio layer is thin: one UDP socket pair per participant feeds datagrams (with the
+loop's time) into the sans-IO `ParticipantStream`, and one drift-free 20 ms timer runs
+`MixRoom.tick` for every room and writes the datagrams it returns.  Offers are answered by
+`answer.answer_audio`.
+
+Ticks follow `start + k * 20 ms` on the loop's clock, so call_at's own lateness never
+accumulates.  A tick that runs more than `late_after` after its due time counts as late;
+when the loop stalls for longer than `max_catchup` ticks, the ticks beyond that are dropped
+(each listener's RTP timestamp still moves on, RFC 3550 §5.1) and counted, so a stall
+costs a gap rather than a growing delay.
+
+With `workers=N` the same mixer runs in N worker processes (see `mixworker`) and this object
+only forwards commands to the worker that owns the room and relays its events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, cast
+
+from control.media.answer import (
+    PTIME_MS,
+    answer_audio,
+    audio_accept,
+    supported_rtpmaps,
+)
+from control.media.engine import (
+    AudioAnswer,
+    AudioEngine,
+    AudioEngineError,
+    AudioEvent,
+    ParticipantId,
+    RoomId,
+)
+from control.media.mixroom import MixCounters, MixRoom, Outgoing
+from control.media.ports import PortAllocator, PortsExhausted
+from control.media.srtp import SrtpPolicy
+from control.media.stream import ParticipantStream
+from control.sip import sdp
+
+if TYPE_CHECKING:
+    from control.media.mixworker import WorkerPool
+
+__all__ = ["EmbeddedMixer", "MixCounters"]
+
+FRAME = PTIME_MS / 1000
+SrtpSetting = Literal["optional", "mandatory", "disabled"]
+
+
+@dataclass(slots=True)
+class _Leg:
+    room: RoomId
+    participant: ParticipantId
+    port: int = 0
+    stream: ParticipantStream | None = None
+    rtp: asyncio.DatagramTransport | None = None
+    rtcp: asyncio.DatagramTransport | None = None
+
+
+class _RtpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, mixer: EmbeddedMixer, leg: _Leg) -> None:
+        self._mixer = mixer
+        self._leg = leg
+        self._loop = asyncio.get_running_loop()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        stream = self._leg.stream
+        if stream is not None:
+            self._mixer.counters.packets_in += 1
+            stream.receive(data, (str(addr[0]), int(addr[1])), self._loop.time())
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP unreachable from a peer that went away: the RTP timeout handles it
+
+
+class _RtcpProtocol(asyncio.DatagramProtocol):
+    """RTCP from the participant: read and dropped (we keep no reports yet)."""
+
+
+class EmbeddedMixer(AudioEngine):
+    """Mixes every room in this process (workers=0) or in N worker processes.
+
+    `codecs` are configuration names ("G722", "PCMU", "PCMA", "speex", "opus",
+    "telephone-event", also "speex/8000" and "speex/16000"); `share_encoding=False` makes
+    every listener encode its own mix (the benchmark's baseline).
+    """
+
+    def __init__(
+        self,
+        ports: PortAllocator,
+        *,
+        host: str,
+        codecs: Sequence[str],
+        rtp_timeout: float,
+        srtp: SrtpSetting | str,
+        rng: random.Random,
+        workers: int = 0,
+        share_encoding: bool = True,
+        late_after: float = 0.01,  # half a frame: later than this, a listener hears jitter
+        max_catchup: int = 3,  # ticks run back to back after a stall before dropping
+    ) -> None:
+        self._ports = ports
+        self._host = host
+        self._codecs = tuple(codecs)
+        self._supported = supported_rtpmaps(codecs)
+        self._policy = SrtpPolicy(srtp)
+        self._rtp_timeout = rtp_timeout
+        self._rng = rng
+        self._share = share_encoding
+        self._late_after = late_after
+        self._max_catchup = max_catchup
+        self._rooms: dict[RoomId, MixRoom] = {}
+        self._legs: dict[tuple[RoomId, ParticipantId], _Leg] = {}
+        self._queue: asyncio.Queue[AudioEvent] = asyncio.Queue()
+        self._timer: asyncio.TimerHandle | None = None
+        self._start = 0.0
+        self._k = 0
+        self._closed = False
+        self.counters = MixCounters()
+        self._pool: WorkerPool | None = None
+        if workers < 0:
+            raise ValueError("workers must be 0 (in-process) or more")
+        if workers:
+            from control.media.mixworker import WorkerPool
+
+            self._pool = WorkerPool(
+                workers,
+                ports=ports,
+                host=host,
+                codecs=self._codecs,
+                rtp_timeout=rtp_timeout,
+                srtp=self._policy.value,
+                rng=rng,
+                share_encoding=share_encoding,
+                late_after=late_after,
+                max_catchup=max_catchup,
+                on_event=self._queue.put_nowait,
+            )
+
+    # --- AudioEngine -------------------------------------------------------------------
+
+    async def attach(
+        self,
+        room: RoomId,
+        participant: ParticipantId,
+        offer: sdp.SessionDescription,
+        media_index: int,
+    ) -> AudioAnswer:
+        """Answer the offer and join the mix; an already attached participant is updated."""
+        if self._pool is not None:
+            return cast(
+                AudioAnswer,
+                await self._pool.call(room, "attach", room, participant, bytes(offer), media_index),
+            )
+        self._check_open()
+        key = (room, participant)
+        if key in self._legs:
+            return await self.update(room, participant, offer, media_index)
+        terms = answer_audio(
+            offer,
+            media_index,
+            supported=self._supported,
+            srtp=self._policy,
+            randbytes=self._rng.randbytes,
+        )
+        leg = _Leg(room, participant)
+        self._legs[key] = leg  # reserved: a second attach while we bind becomes an update
+        try:
+            leg.port, leg.rtp, leg.rtcp = await self._ports.bind_pair(
+                self._host, lambda: _RtpProtocol(self, leg), _RtcpProtocol
+            )
+        except PortsExhausted as exc:
+            del self._legs[key]
+            raise AudioEngineError(503, str(exc)) from exc
+        except BaseException:
+            del self._legs[key]
+            raise
+        loop = asyncio.get_running_loop()
+        if self._legs.get(key) is not leg or self._closed:  # detached while we were binding
+            self._close_leg(leg)
+            raise AudioEngineError(487, "detached during attach")
+        leg.stream = ParticipantStream(terms, rng=self._rng, now=loop.time())
+        mix = self._rooms.get(room)
+        if mix is None:
+            mix = self._rooms[room] = MixRoom(room, share_encoding=self._share)
+        mix.add(participant, leg.stream)
+        self._ensure_ticking(loop)
+        return AudioAnswer(audio_accept(terms, leg.port), self._host)
+
+    async def update(
+        self,
+        room: RoomId,
+        participant: ParticipantId,
+        offer: sdp.SessionDescription,
+        media_index: int,
+    ) -> AudioAnswer:
+        """Hold, resume, new address, codec or keys; a refused re-offer changes nothing."""
+        if self._pool is not None:
+            return cast(
+                AudioAnswer,
+                await self._pool.call(room, "update", room, participant, bytes(offer), media_index),
+            )
+        self._check_open()
+        leg = self._legs.get((room, participant))
+        if leg is None:
+            return await self.attach(room, participant, offer, media_index)
+        if leg.stream is None:
+            raise AudioEngineError(491, "attach still in progress")  # RFC 3261 §14.2
+        terms = answer_audio(
+            offer,
+            media_index,
+            supported=self._supported,
+            srtp=self._policy,
+            randbytes=self._rng.randbytes,
+            previous=leg.stream.terms,
+        )
+        leg.stream.update(terms, asyncio.get_running_loop().time())
+        return AudioAnswer(audio_accept(terms, leg.port), self._host)
+
+    async def detach(self, room: RoomId, participant: ParticipantId) -> None:
+        if self._pool is not None:
+            await self._pool.call(room, "detach", room, participant)
+            return
+        leg = self._legs.pop((room, participant), None)
+        if leg is None:
+            return
+        mix = self._rooms.get(room)
+        if mix is not None:
+            for event in mix.remove(participant):
+                self._queue.put_nowait(event)
+            if not mix.streams:
+                del self._rooms[room]
+        self._close_leg(leg)
+        if not self._rooms:
+            self._stop_ticking()
+
+    async def set_muted(self, room: RoomId, participant: ParticipantId, muted: bool) -> None:
+        if self._pool is not None:
+            await self._pool.call(room, "mute", room, participant, muted)
+            return
+        mix = self._rooms.get(room)
+        if mix is not None and participant in mix.streams:
+            for event in mix.set_muted(participant, muted):
+                self._queue.put_nowait(event)
+
+    async def events(self) -> AsyncIterator[AudioEvent]:
+        while True:
+            yield await self._queue.get()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._pool is not None:
+            await self._pool.close()
+        for leg in list(self._legs.values()):
+            self._close_leg(leg)
+        self._legs.clear()
+        self._rooms.clear()
+        self._stop_ticking()
+
+    # --- observation -------------------------------------------------------------------
+
+    async def stats(self) -> MixCounters:
+        """Counters summed over this process or every worker."""
+        if self._pool is not None:
+            return await self._pool.stats()
+        total = MixCounters()
+        total.add(self.counters)
+        return total
+
+    def stream(self, room: RoomId, participant: ParticipantId) -> ParticipantStream | None:
+        """The in-process stream object (tests and diagnostics; None in worker mode)."""
+        leg = self._legs.get((room, participant))
+        return leg.stream if leg is not None else None
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AudioEngineError(503, "audio engine closed")
+
+    def _close_leg(self, leg: _Leg) -> None:
+        for transport in (leg.rtp, leg.rtcp):
+            if transport is not None:
+                transport.close()
+        if leg.port:
+            self._ports.release(leg.port)
+            leg.port = 0
+
+    def _ensure_ticking(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is None:
+            self._loop = loop
+            self._start = loop.time() + FRAME
+            self._k = 0
+            self._timer = loop.call_at(self._start, self._tick)
+
+    def _stop_ticking(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        loop = self._loop
+        now = loop.time()
+        due = self._start + self._k * FRAME
+        pending = int((now - due) / FRAME) + 1  # ticks due by now, this one included
+        counters = self.counters
+        if pending > 1 + self._max_catchup:
+            dropped = pending - 1 - self._max_catchup
+            self._k += dropped
+            counters.dropped_ticks += dropped
+            for mix in self._rooms.values():
+                mix.skip(dropped, counters)
+            pending -= dropped
+        events: list[AudioEvent] = []
+        out: list[Outgoing] = []
+        for _ in range(pending):
+            due = self._start + self._k * FRAME
+            self._k += 1
+            counters.ticks += 1
+            if now - due > self._late_after:
+                counters.late_ticks += 1
+            for mix in list(self._rooms.values()):
+                out.clear()
+                mix.tick(due, counters, events, out, rtp_timeout=self._rtp_timeout)
+                self._send(mix.room, out)
+        for event in events:
+            self._queue.put_nowait(event)
+        if self._rooms:
+            self._timer = loop.call_at(self._start + self._k * FRAME, self._tick)
+        else:
+            self._timer = None
+
+    def _send(self, room: RoomId, out: list[Outgoing]) -> None:
+        legs = self._legs
+        for participant, data, dest in out:
+            leg = legs.get((room, participant))
+            if leg is None or leg.rtp is None:
+                continue
+            try:
+                leg.rtp.sendto(data, dest)
+            except (OSError, ValueError, TypeError):
+                continue  # an unusable SDP address: symmetric RTP fixes it on the first packet

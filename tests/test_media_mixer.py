@@ -1,0 +1,372 @@
+"""The embedded mixer: offers answered, rooms mixed (mix-minus), on real loopback UDP.
+
+Each audio test has participants send tones of their own frequencies; by spectrum
+(`tone_power`) each must hear the others' tones and not its own.  Faults on one leg
+(loss, reordering, SSRC change, garbage, silence) must not disturb the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+import pytest
+
+from control.media.answer import answer_audio, supported_rtpmaps
+from control.media.engine import (
+    AudioEngineError,
+    AudioEvent,
+    ParticipantId,
+    RoomId,
+    StreamTimedOut,
+    TalkingStarted,
+    TalkingStopped,
+)
+from control.media.mixer import EmbeddedMixer
+from control.media.mixroom import MixCounters, MixRoom, limit
+from control.media.ports import PortAllocator
+from control.media.rtp import RtpPacket
+from control.media.srtp import SrtpPolicy
+from control.media.stream import ParticipantStream
+from control.media.tone import sine, tone_power
+from control.sip import sdp
+from tests.peers.rtp_endpoint import RtpEndpoint
+
+ROOM = RoomId("room1")
+CODECS = ("opus", "G722", "speex", "PCMU", "PCMA", "telephone-event")
+HEARD = -30.0  # dB re full scale: a tone that is clearly there (they are sent at about -10)
+ABSENT = -55.0  # dB: nothing but codec and limiter noise
+LOSSY_ABSENT = -35.0  # dB: a leaked own tone would read about -10
+
+
+def _allocator() -> PortAllocator:
+    low = random.randrange(20000, 60000, 2)
+    return PortAllocator(low, low + 400)
+
+
+@pytest.fixture
+async def mixer() -> AsyncIterator[EmbeddedMixer]:
+    engine = EmbeddedMixer(
+        _allocator(),
+        host="127.0.0.1",
+        codecs=CODECS,
+        rtp_timeout=1.0,
+        srtp="optional",
+        rng=random.Random(7),
+    )
+    yield engine
+    await engine.close()
+
+
+def _peer(kind: str, *, srtp: bool = False, seed: int = 0) -> RtpEndpoint:
+    table = {
+        "PCMU": ("PCMU", 8000, 0, None),
+        "PCMA": ("PCMA", 8000, 8, None),
+        "G722": ("G722", 8000, 9, None),
+        "speex": ("speex", 16000, 97, None),
+        "opus": ("opus", 48000, 111, 2),
+    }
+    name, rate, pt, channels = table[kind]
+    return RtpEndpoint(name, rate, pt, channels=channels, srtp=srtp, seed=seed)
+
+
+async def _join(
+    engine: EmbeddedMixer, peers: Sequence[RtpEndpoint], room: RoomId = ROOM
+) -> list[ParticipantId]:
+    ids = []
+    for index, peer in enumerate(peers):
+        await peer.open()
+        offer = peer.offer()
+        pid = ParticipantId(f"p{index}")
+        answer = await engine.attach(room, pid, offer, 0)
+        media = peer.answered(offer, answer)
+        assert media.rtpmaps()[0].encoding == peer.rtpmap.encoding
+        assert media.get("ptime") == "20"
+        ids.append(pid)
+    return ids
+
+
+def _drain(engine: EmbeddedMixer) -> list[AudioEvent]:
+    queue = engine._queue  # the events() iterator reads this queue; peek without blocking
+    events = []
+    while not queue.empty():
+        events.append(queue.get_nowait())
+    return events
+
+
+def _assert_hears(
+    peer: RtpEndpoint, own: float, others: Sequence[float], *, absent: float = ABSENT
+) -> None:
+    pcm = peer.heard(skip=0.4)
+    assert pcm.size > peer.sample_rate // 2, "too little audio came back"
+    for freq in others:
+        assert tone_power(pcm, peer.sample_rate, freq) > HEARD, f"{freq} Hz missing"
+    assert tone_power(pcm, peer.sample_rate, own) < absent, f"own {own} Hz heard back"
+
+
+FREQS = (440.0, 700.0, 1100.0)
+
+
+@pytest.mark.parametrize(
+    ("kinds", "srtp"),
+    [
+        (("PCMU", "G722", "speex"), False),
+        (("PCMU", "G722", "opus"), False),
+        (("PCMA", "G722", "speex"), True),
+    ],
+    ids=["g711-g722-speex", "g711-g722-opus", "srtp"],
+)
+async def test_three_party_mix_minus(
+    mixer: EmbeddedMixer, kinds: tuple[str, str, str], srtp: bool
+) -> None:
+    peers = [_peer(kind, srtp=srtp, seed=i) for i, kind in enumerate(kinds)]
+    ids = await _join(mixer, peers)
+    sent = await asyncio.gather(*(p.play(f, 2.0) for p, f in zip(peers, FREQS, strict=True)))
+    await asyncio.sleep(0.2)
+    for index, peer in enumerate(peers):
+        assert sent[index] > 0
+        _assert_hears(peer, FREQS[index], [f for f in FREQS if f != FREQS[index]])
+        sent_packets = peer.packets()
+        assert len({p.ssrc for p in sent_packets}) == 1  # one SSRC per listener
+    events = _drain(mixer)
+    started = {e.participant for e in events if isinstance(e, TalkingStarted)}
+    assert started == set(ids)
+    assert not [e for e in events if isinstance(e, StreamTimedOut)]
+    counters = await mixer.stats()
+    assert counters.ticks > 50 and counters.frames_mixed > 0
+    for peer in peers:
+        peer.close()
+
+
+async def test_faults_on_one_leg_do_not_disturb_the_others(mixer: EmbeddedMixer) -> None:
+    """Loss + reordering on one leg, an SSRC change on another, garbage at a third."""
+    peers = [_peer("PCMU", seed=1), _peer("G722", seed=2), _peer("speex", seed=3)]
+    ids = await _join(mixer, peers)
+    target = peers[2].remote
+    assert target is not None
+    loop = asyncio.get_running_loop()
+    junk, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+    )
+    rng = random.Random(99)
+
+    async def garbage() -> None:
+        for i in range(60):
+            junk.sendto(rng.randbytes(rng.randrange(0, 200)), target)
+            # RTP-looking junk with the talker's payload type and a random SSRC
+            fake = RtpPacket(97, rng.getrandbits(16), rng.getrandbits(32), rng.getrandbits(32))
+            junk.sendto(fake.serialize() + rng.randbytes(40), target)
+            if i % 10 == 0:
+                junk.sendto(b"\x80\xc8" + bytes(30), target)  # RTCP-looking
+            await asyncio.sleep(0.03)
+
+    await asyncio.gather(
+        peers[0].play(FREQS[0], 2.0, loss=0.10, reorder=0.10),
+        peers[1].play(FREQS[1], 2.0, ssrc_change_at=1.0),
+        peers[2].play(FREQS[2], 2.0),
+        garbage(),
+    )
+    junk.close()
+    await asyncio.sleep(0.2)
+    for index, peer in enumerate(peers):
+        # Concealing 10% loss clicks: broadband splatter sits some 30 dB under the tones
+        # everywhere, so "absent" here means far below them rather than near silence.
+        others = [f for f in FREQS if f != FREQS[index]]
+        _assert_hears(peer, FREQS[index], others, absent=LOSSY_ABSENT)
+    # the mix went back to the real phone all along, never to the junk sender
+    stream = mixer.stream(ROOM, ids[2])
+    assert stream is not None and stream.latched == ("127.0.0.1", peers[2].port)
+    assert stream.stats.garbage > 0 and stream.stats.rejected > 0
+    changed = mixer.stream(ROOM, ids[1])
+    assert changed is not None and changed._source.changes == 1
+    for peer in peers:
+        peer.close()
+
+
+async def test_silent_participant_times_out_once(mixer: EmbeddedMixer) -> None:
+    peers = [_peer("PCMU", seed=1), _peer("PCMU", seed=2), _peer("G722", seed=3)]
+    ids = await _join(mixer, peers)
+    # p2 says a little and stops; the others keep talking past the 1 s timeout
+    await asyncio.gather(
+        peers[0].play(440.0, 2.2), peers[1].play(700.0, 2.2), peers[2].play(1100.0, 0.3)
+    )
+    events = _drain(mixer)
+    timeouts = [e for e in events if isinstance(e, StreamTimedOut)]
+    assert timeouts == [StreamTimedOut(ROOM, ids[2])]
+    assert TalkingStopped(ROOM, ids[2]) in events
+    _assert_hears(peers[0], 440.0, [700.0])
+    _assert_hears(peers[1], 700.0, [440.0])
+    for peer in peers:
+        peer.close()
+
+
+async def test_mute_and_hold(mixer: EmbeddedMixer) -> None:
+    """Muted: heard by nobody, still hears.  Their sendonly (hold): talks, hears nothing."""
+    peers = [_peer("PCMU", seed=1), _peer("G722", seed=2), _peer("PCMA", seed=3)]
+    ids = await _join(mixer, peers)
+    await mixer.set_muted(ROOM, ids[0], True)
+    hold_offer = peers[2].offer(sdp.Direction.SENDONLY)
+    answer = await mixer.update(ROOM, ids[2], hold_offer, 0)
+    assert peers[2].answered(hold_offer, answer).direction is sdp.Direction.RECVONLY
+    await asyncio.gather(*(p.play(f, 2.0) for p, f in zip(peers, FREQS, strict=True)))
+    await asyncio.sleep(0.2)
+    _assert_hears(peers[0], 440.0, [700.0, 1100.0])  # muted still hears everyone
+    pcm = peers[1].heard(skip=0.4)
+    assert tone_power(pcm, 16000, 1100.0) > HEARD  # the holder still talks
+    assert tone_power(pcm, 16000, 440.0) < ABSENT  # the muted one is not mixed
+    assert peers[2].packets() == []  # on hold: we send them nothing
+    started = {e.participant for e in _drain(mixer) if isinstance(e, TalkingStarted)}
+    assert started == {ids[1], ids[2]}
+    for peer in peers:
+        peer.close()
+
+
+async def test_sharded_workers() -> None:
+    engine = EmbeddedMixer(
+        _allocator(),
+        host="127.0.0.1",
+        codecs=CODECS,
+        rtp_timeout=5.0,
+        srtp="optional",
+        rng=random.Random(3),
+        workers=2,
+    )
+    try:
+        peers = [_peer("PCMU", seed=1), _peer("G722", seed=2), _peer("PCMA", seed=3)]
+        ids = await _join(engine, peers)
+        await asyncio.gather(*(p.play(f, 1.5) for p, f in zip(peers, FREQS, strict=True)))
+        await asyncio.sleep(0.2)
+        for index, peer in enumerate(peers):
+            _assert_hears(peer, FREQS[index], [f for f in FREQS if f != FREQS[index]])
+        events = []
+        iterator = engine.events()
+        while len({e.participant for e in events if isinstance(e, TalkingStarted)}) < 3:
+            events.append(await asyncio.wait_for(anext(iterator), 5.0))
+        await engine.set_muted(ROOM, ids[0], True)
+        counters = await engine.stats()
+        assert counters.ticks > 0 and counters.frames_mixed > 0
+        with pytest.raises(AudioEngineError) as info:
+            await engine.attach(ROOM, ParticipantId("x"), _offer("RTP/AVP", ["18"]), 0)
+        assert info.value.status == 488
+        await engine.detach(ROOM, ids[2])
+        for peer in peers:
+            peer.close()
+    finally:
+        await engine.close()
+
+
+# --- offers that must be refused, without binding a port ------------------------------
+
+
+def _offer(proto: str, formats: list[str], *, crypto: bool = False) -> sdp.SessionDescription:
+    attrs = [sdp.Attribute("rtpmap", "0 PCMU/8000")] if "0" in formats else []
+    if crypto:
+        attrs.append(
+            sdp.Attribute("crypto", "1 AES_CM_128_HMAC_SHA1_80 inline:" + "QUFB" * 10)
+        )
+    media = sdp.MediaDescription("audio", 4000, None, proto, formats, attributes=attrs)
+    return sdp.SessionDescription(
+        origin=sdp.Origin("-", "1", 1, "IN", "IP4", "127.0.0.1"),
+        connection=sdp.Connection.for_address("127.0.0.1"),
+        media=[media],
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "offer"),
+    [
+        ("mandatory", _offer("RTP/AVP", ["0"])),
+        ("disabled", _offer("RTP/SAVP", ["0"], crypto=True)),
+        ("optional", _offer("RTP/SAVP", ["0"])),  # SAVP with no usable key
+        ("optional", _offer("RTP/AVP", ["18"])),  # no common codec
+    ],
+)
+async def test_refused_offers(policy: str, offer: sdp.SessionDescription) -> None:
+    ports = _allocator()
+    engine = EmbeddedMixer(
+        ports, host="127.0.0.1", codecs=CODECS, rtp_timeout=1.0, srtp=policy, rng=random.Random()
+    )
+    with pytest.raises(AudioEngineError) as info:
+        await engine.attach(ROOM, ParticipantId("a"), offer, 0)
+    assert info.value.status == 488
+    assert ports.in_use() == 0
+    await engine.close()
+
+
+async def test_answers_srtp_with_our_own_key(mixer: EmbeddedMixer) -> None:
+    offer = _offer("RTP/SAVP", ["0"], crypto=True)
+    answer = await mixer.attach(ROOM, ParticipantId("a"), offer, 0)
+    attrs = {a.name: a.value for a in answer.accept.attributes}
+    tag, suite, key = (attrs["crypto"] or "").split()
+    assert (tag, suite) == ("1", "AES_CM_128_HMAC_SHA1_80")
+    assert key != "inline:" + "QUFB" * 10
+    assert attrs["rtcp"] == str(answer.accept.port + 1)
+    # a re-offer with the same key keeps ours: no re-key mid-call (RFC 4568 §7.1.4)
+    again = await mixer.update(ROOM, ParticipantId("a"), offer, 0)
+    assert {a.name: a.value for a in again.accept.attributes}["crypto"] == attrs["crypto"]
+    await mixer.detach(ROOM, ParticipantId("a"))
+
+
+# --- the sans-IO core: encode sharing and the limiter -----------------------------------
+
+
+def _core_stream(kind: str, port: int, rng: random.Random) -> ParticipantStream:
+    peer = _peer(kind)
+    peer.port = port
+    terms = answer_audio(
+        peer.offer(),
+        0,
+        supported=supported_rtpmaps(CODECS),
+        srtp=SrtpPolicy.OPTIONAL,
+        randbytes=rng.randbytes,
+    )
+    return ParticipantStream(terms, rng=rng, now=0.0)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_silent_listeners_share_one_encode(share: bool) -> None:
+    """One talker, nine silent PCMU listeners: 2 encodes a tick shared, 10 without."""
+    rng = random.Random(1)
+    room = MixRoom(ROOM, share_encoding=share)
+    streams = [_core_stream("PCMU", 5000 + 2 * i, rng) for i in range(10)]
+    for i, stream in enumerate(streams):
+        room.add(ParticipantId(f"p{i}"), stream)
+    tone = sine(440.0, 1.0, 8000, amplitude=0.3)
+    quiet = np.zeros(160, dtype=np.int16)
+    counters = MixCounters()
+    events: list[AudioEvent] = []
+    for k in range(50):
+        now = k * 0.02
+        for i, stream in enumerate(streams):
+            pcm = tone[k * 160 : (k + 1) * 160] if i == 0 else quiet
+            payload = stream.private.codec.encode(pcm) if False else _ulaw(pcm)
+            packet = RtpPacket(0, k, k * 160, 1000 + i, payload)
+            stream.receive(packet.serialize(), ("127.0.0.1", 5000 + 2 * i), now)
+        before = counters.encodes
+        out: list[tuple[ParticipantId, bytes, tuple[str, int]]] = []
+        room.tick(now + 0.001, counters, events, out, rtp_timeout=10.0)
+        if k == 49:
+            assert len(out) == 10
+            assert counters.encodes - before == (2 if share else 10)
+            # every listener gets its own SSRC, whoever encoded the payload
+            assert len({RtpPacket.parse(d).ssrc for _, d, _ in out}) == 10
+            silent = {RtpPacket.parse(d).payload for pid, d, _ in out if pid != "p0"}
+            assert len(silent) == 1
+    assert events == [TalkingStarted(ROOM, ParticipantId("p0"))]
+
+
+def _ulaw(pcm: np.ndarray) -> bytes:
+    from control.media.codecs import ulaw_encode
+
+    return ulaw_encode(pcm)
+
+
+def test_limiter_never_wraps() -> None:
+    loud = np.array([0, 1000, 24000, 40000, 90000, -40000, -200000], dtype=np.int32)
+    out = limit(loud)
+    assert out.dtype == np.int16
+    assert list(np.sign(out)) == list(np.sign(loud))
+    assert list(out[:3]) == [0, 1000, 24000]  # transparent below the knee
+    assert 24576 < out[3] < out[4] <= 32767 and out[6] <= out[5] < -24576
