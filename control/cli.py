@@ -27,6 +27,7 @@ def build_server(config: Config) -> Server:
                 session_limit=config.echo.session_limit,
                 max_sessions=config.sip.max_sessions,
             ),
+            msrp=server.msrp,
         ),
     )
     return server

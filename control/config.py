@@ -94,6 +94,7 @@ class ServerConfig:
     spool_dir: Path = Path("spool")
     log_level: str = "INFO"
     trace_sip: Path | None = None
+    trace_msrp: Path | None = None
     shutdown_timeout: float = 5.0
 
 
@@ -109,6 +110,20 @@ class EchoConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MsrpConfig:
+    """MSRP (RFC 4975): one listening port per transport; sessions share them by path."""
+
+    listen: tuple[ListenAddress, ...] = (
+        ListenAddress("tls", "127.0.0.1", 2855),
+        ListenAddress("tcp", "127.0.0.1", 2856),
+    )
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_chunk_bytes: int = 64 * 1024 * 1024
+    connect_timeout: float = 30.0
+    idle_timeout: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     sip: SipConfig = SipConfig()
     rtp: RtpConfig = RtpConfig()
@@ -116,6 +131,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     applications: ApplicationsConfig = field(default_factory=ApplicationsConfig)
     echo: EchoConfig = EchoConfig()
+    msrp: MsrpConfig = MsrpConfig()
 
 
 KNOWN_CODECS = ("PCMU", "PCMA", "G722", "telephone-event")
@@ -199,6 +215,7 @@ def parse_config(data: dict[str, Any]) -> Config:
             _Section("applications", root.take("applications", dict, {}))
         ),
         echo=_parse_echo(_Section("echo", root.take("echo", dict, {}))),
+        msrp=_parse_msrp(_Section("msrp", root.take("msrp", dict, {}))),
     )
     if root.data:
         raise ConfigError(sorted(root.data)[0], "unknown section")
@@ -300,10 +317,14 @@ def _parse_server(section: _Section) -> ServerConfig:
     trace = section.take("trace_sip", (str, bool), False)
     if trace is True:
         raise ConfigError(section.key("trace_sip"), "expected a file path or false")
+    trace_msrp = section.take("trace_msrp", (str, bool), False)
+    if trace_msrp is True:
+        raise ConfigError(section.key("trace_msrp"), "expected a file path or false")
     config = ServerConfig(
         spool_dir=Path(section.take("spool_dir", str, str(default.spool_dir))),
         log_level=level,
         trace_sip=Path(trace) if trace else None,
+        trace_msrp=Path(trace_msrp) if trace_msrp else None,
         shutdown_timeout=section.number("shutdown_timeout", default.shutdown_timeout, minimum=0.1),
     )
     section.finish()
@@ -324,5 +345,28 @@ def _parse_applications(section: _Section) -> ApplicationsConfig:
 
 def _parse_echo(section: _Section) -> EchoConfig:
     config = EchoConfig(session_limit=section.number("session_limit", 600.0, minimum=1.0))
+    section.finish()
+    return config
+
+
+def _parse_msrp(section: _Section) -> MsrpConfig:
+    default = MsrpConfig()
+    texts = section.strings("listen", tuple(str(a) for a in default.listen))
+    listen = tuple(
+        parse_listen(f"msrp.listen[{i}]", text, ("tls", "tcp")) for i, text in enumerate(texts)
+    )
+    kinds = [a.transport for a in listen]
+    for index, kind in enumerate(kinds):
+        if kind in kinds[:index]:
+            raise ConfigError(f"msrp.listen[{index}]", f"one {kind} address only")
+    config = MsrpConfig(
+        listen=listen,
+        max_message_bytes=section.integer(
+            "max_message_bytes", default.max_message_bytes, minimum=1024
+        ),
+        max_chunk_bytes=section.integer("max_chunk_bytes", default.max_chunk_bytes, minimum=1024),
+        connect_timeout=section.number("connect_timeout", default.connect_timeout, minimum=0.1),
+        idle_timeout=section.number("idle_timeout", default.idle_timeout, minimum=1.0),
+    )
     section.finish()
     return config

@@ -15,6 +15,8 @@ from typing import Protocol
 
 from control.config import Config
 from control.media.ports import PortAllocator
+from control.msrp.trace import MsrpTracer
+from control.msrp.transport import MsrpTransport
 from control.sip.message import Request
 from control.sip.session import IncomingCall
 from control.sip.transport import Peer, SipTracer, SipTransportLayer
@@ -79,6 +81,14 @@ class Server:
         self.applications: dict[str, Application] = {}
         self.app_map = ApplicationMap(config.applications.map, config.applications.default)
         self.transport: SipTransportLayer | None = None
+        self.msrp = MsrpTransport(
+            connect_timeout=config.msrp.connect_timeout,
+            idle_timeout=config.msrp.idle_timeout,
+            max_message_bytes=config.msrp.max_message_bytes,
+            max_chunk_bytes=config.msrp.max_chunk_bytes,
+            advertised_host=config.sip.advertised_address,
+            tracer=MsrpTracer(config.server.trace_msrp),
+        )
         self.accepting = True
         self.stopped = asyncio.Event()
 
@@ -93,7 +103,9 @@ class Server:
         return any(address in network for network in self.config.sip.trusted_peers)
 
     async def start(self) -> None:
-        needs_tls = any(a.transport == "tls" for a in self.config.sip.listen)
+        needs_tls = any(
+            a.transport == "tls" for a in (*self.config.sip.listen, *self.config.msrp.listen)
+        )
         ssl_server: ssl.SSLContext | None = None
         ssl_client: ssl.SSLContext | None = None
         if needs_tls:
@@ -118,6 +130,9 @@ class Server:
         await self.transport.start(self.config.sip.listen)
         for bound in self.transport.bound:
             log.info("listening on %s", bound)
+        await self.msrp.start(self.config.msrp.listen, ssl_server=ssl_server, ssl_client=ssl_client)
+        for msrp_bound in self.msrp.bound:
+            log.info("MSRP listening on %s", msrp_bound)
 
     async def stop(self) -> None:
         """Stop taking new sessions, end the running ones with BYE, exit in bounded time."""
@@ -133,6 +148,7 @@ class Server:
             )
         except TimeoutError:
             log.warning("applications did not finish within %.1f s", timeout)
+        await self.msrp.stop()
         await self.ua.close()
         if self.transport is not None:
             await self.transport.stop()

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from control.media.answer import answer_audio, supported_rtpmaps
+from control.media.codecs import ulaw_encode
 from control.media.engine import (
     AudioEngineError,
     AudioEvent,
@@ -240,7 +241,7 @@ async def test_sharded_workers() -> None:
         await asyncio.sleep(0.2)
         for index, peer in enumerate(peers):
             _assert_hears(peer, FREQS[index], [f for f in FREQS if f != FREQS[index]])
-        events = []
+        events: list[AudioEvent] = []
         iterator = engine.events()
         while len({e.participant for e in events if isinstance(e, TalkingStarted)}) < 3:
             events.append(await asyncio.wait_for(anext(iterator), 5.0))
@@ -263,9 +264,7 @@ async def test_sharded_workers() -> None:
 def _offer(proto: str, formats: list[str], *, crypto: bool = False) -> sdp.SessionDescription:
     attrs = [sdp.Attribute("rtpmap", "0 PCMU/8000")] if "0" in formats else []
     if crypto:
-        attrs.append(
-            sdp.Attribute("crypto", "1 AES_CM_128_HMAC_SHA1_80 inline:" + "QUFB" * 10)
-        )
+        attrs.append(sdp.Attribute("crypto", "1 AES_CM_128_HMAC_SHA1_80 inline:" + "QUFB" * 10))
     media = sdp.MediaDescription("audio", 4000, None, proto, formats, attributes=attrs)
     return sdp.SessionDescription(
         origin=sdp.Origin("-", "1", 1, "IN", "IP4", "127.0.0.1"),
@@ -341,8 +340,7 @@ def test_silent_listeners_share_one_encode(share: bool) -> None:
         now = k * 0.02
         for i, stream in enumerate(streams):
             pcm = tone[k * 160 : (k + 1) * 160] if i == 0 else quiet
-            payload = stream.private.codec.encode(pcm) if False else _ulaw(pcm)
-            packet = RtpPacket(0, k, k * 160, 1000 + i, payload)
+            packet = RtpPacket(0, k, k * 160, 1000 + i, ulaw_encode(pcm))
             stream.receive(packet.serialize(), ("127.0.0.1", 5000 + 2 * i), now)
         before = counters.encodes
         out: list[tuple[ParticipantId, bytes, tuple[str, int]]] = []
@@ -355,12 +353,6 @@ def test_silent_listeners_share_one_encode(share: bool) -> None:
             silent = {RtpPacket.parse(d).payload for pid, d, _ in out if pid != "p0"}
             assert len(silent) == 1
     assert events == [TalkingStarted(ROOM, ParticipantId("p0"))]
-
-
-def _ulaw(pcm: np.ndarray) -> bytes:
-    from control.media.codecs import ulaw_encode
-
-    return ulaw_encode(pcm)
 
 
 def test_limiter_never_wraps() -> None:

@@ -199,7 +199,7 @@ passwords = st.one_of(st.none(), st.text(TOKEN_CHARS + "&=+$,", max_size=6))
 param_values = st.one_of(st.none(), st.text(TOKEN_CHARS + "[]/:&+$", min_size=1, max_size=8))
 uri_params = st.dictionaries(lower_tokens, param_values, max_size=3)
 header_params = st.dictionaries(
-    lower_tokens.filter(lambda name: name != "tag"),
+    lower_tokens.filter(lambda name: name not in ("tag", "expires")),
     st.one_of(param_values, st.text(ALPHA + " ,;=", max_size=6).map(lambda t: f'"{t}"')),
     max_size=2,
 )

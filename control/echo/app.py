@@ -1,7 +1,8 @@
-"""Echo: audio played back to the caller; out-of-dialog MESSAGEs answered with their text.
+"""Echo: audio played back to the caller, MSRP chat sent back, MESSAGEs answered with their text.
 
 The simplest application on the SIP core, and the one the core is proven with: INVITE with
-audio, re-INVITE (hold, resume, codec change), BYE, and a session limit that ends the call.
+audio, chat or both, re-INVITE (hold, resume, codec change, adding and removing chat), BYE, and a
+session limit that ends the call.
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from control.echo.chat import CpimValidator, EchoChat
 from control.echo.reflector import EchoMedia, RtpReflector
 from control.media.ports import PortAllocator, PortsExhausted
+from control.msrp.cpim import CpimAddress
+from control.msrp.sdp import Setup, accept_msrp, answer_setup, is_msrp, parse_msrp_media
+from control.msrp.transport import MsrpTransport
 from control.sip import sdp
 from control.sip.errors import SipError
 from control.sip.session import IncomingCall, Offer, Session
@@ -32,17 +37,143 @@ class EchoLimits:
 
 
 class EchoCall:
-    """One echo session: its SDP state, its reflector, its limit timer."""
+    """One echo session: its SDP state, its reflector, its chat streams, its limit timer.
+
+    Chat streams are kept per m-line index, so a re-INVITE that repeats a chat m-line keeps
+    its MSRP session (same a=path in the answer), one that sets its port to 0 ends it, and a new
+    one starts another (RFC 3264 §8).
+    """
 
     def __init__(
-        self, app: EchoApp, session: Session, media: EchoMedia, sdp_session: sdp.SdpSession
-    ):
+        self,
+        app: EchoApp,
+        media: EchoMedia,
+        sdp_session: sdp.SdpSession,
+        *,
+        service: CpimAddress,
+        caller: CpimAddress,
+    ) -> None:
         self.app = app
-        self.session = session
+        self.session: Session | None = None
         self.media = media
         self.sdp = sdp_session
+        self.service = service
+        self.caller = caller
+        self.chats: dict[int, EchoChat] = {}
+        self.audio = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def negotiate(self, offer: sdp.SessionDescription) -> bytes:
+        """Answer an offer or re-offer: the first usable audio stream is reflected, every usable
+        chat stream echoed, the rest rejected (RFC 3264 §6). 488 when nothing is usable."""
+        decisions: list[sdp.Accept | sdp.Reject] = []
+        chats: dict[int, EchoChat] = {}
+        created: list[EchoChat] = []
+        audio_taken = False
+        for index, stream in enumerate(offer.media):
+            decision: sdp.Accept | sdp.Reject = sdp.Reject()
+            if stream.rejected:
+                pass
+            elif not audio_taken and stream.media == "audio" and stream.proto in RTP_PROFILES:
+                decision = self._audio(offer, stream)
+                audio_taken = isinstance(decision, sdp.Accept)
+            elif is_msrp(stream):
+                decision, chat = self._chat(offer, stream, self.chats.get(index))
+                if chat is not None:
+                    chats[index] = chat
+                    if chat is not self.chats.get(index):
+                        created.append(chat)
+            decisions.append(decision)
+        try:
+            if not audio_taken and not chats:
+                raise SipError(488, "no audio stream with a common codec and no usable chat")
+            answer = sdp.serialize(self.sdp.answer(offer, decisions))
+        except SipError:
+            for chat in created:
+                chat.close()
+            raise
+        for index, chat in self.chats.items():
+            if chats.get(index) is not chat:
+                chat.close()  # removed or replaced by this offer
+        self.chats = chats
+        self.audio = audio_taken
+        if not audio_taken:
+            self.media.reflector.sending = False
+        return answer
+
+    def _audio(
+        self, offer: sdp.SessionDescription, stream: sdp.MediaDescription
+    ) -> sdp.Accept | sdp.Reject:
+        media = self.media
+        if not media.port:
+            return sdp.Reject()
+        decision = sdp.accept_audio(stream, self.app.supported, port=media.port, offerer_order=True)
+        if isinstance(decision, sdp.Accept):
+            # We send only when they listen (hold: sendonly/inactive from them).
+            media.reflector.sending = offer.direction_of(stream).receives
+            connection = offer.connection_of(stream)
+            if media.reflector.remote is None and connection and stream.port:
+                media.reflector.remote = (connection.address, stream.port)
+        return decision
+
+    def _chat(
+        self,
+        offer: sdp.SessionDescription,
+        stream: sdp.MediaDescription,
+        existing: EchoChat | None,
+    ) -> tuple[sdp.Accept | sdp.Reject, EchoChat | None]:
+        transport = self.app.msrp
+        if transport is None:
+            return sdp.Reject(), None
+        try:
+            theirs = parse_msrp_media(stream, offer.direction_of(stream))
+        except SipError as exc:
+            log.info("unusable chat m-line: %s", exc.reason)
+            return sdp.Reject(), None
+        if theirs.setup is Setup.HOLDCONN:
+            return sdp.Reject(), None
+        setup, active = answer_setup(theirs.setup)
+        if existing is not None and existing.fits(theirs, setup):
+            chat = existing
+        else:
+            if not active and transport.listener(theirs.secure) is None:
+                return sdp.Reject(), None  # no msrps (or msrp) listener configured
+            channel = transport.open(
+                transport.local_uri(theirs.secure),
+                theirs.path,
+                active=active,
+                accept_types=theirs.accept_types,
+                validator=CpimValidator(theirs.accept_wrapped_types or theirs.accept_types),
+            )
+            chat = EchoChat(channel, theirs, setup, service=self.service, caller=self.caller)
+        accept = accept_msrp(
+            chat.channel.local_uri,
+            theirs.accept_types,
+            accept_wrapped_types=theirs.accept_wrapped_types,
+            max_size=transport.max_message_bytes,
+            setup=setup,
+        )
+        return accept, chat
+
+    def start_chats(self) -> None:
+        """Run the chat streams the last answer created (after that answer was sent)."""
+        for chat in self.chats.values():
+            if not chat.started:
+                chat.started = True
+                task = asyncio.create_task(self._run_chat(chat))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _run_chat(self, chat: EchoChat) -> None:
+        reason = await chat.run()
+        chat.close()
+        log.info("echo chat %s ended: %s (%d echoed)", chat.channel.session_id, reason, chat.echoed)
+        live = self.audio or any(not c.channel.closed for c in self.chats.values())
+        if not live and self.session is not None:
+            await self.session.bye(reason="chat ended")
 
     async def run(self) -> None:
+        assert self.session is not None
         self.session.on_reinvite = self.reinvite
         try:
             reason = await asyncio.wait_for(
@@ -53,9 +184,19 @@ class EchoCall:
             log.info("echo call %s reached its limit", self.session.dialog.call_id)
             await self.session.bye(reason="session limit")
         finally:
-            self.media.close()
+            self.close()
+
+    def close(self) -> None:
+        """BYE (or failure) ends every MSRP session; a connection nothing else uses goes too."""
+        for chat in self.chats.values():
+            chat.close()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        self.media.close()
 
     async def reinvite(self, offer: Offer) -> None:
+        assert self.session is not None
         try:
             description = sdp.parse(offer.body) if offer.has_sdp else None
         except SipError as exc:
@@ -64,12 +205,25 @@ class EchoCall:
         if description is None:
             offer.incoming.respond(488)  # offerless re-INVITE: not supported here
             return
+        if _wants_audio(description) and not self.media.port:
+            try:
+                await self.media.open(self.sdp.connection.address)
+            except PortsExhausted:
+                offer.incoming.respond(503, "no RTP ports left")
+                return
         try:
-            answer = self.app.answer(description, self.sdp, self.media)
+            answer = self.negotiate(description)
         except SipError as exc:
             offer.incoming.respond(exc.status, exc.reason)
             return
         self.session.answer_reinvite(offer, answer)
+        self.start_chats()
+
+
+def _wants_audio(offer: sdp.SessionDescription) -> bool:
+    return any(
+        m.media == "audio" and m.proto in RTP_PROFILES and not m.rejected for m in offer.media
+    )
 
 
 class EchoApp:
@@ -80,42 +234,14 @@ class EchoApp:
         *,
         codecs: tuple[str, ...] = ("G722", "PCMU", "PCMA", "telephone-event"),
         limits: EchoLimits = EchoLimits(),
+        msrp: MsrpTransport | None = None,
     ) -> None:
         self.ua = ua
         self.ports = ports
         self.supported = [(name, CODEC_RATES[name]) for name in codecs if name in CODEC_RATES]
         self.limits = limits
+        self.msrp = msrp
         self.calls: set[EchoCall] = set()
-
-    def answer(
-        self, offer: sdp.SessionDescription, state: sdp.SdpSession, media: EchoMedia
-    ) -> bytes:
-        """Accept the first audio stream we can reflect; reject the rest (RFC 3264 §6)."""
-        decisions: list[sdp.Accept | sdp.Reject] = []
-        audio_taken = False
-        for stream in offer.media:
-            decision: sdp.Accept | sdp.Reject = sdp.Reject()
-            if (
-                not audio_taken
-                and stream.media == "audio"
-                and stream.proto in RTP_PROFILES
-                and not stream.rejected
-            ):
-                decision = sdp.accept_audio(
-                    stream, self.supported, port=media.port, offerer_order=True
-                )
-                if isinstance(decision, sdp.Accept):
-                    audio_taken = True
-                    direction = offer.direction_of(stream)
-                    # We send only when they listen (hold: sendonly/inactive from them).
-                    media.reflector.sending = direction.receives
-                    connection = offer.connection_of(stream)
-                    if media.reflector.remote is None and connection and stream.port:
-                        media.reflector.remote = (connection.address, stream.port)
-            decisions.append(decision)
-        if not audio_taken:
-            raise SipError(488, "no audio stream with a common codec")
-        return sdp.serialize(state.answer(offer, decisions))
 
     async def incoming_invite(self, call: IncomingCall) -> None:
         if len(self.calls) >= self.limits.max_sessions:
@@ -132,25 +258,34 @@ class EchoApp:
             return
         host, _ = self.ua.local_host_port("udp", call.incoming.source.host)
         media = EchoMedia(self.ports, RtpReflector(self.ua.rng.getrandbits(32)))
-        try:
-            await media.open(host)
-        except PortsExhausted:
-            call.reject(503, "no RTP ports left")
-            return
+        if _wants_audio(offer):
+            try:
+                await media.open(host)
+            except PortsExhausted:
+                call.reject(503, "no RTP ports left")
+                return
         state = sdp.SdpSession(
             sess_id=self.ua.rng.randrange(1, 2**31), address=host, username="chorus"
         )
+        caller = call.remote_identity
+        echo_call = EchoCall(
+            self,
+            media,
+            state,
+            service=CpimAddress(str(call.request.to.uri), "Echo"),
+            caller=CpimAddress(str(caller.uri), caller.display_name),
+        )
         try:
-            answer = self.answer(offer, state, media)
+            answer = echo_call.negotiate(offer)
         except SipError as exc:
-            media.close()
+            echo_call.close()
             call.reject(exc.status, exc.reason)
             return
         if call.incoming.cancelled.done():
-            media.close()
+            echo_call.close()
             return
-        session = call.accept(answer, user="echo")
-        echo_call = EchoCall(self, session, media, state)
+        echo_call.session = call.accept(answer, user="echo")
+        echo_call.start_chats()
         self.calls.add(echo_call)
         try:
             await echo_call.run()
@@ -193,6 +328,6 @@ class EchoApp:
 
     async def shutdown(self) -> None:
         await asyncio.gather(
-            *(call.session.bye(reason="shutdown") for call in list(self.calls)),
+            *(c.session.bye(reason="shutdown") for c in list(self.calls) if c.session is not None),
             return_exceptions=True,
         )

@@ -144,8 +144,12 @@ class MixRoom:
             change = stream.talk.update(_SILENT_DB if frame is None else level_db(frame))
             if change is not None:
                 events.append(TalkingStarted(room, pid) if change else TalkingStopped(room, pid))
-            if frame is not None and stream.talk.talking:
-                contributions[pid] = frame
+            if frame is None:
+                continue
+            if stream.talk.talking:
+                contributions[pid] = stream.to_internal(frame)
+            else:
+                stream.skip_frame(frame)
         total = self._silence
         if contributions:
             total = np.zeros(total.size, dtype=np.int32)

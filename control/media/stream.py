@@ -19,8 +19,9 @@ import numpy as np
 import numpy.typing as npt
 
 from control.media.answer import PTIME_MS, Address, AudioTerms
-from control.media.codecs import Codec, CodecError, Resampler
+from control.media.codecs import Codec, CodecError
 from control.media.jitter import Frame, JitterBuffer
+from control.media.polyphase import resampler
 from control.media.rtp import RtpError, RtpPacket, RtpSender, SequenceTracker, is_rtcp
 from control.media.srtp import SrtpContext, SrtpError
 
@@ -126,7 +127,7 @@ class EncoderChain:
 
     def __init__(self, factory: Callable[[], Codec], internal_rate: int) -> None:
         self.codec = factory()
-        self._resampler = Resampler(internal_rate, self.codec.sample_rate)
+        self._resampler = resampler(internal_rate, self.codec.sample_rate)
         self._samples = self.codec.frame_samples(PTIME_MS)
         self.encodes = 0
 
@@ -162,7 +163,6 @@ class ParticipantStream:
         talk: TalkDetector | None = None,
     ) -> None:
         self.internal_rate = internal_rate
-        self.frame_samples = internal_rate * PTIME_MS // 1000
         self.stats = StreamStats()
         self.talk = talk or TalkDetector()
         self.muted = False
@@ -185,7 +185,8 @@ class ParticipantStream:
         ):
             factory = terms.codec_factory()
             self._decoder = factory()
-            self._upsampler = Resampler(self._decoder.sample_rate, self.internal_rate)
+            self._upsampler = resampler(self._decoder.sample_rate, self.internal_rate)
+            self.frame_samples = self._decoder.frame_samples(PTIME_MS)
             self._jitter = JitterBuffer(terms.rtpmap.clock_rate, ptime_ms=PTIME_MS)
             self._fifo: list[Pcm] = []
             self._fifo_len = 0
@@ -257,7 +258,7 @@ class ParticipantStream:
     # --- playout ---------------------------------------------------------------------
 
     def pull(self, now: float) -> Pcm | None:
-        """This tick's frame at the internal rate, or None when the stream is not playing.
+        """This tick's frame at the codec's rate, or None when the stream is not playing.
 
         Packets of any ptime are decoded into a FIFO and taken out 20 ms at a time, so a
         30 ms or 10 ms sender plays at its own pace.  A lost packet is concealed by the
@@ -279,7 +280,6 @@ class ParticipantStream:
                     pcm = codec.conceal(self._packet_samples())
             else:
                 pcm = codec.conceal(self._packet_samples())
-            pcm = self._upsampler.process(pcm)
             if pcm.size:
                 self._fifo.append(pcm)
                 self._fifo_len += pcm.size
@@ -292,6 +292,16 @@ class ParticipantStream:
         self._fifo = [rest] if rest.size else []
         self._fifo_len = rest.size
         return frame
+
+    def to_internal(self, frame: Pcm) -> Pcm:
+        """A pulled frame at the mixer's rate, for mixing."""
+        return self._upsampler.process(frame)
+
+    def skip_frame(self, frame: Pcm) -> None:
+        """A pulled frame that is not mixed: only the resampler's history takes it."""
+        prime = getattr(self._upsampler, "prime", None)
+        if prime is not None:
+            prime(frame)
 
     def _packet_samples(self) -> int:
         seconds = self._jitter.frame_duration

@@ -31,6 +31,7 @@ __all__ = [
     "is_msrp",
     "msrp_attributes",
     "msrp_media",
+    "offer_is_active",
     "parse_msrp_media",
 ]
 

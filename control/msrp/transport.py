@@ -368,8 +368,8 @@ class _Connection(asyncio.Protocol):
             case ProtocolError(session_id=None) as problem:
                 log.info("MSRP %s: %s %s", self.peer, problem.status, problem.reason)
             case _:
-                sid = getattr(event, "session_id", None)
-                channel = self.channels.get(sid) if sid else None
+                session_id: str | None = getattr(event, "session_id", None)
+                channel = self.channels.get(session_id) if session_id else None
                 if channel is not None:
                     channel._deliver(event)
                 elif isinstance(event, ProtocolError):
@@ -504,7 +504,7 @@ class MsrpTransport:
             if secure and self.ssl_server is None:
                 raise ValueError("msrps needs a TLS server context")
             server = await loop.create_server(
-                lambda secure=secure: _Connection(self, secure=secure, key=None),  # type: ignore[misc]
+                lambda secure=secure: _Connection(self, secure=secure, key=None),
                 address.host,
                 address.port,
                 ssl=self.ssl_server if secure else None,

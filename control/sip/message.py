@@ -131,7 +131,8 @@ class Message:
 
     @property
     def contacts(self) -> list[NameAddr]:
-        return [parse_name_addr(v) for v in self.headers.get_all("Contact") if v.strip() != "*"]
+        values = self.headers.get_all("Contact")
+        return [parse_name_addr(v) for v in values if v.strip(" \t") != "*"]
 
     @property
     def content_type(self) -> ContentType | None:
@@ -163,7 +164,7 @@ class Request(Message):
     @property
     def max_forwards(self) -> int | None:
         value = self.headers.get("Max-Forwards")
-        return int(value) if value is not None else None
+        return _bounded_int(value, 255, "Max-Forwards") if value is not None else None
 
     def make_response(
         self,
@@ -305,7 +306,7 @@ def _take_body(headers: Headers, rest: bytes, *, stream: bool, max_body_bytes: i
             raise SipError(400, "no Content-Length on a stream transport")
         length = len(rest)
     else:
-        text = lengths[0].strip()
+        text = lengths[0].strip(" \t")
         if _DIGITS.fullmatch(text) is None:
             raise SipError(400, f"bad Content-Length {text[:20]!r}")
         if len(text.lstrip("0")) > _MAX_LENGTH_DIGITS:
@@ -371,7 +372,7 @@ def _validate(message: Request | Response) -> None:
         if max_forwards is not None:
             _bounded_int(max_forwards, 255, "Max-Forwards")
     for value in headers.get_all("Contact"):
-        if value.strip() == "*":
+        if value.strip(" \t") == "*":
             continue
         contact = parse_name_addr(value)
         if "expires" in contact.params:
@@ -388,7 +389,7 @@ def _validate(message: Request | Response) -> None:
         if len(code) != 3 or not code.isdigit():
             raise SipError(400, "bad Warning code")
     date = headers.get("Date")
-    if date is not None and not date.rstrip().endswith("GMT"):
+    if date is not None and not date.rstrip(" \t").endswith("GMT"):
         raise SipError(400, "Date must be in GMT")  # RFC 3261 §20.17, RFC 4475 §3.1.2.12
     content_type = headers.get("Content-Type")
     if content_type is not None:
@@ -401,13 +402,13 @@ def _validate(message: Request | Response) -> None:
     event = headers.get("Event")
     if event is not None:
         name, _, params = event.partition(";")
-        if not is_token(name.strip()):
+        if not is_token(name.strip(" \t")):
             raise SipError(400, "bad Event")
         parse_params(params)
 
 
 def _bounded_int(text: str, limit: int, what: str) -> int:
-    text = text.strip()
+    text = text.strip(" \t")
     if _DIGITS.fullmatch(text) is None or len(text) > 12 or int(text) > limit:
         raise SipError(400, f"bad {what} {text[:20]!r}")
     return int(text)

@@ -296,10 +296,11 @@ def parse_name_addr(text: str) -> NameAddr:
         before, _, after = text.partition("<")
         token_display = before.strip(_WS)
         if token_display:
-            for word in token_display.split():
+            words = re.split(r"[ \t]+", token_display)
+            for word in words:
                 if not is_token(word):
                     raise SipError(400, f"bad display name {token_display!r}")
-            display = " ".join(token_display.split())
+            display = " ".join(words)
         text = "<" + after
     if text.startswith("<"):
         close = text.find(">")

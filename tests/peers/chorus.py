@@ -47,6 +47,8 @@ class ChorusProcess:
                 ],
             },
             "rtp": {"port_range": f"{rtp_low}-{rtp_low + 3999}"},
+            # Port 0: MSRP ports reach clients through SDP a=path, never up front.
+            "msrp": {"listen": ["tls:127.0.0.1:0", "tcp:127.0.0.1:0"]},
             "server": {
                 "spool_dir": str(self.workdir / "spool"),
                 "log_level": "INFO",

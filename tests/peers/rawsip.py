@@ -136,9 +136,11 @@ class RawTcp:
             return False
         return True
 
-    def read(self, *, quiet: float, limit: float = 15.0) -> StreamResult:
-        """Read until the server closes the connection, or nothing arrives for ``quiet``
-        seconds, or ``limit`` seconds have passed in all."""
+    def read(
+        self, *, quiet: float, limit: float = 15.0, until_call_id: str | None = None
+    ) -> StreamResult:
+        """Read until the server closes the connection, a response with ``until_call_id``
+        arrives, nothing arrives for ``quiet`` seconds, or ``limit`` seconds have passed."""
         result = StreamResult()
         deadline = time.monotonic() + limit
         while (left := deadline - time.monotonic()) > 0:
@@ -154,6 +156,11 @@ class RawTcp:
                 result.closed = True
                 break
             self._buffer += chunk
+            self._frame(result)
+            if until_call_id is not None and any(
+                r.call_id == until_call_id for r in result.responses
+            ):
+                break
         self._frame(result)
         return result
 
