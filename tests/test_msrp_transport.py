@@ -176,14 +176,40 @@ async def test_bad_input_is_answered_and_the_other_session_carries_on(
         a, b, me = str(strict.local_uri), str(other.local_uri), str(peer)
         port = server.listener(False).port  # type: ignore[union-attr]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(raw_request("bind0001", a, me, "Message-ID: m0001\r\nByte-Range: 1-0/0\r\n", None))
-        writer.write(raw_request("bind0002", b, me, "Message-ID: m0002\r\nByte-Range: 1-0/0\r\n", None))
+        writer.write(
+            raw_request("bind0001", a, me, "Message-ID: m0001\r\nByte-Range: 1-0/0\r\n", None)
+        )
+        writer.write(
+            raw_request("bind0002", b, me, "Message-ID: m0002\r\nByte-Range: 1-0/0\r\n", None)
+        )
         text = "Content-Type: text/plain\r\n"
-        writer.write(raw_request("bad00001", a, me, "Message-ID: msg0001\r\nByte-Range: x\r\n" + text, b"x"))
+        writer.write(
+            raw_request("bad00001", a, me, "Message-ID: msg0001\r\nByte-Range: x\r\n" + text, b"x")
+        )
         writer.write(raw_request("big00001", a, me, "Message-ID: msg0002\r\n" + text, b"y" * 2000))
-        writer.write(raw_request("htm00001", a, me, "Message-ID: msg0003\r\nContent-Type: text/html\r\n", b"<p>"))
-        writer.write(raw_request("who00001", a.replace(strict.session_id, "nosuchsession1"), me, "Message-ID: msg0004\r\n" + text, b"z"))
-        writer.write(raw_request("bad00002", b, "msrp://127.0.0.1:9/intruder;tcp", "Message-ID: msg0005\r\n" + text, b"z"))
+        writer.write(
+            raw_request(
+                "htm00001", a, me, "Message-ID: msg0003\r\nContent-Type: text/html\r\n", b"<p>"
+            )
+        )
+        writer.write(
+            raw_request(
+                "who00001",
+                a.replace(strict.session_id, "nosuchsession1"),
+                me,
+                "Message-ID: msg0004\r\n" + text,
+                b"z",
+            )
+        )
+        writer.write(
+            raw_request(
+                "bad00002",
+                b,
+                "msrp://127.0.0.1:9/intruder;tcp",
+                "Message-ID: msg0005\r\n" + text,
+                b"z",
+            )
+        )
         writer.write(raw_request("good0001", b, me, "Message-ID: msg0006\r\n" + text, b"fine"))
         await writer.drain()
         statuses = await read_responses(reader, 8)
@@ -294,11 +320,11 @@ async def test_server_side_active_session(
 ALICE = parse_uri("msrp://alicepc.example.com:7777/iau39soe2843z;tcp")
 BOB = parse_uri("msrp://bob.example.com:8888/9di4eae923wzd;tcp")
 RFC_10_1 = (
-    "MSRP a786hjs2 SEND\r\nTo-Path: msrp://bob.example.com:8888/9di4eae923wzd;tcp\r\n"
-    "From-Path: msrp://alicepc.example.com:7777/iau39soe2843z;tcp\r\nMessage-ID: 87652491\r\n"
-    "Byte-Range: 1-16/16\r\nSuccess-Report: yes\r\nContent-Type: text/plain\r\n\r\n"
-    "Hi, I'm Alice!\r\n-------a786hjs2$\r\n"
-).encode()
+    b"MSRP a786hjs2 SEND\r\nTo-Path: msrp://bob.example.com:8888/9di4eae923wzd;tcp\r\n"
+    b"From-Path: msrp://alicepc.example.com:7777/iau39soe2843z;tcp\r\nMessage-ID: 87652491\r\n"
+    b"Byte-Range: 1-16/16\r\nSuccess-Report: yes\r\nContent-Type: text/plain\r\n\r\n"
+    b"Hi, I'm Alice!\r\n-------a786hjs2$\r\n"
+)
 
 
 def test_rfc_example_byte_range_counting_the_crlf_is_accepted() -> None:
@@ -312,7 +338,10 @@ def test_rfc_example_byte_range_counting_the_crlf_is_accepted() -> None:
         assert isinstance(event, MessageReceived)
         assert (event.body, event.size) == (b"Hi, I'm Alice!", 14)
         out = bob.data_to_send()
-        response, report = parse_chunk(out[: out.index(b"$\r\n") + 3]), out[out.index(b"$\r\n") + 3 :]
+        response, report = (
+            parse_chunk(out[: out.index(b"$\r\n") + 3]),
+            out[out.index(b"$\r\n") + 3 :],
+        )
         assert response.head.status == 200
         assert b"Byte-Range: 1-14/14" in report and b"Status: 000 200 OK" in report
 
@@ -369,3 +398,32 @@ def test_sdp_helpers() -> None:
         broken = sdp.parse(OFFER.replace("a=path:msrps://127.0.0.1:2855/abcd1234;tcp\r\n", bad))
         with pytest.raises(sdp.SdpError):
             parse_msrp_media(broken.media[0])
+
+
+# ---- configuration --------------------------------------------------------------------------
+
+
+def test_msrp_config_section() -> None:
+    from control.config import ConfigError, parse_config
+
+    config = parse_config(
+        {
+            "msrp": {"listen": ["tcp:127.0.0.1:3000"], "idle_timeout": 60},
+            "server": {"trace_msrp": "/tmp/msrp.trace"},
+        }
+    )
+    assert config.msrp.listen == (ListenAddress("tcp", "127.0.0.1", 3000),)
+    assert config.msrp.idle_timeout == 60
+    assert str(config.server.trace_msrp) == "/tmp/msrp.trace"
+    assert parse_config({}).server.trace_msrp is None
+    for data, key in [
+        ({"msrp": {"listen": ["udp:127.0.0.1:2855"]}}, "msrp.listen[0]"),
+        ({"msrp": {"listen": ["tls:127.0.0.1:1", "tls:127.0.0.1:2"]}}, "msrp.listen[1]"),
+        ({"msrp": {"max_message_bytes": 10}}, "msrp.max_message_bytes"),
+        ({"msrp": {"connect_timeout": 0}}, "msrp.connect_timeout"),
+        ({"msrp": {"bogus": 1}}, "msrp.bogus"),
+        ({"server": {"trace_msrp": True}}, "server.trace_msrp"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            parse_config(data)
+        assert info.value.key == key

@@ -45,6 +45,13 @@ class ChatStream:
         self.channel: MsrpChannel | None = None
 
     def offer_media(self, direction: Direction = Direction.SENDRECV) -> MediaDescription:
+        """Our m-line. When we may be the passive end, the session is registered now: the
+        answerer may connect before its answer reaches us (RFC 6135 §4.2)."""
+        passive_possible = self.setup in (Setup.ACTPASS, Setup.PASSIVE)
+        if self.channel is None and passive_possible and self.transport.listener(self.secure):
+            self.channel = self.transport.open(
+                self.local_uri, None, active=False, accept_types=self.accept_types
+            )
         return msrp_media(
             self.local_uri,
             self.accept_types,
@@ -60,6 +67,11 @@ class ChatStream:
         active = offer_is_active(self.remote.setup) if self.setup is not None else True
         if self.setup is Setup.PASSIVE:
             active = False
+        if self.channel is not None:
+            if not active and not self.channel.closed:
+                self.channel.set_remote_path(self.remote.path)
+                return self.channel
+            self.channel.close()
         self.channel = self.transport.open(
             self.local_uri,
             self.remote.path,

@@ -93,6 +93,11 @@ class MsrpChannel:
     def local_uri(self) -> MsrpUri:
         return self.session.local_uri
 
+    def set_remote_path(self, remote_path: Sequence[MsrpUri]) -> None:
+        """The peer's a=path, learnt after opening (a passive offerer reading the answer)."""
+        self.remote_path = tuple(remote_path)
+        self.session.remote_path = self.remote_path
+
     @property
     def session_id(self) -> str:
         return self.session.session_id
@@ -255,8 +260,11 @@ class MsrpChannel:
             return
         self.closed = True
         self._deadline.cancel()
+        if self.failure is None:
+            self.failure = "closed"
+            self._queue.put_nowait(ConnectionFailed("closed"))  # wakes a reader; ends iteration
         if not self.connected.done():
-            self.connected.set_exception(MsrpConnectError(self.failure or "closed"))
+            self.connected.set_exception(MsrpConnectError(self.failure))
         self._owner._forget(self)
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -556,7 +564,7 @@ class MsrpTransport:
     def open(
         self,
         local_uri: MsrpUri,
-        remote_path: Sequence[MsrpUri],
+        remote_path: Sequence[MsrpUri] | None,
         *,
         active: bool,
         accept_types: Sequence[str] = ("*",),
@@ -566,23 +574,28 @@ class MsrpTransport:
         report_per_chunk: bool = False,
     ) -> MsrpChannel:
         """Start one session. Active: connect (or share) in the background; passive: wait for
-        the peer. ``await channel.wait_connected()`` either way."""
-        if not remote_path:
-            raise MsrpUsageError("a session needs the peer's path")
+        the peer. ``await channel.wait_connected()`` either way.
+
+        A passive offerer may open before it knows the peer's path (``remote_path=None``): an
+        active answerer can connect before its answer arrives here. The path is set with
+        :meth:`MsrpChannel.set_remote_path` when the answer comes.
+        """
+        if not remote_path and active:
+            raise MsrpUsageError("an active session needs the peer's path")
         if local_uri.session_id in self._channels:
             raise MsrpUsageError(f"session {local_uri.session_id!r} already open")
         if not active and self.listener(local_uri.secure) is None:
             raise MsrpUsageError(f"no {local_uri.scheme} listener for a passive session")
         session = MsrpSession(
             local_uri,
-            remote_path,
+            remote_path or None,
             accept_types=accept_types,
             deliver_chunks=deliver_chunks,
             report_per_chunk=report_per_chunk,
             max_message_size=max_message_size,
             validator=validator,
         )
-        channel = MsrpChannel(self, session, remote_path, active=active)
+        channel = MsrpChannel(self, session, remote_path or (), active=active)
         self._channels[channel.session_id] = channel
         if active:
             task = asyncio.create_task(self._connect(channel))

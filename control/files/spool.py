@@ -1,0 +1,317 @@
+"""The file spool: where transferred files are written, atomically, under names we choose.
+
+Layout under ``[server] spool_dir``::
+
+    files/<sha1>.<token>           the file's bytes (no extension, nothing from the peer)
+    files/<sha1>.<token>.json      its metadata: name, type, size, sha1, date, sender
+    files/.upload-<token>.part     a transfer in progress
+
+Why each rule:
+
+- **Server-chosen names.** The name a peer puts in ``a=file-selector`` (RFC 5547 §6) is only
+  metadata; as a path it could climb out of the spool (``../../x``), collide, or be a device
+  name. Stored files are named by their SHA-1 and a random token, so a pull that names the
+  hash (RFC 5547 §8.4, §9.2) finds them with no index beyond the directory itself.
+- **Atomic.** Bytes go to a temporary file in the same directory; when the transfer is complete
+  and its hash checks out, the file is fsync'ed and renamed into place, then its metadata is
+  written the same way (temporary, fsync, rename) and the directory fsync'ed. A reader sees a
+  whole file with its metadata or nothing; a crash leaves only ``.part`` files and data files
+  without metadata, which :meth:`FileSpool.prepare` removes at start-up.
+- **Size-capped.** ``max_file_bytes`` bounds every upload; writing past it fails.
+- **Nothing left behind.** A failed transfer's temporary file is deleted (:meth:`Upload.discard`).
+
+The methods here block (they are plain file I/O); the asyncio side calls them through the one
+seam :func:`to_disk`, which runs them in a worker thread, so the event loop never waits on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO, ParamSpec, TypeVar
+
+__all__ = ["FileMeta", "FileSpool", "SpoolError", "StoredFile", "Upload", "to_disk"]
+
+log = logging.getLogger("chorus.spool")
+
+RandomSource = Callable[[int], bytes]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+_SHA1_HEX = re.compile(r"[0-9a-f]{40}\Z")
+_DATA_NAME = re.compile(r"([0-9a-f]{40})\.([0-9a-f]{16})\Z")
+PART_PREFIX = ".upload-"
+PART_SUFFIX = ".part"
+META_SUFFIX = ".json"
+
+
+async def to_disk(func: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """The one seam where blocking disk work leaves the event loop (STYLE.md §5)."""
+    return await asyncio.to_thread(func, *args, **kwargs)
+
+
+class SpoolError(Exception):
+    """A spool operation refused; ``status`` is the MSRP status for the transfer (413 past the
+    size cap, 500 for a disk failure)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class FileMeta:
+    """What the transfer told us about a file, kept beside it."""
+
+    name: str
+    content_type: str
+    sender: str
+    date: str  # ISO 8601, UTC, when it was received
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A file in the spool. ``file_id`` is its server-chosen name (``<sha1>.<token>``)."""
+
+    file_id: str
+    name: str
+    content_type: str
+    size: int
+    sha1: str  # lower-case hex
+    date: str
+    sender: str
+    path: Path
+
+    @property
+    def sha1_bytes(self) -> bytes:
+        return bytes.fromhex(self.sha1)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Upload:
+    """One incoming file: a temporary file in the spool, written at offsets.
+
+    It is a :class:`~control.msrp.filetransfer.FileSink`. Either :meth:`commit` (the transfer
+    checked out) or :meth:`discard` (it did not) ends it; both are idempotent about the
+    temporary file, which never outlives the upload.
+    """
+
+    def __init__(self, spool: FileSpool, path: Path, fd: int, token: str) -> None:
+        self.spool = spool
+        self.path = path
+        self.token = token
+        self._fd: int | None = fd
+        self.size = 0
+        self.done = False
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        if self._fd is None:
+            raise SpoolError(500, "upload already finished")
+        end = offset + len(data)
+        if offset < 0 or end > self.spool.max_file_bytes:
+            raise SpoolError(413, f"over the {self.spool.max_file_bytes}-byte file limit")
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view = view[written:]
+            offset += written
+        self.size = max(self.size, end)
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        if self._fd is None:
+            raise SpoolError(500, "upload already finished")
+        return os.pread(self._fd, size, offset)
+
+    def commit(self, meta: FileMeta, sha1_hex: str) -> StoredFile:
+        """Make the upload a stored file: fsync, rename into place, write its metadata.
+
+        ``sha1_hex`` is the verified hash (the caller checked it: the bytes were hashed as
+        they arrived). On any failure the temporary file is removed and :class:`SpoolError`
+        raised.
+        """
+        if self._fd is None or self.done:
+            raise SpoolError(500, "upload already finished")
+        if not _SHA1_HEX.match(sha1_hex):
+            raise SpoolError(500, "bad sha1")
+        file_id = f"{sha1_hex}.{self.token}"
+        final = self.spool.files_dir / file_id
+        stored = StoredFile(
+            file_id=file_id,
+            name=meta.name,
+            content_type=meta.content_type,
+            size=self.size,
+            sha1=sha1_hex,
+            date=meta.date,
+            sender=meta.sender,
+            path=final,
+        )
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            os.rename(self.path, final)
+            self.spool._write_meta(stored)
+            _fsync_dir(self.spool.files_dir)
+        except OSError as exc:
+            self.discard()
+            with contextlib.suppress(OSError):
+                final.unlink()
+            raise SpoolError(500, f"cannot store the file: {exc}") from exc
+        self.done = True
+        return stored
+
+    def discard(self) -> None:
+        """Forget the upload and delete its temporary file."""
+        self.done = True
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class FileSpool:
+    """The directory of stored files (see the module doc for the layout and its reasons).
+
+    ``max_file_bytes`` is the cap on one file; ``random`` names uploads (injected for tests).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_file_bytes: int = 100 * 1024 * 1024,
+        random: RandomSource = os.urandom,
+    ) -> None:
+        self.root = root
+        self.files_dir = root / "files"
+        self.max_file_bytes = max_file_bytes
+        self._random = random
+
+    def prepare(self) -> int:
+        """Create the directory and remove what a crash left: ``.part`` files and data files
+        without metadata. Returns how many files were removed."""
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        removed = 0
+        for entry in self.files_dir.iterdir():
+            name = entry.name
+            stale = name.startswith(PART_PREFIX) or name.endswith(".tmp")
+            orphan = _DATA_NAME.match(name) is not None and not self._meta_path(name).exists()
+            if stale or orphan:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                removed += 1
+        if removed:
+            log.info("spool: removed %d unfinished file(s)", removed)
+        return removed
+
+    def _token(self) -> str:
+        return self._random(8).hex()
+
+    def _meta_path(self, file_id: str) -> Path:
+        return self.files_dir / f"{file_id}{META_SUFFIX}"
+
+    def begin(self) -> Upload:
+        """A new upload in a fresh temporary file (O_EXCL: never an existing file)."""
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(8):
+            token = self._token()
+            path = self.files_dir / f"{PART_PREFIX}{token}{PART_SUFFIX}"
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue
+            return Upload(self, path, fd, token)
+        raise SpoolError(500, "random source keeps producing existing names")
+
+    def _write_meta(self, stored: StoredFile) -> None:
+        record = asdict(stored)
+        record.pop("path")
+        data = json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        final = self._meta_path(stored.file_id)
+        temp = final.with_name(final.name + ".tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, final)
+
+    def _read_meta(self, meta_path: Path) -> StoredFile | None:
+        file_id = meta_path.name[: -len(META_SUFFIX)]
+        match = _DATA_NAME.match(file_id)
+        data_path = self.files_dir / file_id
+        if match is None or not data_path.is_file():
+            return None
+        try:
+            record = json.loads(meta_path.read_text(encoding="utf-8"))
+            return StoredFile(
+                file_id=file_id,
+                name=str(record["name"]),
+                content_type=str(record["content_type"]),
+                size=int(record["size"]),
+                sha1=match.group(1),
+                date=str(record["date"]),
+                sender=str(record["sender"]),
+                path=data_path,
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("spool: unreadable metadata %s", meta_path.name)
+            return None
+
+    def find(self, sha1_hex: str) -> StoredFile | None:
+        """The most recent stored file with this SHA-1 (lower- or upper-case hex), or None."""
+        sha1_hex = sha1_hex.lower()
+        if not _SHA1_HEX.match(sha1_hex) or not self.files_dir.is_dir():
+            return None
+        found = [
+            stored
+            for meta in self.files_dir.glob(f"{sha1_hex}.*{META_SUFFIX}")
+            if (stored := self._read_meta(meta)) is not None
+        ]
+        return max(found, key=lambda s: (s.date, s.file_id)) if found else None
+
+    def get(self, file_id: str) -> StoredFile | None:
+        if _DATA_NAME.match(file_id) is None:
+            return None
+        meta = self._meta_path(file_id)
+        return self._read_meta(meta) if meta.is_file() else None
+
+    def files(self) -> list[StoredFile]:
+        """Every stored file, oldest first."""
+        if not self.files_dir.is_dir():
+            return []
+        found = [
+            stored
+            for meta in self.files_dir.glob(f"*{META_SUFFIX}")
+            if (stored := self._read_meta(meta)) is not None
+        ]
+        return sorted(found, key=lambda s: (s.date, s.file_id))
+
+    def open_read(self, stored: StoredFile) -> BinaryIO:
+        return stored.path.open("rb")
+
+    def delete(self, stored: StoredFile) -> None:
+        """Remove a file: metadata first, so it is never found without its bytes."""
+        with contextlib.suppress(FileNotFoundError):
+            self._meta_path(stored.file_id).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            stored.path.unlink()
