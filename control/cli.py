@@ -9,9 +9,11 @@ import signal
 import sys
 from pathlib import Path
 
+from control.conference import ConferenceApp, ConferenceLimits
 from control.config import Config, ConfigError, load_config
 from control.echo import EchoApp
 from control.echo.app import EchoLimits
+from control.media.mixer import EmbeddedMixer
 from control.server import Server
 
 
@@ -28,6 +30,28 @@ def build_server(config: Config) -> Server:
                 max_sessions=config.sip.max_sessions,
             ),
             msrp=server.msrp,
+        ),
+    )
+    media_host = config.sip.advertised_address or config.sip.listen[0].host
+    mixer = EmbeddedMixer(
+        server.ports,
+        host=media_host,
+        codecs=config.rtp.codecs,
+        rtp_timeout=config.rtp.timeout,
+        srtp=config.rtp.srtp,
+        rng=server.ua.rng,
+        workers=config.rtp.mixer_workers,
+    )
+    server.register(
+        "conference",
+        ConferenceApp(
+            server.ua,
+            mixer,
+            address=media_host,
+            limits=ConferenceLimits(
+                max_rooms=config.conference.max_rooms,
+                max_participants=config.conference.max_participants,
+            ),
         ),
     )
     return server

@@ -81,6 +81,7 @@ class RtpConfig:
     timeout: float = 30.0
     codecs: tuple[str, ...] = ("G722", "PCMU", "PCMA", "telephone-event")
     srtp: str = "optional"
+    mixer_workers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,12 @@ class ServerConfig:
 class ApplicationsConfig:
     default: str = "conference"
     map: dict[str, str] = field(default_factory=lambda: {"echo": "echo"})
+
+
+@dataclass(frozen=True, slots=True)
+class ConferenceConfig:
+    max_rooms: int = 1000
+    max_participants: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +139,10 @@ class Config:
     applications: ApplicationsConfig = field(default_factory=ApplicationsConfig)
     echo: EchoConfig = EchoConfig()
     msrp: MsrpConfig = MsrpConfig()
+    conference: ConferenceConfig = ConferenceConfig()
 
 
-KNOWN_CODECS = ("PCMU", "PCMA", "G722", "telephone-event")
+KNOWN_CODECS = ("PCMU", "PCMA", "G722", "speex", "opus", "telephone-event")
 APPLICATIONS = ("conference", "echo")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -216,6 +224,7 @@ def parse_config(data: dict[str, Any]) -> Config:
         ),
         echo=_parse_echo(_Section("echo", root.take("echo", dict, {}))),
         msrp=_parse_msrp(_Section("msrp", root.take("msrp", dict, {}))),
+        conference=_parse_conference(_Section("conference", root.take("conference", dict, {}))),
     )
     if root.data:
         raise ConfigError(sorted(root.data)[0], "unknown section")
@@ -288,6 +297,7 @@ def _parse_rtp(section: _Section) -> RtpConfig:
         timeout=section.number("timeout", default.timeout, minimum=1.0),
         codecs=codecs,
         srtp=srtp,
+        mixer_workers=section.integer("mixer_workers", default.mixer_workers, minimum=0),
     )
     section.finish()
     return config
@@ -341,6 +351,16 @@ def _parse_applications(section: _Section) -> ApplicationsConfig:
             raise ConfigError(f"applications.map.{key}", f"unknown application {value!r}")
     section.finish()
     return ApplicationsConfig(default=default, map=dict(mapping))
+
+
+def _parse_conference(section: _Section) -> ConferenceConfig:
+    default = ConferenceConfig()
+    config = ConferenceConfig(
+        max_rooms=section.integer("max_rooms", default.max_rooms, minimum=1),
+        max_participants=section.integer("max_participants", default.max_participants, minimum=2),
+    )
+    section.finish()
+    return config
 
 
 def _parse_echo(section: _Section) -> EchoConfig:

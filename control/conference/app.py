@@ -62,6 +62,8 @@ class ConferenceApp:
     # --- joining ---------------------------------------------------------------------------
 
     async def incoming_invite(self, call: IncomingCall) -> None:
+        if self._events_task is None:
+            self.start()  # the engine's events are read from the first call on
         uri = call.request_uri
         assert isinstance(uri, SipUri), "the server answers 416 to other schemes"
         if not call.has_sdp:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from control.files.spool import FileMeta, FileSpool, SpoolError, StoredFile, Upload, to_disk
+from control.msrp.connection import RandomSource, make_ident
 from control.msrp.cpim import CpimAddress
 from control.msrp.errors import MsrpError
 from control.msrp.events import (
@@ -161,26 +162,8 @@ class EchoFileTransfer(EchoChat):
                             await to_disk(receiver.receive, batch_at, bytes(batch), size)
                             batch.clear()
                         result = await to_disk(receiver.finish, size)
-                        meta = FileMeta(
-                            name=selector.name or "file",
-                            content_type=selector.type or content_type or "application/octet-stream",
-                            sender=str(self.caller.uri),
-                            date=self.files.clock().isoformat(),
-                        )
-                        upload, self._upload = self._upload, None
-                        assert upload is not None
-                        self.stored = await to_disk(upload.commit, meta, result.sha1_hex)
-                        self.files.add(self.stored)
-                        self.echoed += 1
-                        self.outcome = "stored"
-                        log.info(
-                            "echo stored %s (%d bytes, sha1 %s) from %s",
-                            self.stored.file_id,
-                            self.stored.size,
-                            self.stored.sha1,
-                            self.caller.uri,
-                        )
-                    case MessageAborted(message_id=mid, reason=reason) if mid == message_id:
+                        await self._store(result.sha1_hex, content_type)
+                    case MessageAborted(message_id=mid, reason=reason) if message_id in (None, mid):
                         return self._failed(f"aborted: {reason}")
                     case ConnectionFailed(reason=reason):
                         if self.outcome == "stored":
@@ -190,6 +173,32 @@ class EchoFileTransfer(EchoChat):
                         pass
             except (FileTransferError, SpoolError, OSError) as exc:
                 return self._failed(str(exc))
+
+    async def _store(self, sha1_hex: str, content_type: str | None) -> None:
+        """Move the checked upload into place (RFC 5547 §8.4: only a verified file counts)."""
+        selector = self.transfer.selector
+        meta = FileMeta(
+            name=selector.name or "file",
+            content_type=selector.type or content_type or "application/octet-stream",
+            sender=self.caller.uri,
+            date=self.files.clock().isoformat(),
+        )
+        upload, self._upload = self._upload, None
+        assert upload is not None
+        try:
+            self.stored = await to_disk(upload.commit, meta, sha1_hex)
+        finally:
+            self._upload = None if upload.done else upload
+        self.files.add(self.stored)
+        self.echoed += 1
+        self.outcome = "stored"
+        log.info(
+            "echo stored %s (%d bytes, sha1 %s) from %s",
+            self.stored.file_id,
+            self.stored.size,
+            self.stored.sha1,
+            self.caller.uri,
+        )
 
     def _failed(self, reason: str) -> str:
         self.outcome = f"failed: {reason}"
@@ -211,7 +220,7 @@ class EchoFileTransfer(EchoChat):
         sender = FileSender(
             stored.size, chunk_size=self.files.chunk_size, file_range=self.transfer.range
         )
-        message_id = self.channel.session.local_uri.session_id or "file"
+        message_id = make_ident(self.files.random)
         try:
             handle = await to_disk(self.files.spool.open_read, stored)
         except OSError as exc:
@@ -277,10 +286,12 @@ class EchoFiles:
         *,
         chunk_size: int = 256 * 1024,
         clock: Clock = _utc_now,
+        random: RandomSource = os.urandom,
     ) -> None:
         self.spool = spool
         self.chunk_size = chunk_size
         self.clock = clock
+        self.random = random
         spool.prepare()
         self._by_sha1: dict[str, StoredFile] = {}
         for stored in spool.files():

@@ -1,6 +1,7 @@
 """Sans-IO MSRP (RFC 4975) with CPIM (RFC 3862), is-composing (RFC 3994), minimal IMDN
-(RFC 5438) and nicknames (RFC 7701). The asyncio transport lives elsewhere and only feeds bytes
-and time to :class:`MsrpConnection`."""
+(RFC 5438) and nicknames (RFC 7701). The asyncio layer (:mod:`control.msrp.transport`: TCP and
+TLS listeners, connection sharing; :mod:`control.msrp.chat`; :mod:`control.msrp.sdp`) only feeds
+bytes and time to :class:`MsrpConnection` and is imported from its own modules."""
 
 from .connection import (
     MessageValidator,

@@ -112,9 +112,15 @@ class RtpEndpoint:
             origin=origin,
             connection=sdp.Connection.for_address(answer.address),
         )
-        self.answer = sdp.parse(bytes(desc))
-        media = self.answer.media[0]
-        self.remote = (answer.address, media.port)
+        return self.answered_sdp(sdp.parse(bytes(desc)))
+
+    def answered_sdp(self, answer: sdp.SessionDescription) -> sdp.MediaDescription:
+        """Take our parameters from the SDP answer the far end sent (over SIP)."""
+        self.answer = answer
+        media = answer.media[0]
+        connection = answer.connection_of(media)
+        assert connection is not None, "the answer has no c= line"
+        self.remote = (connection.address, media.port)
         lines = media.get_all("crypto")
         if self.srtp:
             assert len(lines) == 1, "an SRTP answer carries exactly one crypto line"

@@ -1,0 +1,174 @@
+"""Conference rooms through a real `chorus serve`: SIP INVITE, embedded mixer, mix-minus.
+
+Each participant is a SIP client (Chorus' own UA) plus an RTP endpoint that sends its own tone;
+by FFT each must hear the other two tones and not its own. Codecs differ per leg; a variant
+runs SRTP on every leg.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from control.media.tone import tone_power
+from control.sip import sdp
+from control.sip.session import Session
+from tests.peers.chorus import ChorusProcess
+from tests.peers.rtp_endpoint import RtpEndpoint
+from tests.peers.sipclient import SipClient
+
+pytestmark = pytest.mark.timeout(120)
+
+ALL_CODECS = ["G722", "PCMU", "PCMA", "speex", "opus", "telephone-event"]
+HEARD = -40.0  # dB (full-scale sine = 0 dB): a tone clearly present
+ABSENT = -60.0  # dB: a tone that is not there
+
+
+@pytest.fixture(scope="module")
+def chorus() -> Iterator[ChorusProcess]:
+    with ChorusProcess({"rtp": {"codecs": ALL_CODECS, "timeout": 2.5}}) as process:
+        yield process
+        assert process.alive, process.log()
+
+
+class Participant:
+    def __init__(self, endpoint: RtpEndpoint, client: SipClient) -> None:
+        self.endpoint = endpoint
+        self.client = client
+        self.session: Session | None = None
+
+
+async def join(
+    chorus: ChorusProcess, room: str, endpoint: RtpEndpoint, transport: str = "udp"
+) -> Participant:
+    client = SipClient(transport)
+    await client.__aenter__()
+    await endpoint.open()
+    participant = Participant(endpoint, client)
+    offer = endpoint.offer()
+    session, response = await client.call(
+        f"sip:{room}@127.0.0.1:{chorus.sip_port}", bytes(offer), chorus.sip_port
+    )
+    assert session is not None, f"{response.status} {response.reason}\n{chorus.log()[-2000:]}"
+    endpoint.answered_sdp(sdp.parse(response.body))
+    participant.session = session
+    return participant
+
+
+async def leave(participant: Participant) -> None:
+    if participant.session is not None:
+        await participant.session.bye()
+    participant.endpoint.close()
+    await participant.client.__aexit__(None, None, None)
+
+
+LEGS = {
+    "g711-g722-speexwb": [("PCMU", 8000, 0, None), ("G722", 8000, 9, None),
+                          ("speex", 16000, 97, None)],
+    "g711-g722-opus": [("PCMU", 8000, 0, None), ("G722", 8000, 9, None),
+                       ("opus", 48000, 111, 2)],
+}  # fmt: skip
+TONES = [440.0, 700.0, 1100.0]
+
+
+@pytest.mark.parametrize(("legs", "srtp"), [
+    ("g711-g722-speexwb", False),
+    ("g711-g722-opus", False),
+    ("g711-g722-speexwb", True),
+])  # fmt: skip
+async def test_three_participants_hear_each_other_not_themselves(
+    chorus: ChorusProcess, legs: str, srtp: bool
+) -> None:
+    room = f"mix-{legs}-{'srtp' if srtp else 'rtp'}"
+    endpoints = [
+        RtpEndpoint(name, rate, pt, channels=channels, srtp=srtp, seed=index)
+        for index, (name, rate, pt, channels) in enumerate(LEGS[legs])
+    ]
+    participants = [await join(chorus, room, endpoint) for endpoint in endpoints]
+    try:
+        if srtp:
+            for p in participants:
+                assert p.endpoint.answer is not None
+                assert p.endpoint.answer.media[0].proto == "RTP/SAVP"
+        await asyncio.gather(
+            *(p.endpoint.play(tone, 2.5) for p, tone in zip(participants, TONES, strict=True))
+        )
+        await asyncio.sleep(0.3)
+        for participant, own in zip(participants, TONES, strict=True):
+            pcm = participant.endpoint.heard(skip=0.6)
+            rate = participant.endpoint.sample_rate
+            assert len(pcm) > rate, "too little audio heard"
+            for other in TONES:
+                if other == own:
+                    assert tone_power(pcm, rate, own) < ABSENT, f"{own} Hz heard back"
+                else:
+                    assert tone_power(pcm, rate, other) > HEARD, f"{other} Hz missing"
+    finally:
+        for participant in participants:
+            await leave(participant)
+
+
+async def test_room_ends_with_last_participant_and_hold_resume(chorus: ChorusProcess) -> None:
+    room = "lifecycle"
+    first = await join(chorus, room, RtpEndpoint("PCMU", 8000, 0, seed=10))
+    second = await join(chorus, room, RtpEndpoint("G722", 8000, 9, seed=11), transport="tcp")
+    assert first.session is not None and second.session is not None
+    # Hold: the second participant offers sendonly, the room answers recvonly and sends nothing.
+    held_offer = second.endpoint.offer(sdp.Direction.SENDONLY)
+    response = await second.session.reinvite(bytes(held_offer))
+    assert response.status == 200
+    held = sdp.parse(response.body)
+    assert held.direction_of(held.media[0]) is sdp.Direction.RECVONLY
+    # While held, the second still talks into the room: the first hears the tone.
+    await asyncio.gather(second.endpoint.play(700.0, 1.5), first.endpoint.play(440.0, 1.5))
+    await asyncio.sleep(0.2)
+    assert tone_power(first.endpoint.heard(skip=0.5), 8000, 700.0) > HEARD
+    before = len(second.endpoint.packets())
+    await asyncio.sleep(0.3)
+    assert len(second.endpoint.packets()) == before, "the room sent audio to a held participant"
+    # Resume.
+    response = await second.session.reinvite(bytes(second.endpoint.offer()))
+    assert response.status == 200
+    resumed = sdp.parse(response.body)
+    assert resumed.direction_of(resumed.media[0]) is sdp.Direction.SENDRECV
+    await first.endpoint.play(440.0, 1.0)
+    assert len(second.endpoint.packets()) > before
+    await leave(first)
+    await leave(second)
+    for _ in range(50):
+        if f"room {room}@" in chorus.log() and "ended" in chorus.log():
+            break
+        await asyncio.sleep(0.1)
+    assert f"room {room}@127.0.0.1 ended" in chorus.log()
+
+
+async def test_silent_participant_is_ended_at_rtp_timeout(chorus: ChorusProcess) -> None:
+    room = "timeout"
+    talker = await join(chorus, room, RtpEndpoint("PCMU", 8000, 0, seed=20))
+    silent = await join(chorus, room, RtpEndpoint("PCMA", 8000, 8, seed=21))
+    assert silent.session is not None and talker.session is not None
+    # The silent one sends one second of audio, then nothing; the timeout is 2.5 s.
+    play = asyncio.ensure_future(talker.endpoint.play(440.0, 6.0))
+    await silent.endpoint.play(700.0, 1.0)
+    reason = await asyncio.wait_for(silent.session.terminated, 10)
+    assert reason == "remote BYE"
+    await play
+    # The room kept mixing for the talker's peer side: the talker is still in the room.
+    assert not talker.session.terminated.done()
+    await leave(talker)
+    silent.endpoint.close()
+    await silent.client.__aexit__(None, None, None)
+
+
+async def test_offer_without_common_codec_is_rejected(chorus: ChorusProcess) -> None:
+    async with SipClient("udp") as client:
+        offer = (
+            b"v=0\r\no=t 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            b"m=audio 4000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n"
+        )
+        session, response = await client.call(
+            f"sip:nocodec@127.0.0.1:{chorus.sip_port}", offer, chorus.sip_port
+        )
+        assert session is None and response.status == 488
