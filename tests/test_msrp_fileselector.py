@@ -135,7 +135,7 @@ def test_type_with_parameters() -> None:
         "size:",
         "type:image",
         "type:/jpeg",
-        'type:text/plain;charset=UTF-8',
+        "type:text/plain;charset=UTF-8",
         "hash:sha-1",
         "hash:sha-1:zz",
         "hash:sha-1:72:24",  # a SHA-1 is 20 bytes
@@ -195,7 +195,7 @@ def test_file_date() -> None:
 
 def test_tokens() -> None:
     assert parse_token("attachment", "file-disposition") == "attachment"
-    for bad in ("", "two words", "quo\"te", "semi;colon"):
+    for bad in ("", "two words", 'quo"te', "semi;colon"):
         with pytest.raises(FileSelectorError):
             parse_token(bad, "file-transfer-id")
 
