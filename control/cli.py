@@ -13,6 +13,8 @@ from control.conference import ConferenceApp, ConferenceLimits
 from control.config import Config, ConfigError, load_config
 from control.echo import EchoApp
 from control.echo.app import EchoLimits
+from control.echo.files import EchoFiles
+from control.files.spool import FileSpool
 from control.media.mixer import EmbeddedMixer
 from control.server import Server
 
@@ -30,6 +32,9 @@ def build_server(config: Config) -> Server:
                 max_sessions=config.sip.max_sessions,
             ),
             msrp=server.msrp,
+            files=EchoFiles(
+                FileSpool(config.server.spool_dir, max_file_bytes=config.files.max_file_bytes)
+            ),
         ),
     )
     media_host = config.sip.advertised_address or config.sip.listen[0].host

@@ -131,6 +131,13 @@ class MsrpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FilesConfig:
+    """File transfer (RFC 5547): files land in ``<spool_dir>/files``, each at most this big."""
+
+    max_file_bytes: int = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     sip: SipConfig = SipConfig()
     rtp: RtpConfig = RtpConfig()
@@ -139,6 +146,7 @@ class Config:
     applications: ApplicationsConfig = field(default_factory=ApplicationsConfig)
     echo: EchoConfig = EchoConfig()
     msrp: MsrpConfig = MsrpConfig()
+    files: FilesConfig = FilesConfig()
     conference: ConferenceConfig = ConferenceConfig()
 
 
@@ -224,6 +232,7 @@ def parse_config(data: dict[str, Any]) -> Config:
         ),
         echo=_parse_echo(_Section("echo", root.take("echo", dict, {}))),
         msrp=_parse_msrp(_Section("msrp", root.take("msrp", dict, {}))),
+        files=_parse_files(_Section("files", root.take("files", dict, {}))),
         conference=_parse_conference(_Section("conference", root.take("conference", dict, {}))),
     )
     if root.data:
@@ -387,6 +396,15 @@ def _parse_msrp(section: _Section) -> MsrpConfig:
         max_chunk_bytes=section.integer("max_chunk_bytes", default.max_chunk_bytes, minimum=1024),
         connect_timeout=section.number("connect_timeout", default.connect_timeout, minimum=0.1),
         idle_timeout=section.number("idle_timeout", default.idle_timeout, minimum=1.0),
+    )
+    section.finish()
+    return config
+
+
+def _parse_files(section: _Section) -> FilesConfig:
+    default = FilesConfig()
+    config = FilesConfig(
+        max_file_bytes=section.integer("max_file_bytes", default.max_file_bytes, minimum=1)
     )
     section.finish()
     return config

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from control.echo.chat import CpimValidator, EchoChat
+from control.echo.files import EchoFiles
 from control.echo.reflector import EchoMedia, RtpReflector
 from control.media.ports import PortAllocator, PortsExhausted
 from control.msrp.cpim import CpimAddress
@@ -125,6 +126,12 @@ class EchoCall:
         transport = self.app.msrp
         if transport is None:
             return sdp.Reject(), None
+        if stream.has("file-selector"):  # RFC 5547 file transfer: control/echo/files.py
+            if self.app.files is None:
+                return sdp.Reject(), None
+            return self.app.files.negotiate(
+                transport, offer, stream, existing, service=self.service, caller=self.caller
+            )
         try:
             theirs = parse_msrp_media(stream, offer.direction_of(stream))
         except SipError as exc:
@@ -235,12 +242,14 @@ class EchoApp:
         codecs: tuple[str, ...] = ("G722", "PCMU", "PCMA", "telephone-event"),
         limits: EchoLimits = EchoLimits(),
         msrp: MsrpTransport | None = None,
+        files: EchoFiles | None = None,
     ) -> None:
         self.ua = ua
         self.ports = ports
         self.supported = [(name, CODEC_RATES[name]) for name in codecs if name in CODEC_RATES]
         self.limits = limits
         self.msrp = msrp
+        self.files = files
         self.calls: set[EchoCall] = set()
 
     async def incoming_invite(self, call: IncomingCall) -> None:

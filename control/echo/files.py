@@ -33,6 +33,7 @@ from control.msrp.events import (
     MessageAborted,
     MessageChunkReceived,
     MessageReceived,
+    ProtocolError,
     ResponseReceived,
     TransactionTimedOut,
 )
@@ -165,6 +166,10 @@ class EchoFileTransfer(EchoChat):
                         await self._store(result.sha1_hex, content_type)
                     case MessageAborted(message_id=mid, reason=reason) if message_id in (None, mid):
                         return self._failed(f"aborted: {reason}")
+                    case ProtocolError(status=status, reason=reason):
+                        # A chunk we refused (413 past the cap, before any byte was taken):
+                        # the core answered it; the transfer cannot complete.
+                        return self._failed(f"refused {status}: {reason}")
                     case ConnectionFailed(reason=reason):
                         if self.outcome == "stored":
                             return reason
