@@ -3,7 +3,10 @@
 - **Push** (``sendonly`` offer with ``a=file-selector``, RFC 5547 §8, §9.1): we answer
   ``recvonly``, receive the file as one MSRP message whose chunks go straight to a temporary
   file in the spool, check its size and SHA-1 against the selector when the last chunk arrives
-  (§8.4), and only then move it into place under a name we choose. A transfer that is aborted
+  (§8.4), and only then move it into place under a name we choose. The MSRP core holds the
+  response to that last chunk (and the success REPORT) until we have checked and stored the
+  file: the sender's 200 means the file is in the spool, and a short file or a hash mismatch is
+  answered 400 on the wire instead (RFC 4975 §7.1.1, §7.1.2). A transfer that is aborted
   (``#``, RFC 4975 §7.1), cut off, over the size cap or whose hash does not match leaves
   nothing behind, and we end the session (the MSRP session closes and, when nothing else is
   live in the call, a BYE follows): the sender learns the transfer failed.
@@ -159,13 +162,29 @@ class EchoFileTransfer(EchoChat):
                             batch_at = offset
                         batch += data
                     case MessageReceived(message_id=mid, size=size) if message_id in (None, mid):
-                        if batch:
-                            await to_disk(receiver.receive, batch_at, bytes(batch), size)
-                            batch.clear()
-                        result = await to_disk(receiver.finish, size)
-                        await self._store(result.sha1_hex, content_type)
+                        message_id = mid
+                        try:
+                            if batch:
+                                await to_disk(receiver.receive, batch_at, bytes(batch), size)
+                                batch.clear()
+                            result = await to_disk(receiver.finish, size)
+                            await self._store(result.sha1_hex, content_type)
+                        except FileTransferError as exc:
+                            # 400 "truncated" / hash mismatch, 413 past the cap: on the wire.
+                            self._complete(event, exc.status, exc.reason)
+                            raise
+                        except (SpoolError, OSError):
+                            # The file was fine; we could not keep it. 413: "stop sending"
+                            # (RFC 4975 §7.3) is the refusal that does not blame the sender.
+                            self._complete(event, 413, "cannot store the file")
+                            raise
+                        self._complete(event, 200)
                     case MessageAborted(message_id=mid, reason=reason) if message_id in (None, mid):
+                        if self.outcome == "stored":
+                            continue  # a hold that expired while storing: the file is kept
                         return self._failed(f"aborted: {reason}")
+                    case MessageReceived(awaiting_completion=True):
+                        self._complete(event, 413, "one file per session")  # RFC 5547 §8.4
                     case ProtocolError(status=status, reason=reason):
                         # A chunk we refused (413 past the cap, before any byte was taken):
                         # the core answered it; the transfer cannot complete.
@@ -178,6 +197,11 @@ class EchoFileTransfer(EchoChat):
                         pass
             except (FileTransferError, SpoolError, OSError) as exc:
                 return self._failed(str(exc))
+
+    def _complete(self, event: MessageReceived, status: int, comment: str | None = None) -> None:
+        """Answer the held last chunk now that the file is checked (and stored, for 200)."""
+        if event.awaiting_completion:
+            self.channel.complete_message(event.message_id, status, comment)
 
     async def _store(self, sha1_hex: str, content_type: str | None) -> None:
         """Move the checked upload into place (RFC 5547 §8.4: only a verified file counts)."""

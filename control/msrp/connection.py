@@ -12,6 +12,14 @@ the first To-Path URI. No such session → 481. A From-Path whose last URI (the 
 differs from the last URI of the session's ``remote_path`` → 403 (Action-not-allowed): only
 the session's negotiated peer may send into it. Comparing the endpoint URI, not the relay hops
 that RFC 4976 relays rewrite, is the check that still works through relays.
+
+A ``deliver_chunks`` session (file transfer) keeps no bytes, so the core cannot check a message
+itself: the response to the chunk that completes a message, and the success REPORT, are *held*.
+:class:`MessageReceived` says ``awaiting_completion``; the application checks what it wrote (size,
+hash) and calls :meth:`MsrpConnection.complete_message` with 200 or the failure status, which
+then goes on the wire (RFC 4975 §7.1.1, §7.1.2; RFC 5547 §8.4). A hold the application never
+completes expires after ``completion_timeout``: no response (408 is never sent as a response,
+§7.3) but a failure REPORT ``000 408`` when the sender wants failures reported.
 """
 
 from __future__ import annotations
@@ -102,6 +110,8 @@ class MsrpSession:
     ``validator`` looks at each complete message before its last chunk is answered, so a body
     the application cannot use (a malformed CPIM wrapper, a wrapped type outside
     a=accept-wrapped-types) gets its 400 or 415 on the wire (RFC 4975 §7.3.1) instead of a 200.
+    A ``deliver_chunks`` session has no body to validate: its completed messages are held for
+    :meth:`MsrpConnection.complete_message` instead (see the module doc).
     """
 
     # Message-IDs of recently finished messages, so a duplicate chunk after completion is
@@ -134,6 +144,7 @@ class MsrpSession:
         self.validator = validator
         self.messages: dict[str, IncomingMessage] = {}
         self._done: OrderedDict[str, None] = OrderedDict()
+        self._held: dict[str, _Held] = {}
 
     @property
     def session_id(self) -> str:
@@ -162,6 +173,21 @@ class MsrpSession:
 
 SessionLookup = Callable[[str], MsrpSession | None]
 """Finds a session by session-id for a request on a connection that does not carry it yet."""
+
+# Duplicates of a held chunk answered together with it; past this a duplicate gets 413 (stop
+# sending): over a reliable stream a peer has no reason to resend the same chunk repeatedly.
+_MAX_HELD_HEADS = 8
+
+
+@dataclass(slots=True)
+class _Held:
+    """A completed ``deliver_chunks`` message whose last chunk awaits the application's verdict."""
+
+    message: IncomingMessage
+    heads: list[ChunkHead]  # the completing chunk, then any duplicates of it
+    chunk_range: ByteRange  # what a per-chunk success REPORT for it covers
+    chunk_report: bool  # that chunk asked for a per-chunk success REPORT
+    deadline: float
 
 
 @dataclass(slots=True)
@@ -198,6 +224,8 @@ class MsrpConnection:
     ``transaction_timeout`` 30 s: the transaction timeout RFC 4975 suggests.
     ``body_piece_size`` 64 KiB: body bytes handed out per event for large chunks.
     ``max_ranges`` 4096: disjoint byte ranges tracked per message.
+    ``completion_timeout`` 30 s: how long a completed ``deliver_chunks`` message waits for
+    :meth:`complete_message`; the transaction timeout, since the sender's own timer gives up then.
 
     ``session_lookup`` is asked about a request for a session-id this connection does not
     carry yet. That is how the passive end of a session learns which connection is its own: by
@@ -217,6 +245,7 @@ class MsrpConnection:
         transaction_timeout: float = 30.0,
         body_piece_size: int = 64 * 1024,
         max_ranges: int = 4096,
+        completion_timeout: float = 30.0,
         session_lookup: SessionLookup | None = None,
     ) -> None:
         self._random = random
@@ -225,6 +254,7 @@ class MsrpConnection:
         self.max_concurrent_messages = max_concurrent_messages
         self.transaction_timeout = transaction_timeout
         self.max_ranges = max_ranges
+        self.completion_timeout = completion_timeout
         self._parser = ChunkParser(
             max_header_size=max_header_size,
             max_chunk_size=max_chunk_size,
@@ -236,6 +266,7 @@ class MsrpConnection:
         self._current: _Current | None = None
         self._txns: dict[str, _Transaction] = {}
         self._timers: list[tuple[float, str]] = []
+        self._hold_timers: list[tuple[float, str, str]] = []
         self._pending: dict[str, tuple[ChunkHead, MsrpSession]] = {}
         self.failed = False
 
@@ -282,16 +313,46 @@ class MsrpConnection:
         return out
 
     def next_timer(self) -> float | None:
+        """The earliest deadline: a transaction of ours or a held message of the peer's."""
         while self._timers:
             deadline, tid = self._timers[0]
             txn = self._txns.get(tid)
             if txn is not None and txn.deadline == deadline:
-                return deadline
+                break
             heapq.heappop(self._timers)
-        return None
+        while self._hold_timers:
+            hold_deadline, sid, mid = self._hold_timers[0]
+            if self._held_at(sid, mid, hold_deadline) is not None:
+                break
+            heapq.heappop(self._hold_timers)
+        deadlines = [heap[0][0] for heap in (self._timers, self._hold_timers) if heap]
+        return min(deadlines) if deadlines else None
+
+    def _held_at(self, session_id: str, message_id: str, deadline: float) -> _Held | None:
+        session = self._sessions.get(session_id)
+        held = session._held.get(message_id) if session is not None else None
+        return held if held is not None and held.deadline == deadline else None
 
     def handle_timer(self, now: float) -> None:
-        """Expire transactions: no response in time counts as a 408 (RFC 4975 status table)."""
+        """Expire transactions: no response in time counts as a 408 (RFC 4975 status table).
+
+        Expire holds too: a completed ``deliver_chunks`` message the application did not
+        complete in time is dropped with :class:`MessageAborted` (status 408). Its chunk gets
+        no response, since 408 "is never sent" as one (RFC 4975 §7.3; the sender's transaction
+        timer reports it there), and a failure REPORT ``000 408`` goes end to end unless the
+        sender said ``Failure-Report: no`` (§7.1.2).
+        """
+        while self._hold_timers and self._hold_timers[0][0] <= now:
+            deadline, sid, mid = heapq.heappop(self._hold_timers)
+            held = self._held_at(sid, mid, deadline)
+            if held is None:
+                continue
+            session = self._sessions[sid]
+            del session._held[mid]
+            self._events.append(MessageAborted(sid, mid, "not completed in time", 408))
+            if held.heads[0].failure_report is not FailureReport.NO:
+                total = held.message.total or 0
+                self._send_report(session, held.message, ByteRange(1, total, total), status=408)
         while self._timers and self._timers[0][0] <= now:
             deadline, tid = heapq.heappop(self._timers)
             txn = self._txns.get(tid)
@@ -443,6 +504,46 @@ class MsrpConnection:
         head, session = pending
         return build_response(head, status, comment, local_uri=session.local_uri)
 
+    def complete_message(
+        self, session_id: str, message_id: str, status: int = 200, comment: str | None = None
+    ) -> bytes:
+        """The application's verdict on a held ``deliver_chunks`` message; returns the bytes.
+
+        200: the held chunk's 200 (unless ``Failure-Report`` is ``partial`` or ``no``,
+        RFC 4975 §7.1.1) and the success REPORT the sender asked for (§7.1.2). Any other
+        status (400 for a hash mismatch or a truncated file, 413 …, RFC 5547 §8.4): that
+        response, with ``comment`` as its reason, unless ``Failure-Report: no``; no success
+        REPORT. No failure REPORT either: the response carries the failure to the previous hop,
+        and a relay there turns it into a REPORT for the sender (§7.1.2, RFC 4976 §7.3).
+
+        A message already answered, or whose hold expired (the peer was sent a 408 failure
+        REPORT, see :meth:`handle_timer`), gets nothing: ``b""``. Completing a message that
+        was never held is our bug: :class:`MsrpUsageError`.
+        """
+        if not 200 <= status <= 999 or status == 408:
+            raise MsrpUsageError(f"{status} cannot answer a message (408 is never sent, §7.3)")
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise MsrpUsageError(f"no session {session_id!r} on this connection")
+        held = session._held.pop(message_id, None)
+        if held is None:
+            if session._is_finished(message_id):
+                return b""
+            raise MsrpUsageError(f"message {message_id!r} is not awaiting completion")
+        mark = len(self._out)
+        for head in held.heads:
+            self._answer(head, status, session, comment)
+        if status == 200:
+            msg = held.message
+            if held.chunk_report:
+                self._send_report(session, msg, held.chunk_range)
+            if msg.success_report and not session.report_per_chunk:
+                assert msg.total is not None
+                self._send_report(session, msg, ByteRange(1, msg.total, msg.total))
+        out = bytes(self._out[mark:])
+        del self._out[mark:]
+        return out
+
     def _track(
         self,
         tid: str,
@@ -482,7 +583,7 @@ class MsrpConnection:
                 if cur is None:
                     return
                 try:
-                    self._ended(cur, flag, length)
+                    self._ended(cur, flag, length, now)
                 except MsrpError as exc:
                     self._current = cur
                     self._fail_chunk(exc)
@@ -574,7 +675,7 @@ class MsrpConnection:
             return
         msg = session.messages.get(head.message_id)
         if msg is None:
-            if len(session.messages) >= self.max_concurrent_messages:
+            if len(session.messages) + len(session._held) >= self.max_concurrent_messages:
                 raise MsrpError(413, "too many concurrent messages")
             limit = session.max_message_size or self.max_message_size
             msg = IncomingMessage(
@@ -618,7 +719,7 @@ class MsrpConnection:
                     )
                 )
 
-    def _ended(self, cur: _Current, flag: Flag, length: int) -> None:
+    def _ended(self, cur: _Current, flag: Flag, length: int, now: float) -> None:
         head, session = cur.head, cur.session
         if head.method == "NICKNAME" and session is not None:
             self._pending[head.transaction_id] = (head, session)
@@ -627,7 +728,13 @@ class MsrpConnection:
             )
             return
         if cur.answer_ok:
-            self._answer(head, 200, session)
+            held = session._held.get(head.message_id or "") if session is not None else None
+            if held is None:
+                self._answer(head, 200, session)
+            elif len(held.heads) < _MAX_HELD_HEADS:
+                held.heads.append(head)  # a duplicate of a held chunk shares its verdict
+            else:
+                raise MsrpError(413, "too many copies of a chunk awaiting completion")
         msg = cur.message
         if cur.ignore or msg is None or session is None:
             return
@@ -646,9 +753,17 @@ class MsrpConnection:
             msg.finish(end)
         if msg.complete and session.validator is not None and not session.deliver_chunks:
             session.validator(msg.content_type, msg.body())  # MsrpError → this chunk's answer
-        self._answer(head, 200, session)
-        if head.success_report and session.report_per_chunk:
-            self._send_report(session, msg, ByteRange(byte_range.start, end, msg.expected_total))
+        chunk_range = ByteRange(byte_range.start, end, msg.expected_total)
+        chunk_report = bool(head.success_report and session.report_per_chunk)
+        hold = msg.complete and self._holds(session, msg)
+        if hold:
+            deadline = now + self.completion_timeout
+            session._held[msg.message_id] = _Held(msg, [head], chunk_range, chunk_report, deadline)
+            heapq.heappush(self._hold_timers, (deadline, session.session_id, msg.message_id))
+        else:
+            self._answer(head, 200, session)
+            if chunk_report:
+                self._send_report(session, msg, chunk_range)
         if not msg.complete:
             return
         assert msg.total is not None
@@ -661,26 +776,46 @@ class MsrpConnection:
                 None if session.deliver_chunks else msg.body(),
                 msg.headers,
                 msg.total,
+                awaiting_completion=hold,
             )
         )
-        if msg.success_report and not session.report_per_chunk:
+        if msg.success_report and not session.report_per_chunk and not hold:
             self._send_report(session, msg, ByteRange(1, msg.total, msg.total))
 
-    def _send_report(self, session: MsrpSession, msg: IncomingMessage, rng: ByteRange) -> None:
-        """Success REPORT (RFC 4975 §7.1.2) back along the request's From-Path."""
+    @staticmethod
+    def _holds(session: MsrpSession, msg: IncomingMessage) -> bool:
+        """Whether a complete message waits for :meth:`complete_message`.
+
+        Only ``deliver_chunks`` messages (no body here to check), and not a bodiless SEND
+        without Content-Type: that is the binding request of RFC 4975 §5.4, nothing to verify.
+        """
+        return session.deliver_chunks and not (msg.total == 0 and msg.content_type is None)
+
+    def _send_report(
+        self, session: MsrpSession, msg: IncomingMessage, rng: ByteRange, status: int = 200
+    ) -> None:
+        """A REPORT (RFC 4975 §7.1.2) back along the request's From-Path: success (200) or
+        failure (``Status: 000 <code>``)."""
         self._out += build_report(
             self.new_transaction_id(),
             to_path=msg.report_path,
             from_path=[session.local_uri],
             message_id=msg.message_id,
             byte_range=rng,
+            status=status,
         )
 
-    def _answer(self, head: ChunkHead, status: int, session: MsrpSession | None) -> None:
+    def _answer(
+        self,
+        head: ChunkHead,
+        status: int,
+        session: MsrpSession | None,
+        comment: str | None = None,
+    ) -> None:
         if head.method == "REPORT" or not response_wanted(head.failure_report, status):
             return
         local = session.local_uri if session is not None else None
-        self._out += build_response(head, status, local_uri=local)
+        self._out += build_response(head, status, comment, local_uri=local)
 
     def _fail_chunk(self, exc: MsrpError) -> None:
         """Answer the current request with ``exc.status`` and drop the rest of its chunk."""

@@ -99,6 +99,9 @@ class MessageReceived:
     ``body`` is ``None`` for a session with ``deliver_chunks=True``: its bytes were already
     handed out as :class:`MessageChunkReceived` events and the core kept none of them.
     ``headers`` are those of the chunk carrying the first byte (MIME and extension headers).
+    ``awaiting_completion``: the response to the last chunk and the success REPORT are held
+    until the owner calls ``MsrpConnection.complete_message`` with its verdict (a
+    ``deliver_chunks`` message: only the owner can check what it wrote, RFC 5547 §8.4).
     """
 
     session_id: str
@@ -107,6 +110,7 @@ class MessageReceived:
     body: bytes | None
     headers: Headers
     size: int
+    awaiting_completion: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +133,8 @@ class MessageChunkReceived:
 class MessageAborted:
     """A message will not complete: the sender sent ``#`` (RFC 4975 §7.1) or a chunk failed.
 
-    ``status`` is the error we answered with, ``None`` when the sender aborted.
+    ``status`` is the error we answered with, ``None`` when the sender aborted; 408 when a
+    message awaiting completion was not completed in time (a failure REPORT told the sender).
     """
 
     session_id: str

@@ -190,6 +190,21 @@ class MsrpChannel:
         conn = self._live()
         conn.write(conn.core.respond(transaction_id, status, comment))
 
+    def complete_message(
+        self, message_id: str, status: int = 200, comment: str | None = None
+    ) -> None:
+        """Give the verdict on a message received ``awaiting_completion`` (a file): 200, or
+        the failure (400 ``hash mismatch`` …) answered to its last chunk instead of a 200
+        (RFC 4975 §7.1.1, §7.1.2; see :meth:`MsrpConnection.complete_message`).
+
+        Once the session is closed there is nothing to answer on: a response only goes back
+        on the connection its request came on, so this does nothing then.
+        """
+        conn = self._conn
+        if conn is None or self.closed or conn.closing:
+            return
+        conn.write(conn.core.complete_message(self.session_id, message_id, status, comment))
+
     async def drain(self) -> None:
         """Wait while the connection's write buffer is over its high-water mark."""
         if self._conn is not None:
@@ -288,6 +303,7 @@ class _Connection(asyncio.Protocol):
             random=owner.random,
             max_message_size=owner.max_message_bytes,
             max_chunk_size=owner.max_chunk_bytes,
+            completion_timeout=owner.completion_timeout,
             session_lookup=self._lookup,
         )
         self.channels: dict[str, MsrpChannel] = {}
@@ -458,7 +474,9 @@ class MsrpTransport:
     Limits and timers (constructor arguments): ``connect_timeout`` 30 s for a peer to connect
     (or for our connection and binding SEND to succeed); ``idle_timeout`` 3600 s of silence
     before a connection is closed; ``max_message_bytes`` and ``max_chunk_bytes`` are the core's
-    413 limits. ``share_connections`` reuses one outgoing connection per peer address.
+    413 limits; ``completion_timeout`` 30 s for the application to complete a message received
+    ``awaiting_completion``. ``share_connections`` reuses one outgoing connection per peer
+    address.
     """
 
     def __init__(
@@ -469,6 +487,7 @@ class MsrpTransport:
         idle_timeout: float = 3600.0,
         max_message_bytes: int = 16 * 1024 * 1024,
         max_chunk_bytes: int = 64 * 1024 * 1024,
+        completion_timeout: float = 30.0,
         advertised_host: str | None = None,
         tracer: MsrpTracer | None = None,
         share_connections: bool = True,
@@ -478,6 +497,7 @@ class MsrpTransport:
         self.idle_timeout = idle_timeout
         self.max_message_bytes = max_message_bytes
         self.max_chunk_bytes = max_chunk_bytes
+        self.completion_timeout = completion_timeout
         self.advertised_host = advertised_host
         self.tracer = tracer or MsrpTracer(None)
         self.share_connections = share_connections
