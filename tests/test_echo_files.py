@@ -1,9 +1,11 @@
 """Echo's file transfer (RFC 5547) against a real `chorus serve`, SIP and MSRP over TLS.
 
 A file pushed to echo (sendonly offer with a=file-selector) is stored in the spool under a
-server-chosen name and pulled back (recvonly offer naming its hash) with the same SHA-1. An
-aborted, cut-off, wrong-hash or oversize push is reported as failed (echo ends the session or
-rejects the offer) and leaves nothing in the spool, temporary files included.
+server-chosen name and pulled back (recvonly offer naming its hash) with the same SHA-1. Echo
+answers the last chunk of a push only once the file is checked and stored, so its 200 means the
+file is there. An aborted, cut-off, wrong-hash, short or oversize push is reported as failed
+(a 400 to the last chunk when the file arrived but is wrong; echo ends the session or rejects
+the offer) and leaves nothing in the spool, temporary files included.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import hashlib
 import json
 import os
 import random
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from control.msrp import (
     MessageAborted,
     MessageChunkReceived,
     MessageReceived,
+    ReportReceived,
     ResponseReceived,
 )
 from control.msrp.fileselector import (
@@ -59,6 +61,8 @@ class FileCall:
     answer: sdp.MediaDescription
     channel: MsrpChannel
     chunk_answers: list[int] = field(default_factory=list)
+    chunk_comments: list[str | None] = field(default_factory=list)
+    reports: list[int] = field(default_factory=list)  # REPORT statuses (RFC 4975 §7.1.2)
 
 
 def offer_sdp(media: sdp.MediaDescription) -> bytes:
@@ -118,6 +122,7 @@ async def push_chunks(
     chunk_size: int = 256 * 1024,
     stop_at: int | None = None,
     abort: bool = False,
+    success_report: bool = False,
 ) -> None:
     """Send ``data`` as one message; with ``stop_at`` stop there (and send ``#`` if asked)."""
     message_id = f"file{random.getrandbits(48):x}"
@@ -140,6 +145,7 @@ async def push_chunks(
             offset=piece.offset,
             total=len(data),
             flag=Flag.END if piece.last else Flag.CONTINUE,
+            success_report=success_report,
         )
         await call.channel.drain()
 
@@ -149,13 +155,29 @@ async def chunk_responses(call: FileCall, count: int, timeout: float = 20.0) -> 
         event = await asyncio.wait_for(call.channel.next_event(), timeout)
         if isinstance(event, ResponseReceived):
             call.chunk_answers.append(event.status)
+            call.chunk_comments.append(event.comment)
+        elif isinstance(event, ReportReceived):
+            call.reports.append(event.status)
         elif isinstance(event, ConnectionFailed):
             break
     return call.chunk_answers
 
 
-async def pull_file(call: FileCall, timeout: float = 30.0) -> tuple[bytes, int]:
-    """Receive the one file message; returns its SHA-1 and size."""
+async def until_closed(call: FileCall, timeout: float = 15.0) -> None:
+    """Read events until the MSRP connection is gone, recording responses and REPORTs."""
+    while True:
+        event = await asyncio.wait_for(call.channel.next_event(), timeout)
+        if isinstance(event, ResponseReceived):
+            call.chunk_answers.append(event.status)
+        elif isinstance(event, ReportReceived):
+            call.reports.append(event.status)
+        elif isinstance(event, ConnectionFailed):
+            return
+
+
+async def pull_file(call: FileCall, sha1: bytes, timeout: float = 30.0) -> tuple[bytes, int]:
+    """Receive the one file message, answer its last chunk after checking the hash (as echo
+    does for a push); returns its SHA-1 and size."""
     digest = hashlib.sha1()
     expected = 0
     while True:
@@ -165,7 +187,10 @@ async def pull_file(call: FileCall, timeout: float = 30.0) -> tuple[bytes, int]:
                 assert offset == expected, "echo sends the file in order"
                 digest.update(data)
                 expected += len(data)
-            case MessageReceived(size=size):
+            case MessageReceived(message_id=mid, size=size):
+                assert event.awaiting_completion
+                ok = digest.digest() == sha1
+                call.channel.complete_message(mid, 200 if ok else 400, None if ok else "hash")
                 return digest.digest(), size
             case MessageAborted() | ConnectionFailed():
                 raise AssertionError(f"pull failed: {event}")
@@ -202,16 +227,13 @@ def stored_with(chorus: ChorusProcess, sha1_hex: str) -> list[str]:
     return [n for n in spool_entries(chorus) if n.startswith(sha1_hex)]
 
 
-async def wait_for_metadata(chorus: ChorusProcess, sha1_hex: str, timeout: float = 10.0) -> dict:
-    """The push is answered chunk by chunk before echo has checked the hash; its metadata file
-    appears once the file is in place."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for name in stored_with(chorus, sha1_hex):
-            if name.endswith(".json"):
-                return json.loads((files_dir(chorus) / name).read_text())
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{sha1_hex} never stored; spool has {spool_entries(chorus)}")
+def stored_metadata(chorus: ChorusProcess, sha1_hex: str) -> dict:
+    """The metadata of a stored file: no waiting, since echo answers the last chunk of a push
+    only once the file (and this record) is in place."""
+    for name in stored_with(chorus, sha1_hex):
+        if name.endswith(".json"):
+            return json.loads((files_dir(chorus) / name).read_text())
+    raise AssertionError(f"{sha1_hex} not stored; spool has {spool_entries(chorus)}")
 
 
 def selector(data: bytes, name: str = "holiday photo.jpg", **overrides: object) -> FileSelector:
@@ -255,10 +277,10 @@ async def test_push_then_pull_back_by_hash(chorus: ChorusProcess, msrp: MsrpTran
         assert push.answer.direction is Direction.RECVONLY
         assert answered is not None and answered.selector.sha1 == sha1
         assert answered.transfer_id == "push1"
-        await push_chunks(push, data, "image/jpeg")
+        await push_chunks(push, data, "image/jpeg", success_report=True)
         pieces = len(list(FileSender(len(data), chunk_size=256 * 1024).pieces()))
         assert await chunk_responses(push, pieces) == [200] * pieces
-        record = await wait_for_metadata(chorus, sha1.hex())
+        record = stored_metadata(chorus, sha1.hex())  # the last 200 came after the commit
         assert record["size"] == len(data) and record["sha1"] == sha1.hex()
         assert record["name"] == "../../etc/passwd" and record["content_type"] == "image/jpeg"
         assert record["sender"] == "sip:tester@127.0.0.1"
@@ -266,6 +288,9 @@ async def test_push_then_pull_back_by_hash(chorus: ChorusProcess, msrp: MsrpTran
         data_file = next(n for n in names if not n.endswith(".json"))
         assert (files_dir(chorus) / data_file).read_bytes() == data  # a server-chosen name
         assert not (chorus.workdir / "etc").exists()
+        while not push.reports:  # the success REPORT follows the last 200 (RFC 4975 §7.1.2)
+            await chunk_responses(push, pieces + 1)
+        assert push.reports == [200]
         push.channel.close()
         await push.session.bye()
 
@@ -282,7 +307,7 @@ async def test_push_then_pull_back_by_hash(chorus: ChorusProcess, msrp: MsrpTran
         assert pull.answer.direction is Direction.SENDONLY
         assert served is not None
         assert served.selector == selector(data, name="../../etc/passwd")
-        digest, size = await pull_file(pull)
+        digest, size = await pull_file(pull, sha1)
         assert size == len(data) and digest == sha1
         pull.channel.close()
         await pull.session.bye()
@@ -323,27 +348,39 @@ async def test_truncated_push_fails_and_leaves_nothing(
     assert stored_with(chorus, hashlib.sha1(data).hexdigest()) == []
 
 
-async def test_wrong_hash_fails_and_leaves_nothing(
-    chorus: ChorusProcess, msrp: MsrpTransport
+@pytest.mark.parametrize("how", ["wrong-hash", "short"])
+async def test_wrong_file_is_answered_400_and_leaves_nothing(
+    chorus: ChorusProcess, msrp: MsrpTransport, how: str
 ) -> None:
-    data = random.Random(3).randbytes(1024 * 1024 + 7)
-    wrong = hashlib.sha1(data[:-1]).digest()
+    """The whole message arrives but is not the announced file (RFC 5547 §8.4): its last chunk
+    is answered 400 on the wire (RFC 4975 §7.1.1), not 200, and echo ends the session."""
+    data = random.Random(3).randbytes(1024 * 1024 + 7 if how == "wrong-hash" else 600 * 1024)
+    announced = selector(data)
+    sent = data
+    if how == "wrong-hash":
+        announced = selector(data, hashes=((HASH_SHA1, hashlib.sha1(data[:-1]).digest()),))
+    else:
+        sent = data[:-1000]  # a complete message, 1000 bytes short of the announced size
     before = spool_entries(chorus)
     async with SipClient("tls") as sip:
         push, status = await place_file_call(
-            sip,
-            chorus,
-            msrp,
-            selector(data, hashes=((HASH_SHA1, wrong),)),
-            Direction.SENDONLY,
-            transfer_id="badhash",
+            sip, chorus, msrp, announced, Direction.SENDONLY, transfer_id=how
         )
         assert push is not None, status
-        await push_chunks(push, data, "image/jpeg")
+        await push_chunks(push, sent, "image/jpeg", success_report=True)
+        pieces = len(list(FileSender(len(sent), chunk_size=256 * 1024).pieces()))
+        answers = await chunk_responses(push, pieces)
+        assert answers == [200] * (pieces - 1) + [400], answers
+        if how == "wrong-hash":
+            assert push.chunk_comments[-1] == (
+                "SHA-1 of the received file does not match a=file-selector"
+            )
         await ended_by_echo(push)
+        await until_closed(push)  # everything echo wrote before closing has been read
+        assert push.reports == []  # no success REPORT for a file that failed
     no_leftovers(chorus, before)
     assert stored_with(chorus, hashlib.sha1(data).hexdigest()) == []
-    assert stored_with(chorus, wrong.hex()) == []
+    assert stored_with(chorus, hashlib.sha1(sent).hexdigest()) == []
 
 
 async def test_oversize_push_is_refused(chorus: ChorusProcess, msrp: MsrpTransport) -> None:

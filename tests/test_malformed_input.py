@@ -127,12 +127,23 @@ async def test_udp_content_length_larger_than_body(chorus: ChorusProcess) -> Non
     await assert_still_serving(chorus)
 
 
-@pytest.mark.parametrize("missing", ["Call-ID", "From", "To", "CSeq", "Via"])
-async def test_udp_missing_mandatory_header(chorus: ChorusProcess, missing: str) -> None:
-    # A 400 copies Via, From, To, Call-ID and CSeq (RFC 3261 §8.2.6.2); without one of them it
-    # cannot be addressed, so the request is dropped, and the server must not break on it
-    # (RFC 4475 §3.1.2.18 "insuf").
+@pytest.mark.parametrize("missing", ["Call-ID", "From", "To", "CSeq"])
+async def test_udp_missing_mandatory_header_gets_400(chorus: ChorusProcess, missing: str) -> None:
+    # RFC 4475 §3.3.1 ("insuf"): a request missing mandatory headers gets a 400, addressed by
+    # its Via, carrying the headers it had (RFC 3261 §8.2.6.2) and not the missing one.
     bad = raw_request("INVITE", chorus.sip_port, body=SDP, omit=[missing])
+    answers = udp_exchange(chorus.sip_port, bad)
+    assert len(answers) == 1
+    assert answers[0].startswith(b"SIP/2.0 400 ")
+    assert header_line(answers[0], "Via") == header_line(bad, "Via")
+    assert f"\r\n{missing}:".encode() not in answers[0].split(b"\r\n\r\n")[0]
+    await assert_still_serving(chorus)
+
+
+async def test_udp_request_without_via_is_dropped(chorus: ChorusProcess) -> None:
+    # Without a Via there is nowhere to send an answer (RFC 3261 §18.2.2): dropped, and the
+    # server goes on.
+    bad = raw_request("INVITE", chorus.sip_port, body=SDP, omit=["Via"])
     assert udp_exchange(chorus.sip_port, bad) == []
     await assert_still_serving(chorus)
 
@@ -263,11 +274,11 @@ async def test_tcp_missing_content_length_gets_400_then_close(chorus: ChorusProc
 
 
 async def test_tcp_unparseable_framed_request_keeps_the_stream(chorus: ChorusProcess) -> None:
-    # Framing intact, content broken: answered with 400 when addressable, dropped when not,
-    # and the connection stays usable for the next message.
+    # Framing intact, content broken: answered with 400 when addressable (a Via survives),
+    # dropped when not, and the connection stays usable for the next message.
     port = chorus.sip_port
     broken = tcp_request(port).replace(b"CSeq: 1 OPTIONS", b"CSeq: 1 INVITE")
-    unaddressable = tcp_request(port, omit=("Call-ID",))
+    unaddressable = tcp_request(port, omit=("Via",))
     probe_call_id = "probe-" + token()
     probe = tcp_request(port, call_id=probe_call_id)
     with RawTcp(port) as tcp:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from control.msrp import (
     ConnectionFailed,
     FailureReport,
@@ -14,6 +16,7 @@ from control.msrp import (
     MessageReceived,
     MsrpConnection,
     MsrpSession,
+    MsrpUsageError,
     NicknameRequested,
     ProtocolError,
     ReportReceived,
@@ -487,3 +490,154 @@ def test_framing_loss_is_connection_failed() -> None:
     assert isinstance(events[-1], ConnectionFailed) and bob.failed
     bob.receive_data((DATA / "rfc4975_s10_1_send.msrp").read_bytes(), now=0)
     assert bob.events() == []
+
+
+# ---- deliver_chunks: the last chunk's response waits for the application's verdict ------------
+
+
+def file_exchange(
+    *, failure_report: FailureReport = FailureReport.YES, **session_kw: object
+) -> tuple[MsrpConnection, MsrpConnection, list[str]]:
+    """Alice sends a 3-chunk file with Success-Report: yes to Bob's deliver_chunks session."""
+    alice, bob = alice_side(), bob_side(deliver_chunks=True, **session_kw)
+    wire = alice.send_message(
+        [BOB],
+        [ALICE],
+        "file0009",
+        "application/octet-stream",
+        b"x" * 30,
+        now=0.0,
+        chunk_size=10,
+        success_report=True,
+        failure_report=failure_report,
+    )
+    bob.receive_data(wire, now=5.0)
+    return alice, bob, [parse_chunk(c).head.transaction_id for c in chunks(wire)]
+
+
+def test_last_chunk_response_and_report_are_held_until_completed() -> None:
+    alice, bob, tids = file_exchange()
+    events = bob.events()
+    assert events[-1] == MessageReceived(
+        "9di4eae923wzd",
+        "file0009",
+        "application/octet-stream",
+        None,
+        events[-1].headers,  # type: ignore[union-attr]
+        30,
+        awaiting_completion=True,
+    )
+    early_wire = bob.data_to_send()
+    early = [parse_chunk(c).head for c in chunks(early_wire)]
+    assert [(h.transaction_id, h.status) for h in early] == [(tids[0], 200), (tids[1], 200)]
+    assert bob.next_timer() == 35.0  # completion_timeout after the last chunk arrived
+    wire = bob.complete_message("9di4eae923wzd", "file0009")
+    response, report = [parse_chunk(c).head for c in chunks(wire)]
+    assert (response.transaction_id, response.status) == (tids[2], 200)
+    assert report.method == "REPORT" and str(report.byte_range) == "1-30/30"
+    assert b"Status: 000 200 OK\r\n" in wire
+    assert bob.data_to_send() == b"" and bob.next_timer() is None
+    assert bob.complete_message("9di4eae923wzd", "file0009") == b""  # answered already
+    alice.receive_data(early_wire + wire, now=6.0)
+    got = alice.events()
+    assert [type(e) for e in got] == [ResponseReceived] * 3 + [ReportReceived]
+    assert alice.next_timer() is None
+
+
+def test_completed_with_a_failure_answers_it_and_sends_no_success_report() -> None:
+    alice, bob, tids = file_exchange()
+    alice.receive_data(bob.data_to_send(), now=6.0)  # the two early 200s
+    wire = bob.complete_message("9di4eae923wzd", "file0009", 400, "hash mismatch")
+    (head,) = [parse_chunk(c).head for c in chunks(wire)]
+    assert (head.transaction_id, head.status, head.comment) == (tids[2], 400, "hash mismatch")
+    assert head.to_path == (ALICE,) and head.from_path == (BOB,)
+    alice.receive_data(wire, now=6.0)
+    events = alice.events()
+    assert [(e.status, e.comment) for e in events if isinstance(e, ResponseReceived)] == [
+        (200, "OK"),
+        (200, "OK"),
+        (400, "hash mismatch"),
+    ]
+    assert not [e for e in events if isinstance(e, ReportReceived)]
+    assert bob.next_timer() is None
+
+
+def test_completion_follows_failure_report_partial_and_no() -> None:
+    _, bob, _ = file_exchange(failure_report=FailureReport.PARTIAL)
+    bob.data_to_send()
+    ok = bob.complete_message("9di4eae923wzd", "file0009")
+    assert [parse_chunk(c).head.method for c in chunks(ok)] == ["REPORT"]  # no 200 (§7.1.1)
+    _, bob, tids = file_exchange(failure_report=FailureReport.PARTIAL)
+    head = parse_chunk(bob.complete_message("9di4eae923wzd", "file0009", 413)).head
+    assert (head.transaction_id, head.status) == (tids[2], 413)
+    _, bob, _ = file_exchange(failure_report=FailureReport.NO)
+    assert bob.data_to_send() == b""
+    assert bob.complete_message("9di4eae923wzd", "file0009", 400, "truncated") == b""
+
+
+def test_hold_expires_with_a_failure_report_and_no_response() -> None:
+    alice, bob, tids = file_exchange()
+    bob.data_to_send()
+    bob.events()
+    bob.handle_timer(now=34.9)
+    assert bob.events() == [] and bob.data_to_send() == b""
+    bob.handle_timer(now=35.0)
+    assert bob.events() == [
+        MessageAborted("9di4eae923wzd", "file0009", "not completed in time", 408)
+    ]
+    out = bob.data_to_send()
+    (report,) = [parse_chunk(c).head for c in chunks(out)]
+    assert report.method == "REPORT" and report.message_id == "file0009"
+    assert b"Status: 000 408 Request Timeout\r\n" in out
+    assert bob.next_timer() is None
+    assert bob.complete_message("9di4eae923wzd", "file0009") == b""  # too late: nothing
+    alice.receive_data(out, now=35.0)
+    (got,) = alice.events()
+    assert isinstance(got, ReportReceived) and got.status == 408
+    # Failure-Report: no → not even the REPORT.
+    _, quiet, _ = file_exchange(failure_report=FailureReport.NO)
+    quiet.handle_timer(now=35.0)
+    assert quiet.data_to_send() == b""
+
+
+def test_duplicate_of_a_held_chunk_shares_the_verdict() -> None:
+    alice, bob = alice_side(), bob_side(deliver_chunks=True)
+    wire = alice.send_message([BOB], [ALICE], "dupl0001", "text/plain", b"abc", now=0)
+    bob.receive_data(wire + wire, now=0)
+    assert bob.data_to_send() == b""
+    answers = chunks(bob.complete_message("9di4eae923wzd", "dupl0001", 400, "hash mismatch"))
+    assert [parse_chunk(a).head.status for a in answers] == [400, 400]
+
+
+def test_binding_send_is_not_held_and_chat_is_unchanged() -> None:
+    alice, bob = alice_side(), bob_side(deliver_chunks=True)
+    bob.receive_data(alice.send_empty([BOB], [ALICE], "bind0001", now=0), now=0)
+    (event,) = bob.events()
+    assert isinstance(event, MessageReceived) and not event.awaiting_completion
+    assert parse_chunk(bob.data_to_send()).head.status == 200
+    chat = bob_side()
+    chat.receive_data(
+        alice.send_message([BOB], [ALICE], "chat0001", "text/plain", b"hi", now=0), now=0
+    )
+    (event,) = chat.events()
+    assert isinstance(event, MessageReceived) and not event.awaiting_completion
+    assert parse_chunk(chat.data_to_send()).head.status == 200 and chat.next_timer() is None
+
+
+def test_complete_message_misuse_and_held_messages_count_as_concurrent() -> None:
+    _, bob, _ = file_exchange(max_message_size=100)
+    with pytest.raises(MsrpUsageError):
+        bob.complete_message("9di4eae923wzd", "never000")
+    with pytest.raises(MsrpUsageError):
+        bob.complete_message("nosuchsession", "file0009")
+    with pytest.raises(MsrpUsageError):
+        bob.complete_message("9di4eae923wzd", "file0009", 408)  # never sent (§7.3)
+    alice = alice_side()
+    small = MsrpConnection(random=FakeRandom(), max_concurrent_messages=2)
+    small.add_session(MsrpSession(BOB, [ALICE], deliver_chunks=True))
+    for n in range(3):
+        small.receive_data(
+            alice.send_message([BOB], [ALICE], f"hold000{n}", "text/plain", b"q", now=0), now=0
+        )
+    statuses = [parse_chunk(c).head.status for c in chunks(small.data_to_send())]
+    assert statuses == [413]  # two held, the third refused

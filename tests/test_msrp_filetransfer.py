@@ -21,6 +21,7 @@ from control.msrp import (
     MsrpSession,
     MsrpUri,
     ProtocolError,
+    ResponseReceived,
 )
 from control.msrp.fileselector import FileRange
 from control.msrp.filetransfer import (
@@ -318,8 +319,12 @@ def receive_over_msrp(
     stop_after: int | None = None,
     abort: bool = False,
     announce_size: bool = True,
-) -> tuple[str, MessageAborted | None]:
-    """Alice sends ``data`` chunk by chunk; Bob's file session writes into the spool."""
+) -> tuple[str, MessageAborted | None, list[tuple[int, str | None]]]:
+    """Alice sends ``data`` chunk by chunk; Bob's file session writes into the spool.
+
+    Returns the outcome, the abort event if any, and the responses Alice got: Bob answers the
+    last chunk only after checking the file (``complete_message``), with 200 or the failure.
+    """
     alice = MsrpConnection(random=CountingRandom(10))
     bob = MsrpConnection(random=CountingRandom(11), body_piece_size=4096)
     alice.add_session(MsrpSession(ALICE, [BOB]))
@@ -364,14 +369,21 @@ def receive_over_msrp(
             flag=Flag.END if plan.last else Flag.CONTINUE,
         )
         bob.receive_data(wire, 0.0)
+    wire = bob.data_to_send()
     try:
         for event in bob.events():
             match event:
                 case MessageChunkReceived(offset=offset, data=piece, total=total):
                     receiver.receive(offset, piece, total)
                 case MessageReceived(size=size):
-                    result = receiver.finish(size)
+                    assert event.awaiting_completion
+                    try:
+                        result = receiver.finish(size)
+                    except FileTransferError as exc:
+                        wire += bob.complete_message("bob1", mid, exc.status, exc.reason)
+                        raise
                     upload.commit(meta(), result.sha1_hex)
+                    wire += bob.complete_message("bob1", mid)
                     outcome = "stored"
                 case MessageAborted():
                     aborted = event
@@ -381,14 +393,17 @@ def receive_over_msrp(
         outcome = f"failed {exc.status}"
     if outcome != "stored":
         upload.discard()
-    return outcome, aborted
+    alice.receive_data(wire, 0.0)
+    answers = [(e.status, e.comment) for e in alice.events() if isinstance(e, ResponseReceived)]
+    return outcome, aborted, answers
 
 
 def test_msrp_transfer_into_spool(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path, max_file_bytes=1 << 20, random=CountingRandom(5))
     data = payload(200_000)
-    outcome, _ = receive_over_msrp(spool, data, sha1(data))
+    outcome, _, answers = receive_over_msrp(spool, data, sha1(data))
     assert outcome == "stored"
+    assert answers == [(200, "OK")] * 13  # the last one only after the commit
     stored = spool.find(sha1(data).hex())
     assert stored is not None and stored.path.read_bytes() == data
 
@@ -396,7 +411,7 @@ def test_msrp_transfer_into_spool(tmp_path: Path) -> None:
 def test_msrp_aborted_transfer_leaves_nothing(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path, max_file_bytes=1 << 20, random=CountingRandom(6))
     data = payload(100_000)
-    outcome, aborted = receive_over_msrp(spool, data, sha1(data), stop_after=50_000, abort=True)
+    outcome, aborted, _ = receive_over_msrp(spool, data, sha1(data), stop_after=50_000, abort=True)
     assert outcome == "incomplete" and aborted is not None and aborted.status is None
     assert leftovers(spool) == []
 
@@ -404,15 +419,17 @@ def test_msrp_aborted_transfer_leaves_nothing(tmp_path: Path) -> None:
 def test_msrp_cut_off_transfer_leaves_nothing(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path, max_file_bytes=1 << 20, random=CountingRandom(7))
     data = payload(100_000)
-    outcome, _ = receive_over_msrp(spool, data, sha1(data), stop_after=50_000)
+    outcome, _, _ = receive_over_msrp(spool, data, sha1(data), stop_after=50_000)
     assert outcome == "incomplete" and leftovers(spool) == []
 
 
 def test_msrp_hash_mismatch_leaves_nothing(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path, max_file_bytes=1 << 20, random=CountingRandom(8))
     data = payload(100_000)
-    outcome, _ = receive_over_msrp(spool, data, sha1(data[:-1]))
+    outcome, _, answers = receive_over_msrp(spool, data, sha1(data[:-1]))
     assert outcome == "failed 400" and leftovers(spool) == []
+    assert answers[:-1] == [(200, "OK")] * 6
+    assert answers[-1] == (400, "SHA-1 of the received file does not match a=file-selector")
 
 
 def test_msrp_oversize_transfer_is_stopped(tmp_path: Path) -> None:
@@ -424,6 +441,6 @@ def test_msrp_oversize_transfer_is_stopped(tmp_path: Path) -> None:
     for part in spool.files_dir.glob(".upload-*"):
         part.unlink()
     # Announcing no size does not help: the core answers 413 past the session limit.
-    outcome, _ = receive_over_msrp(spool, data, sha1(data), chunk=60_000, announce_size=False)
+    outcome, _, _ = receive_over_msrp(spool, data, sha1(data), chunk=60_000, announce_size=False)
     assert outcome == "refused 413"
     assert leftovers(spool) == []

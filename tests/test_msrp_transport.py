@@ -142,6 +142,32 @@ async def test_sessions_share_one_connection_and_release_it(
     assert server.connection_count == 0 and client.connection_count == 0
 
 
+async def test_file_session_answers_the_last_chunk_when_completed(
+    server: MsrpTransport, client: MsrpTransport
+) -> None:
+    """deliver_chunks: the last chunk's response (and success REPORT) wait for the verdict."""
+    passive, active = await pair(server, client, secure=False, deliver_chunks=True)
+    bad = active.send_message("application/octet-stream", b"f" * 5000, success_report=True)
+    got = await next_of(passive, MessageReceived)
+    assert isinstance(got, MessageReceived) and got.awaiting_completion and got.body is None
+    early = [await next_of(active, ResponseReceived) for _ in range(2)]
+    assert [e.status for e in early] == [200, 200]  # type: ignore[attr-defined]
+    passive.complete_message(bad, 400, "hash mismatch")
+    last = await next_of(active, ResponseReceived)
+    assert isinstance(last, ResponseReceived)
+    assert (last.message_id, last.status, last.comment) == (bad, 400, "hash mismatch")
+    good = active.send_message("application/octet-stream", b"g" * 100, success_report=True)
+    got = await next_of(passive, MessageReceived)
+    assert isinstance(got, MessageReceived) and got.message_id == good
+    passive.complete_message(good)
+    ok = await next_of(active, ResponseReceived)
+    assert isinstance(ok, ResponseReceived) and (ok.message_id, ok.status) == (good, 200)
+    report = await next_of(active, ReportReceived)  # only the good message was reported
+    assert isinstance(report, ReportReceived) and (report.message_id, report.status) == (good, 200)
+    passive.close()
+    passive.complete_message(good)  # closed: nothing to answer on, no error
+
+
 def raw_request(
     tid: str, to: str, frm: str, headers: str, body: bytes | None, flag: str = "$"
 ) -> bytes:

@@ -590,9 +590,15 @@ def test_build_error_response_sanitizes_the_warning() -> None:
     assert answer.to.tag == "zz"
 
 
-def test_build_error_response_needs_the_five_headers() -> None:
+def test_build_error_response_needs_a_via() -> None:
+    # With only a Via the 400 still goes out (RFC 4475 §3.3.1), carrying just that Via.
     error = SipParseError(400, "x", is_request=True, raw_headers=[("Via", "SIP/2.0/UDP h")])
-    assert build_error_response(error) is None
+    response = build_error_response(error)
+    assert response is not None
+    assert response.startswith(b"SIP/2.0 400 Bad Request\r\nVia: SIP/2.0/UDP h\r\n")
+    assert b"\r\nCall-ID:" not in response
+    no_via = SipParseError(400, "x", is_request=True, raw_headers=[("Call-ID", "c")])
+    assert build_error_response(no_via) is None
     assert build_error_response(SipParseError(400, "x")) is None
 
 

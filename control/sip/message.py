@@ -421,7 +421,9 @@ class StreamFramer:
     and every double CRLF among them counts as one ping (RFC 5626 §4.4.1: the owner answers
     each with one CRLF), however the bytes were split. A framing error cannot be recovered from
     on a stream: ``feed`` raises SipParseError, carrying whatever header lines it could read so
-    that the owner can answer (400, 413, 513) before it closes the connection.
+    that the owner can answer (400, 413, 513) before it closes the connection. Messages framed
+    before the error in the same read are not lost: ``feed`` returns them and keeps the error
+    in ``error``, for the owner to act on after them (and the next ``feed`` raises it).
     """
 
     def __init__(
@@ -432,19 +434,31 @@ class StreamFramer:
         self._max_body_bytes = max_body_bytes
         self._crlf_run = b""  # CR/LF bytes seen since the last message or ping, across feeds
         self.pings = 0
+        self.error: SipParseError | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
+        if self.error is not None:
+            raise self.error
         self._buffer += data
         messages: list[bytes] = []
+        try:
+            self._frame(messages)
+        except SipParseError as exc:
+            self.error = exc
+            if not messages:
+                raise
+        return messages
+
+    def _frame(self, messages: list[bytes]) -> None:
         while True:
             self._skip_keepalives()
             if not self._buffer:
-                return messages
+                return
             end = self._buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(self._buffer) > self._max_header_bytes + 3:
                     raise _salvaged(513, "header block too large", bytes(self._buffer))
-                return messages
+                return
             head = bytes(self._buffer[:end])
             if end > self._max_header_bytes:
                 raise _salvaged(513, "header block too large", head)
@@ -456,7 +470,7 @@ class StreamFramer:
             length = self._content_length(head)
             total = end + 4 + length
             if len(self._buffer) < total:
-                return messages
+                return
             messages.append(bytes(self._buffer[:total]))
             del self._buffer[:total]
 
@@ -516,17 +530,19 @@ def _salvaged(status: int, reason: str, head: bytes) -> SipParseError:
 
 
 def build_error_response(error: SipParseError, *, to_tag: str | None = None) -> bytes | None:
-    """A response to an unparseable request, when enough headers survived to address one.
+    """A response to an unparseable request, whenever a Via survived to address one.
 
     Via, From, To, Call-ID and CSeq are copied verbatim (RFC 3261 §8.2.6.2), even when one of
     them is what was malformed: the client matches a response by its top Via branch and CSeq
-    (§17.1.3), and a copy is what it sent. ``to_tag`` (from the owner's random source) is added
-    to a To that parses and has none. The parser's reason travels in a Warning (§20.43).
+    (§17.1.3), and a copy is what it sent. Those that are missing stay missing: RFC 4475
+    §3.3.1 still wants the 400 for a request that lacks them. ``to_tag`` (from the owner's
+    random source) is added to a To that parses and has none. The parser's reason travels in a
+    Warning (§20.43).
     """
     if not error.is_request:
         return None
     headers = Headers(error.raw_headers)
-    if not all(headers.get(n) for n in ("Via", "From", "To", "Call-ID", "CSeq")):
+    if not headers.get("Via"):
         return None
     response = Headers()
     for value in headers.get_raw("Via"):
@@ -540,10 +556,15 @@ def build_error_response(error: SipParseError, *, to_tag: str | None = None) -> 
         else:
             if to_addr.tag is None:
                 to_value = str(to_addr.with_tag(to_tag))
-    response.add("From", headers.get("From") or "")
-    response.add("To", to_value)
-    response.add("Call-ID", headers.get("Call-ID") or "")
-    response.add("CSeq", headers.get("CSeq") or "")
+    copied: list[tuple[str, str | None]] = [
+        ("From", headers.get("From")),
+        ("To", to_value),
+        ("Call-ID", headers.get("Call-ID")),
+        ("CSeq", headers.get("CSeq")),
+    ]
+    for name, maybe in copied:
+        if maybe:
+            response.add(name, maybe)
     reason = "".join(c if " " <= c <= "~" else "?" for c in error.reason)[:100]
     reason = reason.replace("\\", "\\\\").replace('"', '\\"')
     status = error.status

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import random
 import ssl
 import time
 from collections.abc import Callable
@@ -111,7 +112,7 @@ class _Receiver:
             message = parse_message(data, stream=stream, max_body_bytes=self.layer.max_body_bytes)
         except SipParseError as exc:
             self.layer.log_bad_input(peer, exc)
-            return build_error_response(exc)
+            return build_error_response(exc, to_tag=self.layer.new_tag())
         if isinstance(message, Request):
             try:
                 stamp_via(message, peer)
@@ -172,16 +173,8 @@ class StreamConnection(asyncio.Protocol):
         pings = self._framer.pings
         try:
             messages = self._framer.feed(data)
-        except SipParseError as exc:
-            self._layer.log_bad_input(self.peer, exc)
-            # The framer salvaged the header lines it could: answer (400, 413, 513) when they
-            # address a response, then close, as a stream cannot be resynchronised (§18.3).
-            reply = build_error_response(exc)
-            if reply is not None:
-                self._layer.tracer.trace("send", self.peer, reply)
-                self.transport.write(reply)
-            self.transport.close()
-            return
+        except SipParseError:
+            messages = []
         if self._framer.pings != pings:
             self.transport.write(b"\r\n")  # RFC 5626 §4.4.1 pong
         for raw in messages:
@@ -189,6 +182,21 @@ class StreamConnection(asyncio.Protocol):
             if reply is not None and not self.transport.is_closing():
                 self._layer.tracer.trace("send", self.peer, reply)
                 self.transport.write(reply)
+        if self._framer.error is not None:
+            self._framing_lost(self._framer.error)
+
+    def _framing_lost(self, exc: SipParseError) -> None:
+        """Answer (400, 413, 513) from the salvaged headers when they address a response,
+        then close: a stream cannot be resynchronised (RFC 3261 §18.3)."""
+        assert self.peer is not None and self.transport is not None
+        if self.transport.is_closing():
+            return
+        self._layer.log_bad_input(self.peer, exc)
+        reply = build_error_response(exc, to_tag=self._layer.new_tag())
+        if reply is not None:
+            self._layer.tracer.trace("send", self.peer, reply)
+            self.transport.write(reply)
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._layer.unregister_connection(self)
@@ -213,8 +221,10 @@ class SipTransportLayer:
         idle_timeout: float = 300.0,
         max_body_bytes: int = MAX_BODY_BYTES,
         tracer: SipTracer | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._handler = handler
+        self._rng = rng or random.SystemRandom()
         self._ssl_server = ssl_server
         self._ssl_client = ssl_client
         self.max_connections = max_connections
@@ -283,6 +293,10 @@ class SipTransportLayer:
         return candidates[0] if candidates else None
 
     # --- receiving -------------------------------------------------------------------------
+
+    def new_tag(self) -> str:
+        """A To tag for a 400 the transport answers itself (RFC 3261 §8.2.6.2)."""
+        return f"{self._rng.getrandbits(48):012x}"
 
     def deliver(self, message: Request | Response, peer: Peer) -> None:
         try:
