@@ -417,3 +417,17 @@ async def test_tcp_half_open_flood_up_to_the_limit() -> None:
                 sock.close()
         assert chorus.alive
         assert "Traceback" not in chorus.log()
+
+
+async def test_tcp_good_request_then_garbage_in_one_read(chorus: ChorusProcess) -> None:
+    # The request framed before the garbage is still answered; then the stream is closed.
+    port = chorus.sip_port
+    probe_call_id = "probe-" + token()
+    good = tcp_request(port, call_id=probe_call_id)
+    with RawTcp(port) as tcp:
+        assert tcp.send(good + b"NOT SIP AT ALL\r\n\r\n")
+        result = tcp.read(quiet=10.0)
+    assert result.responses and result.responses[0].call_id == probe_call_id
+    assert result.statuses[0] == 200
+    assert result.closed
+    await assert_still_serving(chorus)

@@ -707,3 +707,12 @@ def test_list_headers_are_checked_so_later_reads_cannot_fail() -> None:
     assert req(make('Accept: text/plain;q="0.5, x"')).headers.get_all("Accept") == [
         'text/plain;q="0.5, x"'
     ]
+
+
+def test_framer_keeps_messages_framed_before_an_error() -> None:
+    good = make(body=b"one")
+    framer = StreamFramer()
+    assert framer.feed(good + b"GARBAGE LINE\r\n\r\n") == [good]
+    assert framer.error is not None and framer.error.status == 400
+    with pytest.raises(SipParseError):
+        framer.feed(b"more")

@@ -156,6 +156,7 @@ class StreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
         self.last_activity = time.monotonic()
+        self._closing_soon = False
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -187,16 +188,20 @@ class StreamConnection(asyncio.Protocol):
 
     def _framing_lost(self, exc: SipParseError) -> None:
         """Answer (400, 413, 513) from the salvaged headers when they address a response,
-        then close: a stream cannot be resynchronised (RFC 3261 §18.3)."""
+        then close: a stream cannot be resynchronised (RFC 3261 §18.3). Requests framed
+        before the error are still being answered by the applications, so reading stops now
+        and the connection closes after a short grace."""
         assert self.peer is not None and self.transport is not None
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._closing_soon:
             return
+        self._closing_soon = True
         self._layer.log_bad_input(self.peer, exc)
         reply = build_error_response(exc, to_tag=self._layer.new_tag())
         if reply is not None:
             self._layer.tracer.trace("send", self.peer, reply)
             self.transport.write(reply)
-        self.transport.close()
+        self.transport.pause_reading()
+        asyncio.get_running_loop().call_later(self._layer.close_grace, self.transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._layer.unregister_connection(self)
@@ -222,8 +227,10 @@ class SipTransportLayer:
         max_body_bytes: int = MAX_BODY_BYTES,
         tracer: SipTracer | None = None,
         rng: random.Random | None = None,
+        close_grace: float = 1.0,
     ) -> None:
         self._handler = handler
+        self.close_grace = close_grace  # answers still due on a stream whose framing was lost
         self._rng = rng or random.SystemRandom()
         self._ssl_server = ssl_server
         self._ssl_client = ssl_client
