@@ -632,6 +632,8 @@ def test_complete_message_misuse_and_held_messages_count_as_concurrent() -> None
         bob.complete_message("nosuchsession", "file0009")
     with pytest.raises(MsrpUsageError):
         bob.complete_message("9di4eae923wzd", "file0009", 408)  # never sent (§7.3)
+    with pytest.raises(MsrpUsageError):
+        bob.complete_message("9di4eae923wzd", "file0009", 400, "two\r\nlines")
     alice = alice_side()
     small = MsrpConnection(random=FakeRandom(), max_concurrent_messages=2)
     small.add_session(MsrpSession(BOB, [ALICE], deliver_chunks=True))

@@ -514,7 +514,7 @@ class MsrpConnection:
         status (400 for a hash mismatch or a truncated file, 413 …, RFC 5547 §8.4): that
         response, with ``comment`` as its reason, unless ``Failure-Report: no``; no success
         REPORT. No failure REPORT either: the response carries the failure to the previous hop,
-        and a relay there turns it into a REPORT for the sender (§7.1.2, RFC 4976 §7.3).
+        and a relay there turns it into a REPORT for the sender (§7.1.2, RFC 4976).
 
         A message already answered, or whose hold expired (the peer was sent a 408 failure
         REPORT, see :meth:`handle_timer`), gets nothing: ``b""``. Completing a message that
@@ -522,6 +522,8 @@ class MsrpConnection:
         """
         if not 200 <= status <= 999 or status == 408:
             raise MsrpUsageError(f"{status} cannot answer a message (408 is never sent, §7.3)")
+        if comment is not None and ("\r" in comment or "\n" in comment):
+            raise MsrpUsageError("a response comment is one line")
         session = self._sessions.get(session_id)
         if session is None:
             raise MsrpUsageError(f"no session {session_id!r} on this connection")
