@@ -17,14 +17,14 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent / "out"
 
 FULL = {
-    "sip_call_rate": ["--duration", "60", "--rounds", "3"],
+    "sip_call_rate": ["--duration", "10", "--hold", "60", "--rounds", "3"],
     "kamailio_reference": ["--duration", "10", "--baseline"],
     "mixer_capacity": [],
     "msrp_chat": ["--runs", "5"],
     "msrp_file": ["--runs", "5"],
 }
 QUICK = {
-    "sip_call_rate": ["--duration", "5", "--max-steps", "5"],
+    "sip_call_rate": ["--duration", "5", "--hold", "10", "--max-steps", "5"],
     "kamailio_reference": ["--duration", "4", "--max-steps", "5"],
     "mixer_capacity": ["--quick"],
     "msrp_chat": ["--runs", "2", "--messages", "2000"],

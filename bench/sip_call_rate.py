@@ -1,14 +1,16 @@
 """Chorus echo call rate, directly and behind Kamailio, against Kamailio's own as reference;
 and resident memory per 1,000 established calls.
 
-    python -m bench.sip_call_rate                     # quick: 10 s steps, one round
-    python -m bench.sip_call_rate --duration 60 --rounds 3   # the figures for RESULTS.md
+    python -m bench.sip_call_rate --hold 10 --rounds 1      # quick look
+    python -m bench.sip_call_rate --hold 60 --rounds 3      # the figures for RESULTS.md
 
 Each round searches the highest rate (INVITE with SDP, 200, ACK, BYE, 200; no media) that
-SIPp sustains with zero failed calls (bench.kamailio_reference.max_sustained_rate), for three
-targets in the same go: Kamailio in front of a SIPp UAS (the reference), Chorus' echo
-directly, and Chorus' echo behind the same Kamailio configuration. Figures are medians over
-rounds; Chorus' rates are also given as a ratio of the reference.
+SIPp sustains with zero failed calls (bench.kamailio_reference.max_sustained_rate, short
+steps), then confirms it for ``--hold`` seconds, stepping down 10% until a whole hold passes
+with no failed call. Three targets in the same go: Kamailio in front of a SIPp UAS (the
+reference), Chorus' echo directly, and Chorus' echo behind the same Kamailio configuration.
+Figures are medians of the confirmed rates over rounds; Chorus' rates are also given as a
+ratio of the reference.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.kamailio_reference import kamailio_target, max_sustained_rate
+from bench.kamailio_reference import TargetFactory, kamailio_target, max_sustained_rate, run_step
 from tests.peers.chorus import ChorusProcess
 from tests.peers.kamailio import KamailioProcess
 from tests.peers.ports import free_ports
@@ -95,9 +97,35 @@ def memory_per_thousand_calls(calls: int = 1000, rate: float = 200.0) -> dict[st
     }
 
 
+def confirm(
+    factory: TargetFactory, rate: float, hold: float, log: Any, tries: int = 5
+) -> tuple[float, list[dict[str, Any]]]:
+    """Step down from ``rate`` until a ``hold``-second run has no failed call."""
+    steps: list[dict[str, Any]] = []
+    for _ in range(tries):
+        with factory() as target:
+            step = run_step(
+                target,
+                rate,
+                duration=hold,
+                scenario="uac_echo",
+                service="echo",
+                transport="u1",
+                min_rate_ratio=0.9,
+            )
+        steps.append({"rate": rate, "sustained": step.sustained, "failed": step.failed,
+                      "achieved_rate": step.achieved_rate})  # fmt: skip
+        log(json.dumps(steps[-1]))
+        if step.sustained:
+            return rate, steps
+        rate = round(rate * 0.9, 1)
+    return 0.0, steps
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per rate step")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per search step")
+    parser.add_argument("--hold", type=float, default=60.0, help="seconds the rate must hold")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=9)
     parser.add_argument("--precision", type=float, default=0.1)
@@ -119,20 +147,28 @@ def main(argv: list[str] | None = None) -> int:
         "chorus_via_kamailio": chorus_behind_kamailio,
     }
     rounds: dict[str, list[float]] = {name: [] for name in targets}
+    searched: dict[str, list[float]] = {name: [] for name in targets}
+    confirmations: dict[str, list[Any]] = {name: [] for name in targets}
     started = time.monotonic()
     for round_index in range(args.rounds):
         for name, factory in targets.items():
             log(f"round {round_index + 1}: {name}")
             result = max_sustained_rate(factory, start_rate=100.0, **search)
-            rounds[name].append(result.max_rate)
+            searched[name].append(result.max_rate)
+            held, steps = confirm(factory, result.max_rate, args.hold, log)
+            rounds[name].append(held)
+            confirmations[name].append(steps)
     medians = {name: statistics.median(rates) for name, rates in rounds.items()}
     reference = medians["kamailio_to_sipp_uas"] or 1.0
     report: dict[str, Any] = {
         "benchmark": "sip_call_rate",
         "what": "INVITE(SDP)-200-ACK-BYE-200 calls/s to echo, sustained with zero failed calls",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "step_seconds": args.duration,
-        "rounds": rounds,
+        "search_step_seconds": args.duration,
+        "hold_seconds": args.hold,
+        "searched_rates": searched,
+        "confirmed_rates": rounds,
+        "confirmations": confirmations,
         "median_calls_per_second": medians,
         "ratio_to_kamailio_reference": {
             name: round(rate / reference, 3) for name, rate in medians.items()

@@ -467,6 +467,9 @@ class FakeStreamTransport(asyncio.Transport):
     def abort(self) -> None:
         self.closing = True
 
+    def pause_reading(self) -> None:
+        self.paused = True
+
     def is_closing(self) -> bool:
         return self.closing
 

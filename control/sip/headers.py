@@ -7,6 +7,7 @@ structured values are parsed on demand.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -135,6 +136,7 @@ SINGLE_HEADERS = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def canonical_name(name: str) -> str:
     lower = name.lower()
     if lower in COMPACT_FORMS:
@@ -142,13 +144,24 @@ def canonical_name(name: str) -> str:
     return _CANONICAL.get(lower, name)
 
 
-class Headers:
-    """Ordered, case-insensitive, multi-valued header fields."""
+@functools.lru_cache(maxsize=4096)
+def _key(name: str) -> str:
+    """The lookup key of a header name: canonical, then case-folded (§7.3.1)."""
+    return canonical_name(name).lower()
 
-    __slots__ = ("_items",)
+
+class Headers:
+    """Ordered, case-insensitive, multi-valued header fields.
+
+    Every message is looked up a dozen times on its way through the stack, so each line's
+    case-folded key is kept beside it rather than recomputed per lookup.
+    """
+
+    __slots__ = ("_items", "_keys")
 
     def __init__(self, items: list[tuple[str, str]] | None = None) -> None:
         self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in (items or [])]
+        self._keys: list[str] = [n.lower() for n, _ in self._items]
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
@@ -170,25 +183,25 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = canonical_name(name).lower()
-        return any(n.lower() == key for n, _ in self._items)
+        return _key(name) in self._keys
 
     def copy(self) -> Headers:
         clone = Headers()
         clone._items = list(self._items)
+        clone._keys = list(self._keys)
         return clone
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        key = canonical_name(name).lower()
-        for n, v in self._items:
-            if n.lower() == key:
-                return v
+        key = _key(name)
+        for index, k in enumerate(self._keys):
+            if k == key:
+                return self._items[index][1]
         return default
 
     def get_raw(self, name: str) -> list[str]:
         """Every header line's value as received, one entry per line."""
-        key = canonical_name(name).lower()
-        return [v for n, v in self._items if n.lower() == key]
+        key = _key(name)
+        return [item[1] for k, item in zip(self._keys, self._items, strict=True) if k == key]
 
     def get_all(self, name: str) -> list[str]:
         """Every value, list headers split at their commas."""
@@ -199,10 +212,14 @@ class Headers:
         return values
 
     def add(self, name: str, value: str) -> None:
-        self._items.append((canonical_name(name), value))
+        canonical = canonical_name(name)
+        self._items.append((canonical, value))
+        self._keys.append(canonical.lower())
 
     def prepend(self, name: str, value: str) -> None:
-        self._items.insert(0, (canonical_name(name), value))
+        canonical = canonical_name(name)
+        self._items.insert(0, (canonical, value))
+        self._keys.insert(0, canonical.lower())
 
     def set(self, name: str, value: str) -> None:
         """Replace all lines of ``name`` with one, keeping the first one's position."""
@@ -210,8 +227,8 @@ class Headers:
         key = canonical.lower()
         out: list[tuple[str, str]] = []
         placed = False
-        for n, v in self._items:
-            if n.lower() == key:
+        for k, (n, v) in zip(self._keys, self._items, strict=True):
+            if k == key:
                 if not placed:
                     out.append((canonical, value))
                     placed = True
@@ -220,10 +237,13 @@ class Headers:
         if not placed:
             out.append((canonical, value))
         self._items = out
+        self._keys = [n.lower() for n, _ in out]
 
     def remove(self, name: str) -> None:
-        key = canonical_name(name).lower()
-        self._items = [(n, v) for n, v in self._items if n.lower() != key]
+        key = _key(name)
+        kept = [(k, item) for k, item in zip(self._keys, self._items, strict=True) if k != key]
+        self._keys = [k for k, _ in kept]
+        self._items = [item for _, item in kept]
 
     def name_addrs(self, name: str) -> list[NameAddr]:
         return [parse_name_addr(v) for v in self.get_all(name)]
@@ -257,6 +277,7 @@ _VIA_RE = re.compile(
 _SENT_BY_COLON_RE = re.compile(r"[ \t]*:[ \t]*")
 
 
+@functools.lru_cache(maxsize=4096)  # as uri.parse_name_addr: values are frozen
 def parse_via(value: str) -> Via:
     """One via-parm (RFC 3261 §25.1): sent-protocol LWS sent-by *( SEMI via-params ).
 
@@ -291,6 +312,7 @@ MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5: must be less than 2**31.
 _CSEQ_RE = re.compile(r"[ \t]*([0-9]{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_cseq(value: str) -> CSeq:
     """``1*DIGIT LWS Method`` (RFC 3261 §20.16); the number must be below 2**31 (§8.1.1.5)."""
     match = _CSEQ_RE.fullmatch(value)

@@ -349,9 +349,14 @@ def _parse_status_line(start: str, headers: Headers, body: bytes) -> Response:
 
 def _validate(message: Request | Response) -> None:
     headers = message.headers
-    for name in SINGLE_HEADERS:
-        if len(headers.get_raw(name)) > 1:
-            raise SipError(400, f"several {name} headers")
+    seen: set[str] = set()
+    for name, value in headers:  # one pass over the lines for what is about each line
+        if name in SINGLE_HEADERS:
+            if name in seen:
+                raise SipError(400, f"several {name} headers")
+            seen.add(name)
+        elif name in LIST_HEADERS:
+            split_header_list(value)  # balanced quotes, so later reads cannot fail (§7.3.1)
     for name in ("Call-ID", "CSeq", "From", "To"):
         if not (headers.get(name) or "").strip():
             raise SipError(400, f"missing {name}")
@@ -394,8 +399,6 @@ def _validate(message: Request | Response) -> None:
     content_type = headers.get("Content-Type")
     if content_type is not None:
         parse_content_type(content_type)
-    for name in LIST_HEADERS:
-        headers.get_all(name)  # balanced quotes, so that later reads cannot fail (§7.3.1)
     for value in headers.get_raw("Record-Route") + headers.get_raw("Route"):
         for part in split_header_list(value):
             parse_name_addr(part)

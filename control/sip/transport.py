@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import random
@@ -421,6 +422,7 @@ class SipTransportLayer:
         return self._udp[0] if self._udp else None
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_ipv6(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.strip("[]")).version == 6

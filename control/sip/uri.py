@@ -7,6 +7,7 @@ unknown parameters, escaped characters that need no escaping).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field, replace
 from urllib.parse import unquote_to_bytes
@@ -186,6 +187,12 @@ class AbsoluteUri:
 Uri = SipUri | AbsoluteUri
 
 
+# Parsed values are frozen and a message's headers are read many times on its way through the
+# stack (transaction keys, dialog ids, validation), so the pure parsers remember recent inputs.
+_PARSE_CACHE = 4096
+
+
+@functools.lru_cache(maxsize=_PARSE_CACHE)
 def parse_uri(text: str) -> Uri:
     """Parse a URI; whitespace anywhere inside is an error (RFC 4475 §3.1.2.8, §3.1.2.14)."""
     if not text or _URI_FORBIDDEN_RE.search(text) is not None:
@@ -276,6 +283,7 @@ def quote_string(text: str) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=_PARSE_CACHE)
 def parse_name_addr(text: str) -> NameAddr:
     """Parse name-addr or addr-spec with header parameters.
 
@@ -336,6 +344,12 @@ def _unquote(text: str) -> str:
 
 
 def split_header_list(value: str) -> list[str]:
+    """Split a comma-separated header value, ignoring commas in quotes and <…> (§7.3)."""
+    return list(_split_header_list(value))
+
+
+@functools.lru_cache(maxsize=_PARSE_CACHE)
+def _split_header_list(value: str) -> tuple[str, ...]:
     """Split a comma-separated header value, ignoring commas in quotes and <…> (RFC 3261 §7.3)."""
     parts: list[str] = []
     current: list[str] = []
@@ -361,4 +375,4 @@ def split_header_list(value: str) -> list[str]:
     if quoted:
         raise SipError(400, "unterminated quoted string")
     parts.append("".join(current).strip(_WS))
-    return [p for p in parts if p]
+    return tuple(p for p in parts if p)

@@ -19,10 +19,9 @@ Statuses carried by :class:`SdpError` (the SIP response an answerer sends for a 
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from control.sip.errors import SipError
@@ -378,7 +377,14 @@ class MediaDescription(_AttributeAccess):
         return result
 
     def copy(self) -> MediaDescription:
-        return copy.deepcopy(self)
+        # Every value inside is a frozen dataclass or a str: copying the lists is a deep copy.
+        return replace(
+            self,
+            formats=list(self.formats),
+            bandwidths=list(self.bandwidths),
+            attributes=list(self.attributes),
+            other_lines=list(self.other_lines),
+        )
 
 
 @dataclass(slots=True, kw_only=True)
@@ -409,7 +415,17 @@ class SessionDescription(_AttributeAccess):
         return serialize(self)
 
     def copy(self) -> SessionDescription:
-        return copy.deepcopy(self)
+        # As MediaDescription.copy: the lists are the only mutable parts.
+        return replace(
+            self,
+            emails=list(self.emails),
+            phones=list(self.phones),
+            bandwidths=list(self.bandwidths),
+            timings=list(self.timings),
+            attributes=list(self.attributes),
+            media=[m.copy() for m in self.media],
+            other_lines=list(self.other_lines),
+        )
 
     def connection_of(self, media: MediaDescription) -> Connection | None:
         """RFC 8866 §5.7: a media-level ``c=`` overrides the session-level one."""
