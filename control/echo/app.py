@@ -26,7 +26,16 @@ from control.sip.useragent import IncomingRequest, UserAgent, build_request
 
 log = logging.getLogger("chorus.echo")
 
-CODEC_RATES = {"PCMU": 8000, "PCMA": 8000, "G722": 8000, "telephone-event": 8000}
+# Echo reflects packets untouched, so any codec the configuration names can be answered; the
+# RTP clock rates are what SDP matches on (G.722's is 8000 by RFC 3551's mistake).
+CODEC_RATES: dict[str, tuple[int, ...]] = {
+    "PCMU": (8000,),
+    "PCMA": (8000,),
+    "G722": (8000,),
+    "speex": (16000, 8000),
+    "opus": (48000,),
+    "telephone-event": (8000, 16000, 48000),
+}
 RTP_PROFILES = ("RTP/AVP", "RTP/AVPF")
 
 
@@ -246,7 +255,7 @@ class EchoApp:
     ) -> None:
         self.ua = ua
         self.ports = ports
-        self.supported = [(name, CODEC_RATES[name]) for name in codecs if name in CODEC_RATES]
+        self.supported = [(name, rate) for name in codecs for rate in CODEC_RATES.get(name, ())]
         self.limits = limits
         self.msrp = msrp
         self.files = files
