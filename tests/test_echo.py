@@ -4,6 +4,8 @@ re-INVITE, session limit, TLS, and SIGTERM with calls up."""
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -12,7 +14,7 @@ from control.media.codecs import G722Codec, PcmuCodec
 from control.media.tone import tone_power
 from control.sip import sdp
 from control.sip.session import SessionState
-from tests.peers.chorus import ChorusProcess
+from tests.peers.chorus import ROOT, ChorusProcess
 from tests.peers.rtp_tone import RtpToneClient
 from tests.peers.sipclient import SipClient
 from tests.peers.sipp import run_sipp, scenario_path, sipp_available
@@ -155,7 +157,17 @@ async def test_session_limit_ends_call_with_bye() -> None:
 
 
 async def test_tls_options_and_invite(chorus: ChorusProcess) -> None:
-    async with SipClient("tls") as sip:
+    # The client trusts exactly the certificate Chorus generated into its spool on first
+    # start, and checks it names 127.0.0.1: the handshake proves that certificate is served.
+    cert = chorus.workdir / "spool" / "tls" / "chorus.crt"
+    assert cert.is_file()
+    shipped = subprocess.run(
+        ["git", "ls-files", "*.pem", "*.key", "*.crt"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    assert shipped == "", f"key material in the repository: {shipped}"
+    context = ssl.create_default_context(cafile=str(cert))
+    assert context.check_hostname and context.verify_mode is ssl.CERT_REQUIRED
+    async with SipClient("tls", tls_context=context) as sip:
         options = await sip.request(
             "OPTIONS", f"sip:echo@127.0.0.1:{chorus.tls_port}", chorus.tls_port
         ).final
