@@ -18,6 +18,7 @@ from control.sip.session import Session
 from tests.peers.chorus import ChorusProcess
 from tests.peers.rtp_endpoint import RtpEndpoint
 from tests.peers.sipclient import SipClient
+from tests.peers.wait import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -71,6 +72,19 @@ LEGS = {
                        ("opus", 48000, 111, 2)],
 }  # fmt: skip
 TONES = [440.0, 700.0, 1100.0]
+SETTLE = 15  # mixer frames (20 ms each) past the end of a tone: its tail has been mixed
+
+
+async def mixed_past(*endpoints: RtpEndpoint, frames: int = SETTLE) -> bool:
+    """Wait until the room has sent each endpoint ``frames`` more packets than it had so far.
+
+    The room sends every listener a frame each tick, silence included, so this is the mixer
+    having moved on past the audio just played, whatever the machine's load; not a timer.
+    """
+    counts = [len(e.packets()) for e in endpoints]
+    return await wait_until(
+        lambda: all(len(e.packets()) >= c + frames for e, c in zip(endpoints, counts, strict=True))
+    )
 
 
 @pytest.mark.parametrize(("legs", "srtp"), [
@@ -95,7 +109,7 @@ async def test_three_participants_hear_each_other_not_themselves(
         await asyncio.gather(
             *(p.endpoint.play(tone, 2.5) for p, tone in zip(participants, TONES, strict=True))
         )
-        await asyncio.sleep(0.3)
+        assert await mixed_past(*(p.endpoint for p in participants)), "the room stopped sending"
         for participant, own in zip(participants, TONES, strict=True):
             pcm = participant.endpoint.heard(skip=0.6)
             rate = participant.endpoint.sample_rate
@@ -123,10 +137,12 @@ async def test_room_ends_with_last_participant_and_hold_resume(chorus: ChorusPro
     assert held.direction_of(held.media[0]) is sdp.Direction.RECVONLY
     # While held, the second still talks into the room: the first hears the tone.
     await asyncio.gather(second.endpoint.play(700.0, 1.5), first.endpoint.play(440.0, 1.5))
-    await asyncio.sleep(0.2)
+    assert await mixed_past(first.endpoint), "the room stopped sending"
     assert tone_power(first.endpoint.heard(skip=0.5), 8000, 700.0) > HEARD
+    # The room sends every listener a frame per tick: while the first gets SETTLE more, the
+    # held second must get none.
     before = len(second.endpoint.packets())
-    await asyncio.sleep(0.3)
+    assert await mixed_past(first.endpoint), "the room stopped sending"
     assert len(second.endpoint.packets()) == before, "the room sent audio to a held participant"
     # Resume.
     response = await second.session.reinvite(bytes(second.endpoint.offer()))
@@ -134,14 +150,13 @@ async def test_room_ends_with_last_participant_and_hold_resume(chorus: ChorusPro
     resumed = sdp.parse(response.body)
     assert resumed.direction_of(resumed.media[0]) is sdp.Direction.SENDRECV
     await first.endpoint.play(440.0, 1.0)
-    assert len(second.endpoint.packets()) > before
+    await wait_until(lambda: len(second.endpoint.packets()) > before + SETTLE)
+    assert len(second.endpoint.packets()) > before + SETTLE, "no audio after resume"
     await leave(first)
     await leave(second)
-    for _ in range(50):
-        if f"room {room}@" in chorus.log() and "ended" in chorus.log():
-            break
-        await asyncio.sleep(0.1)
-    assert f"room {room}@127.0.0.1 ended" in chorus.log()
+    ended = f"room {room}@127.0.0.1 ended"
+    await wait_until(lambda: ended in chorus.log())
+    assert ended in chorus.log()
 
 
 async def test_silent_participant_is_ended_at_rtp_timeout(chorus: ChorusProcess) -> None:
@@ -157,6 +172,13 @@ async def test_silent_participant_is_ended_at_rtp_timeout(chorus: ChorusProcess)
     await play
     # The room kept mixing for the talker's peer side: the talker is still in the room.
     assert not talker.session.terminated.done()
+    # The room ended exactly one participant of this room, and for its RTP timeout.
+    timeouts = [
+        line
+        for line in chorus.log().splitlines()
+        if "RTP timeout: ending" in line and f" in {room}@" in line
+    ]
+    assert len(timeouts) == 1, timeouts
     await leave(talker)
     silent.endpoint.close()
     await silent.client.__aexit__(None, None, None)

@@ -18,6 +18,7 @@ from tests.peers.chorus import ROOT, ChorusProcess
 from tests.peers.rtp_tone import RtpToneClient
 from tests.peers.sipclient import SipClient
 from tests.peers.sipp import run_sipp, scenario_path, sipp_available
+from tests.peers.wait import wait_until
 
 needs_sipp = pytest.mark.skipif(not sipp_available(), reason="sipp (sip-tester) not installed")
 
@@ -80,8 +81,9 @@ async def test_tone_comes_back(
         assert audio.rtpmaps()[0].encoding.upper() == codec_name
         conn = answer.connection_of(audio)
         assert conn is not None
-        await client.play((conn.address, audio.port), 1000.0, 1.5)
-        await asyncio.sleep(0.3)
+        sent = await client.play((conn.address, audio.port), 1000.0, 1.5)
+        # The reflector returns every packet as it arrives: wait for all of them.
+        await wait_until(lambda: len(client.collector.packets) >= sent)
         await session.bye()
     client.close()
     heard = decoder_output = client.heard(decoder)
@@ -111,8 +113,10 @@ async def test_reinvite_hold_resume_and_codec_change(chorus: ChorusProcess) -> N
         assert held.status == 200
         held_sdp = sdp.parse(held.body)
         assert held_sdp.direction_of(held_sdp.media[0]) is sdp.Direction.RECVONLY
+        # The reflector answers each packet at once, so anything it reflected during these
+        # 0.4 s of real-time sending would be here; stragglers are caught below: they would be
+        # PCMU (PT 0) and reach us, in order, before any G.722 packet after the resume.
         await client.play(remote, 1000.0, 0.4)
-        await asyncio.sleep(0.2)
         assert client.collector.packets == []
         # Resume with a codec change to G.722.
         resumed = await session.reinvite(offer(port, "9 101", G722_OFFER))
@@ -123,9 +127,9 @@ async def test_reinvite_hold_resume_and_codec_change(chorus: ChorusProcess) -> N
         assert resumed_sdp.origin.sess_version > first.origin.sess_version
         client.codec = G722Codec()
         client.payload_type = 9
-        await client.play(remote, 1000.0, 0.6)
-        await asyncio.sleep(0.2)
-        assert client.collector.packets, "no audio after resume"
+        sent = await client.play(remote, 1000.0, 0.6)
+        await wait_until(lambda: len(client.collector.packets) >= sent)
+        assert len(client.collector.packets) == sent, "not all the audio came back after resume"
         assert {p.payload_type for p in client.collector.packets} == {9}
         await session.bye()
     client.close()
@@ -154,6 +158,8 @@ async def test_session_limit_ends_call_with_bye() -> None:
             reason = await asyncio.wait_for(session.terminated, 15)
             assert reason == "remote BYE"
             assert session.state is SessionState.TERMINATED
+            # Echo logs why it hung up just before sending that BYE.
+            assert f"echo call {session.dialog.call_id} reached its limit" in chorus.log()
 
 
 async def test_tls_options_and_invite(chorus: ChorusProcess) -> None:
@@ -196,10 +202,7 @@ async def test_message_reply_quotes_text(chorus: ChorusProcess) -> None:
             content_type="text/plain",
         ).final
         assert response.status == 200
-        for _ in range(50):
-            if sip.received:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: sip.received)
         assert sip.received, "no MESSAGE came back"
         reply = sip.received[0].request
         assert reply.method == "MESSAGE"
@@ -254,8 +257,8 @@ async def test_wideband_codecs_echo_when_configured(pt: str, rtpmap: str, codec_
             assert answer.media[0].rtpmaps()[0].encoding.lower() == codec_name
             conn = answer.connection_of(answer.media[0])
             assert conn is not None
-            await client.play((conn.address, answer.media[0].port), 1000.0, 1.5)
-            await asyncio.sleep(0.3)
+            sent = await client.play((conn.address, answer.media[0].port), 1000.0, 1.5)
+            await wait_until(lambda: len(client.collector.packets) >= sent)
             await session.bye()
         client.close()
         decoder = factory()

@@ -29,6 +29,7 @@ from control.sip.session import Session
 from tests.peers.chorus import ChorusProcess
 from tests.peers.rtp_tone import RtpToneClient
 from tests.peers.sipclient import SipClient, client_tls_context
+from tests.peers.wait import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -167,10 +168,10 @@ async def test_audio_and_chat_in_one_session(chorus: ChorusProcess, msrp: MsrpTr
             await stream.wait_connected(10)
             connection = answer.connection_of(audio)
             assert connection is not None
-            await tone.play((connection.address, audio.port), 1000.0, 0.4)
+            sent = await tone.play((connection.address, audio.port), 1000.0, 0.4)
             await echo_round(stream, "with audio")
-            await asyncio.sleep(0.2)
-            assert tone.collector.packets, "no audio came back"
+            await wait_until(lambda: len(tone.collector.packets) >= sent)
+            assert len(tone.collector.packets) == sent, "the audio did not all come back"
             await session.bye()
     finally:
         tone.close()

@@ -77,6 +77,8 @@ def test_generate_uses_the_injected_source() -> None:
     a = generate_crypto(1, "AES_CM_128_HMAC_SHA1_80", rng(1).randbytes)
     b = generate_crypto(1, "AES_CM_128_HMAC_SHA1_80", rng(1).randbytes)
     assert a == b and len(a.key) == 30
+    other = generate_crypto(1, "AES_CM_128_HMAC_SHA1_80", rng(2).randbytes)
+    assert other.key != a.key  # the key comes from the source, not a constant
     assert CryptoAttribute.parse(str(a)) == a
 
 

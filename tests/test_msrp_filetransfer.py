@@ -252,20 +252,34 @@ def test_spool_survives_a_restart(tmp_path: Path) -> None:
     assert again.find(sha1(b"hello").hex()) == stored
 
 
-@pytest.mark.parametrize("failure", ["truncated", "hash", "oversize"])
-def test_failed_upload_leaves_nothing(tmp_path: Path, failure: str) -> None:
+@pytest.mark.parametrize(
+    ("failure", "status", "reason"),
+    [
+        ("truncated", 400, "truncated"),
+        ("hash", 400, "SHA-1 of the received file does not match"),
+        ("oversize", 413, ""),
+    ],
+)
+def test_failed_upload_leaves_nothing(
+    tmp_path: Path, failure: str, status: int, reason: str
+) -> None:
     spool = FileSpool(tmp_path, max_file_bytes=8000, random=CountingRandom(3))
     data = payload(6000)
     upload = spool.begin()
     announced = sha1(b"x") if failure == "hash" else sha1(data)
     receiver = FileReceiver(upload, size=None, sha1=announced, max_size=spool.max_file_bytes)
-    with pytest.raises(FileTransferError):
-        receiver.receive(0, data[:3000])
-        if failure == "oversize":
-            receiver.receive(3000, payload(6000, seed=9))
-        if failure != "truncated":
+    receiver.receive(0, data[:3000])
+    with pytest.raises(FileTransferError) as info:
+        if failure == "truncated":
+            receiver.finish(len(data))  # the message said 6000 bytes; 3000 came
+        elif failure == "hash":
             receiver.receive(3000, data[3000:])
-        receiver.finish(None if failure == "truncated" else len(data) + 10)
+            receiver.finish(len(data))  # all of it, but not the announced file
+        else:
+            receiver.receive(3000, payload(6000, seed=9))  # 9000 bytes > the 8000 cap
+    assert info.value.status == status
+    assert info.value.reason.startswith(reason), info.value.reason
+    assert receiver.state is ReceiverState.FAILED
     assert leftovers(spool) == [upload.path.name]  # only the temporary file, so far
     upload.discard()
     assert leftovers(spool) == []
@@ -435,11 +449,11 @@ def test_msrp_hash_mismatch_leaves_nothing(tmp_path: Path) -> None:
 def test_msrp_oversize_transfer_is_stopped(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path, max_file_bytes=50_000, random=CountingRandom(9))
     data = payload(100_000)
+    refused = spool.begin()
     with pytest.raises(FileTransferError) as info:
-        FileReceiver(spool.begin(), size=len(data), sha1=None, max_size=spool.max_file_bytes)
+        FileReceiver(refused, size=len(data), sha1=None, max_size=spool.max_file_bytes)
     assert info.value.status == 413
-    for part in spool.files_dir.glob(".upload-*"):
-        part.unlink()
+    refused.discard()
     # Announcing no size does not help: the core answers 413 past the session limit.
     outcome, _, _ = receive_over_msrp(spool, data, sha1(data), chunk=60_000, announce_size=False)
     assert outcome == "refused 413"

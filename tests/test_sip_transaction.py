@@ -895,6 +895,8 @@ def test_property_one_final_and_always_terminates(
         assert len(finals) <= 1  # non-2xx (and non-INVITE) finals go up exactly once
     timed_out = TimedOut() in net.client_events
     assert not (timed_out and finals)
+    # A final that reached the client went up, unless the client had already given up.
+    assert finals or timed_out or net.finals_delivered == 0
 
     if net.client.terminated:
         assert net.client_events.count(TransactionTerminated()) == 1

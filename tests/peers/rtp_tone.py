@@ -51,7 +51,8 @@ class RtpToneClient:
         if self.collector.transport is not None:
             self.collector.transport.close()
 
-    async def play(self, remote: tuple[str, int], freq: float, seconds: float) -> None:
+    async def play(self, remote: tuple[str, int], freq: float, seconds: float) -> int:
+        """Send a tone in real time; returns the number of packets sent."""
         assert self.collector.transport is not None
         rate = self.codec.sample_rate
         frame = self.codec.frame_samples(20)
@@ -77,6 +78,7 @@ class RtpToneClient:
             delay = start + (index + 1) * 0.02 - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+        return len(pcm) // frame
 
     def heard(self, decoder: Codec) -> npt.NDArray[np.int16]:
         packets = sorted(self.collector.packets, key=lambda p: p.sequence)
