@@ -120,6 +120,7 @@ class Session:
         self.on_request: Callable[[IncomingRequest], Awaitable[None]] | None = None
         self._retransmitter: TwoHundredRetransmitter | None = None
         self._pending_reinvite: OutgoingRequest | None = None
+        self._reinvite_lock = asyncio.Lock()
         self._incoming_reinvite: IncomingRequest | None = None
         self._last_2xx: Response | None = None
         ua.dialogs[dialog.id] = self
@@ -170,6 +171,11 @@ class Session:
             self.ua.spawn(self.bye(reason="no ACK"))
 
     def handle_ack(self, request: Request, peer: Peer) -> None:
+        last = self._last_2xx
+        if last is not None and request.cseq.number != last.cseq.number:
+            # §13.3.1.4: only the ACK for the 2xx being resent stops it; a late ACK for an
+            # earlier INVITE's 2xx (a retransmission the peer re-ACKed) is not that ACK.
+            return
         if self._retransmitter is not None:
             self._retransmitter.ack_received()
             self._retransmitter = None
@@ -218,7 +224,9 @@ class Session:
             incoming.respond(491)
             return
         if self._incoming_reinvite is not None and not self._incoming_reinvite.final_sent:
-            incoming.respond(500, headers=[("Retry-After", "1")])
+            # §14.2: Retry-After chosen at random between 0 and 10 seconds.
+            retry = str(self.ua.rng.randint(0, 10))
+            incoming.respond(500, headers=[("Retry-After", retry)])
             return
         self._incoming_reinvite = incoming
         offer = Offer(incoming)
@@ -266,7 +274,14 @@ class Session:
         return response
 
     async def reinvite(self, body: bytes, *, attempts: int = 3) -> Response:
-        """Send a re-INVITE; on 491 wait as §14.1 says and try again."""
+        """Send a re-INVITE; on 491 wait as §14.1 says and try again.
+
+        Calls are taken one at a time: §14.1 forbids a second re-INVITE while one is pending.
+        """
+        async with self._reinvite_lock:
+            return await self._reinvite(body, attempts)
+
+    async def _reinvite(self, body: bytes, attempts: int) -> Response:
         for _ in range(attempts):
             peer = await self.next_peer()
             request = self.dialog.create_request(
@@ -280,7 +295,7 @@ class Session:
                 self._pending_reinvite = None
             if 200 <= response.status < 300:
                 self.dialog.receive_response(request, response)
-                self._send_ack(request, peer)
+                self._ack_2xx(outgoing, peer)
                 return response
             if response.status != 491:
                 return response
@@ -288,6 +303,13 @@ class Session:
             delay = self.ua.rng.uniform(2.1, 4.0) if self.is_uac else self.ua.rng.uniform(0, 2)
             await asyncio.sleep(delay)
         return response
+
+    def _ack_2xx(self, outgoing: OutgoingRequest, peer: Peer) -> None:
+        """§13.2.2.4: ACK the 2xx, and again each retransmission of it: the UAS resends its
+        2xx until an ACK gets through (§13.3.1.4), and would otherwise end the call."""
+        invite = outgoing.request
+        self._send_ack(invite, peer)
+        outgoing.on_2xx_retransmission = lambda _: self._send_ack(invite, peer)
 
     def _send_ack(self, invite: Request, peer: Peer) -> None:
         ack = self.dialog.create_request("ACK", via=self.ua.via_for(peer), cseq=invite.cseq.number)

@@ -78,6 +78,7 @@ class IncomingRequest:
         self._txn = txn
         self.final_sent = False
         self.cancelled = asyncio.get_running_loop().create_future()
+        self._to_tag: str | None = None  # the To tag our responses to this request carry
 
     @property
     def method(self) -> str:
@@ -93,6 +94,10 @@ class IncomingRequest:
         content_type: str | None = None,
         headers: list[tuple[str, str]] | None = None,
     ) -> Response:
+        if to_tag is None and status > 100 and self.request.to.tag is None:
+            # §8.2.6.2: every response but 100 carries a To tag, and all responses to one
+            # request the same one (a 487 after CANCEL ends the early dialog the 180 opened).
+            to_tag = self._to_tag or self.ua.token(12)
         response = self.request.make_response(
             status, reason, to_tag=to_tag, body=body, content_type=content_type
         )
@@ -109,6 +114,8 @@ class IncomingRequest:
             return
         if response.status >= 200:
             self.final_sent = True
+        if self._to_tag is None and response.status > 100:
+            self._to_tag = response.to.tag
         self._txn.send_response(response, self.ua.now())
         self.ua.pump_server(self._txn, self.source)
 
