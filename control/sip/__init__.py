@@ -1,1 +1,76 @@
-"""Sans-IO SIP (RFC 3261): messages, transactions, dialogs, SDP; plus asyncio transports."""
+"""Sans-IO SIP (RFC 3261): messages, transactions, dialogs, SDP; plus asyncio transports.
+
+The package re-exports the sans-IO core. The asyncio layer (``transport``, ``useragent``,
+``session``) is imported from its modules, so that importing the core never pulls in sockets.
+"""
+
+from control.sip.dialog import Dialog, DialogId, dialog_id_of_request
+from control.sip.errors import SipError, SipParseError
+from control.sip.events import (
+    AckFor2xxReceived,
+    AckReceived,
+    ResponseReceived,
+    TimedOut,
+    TransactionTerminated,
+)
+from control.sip.headers import ContentType, CSeq, Headers, Via, parse_cseq, parse_via
+from control.sip.message import (
+    Request,
+    Response,
+    StreamFramer,
+    build_error_response,
+    parse_message,
+    reason_phrase,
+)
+from control.sip.transaction import (
+    InviteClientTransaction,
+    InviteServerTransaction,
+    NonInviteClientTransaction,
+    NonInviteServerTransaction,
+    Timers,
+    TwoHundredRetransmitter,
+    build_cancel,
+    client_key,
+    server_key,
+)
+from control.sip.uri import AbsoluteUri, NameAddr, SipUri, Uri, parse_name_addr, parse_uri
+
+__all__ = [
+    "AbsoluteUri",
+    "AckFor2xxReceived",
+    "AckReceived",
+    "CSeq",
+    "ContentType",
+    "Dialog",
+    "DialogId",
+    "Headers",
+    "InviteClientTransaction",
+    "InviteServerTransaction",
+    "NameAddr",
+    "NonInviteClientTransaction",
+    "NonInviteServerTransaction",
+    "Request",
+    "Response",
+    "ResponseReceived",
+    "SipError",
+    "SipParseError",
+    "SipUri",
+    "StreamFramer",
+    "TimedOut",
+    "Timers",
+    "TransactionTerminated",
+    "TwoHundredRetransmitter",
+    "Uri",
+    "Via",
+    "build_cancel",
+    "build_error_response",
+    "client_key",
+    "dialog_id_of_request",
+    "parse_cseq",
+    "parse_message",
+    "parse_name_addr",
+    "parse_uri",
+    "parse_via",
+    "reason_phrase",
+    "server_key",
+]
