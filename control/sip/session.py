@@ -18,7 +18,7 @@ from control.sip.errors import SipError
 from control.sip.message import Request, Response
 from control.sip.transaction import TwoHundredRetransmitter, build_cancel
 from control.sip.transport import Peer
-from control.sip.uri import NameAddr, Uri
+from control.sip.uri import NameAddr, SipUri, Uri, parse_name_addr
 from control.sip.useragent import (
     ALLOWED_METHODS,
     IncomingRequest,
@@ -86,11 +86,24 @@ class IncomingCall(Offer):
         if not self.answered:
             self.incoming.respond(status, reason, to_tag=self.local_tag)
 
+    def _secure_request(self) -> bool:
+        """§12.1.1: the dialog is SIPS when the Request-URI or the top Record-Route is."""
+        if isinstance(self.request.uri, SipUri) and self.request.uri.scheme == "sips":
+            return True
+        routes = self.request.headers.get_all("Record-Route")
+        if routes:
+            try:
+                uri = parse_name_addr(routes[0]).uri
+            except SipError:
+                return False
+            return isinstance(uri, SipUri) and uri.scheme == "sips"
+        return False
+
     def accept(self, answer: bytes, *, user: str | None = None) -> Session:
         """Send 200 with ``answer``; the session is confirmed when the ACK arrives."""
         if self.answered:
             raise SipError(487, "already answered or cancelled")
-        contact = self.ua.contact_for(self.incoming.source, user)
+        contact = self.ua.contact_for(self.incoming.source, user, secure=self._secure_request())
         dialog = Dialog.as_uas(self.request, self.local_tag, contact)
         session = Session(self.ua, dialog, self.incoming.source, is_uac=False)
         response = self.request.make_response(
@@ -348,7 +361,11 @@ async def place_call(
     """Send an INVITE as UAC (§13.2); on 2xx build the dialog, ACK, and return the session."""
     if peer is None:
         peer = await ua.resolve(target)
-    contact = ua.contact_for(peer, from_.uri.user if hasattr(from_.uri, "user") else None)
+    contact = ua.contact_for(
+        peer,
+        from_.uri.user if hasattr(from_.uri, "user") else None,
+        secure=isinstance(target, SipUri) and target.scheme == "sips",
+    )
     request = build_request(
         "INVITE",
         target,

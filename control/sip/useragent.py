@@ -207,12 +207,18 @@ class UserAgent:
             f";branch={self.new_branch()};rport"
         )
 
-    def contact_for(self, peer: Peer, user: str | None = None) -> NameAddr:
+    def contact_for(self, peer: Peer, user: str | None = None, *, secure: bool = False) -> NameAddr:
+        """Our Contact toward ``peer``.
+
+        RFC 3261 §12.1.1 asks for a SIPS Contact only when the request's URI (or its top
+        Record-Route) was SIPS; a TLS hop alone is RFC 5630's ``sip:…;transport=tls``, which
+        peers such as baresip can route an ACK to while they cannot follow a ``sips:`` one.
+        """
         host, port = self.local_host_port(peer.transport, peer.host)
         params: dict[str, str | None] = {}
         if peer.transport != "udp":
             params["transport"] = peer.transport
-        scheme = "sips" if peer.transport == "tls" else "sip"
+        scheme = "sips" if secure else "sip"
         return NameAddr(SipUri(host=host, user=user, port=port, scheme=scheme, params=params))
 
     # --- receiving --------------------------------------------------------------------------
