@@ -15,7 +15,7 @@ run: venv
 	$(BIN)/chorus serve $(if $(CONFIG),--config $(CONFIG),)
 
 test: deps lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -rs -p no:cacheprovider
 
 deps: debs venv
 

@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 
 from control.media.tone import dominant_frequencies, sine, tone_power
-from tests.peers.baresip import BaresipProcess, baresip_available, write_wav
+from tests.peers.baresip import BaresipProcess, write_wav
 from tests.peers.chorus import ChorusProcess
 
 pytestmark = [
-    pytest.mark.peer,
     pytest.mark.timeout(60),
-    pytest.mark.skipif(not baresip_available(), reason="baresip (baresip-core) not installed"),
+    pytest.mark.peer("baresip"),
 ]
 
 TONE_SECONDS = 3.0

@@ -34,19 +34,16 @@ import pytest
 from control.media.codecs import Resampler, alaw_decode
 from control.media.rtp import RtpPacket
 from control.media.tone import dominant_frequencies, sine, tone_power
-from tests.peers.baresip import BaresipProcess, baresip_available, write_wav
+from tests.peers.baresip import BaresipProcess, write_wav
 from tests.peers.chorus import ChorusProcess
 from tests.peers.ports import free_port
-from tests.peers.sipp import run_sipp, sipp_available
+from tests.peers.sipp import run_sipp
 
 PCAP = Path("/usr/share/sip-tester/g711a.pcap")
 
 pytestmark = [
-    pytest.mark.peer,
     pytest.mark.timeout(40),
-    pytest.mark.skipif(not baresip_available(), reason="baresip (baresip-core) not installed"),
-    pytest.mark.skipif(not sipp_available(), reason="sipp (sip-tester) not installed"),
-    pytest.mark.skipif(not PCAP.exists(), reason=f"{PCAP} (sip-tester) not installed"),
+    pytest.mark.peer("baresip", "sipp", "sipp-pcap"),
 ]
 
 RATE = 8000  # the pcap's rate; recordings are compared at this rate

@@ -17,10 +17,10 @@ from control.sip.session import SessionState
 from tests.peers.chorus import ROOT, ChorusProcess
 from tests.peers.rtp_tone import RtpToneClient
 from tests.peers.sipclient import SipClient
-from tests.peers.sipp import run_sipp, scenario_path, sipp_available
+from tests.peers.sipp import run_sipp, scenario_path
 from tests.peers.wait import wait_until
 
-needs_sipp = pytest.mark.skipif(not sipp_available(), reason="sipp (sip-tester) not installed")
+needs_sipp = pytest.mark.peer("sipp")
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,12 @@ from collections.abc import Iterator
 import pytest
 
 from tests.peers.chorus import ChorusProcess
-from tests.peers.kamailio import KamailioProcess, kamailio_available
-from tests.peers.sipp import run_sipp, scenario_path, sipp_available
+from tests.peers.kamailio import KamailioProcess
+from tests.peers.sipp import run_sipp, scenario_path
 
 pytestmark = [
-    pytest.mark.peer,
     pytest.mark.timeout(180),
-    pytest.mark.skipif(not kamailio_available(), reason="kamailio is not installed"),
-    pytest.mark.skipif(not sipp_available(), reason="sipp is not installed"),
+    pytest.mark.peer("kamailio", "sipp"),
 ]
 
 

@@ -24,17 +24,17 @@ from control.kamailio import (
     KamailioUnreachable,
     parse_statistics,
 )
-from tests.peers.kamailio import CONFIG, KamailioProcess, check_config, kamailio_available
+from tests.peers.kamailio import CONFIG, KamailioProcess, check_config
 from tests.peers.ports import LOOPBACK, free_port, free_ports
-from tests.peers.sipp import SippUas, answer_contacts, run_sipp, sipp_available
+from tests.peers.require import require_peer
+from tests.peers.sipp import SippUas, answer_contacts, run_sipp
 
 pytestmark = [
-    pytest.mark.peer,
     pytest.mark.timeout(120),
-    pytest.mark.skipif(not kamailio_available(), reason="kamailio is not installed"),
+    pytest.mark.peer("kamailio"),
 ]
 
-needs_sipp = pytest.mark.skipif(not sipp_available(), reason="sipp is not installed")
+needs_sipp = pytest.mark.peer("sipp")
 
 # --------------------------------------------------------------------------- helpers
 
@@ -90,8 +90,7 @@ def contact_port(contact: str) -> int:
 @pytest.fixture(scope="module")
 def edge() -> Iterator[tuple[KamailioProcess, SippUas, SippUas]]:
     """One Kamailio with two SIPp UASes as the control-node set, shared by the module."""
-    if not sipp_available():
-        pytest.skip("sipp is not installed")
+    require_peer("sipp")
     with SippUas() as first, SippUas() as second:
         proxy = KamailioProcess([first.sip_uri, second.sip_uri])
         with proxy:
