@@ -172,6 +172,15 @@ class Server:
         if unsupported and request.method not in ("CANCEL", "ACK"):
             incoming.respond(420, headers=[("Unsupported", ", ".join(unsupported))])
             return
+        if request.method == "INVITE":
+            if not request.contacts:
+                incoming.respond(400, "Missing Contact")  # RFC 3261 §8.1.1.8
+                return
+            content_type = request.content_type
+            if request.body and (content_type is None or content_type.mime != "application/sdp"):
+                # RFC 3261 §21.4.13, RFC 4475 §3.3.7 (invut): say what we take.
+                incoming.respond(415, headers=[("Accept", "application/sdp")])
+                return
         if request.method == "OPTIONS":
             incoming.respond(
                 200,

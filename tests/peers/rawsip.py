@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterable
 
+from control.sip.errors import SipParseError
 from control.sip.message import Response, parse_message
 
 HOST = "127.0.0.1"
@@ -104,17 +105,32 @@ class RawUdp:
         self.close()
 
 
+def status_of(data: bytes) -> int:
+    """The status code of a raw response, read from its status line alone.
+
+    Some answers copy a request's defect verbatim (RFC 3261 §8.2.6.2) and do not parse.
+    """
+    version, code, *_ = data.split(b"\r\n", 1)[0].split(b" ", 2)
+    assert version == b"SIP/2.0" and code.isdigit(), data[:200]
+    return int(code)
+
+
 class StreamResult:
     """What came back on a stream: framed responses, and whether the server ended it."""
 
     def __init__(self) -> None:
-        self.responses: list[Response] = []
+        self.raw: list[bytes] = []  # every framed response, parseable or not
+        self.responses: list[Response] = []  # those that parse
         self.closed = False  # EOF or reset seen
         self.trailing = b""  # bytes after the last whole response (CRLF pongs, a partial one)
 
     @property
     def statuses(self) -> list[int]:
         return [response.status for response in self.responses]
+
+    @property
+    def raw_statuses(self) -> list[int]:
+        return [status_of(data) for data in self.raw]
 
 
 class RawTcp:
@@ -174,7 +190,9 @@ class RawTcp:
             total = end + 4 + length
             if len(data) < total:
                 break
-            result.responses.append(parse_response(data[:total]))
+            result.raw.append(data[:total])
+            with contextlib.suppress(SipParseError):
+                result.responses.append(parse_response(data[:total]))
             self._buffer = data[total:]
         result.trailing = self._buffer
 
