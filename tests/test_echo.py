@@ -1,9 +1,11 @@
-"""Echo against a real `chorus serve` process: SIPp calls, RTP tones back by FFT, MESSAGE,
-re-INVITE, session limit, TLS, and SIGTERM with calls up."""
+"""Echo against a real `chorus serve` process: SIPp calls (their SDP answers checked, pcap
+audio returned packet for packet), RTP tones back by FFT, MESSAGE, re-INVITE, session limit,
+TLS, and SIGTERM with calls up."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -11,14 +13,19 @@ from collections.abc import Iterator
 import pytest
 
 from control.media.codecs import G722Codec, PcmuCodec
+from control.media.rtp import RtpPacket
 from control.media.tone import tone_power
 from control.sip import sdp
 from control.sip.session import SessionState
 from tests.peers.chorus import ROOT, ChorusProcess
+from tests.peers.ports import free_port
+from tests.peers.require import SIPP_PCAP
 from tests.peers.rtp_tone import RtpToneClient
 from tests.peers.sipclient import SipClient
-from tests.peers.sipp import run_sipp, scenario_path
+from tests.peers.sipp import SippUas, run_sipp, scenario_path
+from tests.peers.sniffer import UdpSniffer
 from tests.peers.wait import wait_until
+from tests.test_conference_peers import pcap_rtp
 
 needs_sipp = pytest.mark.peer("sipp")
 
@@ -57,6 +64,72 @@ def test_sipp_200_calls_to_echo(chorus: ChorusProcess, transport: str) -> None:
     assert result.returncode == 0, result.describe()
     assert result.stats is not None and result.stats.successful == 200, result.describe()
     assert chorus.alive
+
+
+@needs_sipp
+@pytest.mark.parametrize(
+    ("connection", "mline", "rtpmap", "by_regexp"),
+    [
+        ("c=IN IP4 127.0.0.1", "m=audio 4000 RTP/AVP 18", "a=rtpmap:18 G729/8000", True),
+        ("c=IN IP4 127.0.0.1", "m=audio 4000 RTP/AVP 8", "a=rtpmap:8 G729/8000", True),
+        # SIPp reads the answer's media address itself (the scenario can play RTP) and stops
+        # on these two before any check runs: the call fails all the same.
+        ("c=IN IP4 127.0.0.1", "m=audio 0 RTP/AVP 8", "a=rtpmap:8 PCMA/8000", False),
+        ("a=x-no-connection", "m=audio 4000 RTP/AVP 8", "a=rtpmap:8 PCMA/8000", False),
+    ],
+    ids=["codec-not-offered", "rtpmap-not-offered", "port-0", "no-c-line"],
+)
+def test_sipp_echo_scenario_refuses_a_bad_answer(
+    connection: str, mline: str, rtpmap: str, by_regexp: bool
+) -> None:
+    # The checks uac_echo.xml makes of the 200's SDP bite: a SIPp UAS answers what we say.
+    keys = {"answer_c": connection, "answer_m": mline, "answer_a": rtpmap}
+    extra = [arg for key, value in keys.items() for arg in ("-key", key, value)]
+    with SippUas("uas_answer", extra_args=extra) as uas:
+        result = run_sipp(
+            "uac_echo", uas.address, service="echo", pause_ms=0, recv_timeout_ms=3000, timeout=20
+        )
+    assert result.returncode != 0, result.describe()
+    assert result.stats is not None and result.stats.successful == 0, result.describe()
+    if by_regexp:
+        # SIPp logs the failed check, then gives the call up.
+        assert result.stats.failed == 1, result.describe()
+        assert "Failed regexp match" in result.errors, result.describe()
+
+
+@needs_sipp
+@pytest.mark.peer("sipp-pcap")
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+def test_sipp_pcap_audio_comes_back(chorus: ChorusProcess, transport: str) -> None:
+    # SIPp plays 7.08 s of G.711 speech from its media port; echo returns each packet from
+    # the port it answered, under its own SSRC. SIPp keeps no RTP statistics, so the packets
+    # reaching SIPp's media port are read off the wire (tests/peers/sniffer.py).
+    media_port = free_port("udp")
+    with UdpSniffer(media_port) as sniffer:
+        result = run_sipp(
+            "uac_echo",
+            f"127.0.0.1:{chorus.sip_port}",
+            transport=transport,  # type: ignore[arg-type]
+            service="echo",
+            pause_ms=8000,  # past the pcap's end
+            trace_messages=True,
+            extra_args=["-set", "rtp", "1", "-mp", str(media_port)],
+            timeout=40,
+        )
+        sent = pcap_rtp(SIPP_PCAP.read_bytes())
+        # Echo answers each packet as it comes; the call lasted past the last one.
+        returned = sniffer.datagrams()
+    assert result.ok, result.describe()
+    answers = [m for m in re.findall(r"m=audio (\d+) RTP/AVP (\d+)", result.messages)]
+    assert answers, result.messages[-3000:]
+    answer_port, codec = answers[-1]
+    assert codec == "8"  # PCMA, the offer's first
+    assert returned, "no RTP came back to SIPp"
+    assert {d.source for d in returned} == {("127.0.0.1", int(answer_port))}
+    back = [RtpPacket.parse(d.payload) for d in returned]
+    assert [p.payload for p in back] == [p.payload for p in sent]
+    assert [p.sequence for p in back] == [p.sequence for p in sent]
+    assert len({p.ssrc for p in back}) == 1 and back[0].ssrc != sent[0].ssrc
 
 
 @pytest.mark.parametrize(
