@@ -13,7 +13,6 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass
-from types import TracebackType
 
 from tests.peers.ports import LOOPBACK
 
@@ -75,10 +74,5 @@ class UdpSniffer:
     def __enter__(self) -> UdpSniffer:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
