@@ -1,11 +1,15 @@
 """Echo behind the production edge: SIPp → real Kamailio (deploy/kamailio) → Chorus.
 
 Kamailio record-routes and dispatches on the Request-URI; Chorus must accept what arrives
-through it (a trusted peer), answer, and take ACK and BYE along the recorded route.
+through it (a trusted peer), answer, and take ACK and BYE along the recorded route. Chorus's
+SIP trace shows the transport each request arrived on: with a `;transport=tcp` dispatcher
+destination, every request of every call reaches Chorus over TCP, sent by Kamailio (its Via
+on top says TCP), whatever SIPp used towards Kamailio.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -27,13 +31,33 @@ def chorus() -> Iterator[ChorusProcess]:
         assert process.alive, process.log()
 
 
-@pytest.mark.parametrize(("sipp_transport", "node_transport"), [("u1", "udp"), ("t1", "tcp")])
+_TRACE_ENTRY = re.compile(
+    r"^\S+ \S+ recv <- (?P<transport>udp|tcp|tls):\S+ \(\d+ bytes\)\n(?P<method>[A-Z]+) "
+    r"(?P<rest>.*?)(?=^\S+ \S+ (?:recv|send) |\Z)",
+    re.M | re.S,
+)
+_VIA = re.compile(r"^(?:Via|v)\s*:\s*SIP/2\.0/(\w+)", re.M | re.I)
+
+
+def received_requests(trace: str) -> list[tuple[str, str, str]]:
+    """(method, transport it arrived on, transport of its top Via) per request in a trace."""
+    found = []
+    for entry in _TRACE_ENTRY.finditer(trace):
+        via = _VIA.search(entry["rest"])
+        found.append((entry["method"], entry["transport"], via.group(1).lower() if via else ""))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("sipp_transport", "node_transport"), [("u1", "udp"), ("t1", "tcp"), ("u1", "tcp")]
+)
 def test_200_calls_through_kamailio(
     chorus: ChorusProcess, sipp_transport: str, node_transport: str
 ) -> None:
     node = f"sip:127.0.0.1:{chorus.sip_port}"
     if node_transport == "tcp":
         node += ";transport=tcp"
+    already = len(chorus.trace())
     with KamailioProcess([node]) as kamailio:
         result = run_sipp(
             scenario_path("uac_echo.xml"),
@@ -47,7 +71,14 @@ def test_200_calls_through_kamailio(
         )
         assert result.returncode == 0, result.describe() + "\n" + kamailio.log()[-3000:]
         assert result.stats is not None and result.stats.successful == 200
-    trace = chorus.trace()
+    trace = chorus.trace()[already:]
     # Every request reached Chorus through Kamailio, which record-routed the dialog.
     assert "Record-Route:" in trace
+    requests = received_requests(trace)
+    methods = [method for method, _, _ in requests]
+    # At least one of each per call (over UDP a retransmission can add one).
+    assert all(methods.count(m) >= 200 for m in ("INVITE", "ACK", "BYE")), methods[:10]
+    # The Kamailio -> Chorus hop: the socket each request came in on, and Kamailio's Via.
+    hops = {(transport, via) for _, transport, via in requests}
+    assert hops == {(node_transport, node_transport)}, hops
     assert chorus.alive
