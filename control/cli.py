@@ -16,6 +16,7 @@ from control.echo.app import EchoLimits
 from control.echo.files import EchoFiles
 from control.files.spool import FileSpool
 from control.media.mixer import EmbeddedMixer
+from control.media.srtp import SrtpPolicy
 from control.server import Server
 
 
@@ -31,6 +32,7 @@ def build_server(config: Config) -> Server:
                 session_limit=config.echo.session_limit,
                 max_sessions=config.sip.max_sessions,
             ),
+            srtp=SrtpPolicy(config.rtp.srtp),
             msrp=server.msrp,
             files=EchoFiles(
                 FileSpool(config.server.spool_dir, max_file_bytes=config.files.max_file_bytes)

@@ -1,14 +1,21 @@
 """A real SIP phone (baresip) calls the Chorus echo and hears its own tone come back.
 
 baresip sends a WAV tone as its microphone with one codec forced, and its `sndfile` filter
-records the decoded audio it receives. The echo reflects RTP unchanged, so the recording
-must hold the same tone, far above every other frequency — and for G.722 the wideband
-half of the spectrum too, which a narrowband path would have cut off.
+records the decoded audio it receives. The echo returns what it got, so the recording must
+hold the same tone, far above every other frequency — and for G.722 and Opus the wideband
+part of the spectrum too, which a narrowband path would have cut off.
+
+The same call runs over SIP/TLS (Request-URI `;transport=tls`): RFC 3261 §12.1.1 makes the
+answer's Contact `sip:` (the Request-URI was not SIPS), baresip ACKs it over the same TLS
+connection, and the dialog lives. And with SDES-SRTP (`mediaenc=srtp-mand`, RFC 4568): the
+answer is `RTP/SAVP` with our own `a=crypto` key, and baresip, which drops every packet
+that fails SRTP authentication, still hears its tone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +24,7 @@ import pytest
 from control.media.tone import dominant_frequencies, sine, tone_power
 from tests.peers.baresip import BaresipProcess, write_wav
 from tests.peers.chorus import ChorusProcess
+from tests.peers.siptrace import TracedMessage, parse_trace
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -26,38 +34,87 @@ pytestmark = [
 TONE_SECONDS = 3.0
 
 
+@dataclass(frozen=True, slots=True)
+class Case:
+    codec: str  # baresip's exact name
+    tones: tuple[float, ...]
+    transport: str = "udp"
+    mediaenc: str | None = None
+
+    @property
+    def rate(self) -> int:
+        return int(self.codec.split("/")[1])
+
+
+CASES = {
+    "pcmu": Case("PCMU/8000/1", (880.0,)),
+    # 6 kHz only survives a 16 kHz path: proves the echo kept G.722 end to end.
+    "g722": Case("G722/16000/1", (880.0, 6000.0)),
+    # baresip names mono Opus opus/48000/1 (the SDP still says opus/48000/2, RFC 7587).
+    "opus": Case("opus/48000/1", (880.0, 6000.0)),
+    "pcmu-tls": Case("PCMU/8000/1", (880.0,), transport="tls"),
+    "g722-srtp": Case("G722/16000/1", (880.0, 6000.0), mediaenc="srtp-mand"),
+    "pcmu-srtp-tls": Case("PCMU/8000/1", (880.0,), transport="tls", mediaenc="srtp-mand"),
+}
+
+
 @pytest.fixture(scope="module")
 def chorus() -> Iterator[ChorusProcess]:
-    with ChorusProcess() as process:
+    codecs = ["G722", "PCMU", "PCMA", "opus", "telephone-event"]
+    with ChorusProcess({"rtp": {"codecs": codecs}}) as process:
         yield process
         assert process.alive, process.log()
 
 
-@pytest.mark.parametrize(
-    ("codec", "rate", "tones"),
-    [
-        ("PCMU/8000/1", 8000, (880.0,)),
-        # 6 kHz only survives a 16 kHz path: proves the echo kept G.722 end to end.
-        ("G722/16000/1", 16000, (880.0, 6000.0)),
-    ],
-)
+def call_messages(chorus: ChorusProcess, call_id: str) -> list[TracedMessage]:
+    return [m for m in parse_trace(chorus.trace()) if m.header("Call-ID") == call_id]
+
+
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 def test_baresip_hears_its_tone_from_echo(
-    chorus: ChorusProcess, tmp_path: Path, codec: str, rate: int, tones: tuple[float, ...]
+    chorus: ChorusProcess, tmp_path: Path, case: Case
 ) -> None:
+    rate, tones = case.rate, case.tones
     signal = sum(sine(f, TONE_SECONDS, rate, 0.4 / len(tones)).astype(np.int32) for f in tones)
     source = write_wav(tmp_path / f"tone-{rate}.wav", np.asarray(signal, dtype=np.int16), rate)
-    with BaresipProcess(source, codec=codec) as ua:
+    ca_file = chorus.workdir / "spool" / "tls" / "chorus.crt"
+    with BaresipProcess(source, codec=case.codec, mediaenc=case.mediaenc, ca_file=ca_file) as ua:
 
         def why() -> str:
             return f"\n--- baresip ---\n{ua.log()}\n--- chorus ---\n{chorus.log()}"
 
-        ua.dial(f"sip:echo@127.0.0.1:{chorus.sip_port}")
-        ua.wait_event("CALL_ESTABLISHED", 10)
+        if case.transport == "tls":
+            ua.dial(f"sip:echo@127.0.0.1:{chorus.tls_port};transport=tls")
+        else:
+            ua.dial(f"sip:echo@127.0.0.1:{chorus.sip_port}")
+        established = ua.wait_event("CALL_ESTABLISHED", 10)
         # aufile ends the call itself when the WAV runs out.
         closed = ua.wait_event("CALL_CLOSED", TONE_SECONDS + 10)
         assert "end of file" in str(closed.get("param")), f"{closed}{why()}\n{chorus.trace()}"
     assert ua.returncode == 0, why()
     assert "CALL_RTPESTAB" in ua.event_types(), why()
+
+    # Signalling: every message of the call on the transport dialled; the answer's Contact
+    # and media profile as RFC 3261 §12.1.1 and RFC 4568 want them.
+    messages = call_messages(chorus, str(established["id"]))
+    assert {m.transport for m in messages} == {case.transport}, messages
+    answers = [m for m in messages if m.status == 200 and m.cseq_method == "INVITE"]
+    assert answers, messages
+    answer = answers[0]
+    contact = answer.header("Contact")
+    assert contact.startswith("<sip:"), contact
+    assert ("transport=tls" in contact) == (case.transport == "tls"), contact
+    received = [m.method for m in messages if m.received]
+    assert received[:1] == ["INVITE"] and "ACK" in received and "BYE" in received, received
+    # The ACK matched: no 2xx retransmission after it (RFC 3261 §13.3.1.4).
+    ack = next(i for i, m in enumerate(messages) if m.method == "ACK")
+    assert not [m for m in messages[ack:] if m in answers], "the ACK did not stop the 200"
+    media = next(line for line in answer.body.splitlines() if line.startswith("m=audio"))
+    if case.mediaenc is not None:
+        assert media.split()[2] == "RTP/SAVP", answer.body
+        assert "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:" in answer.body, answer.body
+    else:
+        assert media.split()[2] == "RTP/AVP" and "a=crypto" not in answer.body, answer.body
 
     recordings = ua.recordings("dec")
     assert len(recordings) == 1, why()

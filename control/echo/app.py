@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from control.echo.chat import CpimValidator, EchoChat
 from control.echo.files import EchoFiles
 from control.echo.reflector import EchoMedia, RtpReflector
+from control.media.answer import answer_stream_crypto
 from control.media.ports import PortAllocator, PortsExhausted
+from control.media.srtp import CryptoChoice, CryptoNegotiationError, SrtpPolicy
 from control.msrp.cpim import CpimAddress
 from control.msrp.sdp import Setup, accept_msrp, answer_setup, is_msrp, parse_msrp_media
 from control.msrp.transport import MsrpTransport
@@ -36,7 +38,7 @@ CODEC_RATES: dict[str, tuple[int, ...]] = {
     "opus": (48000,),
     "telephone-event": (8000, 16000, 48000),
 }
-RTP_PROFILES = ("RTP/AVP", "RTP/AVPF")
+RTP_PROFILES = ("RTP/AVP", "RTP/AVPF", "RTP/SAVP", "RTP/SAVPF")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ class EchoCall:
         self.caller = caller
         self.chats: dict[int, EchoChat] = {}
         self.audio = False
+        self.crypto: CryptoChoice | None = None  # SDES keys of the audio stream, if any
         self._tasks: set[asyncio.Task[None]] = set()
 
     def negotiate(self, offer: sdp.SessionDescription) -> bytes:
@@ -117,8 +120,21 @@ class EchoCall:
         media = self.media
         if not media.port:
             return sdp.Reject()
-        decision = sdp.accept_audio(stream, self.app.supported, port=media.port, offerer_order=True)
+        try:
+            crypto = answer_stream_crypto(
+                stream, self.app.srtp, self.app.ua.rng.randbytes, self.crypto
+            )
+        except CryptoNegotiationError as exc:
+            log.info("audio refused: %s", exc)
+            return sdp.Reject()
+        attributes = [sdp.Attribute("crypto", str(crypto.local))] if crypto else []
+        decision = sdp.accept_audio(
+            stream, self.app.supported, port=media.port, attributes=attributes, offerer_order=True
+        )
         if isinstance(decision, sdp.Accept):
+            if crypto is not self.crypto:
+                media.reflector.srtp = crypto.context() if crypto is not None else None
+                self.crypto = crypto
             # We send only when they listen (hold: sendonly/inactive from them).
             media.reflector.sending = offer.direction_of(stream).receives
             connection = offer.connection_of(stream)
@@ -252,9 +268,11 @@ class EchoApp:
         limits: EchoLimits = EchoLimits(),
         msrp: MsrpTransport | None = None,
         files: EchoFiles | None = None,
+        srtp: SrtpPolicy = SrtpPolicy.OPTIONAL,
     ) -> None:
         self.ua = ua
         self.ports = ports
+        self.srtp = srtp
         self.supported = [(name, rate) for name in codecs for rate in CODEC_RATES.get(name, ())]
         self.limits = limits
         self.msrp = msrp

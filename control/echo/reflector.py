@@ -3,6 +3,11 @@
 Symmetric RTP (RFC 4961): packets go back to the address they came from, so a caller behind a
 NAT or a proxy's media relay still hears itself; before the first packet, the SDP address is
 used. Garbage datagrams are dropped without a word.
+
+With SDES-SRTP (RFC 4568) each packet is unprotected with the caller's key, given our SSRC
+and protected again with ours (RFC 3711 §3.3): the caller's own protected packet, sent
+back, would fail authentication (a new SSRC) or be a replay. Packets that fail are counted
+and dropped.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import struct
 from typing import cast
 
 from control.media.ports import PortAllocator
+from control.media.srtp import SrtpContext, SrtpError
 
 Address = tuple[str, int]
 
@@ -22,8 +28,10 @@ class RtpReflector(asyncio.DatagramProtocol):
         self.sending = True
         self.remote: Address | None = None
         self.transport: asyncio.DatagramTransport | None = None
+        self.srtp: SrtpContext | None = None
         self.packets_in = 0
         self.packets_out = 0
+        self.srtp_errors = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -37,9 +45,15 @@ class RtpReflector(asyncio.DatagramProtocol):
         self.remote = source
         if not self.sending or self.transport is None:
             return
-        packet = bytearray(data)
-        struct.pack_into("!I", packet, 8, self.ssrc)
-        self.transport.sendto(bytes(packet), source)
+        srtp = self.srtp
+        try:
+            packet = bytearray(data if srtp is None else srtp.unprotect(data))
+            struct.pack_into("!I", packet, 8, self.ssrc)
+            out = bytes(packet) if srtp is None else srtp.protect(bytes(packet))
+        except SrtpError:
+            self.srtp_errors += 1
+            return
+        self.transport.sendto(out, source)
         self.packets_out += 1
 
 

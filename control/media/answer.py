@@ -23,6 +23,7 @@ __all__ = [
     "AudioTerms",
     "Address",
     "answer_audio",
+    "answer_stream_crypto",
     "audio_accept",
     "supported_rtpmaps",
 ]
@@ -144,21 +145,12 @@ def answer_audio(
     telephone_event = next(
         (r.payload_type for r in chosen[1:] if r.encoding.lower() == "telephone-event"), None
     )
-    offered = [
-        " ".join([str(c.tag), c.suite, c.key_params, *c.session_params]) for c in media.cryptos()
-    ]
-    secure = "SAVP" in media.proto.upper()
     try:
-        crypto = answer_crypto(offered, srtp, randbytes, secure_profile=secure)
+        crypto = answer_stream_crypto(
+            media, srtp, randbytes, previous.crypto if previous is not None else None
+        )
     except CryptoNegotiationError as exc:
         raise AudioEngineError(exc.status, str(exc)) from exc
-    if (
-        crypto is not None
-        and previous is not None
-        and previous.crypto is not None
-        and previous.crypto.remote == crypto.remote
-    ):
-        crypto = previous.crypto
     return AudioTerms(
         rtpmap=voice,
         formats=tuple(r.format for r in chosen),
@@ -169,6 +161,25 @@ def answer_audio(
         direction=offer.direction_of(media),
         rtcp_mux=media.rtcp_mux,
     )
+
+
+def answer_stream_crypto(
+    media: sdp.MediaDescription,
+    srtp: SrtpPolicy,
+    randbytes: Callable[[int], bytes],
+    previous: CryptoChoice | None = None,
+) -> CryptoChoice | None:
+    """SDES keys for one RTP m-line (RFC 4568 §7.1.2), None for plain RTP; raises
+    CryptoNegotiationError when the offer needs SRTP we cannot do, or we need it and the
+    offer has none. A re-offer of the key we accepted before keeps ours (§7.1.4)."""
+    offered = [
+        " ".join([str(c.tag), c.suite, c.key_params, *c.session_params]) for c in media.cryptos()
+    ]
+    secure = "SAVP" in media.proto.upper()
+    crypto = answer_crypto(offered, srtp, randbytes, secure_profile=secure)
+    if crypto is not None and previous is not None and previous.remote == crypto.remote:
+        return previous
+    return crypto
 
 
 def audio_accept(terms: AudioTerms, port: int) -> sdp.Accept:

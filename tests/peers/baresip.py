@@ -15,6 +15,14 @@ Facts learned the hard way (baresip 1.0.0):
 - When `aufile` reaches the end of the WAV it raises an audio error and `menu` ends the
   call (`CALL_CLOSED` with "end of file"): the WAV's length is the call's length.
 - The account's `audio_codecs` must name codecs exactly (`PCMU/8000/1`, `G722/16000/1`).
+- A Request-URI with `;transport=tls` makes it connect over TLS. 1.0.0 (libre 1.1.0) does
+  not verify the server's certificate, whatever `sip_cafile` says; `ca_file` is still
+  handed over so a newer baresip that does verify trusts the test certificate.
+- `mediaenc=srtp-mand` on the account (module `srtp`) offers `RTP/SAVP` with SDES
+  `a=crypto` lines (RFC 4568) and refuses a plain-RTP answer; `srtp` offers SDES on
+  `RTP/AVP` and takes either.
+- Opus (module `opus`) is `opus/48000/2` and runs at 48 kHz; `opus_stereo no` and
+  `opus_sprop_stereo no` keep it mono to match a mono source.
 """
 
 from __future__ import annotations
@@ -57,13 +65,18 @@ MODULE_DIR = Path("/usr/lib/baresip/modules")
 # Modules the headless setup loads; all ship in Debian's baresip-core.
 AUDIO_MODULES = ("g711", "g722", "aufile", "aubridge", "sndfile")
 APP_MODULES = ("account", "menu", "ctrl_tcp")
+# Loaded only when a test asks for them (also in baresip-core).
+OPUS_MODULE = "opus"
+SRTP_MODULE = "srtp"
+MEDIAENC = ("srtp", "srtp-mand", "srtp-mandf")
 
 
 def baresip_available() -> bool:
     """True when the binary is on PATH and every module the setup loads is installed."""
     if shutil.which(BARESIP) is None:
         return False
-    return all((MODULE_DIR / f"{m}.so").exists() for m in AUDIO_MODULES + APP_MODULES)
+    modules = AUDIO_MODULES + APP_MODULES + (OPUS_MODULE, SRTP_MODULE)
+    return all((MODULE_DIR / f"{m}.so").exists() for m in modules)
 
 
 class BaresipError(RuntimeError):
@@ -165,7 +178,9 @@ class BaresipProcess:
     `codec` is the one codec the account offers (exact baresip name); the sample rates of
     source and player follow its clock rate unless `sample_rate` is given, and the source
     WAV must be mono at that rate. `answermode` is the account's (`manual` or `auto`).
-    `extra_config` adds or replaces lines of the config file.
+    `mediaenc` (`srtp`, `srtp-mand`, `srtp-mandf`) turns on SDES-SRTP for the account.
+    `ca_file` is the certificate baresip should trust for SIP over TLS. `extra_config`
+    adds or replaces lines of the config file.
     """
 
     def __init__(
@@ -176,6 +191,8 @@ class BaresipProcess:
         sample_rate: int | None = None,
         user: str = "tester",
         answermode: str = "manual",
+        mediaenc: str | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
         extra_config: Mapping[str, str] | None = None,
         verbose: bool = True,
     ) -> None:
@@ -220,15 +237,25 @@ class BaresipProcess:
             "ctrl_tcp_listen": f"{LOOPBACK}:{self.ctrl_port}",
             "snd_path": str(self.record_dir),
         }
+        modules = list(AUDIO_MODULES)
+        if codec.lower().startswith("opus/"):
+            modules.append(OPUS_MODULE)
+            config.update({"opus_stereo": "no", "opus_sprop_stereo": "no"})
+        account = f"<{self.aor}>;regint=0;answermode={answermode};audio_codecs={codec}"
+        if mediaenc is not None:
+            if mediaenc not in MEDIAENC:
+                raise ValueError(f"mediaenc {mediaenc!r}: expected one of {MEDIAENC}")
+            modules.append(SRTP_MODULE)
+            account += f";mediaenc={mediaenc}"
+        if ca_file is not None:
+            config["sip_cafile"] = str(Path(ca_file).resolve())
         config.update(extra_config or {})
         lines = [f"{key}\t\t{value}" for key, value in config.items()]
-        lines += [f"module\t\t{m}.so" for m in AUDIO_MODULES]
+        lines += [f"module\t\t{m}.so" for m in modules]
         lines += [f"module_app\t\t{m}.so" for m in APP_MODULES]
         (self.config_dir / "config").write_text("\n".join(lines) + "\n")
         # regint=0: no REGISTER; the echo is dialled directly by URI.
-        (self.config_dir / "accounts").write_text(
-            f"<{self.aor}>;regint=0;answermode={answermode};audio_codecs={codec}\n"
-        )
+        (self.config_dir / "accounts").write_text(account + "\n")
         (self.config_dir / "contacts").write_text("")
 
     # -- lifecycle ---------------------------------------------------------------------
