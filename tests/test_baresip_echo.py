@@ -24,7 +24,7 @@ import pytest
 from control.media.tone import dominant_frequencies, sine, tone_power
 from tests.peers.baresip import BaresipProcess, write_wav
 from tests.peers.chorus import ChorusProcess
-from tests.peers.siptrace import TracedMessage, parse_trace
+from tests.peers.siptrace import audio_profile, call_messages, invite_answer
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -66,10 +66,6 @@ def chorus() -> Iterator[ChorusProcess]:
         assert process.alive, process.log()
 
 
-def call_messages(chorus: ChorusProcess, call_id: str) -> list[TracedMessage]:
-    return [m for m in parse_trace(chorus.trace()) if m.header("Call-ID") == call_id]
-
-
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 def test_baresip_hears_its_tone_from_echo(
     chorus: ChorusProcess, tmp_path: Path, case: Case
@@ -96,11 +92,9 @@ def test_baresip_hears_its_tone_from_echo(
 
     # Signalling: every message of the call on the transport dialled; the answer's Contact
     # and media profile as RFC 3261 §12.1.1 and RFC 4568 want them.
-    messages = call_messages(chorus, str(established["id"]))
+    messages = call_messages(chorus.trace(), str(established["id"]))
     assert {m.transport for m in messages} == {case.transport}, messages
-    answers = [m for m in messages if m.status == 200 and m.cseq_method == "INVITE"]
-    assert answers, messages
-    answer = answers[0]
+    answer = invite_answer(messages)
     contact = answer.header("Contact")
     assert contact.startswith("<sip:"), contact
     assert ("transport=tls" in contact) == (case.transport == "tls"), contact
@@ -108,13 +102,13 @@ def test_baresip_hears_its_tone_from_echo(
     assert received[:1] == ["INVITE"] and "ACK" in received and "BYE" in received, received
     # The ACK matched: no 2xx retransmission after it (RFC 3261 §13.3.1.4).
     ack = next(i for i, m in enumerate(messages) if m.method == "ACK")
-    assert not [m for m in messages[ack:] if m in answers], "the ACK did not stop the 200"
-    media = next(line for line in answer.body.splitlines() if line.startswith("m=audio"))
+    again = [m for m in messages[ack:] if m.status == 200 and m.cseq_method == "INVITE"]
+    assert not again, "the ACK did not stop the 200"
     if case.mediaenc is not None:
-        assert media.split()[2] == "RTP/SAVP", answer.body
+        assert audio_profile(answer) == "RTP/SAVP", answer.body
         assert "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:" in answer.body, answer.body
     else:
-        assert media.split()[2] == "RTP/AVP" and "a=crypto" not in answer.body, answer.body
+        assert audio_profile(answer) == "RTP/AVP" and "a=crypto" not in answer.body, answer.body
 
     recordings = ua.recordings("dec")
     assert len(recordings) == 1, why()

@@ -3,7 +3,9 @@
 The config takes its addresses, ports, dispatcher list and conference domain as
 preprocessor defines (`kamailio -A NAME=VALUE`, string values in double quotes), so each
 test gets its own instance: SIP on one UDP+TCP port, JSON-RPC on another TCP port, the
-dispatcher list and the log in a temporary directory.
+dispatcher list and the log in a temporary directory. With `tls=EdgeTls(...)` the edge
+also listens for SIP over TLS (`WITH_TLS`) on a port of its own and uses those files for
+both sides: phones connecting to it, and it connecting to control nodes over TLS.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -28,6 +31,7 @@ from tests.peers.ports import LOOPBACK, free_ports
 __all__ = [
     "CONFIG",
     "DEFAULT_CONF_DOMAIN",
+    "EdgeTls",
     "KamailioProcess",
     "check_config",
     "define_args",
@@ -37,6 +41,28 @@ __all__ = [
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "kamailio" / "kamailio.cfg"
 DEFAULT_CONF_DOMAIN = "conference.example.com"
 KAMAILIO = "kamailio"
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeTls:
+    """The edge's TLS material (PEM paths): its own certificate and key, and `ca_list`,
+    the certificates it trusts when it connects to a control node (checked when
+    `verify` is set)."""
+
+    certificate: Path
+    private_key: Path
+    ca_list: Path
+    verify: bool = True
+
+    def defines(self, port: int) -> dict[str, str | int | bool]:
+        return {
+            "WITH_TLS": True,
+            "TLS_PORT": port,
+            "TLS_CERTIFICATE": str(self.certificate),
+            "TLS_PRIVATE_KEY": str(self.private_key),
+            "TLS_CA_LIST": str(self.ca_list),
+            "TLS_VERIFY": int(self.verify),
+        }
 
 
 def kamailio_available() -> bool:
@@ -97,8 +123,8 @@ class KamailioProcess:
     """One Kamailio edge proxy in the foreground (`-DD -E`), stopped on exit.
 
     `destinations` are the SIP URIs of dispatcher set `setid` (the control nodes). Ports
-    default to free ones. The log (stderr) goes to `log_path` and stays readable after
-    stop for debugging via `log()`.
+    default to free ones; `tls` adds a TLS listener on `tls_port`. The log (stderr) goes
+    to `log_path` and stays readable after stop for debugging via `log()`.
     """
 
     def __init__(
@@ -110,6 +136,8 @@ class KamailioProcess:
         rpc_port: int | None = None,
         conf_domain: str = DEFAULT_CONF_DOMAIN,
         defines: Mapping[str, str | int | bool] | None = None,
+        tls: EdgeTls | None = None,
+        tls_port: int | None = None,
         config: str | os.PathLike[str] = CONFIG,
         shm_mb: int = 128,
         pkg_mb: int = 16,
@@ -124,6 +152,12 @@ class KamailioProcess:
             rpc_port = rpc_port if rpc_port is not None else rpc_free
         self.sip_port = sip_port
         self.rpc_port = rpc_port
+        self.tls = tls
+        self.tls_port = 0
+        if tls is not None:
+            self.tls_port = tls_port or next(
+                p for p in free_ports(3) if p not in (sip_port, rpc_port)
+            )
         self.setid = setid
         self.destinations = list(destinations)
         self.conf_domain = conf_domain
@@ -152,6 +186,13 @@ class KamailioProcess:
         return f"{LOOPBACK}:{self.sip_port}"
 
     @property
+    def tls_address(self) -> str:
+        """`host:port` of the TLS listener (with `tls` only)."""
+        if self.tls is None:
+            raise RuntimeError("this Kamailio has no TLS listener")
+        return f"{LOOPBACK}:{self.tls_port}"
+
+    @property
     def rpc_url(self) -> str:
         return f"http://{LOOPBACK}:{self.rpc_port}/RPC"
 
@@ -173,6 +214,8 @@ class KamailioProcess:
             "CHILDREN": self._children,
             "TCP_CHILDREN": self._children,
         }
+        if self.tls is not None:
+            defines.update(self.tls.defines(self.tls_port))
         defines.update(self._defines)
         return [
             binary,

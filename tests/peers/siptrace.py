@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["TracedMessage", "parse_trace"]
+__all__ = ["TracedMessage", "call_messages", "audio_profile", "invite_answer", "parse_trace"]
 
 _ENTRY = re.compile(
     r"^\S+ \S+ (?P<direction>recv <-|send ->) (?P<transport>[a-z]+):(?P<peer>\S+) "
@@ -82,3 +82,24 @@ def parse_trace(text: str) -> list[TracedMessage]:
             )
         )
     return messages
+
+
+def call_messages(trace: str, call_id: str) -> list[TracedMessage]:
+    """The messages of one call (by Call-ID), in order."""
+    return [m for m in parse_trace(trace) if m.header("Call-ID") == call_id]
+
+
+def invite_answer(messages: list[TracedMessage]) -> TracedMessage:
+    """The first 200 to the first INVITE among `messages` (one call's)."""
+    for message in messages:
+        if message.status == 200 and message.cseq_method == "INVITE":
+            return message
+    raise AssertionError(f"no 200 to INVITE among {[m.start_line for m in messages]}")
+
+
+def audio_profile(answer: TracedMessage) -> str:
+    """The transport protocol of the first audio m-line (`RTP/AVP`, `RTP/SAVP`, ...)."""
+    for line in answer.body.splitlines():
+        if line.startswith("m=audio "):
+            return line.split()[2]
+    raise AssertionError(f"no audio m-line in {answer.body!r}")
