@@ -24,7 +24,8 @@ from control.tls import generate_self_signed
 from tests.peers.baresip import BaresipProcess, write_wav
 from tests.peers.chorus import ChorusProcess
 from tests.peers.conversation import Talker, assert_each_hears_the_others, converse
-from tests.peers.kamailio import EdgeTls, KamailioProcess
+from tests.peers.kamailio import EdgeTls, KamailioProcess, check_config
+from tests.peers.ports import free_ports
 from tests.peers.siptrace import call_messages, invite_answer
 
 pytestmark = [
@@ -118,3 +119,15 @@ def test_kamailio_refuses_a_chorus_certificate_it_does_not_trust(
         assert call_messages(chorus.trace(), call_id) == [], "the INVITE reached Chorus"
         assert str(closed.get("param", "")).startswith("503"), closed
         assert "certificate verify failed" in edge.log(), edge.log()[-3000:]
+
+
+@pytest.mark.peer("kamailio")
+def test_edge_config_with_tls_passes_kamailio_check(tmp_path: Path) -> None:
+    sip, tls_port = free_ports(2)
+    tls = edge_tls(tmp_path, trusted=tmp_path / "edge.crt")
+    done = check_config(defines={"SIP_PORT": sip, **tls.defines(tls_port)})
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert f"tls: 127.0.0.1 [127.0.0.1]:{tls_port}" in output, output
+    without = check_config(defines={"SIP_PORT": sip})
+    assert "tls: " not in without.stdout + without.stderr  # TLS only when asked for
