@@ -9,7 +9,6 @@ on top says TCP), whatever SIPp used towards Kamailio.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from tests.peers.chorus import ChorusProcess
 from tests.peers.kamailio import KamailioProcess
 from tests.peers.sipp import run_sipp, scenario_path
+from tests.peers.siptrace import parse_trace
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -29,23 +29,6 @@ def chorus() -> Iterator[ChorusProcess]:
     with ChorusProcess() as process:
         yield process
         assert process.alive, process.log()
-
-
-_TRACE_ENTRY = re.compile(
-    r"^\S+ \S+ recv <- (?P<transport>udp|tcp|tls):\S+ \(\d+ bytes\)\n(?P<method>[A-Z]+) "
-    r"(?P<rest>.*?)(?=^\S+ \S+ (?:recv|send) |\Z)",
-    re.M | re.S,
-)
-_VIA = re.compile(r"^(?:Via|v)\s*:\s*SIP/2\.0/(\w+)", re.M | re.I)
-
-
-def received_requests(trace: str) -> list[tuple[str, str, str]]:
-    """(method, transport it arrived on, transport of its top Via) per request in a trace."""
-    found = []
-    for entry in _TRACE_ENTRY.finditer(trace):
-        via = _VIA.search(entry["rest"])
-        found.append((entry["method"], entry["transport"], via.group(1).lower() if via else ""))
-    return found
 
 
 @pytest.mark.parametrize(
@@ -74,11 +57,11 @@ def test_200_calls_through_kamailio(
     trace = chorus.trace()[already:]
     # Every request reached Chorus through Kamailio, which record-routed the dialog.
     assert "Record-Route:" in trace
-    requests = received_requests(trace)
-    methods = [method for method, _, _ in requests]
+    requests = [m for m in parse_trace(trace) if m.received and m.method is not None]
+    methods = [m.method for m in requests]
     # At least one of each per call (over UDP a retransmission can add one).
     assert all(methods.count(m) >= 200 for m in ("INVITE", "ACK", "BYE")), methods[:10]
     # The Kamailio -> Chorus hop: the socket each request came in on, and Kamailio's Via.
-    hops = {(transport, via) for _, transport, via in requests}
+    hops = {(m.transport, m.via_transports()[0]) for m in requests}
     assert hops == {(node_transport, node_transport)}, hops
     assert chorus.alive
