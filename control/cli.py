@@ -48,6 +48,8 @@ def build_server(config: Config) -> Server:
         srtp=config.rtp.srtp,
         rng=server.ua.rng,
         workers=config.rtp.mixer_workers,
+        max_failing_ticks=config.rtp.failure_ticks,
+        rtcp_interval=config.rtp.rtcp_interval,
     )
     server.register(
         "conference",

@@ -82,6 +82,8 @@ class RtpConfig:
     codecs: tuple[str, ...] = ("G722", "PCMU", "PCMA", "telephone-event")
     srtp: str = "optional"
     mixer_workers: int = 0
+    failure_ticks: int = 100  # a room or listener whose mixing fails this many 20 ms ticks is ended
+    rtcp_interval: float = 5.0  # RFC 3550 §6.2 minimum RTCP report interval, seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +309,8 @@ def _parse_rtp(section: _Section) -> RtpConfig:
         codecs=codecs,
         srtp=srtp,
         mixer_workers=section.integer("mixer_workers", default.mixer_workers, minimum=0),
+        failure_ticks=section.integer("failure_ticks", default.failure_ticks, minimum=1),
+        rtcp_interval=section.number("rtcp_interval", default.rtcp_interval, minimum=0.1),
     )
     section.finish()
     return config

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,16 +49,18 @@ def _allocator() -> PortAllocator:
     return PortAllocator(low, low + 400)
 
 
+def make_mixer(seed: int, **options: Any) -> EmbeddedMixer:
+    """A mixer on a random port range.  The RTP timeout is long unless a test sets one: a
+    stall of a loaded machine must never end a leg in a test that is not about timeouts."""
+    settings: dict[str, Any] = {"rtp_timeout": 60.0, "srtp": "optional", **options}
+    return EmbeddedMixer(
+        _allocator(), host="127.0.0.1", codecs=CODECS, rng=random.Random(seed), **settings
+    )
+
+
 @pytest.fixture
 async def mixer() -> AsyncIterator[EmbeddedMixer]:
-    engine = EmbeddedMixer(
-        _allocator(),
-        host="127.0.0.1",
-        codecs=CODECS,
-        rtp_timeout=1.0,
-        srtp="optional",
-        rng=random.Random(7),
-    )
+    engine = make_mixer(7)
     yield engine
     await engine.close()
 
@@ -204,29 +207,36 @@ async def test_faults_on_one_leg_do_not_disturb_the_others(mixer: EmbeddedMixer)
         peer.close()
 
 
-async def test_silent_participant_times_out_once(mixer: EmbeddedMixer) -> None:
-    peers = [_peer("PCMU", seed=1), _peer("PCMU", seed=2), _peer("G722", seed=3)]
-    ids = await _join(mixer, peers)
-    # p2 says a little and stops; the others keep talking past the 1 s timeout
-    await asyncio.gather(
-        peers[0].play(440.0, 2.2), peers[1].play(700.0, 2.2), peers[2].play(1100.0, 0.3)
-    )
-    # p2's timeout fell due about 0.9 s before the others stopped; on a slow machine the
-    # mixer may still be catching up, so wait for the event rather than assume it is there.
+def test_silent_participant_times_out_once() -> None:
+    """The RTP timeout on the mixer's own clock: fed packets and ticks at fake times, the
+    participant who stops sending times out exactly once, exactly at the timeout, and the
+    ones still talking never do (STYLE §6: a fake `now`, no wall clock)."""
+    rng = random.Random(4)
+    room = MixRoom(ROOM)
+    streams = [_core_stream("PCMU", 7000 + 2 * i, rng) for i in range(3)]
+    ids = [ParticipantId(f"p{i}") for i in range(3)]
+    for pid, stream in zip(ids, streams, strict=True):
+        room.add(pid, stream)
+    tone = sine(440.0, 5.0, 8000, amplitude=0.3)
+    counters = MixCounters()
     events: list[AudioEvent] = []
-
-    def timed_out() -> bool:
-        events.extend(_drain(mixer))
-        return any(isinstance(e, StreamTimedOut) for e in events)
-
-    await wait_until(timed_out)
+    timed_out_at: list[float] = []
+    for k in range(200):  # 4 s of ticks; p2 stops after 0.3 s, the timeout is 1 s
+        now = k * 0.02
+        for i, stream in enumerate(streams):
+            if i == 2 and now >= 0.3:
+                continue
+            packet = RtpPacket(0, k, k * 160, 2000 + i, ulaw_encode(tone[k * 160 : (k + 1) * 160]))
+            stream.receive(packet.serialize(), ("127.0.0.1", 7000 + 2 * i), now)
+        before = len(events)
+        room.tick(now + 0.001, counters, events, [], rtp_timeout=1.0)
+        if any(isinstance(e, StreamTimedOut) for e in events[before:]):
+            timed_out_at.append(now)
     timeouts = [e for e in events if isinstance(e, StreamTimedOut)]
     assert timeouts == [StreamTimedOut(ROOM, ids[2])]
+    # its last packet arrived at 0.28 s: the first tick at or past 1.28 s reports it
+    assert timed_out_at == [pytest.approx(1.28)]
     assert TalkingStopped(ROOM, ids[2]) in events
-    _assert_hears(peers[0], 440.0, [700.0])
-    _assert_hears(peers[1], 700.0, [440.0])
-    for peer in peers:
-        peer.close()
 
 
 async def test_mute_and_hold(mixer: EmbeddedMixer) -> None:
@@ -255,15 +265,7 @@ async def test_mute_and_hold(mixer: EmbeddedMixer) -> None:
 
 
 async def test_sharded_workers() -> None:
-    engine = EmbeddedMixer(
-        _allocator(),
-        host="127.0.0.1",
-        codecs=CODECS,
-        rtp_timeout=5.0,
-        srtp="optional",
-        rng=random.Random(3),
-        workers=2,
-    )
+    engine = make_mixer(3, workers=2)
     try:
         peers = [_peer("PCMU", seed=1), _peer("G722", seed=2), _peer("PCMA", seed=3)]
         ids = await _join(engine, peers)

@@ -8,7 +8,6 @@ and resumes audio; an audio-only participant whose RTP stops is ended with BYE.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -18,7 +17,9 @@ from control.media.engine import (
     AudioEngine,
     AudioEngineError,
     ParticipantId,
+    RoomFailed,
     RoomId,
+    StreamFailed,
     StreamTimedOut,
     TalkingStarted,
     TalkingStopped,
@@ -178,8 +179,12 @@ class ConferenceApp:
         self, room: Room, participant_id: ParticipantId, streams: dict[int, Stream]
     ) -> None:
         if any(s.kind is MediaKind.AUDIO for s in streams.values()):
-            with contextlib.suppress(Exception):
+            try:
                 await self.engine.detach(room.id, participant_id)
+            except Exception:
+                # The participant leaves the room whatever the engine says; a worker that
+                # died already freed its ports.  Logged so a leak is never silent.
+                log.exception("engine detach of %s in %s failed", participant_id, room.id)
         streams.clear()
 
     async def _leave(self, room: Room, participant: Participant) -> None:
@@ -206,8 +211,33 @@ class ConferenceApp:
                     if participant.kinds <= {MediaKind.AUDIO}:
                         log.info("RTP timeout: ending %s in %s", participant.identity.uri, room_id)
                         self.ua.spawn(self._end(participant.session, "RTP timeout"))
+                case StreamFailed(room=room_id, participant=participant_id, reason=reason):
+                    participant = self.participant(room_id, participant_id)
+                    if participant is not None:
+                        log.error(
+                            "audio of %s in %s keeps failing (%s): ending it",
+                            participant.identity.uri,
+                            room_id,
+                            reason,
+                        )
+                        self.ua.spawn(self._end(participant.session, "media failure"))
+                case RoomFailed(room=room_id, reason=reason):
+                    self._end_failed_room(room_id, reason)
                 case TalkingStarted() | TalkingStopped():
                     log.debug("%s", event)
+
+    def _end_failed_room(self, room_id: RoomId, reason: str) -> None:
+        """The engine gave up mixing this room: BYE everyone in it, so nobody sits in silence."""
+        room = self.rooms.get(room_id)
+        participants = list(room.participants.values()) if room is not None else []
+        log.error(
+            "room %s failed in the audio engine (%s): ending it, BYE to %d participants",
+            room_id,
+            reason,
+            len(participants),
+        )
+        for participant in participants:
+            self.ua.spawn(self._end(participant.session, "room failed"))
 
     async def _end(self, session: Session, reason: str) -> None:
         await session.bye(reason=reason)

@@ -56,7 +56,26 @@ class StreamTimedOut:
     participant: ParticipantId
 
 
-AudioEvent = TalkingStarted | TalkingStopped | StreamTimedOut
+@dataclass(frozen=True, slots=True)
+class StreamFailed:
+    """Making this listener's frame failed tick after tick (codec or SRTP error): the room
+    should end this participant; the rest of the room keeps mixing."""
+
+    room: RoomId
+    participant: ParticipantId
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoomFailed:
+    """Mixing this room failed tick after tick; the engine stopped mixing it and the room
+    should end every participant (BYE).  Other rooms are not affected."""
+
+    room: RoomId
+    reason: str
+
+
+AudioEvent = TalkingStarted | TalkingStopped | StreamTimedOut | StreamFailed | RoomFailed
 
 
 class AudioEngine(ABC):

@@ -18,6 +18,7 @@ only forwards commands to the worker that owns the room and relays its events.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -35,8 +36,10 @@ from control.media.engine import (
     AudioEngineError,
     AudioEvent,
     ParticipantId,
+    RoomFailed,
     RoomId,
 )
+from control.media.faults import FaultLog
 from control.media.mixroom import MixCounters, MixRoom, Outgoing
 from control.media.ports import PortAllocator, PortsExhausted
 from control.media.srtp import SrtpPolicy
@@ -47,6 +50,8 @@ if TYPE_CHECKING:
     from control.media.mixworker import WorkerPool
 
 __all__ = ["EmbeddedMixer", "MixCounters"]
+
+log = logging.getLogger("chorus.media.mixer")
 
 FRAME = PTIME_MS / 1000
 SrtpSetting = Literal["optional", "mandatory", "disabled"]
@@ -75,7 +80,11 @@ class _RtpProtocol(asyncio.DatagramProtocol):
             stream.receive(data, (str(addr[0]), int(addr[1])), self._loop.time())
 
     def error_received(self, exc: Exception) -> None:
-        pass  # ICMP unreachable from a peer that went away: the RTP timeout handles it
+        """A send the socket refused (asyncio reports sendto's OSError here) or an ICMP error.
+
+        Counted and logged (rate-limited); the peer's RTP timeout ends a leg that is gone.
+        """
+        self._mixer.send_failed(self._leg, exc)
 
 
 class _RtcpProtocol(asyncio.DatagramProtocol):
@@ -103,6 +112,8 @@ class EmbeddedMixer(AudioEngine):
         share_encoding: bool = True,
         late_after: float = 0.01,  # half a frame: later than this, a listener hears jitter
         max_catchup: int = 3,  # ticks run back to back after a stall before dropping
+        max_failing_ticks: int = 100,  # a room or listener failing this long is ended
+        rtcp_interval: float = 5.0,  # RFC 3550 §6.2 minimum between our reports
     ) -> None:
         self._ports = ports
         self._host = host
@@ -114,6 +125,9 @@ class EmbeddedMixer(AudioEngine):
         self._share = share_encoding
         self._late_after = late_after
         self._max_catchup = max_catchup
+        self._max_failing = max_failing_ticks
+        self._rtcp_interval = rtcp_interval
+        self._faults = FaultLog(log)
         self._rooms: dict[RoomId, MixRoom] = {}
         self._legs: dict[tuple[RoomId, ParticipantId], _Leg] = {}
         self._queue: asyncio.Queue[AudioEvent] = asyncio.Queue()
@@ -139,6 +153,7 @@ class EmbeddedMixer(AudioEngine):
                 share_encoding=share_encoding,
                 late_after=late_after,
                 max_catchup=max_catchup,
+                max_failing_ticks=max_failing_ticks,
                 on_event=self._queue.put_nowait,
             )
 
@@ -187,7 +202,13 @@ class EmbeddedMixer(AudioEngine):
         leg.stream = ParticipantStream(terms, rng=self._rng, now=loop.time())
         mix = self._rooms.get(room)
         if mix is None:
-            mix = self._rooms[room] = MixRoom(room, share_encoding=self._share)
+            mix = self._rooms[room] = MixRoom(
+                room, share_encoding=self._share, max_failing=self._max_failing
+            )
+        elif mix.ended:
+            del self._legs[key]
+            self._close_leg(leg)
+            raise AudioEngineError(503, "room ended after mixing failures")
         mix.add(participant, leg.stream)
         self._ensure_ticking(loop)
         return AudioAnswer(audio_accept(terms, leg.port), self._host)
@@ -325,15 +346,56 @@ class EmbeddedMixer(AudioEngine):
             if now - due > self._late_after:
                 counters.late_ticks += 1
             for mix in list(self._rooms.values()):
+                if mix.ended:
+                    continue
                 out.clear()
-                mix.tick(due, counters, events, out, rtp_timeout=self._rtp_timeout)
+                try:
+                    mix.tick(
+                        due,
+                        counters,
+                        events,
+                        out,
+                        rtp_timeout=self._rtp_timeout,
+                        faults=self._faults,
+                    )
+                except Exception as exc:  # this room's tick only: the others still mix
+                    counters.room_errors += 1
+                    mix.note_failure(exc)
+                    self._faults.report(("room", mix.room), f"mixing room {mix.room}", exc, now)
                 self._send(mix.room, out)
+                if mix.failed:
+                    self._end_room(mix, events)
         for event in events:
             self._queue.put_nowait(event)
         if self._rooms:
             self._timer = loop.call_at(self._start + self._k * FRAME, self._tick)
         else:
             self._timer = None
+
+    def _end_room(self, mix: MixRoom, events: list[AudioEvent]) -> None:
+        """Stop mixing a room that keeps failing and ask its owner to end it."""
+        mix.ended = True
+        self.counters.rooms_failed += 1
+        log.error(
+            "room %s: mixing failed %d ticks in a row (last error: %s); room stopped, "
+            "its %d participants are to be ended",
+            mix.room,
+            mix.failing,
+            mix.last_error,
+            len(mix.streams),
+        )
+        events.append(RoomFailed(mix.room, mix.last_error))
+
+    def send_failed(self, leg: _Leg, exc: BaseException) -> None:
+        """One datagram to `leg` not sent: counted, logged once per leg and interval."""
+        self.counters.send_errors += 1
+        now = asyncio.get_running_loop().time()
+        self._faults.report(
+            ("sendto", leg.room, leg.participant),
+            f"room {leg.room}: RTP to {leg.participant} not sent",
+            exc,
+            now,
+        )
 
     def _send(self, room: RoomId, out: list[Outgoing]) -> None:
         legs = self._legs
@@ -343,5 +405,6 @@ class EmbeddedMixer(AudioEngine):
                 continue
             try:
                 leg.rtp.sendto(data, dest)
-            except (OSError, ValueError, TypeError):
-                continue  # an unusable SDP address: symmetric RTP fixes it on the first packet
+            except (OSError, ValueError, TypeError) as exc:
+                # An unusable SDP address (symmetric RTP fixes it on the first packet).
+                self.send_failed(leg, exc)

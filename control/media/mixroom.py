@@ -18,6 +18,7 @@ a few milliseconds, the price Asterisk's and FreeSWITCH's shared encoders pay as
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,10 +29,12 @@ from control.media.engine import (
     AudioEvent,
     ParticipantId,
     RoomId,
+    StreamFailed,
     StreamTimedOut,
     TalkingStarted,
     TalkingStopped,
 )
+from control.media.faults import FaultLog
 from control.media.stream import EncoderChain, ParticipantStream, level_db
 
 __all__ = ["MixCounters", "MixRoom", "Outgoing", "limit"]
@@ -73,14 +76,36 @@ class MixCounters:
     frames_dropped: int = 0  # listener frames not sent because their tick was skipped
     encodes: int = 0  # encoder invocations (shared ones count once)
     packets_in: int = 0  # RTP accepted from participants
+    listener_errors: int = 0  # a listener's frame not made: decode, encode or SRTP raised
+    room_errors: int = 0  # a room's tick raised outside any one listener
+    send_errors: int = 0  # datagrams the socket refused (sendto, ICMP via error_received)
+    streams_failed: int = 0  # listeners reported failed after `max_failing` ticks in a row
+    rooms_failed: int = 0  # rooms ended after `max_failing` failed ticks in a row
+    rtcp_sent: int = 0  # RTCP compound packets sent (sender/receiver reports)
+    rtcp_received: int = 0  # RTCP compound packets read from participants
+    rtcp_errors: int = 0  # RTCP datagrams that did not parse or authenticate
 
     def add(self, other: MixCounters) -> None:
         for name in self.__slots__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+_CodecKey = tuple[str, int, str]
+
+
+class _SharedEncodeFailed(Exception):
+    """The shared encoder for a codec failed earlier in this tick: its listeners get no frame."""
+
+
 class MixRoom:
-    """The streams of one room and its shared encoders; `tick` makes one frame for all."""
+    """The streams of one room and its shared encoders; `tick` makes one frame for all.
+
+    Faults are contained where they happen: a stream whose decode, encode or SRTP protect
+    raises loses its own frame this tick and nobody else's.  A listener that fails
+    `max_failing` ticks in a row is reported (`StreamFailed`) once; a room in which no
+    listener got a frame for `max_failing` ticks in a row (or whose tick keeps raising, see
+    `note_failure`) reports `failed`, and the mixer ends it.
+    """
 
     def __init__(
         self,
@@ -88,13 +113,22 @@ class MixRoom:
         *,
         internal_rate: int = 16000,
         share_encoding: bool = True,
+        max_failing: int = 100,  # 2 s of 20 ms ticks: longer than any transient glitch
     ) -> None:
         self.room = room
         self.internal_rate = internal_rate
         self.share_encoding = share_encoding
+        self.max_failing = max_failing
         self.streams: dict[ParticipantId, ParticipantStream] = {}
-        self._shared: dict[tuple[str, int, str], EncoderChain] = {}
+        self.failing = 0  # consecutive failed ticks of the room as a whole
+        self.last_error = ""
+        self.ended = False  # failed and no longer mixed; waits for its participants to leave
+        self._shared: dict[_CodecKey, EncoderChain] = {}
         self._silence = np.zeros(internal_rate // 50, dtype=np.int32)
+        # Per-tick state, set at the start of each tick (the helpers below read it).
+        self._shared_pcm: Pcm | None = None
+        self._faults: FaultLog | None = None
+        self._now = 0.0
 
     def add(self, participant: ParticipantId, stream: ParticipantStream) -> None:
         self.streams[participant] = stream
@@ -112,6 +146,15 @@ class MixRoom:
             return [TalkingStopped(self.room, participant)]
         return []
 
+    @property
+    def failed(self) -> bool:
+        return self.failing >= self.max_failing
+
+    def note_failure(self, exc: BaseException) -> None:
+        """The tick raised outside any one listener (the mixer caught it): one failed tick."""
+        self.failing += 1
+        self.last_error = repr(exc)
+
     def _shared_chain(self, terms: AudioTerms) -> EncoderChain:
         chain = self._shared.get(terms.codec_key)
         if chain is None:
@@ -127,64 +170,140 @@ class MixRoom:
         out: list[Outgoing],
         *,
         rtp_timeout: float,
+        faults: FaultLog | None = None,
     ) -> None:
         """Mix one frame: append datagrams to `out` and talking/timeout events to `events`."""
         room = self.room
+        self._faults, self._now = faults, now
+        failed: dict[ParticipantId, BaseException] = {}
         contributions: dict[ParticipantId, Pcm] = {}
         for pid, stream in self.streams.items():
-            frame = stream.pull(now)
-            if stream.check_timeout(now, rtp_timeout):
-                events.append(StreamTimedOut(room, pid))
-            if stream.muted or not stream.terms.direction.sends:
-                if stream.talk.reset() is False:
-                    events.append(TalkingStopped(room, pid))
+            try:
+                frame = self._contribution(pid, stream, now, events, rtp_timeout)
+            except Exception as exc:  # a decoder or resampler bug: this talker is not mixed
+                failed[pid] = exc
+                self._fault(faults, ("receive", room, pid), f"room {room}: reading {pid}", exc, now)
                 continue
-            # A gap (re-buffering after an SSRC change, DTX) is silence: the hangover
-            # bridges it instead of ending the talkspurt at once.
-            change = stream.talk.update(_SILENT_DB if frame is None else level_db(frame))
-            if change is not None:
-                events.append(TalkingStarted(room, pid) if change else TalkingStopped(room, pid))
-            if frame is None:
-                continue
-            if stream.talk.talking:
-                contributions[pid] = stream.to_internal(frame)
-            else:
-                stream.skip_frame(frame)
+            if frame is not None:
+                contributions[pid] = frame
         total = self._silence
         if contributions:
             total = np.zeros(total.size, dtype=np.int32)
             for frame in contributions.values():
                 total += frame[: total.size]
-        shared_pcm: Pcm | None = None
-        shared_payloads: dict[tuple[str, int, str], bytes] = {}
+        self._shared_pcm = None
+        shared_payloads: dict[_CodecKey, bytes | None] = {}
+        sent = 0
         for pid, stream in self.streams.items():
             dest = stream.destination
             if dest is None:
                 continue
-            own = contributions.get(pid)
-            if own is not None:
-                payload = stream.private.encode(limit(total - own))
-                counters.encodes += 1
-            elif not self.share_encoding:
-                if shared_pcm is None:
-                    shared_pcm = limit(total)
-                payload = stream.private.encode(shared_pcm)
-                counters.encodes += 1
-            else:
-                key = stream.terms.codec_key
-                cached = shared_payloads.get(key)
-                if cached is None:
-                    if shared_pcm is None:
-                        shared_pcm = limit(total)
-                    chain = self._shared_chain(stream.terms)
-                    cached = shared_payloads[key] = chain.encode(shared_pcm)
-                    counters.encodes += 1
-                payload = cached
-            out.append((pid, stream.packet(payload), dest))
+            try:
+                payload = self._payload(
+                    pid, stream, contributions, total, shared_payloads, counters
+                )
+                data = stream.packet(payload)
+            except _SharedEncodeFailed as exc:
+                failed[pid] = exc.__cause__ or exc
+                continue  # logged once for the codec, below in _payload
+            except Exception as exc:  # codec or SRTP error for this listener only
+                failed[pid] = exc
+                self._fault(faults, ("send", room, pid), f"room {room}: sending to {pid}", exc, now)
+                continue
+            out.append((pid, data, dest))
             counters.frames_mixed += 1
+            sent += 1
+        for pid, error in failed.items():
+            counters.listener_errors += 1
+            stream = self.streams[pid]
+            stream.failing += 1
+            if stream.failing == self.max_failing:
+                counters.streams_failed += 1
+                events.append(StreamFailed(room, pid, repr(error)))
+        for pid, stream in self.streams.items():
+            if pid not in failed:
+                stream.failing = 0
+        if failed and not sent:
+            self.failing += 1
+            self.last_error = repr(next(iter(failed.values())))
+        else:
+            self.failing = 0
         self._forget_unused(shared_payloads)
 
-    def _forget_unused(self, used: dict[tuple[str, int, str], bytes]) -> None:
+    def _contribution(
+        self,
+        pid: ParticipantId,
+        stream: ParticipantStream,
+        now: float,
+        events: list[AudioEvent],
+        rtp_timeout: float,
+    ) -> Pcm | None:
+        """Read this stream's frame for the tick; its PCM if it is mixed, else None."""
+        room = self.room
+        frame = stream.pull(now)
+        if stream.check_timeout(now, rtp_timeout):
+            events.append(StreamTimedOut(room, pid))
+        if stream.muted or not stream.terms.direction.sends:
+            if stream.talk.reset() is False:
+                events.append(TalkingStopped(room, pid))
+            return None
+        # A gap (re-buffering after an SSRC change, DTX) is silence: the hangover
+        # bridges it instead of ending the talkspurt at once.
+        change = stream.talk.update(_SILENT_DB if frame is None else level_db(frame))
+        if change is not None:
+            events.append(TalkingStarted(room, pid) if change else TalkingStopped(room, pid))
+        if frame is None:
+            return None
+        if stream.talk.talking:
+            return stream.to_internal(frame)
+        stream.skip_frame(frame)
+        return None
+
+    def _payload(
+        self,
+        pid: ParticipantId,
+        stream: ParticipantStream,
+        contributions: dict[ParticipantId, Pcm],
+        total: npt.NDArray[np.int32],
+        shared_payloads: dict[_CodecKey, bytes | None],
+        counters: MixCounters,
+    ) -> bytes:
+        """This listener's encoded frame: their own mix-minus, or the shared full mix."""
+        own = contributions.get(pid)
+        if own is not None:
+            counters.encodes += 1
+            return stream.private.encode(limit(total - own))
+        if self._shared_pcm is None:
+            self._shared_pcm = limit(total)
+        if not self.share_encoding:
+            counters.encodes += 1
+            return stream.private.encode(self._shared_pcm)
+        key = stream.terms.codec_key
+        if key in shared_payloads:
+            cached = shared_payloads[key]
+            if cached is None:
+                raise _SharedEncodeFailed(key)
+            return cached
+        counters.encodes += 1
+        try:
+            cached = self._shared_chain(stream.terms).encode(self._shared_pcm)
+        except Exception as exc:
+            shared_payloads[key] = None
+            # A fresh chain next tick: a stateful encoder may not recover by itself.
+            self._shared.pop(key, None)
+            context = f"room {self.room}: encoding {key[0]}/{key[1]}"
+            self._fault(self._faults, ("encode", self.room, key), context, exc, self._now)
+            raise _SharedEncodeFailed(key) from exc
+        shared_payloads[key] = cached
+        return cached
+
+    def _fault(
+        self, faults: FaultLog | None, key: Hashable, context: str, exc: BaseException, now: float
+    ) -> None:
+        if faults is not None:
+            faults.report(key, context, exc, now)
+
+    def _forget_unused(self, used: dict[_CodecKey, bytes | None]) -> None:
         """Drop shared chains no listener uses any more (a codec left with its last user)."""
         if len(self._shared) > len(used):
             keys = {s.terms.codec_key for s in self.streams.values()}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import multiprocessing
 import random
 import zlib
@@ -35,6 +36,8 @@ from control.media.ports import PortAllocator
 from control.sip import sdp
 
 __all__ = ["WorkerPool", "WorkerSpec", "shard_of", "worker_main"]
+
+log = logging.getLogger("chorus.media.mixworker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,7 @@ class WorkerSpec:
     share_encoding: bool
     late_after: float
     max_catchup: int
+    max_failing_ticks: int = 100
 
 
 def shard_of(room: RoomId, workers: int) -> int:
@@ -99,6 +103,7 @@ async def _serve(conn: Connection, spec: WorkerSpec) -> None:
         share_encoding=spec.share_encoding,
         late_after=spec.late_after,
         max_catchup=spec.max_catchup,
+        max_failing_ticks=spec.max_failing_ticks,
     )
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[tuple[str, int, tuple[Any, ...]] | None] = asyncio.Queue()
@@ -126,6 +131,7 @@ async def _serve(conn: Connection, spec: WorkerSpec) -> None:
             except AudioEngineError as exc:
                 conn.send(("reply", request, False, (exc.status, exc.reason)))
             except Exception as exc:  # a bug must not take the other rooms down
+                log.exception("mixer worker %d: %s %r failed", spec.index, op, args[:2])
                 conn.send(("reply", request, False, (500, f"mixer worker: {exc!r}")))
             else:
                 conn.send(("reply", request, True, value))
@@ -182,6 +188,7 @@ class WorkerPool:
         late_after: float,
         max_catchup: int,
         on_event: Callable[[AudioEvent], None],
+        max_failing_ticks: int = 100,
     ) -> None:
         secure = isinstance(rng, random.SystemRandom)
         self._specs = [
@@ -197,6 +204,7 @@ class WorkerPool:
                 share_encoding=share_encoding,
                 late_after=late_after,
                 max_catchup=max_catchup,
+                max_failing_ticks=max_failing_ticks,
             )
             for i, (low, high) in enumerate(split_range(ports.low, ports.high, count))
         ]
@@ -290,14 +298,16 @@ class WorkerPool:
             return
         try:
             await self._starting
-        except AudioEngineError:
-            pass
+        except AudioEngineError as exc:  # a worker died while starting: close the others
+            log.warning("mixer workers did not all start: %s", exc.reason)
         for worker in self._workers:
             if worker.alive:
                 try:
                     await asyncio.wait_for(self._request(worker, "close"), timeout=5.0)
-                except (AudioEngineError, TimeoutError, OSError):
-                    pass
+                except (AudioEngineError, TimeoutError, OSError) as exc:
+                    log.warning(
+                        "mixer worker %s did not close cleanly: %r", worker.process.name, exc
+                    )
             if worker.alive:
                 asyncio.get_running_loop().remove_reader(worker.conn.fileno())
                 worker.alive = False
@@ -305,5 +315,6 @@ class WorkerPool:
         for worker in self._workers:
             await asyncio.to_thread(worker.process.join, 5.0)
             if worker.process.is_alive():
+                log.warning("mixer worker %s still running: terminated", worker.process.name)
                 worker.process.terminate()
         self._workers.clear()

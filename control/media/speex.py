@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import threading
 from typing import Any
 
@@ -41,6 +42,18 @@ SPEEX_MODEID_WB = 1
 _BITS_SIZE = 256
 _MAX_PACKET = 2048  # far above any single-frame Speex payload (UWB q10 is ~106 octets)
 _MAX_FRAMES = 8  # frames decoded from one RTP payload (RFC 5574 allows several)
+
+
+log = logging.getLogger("chorus.media.speex")
+
+
+def _release(coder: SpeexEncoder | SpeexDecoder) -> None:
+    """Free a coder's native state from ``__del__``, where nothing may raise: a failure
+    (a library torn down at interpreter exit, a bug in close) is logged, not lost."""
+    try:
+        coder.close()
+    except Exception:
+        log.warning("releasing %s failed", type(coder).__name__, exc_info=True)
 
 
 class SpeexError(ValueError):
@@ -160,16 +173,13 @@ class SpeexEncoder:
         return self._out.raw[:n]
 
     def close(self) -> None:
-        if self._state is not None:
+        if getattr(self, "_state", None) is not None:  # None too when __init__ failed early
             self._lib.speex_encoder_destroy(self._state)
             self._state = None
             self._bits.destroy()
 
     def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+        _release(self)
 
 
 class SpeexDecoder:
@@ -235,13 +245,10 @@ class SpeexDecoder:
         return out
 
     def close(self) -> None:
-        if self._state is not None:
+        if getattr(self, "_state", None) is not None:  # None too when __init__ failed early
             self._lib.speex_decoder_destroy(self._state)
             self._state = None
             self._bits.destroy()
 
     def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+        _release(self)

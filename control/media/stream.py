@@ -169,6 +169,7 @@ class ParticipantStream:
         self.latched: Address | None = None
         self.last_rtp = now
         self.timed_out = False
+        self.failing = 0  # consecutive ticks this stream's frame failed (see MixRoom)
         self._rng = rng
         self._srtp: SrtpContext | None = None
         self.terms = terms
