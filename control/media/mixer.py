@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, cast
@@ -42,6 +43,8 @@ from control.media.engine import (
 from control.media.faults import FaultLog
 from control.media.mixroom import MixCounters, MixRoom, Outgoing
 from control.media.ports import PortAllocator, PortsExhausted
+from control.media.rtcpsession import StreamQuality
+from control.media.rtp import is_rtcp
 from control.media.srtp import SrtpPolicy
 from control.media.stream import ParticipantStream
 from control.sip import sdp
@@ -67,17 +70,13 @@ class _Leg:
     rtcp: asyncio.DatagramTransport | None = None
 
 
-class _RtpProtocol(asyncio.DatagramProtocol):
+class _LegProtocol(asyncio.DatagramProtocol):
+    """One of a leg's two sockets; send errors on either are counted the same way."""
+
     def __init__(self, mixer: EmbeddedMixer, leg: _Leg) -> None:
         self._mixer = mixer
         self._leg = leg
         self._loop = asyncio.get_running_loop()
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        stream = self._leg.stream
-        if stream is not None:
-            self._mixer.counters.packets_in += 1
-            stream.receive(data, (str(addr[0]), int(addr[1])), self._loop.time())
 
     def error_received(self, exc: Exception) -> None:
         """A send the socket refused (asyncio reports sendto's OSError here) or an ICMP error.
@@ -87,8 +86,27 @@ class _RtpProtocol(asyncio.DatagramProtocol):
         self._mixer.send_failed(self._leg, exc)
 
 
-class _RtcpProtocol(asyncio.DatagramProtocol):
-    """RTCP from the participant: read and dropped (we keep no reports yet)."""
+class _RtpProtocol(_LegProtocol):
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        stream = self._leg.stream
+        if stream is None:
+            return
+        source = (str(addr[0]), int(addr[1]))
+        if stream.terms.rtcp_mux and is_rtcp(data):  # RFC 5761 §4
+            self._mixer.counted_rtcp(stream.receive_rtcp(data, source, self._loop.time()))
+            return
+        self._mixer.counters.packets_in += 1
+        stream.receive(data, source, self._loop.time())
+
+
+class _RtcpProtocol(_LegProtocol):
+    """RTCP from the participant on port + 1 (no rtcp-mux): into its stream's RTCP session."""
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        stream = self._leg.stream
+        if stream is not None:
+            ok = stream.receive_rtcp(data, (str(addr[0]), int(addr[1])), self._loop.time())
+            self._mixer.counted_rtcp(ok)
 
 
 class EmbeddedMixer(AudioEngine):
@@ -154,6 +172,7 @@ class EmbeddedMixer(AudioEngine):
                 late_after=late_after,
                 max_catchup=max_catchup,
                 max_failing_ticks=max_failing_ticks,
+                rtcp_interval=rtcp_interval,
                 on_event=self._queue.put_nowait,
             )
 
@@ -187,7 +206,7 @@ class EmbeddedMixer(AudioEngine):
         self._legs[key] = leg  # reserved: a second attach while we bind becomes an update
         try:
             leg.port, leg.rtp, leg.rtcp = await self._ports.bind_pair(
-                self._host, lambda: _RtpProtocol(self, leg), _RtcpProtocol
+                self._host, lambda: _RtpProtocol(self, leg), lambda: _RtcpProtocol(self, leg)
             )
         except PortsExhausted as exc:
             del self._legs[key]
@@ -199,7 +218,14 @@ class EmbeddedMixer(AudioEngine):
         if self._legs.get(key) is not leg or self._closed:  # detached while we were binding
             self._close_leg(leg)
             raise AudioEngineError(487, "detached during attach")
-        leg.stream = ParticipantStream(terms, rng=self._rng, now=loop.time())
+        leg.stream = ParticipantStream(
+            terms,
+            rng=self._rng,
+            now=loop.time(),
+            rtcp_interval=self._rtcp_interval,
+            wall_offset=time.time() - loop.time(),
+            cname=f"chorus@{self._host}",
+        )
         mix = self._rooms.get(room)
         if mix is None:
             mix = self._rooms[room] = MixRoom(
@@ -293,6 +319,16 @@ class EmbeddedMixer(AudioEngine):
         total.add(self.counters)
         return total
 
+    async def quality(self) -> dict[tuple[RoomId, ParticipantId], StreamQuality]:
+        """Per-participant RTCP figures: loss, jitter, round-trip time (see StreamQuality)."""
+        if self._pool is not None:
+            return await self._pool.quality()
+        return {
+            key: leg.stream.rtcp.quality()
+            for key, leg in self._legs.items()
+            if leg.stream is not None
+        }
+
     def stream(self, room: RoomId, participant: ParticipantId) -> ParticipantStream | None:
         """The in-process stream object (tests and diagnostics; None in worker mode)."""
         leg = self._legs.get((room, participant))
@@ -365,6 +401,7 @@ class EmbeddedMixer(AudioEngine):
                 self._send(mix.room, out)
                 if mix.failed:
                     self._end_room(mix, events)
+        self._send_reports(now)
         for event in events:
             self._queue.put_nowait(event)
         if self._rooms:
@@ -385,6 +422,41 @@ class EmbeddedMixer(AudioEngine):
             len(mix.streams),
         )
         events.append(RoomFailed(mix.room, mix.last_error))
+
+    def _send_reports(self, now: float) -> None:
+        """RTCP reports that fell due (RFC 3550 §6.3), muxed on the RTP port where offered."""
+        counters = self.counters
+        for leg in self._legs.values():
+            stream = leg.stream
+            if stream is None or not stream.rtcp.due(now):
+                continue
+            try:
+                data = stream.rtcp_report(now)
+            except Exception as exc:  # an SRTCP context that refuses: this leg only
+                counters.rtcp_errors += 1
+                self._faults.report(
+                    ("rtcp", leg.room, leg.participant),
+                    f"room {leg.room}: RTCP for {leg.participant}",
+                    exc,
+                    now,
+                )
+                continue
+            dest = stream.rtcp_destination
+            transport = leg.rtp if stream.terms.rtcp_mux else leg.rtcp
+            if dest is None or transport is None:
+                continue
+            try:
+                transport.sendto(data, dest)
+            except (OSError, ValueError, TypeError) as exc:
+                self.send_failed(leg, exc)
+                continue
+            counters.rtcp_sent += 1
+
+    def counted_rtcp(self, ok: bool) -> None:
+        if ok:
+            self.counters.rtcp_received += 1
+        else:
+            self.counters.rtcp_errors += 1
 
     def send_failed(self, leg: _Leg, exc: BaseException) -> None:
         """One datagram to `leg` not sent: counted, logged once per leg and interval."""

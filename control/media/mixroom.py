@@ -202,7 +202,7 @@ class MixRoom:
                 payload = self._payload(
                     pid, stream, contributions, total, shared_payloads, counters
                 )
-                data = stream.packet(payload)
+                data = stream.packet(payload, now)
             except _SharedEncodeFailed as exc:
                 failed[pid] = exc.__cause__ or exc
                 continue  # logged once for the codec, below in _payload

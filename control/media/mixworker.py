@@ -9,7 +9,7 @@ place).  The parent sends commands over a pipe and gets answers and events back.
 Wire format over `multiprocessing.Pipe` (pickled tuples):
 
 * parent → worker: ``(op, request_id, args)`` with op attach / update / detach / mute /
-  stats / close; offers travel as SDP bytes;
+  stats / quality / close; offers travel as SDP bytes;
 * worker → parent: ``("ready",)`` once, ``("reply", request_id, ok, value)`` where value is
   the result or ``(status, reason)`` of an AudioEngineError, and ``("event", AudioEvent)``.
 
@@ -33,6 +33,7 @@ from typing import Any
 from control.media.engine import AudioEngineError, AudioEvent, ParticipantId, RoomId
 from control.media.mixroom import MixCounters
 from control.media.ports import PortAllocator
+from control.media.rtcpsession import StreamQuality
 from control.sip import sdp
 
 __all__ = ["WorkerPool", "WorkerSpec", "shard_of", "worker_main"]
@@ -56,6 +57,7 @@ class WorkerSpec:
     late_after: float
     max_catchup: int
     max_failing_ticks: int = 100
+    rtcp_interval: float = 5.0
 
 
 def shard_of(room: RoomId, workers: int) -> int:
@@ -104,6 +106,7 @@ async def _serve(conn: Connection, spec: WorkerSpec) -> None:
         late_after=spec.late_after,
         max_catchup=spec.max_catchup,
         max_failing_ticks=spec.max_failing_ticks,
+        rtcp_interval=spec.rtcp_interval,
     )
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[tuple[str, int, tuple[Any, ...]] | None] = asyncio.Queue()
@@ -154,6 +157,8 @@ async def _dispatch(mixer: Any, op: str, args: tuple[Any, ...]) -> Any:
         return await mixer.set_muted(*args)
     if op == "stats":
         return await mixer.stats()
+    if op == "quality":
+        return await mixer.quality()
     if op == "close":
         return None
     raise AudioEngineError(500, f"unknown mixer command {op!r}")
@@ -189,6 +194,7 @@ class WorkerPool:
         max_catchup: int,
         on_event: Callable[[AudioEvent], None],
         max_failing_ticks: int = 100,
+        rtcp_interval: float = 5.0,
     ) -> None:
         secure = isinstance(rng, random.SystemRandom)
         self._specs = [
@@ -205,6 +211,7 @@ class WorkerPool:
                 late_after=late_after,
                 max_catchup=max_catchup,
                 max_failing_ticks=max_failing_ticks,
+                rtcp_interval=rtcp_interval,
             )
             for i, (low, high) in enumerate(split_range(ports.low, ports.high, count))
         ]
@@ -292,6 +299,15 @@ class WorkerPool:
         ):
             total.add(counters)
         return total
+
+    async def quality(self) -> dict[tuple[RoomId, ParticipantId], StreamQuality]:
+        await self.start()
+        merged: dict[tuple[RoomId, ParticipantId], StreamQuality] = {}
+        for part in await asyncio.gather(
+            *(self._request(w, "quality") for w in self._workers if w.alive)
+        ):
+            merged.update(part)
+        return merged
 
     async def close(self) -> None:
         if self._starting is None:

@@ -22,6 +22,8 @@ from control.media.answer import PTIME_MS, Address, AudioTerms
 from control.media.codecs import Codec, CodecError
 from control.media.jitter import Frame, JitterBuffer
 from control.media.polyphase import resampler
+from control.media.rtcp import RtcpError
+from control.media.rtcpsession import RtcpSession
 from control.media.rtp import RtpError, RtpPacket, RtpSender, SequenceTracker, is_rtcp
 from control.media.srtp import SrtpContext, SrtpError
 
@@ -148,6 +150,8 @@ class StreamStats:
     foreign: int = 0  # payload types we did not negotiate (CN, telephone-event, …)
     decode_errors: int = 0
     sent: int = 0
+    rtcp_received: int = 0  # RTCP compounds read (sender/receiver reports)
+    rtcp_errors: int = 0  # RTCP that failed SRTCP authentication or did not parse
 
 
 class ParticipantStream:
@@ -161,12 +165,16 @@ class ParticipantStream:
         now: float,
         internal_rate: int = 16000,
         talk: TalkDetector | None = None,
+        rtcp_interval: float = 5.0,  # RFC 3550 §6.2 minimum report interval
+        wall_offset: float = 0.0,  # wall clock minus `now`'s clock, for RTCP's NTP times
+        cname: str = "chorus",  # RFC 3550 §6.5.1 CNAME in our SDES
     ) -> None:
         self.internal_rate = internal_rate
         self.stats = StreamStats()
         self.talk = talk or TalkDetector()
         self.muted = False
         self.latched: Address | None = None
+        self.rtcp_latched: Address | None = None  # where the peer's RTCP comes from
         self.last_rtp = now
         self.timed_out = False
         self.failing = 0  # consecutive ticks this stream's frame failed (see MixRoom)
@@ -174,6 +182,15 @@ class ParticipantStream:
         self._srtp: SrtpContext | None = None
         self.terms = terms
         self._configure(terms, now, first=True)
+        self.rtcp = RtcpSession(
+            ssrc=self._sender.ssrc,
+            clock_rate=terms.rtpmap.clock_rate,
+            cname=cname,
+            rng=rng,
+            now=now,
+            wall_offset=wall_offset,
+            min_interval=rtcp_interval,
+        )
 
     def _configure(self, terms: AudioTerms, now: float, *, first: bool) -> None:
         old = None if first else self.terms
@@ -199,6 +216,7 @@ class ParticipantStream:
                 # only moves the timestamp on from where it is.
                 self._sender.payload_type = terms.payload_type
                 self._sender.skip(0)
+                self.rtcp.set_clock_rate(terms.rtpmap.clock_rate)
             self._ts_step = self.private.codec.timestamp_step(PTIME_MS)
             self._source = SourceFilter()
         if old is not None and old.direction.sends != terms.direction.sends:
@@ -214,7 +232,8 @@ class ParticipantStream:
     def receive(self, data: bytes, addr: Address, now: float) -> None:
         """One datagram on our RTP port.  Bad input is counted and dropped, never raised."""
         if self.terms.rtcp_mux and is_rtcp(data):
-            return  # RFC 5761 §4: RTCP on the RTP port; we send no reports to match
+            self.receive_rtcp(data, addr, now)  # RFC 5761 §4: RTCP on the RTP port
+            return
         if self._srtp is not None:
             try:
                 data = self._srtp.unprotect(data)
@@ -240,7 +259,21 @@ class ParticipantStream:
             return
         self.stats.received += 1
         self._jitter.put(packet, now)
+        self.rtcp.on_rtp(packet, now)
         self._alive(addr, now)
+
+    def receive_rtcp(self, data: bytes, addr: Address, now: float) -> bool:
+        """One RTCP datagram (muxed or on the RTCP port); bad ones are counted, never raised."""
+        try:
+            if self._srtp is not None:
+                data = self._srtp.unprotect_rtcp(data)  # RFC 3711 §3.4 SRTCP
+            self.rtcp.receive(data, now)
+        except (SrtpError, RtcpError):
+            self.stats.rtcp_errors += 1
+            return False
+        self.stats.rtcp_received += 1
+        self.rtcp_latched = (str(addr[0]), int(addr[1]))
+        return True
 
     def _alive(self, addr: Address, now: float) -> None:
         self.latched = (str(addr[0]), int(addr[1]))  # RFC 4961 symmetric RTP
@@ -317,10 +350,16 @@ class ParticipantStream:
             return None  # RFC 3264 §5.1: they are not receiving (hold, recvonly from us)
         return self.latched or self.terms.remote
 
-    def packet(self, payload: bytes) -> bytes:
-        """Wrap a (possibly shared) payload in our RTP header and SRTP for this listener."""
-        data = self._sender.stamp(payload, self._ts_step).serialize()
+    def packet(self, payload: bytes, now: float | None = None) -> bytes:
+        """Wrap a (possibly shared) payload in our RTP header and SRTP for this listener.
+
+        `now` (the tick's time) lets our sender reports relate RTP and NTP time.
+        """
+        rtp = self._sender.stamp(payload, self._ts_step)
+        data = rtp.serialize()
         self.stats.sent += 1
+        if now is not None:
+            self.rtcp.on_sent(rtp.timestamp, len(payload), now)
         if self._srtp is not None:
             return self._srtp.protect(data)
         return data
@@ -328,3 +367,24 @@ class ParticipantStream:
     def skip(self, frames: int) -> None:
         """Frames we did not send (dropped ticks): keep the timestamp in real time."""
         self._sender.skip(self._ts_step * frames)
+
+    # --- RTCP ------------------------------------------------------------------------
+
+    @property
+    def rtcp_destination(self) -> Address | None:
+        """Where our reports go: the RTP address with rtcp-mux (RFC 5761 §5.1.3), else the
+        address the peer's RTCP came from, else its RTP address with port + 1 (RFC 3550
+        §11; an a=rtcp port from RFC 3605 is not read yet)."""
+        rtp = self.latched or self.terms.remote
+        if self.terms.rtcp_mux:
+            return rtp
+        if self.rtcp_latched is not None:
+            return self.rtcp_latched
+        return (rtp[0], rtp[1] + 1) if rtp is not None else None
+
+    def rtcp_report(self, now: float) -> bytes:
+        """Our next compound report (SRTCP-protected when the stream is SRTP)."""
+        data = self.rtcp.report(now)
+        if self._srtp is not None:
+            return self._srtp.protect_rtcp(data)
+        return data
