@@ -73,6 +73,8 @@ class SipConfig:
     max_connections: int = 1024
     connection_idle_timeout: float = 300.0
     max_sessions: int = 2000
+    session_expires: int = 1800  # RFC 4028 interval we ask for and grant, seconds
+    min_se: int = 90  # smallest Session-Expires accepted (422 below); RFC 4028's floor is 90
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +270,7 @@ def _parse_sip(section: _Section) -> SipConfig:
     t1 = section.number("t1", default.timers.t1, minimum=0.01)
     t2 = section.number("t2", default.timers.t2, minimum=t1)
     t4 = section.number("t4", default.timers.t4, minimum=0.01)
+    min_se = section.integer("min_se", default.min_se, minimum=1)
     config = SipConfig(
         listen=listen,
         advertised_address=advertised,
@@ -282,6 +285,8 @@ def _parse_sip(section: _Section) -> SipConfig:
             "connection_idle_timeout", default.connection_idle_timeout, minimum=1.0
         ),
         max_sessions=section.integer("max_sessions", default.max_sessions, minimum=1),
+        session_expires=section.integer("session_expires", default.session_expires, minimum=min_se),
+        min_se=min_se,
     )
     section.finish()
     return config

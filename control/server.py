@@ -18,7 +18,8 @@ from control.media.ports import PortAllocator
 from control.msrp.trace import MsrpTracer
 from control.msrp.transport import MsrpTransport
 from control.sip.message import Request
-from control.sip.session import IncomingCall
+from control.sip.session import IncomingCall, timer_terms
+from control.sip.sessiontimer import MIN_SE_FLOOR, TimerPolicy
 from control.sip.transport import Peer, SipTracer, SipTransportLayer
 from control.sip.uri import SipUri, parse_uri
 from control.sip.useragent import ALLOWED_METHODS, IncomingRequest, UserAgent
@@ -27,7 +28,9 @@ from control.tls import ensure_certificate
 log = logging.getLogger("chorus.server")
 
 APP_HEADER = "X-Chorus-App"
-SUPPORTED_EXTENSIONS = frozenset({"replaces", "norefersub", "timer"})
+# Only what is implemented: RFC 4028 session timers. Not RFC 3891 ``replaces`` (an INVITE
+# requiring it gets 420) nor RFC 4488 ``norefersub`` (REFER is not handled yet).
+SUPPORTED_EXTENSIONS = frozenset({"timer"})
 
 
 class Application(Protocol):
@@ -75,7 +78,14 @@ class Server:
             outbound_proxy=parse_uri(config.sip.outbound_proxy)
             if config.sip.outbound_proxy
             else None,
+            session_timers=TimerPolicy(config.sip.session_expires, config.sip.min_se),
         )
+        if config.sip.min_se < MIN_SE_FLOOR:
+            log.warning(
+                "sip.min_se = %d is below RFC 4028's %d s floor (fine for tests only)",
+                config.sip.min_se,
+                MIN_SE_FLOOR,
+            )
         self.ua.request_handler = self.handle_request
         self.ports = PortAllocator(*config.rtp.port_range)
         self.applications: dict[str, Application] = {}
@@ -181,13 +191,16 @@ class Server:
                 # RFC 3261 §21.4.13, RFC 4475 §3.3.7 (invut): say what we take.
                 incoming.respond(415, headers=[("Accept", "application/sdp")])
                 return
+            timer_terms(incoming, self.ua.session_timers)  # RFC 4028 §8.1: 422 or 400
+            if incoming.final_sent:
+                return
         if request.method == "OPTIONS":
             incoming.respond(
                 200,
                 headers=[
                     ("Allow", ALLOWED_METHODS),
                     ("Accept", "application/sdp, message/cpim, text/plain"),
-                    ("Supported", "replaces, norefersub"),
+                    ("Supported", ", ".join(sorted(SUPPORTED_EXTENSIONS))),
                 ],
             )
             return

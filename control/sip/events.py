@@ -1,4 +1,4 @@
-"""Events the sans-IO SIP cores hand to the layer above (transactions, for now).
+"""Events the sans-IO SIP cores hand to the layer above (transactions, session timers).
 
 Each event is a small frozen dataclass named for what happened; consumers ``match`` on the type.
 """
@@ -12,7 +12,10 @@ from control.sip.message import Request, Response
 __all__ = [
     "AckFor2xxReceived",
     "AckReceived",
+    "RefreshDue",
     "ResponseReceived",
+    "SessionExpired",
+    "SessionTimerEvent",
     "TimedOut",
     "TransactionEvent",
     "TransactionTerminated",
@@ -63,3 +66,22 @@ class TransactionTerminated:
 TransactionEvent = (
     ResponseReceived | TimedOut | AckReceived | AckFor2xxReceived | TransactionTerminated
 )
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshDue:
+    """We are the refresher and half the session interval has passed (RFC 4028 §7.4, §10):
+    send a session refresh (re-INVITE with the same SDP) now."""
+
+    interval: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionExpired:
+    """No refresh succeeded before Session-Expires minus min(32, SE/3) (RFC 4028 §10): the
+    session is dead, end the dialog with BYE and let the application drop the participant."""
+
+    interval: int
+
+
+SessionTimerEvent = RefreshDue | SessionExpired

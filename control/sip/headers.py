@@ -77,6 +77,7 @@ _CANONICAL = {
         "Max-Forwards",
         "MIME-Version",
         "Min-Expires",
+        "Min-SE",
         "Organization",
         "Priority",
         "Proxy-Authenticate",

@@ -1,8 +1,11 @@
 """INVITE sessions: the dialog usage applications talk to (RFC 3261 §13–15, RFC 3264).
 
 ``IncomingCall`` is an offer waiting for ``accept``/``reject``; ``Session`` is the established
-call: re-INVITE both ways with 491 glare handling (§14.1), BYE, and the UAS's 2xx
-retransmission until ACK (§13.3.1.4). Bodies are opaque bytes here; the SDP model lives in
+call: re-INVITE both ways with 491 glare handling (§14.1), BYE, the UAS's 2xx retransmission
+until ACK (§13.3.1.4), and RFC 4028 session timers: the session refreshes itself with a
+re-INVITE carrying the same SDP when it is the refresher, and ends with BYE when refreshes stop
+(``terminated`` then resolves with ``SESSION_EXPIRED``, which is how an application learns that
+a participant is gone). Bodies are opaque bytes here; the SDP model lives in
 ``control.sip.sdp`` and the applications.
 """
 
@@ -15,7 +18,19 @@ from collections.abc import Awaitable, Callable
 
 from control.sip.dialog import Dialog
 from control.sip.errors import SipError
+from control.sip.events import RefreshDue, SessionExpired
 from control.sip.message import Request, Response
+from control.sip.sessiontimer import (
+    IntervalTooSmall,
+    Negotiated,
+    Refresher,
+    SessionTimer,
+    TimerPolicy,
+    answer_request,
+    offer_headers,
+    read_answer,
+    retry_interval,
+)
 from control.sip.transaction import TwoHundredRetransmitter, build_cancel
 from control.sip.transport import Peer
 from control.sip.uri import NameAddr, SipUri, Uri, parse_name_addr
@@ -30,6 +45,24 @@ from control.sip.useragent import (
 log = logging.getLogger("chorus.sip.session")
 
 SDP = "application/sdp"
+SESSION_EXPIRED = "session timer expired"  # the ``terminated`` reason when refreshes stopped
+
+
+def timer_terms(incoming: IncomingRequest, policy: TimerPolicy | None) -> Negotiated | None:
+    """The session timer an INVITE, re-INVITE or UPDATE asks for (RFC 4028 §9).
+
+    A too small interval is answered 422 with our Min-SE (§8.1), a malformed one 400; both
+    leave ``incoming`` answered (``final_sent``) and return ``None``, as do disabled timers.
+    """
+    if policy is None:
+        return None
+    try:
+        return answer_request(incoming.request, policy)
+    except IntervalTooSmall as exc:
+        incoming.respond(exc.status, exc.reason, headers=exc.headers)
+    except SipError as exc:
+        incoming.respond(exc.status, exc.reason)
+    return None
 
 
 class SessionState(enum.Enum):
@@ -41,8 +74,9 @@ class SessionState(enum.Enum):
 class Offer:
     """An SDP offer in an INVITE or re-INVITE, answered once."""
 
-    def __init__(self, incoming: IncomingRequest) -> None:
+    def __init__(self, incoming: IncomingRequest, session_timer: Negotiated | None = None) -> None:
         self.incoming = incoming
+        self.session_timer = session_timer  # what the 2xx answering it will say (RFC 4028 §9)
 
     @property
     def request(self) -> Request:
@@ -106,14 +140,18 @@ class IncomingCall(Offer):
         contact = self.ua.contact_for(self.incoming.source, user, secure=self._secure_request())
         dialog = Dialog.as_uas(self.request, self.local_tag, contact)
         session = Session(self.ua, dialog, self.incoming.source, is_uac=False)
+        negotiated = session.negotiate_timer(self.request)
         response = self.request.make_response(
             200, to_tag=self.local_tag, body=answer, content_type=SDP
         )
         response.headers.add("Contact", str(contact))
         response.headers.add("Allow", ALLOWED_METHODS)
-        response.headers.add("Supported", "replaces, norefersub")
+        session.add_timer_headers(response, negotiated)
         self.incoming.send_response(response)
+        session.local_sdp = answer
         session.start_2xx_retransmission(response)
+        if negotiated is not None:
+            session.apply_timer(negotiated, we_are_uac=False)
         return session
 
 
@@ -136,6 +174,8 @@ class Session:
         self._reinvite_lock = asyncio.Lock()
         self._incoming_reinvite: IncomingRequest | None = None
         self._last_2xx: Response | None = None
+        self.local_sdp = b""  # what a refresh re-INVITE offers again (RFC 4028 §7.4)
+        self.session_timer: SessionTimer | None = None
         ua.dialogs[dialog.id] = self
 
     # --- peer routing --------------------------------------------------------------------
@@ -166,9 +206,17 @@ class Session:
         self.ua.schedule(self)
 
     def next_timer(self) -> float | None:
-        return self._retransmitter.next_timer() if self._retransmitter else None
+        deadlines = [
+            self._retransmitter.next_timer() if self._retransmitter else None,
+            self.session_timer.next_timer() if self.session_timer else None,
+        ]
+        return min((d for d in deadlines if d is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
+        self._handle_retransmission(now)
+        self._handle_session_timer(now)
+
+    def _handle_retransmission(self, now: float) -> None:
         retransmitter = self._retransmitter
         if retransmitter is None:
             return
@@ -182,6 +230,82 @@ class Session:
             log.info("no ACK for 2xx on %s: ending with BYE", self.dialog.call_id)
             self.state = SessionState.CONFIRMED
             self.ua.spawn(self.bye(reason="no ACK"))
+
+    # --- RFC 4028 session timer ------------------------------------------------------------
+
+    def negotiate_timer(self, request: Request) -> Negotiated | None:
+        """What our 2xx to ``request`` says about the session timer; ``None`` when timers are
+        off. Callers reject a too-small interval (422) before they get here."""
+        policy = self.ua.session_timers
+        if policy is None:
+            return None
+        try:
+            return answer_request(request, policy)
+        except SipError as exc:
+            log.warning("session timer of %s not usable (%s): none", self.dialog.call_id, exc)
+            return None
+
+    def add_timer_headers(self, response: Response, negotiated: Negotiated | None) -> None:
+        if self.ua.session_timers is None:
+            return
+        response.headers.add("Supported", "timer")
+        for name, value in negotiated.response_headers() if negotiated else []:
+            response.headers.add(name, value)
+
+    def apply_timer(self, negotiated: Negotiated, *, we_are_uac: bool) -> None:
+        """A refresh transaction succeeded (we sent or received its 2xx): restart the clock."""
+        local = negotiated.local_refresh(we_are_uac=we_are_uac)
+        now = self.ua.now()
+        if self.session_timer is None:
+            self.session_timer = SessionTimer(negotiated.interval, local_refresh=local, now=now)
+        else:
+            self.session_timer.restart(negotiated.interval, local_refresh=local, now=now)
+        self.ua.schedule(self)
+
+    def _timer_offer(self, interval: int) -> list[tuple[str, str]]:
+        """Session timer headers for a re-INVITE we send: keep whoever refreshes now (§7.4)."""
+        policy = self.ua.session_timers
+        if policy is None:
+            return []
+        timer = self.session_timer
+        refresher = None
+        if timer is not None:
+            refresher = Refresher.UAC if timer.local_refresh else Refresher.UAS
+        return offer_headers(policy, interval, refresher)
+
+    def _handle_session_timer(self, now: float) -> None:
+        timer = self.session_timer
+        if timer is None or self.state is SessionState.TERMINATED:
+            return
+        timer.handle_timer(now)
+        while (event := timer.next_event()) is not None:
+            match event:
+                case RefreshDue():
+                    self.ua.spawn(self._refresh())
+                case SessionExpired(interval=interval):
+                    log.info(
+                        "no session refresh on %s within %d s: ending with BYE",
+                        self.dialog.call_id,
+                        interval,
+                    )
+                    self.ua.spawn(self.bye(reason=SESSION_EXPIRED))
+
+    async def _refresh(self) -> None:
+        """§7.4/§10: refresh with the same SDP; 408 or 481 means the peer is gone (§14.1)."""
+        if self.state is SessionState.TERMINATED:
+            return
+        response = await self.reinvite(self.local_sdp)
+        if self.state is SessionState.TERMINATED or 200 <= response.status < 300:
+            return
+        if response.status in (408, 481):
+            log.info("session refresh on %s got %s: ending", self.dialog.call_id, response.status)
+            await self.bye(reason=f"refresh got {response.status}")
+        else:
+            log.info(
+                "session refresh on %s got %s: the session ends at expiry",
+                self.dialog.call_id,
+                response.status,
+            )
 
     def handle_ack(self, request: Request, peer: Peer) -> None:
         last = self._last_2xx
@@ -214,6 +338,8 @@ class Session:
                 self._handle_reinvite(incoming)
             case "OPTIONS":
                 incoming.respond(200, headers=[("Allow", ALLOWED_METHODS)])
+            case "UPDATE" if not request.body and self.ua.session_timers is not None:
+                self._handle_update_refresh(incoming)
             case "INFO" | "UPDATE" if self.on_request is None:
                 incoming.respond(200 if request.method == "INFO" else 501)
             case _:
@@ -230,6 +356,20 @@ class Session:
             if not incoming.final_sent:
                 incoming.respond(500)
 
+    def _refresh_terms(self, incoming: IncomingRequest) -> Negotiated | None:
+        return timer_terms(incoming, self.ua.session_timers)
+
+    def _handle_update_refresh(self, incoming: IncomingRequest) -> None:
+        """RFC 4028 §9 with RFC 3311: an UPDATE without a body only refreshes the session."""
+        negotiated = self._refresh_terms(incoming)
+        if negotiated is None:
+            return
+        response = incoming.request.make_response(200)
+        response.headers.add("Contact", str(self.dialog.local_contact))
+        self.add_timer_headers(response, negotiated)
+        incoming.send_response(response)
+        self.apply_timer(negotiated, we_are_uac=False)
+
     def _handle_reinvite(self, incoming: IncomingRequest) -> None:
         # §14.2: a re-INVITE while ours is pending → 491; while an earlier one of theirs is
         # unanswered → 500 with Retry-After.
@@ -241,8 +381,11 @@ class Session:
             retry = str(self.ua.rng.randint(0, 10))
             incoming.respond(500, headers=[("Retry-After", retry)])
             return
+        negotiated = self._refresh_terms(incoming)
+        if incoming.final_sent:
+            return
         self._incoming_reinvite = incoming
-        offer = Offer(incoming)
+        offer = Offer(incoming, negotiated)
         if self.on_reinvite is None:
             incoming.respond(488)
             return
@@ -259,8 +402,12 @@ class Session:
     def answer_reinvite(self, offer: Offer, answer: bytes) -> None:
         response = offer.request.make_response(200, body=answer, content_type=SDP)
         response.headers.add("Contact", str(self.dialog.local_contact))
+        self.add_timer_headers(response, offer.session_timer)
         offer.incoming.send_response(response)
+        self.local_sdp = answer
         self.start_2xx_retransmission(response)
+        if offer.session_timer is not None:
+            self.apply_timer(offer.session_timer, we_are_uac=False)
 
     # --- requests we send ------------------------------------------------------------------
 
@@ -295,10 +442,17 @@ class Session:
             return await self._reinvite(body, attempts)
 
     async def _reinvite(self, body: bytes, attempts: int) -> Response:
+        policy = self.ua.session_timers
+        timer = self.session_timer
+        interval = timer.interval if timer else policy.session_expires if policy else 0
         for _ in range(attempts):
             peer = await self.next_peer()
             request = self.dialog.create_request(
-                "INVITE", via=self.ua.via_for(peer), body=body, content_type=SDP
+                "INVITE",
+                via=self.ua.via_for(peer),
+                body=body,
+                content_type=SDP,
+                extra_headers=self._timer_offer(interval),
             )
             outgoing = self.ua.send_request(request, peer)
             self._pending_reinvite = outgoing
@@ -309,13 +463,33 @@ class Session:
             if 200 <= response.status < 300:
                 self.dialog.receive_response(request, response)
                 self._ack_2xx(outgoing, peer)
+                self.local_sdp = body
+                self._timer_answered(response, interval)
                 return response
+            if response.status == 422 and policy is not None:
+                # RFC 4028 §7.4: try again with the peer's Min-SE, at once.
+                retry = retry_interval(response, interval)
+                if retry is None:
+                    return response
+                interval = retry
+                continue
             if response.status != 491:
                 return response
             # §14.1: the Call-ID owner waits 2.1–4 s, the other side 0–2 s.
             delay = self.ua.rng.uniform(2.1, 4.0) if self.is_uac else self.ua.rng.uniform(0, 2)
             await asyncio.sleep(delay)
         return response
+
+    def _timer_answered(self, response: Response, offered: int) -> None:
+        """§7.2: the 2xx to our (re-)INVITE sets the interval and who refreshes next."""
+        if self.ua.session_timers is None:
+            return
+        try:
+            negotiated = read_answer(response, offered)
+        except SipError as exc:
+            log.warning("bad Session-Expires on %s (%s): we refresh", self.dialog.call_id, exc)
+            negotiated = Negotiated(offered, Refresher.UAC)
+        self.apply_timer(negotiated, we_are_uac=True)
 
     def _ack_2xx(self, outgoing: OutgoingRequest, peer: Peer) -> None:
         """§13.2.2.4: ACK the 2xx, and again each retransmission of it: the UAS resends its
@@ -342,6 +516,8 @@ class Session:
             return
         self.state = SessionState.TERMINATED
         self._retransmitter = None
+        if self.session_timer is not None:
+            self.session_timer.stop()
         self.ua.dialogs.pop(self.dialog.id, None)
         if not self.terminated.done():
             self.terminated.set_result(reason)
@@ -358,7 +534,11 @@ async def place_call(
     peer: Peer | None = None,
     timeout: float = 32.0,
 ) -> tuple[Session | None, Response]:
-    """Send an INVITE as UAC (§13.2); on 2xx build the dialog, ACK, and return the session."""
+    """Send an INVITE as UAC (§13.2); on 2xx build the dialog, ACK, and return the session.
+
+    The INVITE asks for a session timer (RFC 4028 §7.1) and is sent once more with a larger
+    interval after a 422 (§7.4). After ``timeout`` seconds the call is cancelled.
+    """
     if peer is None:
         peer = await ua.resolve(target)
     contact = ua.contact_for(
@@ -366,30 +546,38 @@ async def place_call(
         from_.uri.user if hasattr(from_.uri, "user") else None,
         secure=isinstance(target, SipUri) and target.scheme == "sips",
     )
-    request = build_request(
-        "INVITE",
-        target,
-        from_=from_.with_tag(ua.token(12)) if from_.tag is None else from_,
-        to=NameAddr(target),
-        call_id=ua.token(24),
-        contact=contact,
-        body=offer,
-        content_type=SDP,
-        extra_headers=[("Allow", ALLOWED_METHODS)],
-    )
-    outgoing = ua.send_request(request, peer)
-    try:
-        response = await asyncio.wait_for(asyncio.shield(outgoing.final), timeout)
-    except TimeoutError:
-        cancel = build_cancel(outgoing.request)
-        ua.send_request(cancel, peer)
-        response = await outgoing.final
+    policy = ua.session_timers
+    interval = policy.session_expires if policy is not None else 0
+    tagged = from_.with_tag(ua.token(12)) if from_.tag is None else from_
+    call_id = ua.token(24)
+    for cseq in (1, 2):
+        extra = [("Allow", ALLOWED_METHODS)]
+        if policy is not None:
+            extra += offer_headers(policy, interval, None)
+        request = build_request(
+            "INVITE",
+            target,
+            from_=tagged,
+            to=NameAddr(target),
+            call_id=call_id,
+            cseq=cseq,
+            contact=contact,
+            body=offer,
+            content_type=SDP,
+            extra_headers=extra,
+        )
+        outgoing, response = await _invite(ua, request, peer, timeout)
+        retry = retry_interval(response, interval) if response.status == 422 else None
+        if retry is None or policy is None:
+            break
+        interval = retry
     if not 200 <= response.status < 300:
         return None, response
     dialog = Dialog.as_uac(outgoing.request, response)
     session = Session(ua, dialog, peer, is_uac=True)
     session.state = SessionState.CONFIRMED
     session.confirmed.set_result(None)
+    session.local_sdp = offer
     ack_peer = await session.next_peer()
     session._send_ack(outgoing.request, ack_peer)
 
@@ -397,4 +585,32 @@ async def place_call(
         session._send_ack(outgoing.request, ack_peer)
 
     outgoing.on_2xx_retransmission = re_ack
+    session._timer_answered(response, interval)
     return session, response
+
+
+async def _invite(
+    ua: UserAgent, request: Request, peer: Peer, timeout: float
+) -> tuple[OutgoingRequest, Response]:
+    """Send the INVITE and wait for its final response, cancelling it after ``timeout``.
+
+    §9.1: a CANCEL is only sent once a provisional response has arrived; before that the
+    INVITE may not even have reached the UAS, which would answer the CANCEL 481 and then ring
+    on. So the timeout waits for the first provisional (or the final) before cancelling.
+    """
+    outgoing = ua.send_request(request, peer)
+    ringing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def answered(_: object) -> None:
+        if not ringing.done():
+            ringing.set_result(None)
+
+    outgoing.provisional.append(answered)
+    outgoing.final.add_done_callback(answered)
+    try:
+        return outgoing, await asyncio.wait_for(asyncio.shield(outgoing.final), timeout)
+    except TimeoutError:
+        await ringing
+        if not outgoing.final.done():
+            ua.send_request(build_cancel(outgoing.request), peer)
+        return outgoing, await outgoing.final

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TextIO, cast
 
 from control.config import ListenAddress
-from control.sip.errors import SipParseError
+from control.sip.errors import SipError, SipParseError
 from control.sip.headers import parse_via
 from control.sip.message import (
     MAX_BODY_BYTES,
@@ -117,8 +117,16 @@ class _Receiver:
         if isinstance(message, Request):
             try:
                 stamp_via(message, peer)
-            except Exception:  # noqa: BLE001 - the Via was validated; never let this kill a read
-                log.debug("could not stamp Via from %s", peer)
+            except SipError as exc:
+                # The parser validated the Via, so this is our bug, not the peer's: say so, and
+                # deliver the request unstamped (responses then follow the Via's sent-by).
+                log.warning(
+                    "could not stamp Via of %s from %s (Call-ID %s): %s",
+                    message.method,
+                    peer,
+                    message.call_id,
+                    exc,
+                )
         self.layer.deliver(message, peer)
         return None
 
@@ -143,7 +151,9 @@ class _UdpProtocol(asyncio.DatagramProtocol):
             self.transport.sendto(reply, addr[:2])
 
     def error_received(self, exc: Exception) -> None:
-        log.debug("UDP error on %s: %s", self.listen, exc)
+        # Usually an ICMP port unreachable for an earlier send: counted, logged rate-limited.
+        self._layer.send_errors += 1
+        self._layer.log_send_error(f"UDP error on {self.listen}: {exc}")
 
 
 class StreamConnection(asyncio.Protocol):
@@ -245,6 +255,8 @@ class SipTransportLayer:
         self._pending: dict[Peer, asyncio.Future[StreamConnection]] = {}
         self._bad_input_logged = 0.0
         self._refused_logged = 0.0
+        self._send_error_logged = 0.0
+        self.send_errors = 0  # UDP errors reported by the kernel (error_received)
         self._sweeper: asyncio.Task[None] | None = None
         self.bound: list[ListenAddress] = []
 
@@ -310,7 +322,15 @@ class SipTransportLayer:
         try:
             self._handler(message, peer)
         except Exception:
-            log.exception("handler failed on a message from %s", peer)
+            # The one place a bug above must not stop the socket: log it with what it was
+            # handling, and keep reading.
+            what = message.method if isinstance(message, Request) else str(message.status)
+            log.exception(
+                "handler failed on %s from %s (Call-ID %s)",
+                what,
+                peer,
+                message.headers.get("Call-ID"),
+            )
 
     def log_bad_input(self, peer: Peer, exc: SipParseError) -> None:
         # One line per bad message, but never more than ~10 a second from a flood.
@@ -325,6 +345,12 @@ class SipTransportLayer:
         if now - self._refused_logged >= 0.1:
             self._refused_logged = now
             log.warning("connection limit reached: refusing %s", peer)
+
+    def log_send_error(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._send_error_logged >= 1.0:
+            self._send_error_logged = now
+            log.warning("%s (%d send errors so far)", text, self.send_errors)
 
     def register_connection(self, connection: StreamConnection) -> bool:
         if len(self._connections) >= self.max_connections:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from control.sip.dialog import DialogId, dialog_id_of_request
+from control.sip.errors import SipError
 from control.sip.events import (
     AckFor2xxReceived,
     AckReceived,
@@ -29,6 +30,7 @@ from control.sip.events import (
 )
 from control.sip.headers import Headers
 from control.sip.message import Request, Response, reason_phrase
+from control.sip.sessiontimer import TimerPolicy
 from control.sip.transaction import (
     ClientTransaction,
     InviteClientTransaction,
@@ -167,8 +169,10 @@ class UserAgent:
         advertised_address: str | None = None,
         outbound_proxy: Uri | None = None,
         rng: random.Random | None = None,
+        session_timers: TimerPolicy | None = TimerPolicy(),
     ) -> None:
         self.timers = timers
+        self.session_timers = session_timers  # RFC 4028 policy for every session; None: off
         self.advertised_address = advertised_address
         self.outbound_proxy = outbound_proxy
         self.rng = rng or random.SystemRandom()
@@ -225,14 +229,23 @@ class UserAgent:
 
     def handle_message(self, message: Request | Response, peer: Peer) -> None:
         if isinstance(message, Response):
-            self._handle_response(message)
+            self._handle_response(message, peer)
         else:
             self._handle_request(message, peer)
 
-    def _handle_response(self, response: Response) -> None:
+    def _handle_response(self, response: Response, peer: Peer | None = None) -> None:
         try:
             key = client_key(response)
-        except Exception:  # noqa: BLE001 - a response we cannot key is simply dropped
+        except SipError as exc:
+            # The parser checked Via and CSeq are present, so only a malformed top Via gets
+            # here; such a response matches no transaction of ours and is dropped.
+            log.warning(
+                "dropping %s response from %s (Call-ID %s): %s",
+                response.status,
+                peer,
+                response.headers.get("Call-ID"),
+                exc,
+            )
             return
         entry = self._clients.get(key)
         if entry is None:
@@ -289,7 +302,12 @@ class UserAgent:
         try:
             await self.request_handler(incoming)
         except Exception:
-            log.exception("application failed on %s", incoming.method)
+            log.exception(
+                "application failed on %s from %s (Call-ID %s)",
+                incoming.method,
+                incoming.source,
+                incoming.request.call_id,
+            )
             if not incoming.final_sent:
                 incoming.respond(500)
 
@@ -453,8 +471,18 @@ class UserAgent:
     def spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A background task (a BYE, a refresh, an application hook) that raised is logged
+        here, once, with its traceback: nobody else awaits it."""
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("task %s failed", task.get_coro(), exc_info=exc)
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -462,6 +490,7 @@ class UserAgent:
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
+            # A failure was logged by _task_done; here we only wait for the task to end.
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
