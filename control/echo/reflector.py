@@ -8,23 +8,57 @@ With SDES-SRTP (RFC 4568) each packet is unprotected with the caller's key, give
 and protected again with ours (RFC 3711 §3.3): the caller's own protected packet, sent
 back, would fail authentication (a new SSRC) or be a replay. Packets that fail are counted
 and dropped.
+
+RTCP (RFC 3550 §6): the echo is a sender of its own stream, so it sends sender reports on
+the RFC 3550 schedule (`RtcpSession`) to the caller's RTCP port (the address its RTCP came
+from, else RTP port + 1) and reads the caller's reports: loss, jitter and round trip are in
+`reflector.rtcp.quality()`.  RTCP arriving on the RTP port (rtcp-mux, RFC 5761 §4) is read
+too and never echoed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import struct
+import time
+from collections.abc import Callable
 from typing import cast
 
 from control.media.ports import PortAllocator
+from control.media.rtcp import RtcpError
+from control.media.rtcpsession import RtcpSession
+from control.media.rtp import RtpError, RtpPacket
 from control.media.srtp import SrtpContext, SrtpError
+
+log = logging.getLogger("chorus.echo.rtcp")
+
+# RFC 3551 §6: RTP clock rates of the static payload types an echo call may use.
+_STATIC_CLOCK = {0: 8000, 3: 8000, 4: 8000, 8: 8000, 9: 8000, 18: 8000}
 
 Address = tuple[str, int]
 
 
 class RtpReflector(asyncio.DatagramProtocol):
-    def __init__(self, ssrc: int) -> None:
+    def __init__(
+        self,
+        ssrc: int,
+        *,
+        rtcp_interval: float = 5.0,  # RFC 3550 §6.2 minimum report interval
+        clock_rate: int = 8000,  # for dynamic payload types; static ones are known
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,  # the event loop's clock (its default)
+    ) -> None:
         self.ssrc = ssrc
+        self.rtcp_interval = rtcp_interval
+        self.clock_rate = clock_rate
+        self.rtcp: RtcpSession | None = None  # made when the socket is (it needs a clock)
+        self.rtcp_remote: Address | None = None
+        self.rtcp_errors = 0
+        self.rtcp_sent = 0
+        self._rng = rng or random.Random()
+        self._clock = clock
         self.sending = True
         self.remote: Address | None = None
         self.transport: asyncio.DatagramTransport | None = None
@@ -35,10 +69,25 @@ class RtpReflector(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
+        self.start_rtcp(self._clock(), time.time())
+
+    def start_rtcp(self, now: float, wall: float) -> None:
+        self.rtcp = RtcpSession(
+            ssrc=self.ssrc,
+            clock_rate=self.clock_rate,
+            cname="chorus-echo",
+            rng=self._rng,
+            now=now,
+            wall_offset=wall - now,
+            min_interval=self.rtcp_interval,
+        )
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        # RFC 3550 §5.1: version 2, at least the 12-byte fixed header; RTCP types are not echoed.
-        if len(data) < 12 or data[0] >> 6 != 2 or 72 <= data[1] & 0x7F <= 79:
+        if len(data) >= 2 and data[0] >> 6 == 2 and 72 <= data[1] & 0x7F <= 79:
+            self.receive_rtcp(data, addr, self._clock())  # RFC 5761 §4
+            return
+        # RFC 3550 §5.1: version 2, at least the 12-byte fixed header.
+        if len(data) < 12 or data[0] >> 6 != 2:
             return
         self.packets_in += 1
         source = (str(addr[0]), int(addr[1]))
@@ -47,7 +96,8 @@ class RtpReflector(asyncio.DatagramProtocol):
             return
         srtp = self.srtp
         try:
-            packet = bytearray(data if srtp is None else srtp.unprotect(data))
+            caller = data if srtp is None else srtp.unprotect(data)
+            packet = bytearray(caller)
             struct.pack_into("!I", packet, 8, self.ssrc)
             out = bytes(packet) if srtp is None else srtp.protect(bytes(packet))
         except SrtpError:
@@ -55,10 +105,56 @@ class RtpReflector(asyncio.DatagramProtocol):
             return
         self.transport.sendto(out, source)
         self.packets_out += 1
+        if self.rtcp is not None:
+            self._account(caller, self._clock())
+
+    def _account(self, plain: bytes, now: float) -> None:
+        """Feed the RTCP session: the caller's packet as received, ours as sent."""
+        assert self.rtcp is not None
+        try:
+            rtp = RtpPacket.parse(plain)
+        except RtpError:
+            return
+        rate = _STATIC_CLOCK.get(rtp.payload_type, self.clock_rate)
+        self.rtcp.set_clock_rate(rate)
+        self.rtcp.on_rtp(rtp, now)  # the caller's stream, under its own SSRC
+        self.rtcp.on_sent(rtp.timestamp, len(rtp.payload), now)  # ours: same timestamps
+
+    def receive_rtcp(self, data: bytes, addr: tuple[str | int, ...], now: float) -> None:
+        """The caller's RTCP (on the RTCP port, or muxed): counted when it does not parse."""
+        if self.rtcp is None:
+            return
+        try:
+            if self.srtp is not None:
+                data = self.srtp.unprotect_rtcp(data)
+            self.rtcp.receive(data, now)
+        except (SrtpError, RtcpError):
+            self.rtcp_errors += 1
+            return
+        self.rtcp_remote = (str(addr[0]), int(addr[1]))
+
+    def report(self, now: float) -> tuple[bytes, Address] | None:
+        """Our report if one is due and we know where to send it (RFC 3550 §6.3)."""
+        rtcp = self.rtcp
+        if rtcp is None or not rtcp.due(now):
+            return None
+        data = rtcp.report(now)
+        if self.srtp is not None:
+            data = self.srtp.protect_rtcp(data)
+        dest = self.rtcp_remote
+        if dest is None and self.remote is not None:
+            dest = (self.remote[0], self.remote[1] + 1)
+        return (data, dest) if dest is not None else None
 
 
-class _Drain(asyncio.DatagramProtocol):
-    """RTCP from the caller: read and dropped (echo has no reports worth sending)."""
+class _EchoRtcp(asyncio.DatagramProtocol):
+    """The caller's RTCP on port + 1, into the reflector's RTCP session."""
+
+    def __init__(self, reflector: RtpReflector) -> None:
+        self._reflector = reflector
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self._reflector.receive_rtcp(data, addr, asyncio.get_running_loop().time())
 
 
 class EchoMedia:
@@ -70,14 +166,41 @@ class EchoMedia:
         self.port = 0
         self._rtp: asyncio.DatagramTransport | None = None
         self._rtcp: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     async def open(self, host: str) -> int:
         self.port, self._rtp, self._rtcp = await self._allocator.bind_pair(
-            host, lambda: self.reflector, _Drain
+            host, lambda: self.reflector, lambda: _EchoRtcp(self.reflector)
         )
+        self._arm()
         return self.port
 
+    def _arm(self) -> None:
+        rtcp = self.reflector.rtcp
+        if rtcp is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(rtcp.next_report, self._send_report)
+
+    def _send_report(self) -> None:
+        """One timer per echo call, at the RTCP session's next report time."""
+        now = asyncio.get_running_loop().time()
+        try:
+            due = self.reflector.report(now) if self.reflector.sending else None
+        except SrtpError as exc:
+            log.warning("echo RTCP report not protected: %s", exc)
+            due = None
+        if self.reflector.rtcp is not None and self.reflector.rtcp.due(now):
+            self.reflector.rtcp.next_report = now + self.reflector.rtcp_interval  # not sent: later
+        if due is not None and self._rtcp is not None:
+            data, dest = due
+            self._rtcp.sendto(data, dest)
+            self.reflector.rtcp_sent += 1
+        self._arm()
+
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for transport in (self._rtp, self._rtcp):
             if transport is not None:
                 transport.close()
