@@ -329,6 +329,25 @@ async def test_place_call_cancels_on_timeout(pair: Pair) -> None:
     assert not pair.client.ua.dialogs
 
 
+@udp_only
+async def test_place_call_timeout_cancels_only_after_a_provisional(pair: Pair) -> None:
+    # §9.1: no CANCEL before a provisional response. The server's 100 and 180 are lost
+    # until the client has retransmitted its INVITE three times (at 0.05, 0.15 and 0.35 s on
+    # the loop clock, all after the 0.05 s timeout), whatever the machine's load.
+    pair.server.hold_invites = True
+    quiet = True
+    pair.server.layer.drop = lambda m: quiet and isinstance(m, Response) and m.status < 200
+    placing = asyncio.ensure_future(pair.place(timeout=0.05))
+    assert await wait_until(
+        lambda: len(requests(pair.client.layer.sent, "INVITE")) >= 4, timeout=BACKSTOP
+    )
+    assert not requests(pair.client.layer.sent, "CANCEL")
+    quiet = False  # the next retransmission is answered with the 180 again (§17.2.1)
+    session, response = await asyncio.wait_for(placing, BACKSTOP)
+    assert session is None and response.status == 487
+    assert len(requests(pair.client.layer.sent, "CANCEL")) == 1
+
+
 # --- 2xx retransmission until ACK (§13.3.1.4) --------------------------------------------------
 
 
