@@ -17,6 +17,7 @@ from control.sip.headers import Headers
 from control.sip.message import Request
 from control.sip.session import SESSION_EXPIRED, Session
 from control.sip.sessiontimer import SessionTimer, TimerPolicy
+from control.sip.useragent import UserAgent
 from tests.peers.wait import wait_until
 from tests.sip_endpoints import ANSWER, BACKSTOP, OFFER, Pair, open_pair, requests, responses
 
@@ -162,3 +163,31 @@ async def test_refresh_answered_481_ends_the_session(pair: Pair) -> None:
 
 def test_min_se_is_written_in_its_canonical_form() -> None:
     assert list(Headers([("min-se", "90")])) == [("Min-SE", "90")]
+
+
+class _Owner:
+    def __init__(self, deadline: float) -> None:
+        self.deadline: float | None = deadline
+
+    def next_timer(self) -> float | None:
+        return self.deadline
+
+    def handle_timer(self, now: float) -> None:
+        pass
+
+
+async def test_ended_owners_do_not_stay_in_the_timer_heap() -> None:
+    # Each session has a deadline half an hour away; one that ended must not be kept alive
+    # by the UA's heap until then.
+    ua = UserAgent()
+    far = ua.now() + 1800
+    owners = [_Owner(far + i) for i in range(200)]
+    for owner in owners:
+        ua.schedule(owner)
+    for owner in owners[:150]:
+        owner.deadline = None
+        ua.unschedule(owner)
+    kept = [entry[2] for entry in ua._heap]
+    assert all(owner in kept for owner in owners[150:])  # the live ones keep their deadline
+    assert len(kept) <= 50 + 64  # ended ones linger only until the next compaction
+    await ua.close()

@@ -518,6 +518,7 @@ class Session:
         self._retransmitter = None
         if self.session_timer is not None:
             self.session_timer.stop()
+        self.ua.unschedule(self)
         self.ua.dialogs.pop(self.dialog.id, None)
         if not self.terminated.done():
             self.terminated.set_result(reason)

@@ -183,6 +183,7 @@ class UserAgent:
         self._servers: dict[TransactionKey, _ServerEntry] = {}
         self._heap: list[tuple[float, int, TimerOwner]] = []
         self._counter = 0
+        self._stale = 0  # heap entries whose owner said it has no more deadlines
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -430,6 +431,16 @@ class UserAgent:
     def schedule(self, owner: TimerOwner) -> None:
         """Arm the loop timer for ``owner``'s deadline (sessions use it for 2xx resends)."""
         self._schedule(owner)
+
+    def unschedule(self, owner: TimerOwner) -> None:
+        """``owner`` has no deadlines left (a session that ended). Its heap entries go in the
+        next compaction, so an ended session is not held until its far session-timer deadline
+        (half an hour by default) by the heap alone."""
+        self._stale += 1
+        if self._stale > max(64, len(self._heap) // 4):
+            self._heap = [entry for entry in self._heap if entry[2].next_timer() is not None]
+            heapq.heapify(self._heap)
+            self._stale = 0
 
     def _schedule(self, owner: TimerOwner) -> None:
         deadline = owner.next_timer()
