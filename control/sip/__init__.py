@@ -1,4 +1,5 @@
-"""Sans-IO SIP (RFC 3261): messages, transactions, dialogs, SDP; plus asyncio transports.
+"""Sans-IO SIP (RFC 3261): messages, transactions, dialogs, session timers (RFC 4028), SDP;
+plus asyncio transports.
 
 The package re-exports the sans-IO core. The asyncio layer (``transport``, ``useragent``,
 ``session``) is imported from its modules, so that importing the core never pulls in sockets.
@@ -9,7 +10,9 @@ from control.sip.errors import SipError, SipParseError
 from control.sip.events import (
     AckFor2xxReceived,
     AckReceived,
+    RefreshDue,
     ResponseReceived,
+    SessionExpired,
     TimedOut,
     TransactionTerminated,
 )
@@ -21,6 +24,14 @@ from control.sip.message import (
     build_error_response,
     parse_message,
     reason_phrase,
+)
+from control.sip.sessiontimer import (
+    IntervalTooSmall,
+    Negotiated,
+    Refresher,
+    SessionExpires,
+    SessionTimer,
+    TimerPolicy,
 )
 from control.sip.transaction import (
     InviteClientTransaction,
@@ -36,6 +47,14 @@ from control.sip.transaction import (
 from control.sip.uri import AbsoluteUri, NameAddr, SipUri, Uri, parse_name_addr, parse_uri
 
 __all__ = [
+    "TimerPolicy",
+    "SessionTimer",
+    "SessionExpires",
+    "SessionExpired",
+    "RefreshDue",
+    "Refresher",
+    "Negotiated",
+    "IntervalTooSmall",
     "AbsoluteUri",
     "AckFor2xxReceived",
     "AckReceived",
