@@ -80,6 +80,21 @@ def test_chorus_refreshes_when_the_caller_leaves_it_the_refresh(chorus: ChorusPr
     assert "Session-Expires: 10;refresher=uac" in reinvites[0]
 
 
+@needs_sipp
+def test_a_caller_that_refreshes_keeps_its_session(chorus: ChorusProcess) -> None:
+    result = run_sipp(
+        "uac_session_refreshing",
+        f"127.0.0.1:{chorus.sip_port}",
+        service="keptroom",
+        keys={"se": "10", "min_se": "2"},
+        trace_messages=True,
+        timeout=40,
+    )
+    assert result.ok, result.describe()
+    assert not re.search(r"^BYE sip:sipp@", result.messages, re.M)  # only the caller hung up
+    assert wait_for_log(chorus, r"left keptroom\S*: remote BYE"), chorus.log()
+
+
 def invite_status(chorus: ChorusProcess, *extra: tuple[str, str]) -> tuple[int, dict[str, str]]:
     with RawUdp() as client:
         client.send(
