@@ -16,7 +16,7 @@ import pytest
 
 from tests.peers.chorus import ChorusProcess
 from tests.peers.rawsip import RawUdp, parse_response, raw_request
-from tests.peers.sipp import run_sipp
+from tests.peers.sipp import SippResult, run_sipp
 
 needs_sipp = pytest.mark.peer("sipp")
 
@@ -43,17 +43,23 @@ def wait_for_log(chorus: ChorusProcess, pattern: str, timeout: float = 20.0) -> 
     return bool(re.search(pattern, chorus.log()))
 
 
-@needs_sipp
-def test_silent_refresher_gets_bye_and_leaves_the_room(chorus: ChorusProcess) -> None:
+def call(chorus: ChorusProcess, scenario: str, room: str, *, se: int) -> SippResult:
+    """One SIPp call of ``scenario`` into ``room`` asking for ``se`` seconds; it must pass."""
     result = run_sipp(
-        "uac_session_timer",
+        scenario,
         f"127.0.0.1:{chorus.sip_port}",
-        service="timerroom",
-        keys={"se": "4", "min_se": "2"},
+        service=room,
+        keys={"se": str(se), "min_se": "2"},
         trace_messages=True,
         timeout=40,
     )
     assert result.ok, result.describe()
+    return result
+
+
+@needs_sipp
+def test_silent_refresher_gets_bye_and_leaves_the_room(chorus: ChorusProcess) -> None:
+    result = call(chorus, "uac_session_timer", "timerroom", se=4)
     # The 200 granted exactly what was asked, with the caller as refresher.
     assert re.search(r"Session-Expires: 4;refresher=uac", result.messages)
     # Chorus's BYE ended the call, and the room let the participant go.
@@ -63,15 +69,7 @@ def test_silent_refresher_gets_bye_and_leaves_the_room(chorus: ChorusProcess) ->
 
 @needs_sipp
 def test_chorus_refreshes_when_the_caller_leaves_it_the_refresh(chorus: ChorusProcess) -> None:
-    result = run_sipp(
-        "uac_session_refresh",
-        f"127.0.0.1:{chorus.sip_port}",
-        service="refreshroom",
-        keys={"se": "10", "min_se": "2"},
-        trace_messages=True,
-        timeout=40,
-    )
-    assert result.ok, result.describe()
+    result = call(chorus, "uac_session_refresh", "refreshroom", se=10)
     assert re.search(r"Session-Expires: 10;refresher=uas", result.messages)
     reinvites = re.findall(
         r"^INVITE sip:sipp@.*?(?=^\S+ \S+ SIP/2\.0|\Z)", result.messages, re.M | re.S
@@ -82,15 +80,7 @@ def test_chorus_refreshes_when_the_caller_leaves_it_the_refresh(chorus: ChorusPr
 
 @needs_sipp
 def test_a_caller_that_refreshes_keeps_its_session(chorus: ChorusProcess) -> None:
-    result = run_sipp(
-        "uac_session_refreshing",
-        f"127.0.0.1:{chorus.sip_port}",
-        service="keptroom",
-        keys={"se": "10", "min_se": "2"},
-        trace_messages=True,
-        timeout=40,
-    )
-    assert result.ok, result.describe()
+    result = call(chorus, "uac_session_refreshing", "keptroom", se=10)
     assert not re.search(r"^BYE sip:sipp@", result.messages, re.M)  # only the caller hung up
     assert wait_for_log(chorus, r"left keptroom\S*: remote BYE"), chorus.log()
 
