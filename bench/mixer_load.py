@@ -1,0 +1,510 @@
+"""Mixer capacity measured the way FreeSWITCH's mod_conference capacity usually is.
+
+SIPp callers join rooms on a running `chorus serve` and play a capture all the time, so
+every member talks on every tick (a non-silent signal on every stream). The server's CPU
+time (the server process and every mixer worker it spawned) over a steady window,
+divided by the participants, is the CPU % per participant; 100 / that is participants per
+core. The same method gives FreeSWITCH 1.10 mod_conference ≈0.5 % of a core per G.711
+participant and ≈1.2 % per G.722 participant, all talking, on a machine of this kind.
+
+    python -m bench.mixer_load --quick      # one run per configuration, short window
+    python -m bench.mixer_load              # three runs, the figures for RESULTS.md
+    python -m bench.mixer_load --codecs G711 --rooms 5 --workers 0 --runs 1
+
+How a step runs (one fresh server per step, so RSS starts from an idle server):
+
+* five SIPp processes, each playing its own tone (bench/rtp_pcap.py writes the captures
+  with Chorus's codecs: G.711 A-law, G.722, Opus, Speex-WB; 20 ms packets). Member m of
+  every room is a call of SIPp process m % 5, so a listener in a room of 5 must hear four
+  tones and not its own (mix-minus), one in a room of 50 all five;
+* the SDP names SIPp's per-call port ([auto_media_port+1]) and SIPp replays the capture
+  from that port; the server latches there (symmetric RTP) and sends the listener's mix to
+  it, where this benchmark has a UDP socket bound: every listener's stream is received on
+  real UDP and counted (RTCP, muxed on the same port, is told apart and not counted);
+* the window starts once every listener's stream arrives, plus a warm-up. A step passes
+  when the packets received in the window are participants × ticks (the window / 20 ms)
+  within 0.1 %, no sequence number was skipped beyond 0.1 %, every listener received, and
+  the decoded sample of each sampled listener holds the tones it must hear (FFT) and, in
+  rooms of 5, not its own; a server that got no input sends silence and fails the step.
+
+The load generator and the receiver share the 2 cores with the server and with whatever
+else runs: the load average is recorded with every figure. CPU % per participant is the
+server's own CPU time, not wall-clock throughput, so it depends less on that load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import json
+import multiprocessing
+import os
+import platform
+import random
+import select
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from bench.procstat import cpu_seconds, load_average, process_tree, rss_kib
+from bench.rtp_pcap import CODECS, BenchCodec, write_rtp_pcap
+from control.media.rtp import RtpPacket
+from control.media.tone import tone_power
+from tests.peers.chorus import ChorusProcess
+from tests.peers.ports import LOOPBACK, free_ports
+from tests.peers.sipp import SippResult, run_sipp_async
+
+SCENARIO = Path(__file__).resolve().parent / "sipp" / "uac_mixer_load.xml"
+TONES = (410.0, 630.0, 970.0, 1330.0, 1790.0)  # one per SIPp process; no harmonic collides
+CALLERS = len(TONES)
+TICK = 0.02
+TOLERANCE = 0.001  # packets out = participants x ticks within 0.1 %
+SAMPLE_FRAMES = 50  # one second of each sampled listener is decoded
+MAX_SAMPLES = 10
+FREESWITCH = {"G711": 0.5, "G722": 1.2}  # % of a core per participant, mod_conference 1.10
+
+# Participants per step, chosen so one core carries the step with room to spare.
+PARTICIPANTS = {"G711": 100, "G722": 100, "SpeexWB": 50, "Opus": 50}
+
+
+# --- the receiver (its own process: every listener's socket) ---------------------------
+
+
+def _bind_block(base: int, calls: int) -> list[socket.socket] | None:
+    """Sockets on base+1+4k (k < calls), if SIPp's own base and base+2 are free too."""
+    held: list[socket.socket] = []
+    try:
+        for port in (base, base + 2):  # SIPp binds -mp and -mp+2 itself: only test them
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                probe.bind((LOOPBACK, port))
+            finally:
+                probe.close()
+        for k in range(calls):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
+            sock.bind((LOOPBACK, base + 1 + 4 * k))
+            sock.setblocking(False)
+        return held
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        for sock in held:
+            sock.close()
+        return None
+
+
+def _receiver(conn: Connection, calls_per_caller: list[int], seed: int) -> None:
+    """Bind every listener's port, report the SIPp -mp bases, then count until told to stop.
+
+    Commands on `conn`: ("seen",) -> how many listeners have had RTP so far;
+    ("start", sampled) -> open the window, keeping the last SAMPLE_FRAMES datagrams of the
+    sampled listeners; ("end",) -> per listener: packets received in the window, the ticks
+    its stream spanned (first to last arrival / 20 ms, + 1), the packets the server sent
+    over that span (by sequence number), and the samples; ("stop",).
+
+    A listener's ticks come from its own arrival times, so the count is not off by one
+    tick at each edge of the window, which 0.1 % could not absorb.
+    """
+    rng = random.Random(seed)
+    socks: list[socket.socket] = []
+    bases: list[int] = []
+    for calls in calls_per_caller:
+        for _ in range(200):
+            base = rng.randrange(10000, 19000, 2)  # below the ephemeral range and the tests'
+            if any(abs(base - b) < 4 * 200 for b in bases):
+                continue
+            block = _bind_block(base, calls)
+            if block is not None:
+                socks.extend(block)
+                bases.append(base)
+                break
+        else:
+            conn.send(("error", "no free block of media ports"))
+            return
+    conn.send(("ready", bases))
+    n = len(socks)
+    counts = [0] * n
+    first_t = [0.0] * n
+    last_t = [0.0] * n
+    first_seq = [-1] * n
+    top_seq = [-1] * n
+    counting = False
+    recording: dict[int, deque[bytes]] = {}
+    seen: set[int] = set()
+    poller = select.epoll()
+    index = {}
+    for i, sock in enumerate(socks):
+        poller.register(sock.fileno(), select.EPOLLIN)
+        index[sock.fileno()] = i
+    control = conn.fileno()
+    poller.register(control, select.EPOLLIN)
+    while True:
+        events = poller.poll(0.5)
+        now = time.monotonic()
+        for fd, _ in events:
+            if fd == control:
+                command = conn.recv()
+                if command[0] == "start":
+                    counts = [0] * n
+                    first_seq = [-1] * n
+                    top_seq = [-1] * n
+                    counting = True
+                    recording = {i: deque(maxlen=SAMPLE_FRAMES) for i in command[1]}
+                elif command[0] == "end":
+                    counting = False
+                    spans = [
+                        round((last_t[i] - first_t[i]) / TICK) + 1 if counts[i] else 0
+                        for i in range(n)
+                    ]
+                    sent = [top_seq[i] - first_seq[i] + 1 if counts[i] else 0 for i in range(n)]
+                    samples = {i: list(d) for i, d in recording.items()}
+                    conn.send((counts, spans, sent, samples))
+                    recording = {}
+                elif command[0] == "seen":
+                    conn.send(len(seen))
+                else:
+                    for sock in socks:
+                        sock.close()
+                    return
+                continue
+            i = index[fd]
+            sock = socks[i]
+            keep = recording.get(i)
+            while True:
+                try:
+                    data = sock.recv(2048)
+                except BlockingIOError:
+                    break
+                if len(data) < 12 or 192 <= data[1] <= 223:
+                    continue  # RTCP on the RTP port (RFC 5761 §4), or not RTP
+                seen.add(fd)
+                if not counting:
+                    continue
+                seq = (data[2] << 8) | data[3]
+                if counts[i] == 0:
+                    first_t[i] = now
+                    first_seq[i] = top_seq[i] = seq
+                else:
+                    step = (seq - top_seq[i]) & 0xFFFF
+                    if step < 0x8000:
+                        top_seq[i] += step
+                counts[i] += 1
+                last_t[i] = now
+                if keep is not None:
+                    keep.append(data)
+
+
+# --- one step --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    codec: str
+    room_size: int
+    participants: int
+    workers: int
+    warmup: float
+    window: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.codec}/room{self.room_size}/workers{self.workers}"
+
+
+def _members(step: Step) -> list[list[tuple[int, int]]]:
+    """Per SIPp process, its calls in order: (room, member) of each."""
+    rooms = step.participants // step.room_size
+    calls: list[list[tuple[int, int]]] = [[] for _ in range(CALLERS)]
+    for room in range(rooms):
+        for member in range(step.room_size):
+            calls[member % CALLERS].append((room, member))
+    return calls
+
+
+def _heard(codec: BenchCodec, datagrams: list[bytes]) -> Any:
+    """Decode a listener's sampled datagrams in sequence order into PCM."""
+    import numpy as np
+
+    packets = sorted((RtpPacket.parse(d) for d in datagrams), key=lambda p: p.sequence)
+    dec = codec.new()
+    frames = [dec.decode(p.payload) for p in packets]
+    return (np.concatenate(frames) if frames else np.zeros(0, dtype=np.int16)), dec.sample_rate
+
+
+def _check_tones(
+    step: Step, codec: BenchCodec, caller: int, datagrams: list[bytes]
+) -> dict[str, Any]:
+    pcm, rate = _heard(codec, datagrams)
+    powers = {f: round(tone_power(pcm, rate, f), 1) for f in TONES}
+    own = TONES[caller]
+    want = [f for f in TONES if step.room_size > CALLERS or f != own]
+    weakest = min(powers[f] for f in want) if want else -200.0
+    ok = len(pcm) > 0 and weakest > -50.0
+    if step.room_size <= CALLERS:
+        ok = ok and powers[own] < weakest - 20.0  # mix-minus: not their own voice
+    return {"caller": caller, "frames": len(datagrams), "tone_db": powers, "ok": ok}
+
+
+async def run_step(step: Step, workdir: Path, pcap_seconds: float, pause_ms: int) -> dict[str, Any]:
+    codec = CODECS[step.codec]
+    members = _members(step)
+    calls_per_caller = [len(c) for c in members]
+    # every room's members at the same level: the mix of 49 stays below the limiter's knee
+    amplitude = 0.25 / max(1.0, (step.room_size - 1) ** 0.5)
+    pcaps = []
+    for caller, freq in enumerate(TONES):
+        path = workdir / f"{step.codec}-{caller}-{pcap_seconds:.0f}-{amplitude:.3f}.pcap"
+        if not path.exists():
+            write_rtp_pcap(
+                path, codec, freq, pcap_seconds, amplitude=amplitude, ssrc=0x5EED0000 + caller
+            )
+        pcaps.append(path)
+    overrides: dict[str, dict[str, Any]] = {
+        "server": {"log_level": "WARNING", "trace_sip": False},
+        "rtp": {
+            "codecs": ["PCMA", "PCMU", "G722", "opus", "speex", "telephone-event"],
+            "mixer_workers": step.workers,
+            "timeout": 60.0,
+        },
+        "conference": {"max_participants": max(100, step.room_size), "max_rooms": 1000},
+    }
+    chorus = ChorusProcess(overrides)
+    await asyncio.to_thread(chorus.start, 60.0)
+    assert chorus.process is not None
+    server_pid = chorus.process.pid
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    receiver = ctx.Process(
+        target=_receiver, args=(child, calls_per_caller, os.getpid() ^ int(time.time()))
+    )
+    tasks: list[asyncio.Task[SippResult]] = []
+    try:
+        await asyncio.sleep(1.0)  # workers spawned and idle
+        tree = process_tree(server_pid)
+        rss_idle = rss_kib(tree)
+        receiver.start()
+        message = await asyncio.to_thread(parent.recv)
+        if message[0] != "ready":
+            raise RuntimeError(message[1])
+        bases: list[int] = message[1]
+        ports: list[tuple[int, int, int]] = []  # (caller, room, member) per listener index
+        sip_ports = free_ports(CALLERS)
+        rate = 30
+        for caller, calls in enumerate(members):
+            scenario = SCENARIO.read_text()
+            scenario = scenario.replace("@PCAP@", str(pcaps[caller]))
+            scenario = scenario.replace("@PT@", str(codec.payload_type))
+            scenario = scenario.replace("@RTPMAP@", codec.rtpmap)
+            xml = workdir / f"uac-{caller}.xml"
+            xml.write_text(scenario)
+            inf = workdir / f"rooms-{caller}.csv"
+            inf.write_text("SEQUENTIAL\n" + "".join(f"mix{room};\n" for room, _m in calls))
+            ports.extend((caller, room, member) for room, member in calls)
+            tasks.append(
+                asyncio.create_task(
+                    run_sipp_async(
+                        xml,
+                        f"{LOOPBACK}:{chorus.sip_port}",
+                        calls=len(calls),
+                        rate=rate,
+                        local_port=sip_ports[caller],
+                        pause_ms=pause_ms,
+                        recv_timeout_ms=20_000,
+                        extra_args=["-mp", str(bases[caller]), "-inf", str(inf)],
+                        timeout=pause_ms / 1000 + 60,
+                    )
+                )
+            )
+        t0 = time.monotonic()
+        deadline = t0 + step.participants / (rate * CALLERS) + 20.0
+        while True:
+            await asyncio.sleep(0.25)
+            parent.send(("seen",))
+            up = await asyncio.to_thread(parent.recv)
+            if up == step.participants or time.monotonic() > deadline:
+                break
+            if all(t.done() for t in tasks):
+                break
+        setup = time.monotonic() - t0
+        await asyncio.sleep(step.warmup)
+        stride = max(1, len(ports) // MAX_SAMPLES)
+        sampled = list(range(0, len(ports), stride))[:MAX_SAMPLES]
+        tree = process_tree(server_pid)
+        load_before = load_average()
+        t1 = time.monotonic()
+        parent.send(("start", sampled))
+        cpu1 = cpu_seconds(tree)
+        await asyncio.sleep(step.window)
+        cpu2 = cpu_seconds(tree)
+        t2 = time.monotonic()
+        parent.send(("end",))
+        counts, spans, sent, samples = await asyncio.to_thread(parent.recv)
+        rss_steady = rss_kib(tree)
+        load_after = load_average()
+        results = await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            parent.send(("stop",))
+        await asyncio.to_thread(receiver.join, 10.0)
+        await asyncio.to_thread(chorus.stop)
+    seconds = t2 - t1
+    window_ticks = seconds / TICK
+    received = sum(counts)
+    expected = sum(spans)  # participants x ticks, each listener over its own span
+    skipped = sum(max(0, s - c) for s, c in zip(sent, counts, strict=True))
+    short = sum(1 for s in spans if s < window_ticks - 3)  # started late or stopped early
+    tones = [_check_tones(step, codec, ports[i][0], samples.get(i, [])) for i in sampled]
+    cpu = cpu2 - cpu1
+    cpu_pp = 100.0 * cpu / seconds / step.participants
+    sipp_ok = all(r.ok for r in results)
+    ratio = received / expected if expected else 0.0
+    ok = (
+        abs(ratio - 1.0) <= TOLERANCE
+        and skipped <= TOLERANCE * expected
+        and short == 0
+        and all(t["ok"] for t in tones)
+        and len(tones) > 0
+        and sipp_ok
+    )
+    return {
+        "step": step.key,
+        "participants": step.participants,
+        "rooms": step.participants // step.room_size,
+        "setup_s": round(setup, 2),
+        "window_s": round(seconds, 3),
+        "packets_received": received,
+        "packets_expected": round(expected),
+        "received_ratio": round(ratio, 5),
+        "seq_skipped": skipped,
+        "listeners_short": short,
+        "received_per_wall_tick": round(received / (step.participants * window_ticks), 5),
+        "cpu_s": round(cpu, 3),
+        "server_processes": len(tree),
+        "cpu_percent_per_participant": round(cpu_pp, 3),
+        "participants_per_core": round(100.0 / cpu_pp, 1) if cpu_pp > 0 else None,
+        "rss_idle_mib": round(rss_idle / 1024, 1),
+        "rss_steady_mib": round(rss_steady / 1024, 1),
+        "rss_kib_per_participant": round((rss_steady - rss_idle) / step.participants, 1),
+        "load_average": {"before": load_before, "after": load_after},
+        "tones": tones,
+        "sipp": [
+            {"ok": r.ok, "stats": None if r.stats is None else [r.stats.successful, r.stats.failed]}
+            for r in results
+        ],
+        "ok": ok,
+    }
+
+
+def summarise(runs: list[dict[str, Any]], codec: str) -> dict[str, Any]:
+    """Median over the runs of one configuration (failed runs are kept and counted)."""
+    good = [r for r in runs if r["ok"]]
+    use = good or runs
+    cpu = statistics.median(r["cpu_percent_per_participant"] for r in use)
+    summary: dict[str, Any] = {
+        "runs": len(runs),
+        "passed": len(good),
+        "participants": runs[0]["participants"],
+        "cpu_percent_per_participant": round(cpu, 3),
+        "cpu_percent_per_participant_runs": [r["cpu_percent_per_participant"] for r in runs],
+        "participants_per_core": round(100.0 / cpu, 1) if cpu > 0 else None,
+        "rss_kib_per_participant": round(
+            statistics.median(r["rss_kib_per_participant"] for r in use), 1
+        ),
+        "received_ratio_runs": [r["received_ratio"] for r in runs],
+        "load_average_runs": [r["load_average"]["after"][0] for r in runs],
+    }
+    if codec in FREESWITCH:
+        summary["freeswitch_cpu_percent_per_participant"] = FREESWITCH[codec]
+        summary["ratio_to_freeswitch"] = round(FREESWITCH[codec] / cpu, 2) if cpu > 0 else None
+    return summary
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    warmup = 1.5 if args.quick else 2.0
+    window = 4.0 if args.quick else args.window
+    runs = 1 if args.quick else args.runs
+    steps = [
+        Step(
+            codec,
+            room,
+            max(room, PARTICIPANTS[codec] // room * room)
+            if args.participants is None
+            else args.participants,
+            workers,
+            warmup,
+            window,
+        )
+        for workers in args.workers
+        for codec in args.codecs
+        for room in args.rooms
+    ]
+    result: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": " ".join(["python -m bench.mixer_load", *sys.argv[1:]]),
+        "method": "SIPp play_pcap_audio, every member talking; server CPU time over the window",
+        "steps": [],
+        "summary": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="mixer-load-") as tmp:
+        workdir = Path(tmp)
+        for run_index in range(runs):  # interleaved, so the machine's load spreads evenly
+            for step in steps:
+                setup_estimate = step.participants / (30 * CALLERS) + 4.0
+                pause_ms = int((setup_estimate + step.warmup + step.window + 2.0) * 1000)
+                pcap_seconds = pause_ms / 1000 + 3.0
+                try:
+                    done = await run_step(step, workdir, pcap_seconds, pause_ms)
+                except Exception as exc:  # a step that cannot run is a failed step, reported
+                    done = {"step": step.key, "ok": False, "error": repr(exc)}
+                done["run"] = run_index
+                result["steps"].append(done)
+                print(
+                    step.key,
+                    "ok" if done["ok"] else "FAIL",
+                    done.get("cpu_percent_per_participant"),
+                    done.get("received_ratio"),
+                    done.get("load_average"),
+                    file=sys.stderr,
+                    flush=True,
+                )
+    for step in steps:
+        runs_of = [r for r in result["steps"] if r["step"] == step.key and "cpu_s" in r]
+        if runs_of:
+            result["summary"][step.key] = summarise(runs_of, step.codec)
+        else:
+            result["summary"][step.key] = {"runs": 0, "passed": 0}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one run each, 4 s window")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--window", type=float, default=10.0, help="steady window, seconds")
+    parser.add_argument("--codecs", nargs="+", default=list(CODECS), choices=list(CODECS))
+    parser.add_argument("--rooms", nargs="+", type=int, default=[5, 50])
+    parser.add_argument("--workers", nargs="+", type=int, default=[0, 2])
+    parser.add_argument("--participants", type=int, help="override the per-codec count")
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args))
+    print(json.dumps(result, indent=2))
+    failed = [k for k, v in result["summary"].items() if v.get("passed", 0) == 0]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
