@@ -10,7 +10,10 @@ search narrows the bracket. The same search measures Chorus directly or behind K
     python -m bench.kamailio_reference --duration 60   # the figure to record
 
 Prints one JSON document. The whole machine (2 cores) is shared by SIPp UAC, SIPp UAS and
-Kamailio, so the figure is a property of this machine, not of Kamailio alone.
+Kamailio, so the rate is a property of this machine, not of Kamailio alone. Each step also
+records the CPU time the measured servers used (every process of each: Kamailio's main
+process and all its children), as CPU-seconds per 1,000 successful calls: that figure does
+not depend on what the load generator could send.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.procstat import cpu_seconds, process_tree
 from tests.peers.kamailio import KamailioProcess, kamailio_available
 from tests.peers.sipp import SippUas, Transport, run_sipp, sipp_available
 
 __all__ = [
     "RateSearch",
     "StepResult",
+    "Target",
     "TargetFactory",
     "kamailio_target",
     "max_sustained_rate",
@@ -40,9 +45,19 @@ __all__ = [
     "sipp_uas_target",
 ]
 
-# A factory returns a context manager that brings a target up, yields its `host:port`,
-# and tears it down on exit.
-TargetFactory = Callable[[], contextlib.AbstractContextManager[str]]
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A target under load: where SIPp sends, and the servers whose CPU time is charged
+    (name -> root pid; the root's descendants count too)."""
+
+    address: str
+    processes: dict[str, int] = field(default_factory=dict)
+
+
+# A factory returns a context manager that brings a target up, yields it, and tears it
+# down on exit.
+TargetFactory = Callable[[], contextlib.AbstractContextManager[Target]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +73,8 @@ class StepResult:
     returncode: int
     sustained: bool
     wall_seconds: float
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    cpu_seconds_per_1000_calls: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +100,7 @@ def _achieved_rate(raw: dict[str, str]) -> float:
 
 
 def run_step(
-    target: str,
+    target: Target,
     rate: float,
     *,
     duration: float,
@@ -92,12 +109,17 @@ def run_step(
     transport: Transport,
     min_rate_ratio: float,
 ) -> StepResult:
-    """Offer `rate` calls/s for `duration` seconds; sustained = all succeeded, rate kept."""
+    """Offer `rate` calls/s for `duration` seconds; sustained = all succeeded, rate kept.
+
+    The CPU time of each of the target's servers is read before and after the SIPp run.
+    """
     calls = max(1, round(rate * duration))
+    trees = {name: process_tree(pid) for name, pid in target.processes.items()}
+    cpu_before = {name: cpu_seconds(tree) for name, tree in trees.items()}
     started = time.monotonic()
     result = run_sipp(
         scenario,
-        target,
+        target.address,
         transport=transport,
         calls=calls,
         rate=rate,
@@ -107,6 +129,7 @@ def run_step(
         timeout=duration * 3 + 20,
     )
     wall = time.monotonic() - started
+    cpu = {name: round(cpu_seconds(tree) - cpu_before[name], 2) for name, tree in trees.items()}
     stats = result.stats
     successful = stats.successful if stats else 0
     failed = stats.failed if stats else calls
@@ -124,6 +147,11 @@ def run_step(
         returncode=result.returncode,
         sustained=sustained,
         wall_seconds=round(wall, 2),
+        cpu_seconds=cpu,
+        cpu_seconds_per_1000_calls={
+            name: round(used * 1000 / successful, 3) if successful else None
+            for name, used in cpu.items()
+        },
     )
 
 
@@ -201,10 +229,10 @@ def max_sustained_rate(
 
 
 @contextlib.contextmanager
-def sipp_uas_target(transport: Transport = "u1") -> Iterator[str]:
+def sipp_uas_target(transport: Transport = "u1") -> Iterator[Target]:
     """A SIPp UAS alone (the baseline without a proxy)."""
     with SippUas(transport=transport, stop_timeout=5) as uas:
-        yield uas.address
+        yield Target(uas.address)
 
 
 def kamailio_target(
@@ -218,12 +246,13 @@ def kamailio_target(
     """
 
     @contextlib.contextmanager
-    def factory() -> Iterator[str]:
+    def factory() -> Iterator[Target]:
         with (
             SippUas(transport=transport, stop_timeout=5) as uas,
             KamailioProcess([uas.sip_uri], children=children, shm_mb=shm_mb) as proxy,
         ):
-            yield proxy.sip_address
+            assert proxy.pid is not None
+            yield Target(proxy.sip_address, {"kamailio": proxy.pid})
 
     return factory
 

@@ -1,4 +1,10 @@
-"""Capacity of the embedded mixer: participants one process carries in real time.
+"""Best cases of the embedded mixer: one talker per room, the rest silent.
+
+BEST CASE, not the capacity figure. The capacity figure is bench/mixer_load.py: SIPp
+callers through `chorus serve`, every member talking, every listener's stream counted on
+real UDP (FreeSWITCH's reference method). Here only one participant per room talks, so
+every other listener shares one encode, and (1) has no sockets at all: both are upper
+bounds, kept to show what encode sharing and the UDP path cost.
 
 Two measurements, one run, one JSON document:
 
@@ -252,6 +258,7 @@ async def run(quick: bool, share: bool) -> dict[str, Any]:
     seconds = 2.0 if quick else 8.0
     steps = 3 if quick else 6
     result: dict[str, Any] = {
+        "best_case": "one talker per room, the others silent; core = no sockets",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "quick": quick,
         "live_share_encoding": share,

@@ -19,6 +19,7 @@ OUT = Path(__file__).resolve().parent / "out"
 FULL = {
     "sip_call_rate": ["--duration", "10", "--hold", "60", "--rounds", "3"],
     "kamailio_reference": ["--duration", "10", "--baseline"],
+    "mixer_load": [],
     "mixer_capacity": [],
     "msrp_chat": ["--runs", "5"],
     "msrp_file": ["--runs", "5"],
@@ -26,6 +27,7 @@ FULL = {
 QUICK = {
     "sip_call_rate": ["--duration", "5", "--hold", "10", "--max-steps", "5"],
     "kamailio_reference": ["--duration", "4", "--max-steps", "5"],
+    "mixer_load": ["--quick"],
     "mixer_capacity": ["--quick"],
     "msrp_chat": ["--runs", "2", "--messages", "2000"],
     "msrp_file": ["--runs", "2", "--megabytes", "20"],

@@ -11,6 +11,12 @@ with no failed call. Three targets in the same go: Kamailio in front of a SIPp U
 reference), Chorus' echo directly, and Chorus' echo behind the same Kamailio configuration.
 Figures are medians of the confirmed rates over rounds; Chorus' rates are also given as a
 ratio of the reference.
+
+Next to the rates: CPU-seconds per 1,000 calls of each server over the confirming hold
+(process CPU time of Chorus, and of Kamailio with all its children, from /proc), so the
+Chorus : Kamailio ratio does not depend on what the load generator could send. Memory per
+1,000 established calls divides the RSS growth by the dialogs actually up: the 200s to
+INVITE that SIPp received (its -trace_counts), not the calls it attempted.
 """
 
 from __future__ import annotations
@@ -23,12 +29,20 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.kamailio_reference import TargetFactory, kamailio_target, max_sustained_rate, run_step
+from bench.kamailio_reference import (
+    Target,
+    TargetFactory,
+    kamailio_target,
+    max_sustained_rate,
+    run_step,
+)
+from bench.procstat import load_average, rss_kib
 from tests.peers.chorus import ChorusProcess
 from tests.peers.kamailio import KamailioProcess
 from tests.peers.ports import free_ports
@@ -37,63 +51,86 @@ from tests.peers.sipp import scenario_path
 QUIET = {"server": {"log_level": "WARNING", "trace_sip": False}}
 
 
+def _pid(chorus: ChorusProcess) -> int:
+    assert chorus.process is not None
+    return chorus.process.pid
+
+
 @contextlib.contextmanager
-def chorus_direct() -> Iterator[str]:
+def chorus_direct() -> Iterator[Target]:
     with ChorusProcess(QUIET) as chorus:
-        yield f"127.0.0.1:{chorus.sip_port}"
+        yield Target(f"127.0.0.1:{chorus.sip_port}", {"chorus": _pid(chorus)})
 
 
 @contextlib.contextmanager
-def chorus_behind_kamailio() -> Iterator[str]:
+def chorus_behind_kamailio() -> Iterator[Target]:
     with (
         ChorusProcess(QUIET) as chorus,
         KamailioProcess([f"sip:127.0.0.1:{chorus.sip_port}"], shm_mb=1024) as proxy,
     ):
-        yield proxy.sip_address
+        assert proxy.pid is not None
+        yield Target(proxy.sip_address, {"chorus": _pid(chorus), "kamailio": proxy.pid})
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+def established_dialogs(counts_csv: str) -> int:
+    """Calls up now, from the last row of a SIPp -trace_counts file: ACKs sent for a 200
+    to INVITE, less BYEs sent."""
+    rows = [line for line in counts_csv.splitlines() if line.strip()]
+    if len(rows) < 2:
+        return 0
+    header = rows[0].split(";")
+    last = dict(zip(header, rows[-1].split(";"), strict=False))
+    acks = [k for k in header if k.endswith("_ACK_Sent")]
+    byes = [k for k in header if k.endswith("_BYE_Sent")]
+    if not acks:
+        return 0
+    up = int(last.get(acks[0], "0") or 0)
+    return up - sum(int(last.get(k, "0") or 0) for k in byes)
 
 
 def memory_per_thousand_calls(calls: int = 1000, rate: float = 200.0) -> dict[str, Any]:
-    """RSS growth of the Chorus process with ``calls`` echo calls established at once."""
+    """RSS growth of the Chorus process with ``calls`` echo calls offered at once, per
+    1,000 calls that are established (counted by SIPp), not per call attempted."""
     hold_ms = int((calls / rate + 20) * 1000)
-    with ChorusProcess(QUIET) as chorus:
-        assert chorus.process is not None
-        pid = chorus.process.pid
+    with ChorusProcess(QUIET) as chorus, tempfile.TemporaryDirectory(prefix="sipp-mem-") as tmp:
+        pid = _pid(chorus)
         time.sleep(1.0)
-        idle = rss_kib(pid)
+        idle = rss_kib([pid])
         sipp = subprocess.Popen(
             [
                 "sipp", "-nostdin", "-i", "127.0.0.1", "-p", str(free_ports(1)[0]), "-sf",
                 str(scenario_path("uac_echo.xml")), "-s", "echo", "-m", str(calls),
                 "-r", str(rate), "-l", str(calls + 10), "-d", str(hold_ms),
-                "-timeout", str(hold_ms // 1000 + 60),
+                "-timeout", str(hold_ms // 1000 + 60), "-trace_counts", "-fd", "1",
                 f"127.0.0.1:{chorus.sip_port}",
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            cwd=tmp,
         )  # fmt: skip
         try:
             time.sleep(calls / rate + 8)
-            loaded = rss_kib(pid)
+            loaded = rss_kib([pid])
+            load = load_average()
+            time.sleep(1.5)  # the next -fd 1 row is written after the RSS reading
+            files = list(Path(tmp).glob("*_counts.csv"))
+            up = established_dialogs(files[0].read_text()) if files else 0
         finally:
             sipp.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 sipp.wait(10)
             if sipp.poll() is None:
                 sipp.kill()
-    per_thousand = (loaded - idle) * 1000 / calls / 1024
     return {
-        "calls": calls,
+        "calls_offered": calls,
+        "calls_established": up,
         "idle_rss_mib": round(idle / 1024, 1),
         "loaded_rss_mib": round(loaded / 1024, 1),
-        "mib_per_1000_calls": round(per_thousand, 1),
+        "mib_per_1000_established_calls": (
+            round((loaded - idle) * 1000 / up / 1024, 1) if up else None
+        ),
+        "load_average": load,
     }
 
 
@@ -114,7 +151,10 @@ def confirm(
                 min_rate_ratio=0.9,
             )
         steps.append({"rate": rate, "sustained": step.sustained, "failed": step.failed,
-                      "achieved_rate": step.achieved_rate})  # fmt: skip
+                      "successful": step.successful, "achieved_rate": step.achieved_rate,
+                      "cpu_seconds": step.cpu_seconds,
+                      "cpu_seconds_per_1000_calls": step.cpu_seconds_per_1000_calls,
+                      "load_average": load_average()})  # fmt: skip
         log(json.dumps(steps[-1]))
         if step.sustained:
             return rate, steps
@@ -160,8 +200,25 @@ def main(argv: list[str] | None = None) -> int:
             confirmations[name].append(steps)
     medians = {name: statistics.median(rates) for name, rates in rounds.items()}
     reference = medians["kamailio_to_sipp_uas"] or 1.0
+    # CPU of each server over each round's last (confirming) hold, median over rounds
+    cpu: dict[str, dict[str, float]] = {}
+    for name, per_round in confirmations.items():
+        by_process: dict[str, list[float]] = {}
+        for steps in per_round:
+            for process, value in steps[-1]["cpu_seconds_per_1000_calls"].items():
+                if value is not None:
+                    by_process.setdefault(process, []).append(value)
+        cpu[name] = {p: round(statistics.median(v), 3) for p, v in by_process.items()}
+    kamailio_cpu = cpu.get("kamailio_to_sipp_uas", {}).get("kamailio")
+    cpu_ratio = {
+        name: round(values["chorus"] / kamailio_cpu, 1)
+        for name, values in cpu.items()
+        if "chorus" in values and kamailio_cpu
+    }
     report: dict[str, Any] = {
         "benchmark": "sip_call_rate",
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": " ".join(["python -m bench.sip_call_rate", *sys.argv[1:]]),
         "what": "INVITE(SDP)-200-ACK-BYE-200 calls/s to echo, sustained with zero failed calls",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "search_step_seconds": args.duration,
@@ -173,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_to_kamailio_reference": {
             name: round(rate / reference, 3) for name, rate in medians.items()
         },
+        "cpu_seconds_per_1000_calls": cpu,
+        "chorus_cpu_per_call_to_kamailio": cpu_ratio,
         "memory": memory_per_thousand_calls(),
         "wall_seconds": round(time.monotonic() - started, 1),
     }
