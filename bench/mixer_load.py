@@ -216,10 +216,13 @@ class Step:
     workers: int
     warmup: float
     window: float
+    silent: bool = False  # the self-check: callers send digital silence, the step must fail
+    label: str = ""
 
     @property
     def key(self) -> str:
-        return f"{self.codec}/room{self.room_size}/workers{self.workers}"
+        base = f"{self.codec}/room{self.room_size}/workers{self.workers}"
+        return f"{base}/{self.label}" if self.label else base
 
 
 def _members(step: Step) -> list[list[tuple[int, int]]]:
@@ -256,12 +259,36 @@ def _check_tones(
     return {"caller": caller, "frames": len(datagrams), "tone_db": powers, "ok": ok}
 
 
+def _scenario(workdir: Path, name: str, pcap: Path, codec: BenchCodec) -> Path:
+    text = SCENARIO.read_text().replace("@PCAP@", str(pcap))
+    text = text.replace("@PT@", str(codec.payload_type)).replace("@RTPMAP@", codec.rtpmap)
+    xml = workdir / f"{name}.xml"
+    xml.write_text(text)
+    return xml
+
+
+async def _prime(sip_port: int, workdir: Path, pcap: Path, codec: BenchCodec) -> None:
+    """One short call into every worker's first room, so the mixer workers (started on
+    the first attach) are up before the idle RSS is read."""
+    inf = workdir / "prime.csv"
+    inf.write_text("SEQUENTIAL\n" + "".join(f"prime{i};\n" for i in range(8)))
+    await run_sipp_async(
+        _scenario(workdir, "prime", pcap, codec),
+        f"{LOOPBACK}:{sip_port}",
+        calls=8,
+        rate=50,
+        pause_ms=200,
+        extra_args=["-mp", str(random.randrange(19000, 19800, 2)), "-inf", str(inf)],
+        timeout=30,
+    )
+
+
 async def run_step(step: Step, workdir: Path, pcap_seconds: float, pause_ms: int) -> dict[str, Any]:
     codec = CODECS[step.codec]
     members = _members(step)
     calls_per_caller = [len(c) for c in members]
     # every room's members at the same level: the mix of 49 stays below the limiter's knee
-    amplitude = 0.25 / max(1.0, (step.room_size - 1) ** 0.5)
+    amplitude = 0.0 if step.silent else 0.25 / max(1.0, (step.room_size - 1) ** 0.5)
     pcaps = []
     for caller, freq in enumerate(TONES):
         path = workdir / f"{step.codec}-{caller}-{pcap_seconds:.0f}-{amplitude:.3f}.pcap"
@@ -290,7 +317,9 @@ async def run_step(step: Step, workdir: Path, pcap_seconds: float, pause_ms: int
     )
     tasks: list[asyncio.Task[SippResult]] = []
     try:
-        await asyncio.sleep(1.0)  # workers spawned and idle
+        if step.workers:
+            await _prime(chorus.sip_port, workdir, pcaps[0], codec)
+        await asyncio.sleep(1.0)  # idle, with any mixer workers up
         tree = process_tree(server_pid)
         rss_idle = rss_kib(tree)
         receiver.start()
@@ -302,12 +331,7 @@ async def run_step(step: Step, workdir: Path, pcap_seconds: float, pause_ms: int
         sip_ports = free_ports(CALLERS)
         rate = 30
         for caller, calls in enumerate(members):
-            scenario = SCENARIO.read_text()
-            scenario = scenario.replace("@PCAP@", str(pcaps[caller]))
-            scenario = scenario.replace("@PT@", str(codec.payload_type))
-            scenario = scenario.replace("@RTPMAP@", codec.rtpmap)
-            xml = workdir / f"uac-{caller}.xml"
-            xml.write_text(scenario)
+            xml = _scenario(workdir, f"uac-{caller}", pcaps[caller], codec)
             inf = workdir / f"rooms-{caller}.csv"
             inf.write_text("SEQUENTIAL\n" + "".join(f"mix{room};\n" for room, _m in calls))
             ports.extend((caller, room, member) for room, member in calls)
@@ -463,31 +487,62 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         workdir = Path(tmp)
         for run_index in range(runs):  # interleaved, so the machine's load spreads evenly
             for step in steps:
-                setup_estimate = step.participants / (30 * CALLERS) + 4.0
-                pause_ms = int((setup_estimate + step.warmup + step.window + 2.0) * 1000)
-                pcap_seconds = pause_ms / 1000 + 3.0
-                try:
-                    done = await run_step(step, workdir, pcap_seconds, pause_ms)
-                except Exception as exc:  # a step that cannot run is a failed step, reported
-                    done = {"step": step.key, "ok": False, "error": repr(exc)}
-                done["run"] = run_index
+                result["steps"].append(await _run_logged(step, workdir, run_index))
+        for step in steps:
+            runs_of = [r for r in result["steps"] if r["step"] == step.key and "cpu_s" in r]
+            if runs_of:
+                result["summary"][step.key] = summarise(runs_of, step.codec)
+            else:
+                result["summary"][step.key] = {"runs": 0, "passed": 0}
+        if not args.no_checks:
+            # A step whose callers send only digital silence must fail (no input, no pass).
+            silent = Step("G711", 5, 20, 0, warmup, min(window, 4.0), silent=True, label="silent")
+            done = await _run_logged(silent, workdir, 0)
+            result["self_check_silent_step_failed"] = not done["ok"]
+            result["steps"].append(done)
+            # The projection (100 / CPU % per participant) checked: one worker-less server
+            # with 80 % of a core's projected participants must still pass.
+            result["near_capacity"] = {}
+            for codec in [] if args.quick else args.codecs:
+                summary = result["summary"].get(f"{codec}/room5/workers0", {})
+                per_core = summary.get("participants_per_core")
+                if not per_core:
+                    continue
+                n = max(5, int(0.8 * per_core) // 5 * 5)
+                step = Step(codec, 5, n, 0, warmup, window, label="near-capacity")
+                done = await _run_logged(step, workdir, 0)
                 result["steps"].append(done)
-                print(
-                    step.key,
-                    "ok" if done["ok"] else "FAIL",
-                    done.get("cpu_percent_per_participant"),
-                    done.get("received_ratio"),
-                    done.get("load_average"),
-                    file=sys.stderr,
-                    flush=True,
-                )
-    for step in steps:
-        runs_of = [r for r in result["steps"] if r["step"] == step.key and "cpu_s" in r]
-        if runs_of:
-            result["summary"][step.key] = summarise(runs_of, step.codec)
-        else:
-            result["summary"][step.key] = {"runs": 0, "passed": 0}
+                result["near_capacity"][codec] = {
+                    "participants": n,
+                    "projected_per_core": per_core,
+                    "passed": done["ok"],
+                    "cpu_percent_of_a_core": done.get("cpu_percent_per_participant", 0) * n,
+                    "received_ratio": done.get("received_ratio"),
+                    "load_average": done.get("load_average"),
+                }
     return result
+
+
+async def _run_logged(step: Step, workdir: Path, run_index: int) -> dict[str, Any]:
+    setup_estimate = step.participants / (30 * CALLERS) + 4.0
+    pause_ms = int((setup_estimate + step.warmup + step.window + 2.0) * 1000)
+    pcap_seconds = pause_ms / 1000 + 3.0
+    try:
+        done = await run_step(step, workdir, pcap_seconds, pause_ms)
+    except Exception as exc:  # a step that cannot run is a failed step, reported
+        done = {"step": step.key, "ok": False, "error": repr(exc)}
+    done["run"] = run_index
+    print(
+        step.key,
+        step.participants,
+        "ok" if done["ok"] else "FAIL",
+        done.get("cpu_percent_per_participant"),
+        done.get("received_ratio"),
+        done.get("load_average"),
+        file=sys.stderr,
+        flush=True,
+    )
+    return done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -499,11 +554,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rooms", nargs="+", type=int, default=[5, 50])
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 2])
     parser.add_argument("--participants", type=int, help="override the per-codec count")
+    parser.add_argument(
+        "--no-checks", action="store_true", help="skip the silent and near-capacity steps"
+    )
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
     print(json.dumps(result, indent=2))
     failed = [k for k, v in result["summary"].items() if v.get("passed", 0) == 0]
-    return 1 if failed else 0
+    return 1 if failed or result.get("self_check_silent_step_failed") is False else 0
 
 
 if __name__ == "__main__":
