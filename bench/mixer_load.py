@@ -68,7 +68,8 @@ TONES = (410.0, 630.0, 970.0, 1330.0, 1790.0)  # one per SIPp process; no harmon
 CALLERS = len(TONES)
 TICK = 0.02
 TOLERANCE = 0.001  # packets out = participants x ticks within 0.1 %
-SAMPLE_FRAMES = 50  # one second of each sampled listener is decoded
+SAMPLE_FRAMES = 75  # 1.5 s of each sampled listener is decoded, the last second analysed
+ANALYSED_FRAMES = 50  # the first 0.5 s lets a decoder that starts mid-stream lock on
 MAX_SAMPLES = 10
 FREESWITCH = {"G711": 0.5, "G722": 1.2}  # % of a core per participant, mod_conference 1.10
 
@@ -241,7 +242,7 @@ def _heard(codec: BenchCodec, datagrams: list[bytes]) -> Any:
 
     packets = sorted((RtpPacket.parse(d) for d in datagrams), key=lambda p: p.sequence)
     dec = codec.new()
-    frames = [dec.decode(p.payload) for p in packets]
+    frames = [dec.decode(p.payload) for p in packets][-ANALYSED_FRAMES:]
     return (np.concatenate(frames) if frames else np.zeros(0, dtype=np.int16)), dec.sample_rate
 
 

@@ -7,6 +7,11 @@ duplicates. The mixer benchmark therefore writes one capture per codec and talke
 is as long as the call: a tone encoded with Chorus's own codecs (control/media/codecs.py),
 one packet per 20 ms, sequence numbers and timestamps running on, one SSRC.
 
+The tone carries a little white noise (-50 dBFS by default). A pure tone is perfectly
+periodic, and a CELP decoder (Speex) that starts even one frame after its encoder never
+converges on one: the long-term predictor keeps the mismatch alive, and what it plays is
+wideband junk. Noise, as any real voice has, lets every decoder lock on within frames.
+
 The file is classic libpcap (magic a1b2c3d4, microsecond timestamps, link type 1
 Ethernet): SIPp's `prepare_pcap` reads Ethernet + IPv4 + UDP and keeps the UDP part,
 replacing the ports and addresses with the call's own when it plays.
@@ -18,9 +23,11 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from control.media.codecs import Codec, codec_for
 from control.media.rtp import RtpPacket
-from control.media.tone import sine
+from control.media.tone import FULL_SCALE, sine
 
 __all__ = ["CODECS", "BenchCodec", "tone_payloads", "write_rtp_pcap"]
 
@@ -57,13 +64,19 @@ CODECS: dict[str, BenchCodec] = {
 PTIME_S = 0.02
 
 
-def tone_payloads(codec: BenchCodec, freq: float, seconds: float, amplitude: float) -> list[bytes]:
-    """Encoded 20 ms frames of a `freq` Hz tone lasting `seconds`."""
+def tone_payloads(
+    codec: BenchCodec, freq: float, seconds: float, amplitude: float, noise: float = 0.003
+) -> list[bytes]:
+    """Encoded 20 ms frames of a `freq` Hz tone in white noise (`noise` of full scale, RMS)
+    lasting `seconds`."""
     enc = codec.new()
     n = enc.frame_samples(20)
     frames = int(round(seconds / PTIME_S))
-    pcm = sine(freq, frames * PTIME_S, enc.sample_rate, amplitude)
-    return [enc.encode(pcm[i * n : (i + 1) * n]) for i in range(frames)]
+    pcm = sine(freq, frames * PTIME_S, enc.sample_rate, amplitude).astype(np.float64)
+    if amplitude and noise:
+        pcm += noise * FULL_SCALE * np.random.default_rng(int(freq)).standard_normal(pcm.size)
+    samples = np.clip(np.round(pcm), -32768, 32767).astype(np.int16)
+    return [enc.encode(samples[i * n : (i + 1) * n]) for i in range(frames)]
 
 
 def _ipv4_udp(payload: bytes, src_port: int, dst_port: int) -> bytes:
