@@ -3,9 +3,10 @@
 tests/test_sip_rfc4475.py holds the parser to the status each vector deserves; here the same
 octets go through sockets, the transport, the transaction layer and the server, and each answer
 on the wire must carry that status: 400 for the malformed ones, 505 for SIP/7.0, 416 for an
-unknown Request-URI scheme, 420 for an unknown Require, 415 for a body that is not SDP, 483
-when Max-Forwards is spent. Responses among the vectors get no answer at all. After every
-vector the server still takes an echo call (INVITE 200, BYE 200) and has logged no traceback.
+unknown Request-URI scheme, 420 for an unknown Require, 415 for a body that is not SDP; a
+request with Max-Forwards 0 is processed as usual (Chorus is its endpoint). Responses among
+the vectors get no answer at all. After every vector the server still takes an echo call
+(INVITE 200, BYE 200) and has logged no traceback.
 
 "Nothing else came back" is proven without sleeping, as in test_malformed_input.py: each
 vector is followed by an OPTIONS probe on the same socket; the server handles one socket's
@@ -44,17 +45,18 @@ EXPECTED: dict[str, int] = {
     "novelsc": 416,  # soap.beep: a scheme Chorus does not serve
     "bext01": 420,  # Require: nothingSupportsThis, with an Unsupported header
     "invut": 415,  # INVITE with Content-Type application/unknownformat, with Accept
-    # Max-Forwards 0 to an endpoint is processed as usual (RFC 4475 on zeromf); for OPTIONS
-    # Chorus does so.
+    # Max-Forwards 0 to an endpoint is processed as usual (RFC 4475 on zeromf); Chorus is
+    # the endpoint, never a proxy.
     "zeromf": 200,
     # RFC 2543 style: 400 over UDP since an INVITE must carry a Contact (RFC 3261 §8.1.1.8),
     # over TCP since a stream needs a Content-Length (§18.3).
     "inv2543": 400,
 }
-# Chorus answers any other request that arrives with Max-Forwards 0 with 483: zeromf as a
-# MESSAGE (request line and CSeq method changed, nothing else).
+# The same for a request the application answers: zeromf as a MESSAGE (request line and
+# CSeq method changed, nothing else) reaches the application its Request-URI routes to (the
+# conference, which has no out-of-dialog MESSAGE yet: 405) instead of a 483.
 ZEROMF_MESSAGE = "zeromf-message"
-EXPECTED[ZEROMF_MESSAGE] = 483
+EXPECTED[ZEROMF_MESSAGE] = 405
 
 SDP = (
     b"v=0\r\no=tester 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"

@@ -281,10 +281,8 @@ class UserAgent:
         incoming = IncomingRequest(self, request, peer, txn)
         self._servers[txn.key] = _ServerEntry(txn, peer, incoming)
         self.pump_server(txn, peer)
-        max_forwards = request.headers.get("Max-Forwards")
-        if max_forwards is not None and int(max_forwards) == 0 and request.method != "OPTIONS":
-            incoming.respond(483)
-            return
+        # Max-Forwards 0 is a proxy's concern (RFC 3261 §16.3): the focus is the request's
+        # endpoint and processes it as usual (RFC 4475, "zeromf").
         dialog_id = dialog_id_of_request(request)
         if dialog_id is not None:
             usage = self.dialogs.get(dialog_id)
