@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import NewType
 
+from control.media.rtcpsession import StreamQuality
 from control.sip import sdp
 
 RoomId = NewType("RoomId", str)
@@ -107,6 +108,28 @@ class AudioEngine(ABC):
     @abstractmethod
     async def set_muted(self, room: RoomId, participant: ParticipantId, muted: bool) -> None:
         """Stop (or resume) mixing what this participant says; they still hear the room."""
+
+    @abstractmethod
+    async def quality(self) -> dict[tuple[RoomId, ParticipantId], StreamQuality]:
+        """Reception quality of every attached participant's audio, both ways (RFC 3550 §6.4).
+
+        One `StreamQuality` per (room, participant) with an audio stream, read at the moment
+        of the call (a snapshot, not a live view):
+
+        * what we measured of the participant's RTP, the figures our own reports carry:
+          ``packets_received``, ``packets_lost`` (cumulative, expected − received, so a
+          duplicate can make it negative), ``fraction_lost`` (0..1, over the last report
+          interval) and ``jitter`` (interarrival jitter, seconds, §6.4.1 / A.8);
+        * what the participant reported about the stream we send it, None until its first
+          receiver or sender report arrived: ``remote_packets_lost``,
+          ``remote_fraction_lost`` (0..1) and ``remote_jitter`` (seconds);
+        * ``rtt``: round-trip time in seconds from the LSR/DLSR of its report (§6.4.1),
+          None until it reported on one of our sender reports;
+        * ``reports_sent`` / ``reports_received``: RTCP compounds each way.
+
+        An engine that cannot see RTCP (a media server that keeps it to itself) returns the
+        participants it can measure, possibly none; it never raises for a missing figure.
+        """
 
     @abstractmethod
     def events(self) -> AsyncIterator[AudioEvent]:
