@@ -269,3 +269,48 @@ async def test_bad_bodies_are_refused_and_the_chat_goes_on(
         assert statuses == {broken: 400, html: 415, video: 415}
         await echo_round(stream, "after the bad ones")
         await session.bye()
+
+
+async def test_nickname_and_unknown_methods_are_answered(
+    chorus: ChorusProcess, msrp: MsrpTransport
+) -> None:
+    """Every request gets an answer (RFC 4975 §7.2): echo does not use nicknames, so its MSRP
+    core answers a NICKNAME 403 (RFC 7701 §7.1) at once, where before it went unanswered and
+    the sender's transaction ran into its 30 s timeout; an unknown method gets 501."""
+    stream = ChatStream(msrp, secure=True)
+    async with SipClient("udp") as sip:
+        session, answer = await call(sip, chorus, offer(stream.offer_media()))
+        channel = stream.answered(answer.media[0])
+        await stream.wait_connected(10)
+        channel.send_nickname("Tester")
+        response = await until(stream, ResponseReceived)
+        assert isinstance(response, ResponseReceived)
+        assert (response.method, response.status) == ("NICKNAME", 403)
+        await echo_round(stream, "the chat goes on")
+        await session.bye()
+
+    # An unknown method, written by hand on a plain TCP connection of our own.
+    plain = ChatStream(msrp, secure=False)
+    async with SipClient("udp") as sip:
+        session, answer = await call(sip, chorus, offer(plain.offer_media()))
+        theirs = parse_msrp_media(answer.media[0])
+        to, me = str(theirs.endpoint), str(plain.local_uri)
+        reader, writer = await asyncio.open_connection(theirs.endpoint.host, theirs.endpoint.port)
+        try:
+            writer.write(
+                f"MSRP bind0001 SEND\r\nTo-Path: {to}\r\nFrom-Path: {me}\r\n"
+                "Message-ID: bind\r\nByte-Range: 1-0/0\r\n-------bind0001$\r\n"
+                f"MSRP frob0001 FROBNICATE\r\nTo-Path: {to}\r\nFrom-Path: {me}\r\n"
+                "-------frob0001$\r\n".encode()
+            )
+            await writer.drain()
+            seen = b""
+            while b"MSRP frob0001 " not in seen:
+                piece = await asyncio.wait_for(reader.read(4096), 10)
+                assert piece, f"connection closed; got {seen!r}"
+                seen += piece
+            assert b"MSRP bind0001 200 OK\r\n" in seen
+            assert b"MSRP frob0001 501 " in seen
+        finally:
+            writer.close()
+        await session.bye()

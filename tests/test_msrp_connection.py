@@ -430,7 +430,7 @@ def test_per_chunk_success_reports() -> None:
 
 
 def test_nickname_request_and_answer() -> None:
-    alice, bob = alice_side(), bob_side()
+    alice, bob = alice_side(), bob_side(nicknames=True)
     wire = alice.send_nickname([BOB], [ALICE], 'Al "the" great', now=0)
     assert b'Use-Nickname: "Al \\"the\\" great"\r\n' in wire
     bob.receive_data(wire, now=0)
@@ -447,11 +447,33 @@ def test_nickname_request_and_answer() -> None:
 
 def test_nickname_vector() -> None:
     room = MsrpConnection(random=FakeRandom())
-    room.add_session(MsrpSession(parse_uri("msrp://chatroom.example.com:12763/kjhd37s2s20w2a;tcp")))
+    room.add_session(
+        MsrpSession(
+            parse_uri("msrp://chatroom.example.com:12763/kjhd37s2s20w2a;tcp"), nicknames=True
+        )
+    )
     room.receive_data((DATA / "rfc7701_nickname.msrp").read_bytes(), now=0)
     (event,) = room.events()
     assert event == NicknameRequested("kjhd37s2s20w2a", "88ca5a2b", "Alice the great")
     assert room.respond("88ca5a2b", 200).startswith(b"MSRP 88ca5a2b 200 OK\r\n")
+
+
+def test_nickname_in_a_session_without_nicknames_is_answered_403_by_the_core() -> None:
+    """RFC 4975 §7.2: a request is owed a response; a session whose application does not
+    use nicknames (echo) forbids them (RFC 7701 §7.1), so the core answers, not nobody."""
+    alice, bob = alice_side(), bob_side()
+    request = alice.send_nickname([BOB], [ALICE], "Al", now=0)
+    bob.receive_data(request, now=0)
+    answer = bob.data_to_send()
+    (head,) = [parse_chunk(c).head for c in chunks(answer)]
+    assert (head.transaction_id, head.status) == (parse_chunk(request).head.transaction_id, 403)
+    assert [type(e) for e in bob.events()] == [ProtocolError]  # no NicknameRequested
+    alice.receive_data(answer, now=1)
+    (response,) = alice.events()
+    assert isinstance(response, ResponseReceived)
+    assert (response.method, response.status) == ("NICKNAME", 403)
+    alice.handle_timer(now=100.0)
+    assert alice.events() == []  # answered: no transaction timeout
 
 
 def test_sessions_share_a_connection() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random as pyrandom
 from pathlib import Path
 
@@ -296,17 +295,32 @@ def test_upload_refuses_writes_past_the_cap(tmp_path: Path) -> None:
     assert leftovers(spool) == []
 
 
-def test_prepare_removes_what_a_crash_left(tmp_path: Path) -> None:
+def test_prepare_removes_what_a_crash_left_and_keeps_every_completed_file(
+    tmp_path: Path,
+) -> None:
     spool = FileSpool(tmp_path, random=CountingRandom(4))
     kept = spool.begin()
     kept.write_at(0, b"kept")
     stored = kept.commit(meta(), sha1(b"kept").hex())
     crashed = spool.begin()
     crashed.write_at(0, b"half")
-    os.close(os.open(spool.files_dir / f"{'ab' * 20}.0123456789abcdef", os.O_CREAT))  # no meta
     (spool.files_dir / "x.json.tmp").write_bytes(b"{")
+    # A sidecar written just before a crash, its data file never renamed into place.
+    (spool.files_dir / f"{'cd' * 20}.0123456789abcdef.json").write_text("{}")
+    # A completed file whose sidecar is gone: kept, and given its sidecar back.
+    lost = f"{sha1(b'lost').hex()}.00000000000000aa"
+    (spool.files_dir / lost).write_bytes(b"lost")
+    # A data file whose bytes do not match its name: kept (never deleted), never served.
+    wrong = f"{'ab' * 20}.0123456789abcdef"
+    (spool.files_dir / wrong).write_bytes(b"not ab...")
     assert spool.prepare() == 3
-    assert leftovers(spool) == sorted([stored.file_id, stored.file_id + ".json"])
+    assert leftovers(spool) == sorted(
+        [stored.file_id, stored.file_id + ".json", lost, lost + ".json", wrong]
+    )
+    restored = spool.find(sha1(b"lost").hex())
+    assert restored is not None and restored.size == 4 and restored.path.read_bytes() == b"lost"
+    assert spool.find("ab" * 20) is None
+    assert spool.prepare() == 0  # nothing more to do on the next start
 
 
 def test_commit_refuses_a_bad_hash_string(tmp_path: Path) -> None:

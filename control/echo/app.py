@@ -243,6 +243,8 @@ class EchoCall:
             except PortsExhausted:
                 offer.incoming.respond(503, "no RTP ports left")
                 return
+        if self.app.files is not None:
+            await self.app.files.settled()
         try:
             answer = self.negotiate(description)
         except SipError as exc:
@@ -311,6 +313,8 @@ class EchoApp:
             service=CpimAddress(str(call.request.to.uri), "Echo"),
             caller=CpimAddress(str(caller.uri), caller.display_name),
         )
+        if self.files is not None:
+            await self.files.settled()  # a pull sees every file whose last chunk arrived
         try:
             answer = echo_call.negotiate(offer)
         except SipError as exc:
@@ -363,7 +367,18 @@ class EchoApp:
         incoming.respond(405, headers=[("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, MESSAGE")])
 
     async def shutdown(self) -> None:
-        await asyncio.gather(
-            *(c.session.bye(reason="shutdown") for c in list(self.calls) if c.session is not None),
+        calls = [c for c in list(self.calls) if c.session is not None]
+        results = await asyncio.gather(
+            *(c.session.bye(reason="shutdown") for c in calls if c.session is not None),
             return_exceptions=True,
         )
+        for echo_call, result in zip(calls, results, strict=True):
+            if isinstance(result, Exception):
+                assert echo_call.session is not None
+                log.warning(
+                    "echo call %s: BYE at shutdown failed: %r",
+                    echo_call.session.dialog.call_id,
+                    result,
+                )
+        if self.files is not None:
+            await self.files.settled()  # a file being committed is finished, not cut off

@@ -21,10 +21,13 @@ at start-up); disk work during a call goes through :func:`~control.files.spool.t
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
+import functools
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from control.files.spool import FileMeta, FileSpool, SpoolError, StoredFile, Upload, to_disk
@@ -132,10 +135,14 @@ class EchoFileTransfer(EchoChat):
         """Receive one file; return (ending the stream) on failure, idle on success."""
         selector = self.transfer.selector
         spool = self.files.spool
+        beginning = asyncio.ensure_future(to_disk(spool.begin))
         try:
-            self._upload = await to_disk(spool.begin)
+            self._upload = await asyncio.shield(beginning)
         except (OSError, SpoolError) as exc:
             return self._failed(f"spool: {exc}")
+        except asyncio.CancelledError:  # a BYE while the file is created: delete it after
+            beginning.add_done_callback(_discard_begun)
+            raise
         receiver = FileReceiver(
             self._upload,
             size=selector.size,
@@ -163,22 +170,29 @@ class EchoFileTransfer(EchoChat):
                         batch += data
                     case MessageReceived(message_id=mid, size=size) if message_id in (None, mid):
                         message_id = mid
-                        try:
-                            if batch:
-                                await to_disk(receiver.receive, batch_at, bytes(batch), size)
-                                batch.clear()
-                            result = await to_disk(receiver.finish, size)
-                            await self._store(result.sha1_hex, content_type)
-                        except FileTransferError as exc:
-                            # 400 "truncated" / hash mismatch, 413 past the cap: on the wire.
-                            self._complete(event, exc.status, exc.reason)
-                            raise
-                        except (SpoolError, OSError):
-                            # The file was fine; we could not keep it. 413: "stop sending"
-                            # (RFC 4975 §7.3) is the refusal that does not blame the sender.
-                            self._complete(event, 413, "cannot store the file")
-                            raise
-                        self._complete(event, 200)
+                        upload, self._upload = self._upload, None
+                        if upload is None:  # already settled: a second file (RFC 5547 §8.4)
+                            self._complete(event, 413, "one file per session")
+                            continue
+                        # From here the store runs to its end even if a BYE cancels us: a
+                        # file whose last chunk arrived is kept and indexed, never half.
+                        commit = functools.partial(
+                            _finish_and_commit,
+                            receiver,
+                            upload,
+                            (batch_at, bytes(batch)),
+                            size,
+                            self._meta(content_type),
+                        )
+                        settling = self.files.settle(commit, upload)
+                        batch.clear()
+                        verdict = await asyncio.shield(settling)
+                        self._complete(event, verdict.status, verdict.comment)
+                        if verdict.stored is None:
+                            return self._failed(verdict.comment or str(verdict.status))
+                        self.stored = verdict.stored
+                        self.echoed += 1
+                        self.outcome = "stored"
                     case MessageAborted(message_id=mid, reason=reason) if message_id in (None, mid):
                         if self.outcome == "stored":
                             continue  # a hold that expired while storing: the file is kept
@@ -203,30 +217,13 @@ class EchoFileTransfer(EchoChat):
         if event.awaiting_completion:
             self.channel.complete_message(event.message_id, status, comment)
 
-    async def _store(self, sha1_hex: str, content_type: str | None) -> None:
-        """Move the checked upload into place (RFC 5547 §8.4: only a verified file counts)."""
+    def _meta(self, content_type: str | None) -> FileMeta:
         selector = self.transfer.selector
-        meta = FileMeta(
+        return FileMeta(
             name=selector.name or "file",
             content_type=selector.type or content_type or "application/octet-stream",
             sender=self.caller.uri,
             date=self.files.clock().isoformat(),
-        )
-        upload, self._upload = self._upload, None
-        assert upload is not None
-        try:
-            self.stored = await to_disk(upload.commit, meta, sha1_hex)
-        finally:
-            self._upload = None if upload.done else upload
-        self.files.add(self.stored)
-        self.echoed += 1
-        self.outcome = "stored"
-        log.info(
-            "echo stored %s (%d bytes, sha1 %s) from %s",
-            self.stored.file_id,
-            self.stored.size,
-            self.stored.sha1,
-            self.caller.uri,
         )
 
     def _failed(self, reason: str) -> str:
@@ -302,6 +299,36 @@ class EchoFileTransfer(EchoChat):
         super().close()
 
 
+def _discard_begun(begun: asyncio.Future[Upload]) -> None:
+    if not begun.cancelled() and begun.exception() is None:
+        begun.result().discard()
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How a completed push ended: the status for its held last chunk, and the file if kept."""
+
+    status: int
+    comment: str | None = None
+    stored: StoredFile | None = None
+
+
+def _finish_and_commit(
+    receiver: FileReceiver,
+    upload: Upload,
+    batch: tuple[int, bytes],
+    size: int,
+    meta: FileMeta,
+) -> StoredFile:
+    """The last bytes, the size and SHA-1 check, and the commit, in one trip to the disk
+    thread (fsync, sidecar, rename: :meth:`~control.files.spool.Upload.commit`)."""
+    offset, data = batch
+    if data:
+        receiver.receive(offset, data, size)
+    result = receiver.finish(size)
+    return upload.commit(meta, result.sha1_hex)
+
+
 class EchoFiles:
     """Echo's side of RFC 5547: the spool, the index of stored files, the offer decisions.
 
@@ -323,11 +350,55 @@ class EchoFiles:
         self.random = random
         spool.prepare()
         self._by_sha1: dict[str, StoredFile] = {}
-        for stored in spool.files():
+        self._settling: set[asyncio.Task[Verdict]] = set()
+        for stored in spool.files():  # the index is rebuilt from the sidecars on every start
             self.add(stored)
 
     def add(self, stored: StoredFile) -> None:
         self._by_sha1[stored.sha1] = stored
+
+    def settle(self, commit: Callable[[], StoredFile], upload: Upload) -> asyncio.Task[Verdict]:
+        """Check, store and index a completed push (``commit``, blocking: it runs in the disk
+        thread) as one task that nothing cancels.
+
+        The transfer awaits it through :func:`asyncio.shield`: a BYE that cancels the transfer
+        while the disk thread commits the file no longer stops between the rename and the
+        index update (the file would be on disk and unknown until a restart). The task is kept
+        here until done, so it is neither collected nor forgotten; :meth:`settled` waits for
+        such tasks (a pull that arrives meanwhile, shutdown).
+        """
+        task = asyncio.create_task(self._settle(commit, upload))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        return task
+
+    async def _settle(self, commit: Callable[[], StoredFile], upload: Upload) -> Verdict:
+        try:
+            stored = await to_disk(commit)
+        except FileTransferError as exc:
+            # 400 "truncated" / hash mismatch, 413 past the cap: answered on the wire.
+            upload.discard()
+            return Verdict(exc.status, exc.reason)
+        except (SpoolError, OSError) as exc:
+            # The file was fine; we could not keep it. 413: "stop sending" (RFC 4975 §7.3) is
+            # the refusal that does not blame the sender.
+            upload.discard()
+            log.warning("echo could not store a file: %s", exc)
+            return Verdict(413, "cannot store the file")
+        self.add(stored)
+        log.info(
+            "echo stored %s (%d bytes, sha1 %s) from %s",
+            stored.file_id,
+            stored.size,
+            stored.sha1,
+            stored.sender,
+        )
+        return Verdict(200, None, stored)
+
+    async def settled(self) -> None:
+        """Wait until every push that completed has been stored and indexed (or refused)."""
+        while self._settling:
+            await asyncio.wait(set(self._settling))
 
     def find(self, sha1_hex: str) -> StoredFile | None:
         return self._by_sha1.get(sha1_hex.lower())

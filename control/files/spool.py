@@ -12,11 +12,18 @@ Why each rule:
   metadata; as a path it could climb out of the spool (``../../x``), collide, or be a device
   name. Stored files are named by their SHA-1 and a random token, so a pull that names the
   hash (RFC 5547 §8.4, §9.2) finds them with no index beyond the directory itself.
-- **Atomic.** Bytes go to a temporary file in the same directory; when the transfer is complete
-  and its hash checks out, the file is fsync'ed and renamed into place, then its metadata is
-  written the same way (temporary, fsync, rename) and the directory fsync'ed. A reader sees a
-  whole file with its metadata or nothing; a crash leaves only ``.part`` files and data files
-  without metadata, which :meth:`FileSpool.prepare` removes at start-up.
+- **Atomic, metadata first.** Bytes go to a temporary file in the same directory; when the
+  transfer is complete and its hash checks out, the file is fsync'ed, its metadata written
+  beside it (temporary, fsync, rename), and only then is the file itself renamed into place
+  and the directory fsync'ed. The rename of the data file is the one step that makes a file
+  exist, and its sidecar is already there: a reader sees a whole file with its metadata or
+  nothing. A crash (``kill -9``, power loss) leaves at most ``.part`` and ``.tmp`` files and a
+  sidecar whose data file never arrived, which :meth:`FileSpool.prepare` removes at start-up.
+- **Completed files are never deleted at start-up.** A data file in place is a verified file
+  (it is named by the SHA-1 it was checked against). Should one lack its sidecar (written by
+  an older version, or restored by hand), :meth:`FileSpool.prepare` rehashes it and, when the
+  name holds, writes a sidecar for it, so no file on disk is invisible; one whose bytes do not
+  match its name is left alone and logged.
 - **Size-capped.** ``max_file_bytes`` bounds every upload; writing past it fails.
 - **Nothing left behind.** A failed transfer's temporary file is deleted (:meth:`Upload.discard`).
 
@@ -28,10 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as _dt
+import hashlib
 import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,8 +129,15 @@ class Upload:
         self._fd: int | None = fd
         self.size = 0
         self.done = False
+        # The disk thread writes while the event loop may discard (a BYE): never close the
+        # descriptor under a write in flight, whose number the kernel could hand to another file.
+        self._lock = threading.Lock()
 
     def write_at(self, offset: int, data: bytes) -> None:
+        with self._lock:
+            self._write_at(offset, data)
+
+    def _write_at(self, offset: int, data: bytes) -> None:
         if self._fd is None:
             raise SpoolError(500, "upload already finished")
         end = offset + len(data)
@@ -134,17 +151,22 @@ class Upload:
         self.size = max(self.size, end)
 
     def read_at(self, offset: int, size: int) -> bytes:
-        if self._fd is None:
-            raise SpoolError(500, "upload already finished")
-        return os.pread(self._fd, size, offset)
+        with self._lock:
+            if self._fd is None:
+                raise SpoolError(500, "upload already finished")
+            return os.pread(self._fd, size, offset)
 
     def commit(self, meta: FileMeta, sha1_hex: str) -> StoredFile:
-        """Make the upload a stored file: fsync, rename into place, write its metadata.
+        """Make the upload a stored file: fsync, write its sidecar, rename it into place.
 
         ``sha1_hex`` is the verified hash (the caller checked it: the bytes were hashed as
         they arrived). On any failure the temporary file is removed and :class:`SpoolError`
         raised.
         """
+        with self._lock:
+            return self._commit(meta, sha1_hex)
+
+    def _commit(self, meta: FileMeta, sha1_hex: str) -> StoredFile:
         if self._fd is None or self.done:
             raise SpoolError(500, "upload already finished")
         if not _SHA1_HEX.match(sha1_hex):
@@ -165,19 +187,23 @@ class Upload:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
+            self.spool._write_meta(stored)  # the sidecar first: see the module doc
             os.rename(self.path, final)
-            self.spool._write_meta(stored)
             _fsync_dir(self.spool.files_dir)
         except OSError as exc:
-            self.discard()
+            self._discard()
             with contextlib.suppress(OSError):
-                final.unlink()
+                self.spool._meta_path(file_id).unlink()
             raise SpoolError(500, f"cannot store the file: {exc}") from exc
         self.done = True
         return stored
 
     def discard(self) -> None:
-        """Forget the upload and delete its temporary file."""
+        """Forget the upload and delete its temporary file (after a write in flight)."""
+        with self._lock:
+            self._discard()
+
+    def _discard(self) -> None:
         self.done = True
         if self._fd is not None:
             with contextlib.suppress(OSError):
@@ -206,21 +232,57 @@ class FileSpool:
         self._random = random
 
     def prepare(self) -> int:
-        """Create the directory and remove what a crash left: ``.part`` files and data files
-        without metadata. Returns how many files were removed."""
+        """Create the directory and remove what a crash left: ``.part`` and ``.tmp`` files and
+        sidecars whose data file never arrived. A data file without its sidecar is a completed
+        file: it gets its sidecar back (see the module doc), never deleted. Returns how many
+        files were removed."""
         self.files_dir.mkdir(parents=True, exist_ok=True)
         removed = 0
-        for entry in self.files_dir.iterdir():
+        for entry in sorted(self.files_dir.iterdir()):
             name = entry.name
             stale = name.startswith(PART_PREFIX) or name.endswith(".tmp")
-            orphan = _DATA_NAME.match(name) is not None and not self._meta_path(name).exists()
-            if stale or orphan:
+            data_id = name[: -len(META_SUFFIX)] if name.endswith(META_SUFFIX) else None
+            orphan_meta = (
+                data_id is not None
+                and _DATA_NAME.match(data_id) is not None
+                and not (self.files_dir / data_id).exists()
+            )
+            if stale or orphan_meta:
                 with contextlib.suppress(FileNotFoundError):
                     entry.unlink()
                 removed += 1
+            elif _DATA_NAME.match(name) is not None and not self._meta_path(name).exists():
+                self._restore_meta(entry)
         if removed:
             log.info("spool: removed %d unfinished file(s)", removed)
         return removed
+
+    def _restore_meta(self, path: Path) -> None:
+        """Give a sidecar back to a data file that lost it, if its bytes match its name."""
+        match = _DATA_NAME.match(path.name)
+        assert match is not None
+        digest = hashlib.sha1()
+        with path.open("rb") as handle:
+            while piece := handle.read(1 << 20):
+                digest.update(piece)
+        if digest.hexdigest() != match.group(1):
+            log.warning("spool: %s does not match its SHA-1; left alone, not served", path.name)
+            return
+        stat = path.stat()
+        date = _dt.datetime.fromtimestamp(stat.st_mtime, _dt.UTC).isoformat()
+        stored = StoredFile(
+            file_id=path.name,
+            name=path.name,
+            content_type="application/octet-stream",
+            size=stat.st_size,
+            sha1=match.group(1),
+            date=date,
+            sender="",
+            path=path,
+        )
+        self._write_meta(stored)
+        _fsync_dir(self.files_dir)
+        log.warning("spool: %s had no metadata; restored a minimal record", path.name)
 
     def _token(self) -> str:
         return self._random(8).hex()

@@ -112,6 +112,11 @@ class MsrpSession:
     a=accept-wrapped-types) gets its 400 or 415 on the wire (RFC 4975 §7.3.1) instead of a 200.
     A ``deliver_chunks`` session has no body to validate: its completed messages are held for
     :meth:`MsrpConnection.complete_message` instead (see the module doc).
+    ``nicknames`` says the application answers NICKNAME requests (RFC 7701 §7.1, a chat room
+    with nicknames): only then is one handed out as :class:`NicknameRequested`. Otherwise the
+    core answers it 403 itself, since a session where nicknames have no meaning forbids them,
+    and a request nobody answers would leave the sender's transaction to time out (RFC 4975
+    §7.2 owes a response unless Failure-Report is "no").
     """
 
     # Message-IDs of recently finished messages, so a duplicate chunk after completion is
@@ -129,6 +134,7 @@ class MsrpSession:
         max_message_size: int | None = None,
         check_from_path: bool = True,
         validator: MessageValidator | None = None,
+        nicknames: bool = False,
     ) -> None:
         if local_uri.session_id is None:
             raise MsrpUsageError("a session's local URI needs a session-id")
@@ -142,6 +148,7 @@ class MsrpSession:
         self.max_message_size = max_message_size
         self.check_from_path = check_from_path
         self.validator = validator
+        self.nicknames = nicknames
         self.messages: dict[str, IncomingMessage] = {}
         self._done: OrderedDict[str, None] = OrderedDict()
         self._held: dict[str, _Held] = {}
@@ -610,7 +617,9 @@ class MsrpConnection:
         if head.method == "SEND":
             self._start_send(cur, session)
         elif head.method != "NICKNAME":
-            raise MsrpError(501, f"method {head.method} not understood")
+            raise MsrpError(501, f"method {head.method} not understood")  # RFC 4975 §7.3
+        elif not session.nicknames:
+            raise MsrpError(403, "nicknames are not used in this session")  # RFC 7701 §7.1
 
     def _route(self, head: ChunkHead) -> MsrpSession:
         uri = head.to_path[0]
@@ -723,11 +732,12 @@ class MsrpConnection:
 
     def _ended(self, cur: _Current, flag: Flag, length: int, now: float) -> None:
         head, session = cur.head, cur.session
-        if head.method == "NICKNAME" and session is not None:
-            self._pending[head.transaction_id] = (head, session)
-            self._events.append(
-                NicknameRequested(session.session_id, head.transaction_id, head.nickname)
-            )
+        if head.method == "NICKNAME":
+            if session is not None and session.nicknames:  # else answered in _started
+                self._pending[head.transaction_id] = (head, session)
+                self._events.append(
+                    NicknameRequested(session.session_id, head.transaction_id, head.nickname)
+                )
             return
         if cur.answer_ok:
             held = session._held.get(head.message_id or "") if session is not None else None

@@ -592,9 +592,11 @@ class MsrpTransport:
         max_message_size: int | None = None,
         deliver_chunks: bool = False,
         report_per_chunk: bool = False,
+        nicknames: bool = False,
     ) -> MsrpChannel:
         """Start one session. Active: connect (or share) in the background; passive: wait for
-        the peer. ``await channel.wait_connected()`` either way.
+        the peer. ``await channel.wait_connected()`` either way. ``nicknames``: the application
+        answers NICKNAME requests (:class:`NicknameRequested`); otherwise the core answers 403.
 
         A passive offerer may open before it knows the peer's path (``remote_path=None``): an
         active answerer can connect before its answer arrives here. The path is set with
@@ -614,6 +616,7 @@ class MsrpTransport:
             report_per_chunk=report_per_chunk,
             max_message_size=max_message_size,
             validator=validator,
+            nicknames=nicknames,
         )
         channel = MsrpChannel(self, session, remote_path or (), active=active)
         self._channels[channel.session_id] = channel
