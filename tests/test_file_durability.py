@@ -21,19 +21,19 @@ import functools
 import hashlib
 import random
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from control.echo.files import EchoFiles, _finish_and_commit
+from control.echo.files import EchoFiles, finish_and_commit
 from control.files.spool import FileMeta, FileSpool, StoredFile
 from control.msrp.fileselector import HASH_SHA1, FileSelector
 from control.msrp.filetransfer import FileReceiver, FileSender
 from control.msrp.transport import MsrpTransport
 from control.sip.sdp import Direction
+from tests import test_echo_files
 from tests.peers.chorus import ChorusProcess
-from tests.peers.sipclient import SipClient, client_tls_context
+from tests.peers.sipclient import SipClient
 from tests.peers.wait import wait_until
 from tests.test_echo_files import (
     chunk_responses,
@@ -44,6 +44,8 @@ from tests.test_echo_files import (
 )
 
 pytestmark = pytest.mark.timeout(120)
+
+msrp = test_echo_files.msrp  # the file-transfer client's MSRP transport (a fixture)
 
 CHUNK = 256 * 1024
 
@@ -79,7 +81,7 @@ async def test_cancelled_transfer_still_indexes_the_file_it_was_committing(
         entered.set()
         release.wait(60)  # the disk is slow: the BYE comes now
         meta = FileMeta("f.bin", "application/octet-stream", "sip:a@b", "2026-01-01T00:00:00")
-        return _finish_and_commit(receiver, upload, (200_000, data[200_000:]), len(data), meta)
+        return finish_and_commit(receiver, upload, (200_000, data[200_000:]), len(data), meta)
 
     async def transfer() -> None:
         await asyncio.shield(files.settle(slow_commit, upload))
@@ -105,21 +107,13 @@ async def test_a_refused_file_is_discarded_even_when_nobody_waits(tmp_path: Path
     upload = files.spool.begin()
     receiver = FileReceiver(upload, size=len(data), sha1=sha1_of(b"other"), max_size=1 << 20)
     meta = FileMeta("f", "text/plain", "sip:a@b", "2026-01-01T00:00:00")
-    commit = functools.partial(_finish_and_commit, receiver, upload, (0, data), len(data), meta)
+    commit = functools.partial(finish_and_commit, receiver, upload, (0, data), len(data), meta)
     verdict = await files.settle(commit, upload)
     assert verdict.status == 400 and verdict.stored is None
     assert list(files.spool.files_dir.iterdir()) == []
 
 
 # ---- through chorus serve -----------------------------------------------------------------
-
-
-@pytest.fixture
-async def msrp() -> AsyncIterator[MsrpTransport]:
-    transport = MsrpTransport()
-    transport.ssl_client = client_tls_context()
-    yield transport
-    await transport.stop()
 
 
 async def pull_sha1(

@@ -177,7 +177,7 @@ class EchoFileTransfer(EchoChat):
                         # From here the store runs to its end even if a BYE cancels us: a
                         # file whose last chunk arrived is kept and indexed, never half.
                         commit = functools.partial(
-                            _finish_and_commit,
+                            finish_and_commit,
                             receiver,
                             upload,
                             (batch_at, bytes(batch)),
@@ -313,7 +313,7 @@ class Verdict:
     stored: StoredFile | None = None
 
 
-def _finish_and_commit(
+def finish_and_commit(
     receiver: FileReceiver,
     upload: Upload,
     batch: tuple[int, bytes],
