@@ -5,8 +5,12 @@ tracing; plus the core's leniency on RFC 4975 example Byte-Ranges and the SDP he
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
+import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -39,8 +43,9 @@ from control.msrp.transport import MsrpChannel, MsrpConnectError, MsrpTransport
 from control.sip import sdp
 from control.tls import generate_self_signed
 from tests.peers.sipclient import client_tls_context
+from tests.peers.wait import wait_until
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(120)
 
 LISTEN = (ListenAddress("tls", "127.0.0.1", 0), ListenAddress("tcp", "127.0.0.1", 0))
 
@@ -263,44 +268,139 @@ async def test_bad_input_is_answered_and_the_other_session_carries_on(
         await server.stop()
 
 
+class ManualClock:
+    """A clock for the transport's timers that moves only when the test says (``advance``):
+    timeouts are checked on either side of their deadline without sleeping or racing."""
+
+    @dataclass(order=True)
+    class Handle:
+        deadline: float
+        seq: int
+        callback: Callable[[], object] = field(compare=False)
+        cancelled: bool = field(default=False, compare=False)
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+        def when(self) -> float:
+            return self.deadline
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._heap: list[ManualClock.Handle] = []
+        self._seq = itertools.count()
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> ManualClock.Handle:
+        handle = ManualClock.Handle(when, next(self._seq), callback)
+        heapq.heappush(self._heap, handle)
+        return handle
+
+    def advance(self, seconds: float) -> None:
+        target = self.now + seconds
+        while self._heap and self._heap[0].deadline <= target:
+            handle = heapq.heappop(self._heap)
+            if not handle.cancelled:
+                self.now = max(self.now, handle.deadline)
+                handle.callback()
+        self.now = target
+
+
 async def test_idle_connection_is_closed(
     server_context: ssl.SSLContext, client: MsrpTransport
 ) -> None:
-    server = await make_server(server_context, idle_timeout=0.3)
+    """Silence for ``idle_timeout`` closes a connection; a moment less does not."""
+    clock = ManualClock()
+    server = await make_server(server_context, idle_timeout=60.0, clock=clock)
     try:
         passive, active = await pair(server, client, secure=False)
-        failed = await next_of(passive, ConnectionFailed)
+        clock.advance(59.9)
+        await asyncio.sleep(0)
+        assert server.connection_count == 1 and not passive.closed
+        active.send_message("text/plain", b"still here")  # activity restarts the count
+        assert isinstance(await next_of(passive, MessageReceived), MessageReceived)
+        clock.advance(59.9)
+        assert server.connection_count == 1 and not passive.closed
+        clock.advance(0.2)
+        failed = await next_of(passive, ConnectionFailed, timeout=30)
         assert isinstance(failed, ConnectionFailed)
-        assert isinstance(await next_of(active, ConnectionFailed), ConnectionFailed)
+        assert isinstance(await next_of(active, ConnectionFailed, timeout=30), ConnectionFailed)
         assert server.connection_count == 0
     finally:
         await server.stop()
 
 
 async def test_connect_timeouts(server_context: ssl.SSLContext) -> None:
-    server = await make_server(server_context, connect_timeout=0.3)
+    clock = ManualClock()
+    server = await make_server(server_context, connect_timeout=30.0, clock=clock)
     try:
-        # A passive session nobody connects to fails.
+        # A passive session nobody connects to fails at its deadline, not before.
         peer = parse_uri("msrp://127.0.0.1:9/peerpeerpeer;tcp")
         lonely = server.open(server.local_uri(False), [peer], active=False)
+        clock.advance(29.9)
+        assert not lonely.closed
+        clock.advance(0.2)
         with pytest.raises(MsrpConnectError):
-            await lonely.wait_connected(5)
+            await lonely.wait_connected(30)
         assert lonely.closed
-        # A connection that names no session is closed.
+        # A connection that names no session is closed at its deadline.
         port = server.listener(False).port  # type: ignore[union-attr]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert await wait_until(lambda: server.connection_count == 1, timeout=30)
+        clock.advance(29.9)
+        assert server.connection_count == 1
+        clock.advance(0.2)
+        assert await asyncio.wait_for(reader.read(), 30) == b""
         writer.close()
-        # An active session to a port nobody listens on fails.
+        # An active session to a port nobody listens on fails (refused: no timer involved).
         closed = parse_uri(f"msrp://127.0.0.1:{port}/x1234567;tcp")
         await server.stop()
-        late = MsrpTransport(connect_timeout=1.0)
+        late = MsrpTransport(connect_timeout=30.0)
         channel = late.open(late.local_uri(False), [closed], active=True)
         with pytest.raises(MsrpConnectError):
-            await channel.wait_connected(5)
+            await channel.wait_connected(30)
         await late.stop()
     finally:
         await server.stop()
+
+
+async def test_a_bug_in_the_core_costs_one_connection_logged_once(
+    server: MsrpTransport, client: MsrpTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception out of the core (our bug: peer input never raises) is logged once with
+    the peer and its sessions, ends that connection's sessions, and the others go on."""
+    doomed, doomed_client = await pair(server, client, secure=False)
+    other_client = MsrpTransport(share_connections=False)
+    try:
+        theirs, ours = other_client.local_uri(False), server.local_uri(False)
+        survivor = server.open(ours, [theirs], active=False)
+        survivor_client = other_client.open(theirs, [ours], active=True)
+        await asyncio.wait_for(
+            asyncio.gather(survivor.wait_connected(), survivor_client.wait_connected()), 30
+        )
+        connection = doomed._conn
+        assert connection is not None and survivor._conn is not connection
+
+        def broken(data: bytes, now: float) -> None:
+            raise RuntimeError("injected core failure")
+
+        connection.core.receive_data = broken  # type: ignore[method-assign]
+        with caplog.at_level(logging.ERROR, logger="chorus.msrp.transport"):
+            doomed_client.send_message("text/plain", b"boom")
+            failed = await next_of(doomed, ConnectionFailed, timeout=30)
+        assert isinstance(failed, ConnectionFailed)
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1
+        message = errors[0].getMessage()
+        assert "failed on" in message and doomed.session_id in message
+        assert errors[0].exc_info is not None and "injected" in str(errors[0].exc_info[1])
+        survivor_client.send_message("text/plain", b"unaffected")
+        got = await next_of(survivor, MessageReceived, timeout=30)
+        assert isinstance(got, MessageReceived) and got.body == b"unaffected"
+    finally:
+        await other_client.stop()
 
 
 async def test_session_ids_are_unguessable_and_trace_is_written(
