@@ -4,10 +4,13 @@ A real `chorus serve` (echo application) and a client in this process. Each run:
 
 - **push**: SIP INVITE with a sendonly ``m=message TCP/TLS/MSRP`` line and a=file-selector, then
   the file as one MSRP message in 256 KiB chunks. The clock runs from the first chunk until
-  the file's metadata appears in the spool: echo has written every byte to a temporary file,
-  checked size and SHA-1, fsync'ed and renamed it into place.
+  the 200 to the last chunk: echo holds that answer until it has written every byte to a
+  temporary file, checked size and SHA-1, fsync'ed it, written its sidecar, renamed it into
+  place and indexed it (RFC 4975 §7.1.1 with RFC 5547 §8.4). Every chunk's answer is counted.
 - **pull**: a recvonly offer naming the file's hash; the clock runs from the MSRP connection
-  being up until the whole message has arrived (the client hashes it after the clock stops).
+  being up until the whole message has arrived and been hashed as it came; the client then
+  answers the held last chunk 200 (or 400 on a hash mismatch, which fails the run), as echo
+  does for a push.
 - **tls copy**: the same bytes through a plain asyncio TLS socket to a sink process on
   loopback (no MSRP, no disk, no hashing), 256 KiB writes; the clock runs from the first write
   until the sink says it has every byte.
@@ -39,13 +42,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from control.msrp.events import ConnectionFailed, MessageChunkReceived, MessageReceived
 from control.msrp.fileselector import HASH_SHA1, FileSelector
+from control.msrp.filetransfer import FileSender
 from control.msrp.transport import MsrpTransport
 from control.sip.sdp import Direction
 from tests.peers.chorus import ChorusProcess
 from tests.peers.sipclient import SipClient, client_tls_context
-from tests.test_echo_files import FileCall, place_file_call, push_chunks
+from tests.test_echo_files import (
+    FileCall,
+    chunk_responses,
+    place_file_call,
+    pull_file,
+    push_chunks,
+)
 
 CHUNK = 256 * 1024
 
@@ -95,15 +104,6 @@ async def tls_copy(port: int, data: bytes) -> float:
 # ---- MSRP push and pull -------------------------------------------------------------------
 
 
-def stored_metadata(chorus: ChorusProcess, sha1_hex: str) -> bool:
-    directory = chorus.workdir / "spool" / "files"
-    return (
-        any(n.startswith(sha1_hex) and n.endswith(".json") for n in os.listdir(directory))
-        if directory.exists()
-        else False
-    )
-
-
 async def push(
     sip: SipClient, chorus: ChorusProcess, msrp: MsrpTransport, data: bytes, sha1: bytes, tag: str
 ) -> float:
@@ -115,13 +115,13 @@ async def push(
     )
     if call is None:
         raise RuntimeError(f"push refused: {status}")
+    pieces = len(list(FileSender(len(data), chunk_size=CHUNK).pieces()))
     start = time.perf_counter()
     await push_chunks(call, data, "application/octet-stream", chunk_size=CHUNK)
-    while not stored_metadata(chorus, sha1.hex()):
-        if call.session.terminated.done():
-            raise RuntimeError(f"push failed: {call.session.terminated.result()}")
-        await asyncio.sleep(0.005)
+    answers = await chunk_responses(call, pieces, timeout=120)
     elapsed = time.perf_counter() - start
+    if answers != [200] * pieces:
+        raise RuntimeError(f"push answered {answers[-3:]} (of {len(answers)}/{pieces} chunks)")
     await hang_up(call)
     return elapsed
 
@@ -140,18 +140,9 @@ async def pull(
     if call is None:
         raise RuntimeError(f"pull refused: {status}")
     start = time.perf_counter()
-    pieces: list[bytes] = []
-    while True:
-        event = await asyncio.wait_for(call.channel.next_event(), 120)
-        if isinstance(event, MessageChunkReceived):
-            pieces.append(event.data)
-        elif isinstance(event, MessageReceived):
-            break
-        elif isinstance(event, ConnectionFailed):
-            raise RuntimeError(f"pull failed: {event.reason}")
+    digest, received = await pull_file(call, sha1, timeout=120)  # answers the held chunk
     elapsed = time.perf_counter() - start
-    body = b"".join(pieces)
-    if len(body) != size or hashlib.sha1(body).digest() != sha1:
+    if received != size or digest != sha1:
         raise RuntimeError("pulled file differs")
     await hang_up(call)
     return elapsed
