@@ -19,6 +19,7 @@ import asyncio
 import datetime as _dt
 import functools
 import hashlib
+import logging
 import random
 import threading
 from pathlib import Path
@@ -110,6 +111,24 @@ async def test_a_refused_file_is_discarded_even_when_nobody_waits(tmp_path: Path
     commit = functools.partial(finish_and_commit, receiver, upload, (0, data), len(data), meta)
     verdict = await files.settle(commit, upload)
     assert verdict.status == 400 and verdict.stored is None
+    assert list(files.spool.files_dir.iterdir()) == []
+
+
+async def test_a_bug_while_storing_is_logged_once_and_leaves_no_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = EchoFiles(FileSpool(tmp_path))
+    upload = files.spool.begin()
+
+    def broken() -> StoredFile:
+        raise RuntimeError("injected store failure")
+
+    with caplog.at_level(logging.ERROR, logger="chorus.echo.files"):
+        with pytest.raises(RuntimeError):
+            await files.settle(broken, upload)
+        await files.settled()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "injected store failure" in errors[0].getMessage()
     assert list(files.spool.files_dir.iterdir()) == []
 
 

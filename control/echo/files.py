@@ -186,7 +186,11 @@ class EchoFileTransfer(EchoChat):
                         )
                         settling = self.files.settle(commit, upload)
                         batch.clear()
-                        verdict = await asyncio.shield(settling)
+                        try:
+                            verdict = await asyncio.shield(settling)
+                        except Exception:  # noqa: BLE001 - our bug, logged by EchoFiles.settle
+                            self._complete(event, 500, "internal error")
+                            return self._failed("internal error while storing")
                         self._complete(event, verdict.status, verdict.comment)
                         if verdict.stored is None:
                             return self._failed(verdict.comment or str(verdict.status))
@@ -369,22 +373,29 @@ class EchoFiles:
         """
         task = asyncio.create_task(self._settle(commit, upload))
         self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        task.add_done_callback(self._settled)
         return task
+
+    def _settled(self, task: asyncio.Task[Verdict]) -> None:
+        self._settling.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:  # a bug (expected failures are verdicts): once, whoever waits
+            log.error("echo file store failed: %r", error, exc_info=error)
 
     async def _settle(self, commit: Callable[[], StoredFile], upload: Upload) -> Verdict:
         try:
             stored = await to_disk(commit)
         except FileTransferError as exc:
             # 400 "truncated" / hash mismatch, 413 past the cap: answered on the wire.
-            upload.discard()
             return Verdict(exc.status, exc.reason)
         except (SpoolError, OSError) as exc:
             # The file was fine; we could not keep it. 413: "stop sending" (RFC 4975 §7.3) is
             # the refusal that does not blame the sender.
-            upload.discard()
             log.warning("echo could not store a file: %s", exc)
             return Verdict(413, "cannot store the file")
+        finally:
+            if not upload.done:  # anything else (a bug, logged in _settled) leaves no file
+                upload.discard()
         self.add(stored)
         log.info(
             "echo stored %s (%d bytes, sha1 %s) from %s",
