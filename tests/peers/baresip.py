@@ -23,6 +23,15 @@ Facts learned the hard way (baresip 1.0.0):
   `RTP/AVP` and takes either.
 - Opus (module `opus`) is `opus/48000/2` and runs at 48 kHz; `opus_stereo no` and
   `opus_sprop_stereo no` keep it mono to match a mono source.
+- RTCP: reports go to RTP port + 1 unless the config says `rtcp_mux yes`, which offers
+  `a=rtcp-mux` (RFC 5761) and muxes when the answer has it too. Every RTCP compound it
+  receives raises a `CALL_RTCP` event (`param` "audio") carrying `rtcp_stats`: `tx` is what
+  the far end reported about baresip's stream (`lost`, `jit` in µs), `rx` baresip's own
+  measurement of the far end's stream, `rtt` in µs from the far end's LSR/DLSR (0 until a
+  report echoed one of baresip's sender reports).
+- With rtcp-mux it first sends one RTCP APP compound ("PING"/"PONG", 16 bytes), and under
+  SRTP that one goes out unprotected; its RTCP BYE at hang-up also fails SRTCP validation
+  at our end (libsrtp "unable to perform desired validation").
 """
 
 from __future__ import annotations
@@ -179,8 +188,8 @@ class BaresipProcess:
     source and player follow its clock rate unless `sample_rate` is given, and the source
     WAV must be mono at that rate. `answermode` is the account's (`manual` or `auto`).
     `mediaenc` (`srtp`, `srtp-mand`, `srtp-mandf`) turns on SDES-SRTP for the account.
-    `ca_file` is the certificate baresip should trust for SIP over TLS. `extra_config`
-    adds or replaces lines of the config file.
+    `ca_file` is the certificate baresip should trust for SIP over TLS. `rtcp_mux` offers
+    RTCP on the RTP port. `extra_config` adds or replaces lines of the config file.
     """
 
     def __init__(
@@ -195,6 +204,7 @@ class BaresipProcess:
         ca_file: str | os.PathLike[str] | None = None,
         extra_config: Mapping[str, str] | None = None,
         verbose: bool = True,
+        rtcp_mux: bool = False,
     ) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="baresip-test-"))
         self.config_dir = self.workdir / "config"
@@ -249,6 +259,8 @@ class BaresipProcess:
             account += f";mediaenc={mediaenc}"
         if ca_file is not None:
             config["sip_cafile"] = str(Path(ca_file).resolve())
+        if rtcp_mux:
+            config["rtcp_mux"] = "yes"  # offer a=rtcp-mux (RFC 5761)
         config.update(extra_config or {})
         lines = [f"{key}\t\t{value}" for key, value in config.items()]
         lines += [f"module\t\t{m}.so" for m in modules]
@@ -411,6 +423,16 @@ class BaresipProcess:
     def recordings(self, kind: str = "dec") -> list[Recording]:
         """The `sndfile` dumps, oldest first: `dec` is what was heard, `enc` what was sent."""
         return [_read_dump(p) for p in sorted(self.record_dir.glob(f"dump-*-{kind}.wav"))]
+
+    def rtcp_stats(self) -> list[dict[str, Any]]:
+        """The `rtcp_stats` of every `CALL_RTCP` event so far, oldest first (one per RTCP
+        compound baresip received)."""
+        with self._cond:
+            return [
+                dict(e["rtcp_stats"])
+                for e in self.events
+                if e.get("type") == "CALL_RTCP" and isinstance(e.get("rtcp_stats"), dict)
+            ]
 
     def log(self) -> str:
         try:

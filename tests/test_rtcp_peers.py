@@ -1,0 +1,182 @@
+"""RTCP with a real peer: baresip in a conference room on an in-process Chorus server.
+
+baresip (libre's RTCP) sends sender and receiver reports on its own ~5 s schedule; the room
+reports to it every `rtp.rtcp_interval` (0.5 s here). Both sides must understand each
+other:
+
+* Chorus read baresip's reports (the engine's `rtcp_received` counter), and
+  `AudioEngine.quality()` for baresip's leg carries what baresip says about our stream (no
+  loss on loopback, a jitter figure, a round-trip time from the LSR/DLSR echoing one of our
+  sender reports) next to our own measurement of baresip's stream;
+* baresip read ours: each compound it receives raises `CALL_RTCP` with its `rtcp_stats`,
+  whose `tx` side is what our report blocks said about its stream, and whose `rtt` turns
+  non-zero once one of our blocks echoed its own sender report.
+
+With `rtcp_mux yes` baresip offers `a=rtcp-mux` and the room answers it (RFC 5761): RTCP
+flows on the RTP port; without it, on port + 1 (RFC 3550 §11). With SDES-SRTP the
+reports are SRTCP (RFC 3711 §3.4) both ways. (baresip's RTCP BYE at hang-up fails SRTCP
+validation here; the test stops asking before it.)
+
+The server runs in this process (`build_server`, what `chorus serve` builds) so the test can
+ask its engine directly. Nothing here is timed: the test waits, with generous deadlines, for
+the reports to have arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control.cli import build_server
+from control.config import parse_config
+from control.media.engine import AudioEngine, ParticipantId, RoomId
+from control.media.mixer import EmbeddedMixer
+from control.media.rtcpsession import StreamQuality
+from control.media.tone import sine
+from control.server import Server
+from tests.peers.baresip import BaresipError, BaresipProcess, write_wav
+from tests.peers.ports import free_ports
+
+pytestmark = [pytest.mark.peer("baresip"), pytest.mark.timeout(180)]
+
+ROOM = RoomId("rtcp@127.0.0.1")
+SOURCE_SECONDS = 120.0  # outlasts the call: the test hangs up, not aufile
+DEADLINE = 60.0  # baresip reports about every 5 s; this only bounds a broken run
+
+
+class Chorus:
+    def __init__(self, server: Server, sip_port: int) -> None:
+        self.server = server
+        self.sip_port = sip_port
+
+    @property
+    def engine(self) -> EmbeddedMixer:
+        engine = self.server.applications["conference"].engine  # type: ignore[attr-defined]
+        assert isinstance(engine, EmbeddedMixer)
+        return engine
+
+
+@pytest.fixture
+async def chorus(tmp_path: Path) -> AsyncIterator[Chorus]:
+    (port,) = free_ports(1)
+    rtp_low = random.randrange(20000, 60000, 2)
+    config = parse_config(
+        {
+            "sip": {"listen": [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"]},
+            "rtp": {
+                "port_range": f"{rtp_low}-{rtp_low + 199}",
+                "codecs": ["PCMU", "G722"],
+                "timeout": 60.0,
+                "rtcp_interval": 0.5,
+            },
+            "msrp": {"listen": ["tcp:127.0.0.1:0"]},
+            "server": {"spool_dir": str(tmp_path / "spool")},
+        }
+    )
+    server = build_server(config)
+    await server.start()
+    try:
+        yield Chorus(server, port)
+    finally:
+        await server.stop()
+
+
+async def leg_quality(engine: AudioEngine) -> StreamQuality | None:
+    """The one participant's figures in ROOM (through the engine interface)."""
+    figures: dict[tuple[RoomId, ParticipantId], StreamQuality] = await engine.quality()
+    legs = [quality for (room, _), quality in figures.items() if room == ROOM]
+    assert len(legs) <= 1, figures
+    return legs[0] if legs else None
+
+
+def _complete(quality: StreamQuality | None, baresip: list[dict[str, Any]]) -> bool:
+    """Both sides have reported on each other, round trips included."""
+    return (
+        quality is not None
+        and quality.reports_received > 0
+        and quality.rtt is not None
+        and any(stats.get("rtt", 0) > 0 for stats in baresip)
+    )
+
+
+@pytest.mark.parametrize(
+    ("rtcp_mux", "mediaenc"),
+    [(True, None), (False, None), (True, "srtp-mand")],
+    ids=["rtcp-mux", "port-plus-one", "srtcp-mux"],
+)
+async def test_baresip_and_the_room_read_each_others_reports(
+    chorus: Chorus, tmp_path: Path, rtcp_mux: bool, mediaenc: str | None
+) -> None:
+    wav = write_wav(tmp_path / "tone.wav", sine(440.0, SOURCE_SECONDS, 8000, 0.4), 8000)
+    phone = BaresipProcess(wav, codec="PCMU/8000/1", rtcp_mux=rtcp_mux, mediaenc=mediaenc)
+    await asyncio.to_thread(phone.start)
+    try:
+
+        def why() -> str:
+            return f"\n--- baresip ---\n{phone.log()[-4000:]}"
+
+        await asyncio.to_thread(phone.dial, f"sip:{ROOM.split('@')[0]}@127.0.0.1:{chorus.sip_port}")
+        try:
+            await asyncio.to_thread(phone.wait_event, "CALL_ESTABLISHED", 15)
+            await asyncio.to_thread(phone.wait_event, "CALL_RTPESTAB", 15)
+        except BaresipError as exc:
+            raise AssertionError(f"baresip's call did not come up: {exc}") from None
+        engine = chorus.engine
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DEADLINE
+        quality = await leg_quality(engine)
+        while not _complete(quality, phone.rtcp_stats()) and loop.time() < deadline:
+            await asyncio.sleep(0.2)
+            quality = await leg_quality(engine)
+        baresip = phone.rtcp_stats()
+        assert quality is not None, f"no audio leg in {ROOM}{why()}"
+        assert _complete(quality, baresip), f"{quality}\nbaresip: {baresip}{why()}"
+
+        # Our side: baresip's reports arrived (muxed or on port + 1) and parsed.
+        # baresip 1.0 opens a muxed stream with one APP "PING" compound that it sends
+        # unprotected even under SRTP: SRTCP drops it and counts it (RFC 3711 §3.4).
+        plain = 1 if rtcp_mux and mediaenc is not None else 0
+        counters = await engine.stats()
+        assert counters.rtcp_received > 0 and counters.rtcp_errors <= plain, counters
+        assert counters.rtcp_sent > 0, counters
+        ((room, participant),) = [key for key in await engine.quality() if key[0] == ROOM]
+        stream = engine.stream(room, participant)
+        assert stream is not None and stream.terms.rtcp_mux is rtcp_mux
+        assert stream.stats.rtcp_received > 0 and stream.stats.rtcp_errors <= plain
+        assert stream.rtcp_latched is not None and stream.latched is not None
+        if rtcp_mux:  # RFC 5761: their RTCP came from their RTP port
+            assert stream.rtcp_latched == stream.latched
+        else:  # RFC 3550 §11: from the port after it
+            assert stream.rtcp_latched[1] == stream.latched[1] + 1
+
+        # What baresip says about the stream the room sends it.
+        assert quality.remote_packets_lost == 0, quality
+        assert quality.remote_fraction_lost == 0.0, quality
+        assert quality.remote_jitter is not None, quality
+        assert math.isfinite(quality.remote_jitter) and quality.remote_jitter >= 0.0, quality
+        assert quality.rtt is not None and math.isfinite(quality.rtt), quality
+        # Non-negative, and seconds, not NTP units (a unit slip reads in the thousands).
+        assert 0.0 <= quality.rtt < 10.0, quality
+
+        # What the room measured of baresip's stream.
+        assert quality.packets_received > 0 and quality.packets_lost == 0, quality
+        assert math.isfinite(quality.jitter) and quality.jitter >= 0.0, quality
+        assert quality.reports_sent > 0, quality
+
+        # baresip read our reports: one CALL_RTCP per compound, our blocks saying it lost
+        # nothing, and an RTT worked out from our echo of its sender report.
+        assert baresip, f"baresip saw none of our RTCP{why()}"
+        assert all(stats["tx"]["lost"] == 0 for stats in baresip), baresip
+        assert all(stats["rx"]["lost"] == 0 for stats in baresip), baresip
+        assert any(stats["rtt"] > 0 for stats in baresip), baresip
+
+        await asyncio.to_thread(phone.hangup)
+        await asyncio.to_thread(phone.wait_event, "CALL_CLOSED", 15)
+    finally:
+        await asyncio.to_thread(phone.stop)
