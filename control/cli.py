@@ -33,6 +33,7 @@ def build_server(config: Config) -> Server:
                 max_sessions=config.sip.max_sessions,
             ),
             srtp=SrtpPolicy(config.rtp.srtp),
+            rtcp_interval=config.rtp.rtcp_interval,
             msrp=server.msrp,
             files=EchoFiles(
                 FileSpool(config.server.spool_dir, max_file_bytes=config.files.max_file_bytes)

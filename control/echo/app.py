@@ -128,6 +128,7 @@ class EchoCall:
             log.info("audio refused: %s", exc)
             return sdp.Reject()
         attributes = [sdp.Attribute("crypto", str(crypto.local))] if crypto else []
+        attributes += media.reflector.negotiate(stream)  # rtcp-mux, each format's RTP clock
         decision = sdp.accept_audio(
             stream, self.app.supported, port=media.port, attributes=attributes, offerer_order=True
         )
@@ -271,10 +272,12 @@ class EchoApp:
         msrp: MsrpTransport | None = None,
         files: EchoFiles | None = None,
         srtp: SrtpPolicy = SrtpPolicy.OPTIONAL,
+        rtcp_interval: float = 5.0,  # RFC 3550 §6.2 minimum RTCP interval ([rtp] rtcp_interval)
     ) -> None:
         self.ua = ua
         self.ports = ports
         self.srtp = srtp
+        self.rtcp_interval = rtcp_interval
         self.supported = [(name, rate) for name in codecs for rate in CODEC_RATES.get(name, ())]
         self.limits = limits
         self.msrp = msrp
@@ -295,7 +298,8 @@ class EchoApp:
             call.reject(exc.status, exc.reason)
             return
         host, _ = self.ua.local_host_port("udp", call.incoming.source.host)
-        media = EchoMedia(self.ports, RtpReflector(self.ua.rng.getrandbits(32)))
+        reflector = RtpReflector(self.ua.rng.getrandbits(32), rtcp_interval=self.rtcp_interval)
+        media = EchoMedia(self.ports, reflector)
         if _wants_audio(offer):
             try:
                 await media.open(host)

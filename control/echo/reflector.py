@@ -10,10 +10,14 @@ back, would fail authentication (a new SSRC) or be a replay. Packets that fail a
 and dropped.
 
 RTCP (RFC 3550 §6): the echo is a sender of its own stream, so it sends sender reports on
-the RFC 3550 schedule (`RtcpSession`) to the caller's RTCP port (the address its RTCP came
-from, else RTP port + 1) and reads the caller's reports: loss, jitter and round trip are in
-`reflector.rtcp.quality()`.  RTCP arriving on the RTP port (rtcp-mux, RFC 5761 §4) is read
-too and never echoed.
+the RFC 3550 schedule (`RtcpSession`, minimum interval from `[rtp] rtcp_interval`) and reads
+the caller's reports: loss, jitter and round trip are in `reflector.rtcp.quality()`.  When
+the offer has `a=rtcp-mux` the answer has it too (`negotiate`) and reports go to the
+caller's RTP address from our RTP port (RFC 5761 §5.1.3); otherwise to the caller's RTCP
+port (the address its RTCP came from, else RTP port + 1) from ours.  RTCP arriving on the
+RTP port (RFC 5761 §4) is read either way and never echoed.  Jitter and the RTP half of a
+sender report count in the negotiated clock of each payload type (`a=rtpmap`: Opus is
+48000 whatever its audio rate, RFC 7587 §4.1), not a guessed 8 kHz.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from control.media.rtcp import RtcpError
 from control.media.rtcpsession import RtcpSession
 from control.media.rtp import RtpError, RtpPacket
 from control.media.srtp import SrtpContext, SrtpError
+from control.sip import sdp
 
 log = logging.getLogger("chorus.echo.rtcp")
 
@@ -46,7 +51,7 @@ class RtpReflector(asyncio.DatagramProtocol):
         ssrc: int,
         *,
         rtcp_interval: float = 5.0,  # RFC 3550 §6.2 minimum report interval
-        clock_rate: int = 8000,  # for dynamic payload types; static ones are known
+        clock_rate: int = 8000,  # for a payload type neither negotiated nor static
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,  # the event loop's clock (its default)
     ) -> None:
@@ -55,6 +60,8 @@ class RtpReflector(asyncio.DatagramProtocol):
         self.clock_rate = clock_rate
         self.rtcp: RtcpSession | None = None  # made when the socket is (it needs a clock)
         self.rtcp_remote: Address | None = None
+        self.rtcp_mux = False  # RFC 5761: RTCP on the RTP port, both ways
+        self.clock_rates: dict[int, int] = {}  # payload type -> RTP clock, from a=rtpmap
         self.rtcp_errors = 0
         self.rtcp_sent = 0
         self._rng = rng or random.Random()
@@ -81,6 +88,23 @@ class RtpReflector(asyncio.DatagramProtocol):
             wall_offset=wall - now,
             min_interval=self.rtcp_interval,
         )
+
+    def negotiate(self, offered: sdp.MediaDescription) -> list[sdp.Attribute]:
+        """Take the RTCP terms of an offered (or re-offered) audio m-line; the attributes
+        our answer adds for them.
+
+        The clock of every offered payload type is kept (the caller sends with these numbers,
+        which the answer keeps, RFC 3264 §6.1); static types without an rtpmap come from
+        RFC 3551's table.  `a=rtcp-mux` offered is `a=rtcp-mux` answered (RFC 5761 §5.1.1).
+        """
+        self.clock_rates = {r.payload_type: r.clock_rate for r in offered.rtpmaps()}
+        self.rtcp_mux = offered.rtcp_mux
+        return [sdp.Attribute("rtcp-mux")] if self.rtcp_mux else []
+
+    def clock_of(self, payload_type: int) -> int:
+        """The RTP clock rate of a payload type the caller sends."""
+        rate = self.clock_rates.get(payload_type) or _STATIC_CLOCK.get(payload_type)
+        return rate or self.clock_rate
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         if len(data) >= 2 and data[0] >> 6 == 2 and 72 <= data[1] & 0x7F <= 79:
@@ -115,8 +139,7 @@ class RtpReflector(asyncio.DatagramProtocol):
             rtp = RtpPacket.parse(plain)
         except RtpError:
             return
-        rate = _STATIC_CLOCK.get(rtp.payload_type, self.clock_rate)
-        self.rtcp.set_clock_rate(rate)
+        self.rtcp.set_clock_rate(self.clock_of(rtp.payload_type))
         self.rtcp.on_rtp(rtp, now)  # the caller's stream, under its own SSRC
         self.rtcp.on_sent(rtp.timestamp, len(rtp.payload), now)  # ours: same timestamps
 
@@ -141,10 +164,17 @@ class RtpReflector(asyncio.DatagramProtocol):
         data = rtcp.report(now)
         if self.srtp is not None:
             data = self.srtp.protect_rtcp(data)
-        dest = self.rtcp_remote
-        if dest is None and self.remote is not None:
-            dest = (self.remote[0], self.remote[1] + 1)
-        return (data, dest) if dest is not None else None
+        return (data, dest) if (dest := self.rtcp_destination) is not None else None
+
+    @property
+    def rtcp_destination(self) -> Address | None:
+        """The caller's RTP address with rtcp-mux (RFC 5761 §5.1.3), else where its RTCP
+        came from, else its RTP port + 1 (RFC 3550 §11)."""
+        if self.rtcp_mux:
+            return self.remote
+        if self.rtcp_remote is not None:
+            return self.rtcp_remote
+        return (self.remote[0], self.remote[1] + 1) if self.remote is not None else None
 
 
 class _EchoRtcp(asyncio.DatagramProtocol):
@@ -191,9 +221,10 @@ class EchoMedia:
             due = None
         if self.reflector.rtcp is not None and self.reflector.rtcp.due(now):
             self.reflector.rtcp.next_report = now + self.reflector.rtcp_interval  # not sent: later
-        if due is not None and self._rtcp is not None:
+        transport = self._rtp if self.reflector.rtcp_mux else self._rtcp
+        if due is not None and transport is not None:
             data, dest = due
-            self._rtcp.sendto(data, dest)
+            transport.sendto(data, dest)
             self.reflector.rtcp_sent += 1
         self._arm()
 
