@@ -107,9 +107,13 @@ def test_echo_answers_rtcp_mux_and_counts_opus_in_its_48_khz_clock() -> None:
         packet = RtpPacket(111, 1 + k, 5000 + 960 * k, CALLER_SSRC, bytes(40))
         reflector.datagram_received(packet.serialize(), CALLER)
     assert reflector.rtcp is not None and reflector.rtcp.clock_rate == 48000
+    assert reflector.clock_of(101) is None  # telephone-event rides on Opus's clock
+    dtmf = RtpPacket(101, 51, 5000 + 960 * 49, CALLER_SSRC, bytes(4))
+    reflector.datagram_received(dtmf.serialize(), CALLER)  # does not restart the statistics
+    assert reflector.rtcp.clock_rate == 48000
     quality = reflector.rtcp.quality()
-    # RFC 3550 A.1: the first packet of a new source is on probation, not counted
-    assert quality.packets_received == 49 and quality.jitter == 0.0
+    # 49 voice packets + the DTMF one (RFC 3550 A.1: the first, on probation, is not counted)
+    assert quality.packets_received == 50 and quality.jitter == 0.0
     clock[0] = 10.0 + 49 * 0.02 + 0.1
     due = reflector.report(clock[0])
     assert due is not None

@@ -17,6 +17,9 @@ flows on the RTP port; without it, on port + 1 (RFC 3550 §11). With SDES-SRTP t
 reports are SRTCP (RFC 3711 §3.4) both ways. (baresip's RTCP BYE at hang-up fails SRTCP
 validation here; the test stops asking before it.)
 
+The echo does the same with baresip calling it over Opus with rtcp-mux: the answer muxes,
+the echo's reports count in Opus's 48 kHz RTP clock, and each side gets a round trip.
+
 The server runs in this process (`build_server`, what `chorus serve` builds) so the test can
 ask its engine directly. Nothing here is timed: the test waits, with generous deadlines, for
 the reports to have arrived.
@@ -35,6 +38,7 @@ import pytest
 
 from control.cli import build_server
 from control.config import parse_config
+from control.echo.app import EchoApp
 from control.media.engine import AudioEngine, ParticipantId, RoomId
 from control.media.mixer import EmbeddedMixer
 from control.media.rtcpsession import StreamQuality
@@ -71,7 +75,7 @@ async def chorus(tmp_path: Path) -> AsyncIterator[Chorus]:
             "sip": {"listen": [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"]},
             "rtp": {
                 "port_range": f"{rtp_low}-{rtp_low + 199}",
-                "codecs": ["PCMU", "G722"],
+                "codecs": ["PCMU", "G722", "opus"],
                 "timeout": 60.0,
                 "rtcp_interval": 0.5,
             },
@@ -85,6 +89,16 @@ async def chorus(tmp_path: Path) -> AsyncIterator[Chorus]:
         yield Chorus(server, port)
     finally:
         await server.stop()
+
+
+async def call_up(phone: BaresipProcess, uri: str) -> None:
+    """Dial and wait until the call is established and RTP flows both ways."""
+    await asyncio.to_thread(phone.dial, uri)
+    try:
+        await asyncio.to_thread(phone.wait_event, "CALL_ESTABLISHED", 15)
+        await asyncio.to_thread(phone.wait_event, "CALL_RTPESTAB", 15)
+    except BaresipError as exc:
+        raise AssertionError(f"baresip's call to {uri} did not come up: {exc}") from None
 
 
 async def leg_quality(engine: AudioEngine) -> StreamQuality | None:
@@ -121,12 +135,7 @@ async def test_baresip_and_the_room_read_each_others_reports(
         def why() -> str:
             return f"\n--- baresip ---\n{phone.log()[-4000:]}"
 
-        await asyncio.to_thread(phone.dial, f"sip:{ROOM.split('@')[0]}@127.0.0.1:{chorus.sip_port}")
-        try:
-            await asyncio.to_thread(phone.wait_event, "CALL_ESTABLISHED", 15)
-            await asyncio.to_thread(phone.wait_event, "CALL_RTPESTAB", 15)
-        except BaresipError as exc:
-            raise AssertionError(f"baresip's call did not come up: {exc}") from None
+        await call_up(phone, f"sip:{ROOM.split('@')[0]}@127.0.0.1:{chorus.sip_port}")
         engine = chorus.engine
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DEADLINE
@@ -176,6 +185,48 @@ async def test_baresip_and_the_room_read_each_others_reports(
         assert all(stats["rx"]["lost"] == 0 for stats in baresip), baresip
         assert any(stats["rtt"] > 0 for stats in baresip), baresip
 
+        await asyncio.to_thread(phone.hangup)
+        await asyncio.to_thread(phone.wait_event, "CALL_CLOSED", 15)
+    finally:
+        await asyncio.to_thread(phone.stop)
+
+
+async def test_baresip_and_the_echo_read_each_others_reports_over_opus_with_rtcp_mux(
+    chorus: Chorus, tmp_path: Path
+) -> None:
+    wav = write_wav(tmp_path / "tone.wav", sine(440.0, SOURCE_SECONDS, 48000, 0.4), 48000)
+    # baresip names mono Opus opus/48000/1 (the SDP says opus/48000/2, RFC 7587); another
+    # name falls back to offering every codec, and the echo would take PCMU.
+    phone = BaresipProcess(wav, codec="opus/48000/1", rtcp_mux=True)
+    await asyncio.to_thread(phone.start)
+    try:
+        await call_up(phone, f"sip:echo@127.0.0.1:{chorus.sip_port}")
+        echo = chorus.server.applications["echo"]
+        assert isinstance(echo, EchoApp)
+        (call,) = echo.calls
+        reflector = call.media.reflector
+        rtcp = reflector.rtcp
+        assert rtcp is not None
+        assert reflector.rtcp_mux, "the echo did not answer a=rtcp-mux"
+        assert reflector.rtcp_interval == 0.5  # [rtp] rtcp_interval
+
+        def done() -> bool:
+            return rtcp.rtt is not None and any(s["rtt"] > 0 for s in phone.rtcp_stats())
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DEADLINE
+        while not done() and loop.time() < deadline:
+            await asyncio.sleep(0.2)
+        quality = rtcp.quality()
+        baresip = phone.rtcp_stats()
+        assert done(), f"{quality}\nbaresip: {baresip}\n{phone.log()[-4000:]}"
+        assert rtcp.clock_rate == 48000  # RFC 7587 §4.1, from the negotiated rtpmap
+        assert reflector.rtcp_errors == 0 and reflector.rtcp_sent > 0
+        assert reflector.rtcp_remote == reflector.remote  # muxed: their RTP port
+        assert quality.rtt is not None and 0.0 <= quality.rtt < 10.0, quality
+        assert quality.remote_packets_lost == 0 and quality.packets_lost == 0, quality
+        assert quality.remote_jitter is not None and math.isfinite(quality.remote_jitter)
+        assert all(stats["tx"]["lost"] == 0 for stats in baresip), baresip
         await asyncio.to_thread(phone.hangup)
         await asyncio.to_thread(phone.wait_event, "CALL_CLOSED", 15)
     finally:

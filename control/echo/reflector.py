@@ -41,6 +41,7 @@ log = logging.getLogger("chorus.echo.rtcp")
 
 # RFC 3551 §6: RTP clock rates of the static payload types an echo call may use.
 _STATIC_CLOCK = {0: 8000, 3: 8000, 4: 8000, 8: 8000, 9: 8000, 18: 8000}
+_AUXILIARY = ("telephone-event", "cn")  # on the voice codec's clock (RFC 4733 §2.1, RFC 3389)
 
 Address = tuple[str, int]
 
@@ -51,7 +52,7 @@ class RtpReflector(asyncio.DatagramProtocol):
         ssrc: int,
         *,
         rtcp_interval: float = 5.0,  # RFC 3550 §6.2 minimum report interval
-        clock_rate: int = 8000,  # for a payload type neither negotiated nor static
+        clock_rate: int = 8000,  # until a negotiated or static payload type arrives
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,  # the event loop's clock (its default)
     ) -> None:
@@ -93,18 +94,24 @@ class RtpReflector(asyncio.DatagramProtocol):
         """Take the RTCP terms of an offered (or re-offered) audio m-line; the attributes
         our answer adds for them.
 
-        The clock of every offered payload type is kept (the caller sends with these numbers,
-        which the answer keeps, RFC 3264 §6.1); static types without an rtpmap come from
-        RFC 3551's table.  `a=rtcp-mux` offered is `a=rtcp-mux` answered (RFC 5761 §5.1.1).
+        The clock of every offered voice payload type is kept (the caller sends with these
+        numbers, which the answer keeps, RFC 3264 §6.1); static types without an rtpmap come
+        from RFC 3551's table.  telephone-event and CN run on the voice codec's clock
+        (RFC 4733 §2.1) and do not move it.  `a=rtcp-mux` offered is `a=rtcp-mux` answered
+        (RFC 5761 §5.1.1).
         """
-        self.clock_rates = {r.payload_type: r.clock_rate for r in offered.rtpmaps()}
+        self.clock_rates = {
+            r.payload_type: r.clock_rate
+            for r in offered.rtpmaps()
+            if r.encoding.lower() not in _AUXILIARY
+        }
         self.rtcp_mux = offered.rtcp_mux
         return [sdp.Attribute("rtcp-mux")] if self.rtcp_mux else []
 
-    def clock_of(self, payload_type: int) -> int:
-        """The RTP clock rate of a payload type the caller sends."""
-        rate = self.clock_rates.get(payload_type) or _STATIC_CLOCK.get(payload_type)
-        return rate or self.clock_rate
+    def clock_of(self, payload_type: int) -> int | None:
+        """The RTP clock rate of a voice payload type the caller sends; None for one we do
+        not know or an auxiliary one (the stream's clock stays as it is)."""
+        return self.clock_rates.get(payload_type) or _STATIC_CLOCK.get(payload_type)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         if len(data) >= 2 and data[0] >> 6 == 2 and 72 <= data[1] & 0x7F <= 79:
@@ -139,7 +146,9 @@ class RtpReflector(asyncio.DatagramProtocol):
             rtp = RtpPacket.parse(plain)
         except RtpError:
             return
-        self.rtcp.set_clock_rate(self.clock_of(rtp.payload_type))
+        rate = self.clock_of(rtp.payload_type)
+        if rate is not None:
+            self.rtcp.set_clock_rate(rate)
         self.rtcp.on_rtp(rtp, now)  # the caller's stream, under its own SSRC
         self.rtcp.on_sent(rtp.timestamp, len(rtp.payload), now)  # ours: same timestamps
 
