@@ -11,7 +11,9 @@ from control.media.engine import (
     AudioEngineError,
     AudioEvent,
     ParticipantId,
+    RoomFailed,
     RoomId,
+    StreamFailed,
     StreamTimedOut,
     TalkingStarted,
     TalkingStopped,
@@ -19,6 +21,7 @@ from control.media.engine import (
 from control.media.jitter import JitterBuffer
 from control.media.mixer import EmbeddedMixer
 from control.media.ports import PortAllocator, PortsExhausted
+from control.media.rtcpsession import StreamQuality
 from control.media.rtp import RtpError, RtpPacket
 from control.media.srtp import SrtpContext, SrtpError
 
@@ -34,11 +37,14 @@ __all__ = [
     "ParticipantId",
     "PortAllocator",
     "PortsExhausted",
+    "RoomFailed",
     "RoomId",
     "RtpError",
     "RtpPacket",
     "SrtpContext",
     "SrtpError",
+    "StreamFailed",
+    "StreamQuality",
     "StreamTimedOut",
     "TalkingStarted",
     "TalkingStopped",

@@ -36,6 +36,7 @@ Facts learned the hard way (baresip 1.0.0):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -207,6 +208,8 @@ class BaresipProcess:
         rtcp_mux: bool = False,
     ) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="baresip-test-"))
+        # Tests read recordings and logs after stop(): remove the directory when pytest exits.
+        atexit.register(shutil.rmtree, self.workdir, ignore_errors=True)
         self.config_dir = self.workdir / "config"
         self.record_dir = self.workdir / "recordings"
         self.config_dir.mkdir()
