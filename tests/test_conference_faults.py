@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from control.cli import build_server
-from control.config import parse_config
 from control.media.tone import tone_power
 from control.server import Server
-from tests.peers.ports import free_ports
+from tests.peers.inprocess import running_server
 from tests.peers.rtp_endpoint import RtpEndpoint
 from tests.test_conference import HEARD, Participant, join, leave, mixed_past
 from tests.test_mixer_faults import broken_alaw
@@ -46,27 +43,16 @@ async def server(
 ) -> AsyncIterator[_Server]:
     broken_alaw(monkeypatch)
     caplog.set_level(logging.INFO, logger="chorus")
-    (port,) = free_ports(1)
-    rtp_low = random.randrange(20000, 60000, 2)
-    config = parse_config(
-        {
-            "sip": {"listen": [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"]},
-            "rtp": {
-                "port_range": f"{rtp_low}-{rtp_low + 999}",
-                "codecs": ["PCMU", "PCMA", "G722"],
-                "timeout": 60.0,
-                "failure_ticks": 25,
-            },
-            "msrp": {"listen": ["tcp:127.0.0.1:0"]},
-            "server": {"spool_dir": str(tmp_path / "spool")},
-        }
-    )
-    chorus = build_server(config)
-    await chorus.start()
-    try:
+    async with running_server(
+        tmp_path / "spool",
+        rtp={
+            "codecs": ["PCMU", "PCMA", "G722"],
+            "timeout": 60.0,
+            "failure_ticks": 25,
+        },
+        rtp_ports=1000,
+    ) as (chorus, port):
         yield _Server(chorus, port, caplog)
-    finally:
-        await chorus.stop()
 
 
 async def test_failing_room_is_ended_with_bye_and_the_other_room_keeps_mixing(

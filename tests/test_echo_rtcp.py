@@ -14,8 +14,6 @@ from typing import cast
 
 import pytest
 
-from control.cli import build_server
-from control.config import parse_config
 from control.echo.app import EchoApp
 from control.echo.reflector import RtpReflector
 from control.media.rtcp import (
@@ -29,7 +27,8 @@ from control.media.rtcp import (
 from control.media.rtp import RtpPacket, is_rtcp
 from control.server import Server
 from control.sip import sdp
-from tests.peers.ports import LOOPBACK, free_ports
+from tests.peers.inprocess import running_server
+from tests.peers.ports import LOOPBACK
 from tests.peers.sipclient import SipClient
 from tests.peers.wait import wait_until
 from tests.test_echo_srtp import CALLER, OUR_SSRC, RecordingTransport
@@ -171,26 +170,13 @@ async def _pair() -> tuple[int, _Socket, _Socket]:
 
 @pytest.fixture
 async def echo_server(tmp_path: Path) -> AsyncIterator[tuple[Server, int]]:
-    (port,) = free_ports(1)
-    rtp_low = random.randrange(20000, 60000, 2)
-    config = parse_config(
-        {
-            "sip": {"listen": [f"udp:127.0.0.1:{port}"]},
-            "rtp": {
-                "port_range": f"{rtp_low}-{rtp_low + 99}",
-                "codecs": ["opus", "PCMU", "telephone-event"],
-                "rtcp_interval": 0.25,
-            },
-            "msrp": {"listen": ["tcp:127.0.0.1:0"]},
-            "server": {"spool_dir": str(tmp_path / "spool")},
-        }
-    )
-    server = build_server(config)
-    await server.start()
-    try:
-        yield server, port
-    finally:
-        await server.stop()
+    async with running_server(
+        tmp_path / "spool",
+        rtp={"codecs": ["opus", "PCMU", "telephone-event"], "rtcp_interval": 0.25},
+        transports=("udp",),
+        rtp_ports=100,
+    ) as running:
+        yield running
 
 
 @pytest.mark.parametrize("mux", [True, False], ids=["rtcp-mux", "port-plus-one"])

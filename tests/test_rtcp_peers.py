@@ -29,15 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from control.cli import build_server
-from control.config import parse_config
 from control.echo.app import EchoApp
 from control.media.engine import AudioEngine, ParticipantId, RoomId
 from control.media.mixer import EmbeddedMixer
@@ -45,7 +42,7 @@ from control.media.rtcpsession import StreamQuality
 from control.media.tone import sine
 from control.server import Server
 from tests.peers.baresip import BaresipError, BaresipProcess, write_wav
-from tests.peers.ports import free_ports
+from tests.peers.inprocess import running_server
 
 pytestmark = [pytest.mark.peer("baresip"), pytest.mark.timeout(180)]
 
@@ -68,27 +65,11 @@ class Chorus:
 
 @pytest.fixture
 async def chorus(tmp_path: Path) -> AsyncIterator[Chorus]:
-    (port,) = free_ports(1)
-    rtp_low = random.randrange(20000, 60000, 2)
-    config = parse_config(
-        {
-            "sip": {"listen": [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"]},
-            "rtp": {
-                "port_range": f"{rtp_low}-{rtp_low + 199}",
-                "codecs": ["PCMU", "G722", "opus"],
-                "timeout": 60.0,
-                "rtcp_interval": 0.5,
-            },
-            "msrp": {"listen": ["tcp:127.0.0.1:0"]},
-            "server": {"spool_dir": str(tmp_path / "spool")},
-        }
-    )
-    server = build_server(config)
-    await server.start()
-    try:
+    async with running_server(
+        tmp_path / "spool",
+        rtp={"codecs": ["PCMU", "G722", "opus"], "timeout": 60.0, "rtcp_interval": 0.5},
+    ) as (server, port):
         yield Chorus(server, port)
-    finally:
-        await server.stop()
 
 
 async def call_up(phone: BaresipProcess, uri: str) -> None:

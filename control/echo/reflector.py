@@ -33,7 +33,7 @@ from typing import cast
 from control.media.ports import PortAllocator
 from control.media.rtcp import RtcpError
 from control.media.rtcpsession import RtcpSession
-from control.media.rtp import RtpError, RtpPacket
+from control.media.rtp import RtpError, RtpPacket, is_rtcp
 from control.media.srtp import SrtpContext, SrtpError
 from control.sip import sdp
 
@@ -114,7 +114,7 @@ class RtpReflector(asyncio.DatagramProtocol):
         return self.clock_rates.get(payload_type) or _STATIC_CLOCK.get(payload_type)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        if len(data) >= 2 and data[0] >> 6 == 2 and 72 <= data[1] & 0x7F <= 79:
+        if is_rtcp(data):
             self.receive_rtcp(data, addr, self._clock())  # RFC 5761 §4
             return
         # RFC 3550 §5.1: version 2, at least the 12-byte fixed header.
