@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from control.files.spool import FileMeta, FileSpool, SpoolError, StoredFile, Upload, to_disk
-from control.msrp.connection import RandomSource, make_ident
 from control.msrp.cpim import CpimAddress
 from control.msrp.errors import MsrpError
 from control.msrp.events import (
@@ -53,6 +52,7 @@ from control.msrp.fileselector import (
 from control.msrp.filetransfer import FileReceiver, FileSender, FileTransferError
 from control.msrp.message import Flag
 from control.msrp.sdp import MsrpMedia, Setup, accept_msrp, answer_setup, parse_msrp_media
+from control.msrp.session import RandomSource, make_ident
 from control.msrp.transport import MsrpChannel, MsrpConnectError, MsrpTransport
 from control.sip import sdp
 from control.sip.errors import SipError

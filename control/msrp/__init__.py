@@ -3,14 +3,7 @@
 TLS listeners, connection sharing; :mod:`control.msrp.chat`; :mod:`control.msrp.sdp`) only feeds
 bytes and time to :class:`MsrpConnection` and is imported from its own modules."""
 
-from .connection import (
-    MessageValidator,
-    MsrpConnection,
-    MsrpSession,
-    RandomSource,
-    SessionLookup,
-    make_ident,
-)
+from .connection import MsrpConnection
 from .cpim import (
     CPIM_CONTENT_TYPE,
     CpimAddress,
@@ -68,6 +61,7 @@ from .message import (
 from .parser import ChunkParser, parse_chunk
 from .reassembly import IncomingMessage, RangeSet
 from .report import STATUS_REASONS, build_report, build_response, response_wanted
+from .session import MessageValidator, MsrpSession, RandomSource, SessionLookup, make_ident
 from .uri import DEFAULT_PORT, MsrpUri, format_path, parse_path, parse_uri
 
 __all__ = [

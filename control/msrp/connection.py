@@ -25,8 +25,8 @@ completes expires after ``completion_timeout``: no response (408 is never sent a
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import MsrpError, MsrpUsageError
@@ -61,140 +61,21 @@ from .message import (
 from .parser import ChunkParser
 from .reassembly import IncomingMessage
 from .report import build_report, build_response, response_wanted
+from .session import (
+    Held,
+    MsrpSession,
+    RandomSource,
+    SessionLookup,
+    make_ident,
+    media_type,
+)
 from .uri import MsrpUri
 
-__all__ = [
-    "MessageValidator",
-    "MsrpConnection",
-    "MsrpSession",
-    "RandomSource",
-    "SessionLookup",
-    "make_ident",
-]
-
-RandomSource = Callable[[int], bytes]
-"""Like :func:`os.urandom`: n random bytes. Injected so tests can predict every byte."""
-
-MessageValidator = Callable[[str | None, bytes], None]
-"""Checks a complete message body (content type, bytes); raises :class:`MsrpError` to refuse."""
-
-_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
-
-def make_ident(random: RandomSource, length: int = 16) -> str:
-    """An unguessable ``ident`` (RFC 4975 §14.1 wants at least 64 random bits).
-
-    16 base62 characters from 12 random bytes carry about 95 bits.
-    """
-    value = int.from_bytes(random(12), "big")
-    out = []
-    for _ in range(length):
-        value, digit = divmod(value, 62)
-        out.append(_BASE62[digit])
-    return "".join(out)
-
-
-def _media_type(content_type: str) -> str:
-    return content_type.split(";", 1)[0].strip().lower()
-
-
-class MsrpSession:
-    """One MSRP session on a connection, keyed by the session-id of ``local_uri``.
-
-    ``remote_path`` is the peer's a=path (RFC 4975 §8.1); ``None`` until known, and then no
-    From-Path check is made. ``accept_types`` are a=accept-types patterns (``*``, ``text/*``,
-    ``message/cpim``); a chunk of another type is answered 415 (§7.3.1). With
-    ``deliver_chunks`` message bytes are handed out as they come and not kept (file transfer);
-    ``report_per_chunk`` sends a success REPORT per chunk instead of one per message (§7.1.2);
-    ``max_message_size`` overrides the connection's limit (a file session's limit is the file).
-    ``validator`` looks at each complete message before its last chunk is answered, so a body
-    the application cannot use (a malformed CPIM wrapper, a wrapped type outside
-    a=accept-wrapped-types) gets its 400 or 415 on the wire (RFC 4975 §7.3.1) instead of a 200.
-    A ``deliver_chunks`` session has no body to validate: its completed messages are held for
-    :meth:`MsrpConnection.complete_message` instead (see the module doc).
-    ``nicknames`` says the application answers NICKNAME requests (RFC 7701 §7.1, a chat room
-    with nicknames): only then is one handed out as :class:`NicknameRequested`. Otherwise the
-    core answers it 403 itself, since a session where nicknames have no meaning forbids them,
-    and a request nobody answers would leave the sender's transaction to time out (RFC 4975
-    §7.2 owes a response unless Failure-Report is "no").
-    """
-
-    # Message-IDs of recently finished messages, so a duplicate chunk after completion is
-    # answered but not reassembled again.
-    _DONE_MEMORY = 128
-
-    def __init__(
-        self,
-        local_uri: MsrpUri,
-        remote_path: Sequence[MsrpUri] | None = None,
-        *,
-        accept_types: Sequence[str] = ("*",),
-        deliver_chunks: bool = False,
-        report_per_chunk: bool = False,
-        max_message_size: int | None = None,
-        check_from_path: bool = True,
-        validator: MessageValidator | None = None,
-        nicknames: bool = False,
-    ) -> None:
-        if local_uri.session_id is None:
-            raise MsrpUsageError("a session's local URI needs a session-id")
-        self.local_uri = local_uri
-        self.remote_path: tuple[MsrpUri, ...] | None = (
-            tuple(remote_path) if remote_path is not None else None
-        )
-        self.accept_types = tuple(t.strip().lower() for t in accept_types)
-        self.deliver_chunks = deliver_chunks
-        self.report_per_chunk = report_per_chunk
-        self.max_message_size = max_message_size
-        self.check_from_path = check_from_path
-        self.validator = validator
-        self.nicknames = nicknames
-        self.messages: dict[str, IncomingMessage] = {}
-        self._done: OrderedDict[str, None] = OrderedDict()
-        self._held: dict[str, _Held] = {}
-
-    @property
-    def session_id(self) -> str:
-        assert self.local_uri.session_id is not None
-        return self.local_uri.session_id
-
-    def accepts(self, content_type: str) -> bool:
-        media = _media_type(content_type)
-        major = media.split("/", 1)[0]
-        return any(p == "*" or p == media or p == f"{major}/*" for p in self.accept_types)
-
-    def from_path_ok(self, from_path: Sequence[MsrpUri]) -> bool:
-        if not self.check_from_path or not self.remote_path:
-            return True
-        return from_path[-1].matches(self.remote_path[-1])
-
-    def _finished(self, message_id: str) -> None:
-        self.messages.pop(message_id, None)
-        self._done[message_id] = None
-        while len(self._done) > self._DONE_MEMORY:
-            self._done.popitem(last=False)
-
-    def _is_finished(self, message_id: str) -> bool:
-        return message_id in self._done
-
-
-SessionLookup = Callable[[str], MsrpSession | None]
-"""Finds a session by session-id for a request on a connection that does not carry it yet."""
+__all__ = ["MsrpConnection"]
 
 # Duplicates of a held chunk answered together with it; past this a duplicate gets 413 (stop
 # sending): over a reliable stream a peer has no reason to resend the same chunk repeatedly.
 _MAX_HELD_HEADS = 8
-
-
-@dataclass(slots=True)
-class _Held:
-    """A completed ``deliver_chunks`` message whose last chunk awaits the application's verdict."""
-
-    message: IncomingMessage
-    heads: list[ChunkHead]  # the completing chunk, then any duplicates of it
-    chunk_range: ByteRange  # what a per-chunk success REPORT for it covers
-    chunk_report: bool  # that chunk asked for a per-chunk success REPORT
-    deadline: float
 
 
 @dataclass(slots=True)
@@ -335,7 +216,7 @@ class MsrpConnection:
         deadlines = [heap[0][0] for heap in (self._timers, self._hold_timers) if heap]
         return min(deadlines) if deadlines else None
 
-    def _held_at(self, session_id: str, message_id: str, deadline: float) -> _Held | None:
+    def _held_at(self, session_id: str, message_id: str, deadline: float) -> Held | None:
         session = self._sessions.get(session_id)
         held = session._held.get(message_id) if session is not None else None
         return held if held is not None and held.deadline == deadline else None
@@ -679,7 +560,7 @@ class MsrpConnection:
         if head.message_id is None:
             raise MsrpError(400, "SEND without Message-ID")
         if head.content_type is not None and not session.accepts(head.content_type):
-            raise MsrpError(415, f"{_media_type(head.content_type)} not accepted")
+            raise MsrpError(415, f"{media_type(head.content_type)} not accepted")
         byte_range = head.byte_range or WHOLE_MESSAGE
         if session._is_finished(head.message_id):
             cur.answer_ok = True  # a duplicate of what we already delivered
@@ -770,7 +651,7 @@ class MsrpConnection:
         hold = msg.complete and self._holds(session, msg)
         if hold:
             deadline = now + self.completion_timeout
-            session._held[msg.message_id] = _Held(msg, [head], chunk_range, chunk_report, deadline)
+            session._held[msg.message_id] = Held(msg, [head], chunk_range, chunk_report, deadline)
             heapq.heappush(self._hold_timers, (deadline, session.session_id, msg.message_id))
         else:
             self._answer(head, 200, session)

@@ -32,7 +32,7 @@ from typing import cast
 from control.config import ListenAddress
 
 from .clock import Clock, LoopClock, TimerHandle
-from .connection import MessageValidator, MsrpConnection, MsrpSession, RandomSource, make_ident
+from .connection import MsrpConnection
 from .errors import MsrpUsageError
 from .events import (
     ConnectionFailed,
@@ -44,6 +44,7 @@ from .events import (
     TransactionTimedOut,
 )
 from .message import FailureReport, Flag
+from .session import MessageValidator, MsrpSession, RandomSource, make_ident
 from .trace import MsrpTracer
 from .uri import MsrpUri, _host_key
 
