@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from control.sip.events import (
@@ -29,8 +28,16 @@ from control.sip.events import (
     TransactionEvent,
     TransactionTerminated,
 )
-from control.sip.headers import Headers, Via
+from control.sip.headers import Headers
+from control.sip.matching import (
+    MAGIC_COOKIE,
+    TransactionKey,
+    cancel_target_key,
+    client_key,
+    server_key,
+)
 from control.sip.message import Request, Response
+from control.sip.timers import Timers, TwoHundredRetransmitter
 
 __all__ = [
     "MAGIC_COOKIE",
@@ -56,10 +63,6 @@ __all__ = [
     "server_key",
 ]
 
-MAGIC_COOKIE: Final = "z9hG4bK"  # RFC 3261 §8.1.1.7: branches of RFC 3261 elements start so
-
-TransactionKey = tuple[str, str, str]  # (branch, sent-by or "", method)
-
 ClientEvent = ResponseReceived | TimedOut | TransactionTerminated
 ServerEvent = AckReceived | AckFor2xxReceived | TimedOut | TransactionTerminated
 
@@ -69,25 +72,6 @@ class TransactionStateError(Exception):
 
     Bad input from the peer never raises here; it is absorbed as the RFC says.
     """
-
-
-@dataclass(frozen=True, slots=True)
-class Timers:
-    """RFC 3261 §17.1.1.1 and Table 4; the values come from config."""
-
-    t1: float = 0.5  # RTT estimate; every other timer derives from it
-    t2: float = 4.0  # cap on retransmit intervals of non-INVITE requests and INVITE responses
-    t4: float = 5.0  # how long a message may linger in the network (Timers I and K)
-    d: float = 32.0  # Timer D on unreliable transports: "at least 32 seconds" (§17.1.1.2)
-
-    def __post_init__(self) -> None:
-        if self.t1 <= 0 or self.t2 < self.t1 or self.t4 <= 0 or self.d < 0:
-            raise ValueError(f"bad SIP timers {self}")
-
-    @property
-    def timeout(self) -> float:
-        """64*T1: Timers B, F, H, J, L and M."""
-        return 64 * self.t1
 
 
 class TransactionState(enum.Enum):
@@ -564,52 +548,6 @@ def new_server_transaction(
     return cls(request, reliable=reliable, now=now, timers=timers)
 
 
-# --- matching (§17.1.3, §17.2.3) --------------------------------------------------------------
-
-
-def _sent_by(via: Via) -> str:
-    host = via.host.lower()
-    return host if via.port is None else f"{host}:{via.port}"
-
-
-def server_key(request: Request) -> TransactionKey:
-    """The server transaction a request belongs to (RFC 3261 §17.2.3).
-
-    With a magic-cookie branch: branch, top Via sent-by and method, an ACK counting as INVITE
-    so it finds the INVITE's transaction, a CANCEL keeping its own. Without one (RFC 2543), the
-    branch slot holds the Request-URI, From tag, Call-ID, CSeq number and whole top Via; it
-    contains spaces, so it never equals a real branch (a token). The To tag is left out: the
-    ACK for a non-2xx carries the tag our response added, which the INVITE did not have.
-    """
-    via = request.top_via
-    method = "INVITE" if request.method == "ACK" else request.method
-    branch = via.branch
-    if branch is not None and branch.startswith(MAGIC_COOKIE):
-        return (branch, _sent_by(via), method)
-    legacy = " ".join(
-        (
-            "rfc2543",
-            str(request.uri),
-            request.from_.tag or "",
-            request.call_id,
-            str(request.cseq.number),
-            str(via),
-        )
-    )
-    return (legacy, _sent_by(via), method)
-
-
-def cancel_target_key(cancel: Request) -> TransactionKey:
-    """The key of the INVITE server transaction a CANCEL cancels (§9.2: same matching rules)."""
-    branch, sent_by, _ = server_key(cancel)
-    return (branch, sent_by, "INVITE")
-
-
-def client_key(response: Response) -> TransactionKey:
-    """The client transaction a response belongs to (§17.1.3): top Via branch, CSeq method."""
-    return (response.top_via.branch or "", "", response.cseq.method)
-
-
 # --- requests the transaction layer builds ----------------------------------------------------
 
 
@@ -652,57 +590,3 @@ def build_ack_for_non2xx(invite: Request, response: Response) -> Request:
     if response.cseq.number != invite.cseq.number:
         raise ValueError("response CSeq does not match the INVITE")
     return _copy_for(invite, "ACK", response.headers.get("To") or "")
-
-
-# --- the UAS core's 2xx retransmissions -------------------------------------------------------
-
-
-class TwoHundredRetransmitter:
-    """Retransmits the 2xx to an INVITE until the ACK arrives (RFC 3261 §13.3.1.4).
-
-    The INVITE server transaction sends the 2xx once and leaves (RFC 6026 Accepted state); the
-    UAS core resends it at T1, then doubling up to T2, because the ACK to a 2xx is end to end.
-    It does not send the first copy: create it right after the transaction sent the 2xx. After
-    64*T1 without an ACK, ``timed_out`` is set and the UAS should confirm and send BYE.
-    """
-
-    def __init__(self, response_bytes: bytes, *, now: float, timers: Timers = Timers()) -> None:
-        self._bytes = response_bytes
-        self._timers = timers
-        self._interval = timers.t1
-        self._next: float | None = now + timers.t1
-        self._give_up = now + timers.timeout
-        self._outgoing: list[bytes] = []
-        self.acked = False
-        self.timed_out = False
-
-    @property
-    def done(self) -> bool:
-        return self.acked or self.timed_out
-
-    def ack_received(self) -> None:
-        self.acked = True
-        self._next = None
-
-    def next_timer(self) -> float | None:
-        if self.done or self._next is None:
-            return None
-        return min(self._next, self._give_up)
-
-    def handle_timer(self, now: float) -> None:
-        if self.done or self._next is None:
-            return
-        if now >= self._give_up:
-            self.timed_out = True
-            self._next = None
-            return
-        if now < self._next:
-            return
-        self._outgoing.append(self._bytes)
-        while self._next <= now:  # a late caller skips missed deadlines instead of bursting
-            self._interval = min(2 * self._interval, self._timers.t2)
-            self._next += self._interval
-
-    def data_to_send(self) -> list[bytes]:
-        out, self._outgoing = self._outgoing, []
-        return out
