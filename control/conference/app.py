@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from control.conference.participant import MediaKind, Participant, Stream
-from control.conference.room import Room, room_id_for
+from control.conference.room import Room, RoomObserver, room_id_for
 from control.media.engine import (
     AudioEngine,
     AudioEngineError,
@@ -49,11 +49,13 @@ class ConferenceApp:
         *,
         address: str,
         limits: ConferenceLimits = ConferenceLimits(),
+        room_observer: RoomObserver | None = None,
     ) -> None:
         self.ua = ua
         self.engine = engine
         self.address = address
         self.limits = limits
+        self.room_observer = room_observer
         self.rooms: dict[RoomId, Room] = {}
         self._events_task: asyncio.Task[None] | None = None
 
@@ -84,6 +86,7 @@ class ConferenceApp:
                 return
             room = Room(room_id, uri, max_participants=self.limits.max_participants)
             self.rooms[room_id] = room
+            self._notify_observer(room_id, opened=True)
         if room.full:
             call.reject(486, "Room is full")
             self._drop_if_empty(room)
@@ -196,6 +199,20 @@ class ConferenceApp:
         if room.empty and self.rooms.get(room.id) is room:
             del self.rooms[room.id]
             log.info("room %s ended", room.id)
+            self._notify_observer(room.id, opened=False)
+
+    def _notify_observer(self, room_id: RoomId, *, opened: bool) -> None:
+        """An observer's bug is logged and costs nothing: the room goes on either way."""
+        if self.room_observer is None:
+            return
+        try:
+            if opened:
+                self.room_observer.room_opened(room_id)
+            else:
+                self.room_observer.room_closed(room_id)
+        except Exception:
+            action = "open" if opened else "close"
+            log.exception("room observer failed on %s of %s", action, room_id)
 
     def participant(self, room_id: RoomId, participant_id: ParticipantId) -> Participant | None:
         room = self.rooms.get(room_id)

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 
 from control.conference.participant import Participant
 from control.media.engine import ParticipantId, RoomId
 from control.sip.uri import SipUri
 
 log = logging.getLogger("chorus.conference.room")
+
+
+class RoomObserver(Protocol):
+    """Told when a room starts and ends, e.g. so a cluster edge can pin the room's URI to this
+    node while it lives (the Kamailio dispatcher; draining is the observer's business)."""
+
+    def room_opened(self, room: RoomId) -> None: ...
+
+    def room_closed(self, room: RoomId) -> None: ...
 
 
 def room_id_for(uri: SipUri) -> RoomId:
