@@ -76,7 +76,38 @@ class RoomFailed:
     reason: str
 
 
-AudioEvent = TalkingStarted | TalkingStopped | StreamTimedOut | StreamFailed | RoomFailed
+@dataclass(frozen=True, slots=True)
+class MuteChanged:
+    """The engine muted or unmuted this participant: ``by_operator`` when someone other than
+    the room asked for it (an operator's ``conference R mute N`` on a media server), so the
+    room shows the new state and tells the room who did it."""
+
+    room: RoomId
+    participant: ParticipantId
+    muted: bool
+    by_operator: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMoved:
+    """The participant's audio now terminates elsewhere (a media node died and the room was
+    re-homed to another): the room re-INVITEs the participant with an answer built from
+    ``answer.accept`` so its RTP goes to the new place (RFC 3264 §8)."""
+
+    room: RoomId
+    participant: ParticipantId
+    answer: AudioAnswer
+
+
+AudioEvent = (
+    TalkingStarted
+    | TalkingStopped
+    | StreamTimedOut
+    | StreamFailed
+    | RoomFailed
+    | MuteChanged
+    | StreamMoved
+)
 
 
 class AudioEngine(ABC):
