@@ -113,6 +113,12 @@ class ApplicationsConfig:
 class ConferenceConfig:
     max_rooms: int = 1000
     max_participants: int = 100
+    history_messages: int = 20  # replayed to a new chat stream, per room
+    history_max_age: float = 604800.0  # seconds: nothing older is replayed or kept
+    chat_rate: float = 20.0  # messages a second per participant (token bucket)
+    chat_burst: int = 50  # messages a participant may send at once
+    store_private: bool = False  # keep private messages (RFC 7701 §7) in the history store
+    max_message_bytes: int = 1024 * 1024  # one chat message (MSRP or SIP MESSAGE) in a room
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +382,14 @@ def _parse_conference(section: _Section) -> ConferenceConfig:
     config = ConferenceConfig(
         max_rooms=section.integer("max_rooms", default.max_rooms, minimum=1),
         max_participants=section.integer("max_participants", default.max_participants, minimum=2),
+        history_messages=section.integer("history_messages", default.history_messages),
+        history_max_age=section.number("history_max_age", default.history_max_age, minimum=1.0),
+        chat_rate=section.number("chat_rate", default.chat_rate, minimum=0.01),
+        chat_burst=section.integer("chat_burst", default.chat_burst, minimum=1),
+        store_private=bool(section.take("store_private", bool, default.store_private)),
+        max_message_bytes=section.integer(
+            "max_message_bytes", default.max_message_bytes, minimum=1024
+        ),
     )
     section.finish()
     return config
