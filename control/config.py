@@ -148,6 +148,30 @@ class FilesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """Cluster mode behind a Kamailio edge (control/cluster.py): on when `kamailio_rpc` is set.
+
+    The node registers `node_uri` in dispatcher set `dispatcher_set`, pins each live room to
+    itself in Kamailio htable `htable` (entries expire after `pin_expiry` seconds unless
+    refreshed, a safety net for a node that died), and drains before it stops.
+    """
+
+    kamailio_rpc: str | None = None
+    node_uri: str | None = None  # None: sip:<first SIP listen address> (see node_sip_uri)
+    dispatcher_set: int = 1
+    htable: str = "rooms"  # must be the pin table kamailio.cfg reads
+    pin_expiry: float = 3600.0
+    rpc_timeout: float = 2.0
+    drain_timeout: float = 3600.0  # SIGTERM waits this long for rooms to empty, then stops
+    drain_exit: bool = True  # after `chorus drain`, exit once the last room has ended
+    pid_file: Path | None = None  # None: <spool_dir>/chorus.pid, read by `chorus drain`
+
+    @property
+    def enabled(self) -> bool:
+        return self.kamailio_rpc is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     sip: SipConfig = SipConfig()
     rtp: RtpConfig = RtpConfig()
@@ -158,6 +182,24 @@ class Config:
     msrp: MsrpConfig = MsrpConfig()
     files: FilesConfig = FilesConfig()
     conference: ConferenceConfig = ConferenceConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+    def node_sip_uri(self) -> str:
+        """The SIP URI Kamailio reaches this node at: `[cluster] node_uri`, else the first
+        UDP or TCP listen address (advertised address in place of a wildcard)."""
+        if self.cluster.node_uri is not None:
+            return self.cluster.node_uri
+        plain = [a for a in self.sip.listen if a.transport in ("udp", "tcp")] or list(
+            self.sip.listen
+        )
+        first = plain[0]
+        host = self.sip.advertised_address or first.host
+        host = f"[{host}]" if ":" in host else host
+        suffix = "" if first.transport == "udp" else f";transport={first.transport}"
+        return f"sip:{host}:{first.port}{suffix}"
+
+    def pid_path(self) -> Path:
+        return self.cluster.pid_file or self.server.spool_dir / "chorus.pid"
 
 
 KNOWN_CODECS = ("PCMU", "PCMA", "G722", "speex", "opus", "telephone-event")
@@ -244,6 +286,7 @@ def parse_config(data: dict[str, Any]) -> Config:
         msrp=_parse_msrp(_Section("msrp", root.take("msrp", dict, {}))),
         files=_parse_files(_Section("files", root.take("files", dict, {}))),
         conference=_parse_conference(_Section("conference", root.take("conference", dict, {}))),
+        cluster=_parse_cluster(_Section("cluster", root.take("cluster", dict, {}))),
     )
     if root.data:
         raise ConfigError(sorted(root.data)[0], "unknown section")
@@ -429,5 +472,31 @@ def _parse_files(section: _Section) -> FilesConfig:
     config = FilesConfig(
         max_file_bytes=section.integer("max_file_bytes", default.max_file_bytes, minimum=1)
     )
+    section.finish()
+    return config
+
+
+def _parse_cluster(section: _Section) -> ClusterConfig:
+    default = ClusterConfig()
+    rpc = section.take("kamailio_rpc", str, None)
+    if rpc is not None and not rpc.startswith(("http://", "https://")):
+        raise ConfigError(section.key("kamailio_rpc"), "expected an http:// URL (jsonrpcs)")
+    node_uri = section.take("node_uri", str, None)
+    if node_uri is not None and not node_uri.startswith(("sip:", "sips:")):
+        raise ConfigError(section.key("node_uri"), "expected a sip: URI")
+    pid_file = section.take("pid_file", str, None)
+    config = ClusterConfig(
+        kamailio_rpc=rpc,
+        node_uri=node_uri,
+        dispatcher_set=section.integer("dispatcher_set", default.dispatcher_set, minimum=0),
+        htable=section.take("htable", str, default.htable),
+        pin_expiry=section.number("pin_expiry", default.pin_expiry, minimum=3.0),
+        rpc_timeout=section.number("rpc_timeout", default.rpc_timeout, minimum=0.1),
+        drain_timeout=section.number("drain_timeout", default.drain_timeout, minimum=0.0),
+        drain_exit=section.take("drain_exit", bool, default.drain_exit),
+        pid_file=Path(pid_file) if pid_file else None,
+    )
+    if not config.htable:
+        raise ConfigError(section.key("htable"), "must not be empty")
     section.finish()
     return config
