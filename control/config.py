@@ -171,6 +171,42 @@ class ClusterConfig:
         return self.kamailio_rpc is not None
 
 
+AUDIO_ENGINES = ("embedded", "freeswitch")
+
+
+@dataclass(frozen=True, slots=True)
+class AudioConfig:
+    """Which AudioEngine mixes rooms: the in-process mixer or a FreeSWITCH pool."""
+
+    engine: str = "embedded"
+
+
+@dataclass(frozen=True, slots=True)
+class FreeSwitchNode:
+    """One FreeSWITCH node: its SIP profile (where the audio legs go) and its Event Socket."""
+
+    sip_host: str
+    sip_port: int
+    esl_host: str
+    esl_port: int
+    password: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.sip_host}:{self.sip_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class FreeSwitchConfig:
+    """The FreeSWITCH pool (control/media/freeswitch) used when ``[audio] engine`` says so."""
+
+    nodes: tuple[FreeSwitchNode, ...] = ()
+    answer_timeout: float = 10.0  # seconds for a node to answer a leg's INVITE
+    health_interval: float = 5.0  # seconds between ESL `api status` probes of a node
+    failover_after: float = 5.0  # seconds a node may be unreachable before its rooms move
+    reconnect_max: float = 30.0  # ESL reconnect back-off cap, seconds (starts at 0.5, doubles)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     sip: SipConfig = SipConfig()
@@ -183,6 +219,8 @@ class Config:
     files: FilesConfig = FilesConfig()
     conference: ConferenceConfig = ConferenceConfig()
     cluster: ClusterConfig = ClusterConfig()
+    audio: AudioConfig = AudioConfig()
+    freeswitch: FreeSwitchConfig = FreeSwitchConfig()
 
     def node_sip_uri(self) -> str:
         """The SIP URI Kamailio reaches this node at: `[cluster] node_uri`, else the first
@@ -287,7 +325,11 @@ def parse_config(data: dict[str, Any]) -> Config:
         files=_parse_files(_Section("files", root.take("files", dict, {}))),
         conference=_parse_conference(_Section("conference", root.take("conference", dict, {}))),
         cluster=_parse_cluster(_Section("cluster", root.take("cluster", dict, {}))),
+        audio=_parse_audio(_Section("audio", root.take("audio", dict, {}))),
+        freeswitch=_parse_freeswitch(_Section("freeswitch", root.take("freeswitch", dict, {}))),
     )
+    if config.audio.engine == "freeswitch" and not config.freeswitch.nodes:
+        raise ConfigError("freeswitch.nodes", 'needs at least one node with engine = "freeswitch"')
     if root.data:
         raise ConfigError(sorted(root.data)[0], "unknown section")
     return config
@@ -498,5 +540,52 @@ def _parse_cluster(section: _Section) -> ClusterConfig:
     )
     if not config.htable:
         raise ConfigError(section.key("htable"), "must not be empty")
+    section.finish()
+    return config
+
+
+def _parse_audio(section: _Section) -> AudioConfig:
+    engine = section.take("engine", str, AudioConfig().engine)
+    if engine not in AUDIO_ENGINES:
+        raise ConfigError(section.key("engine"), f"expected one of {', '.join(AUDIO_ENGINES)}")
+    section.finish()
+    return AudioConfig(engine=engine)
+
+
+def _host_port(key: str, text: Any) -> tuple[str, int]:
+    if not isinstance(text, str):
+        raise ConfigError(key, "expected a string HOST:PORT")
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        raise ConfigError(key, f"{text!r}: expected HOST:PORT")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ConfigError(key, f"{host!r} is not an IP address") from exc
+    return host, int(port_text)
+
+
+def _parse_freeswitch(section: _Section) -> FreeSwitchConfig:
+    default = FreeSwitchConfig()
+    nodes = []
+    for index, item in enumerate(section.take("nodes", list, [])):
+        node = _Section(f"freeswitch.nodes[{index}]", item)
+        sip = _host_port(node.key("sip"), node.take("sip", str, None))
+        esl = _host_port(node.key("esl"), node.take("esl", str, None))
+        password = node.take("password", str, None)
+        if not password:
+            raise ConfigError(node.key("password"), "required (the node's event_socket password)")
+        node.finish()
+        nodes.append(FreeSwitchNode(sip[0], sip[1], esl[0], esl[1], password))
+    if len({n.name for n in nodes}) != len(nodes):
+        raise ConfigError(section.key("nodes"), "two nodes share one SIP address")
+    config = FreeSwitchConfig(
+        nodes=tuple(nodes),
+        answer_timeout=section.number("answer_timeout", default.answer_timeout, minimum=0.5),
+        health_interval=section.number("health_interval", default.health_interval, minimum=0.1),
+        failover_after=section.number("failover_after", default.failover_after, minimum=0.0),
+        reconnect_max=section.number("reconnect_max", default.reconnect_max, minimum=0.5),
+    )
     section.finish()
     return config
