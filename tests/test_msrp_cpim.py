@@ -21,6 +21,7 @@ from control.msrp import (
     IsComposingError,
     check_content_type,
     parse_address,
+    parse_chunk,
     parse_cpim,
     parse_imdn,
     parse_iscomposing,
@@ -97,6 +98,112 @@ def test_namespace_prefix_is_the_peers_choice() -> None:
     assert parse_cpim(data).value("Message-ID", IMDN_URN) == "abc"
 
 
+# ---- what real clients send (issue 8, item 5) ---------------------------------------------
+
+SIPSIMPLE_CPIM = (
+    b"From: Alice <sip:alice@example.com>\r\n"
+    b"To: <sip:room@conference.example.com>\r\n"
+    b"DateTime: 2026-12-02T19:00:00.123456+01:00\r\n"
+    b"\r\n"
+    b"MIME-Version: 1.0\n"
+    b'Content-Type: text/plain; charset="utf8"\n'
+    b"\n"
+    b"hello"
+)
+STRICT_CPIM = (
+    b"From: Alice <sip:alice@example.com>\r\n"
+    b"To: <sip:room@conference.example.com>\r\n"
+    b"DateTime: 2026-12-02T19:00:00.123456+01:00\r\n"
+    b"\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: text/plain; charset="utf8"\r\n'
+    b"\r\n"
+    b"hello"
+)
+
+
+def test_sipsimple_vector_body_is_the_sipsimple_form() -> None:
+    chunk = parse_chunk((DATA / "cpim_sipsimple_lf.msrp").read_bytes())
+    assert chunk.body == SIPSIMPLE_CPIM
+
+
+def test_sipsimple_bare_lf_mime_part_is_accepted() -> None:
+    msg = parse_cpim(SIPSIMPLE_CPIM)
+    assert msg.sender == CpimAddress("sip:alice@example.com", "Alice")
+    assert msg.recipients == (CpimAddress("sip:room@conference.example.com"),)
+    assert msg.datetime == datetime(2026, 12, 2, 18, 0, 0, 123456, tzinfo=UTC)
+    assert msg.content_headers == (
+        ("MIME-Version", "1.0"),
+        ("Content-Type", 'text/plain; charset="utf8"'),
+    )
+    assert msg.content_type == 'text/plain; charset="utf8"'
+    assert msg.body == b"hello"
+    check_content_type(msg, ["text/plain"])
+
+
+def test_sipsimple_form_reserializes_strictly() -> None:
+    assert parse_cpim(SIPSIMPLE_CPIM).serialize() == STRICT_CPIM
+    assert parse_cpim(STRICT_CPIM).serialize() == STRICT_CPIM
+    assert parse_cpim(STRICT_CPIM) == parse_cpim(SIPSIMPLE_CPIM)
+
+
+def test_bare_lf_in_the_cpim_block_too_and_mixed_line_ends() -> None:
+    all_lf = STRICT_CPIM.replace(b"\r\n", b"\n")
+    mixed = b"From: Alice <sip:alice@example.com>\nTo: <sip:room@conference.example.com>\r\n"
+    mixed += b"DateTime: 2026-12-02T19:00:00.123456+01:00\n\r\n"
+    mixed += b'MIME-Version: 1.0\r\nContent-Type: text/plain; charset="utf8"\n\r\nhello'
+    for data in (all_lf, mixed):
+        assert parse_cpim(data) == parse_cpim(STRICT_CPIM)
+        assert parse_cpim(data).serialize() == STRICT_CPIM
+
+
+def test_body_is_kept_byte_exact_whatever_the_header_line_ends() -> None:
+    body = b"line\none\r\nline two\n\n\r\n\r\n\x00\xff end\n"
+    for sep in (b"\n", b"\r\n"):
+        data = b"From: <sip:a@x>" + sep + sep + b"Content-Type: text/plain" + sep + sep + body
+        assert parse_cpim(data).body == body
+
+
+def test_folded_mime_header_is_unfolded() -> None:
+    data = (
+        b"From: <sip:a@x>\r\n\r\n"
+        b"Content-Type: application/vnd.openxmlformats-officedocument.wordprocessingml.document;\n"
+        b'\tname="report.docx"\n\nPK'
+    )
+    msg = parse_cpim(data)
+    assert msg.content_type == (
+        'application/vnd.openxmlformats-officedocument.wordprocessingml.document;\tname="report.docx"'
+    )
+    assert msg.body == b"PK"
+    assert b"\r\n\t" not in msg.serialize()  # we never fold
+
+
+@given(
+    st.text(max_size=30),
+    st.binary(max_size=80),
+    st.lists(st.sampled_from([b"\r\n", b"\n"]), min_size=8, max_size=8),
+)
+@settings(max_examples=200, deadline=None)
+def test_any_line_end_mix_parses_like_the_strict_form(
+    name: str, body: bytes, ends: list[bytes]
+) -> None:
+    strict = CpimMessage.build(
+        sender=CpimAddress("sip:a@example.com", name or None),
+        recipients=[CpimAddress("sip:room@example.com")],
+        namespaces={"imdn": IMDN_URN},
+        extra=[("imdn.Message-ID", "m1")],
+        content_type="text/plain",
+        content_headers=[("Content-Transfer-Encoding", "8bit")],
+        body=body,
+    ).serialize()
+    # Rewrite every header line end (not the body's) with the chosen mix.
+    lines = (strict[: len(strict) - len(body)]).split(b"\r\n")[:-1]
+    assert len(lines) == 8  # 4 CPIM headers, blank, 2 MIME headers, blank
+    relaxed = b"".join(line + end for line, end in zip(lines, ends, strict=True)) + body
+    assert parse_cpim(relaxed) == parse_cpim(strict)
+    assert parse_cpim(relaxed).serialize() == strict
+
+
 @given(st.text(max_size=40), st.text(max_size=60))
 @settings(max_examples=100, deadline=None)
 def test_cpim_round_trip_property(name: str, subject: str) -> None:
@@ -122,6 +229,15 @@ def test_cpim_round_trip_property(name: str, subject: str) -> None:
         b"From: <sip:a@x>\r\nContent-Type: text/plain\r\n",
         b"From: \xff\r\n\r\nContent-Type: text/plain\r\n\r\nx",
         b"X: " + b"a" * 20000 + b"\r\n\r\nContent-Type: text/plain\r\n\r\nx",
+        b"X: " + b"a" * 20000 + b"\n\nContent-Type: text/plain\n\nx",
+        b"\nContent-Type: text/plain\n\nx",  # LF forms: no message headers
+        b"From: <sip:a@x>\nContent-Type: text/plain\n",  # no blank line
+        b"From: <sip:a@x>\n\nContent-Type: text/plain\n",  # no blank line after the MIME part
+        b"From: <sip:a@x>\n\nMIME-Version: 1.0\n\nx",  # no Content-Type
+        b"From: <sip:a@x>\rTo: <sip:b@x>\r\n\r\nContent-Type: text/plain\r\n\r\nx",  # bare CR
+        b"From: <sip:a@x>\r\n\r\nContent-Type: text/plain\rX: y\n\nx",
+        b"From: <sip:a@x>\r\n\r\n\tfolded: first\n\nx",  # a fold with nothing to continue
+        b" From: <sip:a@x>\r\n\r\nContent-Type: text/plain\r\n\r\nx",  # no folding in CPIM
     ],
 )
 def test_bad_cpim(data: bytes) -> None:

@@ -19,11 +19,13 @@ from control.msrp import (
     MsrpError,
     ReportStatus,
     parse_chunk,
+    parse_cpim,
     parse_uri,
     serialize_request,
     serialize_response,
 )
 from control.msrp.events import FramingEvent
+from control.msrp.message import format_nickname, parse_nickname
 
 DATA = Path(__file__).parent / "data" / "msrp"
 VECTORS = sorted(p.name for p in DATA.glob("*.msrp"))
@@ -244,3 +246,125 @@ def test_serializer_refuses_end_line_in_body() -> None:
         serialize_request(
             "abcd1234", "SEND", [BOB], [ALICE], content_type="text/plain", body=b"-------abcd1234"
         )
+
+
+# ---- what real clients send (issue 8, item 5) ---------------------------------------------
+
+SIPSIMPLE_SEND = "cpim_sipsimple_lf.msrp"
+MSRPLIB_NICKNAME = "nickname_msrplib_unquoted.msrp"
+
+
+def test_client_vectors_are_in_the_vector_set() -> None:
+    """Both join VECTORS, so the whole / byte-by-byte / trailing-bytes / round-trip tests above
+    (and the fuzz tests) run over them too."""
+    assert {SIPSIMPLE_SEND, MSRPLIB_NICKNAME} <= set(VECTORS)
+
+
+@pytest.mark.parametrize("step", [None, 1, 5])
+def test_sipsimple_send_fields_whole_bytewise_and_trailing(step: int | None) -> None:
+    data = (DATA / SIPSIMPLE_SEND).read_bytes()
+    assert b"\r\n\r\nMIME-Version: 1.0\nContent-Type" in data  # the vector is what it says
+    events = feed_all(ChunkParser(), data + b"MSRP next0001 SE", step)
+    assert not any(isinstance(e, ChunkRejected) for e in events)
+    assert isinstance(events[0], ChunkStarted) and isinstance(events[-1], ChunkEnded)
+    head = events[0].head
+    assert (head.method, head.transaction_id) == ("SEND", "kd93nf7sle2b")
+    assert head.message_id == "6e3b1f2a9c4d5e70"
+    assert head.content_type == "message/cpim"
+    assert head.success_report is True and head.failure_report is FailureReport.YES
+    body = b"".join(e.data for e in events if isinstance(e, ChunkData))
+    assert head.byte_range == ByteRange(1, len(body), len(body))
+    message = parse_cpim(body)
+    assert message.content_type == 'text/plain; charset="utf8"'
+    assert message.body == b"hello"
+    assert message.sender is not None and message.sender.display_name == "Alice"
+
+
+def test_msrplib_nickname_fields_whole_bytewise_and_trailing() -> None:
+    data = (DATA / MSRPLIB_NICKNAME).read_bytes()
+    assert b"Use-Nickname: alice\r\n" in data  # unquoted, as msrplib writes it
+    for step in (None, 1, 3):
+        events = feed_all(ChunkParser(), data + b"MSRP next0001 SE", step)
+        assert len(events) == 2, events
+        started, ended = events
+        assert isinstance(started, ChunkStarted) and isinstance(ended, ChunkEnded)
+        assert started.head.method == "NICKNAME" and started.head.nickname == "alice"
+
+
+def test_msrplib_nickname_reserialized_in_the_quoted_form() -> None:
+    chunk = parse_chunk((DATA / MSRPLIB_NICKNAME).read_bytes())
+    assert chunk.head.nickname is not None
+    ours = serialize_request(
+        chunk.head.transaction_id,
+        "NICKNAME",
+        chunk.head.to_path,
+        chunk.head.from_path,
+        [("Use-Nickname", format_nickname(chunk.head.nickname))],
+    )
+    strict = (
+        (DATA / MSRPLIB_NICKNAME)
+        .read_bytes()
+        .replace(b"Use-Nickname: alice\r\n", b'Use-Nickname: "alice"\r\n')
+    )
+    assert ours == strict
+    assert parse_chunk(ours).head.nickname == "alice"
+
+
+@pytest.mark.parametrize(
+    ("value", "nickname"),
+    [
+        ('"Alice the great"', "Alice the great"),  # RFC 7701 §10 quoted-string
+        ('"Al \\"the\\" great"', 'Al "the" great'),
+        ("alice", "alice"),  # msrplib: bare token
+        ("  alice  ", "alice"),
+        ("Alice Smith", "Alice Smith"),  # msrplib writes the UTF-8 text as is
+        ("Jürgen", "Jürgen"),
+        ("back\\slash", "back\\slash"),  # unquoted: literal
+    ],
+)
+def test_nickname_forms_accepted(value: str, nickname: str) -> None:
+    assert parse_nickname(value) == nickname
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "   ",
+        '""',
+        '"',
+        '"alice',  # unbalanced quotes
+        'alice"',
+        'al"ice',
+        '"al"ice"',
+        '"alice" trailing',
+        '"dangling\\"',
+        "tab\there",  # control characters, quoted or not
+        '"bell\x07"',
+        "del\x7f",
+    ],
+)
+def test_nickname_malformed_is_424(value: str) -> None:
+    with pytest.raises(MsrpError) as info:
+        parse_nickname(value)
+    assert info.value.status == 424
+
+
+def test_unquoted_nickname_chunk_not_rejected_but_malformed_still_424() -> None:
+    def nickname_chunk(tid: str, value: str) -> bytes:
+        return (
+            f"MSRP {tid} NICKNAME\r\nTo-Path: {BOB}\r\nFrom-Path: {ALICE}\r\n"
+            f"Use-Nickname: {value}\r\n-------{tid}$\r\n"
+        ).encode()
+
+    events = ChunkParser().feed(nickname_chunk("nick0001", "bob") + nickname_chunk("nick0002", '"'))
+    assert isinstance(events[0], ChunkStarted) and events[0].head.nickname == "bob"
+    rejected = events[-1]
+    assert isinstance(rejected, ChunkRejected)
+    assert (rejected.transaction_id, rejected.status) == ("nick0002", 424)
+
+
+def test_format_nickname_always_quotes() -> None:
+    assert format_nickname("alice") == '"alice"'
+    assert format_nickname('Al "x" \\') == '"Al \\"x\\" \\\\"'
+    assert parse_nickname(format_nickname('Al "x" \\')) == 'Al "x" \\'

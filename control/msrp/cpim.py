@@ -13,9 +13,23 @@ Content-Type), a blank line, then the content::
 
     hello
 
-Headers are kept in wire order so a parsed message serializes back byte for byte; typed views
-(``sender``, ``recipients``, ``datetime`` …) read them. Namespaced headers (RFC 3862 §3.4) are
-looked up by namespace URN, never by the prefix a peer happened to choose.
+Headers are kept in wire order so a parsed message in the RFC's form serializes back byte for
+byte; typed views (``sender``, ``recipients``, ``datetime`` …) read them. Namespaced headers
+(RFC 3862 §3.4) are looked up by namespace URN, never by the prefix a peer happened to choose.
+
+What real clients send (issue 8, item 5): the sipsimple library (Blink, SylkServer) joins the
+CPIM headers with CRLF but writes the wrapped MIME part with Python's ``email`` package, whose
+line ends are bare LF::
+
+    From: Alice <sip:alice@example.com>\r\n ... DateTime: ...\r\n\r\n
+    MIME-Version: 1.0\nContent-Type: text/plain; charset="utf8"\n\nhello
+
+So :func:`parse_cpim` ends a header line at LF with or without the CR before it, in both
+blocks (sipsimple's own encoder uses CRLF in the CPIM block, but accepting LF there too costs
+nothing and one line scanner serves both), and unfolds folded MIME header lines (RFC 5322
+§2.2.3, which ``email`` may write for a long Content-Type). The body is kept byte for byte.
+What we send is always the strict form: :meth:`CpimMessage.serialize` writes CRLF everywhere
+(RFC 3862 §2, §3.1), so a sipsimple message read and sent on comes out in the RFC's form.
 """
 
 from __future__ import annotations
@@ -269,29 +283,47 @@ class CpimMessage:
         return cls(tuple(headers), tuple(mime), body)
 
 
-def _split_block(data: bytes, start: int, max_size: int) -> tuple[list[str], int]:
-    end = data.find(b"\r\n\r\n", start, start + max_size + 4)
-    if end < 0:
-        if len(data) - start > max_size:
+def _header_lines(data: bytes, start: int, max_size: int) -> tuple[list[str], int]:
+    """The lines of one header block from ``start`` up to its empty line, and where the next
+    part begins.
+
+    A line ends at LF, with or without a CR before it (see the module doc); a CR anywhere else
+    is refused, since no header may hold one. The block, its terminating empty line excluded,
+    is at most ``max_size`` bytes.
+    """
+    lines: list[str] = []
+    pos = start
+    limit = start + max_size + 2  # room for the empty line's CRLF after a full block
+    while True:
+        newline = data.find(b"\n", pos, limit)
+        if newline < 0:
+            if len(data) >= limit:
+                raise CpimError(400, "CPIM header block too large")
+            raise CpimError(400, "CPIM header block not terminated by a blank line")
+        line_end = newline - 1 if newline > pos and data[newline - 1] == 0x0D else newline
+        raw = data[pos:line_end]
+        pos = newline + 1
+        if not raw:
+            return lines, pos
+        if line_end - start > max_size:
             raise CpimError(400, "CPIM header block too large")
-        raise CpimError(400, "CPIM header block not terminated by a blank line")
-    if end - start > max_size:
-        raise CpimError(400, "CPIM header block too large")
-    try:
-        text = data[start:end].decode("utf-8")
-    except UnicodeDecodeError:
-        raise CpimError(400, "CPIM headers are not UTF-8") from None
-    return text.split("\r\n"), end + 4
+        if b"\r" in raw:
+            raise CpimError(400, "bare CR in a CPIM header line")
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise CpimError(400, "CPIM headers are not UTF-8") from None
 
 
 def parse_cpim(data: bytes, *, max_header_size: int = MAX_HEADER_BLOCK) -> CpimMessage:
     """Parse a Message/CPIM body; :class:`CpimError` (400) when malformed.
 
-    The encapsulated MIME headers must include Content-Type (RFC 3862 §2).
+    Line ends may be CRLF or bare LF (sipsimple's MIME part, see the module doc). The
+    encapsulated MIME headers must include Content-Type (RFC 3862 §2).
     """
-    if data.startswith(b"\r\n"):
+    lines, pos = _header_lines(data, 0, max_header_size)
+    if not lines:
         raise CpimError(400, "CPIM message has no message headers")
-    lines, pos = _split_block(data, 0, max_header_size)
     headers: list[CpimHeader] = []
     for line in lines:
         name, colon, rest = line.partition(":")
@@ -303,9 +335,14 @@ def parse_cpim(data: bytes, *, max_header_size: int = MAX_HEADER_BLOCK) -> CpimM
         elif rest.startswith(" "):
             rest = rest[1:]
         headers.append(CpimHeader(name, rest, params))
-    mime_lines, body_start = _split_block(data, pos, max_header_size)
+    mime_lines, body_start = _header_lines(data, pos, max_header_size)
     content_headers: list[tuple[str, str]] = []
     for line in mime_lines:
+        if line[0] in " \t" and content_headers:
+            # RFC 5322 §2.2.3 folding: the line continues the previous header's value.
+            name, value = content_headers[-1]
+            content_headers[-1] = (name, (value + line).strip())
+            continue
         name, colon, value = line.partition(":")
         if not colon or not _NAME_RE.fullmatch(name):
             raise CpimError(400, f"bad MIME header line {line[:60]!r}")

@@ -155,9 +155,31 @@ def parse_failure_report(value: str) -> FailureReport:
 
 
 def parse_nickname(value: str) -> str:
-    """Use-Nickname value (RFC 7701 §10): a quoted-string, backslash escapes allowed."""
-    text = value.strip()
-    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+    """Use-Nickname value (RFC 7701 §10): a quoted-string, backslash escapes allowed.
+
+    AG Projects' msrplib (Blink, SylkServer) writes the nickname bare, its UTF-8 text as is
+    (``Use-Nickname: Alice``, or ``Use-Nickname: Alice Smith``), so an unquoted value is taken
+    too: the text between the outer spaces, literally (a backslash is just a backslash). Still
+    424 (RFC 7701 §6.1, malformed nickname): an empty value, a control character, a quote
+    that does not close (``"Alice``, ``Al"ice``) or text after the closing quote. What we send
+    is always the quoted form (:func:`format_nickname`).
+    """
+    text = value.strip(" \t")
+    if text.startswith('"'):
+        nickname = _unquote_nickname(text)
+    elif '"' in text:
+        raise MsrpError(424, "unbalanced quote in Use-Nickname")
+    else:
+        nickname = text
+    if not nickname:
+        raise MsrpError(424, "empty Use-Nickname")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in nickname):
+        raise MsrpError(424, "control character in Use-Nickname")
+    return nickname
+
+
+def _unquote_nickname(text: str) -> str:
+    if len(text) < 2 or text[-1] != '"':
         raise MsrpError(424, "Use-Nickname is not a quoted string")
     out: list[str] = []
     escaped = False
