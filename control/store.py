@@ -39,8 +39,10 @@ zone text to parse back. Naive datetimes are refused (a bug in the caller, not i
 
 The calls block (a few tens of microseconds in WAL/NORMAL mode; each append is one short
 transaction); they are meant to be called from the event loop thread directly, which is the
-point: the 200 waits for the commit. A store belongs to the thread that opened it (sqlite3's
-default check); another thread or process opens its own (WAL lets them read concurrently).
+point: the 200 waits for the commit. One store may be used from any thread (a periodic
+:meth:`HistoryStore.prune` through ``asyncio.to_thread``, say): its one connection is guarded by
+a lock, so calls never interleave inside a transaction. Another process opens its own store;
+WAL lets it read while this one writes.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import contextlib
 import datetime as _dt
 import json
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,6 +249,7 @@ class HistoryStore:
         store_private: bool,
     ) -> None:
         self._db = db
+        self._lock = threading.RLock()  # one connection: calls from two threads take turns
         self.path = path
         self.retention = retention
         self.store_private = store_private
@@ -268,7 +272,7 @@ class HistoryStore:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            db = sqlite3.connect(path, isolation_level=None)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: cannot open the database: {exc}") from exc
         try:
@@ -290,7 +294,8 @@ class HistoryStore:
 
     def close(self) -> None:
         """Close the database (a WAL checkpoint runs when the last connection closes)."""
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     def __enter__(self) -> HistoryStore:
         return self
@@ -300,7 +305,8 @@ class HistoryStore:
 
     @property
     def schema_version(self) -> int:
-        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        with self._lock:
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def append(self, message: StoredMessage) -> int | None:
         """Store ``message`` and commit; return its ``seq`` (creation order).
@@ -315,7 +321,7 @@ class HistoryStore:
         received_us = sent_us if message.received is None else _to_us(message.received)
         headers = json.dumps([[n, v] for n, v in message.headers], ensure_ascii=False)
         recipients = None if message.recipients is None else json.dumps(list(message.recipients))
-        with _write(self._db):
+        with self._lock, _write(self._db):
             cursor = self._db.execute(
                 "INSERT INTO chat_messages (room, message_id, sender_uri, sender_name, sent_us,"
                 " received_us, content_type, body, headers, recipients)"
@@ -362,22 +368,23 @@ class HistoryStore:
             args.append(_to_us(now) - int(max_age * 1_000_000))
         sql += " ORDER BY seq DESC LIMIT ?"
         args.append(limit)
-        rows = self._db.execute(sql, args).fetchall()
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
         return [_row_to_message(row) for row in reversed(rows)]
 
     def rooms(self) -> list[str]:
         """Every room with stored messages."""
-        return [r[0] for r in self._db.execute("SELECT DISTINCT room FROM chat_messages")]
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT DISTINCT room FROM chat_messages")]
 
     def count(self, room: str | None = None) -> int:
         """How many messages are stored (public and private), in ``room`` or in all rooms."""
-        if room is None:
-            row = self._db.execute("SELECT COUNT(*) FROM chat_messages").fetchone()
-        else:
-            row = self._db.execute(
-                "SELECT COUNT(*) FROM chat_messages WHERE room = ?", (room,)
-            ).fetchone()
-        return int(row[0])
+        sql = "SELECT COUNT(*) FROM chat_messages"
+        args: tuple[str, ...] = ()
+        if room is not None:
+            sql, args = sql + " WHERE room = ?", (room,)
+        with self._lock:
+            return int(self._db.execute(sql, args).fetchone()[0])
 
     def prune(
         self,
@@ -391,7 +398,7 @@ class HistoryStore:
         messages, drop those received more than ``max_age`` seconds before ``now``.
         Returns how many were deleted. One transaction."""
         now_us = _to_us(now)
-        with _write(self._db):
+        with self._lock, _write(self._db):
             targets = self.rooms() if room is None else [room]
             deleted = sum(
                 self._prune_room(r, keep=keep, max_age=max_age, now_us=now_us) for r in targets

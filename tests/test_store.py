@@ -292,6 +292,31 @@ def test_concurrent_reader_thread_sees_a_growing_prefix(db_path: Path) -> None:
         assert len(reader.recent(ROOM, limit=total, now=T0)) == total
 
 
+def test_one_store_shared_by_threads(db_path: Path) -> None:
+    """Opened in one thread (as through asyncio.to_thread), used from others at once: the
+    calls take turns on the one connection, nothing is lost or interleaved."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        store = pool.submit(HistoryStore.open, db_path, retention=Retention(keep=10**6)).result()
+        rooms = [f"sip:room{i}@chorus.test" for i in range(4)]
+
+        def fill(room: str) -> list[int | None]:
+            out = []
+            for n in range(100):
+                out.append(store.append(msg(n, room=room)))
+                store.prune(None, keep=10**6, max_age=None, now=T0)
+            return out
+
+        seqs = [s for part in pool.map(fill, rooms) for s in part]
+    assert len(set(seqs)) == 400 and None not in seqs
+    for room in rooms:
+        assert [m.message_id for m in store.recent(room, limit=1000, now=T0)] == [
+            f"m{n}" for n in range(100)
+        ]
+    store.close()
+
+
 _WRITER = """
 import datetime as dt, sys
 from control.store import HistoryStore, Retention, StoredMessage
