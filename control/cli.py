@@ -1,15 +1,19 @@
-"""The ``chorus`` command: ``chorus serve [--config FILE]`` and ``chorus check-config FILE``."""
+"""The ``chorus`` command: ``chorus serve [--config FILE]``, ``chorus check-config FILE`` and
+``chorus drain [--config FILE] [--undo]`` (cluster mode: control/cluster.py)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
-from control.conference import ConferenceApp, ConferenceLimits
+from control.cluster import ClusterAgent, install_signal_handlers, signal_running_node
+from control.conference import ChatLimits, ConferenceApp, ConferenceLimits, HistoryPolicy
+from control.conference.room import RoomObserver
 from control.config import Config, ConfigError, load_config
 from control.echo import EchoApp
 from control.echo.app import EchoLimits
@@ -18,9 +22,10 @@ from control.files.spool import FileSpool
 from control.media.mixer import EmbeddedMixer
 from control.media.srtp import SrtpPolicy
 from control.server import Server
+from control.store import DATABASE_NAME, HistoryStore, Retention
 
 
-def build_server(config: Config) -> Server:
+def build_server(config: Config, *, room_observer: RoomObserver | None = None) -> Server:
     server = Server(config)
     server.register(
         "echo",
@@ -62,18 +67,50 @@ def build_server(config: Config) -> Server:
                 max_rooms=config.conference.max_rooms,
                 max_participants=config.conference.max_participants,
             ),
+            room_observer=room_observer,
+            msrp=server.msrp,
+            store=HistoryStore.open(
+                config.server.spool_dir / DATABASE_NAME,
+                retention=Retention(
+                    keep=max(config.conference.history_messages, 1000),
+                    max_age=config.conference.history_max_age,
+                ),
+                store_private=config.conference.store_private,
+            ),
+            chat=ChatLimits(
+                rate=config.conference.chat_rate,
+                burst=config.conference.chat_burst,
+                max_message_bytes=config.conference.max_message_bytes,
+                store_private=config.conference.store_private,
+            ),
+            history=HistoryPolicy(
+                messages=config.conference.history_messages,
+                max_age=config.conference.history_max_age,
+            ),
         ),
     )
     return server
 
 
 async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
-    server = build_server(config)
+    cluster = ClusterAgent.from_config(config) if config.cluster.enabled else None
+    server = build_server(config, room_observer=cluster)
     await server.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    if cluster is None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+    else:
+        await cluster.start()
+        install_signal_handlers(
+            cluster,
+            stop,
+            drain_timeout=config.cluster.drain_timeout,
+            drain_exit=config.cluster.drain_exit,
+        )
+        config.pid_path().parent.mkdir(parents=True, exist_ok=True)
+        config.pid_path().write_text(f"{os.getpid()}\n")
     logging.getLogger("chorus").info("chorus ready")
     print("chorus ready", flush=True)
     if ready is not None:
@@ -81,6 +118,9 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     await stop.wait()
     logging.getLogger("chorus").info("shutting down")
     await server.stop()
+    if cluster is not None:
+        await cluster.stop(timeout=2 * config.cluster.rpc_timeout + 1)
+        config.pid_path().unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--config", type=Path, help="TOML configuration file")
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("config", type=Path)
+    drain = commands.add_parser(
+        "drain", help="drain a running cluster node: it keeps its rooms, takes no new ones"
+    )
+    drain.add_argument("--config", type=Path, help="the node's TOML configuration file")
+    drain.add_argument("--undo", action="store_true", help="take new rooms again")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -98,6 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "check-config":
         print("configuration OK")
+        return 0
+    if args.command == "drain":
+        try:
+            pid = signal_running_node(config.pid_path(), undo=args.undo)
+        except OSError as exc:
+            print(f"chorus: {exc}", file=sys.stderr)
+            return 1
+        print(f"chorus: node {pid} {'takes new rooms again' if args.undo else 'drains'}")
         return 0
     logging.basicConfig(
         level=config.server.log_level,

@@ -3,7 +3,8 @@
 A control node uses it to read and steer the edge: which control nodes the dispatcher
 knows and in which state (`dispatcher.list`), taking a node out of rotation before a
 restart (`dispatcher.set_state`), adding or removing nodes (`dispatcher.add` / `.remove`,
-in memory only) and reading counters (`stats.get_statistics`).
+in memory only), reading and writing htable items (`htable.get` / `.setxs` / `.delete` /
+`.dump`: the room pins of control/cluster.py) and reading counters (`stats.get_statistics`).
 
 Requests and responses are built and parsed by jsonrpcclient; aiohttp carries them. Kamailio
 takes positional parameters only (a JSON array), so `call()` accepts `*params` and nothing
@@ -29,6 +30,7 @@ __all__ = [
     "KamailioRpcError",
     "KamailioUnreachable",
     "parse_dispatcher_list",
+    "parse_htable_dump",
     "parse_statistics",
 ]
 
@@ -113,6 +115,20 @@ def parse_dispatcher_list(result: Any) -> list[DispatcherTarget]:
                 )
             )
     return targets
+
+
+def parse_htable_dump(result: Any) -> dict[str, str | int]:
+    """Flatten `[{"entry": n, "size": m, "slot": [{"name": k, "value": v, ...}]}, ...]`."""
+    if not isinstance(result, list):
+        raise KamailioRpcError("htable.dump", f"unexpected result {result!r:.200}")
+    items: dict[str, str | int] = {}
+    for entry in result:
+        slot = entry.get("slot") if isinstance(entry, dict) else None
+        for item in slot or []:
+            if isinstance(item, dict) and "name" in item:
+                value = item.get("value")
+                items[str(item["name"])] = value if isinstance(value, int) else str(value)
+    return items
 
 
 def parse_statistics(result: Any) -> dict[str, int | str]:
@@ -228,3 +244,43 @@ class KamailioRpc:
         """
         name = group if group == "all" or ":" in group else f"{group}:"
         return parse_statistics(await self.call("stats.get_statistics", name))
+
+    async def htable_get(self, table: str, key: str) -> str | int | None:
+        """One item's value; None when the key is not set (Kamailio answers 500 or 404)."""
+        try:
+            result = await self.call("htable.get", table, key)
+        except KamailioUnreachable:
+            raise
+        except KamailioRpcError as exc:
+            # "Key name doesn't exist in htable." (500); not "Method Not Found" (500 too)
+            if exc.code in (404, 500) and "key" in exc.message.lower():
+                return None
+            raise
+        item = result.get("item") if isinstance(result, dict) else None
+        if not isinstance(item, dict):
+            raise KamailioRpcError("htable.get", f"unexpected result {result!r:.200}")
+        value = item.get("value")
+        return value if isinstance(value, int) else str(value)
+
+    async def htable_set(self, table: str, key: str, value: str, expire: int | None = None) -> None:
+        """Set a string item; with `expire` (seconds) it expires on its own (`htable.setxs`)."""
+        if expire is None:
+            await self.call("htable.sets", table, key, value)
+        else:
+            await self.call("htable.setxs", table, key, value, int(expire))
+
+    async def htable_delete(self, table: str, key: str) -> bool:
+        """Delete an item; False when it was not there (Kamailio's 404)."""
+        try:
+            await self.call("htable.delete", table, key)
+        except KamailioUnreachable:
+            raise
+        except KamailioRpcError as exc:
+            if exc.code == 404:
+                return False
+            raise
+        return True
+
+    async def htable_dump(self, table: str) -> dict[str, str | int]:
+        """Every item of a table (key -> value)."""
+        return parse_htable_dump(await self.call("htable.dump", table))
