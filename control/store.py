@@ -52,6 +52,7 @@ import datetime as _dt
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,24 @@ def _write(db: sqlite3.Connection) -> Iterator[None]:
         db.execute("COMMIT")
 
 
+def _use_wal(db: sqlite3.Connection, *, patience: float = 5.0) -> str:
+    """Switch to WAL (kept in the file: later opens find it set) and return the mode.
+
+    Changing the journal mode needs the database to itself, and SQLite answers BUSY at once,
+    without its busy handler, when another connection is opening it at the same moment; so
+    the switch is retried for up to ``patience`` seconds.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return str(db.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
     found = int(db.execute("PRAGMA user_version").fetchone()[0])
     if found > SCHEMA_VERSION:
@@ -278,8 +297,8 @@ class HistoryStore:
         try:
             # A busy_timeout lets two processes migrating at once take turns.
             db.execute("PRAGMA busy_timeout = 5000")
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
+            mode = _use_wal(db)
+            if mode != "wal":
                 raise StoreError(f"{path}: the database cannot use WAL (journal_mode={mode})")
             db.execute(f"PRAGMA synchronous = {'FULL' if synchronous_full else 'NORMAL'}")
             db.execute("PRAGMA foreign_keys = ON")

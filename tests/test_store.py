@@ -234,6 +234,55 @@ def test_failed_migration_leaves_previous_version(
     raw.close()
 
 
+def test_migrations_run_in_order_once_and_keep_data(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database at version 1 with messages meets a build with two more migrations: both
+    run, in order, each once; the messages are still there; reopening runs nothing."""
+    import control.store as store_module
+
+    with HistoryStore.open(db_path) as store:
+        store.append(msg(1))
+    ran: list[int] = []
+
+    def add_column(db: sqlite3.Connection) -> None:
+        ran.append(SCHEMA_VERSION + 1)
+        db.execute("ALTER TABLE chat_messages ADD COLUMN edited INTEGER NOT NULL DEFAULT 0")
+
+    def add_table(db: sqlite3.Connection) -> None:
+        assert ran == [SCHEMA_VERSION + 1]  # after the one before it
+        ran.append(SCHEMA_VERSION + 2)
+        db.execute("CREATE TABLE later (x INTEGER)")
+
+    monkeypatch.setattr(
+        store_module, "MIGRATIONS", (*store_module.MIGRATIONS, add_column, add_table)
+    )
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 2)
+    with HistoryStore.open(db_path) as store:
+        assert store.schema_version == SCHEMA_VERSION + 2
+        assert [m.message_id for m in store.recent(ROOM, limit=5, now=T0)] == ["m1"]
+        store.append(msg(2))
+    assert ran == [SCHEMA_VERSION + 1, SCHEMA_VERSION + 2]
+    HistoryStore.open(db_path).close()
+    assert ran == [SCHEMA_VERSION + 1, SCHEMA_VERSION + 2]
+
+
+def test_concurrent_first_opens_migrate_once(db_path: Path) -> None:
+    """Several processes (here threads, each with its own connection) opening a new database
+    at once: each migration runs once, under the write lock, and every open succeeds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        stores = list(pool.map(lambda _: HistoryStore.open(db_path), range(4)))
+    try:
+        assert {s.schema_version for s in stores} == {SCHEMA_VERSION}
+        stores[0].append(msg(1))
+        assert [m.message_id for m in stores[3].recent(ROOM, limit=5, now=T0)] == ["m1"]
+    finally:
+        for store in stores:
+            store.close()
+
+
 def test_not_a_database_is_a_store_error(db_path: Path) -> None:
     db_path.parent.mkdir(parents=True)
     db_path.write_bytes(b"this is not sqlite" * 100)
