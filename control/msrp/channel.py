@@ -20,7 +20,8 @@ from .events import (
     ResponseReceived,
     TransactionTimedOut,
 )
-from .message import FailureReport, Flag
+from .message import ByteRange, FailureReport, Flag
+from .report import build_report
 from .session import MsrpSession
 from .uri import MsrpUri
 
@@ -163,6 +164,22 @@ class MsrpChannel:
         conn.write(
             conn.core.send_nickname(
                 self.remote_path, self.from_path, nickname, now=conn.clock.time()
+            )
+        )
+
+    def send_report(self, message_id: str, byte_range: ByteRange, status: int) -> None:
+        """A REPORT about a message the peer sent on this session (RFC 4975 §7.1.2): a relaying
+        application (a chat room) tells the sender a delivery beyond us failed. It goes to the
+        peer's path, like the message's From-Path; REPORTs are never answered."""
+        conn = self._live()
+        conn.write(
+            build_report(
+                conn.core.new_transaction_id(),
+                to_path=self.remote_path,
+                from_path=self.from_path,
+                message_id=message_id,
+                byte_range=byte_range,
+                status=status,
             )
         )
 
