@@ -12,16 +12,17 @@ import sys
 from pathlib import Path
 
 from control.cluster import ClusterAgent, install_signal_handlers, signal_running_node
-from control.conference import ConferenceApp, ConferenceLimits
+from control.conference import ChatLimits, ConferenceApp, ConferenceLimits, HistoryPolicy
 from control.conference.room import RoomObserver
 from control.config import Config, ConfigError, load_config
 from control.echo import EchoApp
 from control.echo.app import EchoLimits
-from control.echo.files import EchoFiles
 from control.files.spool import FileSpool
 from control.media.mixer import EmbeddedMixer
 from control.media.srtp import SrtpPolicy
 from control.server import Server
+from control.store import DATABASE_NAME, HistoryStore, Retention
+from control.streams import FileStore
 
 
 def build_server(config: Config, *, room_observer: RoomObserver | None = None) -> Server:
@@ -39,7 +40,7 @@ def build_server(config: Config, *, room_observer: RoomObserver | None = None) -
             srtp=SrtpPolicy(config.rtp.srtp),
             rtcp_interval=config.rtp.rtcp_interval,
             msrp=server.msrp,
-            files=EchoFiles(
+            files=FileStore(
                 FileSpool(config.server.spool_dir, max_file_bytes=config.files.max_file_bytes)
             ),
         ),
@@ -58,7 +59,7 @@ def build_server(config: Config, *, room_observer: RoomObserver | None = None) -
     )
     server.register(
         "conference",
-        ConferenceApp(
+        ConferenceApp(  # type: ignore[arg-type]  # until it takes control.app's objects
             server.ua,
             mixer,
             address=media_host,
@@ -67,6 +68,25 @@ def build_server(config: Config, *, room_observer: RoomObserver | None = None) -
                 max_participants=config.conference.max_participants,
             ),
             room_observer=room_observer,
+            msrp=server.msrp,
+            store=HistoryStore.open(
+                config.server.spool_dir / DATABASE_NAME,
+                retention=Retention(
+                    keep=max(config.conference.history_messages, 1000),
+                    max_age=config.conference.history_max_age,
+                ),
+                store_private=config.conference.store_private,
+            ),
+            chat=ChatLimits(
+                rate=config.conference.chat_rate,
+                burst=config.conference.chat_burst,
+                max_message_bytes=config.conference.max_message_bytes,
+                store_private=config.conference.store_private,
+            ),
+            history=HistoryPolicy(
+                messages=config.conference.history_messages,
+                max_age=config.conference.history_max_age,
+            ),
         ),
     )
     return server

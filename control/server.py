@@ -1,5 +1,7 @@
 """The server: builds the SIP stack and the applications, routes requests, shuts down cleanly.
 
+Applications (:mod:`control.app`) receive domain objects, never raw requests.
+
 Routing follows the convention SylkServer users know: an application map over the Request-URI
 (``user@host``, then ``host``, then ``user``), then the default application; a trusted peer
 (the Kamailio edge) may override with ``X-Chorus-App``.
@@ -11,14 +13,22 @@ import asyncio
 import ipaddress
 import logging
 import ssl
-from typing import Protocol
 
+from control.app import (
+    Application,
+    IncomingCall,
+    IncomingMessage,
+    Referral,
+    Subscription,
+    parse_offer,
+)
 from control.config import Config
 from control.media.ports import PortAllocator
 from control.msrp.trace import MsrpTracer
 from control.msrp.transport import MsrpTransport
 from control.sip.message import Request
-from control.sip.session import IncomingCall, timer_terms
+from control.sip.session import IncomingCall as SipCall
+from control.sip.session import timer_terms
 from control.sip.sessiontimer import MIN_SE_FLOOR, TimerPolicy
 from control.sip.transport import Peer, SipTracer, SipTransportLayer
 from control.sip.uri import SipUri, parse_uri
@@ -31,20 +41,6 @@ APP_HEADER = "X-Chorus-App"
 # Only what is implemented: RFC 4028 session timers. Not RFC 3891 ``replaces`` (an INVITE
 # requiring it gets 420) nor RFC 4488 ``norefersub`` (REFER is not handled yet).
 SUPPORTED_EXTENSIONS = frozenset({"timer"})
-
-
-class Application(Protocol):
-    """What conference, echo and xmpp implement (STYLE.md §5)."""
-
-    async def incoming_invite(self, call: IncomingCall) -> None: ...
-
-    async def incoming_message(self, incoming: IncomingRequest) -> None: ...
-
-    async def incoming_subscribe(self, incoming: IncomingRequest) -> None: ...
-
-    async def incoming_refer(self, incoming: IncomingRequest) -> None: ...
-
-    async def shutdown(self) -> None: ...
 
 
 class ApplicationMap:
@@ -220,10 +216,16 @@ class Server:
             if not self.accepting:
                 incoming.respond(503, headers=[("Retry-After", "5")])
                 return
-            await application.incoming_invite(IncomingCall(self.ua, incoming))
+            offer = parse_offer(incoming, required=True)  # 400/488 answered here, once
+            if offer is None:
+                return
+            call = IncomingCall(
+                SipCall(self.ua, incoming), offer, on_message=application.incoming_message
+            )
+            await application.incoming_invite(call)
         elif request.method == "MESSAGE":
-            await application.incoming_message(incoming)
+            await application.incoming_message(IncomingMessage(incoming))
         elif request.method == "SUBSCRIBE":
-            await application.incoming_subscribe(incoming)
+            await application.incoming_subscribe(Subscription(incoming))
         else:
-            await application.incoming_refer(incoming)
+            await application.incoming_refer(Referral(incoming))

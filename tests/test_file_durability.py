@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from control.echo.files import EchoFiles, finish_and_commit
 from control.files.spool import FileMeta, FileSpool, StoredFile
 from control.msrp.fileselector import HASH_SHA1, FileSelector
 from control.msrp.filetransfer import FileReceiver, FileSender
 from control.msrp.transport import MsrpTransport
 from control.sip.sdp import Direction
+from control.streams import FileStore, finish_and_commit
 from tests import test_echo_files
 from tests.peers.chorus import ChorusProcess
 from tests.peers.sipclient import SipClient
@@ -71,7 +71,7 @@ async def test_cancelled_transfer_still_indexes_the_file_it_was_committing(
 ) -> None:
     """The transfer's task is cancelled (a BYE) while the disk thread is inside the commit;
     the commit finishes and the file is in the index, found by its hash at once."""
-    files = EchoFiles(FileSpool(tmp_path), clock=lambda: _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC))
+    files = FileStore(FileSpool(tmp_path), clock=lambda: _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC))
     data = random.Random(11).randbytes(300_000)
     upload = files.spool.begin()
     receiver = FileReceiver(upload, size=len(data), sha1=sha1_of(data), max_size=1 << 20)
@@ -99,11 +99,11 @@ async def test_cancelled_transfer_still_indexes_the_file_it_was_committing(
     assert stored is not None and stored.path.read_bytes() == data
     assert temporaries(files.spool.files_dir) == []
     # The index is rebuilt from the sidecars on the next start: the same file.
-    assert EchoFiles(FileSpool(tmp_path)).find(sha1_of(data).hex()) == stored
+    assert FileStore(FileSpool(tmp_path)).find(sha1_of(data).hex()) == stored
 
 
 async def test_a_refused_file_is_discarded_even_when_nobody_waits(tmp_path: Path) -> None:
-    files = EchoFiles(FileSpool(tmp_path))
+    files = FileStore(FileSpool(tmp_path))
     data = b"not what was announced"
     upload = files.spool.begin()
     receiver = FileReceiver(upload, size=len(data), sha1=sha1_of(b"other"), max_size=1 << 20)
@@ -117,13 +117,13 @@ async def test_a_refused_file_is_discarded_even_when_nobody_waits(tmp_path: Path
 async def test_a_bug_while_storing_is_logged_once_and_leaves_no_file(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    files = EchoFiles(FileSpool(tmp_path))
+    files = FileStore(FileSpool(tmp_path))
     upload = files.spool.begin()
 
     def broken() -> StoredFile:
         raise RuntimeError("injected store failure")
 
-    with caplog.at_level(logging.ERROR, logger="chorus.echo.files"):
+    with caplog.at_level(logging.ERROR, logger="chorus.streams.files"):
         with pytest.raises(RuntimeError):
             await files.settle(broken, upload)
         await files.settled()

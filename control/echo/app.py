@@ -1,8 +1,11 @@
 """Echo: audio played back to the caller, MSRP chat sent back, MESSAGEs answered with their text.
 
 The simplest application on the SIP core, and the one the core is proven with: INVITE with
-audio, chat or both, re-INVITE (hold, resume, codec change, adding and removing chat), BYE, and a
-session limit that ends the call.
+audio, chat, file transfer or any mix, re-INVITE (hold, resume, codec change, adding and
+removing chat), BYE, and a session limit that ends the call. The m-lines are negotiated by
+the stream layer (:func:`control.streams.negotiate`); what is echo's own is the RTP reflector
+(:class:`EchoAudio`, a stream of the layer's shape), sending chat back re-addressed
+(:mod:`control.echo.chat`), answering MESSAGE with its text, and its limits.
 """
 
 from __future__ import annotations
@@ -11,20 +14,38 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from control.echo.chat import CpimValidator, EchoChat
-from control.echo.files import EchoFiles
+from control.app import (
+    IncomingCall,
+    IncomingMessage,
+    Messenger,
+    Referral,
+    ReOffer,
+    Subscription,
+    on_reoffer,
+)
+from control.echo.chat import EchoChat
 from control.echo.reflector import EchoMedia, RtpReflector
 from control.media.answer import answer_stream_crypto
 from control.media.ports import PortAllocator, PortsExhausted
 from control.media.srtp import CryptoChoice, CryptoNegotiationError, SrtpPolicy
 from control.msrp.cpim import CpimAddress
-from control.msrp.sdp import Setup, accept_msrp, answer_setup, is_msrp, parse_msrp_media
 from control.msrp.transport import MsrpTransport
 from control.sip import sdp
 from control.sip.errors import SipError
-from control.sip.session import IncomingCall, Offer, Session
+from control.sip.session import Session
 from control.sip.uri import NameAddr
-from control.sip.useragent import IncomingRequest, UserAgent, build_request
+from control.sip.useragent import UserAgent
+from control.streams import (
+    RTP_PROFILES,
+    FileStore,
+    MediaKind,
+    MsrpChatStream,
+    MsrpFileStream,
+    Negotiation,
+    Stream,
+    StreamRequest,
+    negotiate,
+)
 
 log = logging.getLogger("chorus.echo")
 
@@ -38,7 +59,6 @@ CODEC_RATES: dict[str, tuple[int, ...]] = {
     "opus": (48000,),
     "telephone-event": (8000, 16000, 48000),
 }
-RTP_PROFILES = ("RTP/AVP", "RTP/AVPF", "RTP/SAVP", "RTP/SAVPF")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +68,36 @@ class EchoLimits:
     max_message_bytes: int = 64 * 1024
 
 
-class EchoCall:
-    """One echo session: its SDP state, its reflector, its chat streams, its limit timer.
+class EchoAudio:
+    """The call's reflector as the stream of one audio m-line (one per call)."""
 
-    Chat streams are kept per m-line index, so a re-INVITE that repeats a chat m-line keeps
-    its MSRP session (same a=path in the answer), one that sets its port to 0 ends it, and a new
-    one starts another (RFC 3264 §8).
-    """
+    kind = MediaKind.AUDIO
+
+    def __init__(self, call: EchoCall, index: int, accept: sdp.Accept) -> None:
+        self.call = call
+        self.index = index
+        self.accept = accept
+
+    @classmethod
+    def open(cls, call: EchoCall, request: StreamRequest) -> EchoAudio | None:
+        accept = call.answer_audio(request.offer, request.index)
+        return cls(call, request.index, accept) if accept is not None else None
+
+    def fits(self, offer: sdp.SessionDescription, index: int) -> bool:
+        return index == self.index
+
+    async def update(self, offer: sdp.SessionDescription, index: int) -> sdp.Accept | None:
+        accept = self.call.answer_audio(offer, index)
+        if accept is not None:
+            self.accept = accept
+        return accept
+
+    async def close(self) -> None:
+        self.call.media.reflector.sending = False  # the port stays: a re-offer may resume
+
+
+class EchoCall:
+    """One echo session: its SDP state, its reflector, its streams by m-line, its limit timer."""
 
     def __init__(
         self,
@@ -71,143 +114,109 @@ class EchoCall:
         self.sdp = sdp_session
         self.service = service
         self.caller = caller
-        self.chats: dict[int, EchoChat] = {}
-        self.audio = False
+        self.streams: dict[int, Stream] = {}
         self.crypto: CryptoChoice | None = None  # SDES keys of the audio stream, if any
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def negotiate(self, offer: sdp.SessionDescription) -> bytes:
+    async def negotiate(self, offer: sdp.SessionDescription) -> tuple[bytes, Negotiation]:
         """Answer an offer or re-offer: the first usable audio stream is reflected, every usable
-        chat stream echoed, the rest rejected (RFC 3264 §6). 488 when nothing is usable."""
-        decisions: list[sdp.Accept | sdp.Reject] = []
-        chats: dict[int, EchoChat] = {}
-        created: list[EchoChat] = []
-        audio_taken = False
-        for index, stream in enumerate(offer.media):
-            decision: sdp.Accept | sdp.Reject = sdp.Reject()
-            if stream.rejected:
-                pass
-            elif not audio_taken and stream.media == "audio" and stream.proto in RTP_PROFILES:
-                decision = self._audio(offer, stream)
-                audio_taken = isinstance(decision, sdp.Accept)
-            elif is_msrp(stream):
-                decision, chat = self._chat(offer, stream, self.chats.get(index))
-                if chat is not None:
-                    chats[index] = chat
-                    if chat is not self.chats.get(index):
-                        created.append(chat)
-            decisions.append(decision)
+        chat stream echoed, file transfers stored or served, the rest rejected (RFC 3264 §6).
+        488 when nothing is usable. The caller commits (or aborts) the result."""
+        result = await negotiate(offer, self.streams, self._answerer)
         try:
-            if not audio_taken and not chats:
+            if not result.accepted:
                 raise SipError(488, "no audio stream with a common codec and no usable chat")
-            answer = sdp.serialize(self.sdp.answer(offer, decisions))
+            answer = sdp.serialize(self.sdp.answer(offer, result.decisions))
         except SipError:
-            for chat in created:
-                chat.close()
+            await result.abort()
             raise
-        for index, chat in self.chats.items():
-            if chats.get(index) is not chat:
-                chat.close()  # removed or replaced by this offer
-        self.chats = chats
-        self.audio = audio_taken
-        if not audio_taken:
-            self.media.reflector.sending = False
-        return answer
+        return answer, result
 
-    def _audio(
-        self, offer: sdp.SessionDescription, stream: sdp.MediaDescription
-    ) -> sdp.Accept | sdp.Reject:
+    async def _answerer(self, request: StreamRequest) -> Stream | None:
+        transport = self.app.msrp
+        match request.kind:
+            case MediaKind.AUDIO if not request.has_other(MediaKind.AUDIO):
+                return EchoAudio.open(self, request)
+            case MediaKind.CHAT if transport is not None:
+                return MsrpChatStream.open(transport, request.offer, request.index)
+            case MediaKind.FILE if transport is not None and self.app.files is not None:
+                return MsrpFileStream.open(
+                    transport, self.app.files, request.offer, request.index, sender=self.caller.uri
+                )
+        return None
+
+    def answer_audio(self, offer: sdp.SessionDescription, index: int) -> sdp.Accept | None:
+        """The reflector's answer to audio m-line ``index`` (``None``: refused)."""
+        stream = offer.media[index]
         media = self.media
         if not media.port:
-            return sdp.Reject()
+            return None
         try:
             crypto = answer_stream_crypto(
                 stream, self.app.srtp, self.app.ua.rng.randbytes, self.crypto
             )
         except CryptoNegotiationError as exc:
             log.info("audio refused: %s", exc)
-            return sdp.Reject()
+            return None
         attributes = [sdp.Attribute("crypto", str(crypto.local))] if crypto else []
         attributes += media.reflector.negotiate(stream)  # rtcp-mux, each format's RTP clock
         decision = sdp.accept_audio(
             stream, self.app.supported, port=media.port, attributes=attributes, offerer_order=True
         )
-        if isinstance(decision, sdp.Accept):
-            if crypto is not self.crypto:
-                media.reflector.srtp = crypto.context() if crypto is not None else None
-                self.crypto = crypto
-            # We send only when they listen (hold: sendonly/inactive from them).
-            media.reflector.sending = offer.direction_of(stream).receives
-            connection = offer.connection_of(stream)
-            if media.reflector.remote is None and connection and stream.port:
-                media.reflector.remote = (connection.address, stream.port)
+        if not isinstance(decision, sdp.Accept):
+            return None
+        if crypto is not self.crypto:
+            media.reflector.srtp = crypto.context() if crypto is not None else None
+            self.crypto = crypto
+        # We send only when they listen (hold: sendonly/inactive from them).
+        media.reflector.sending = offer.direction_of(stream).receives
+        connection = offer.connection_of(stream)
+        if media.reflector.remote is None and connection and stream.port:
+            media.reflector.remote = (connection.address, stream.port)
         return decision
 
-    def _chat(
-        self,
-        offer: sdp.SessionDescription,
-        stream: sdp.MediaDescription,
-        existing: EchoChat | None,
-    ) -> tuple[sdp.Accept | sdp.Reject, EchoChat | None]:
-        transport = self.app.msrp
-        if transport is None:
-            return sdp.Reject(), None
-        if stream.has("file-selector"):  # RFC 5547 file transfer: control/echo/files.py
-            if self.app.files is None:
-                return sdp.Reject(), None
-            return self.app.files.negotiate(
-                transport, offer, stream, existing, service=self.service, caller=self.caller
-            )
-        try:
-            theirs = parse_msrp_media(stream, offer.direction_of(stream))
-        except SipError as exc:
-            log.info("unusable chat m-line: %s", exc.reason)
-            return sdp.Reject(), None
-        if theirs.setup is Setup.HOLDCONN:
-            return sdp.Reject(), None
-        setup, active = answer_setup(theirs.setup)
-        if existing is not None and existing.fits(theirs, setup):
-            chat = existing
-        else:
-            if not active and transport.listener(theirs.secure) is None:
-                return sdp.Reject(), None  # no msrps (or msrp) listener configured
-            channel = transport.open(
-                transport.local_uri(theirs.secure),
-                theirs.path,
-                active=active,
-                accept_types=theirs.accept_types,
-                validator=CpimValidator(theirs.accept_wrapped_types or theirs.accept_types),
-            )
-            chat = EchoChat(channel, theirs, setup, service=self.service, caller=self.caller)
-        accept = accept_msrp(
-            chat.channel.local_uri,
-            theirs.accept_types,
-            accept_wrapped_types=theirs.accept_wrapped_types,
-            max_size=transport.max_message_bytes,
-            setup=setup,
-        )
-        return accept, chat
-
-    def start_chats(self) -> None:
-        """Run the chat streams the last answer created (after that answer was sent)."""
-        for chat in self.chats.values():
-            if not chat.started:
-                chat.started = True
-                task = asyncio.create_task(self._run_chat(chat))
+    async def settle(self, result: Negotiation) -> None:
+        """The answer was sent: close what it removed, start what it created."""
+        self.streams = result.streams
+        await result.commit()
+        for stream in result.created:
+            if isinstance(stream, MsrpChatStream | MsrpFileStream):
+                task = asyncio.create_task(self._run_msrp(stream))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _run_chat(self, chat: EchoChat) -> None:
-        reason = await chat.run()
-        chat.close()
-        log.info("echo chat %s ended: %s (%d echoed)", chat.channel.session_id, reason, chat.echoed)
-        live = self.audio or any(not c.channel.closed for c in self.chats.values())
-        if not live and self.session is not None:
+    async def _run_msrp(self, stream: MsrpChatStream | MsrpFileStream) -> None:
+        if isinstance(stream, MsrpChatStream):
+            chat = EchoChat(stream, service=self.service, caller=self.caller)
+            reason = await chat.run()
+            done = chat.echoed
+        else:
+            reason = await stream.run()
+            done = stream.transfers
+        await stream.close()
+        log.info(
+            "echo %s %s ended: %s (%d echoed)",
+            stream.kind.value,
+            stream.channel.session_id,
+            reason,
+            done,
+        )
+        if not self.live() and self.session is not None:
             await self.session.bye(reason="chat ended")
+
+    def live(self) -> bool:
+        """Audio, or an MSRP session still open: the call has something left."""
+        for stream in self.streams.values():
+            if isinstance(stream, MsrpChatStream | MsrpFileStream):
+                if not stream.channel.closed:
+                    return True
+            elif stream.kind is MediaKind.AUDIO:
+                return True
+        return False
 
     async def run(self) -> None:
         assert self.session is not None
-        self.session.on_reinvite = self.reinvite
+        on_reoffer(self.session, self.reinvite)
         try:
             reason = await asyncio.wait_for(
                 asyncio.shield(self.session.terminated), self.app.limits.session_limit
@@ -221,38 +230,33 @@ class EchoCall:
 
     def close(self) -> None:
         """BYE (or failure) ends every MSRP session; a connection nothing else uses goes too."""
-        for chat in self.chats.values():
-            chat.close()
+        for stream in self.streams.values():
+            if isinstance(stream, MsrpFileStream):
+                stream.close_now()
+            elif isinstance(stream, MsrpChatStream):
+                stream.channel.close()
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
         self.media.close()
 
-    async def reinvite(self, offer: Offer) -> None:
-        assert self.session is not None
-        try:
-            description = sdp.parse(offer.body) if offer.has_sdp else None
-        except SipError as exc:
-            offer.incoming.respond(exc.status, exc.reason)
-            return
-        if description is None:
-            offer.incoming.respond(488)  # offerless re-INVITE: not supported here
-            return
+    async def reinvite(self, reoffer: ReOffer) -> None:
+        description = reoffer.offer
         if _wants_audio(description) and not self.media.port:
             try:
                 await self.media.open(self.sdp.connection.address)
             except PortsExhausted:
-                offer.incoming.respond(503, "no RTP ports left")
+                reoffer.reject(503, "no RTP ports left")
                 return
         if self.app.files is not None:
             await self.app.files.settled()
         try:
-            answer = self.negotiate(description)
+            answer, result = await self.negotiate(description)
         except SipError as exc:
-            offer.incoming.respond(exc.status, exc.reason)
+            reoffer.reject(exc.status, exc.reason)
             return
-        self.session.answer_reinvite(offer, answer)
-        self.start_chats()
+        reoffer.answer(answer)
+        await self.settle(result)
 
 
 def _wants_audio(offer: sdp.SessionDescription) -> bool:
@@ -270,7 +274,8 @@ class EchoApp:
         codecs: tuple[str, ...] = ("G722", "PCMU", "PCMA", "telephone-event"),
         limits: EchoLimits = EchoLimits(),
         msrp: MsrpTransport | None = None,
-        files: EchoFiles | None = None,
+        files: FileStore | None = None,
+        messenger: Messenger | None = None,
         srtp: SrtpPolicy = SrtpPolicy.OPTIONAL,
         rtcp_interval: float = 5.0,  # RFC 3550 §6.2 minimum RTCP interval ([rtp] rtcp_interval)
     ) -> None:
@@ -282,22 +287,15 @@ class EchoApp:
         self.limits = limits
         self.msrp = msrp
         self.files = files
+        self.messenger = messenger or Messenger(ua)
         self.calls: set[EchoCall] = set()
 
     async def incoming_invite(self, call: IncomingCall) -> None:
         if len(self.calls) >= self.limits.max_sessions:
             call.reject(486, "Too many echo sessions")
             return
-        if not call.has_sdp:
-            call.reject(488, "an SDP offer is required")
-            return
-        try:
-            offer = sdp.parse(call.body)
-        except SipError as exc:
-            log.info("bad SDP from %s: %s", call.incoming.source, exc.reason)
-            call.reject(exc.status, exc.reason)
-            return
-        host, _ = self.ua.local_host_port("udp", call.incoming.source.host)
+        offer = call.offer
+        host = call.local_address
         reflector = RtpReflector(self.ua.rng.getrandbits(32), rtcp_interval=self.rtcp_interval)
         media = EchoMedia(self.ports, reflector)
         if _wants_audio(offer):
@@ -314,61 +312,49 @@ class EchoApp:
             self,
             media,
             state,
-            service=CpimAddress(str(call.request.to.uri), "Echo"),
+            service=CpimAddress(str(call.local_identity.uri), "Echo"),
             caller=CpimAddress(str(caller.uri), caller.display_name),
         )
         if self.files is not None:
             await self.files.settled()  # a pull sees every file whose last chunk arrived
         try:
-            answer = echo_call.negotiate(offer)
+            answer, result = await echo_call.negotiate(offer)
         except SipError as exc:
             echo_call.close()
             call.reject(exc.status, exc.reason)
             return
-        if call.incoming.cancelled.done():
+        if call.cancelled:
+            await result.abort()
             echo_call.close()
             return
         echo_call.session = call.accept(answer, user="echo")
-        echo_call.start_chats()
+        await echo_call.settle(result)
         self.calls.add(echo_call)
         try:
             await echo_call.run()
         finally:
             self.calls.discard(echo_call)
 
-    async def incoming_message(self, incoming: IncomingRequest) -> None:
+    async def incoming_message(self, message: IncomingMessage) -> None:
         """Answer 200 and send the text back in a MESSAGE of our own (RFC 3428)."""
-        request = incoming.request
-        if len(request.body) > self.limits.max_message_bytes:
-            incoming.respond(413)
+        if len(message.body) > self.limits.max_message_bytes:
+            message.reject(413)
             return
-        content_type = request.headers.get("Content-Type") or "text/plain"
-        incoming.respond(200, to_tag=self.ua.token(12))
-        sender = request.from_
-        reply = build_request(
-            "MESSAGE",
-            sender.uri,
-            from_=NameAddr(request.to.uri).with_tag(self.ua.token(12)),
-            to=NameAddr(sender.uri, sender.display_name),
-            call_id=self.ua.token(24),
-            body=request.body,
-            content_type=content_type,
+        message.accept()
+        sender = message.sender
+        await self.messenger.send(
+            NameAddr(sender.uri, sender.display_name),
+            NameAddr(message.to.uri),
+            message.content_type,
+            message.body,
+            reply_to=message,
         )
-        peer = (
-            await self.ua.resolve(self.ua.outbound_proxy)
-            if self.ua.outbound_proxy
-            else incoming.source
-        )
-        outgoing = self.ua.send_request(reply, peer)
-        response = await outgoing.final
-        if response.status >= 300:
-            log.info("echo MESSAGE to %s answered %s", sender.uri, response.status)
 
-    async def incoming_subscribe(self, incoming: IncomingRequest) -> None:
-        incoming.respond(489)  # RFC 6665 §7.2.2: echo offers no event packages
+    async def incoming_subscribe(self, subscription: Subscription) -> None:
+        subscription.reject(489)  # RFC 6665 §7.2.2: echo offers no event packages
 
-    async def incoming_refer(self, incoming: IncomingRequest) -> None:
-        incoming.respond(405, headers=[("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, MESSAGE")])
+    async def incoming_refer(self, referral: Referral) -> None:
+        referral.reject(405, headers=[("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, MESSAGE")])
 
     async def shutdown(self) -> None:
         calls = [c for c in list(self.calls) if c.session is not None]
