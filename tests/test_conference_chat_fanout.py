@@ -42,6 +42,8 @@ class FakeChannel:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.stalled = False
         self._unstall = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.connected.set()
 
     def send_message(
         self,
@@ -55,6 +57,9 @@ class FakeChannel:
             raise ConnectionError("closed")
         self.sent.append((content_type, body))
         return f"{self.name}-out-{len(self.sent)}"
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        await self.connected.wait()
 
     async def drain(self) -> None:
         if self.stalled:
@@ -103,8 +108,10 @@ class Room:
         self.counter += 1
         return f"id{self.counter}"
 
-    def join(self, name: str) -> FakeChannel:
+    def join(self, name: str, *, connected: bool = True) -> FakeChannel:
         channel = FakeChannel(name)
+        if not connected:
+            channel.connected.clear()
         self.channels[name] = channel
         member = ChatMember(ChatSessionId(name), ParticipantId("p-" + name), f"sip:{name}@h")
         self.chat.attach(member, channel)
@@ -139,8 +146,11 @@ async def test_history_first_in_order_then_live(tmp_path: Path) -> None:
     room.join("alice")
     for n in range(5):
         room.say("alice", f"old {n}")
-    dave = room.join("dave")
+    dave = room.join("dave", connected=False)  # a passive session: the peer connects later
     room.say("alice", "live")
+    await asyncio.sleep(0)
+    assert dave.sent == []  # nothing is written (and lost) before the peer is there
+    dave.connected.set()
     assert await wait_until(lambda: len(dave.sent) == 4)
     assert dave.texts() == [b"old 2", b"old 3", b"old 4", b"live"]
     assert all(b"chorus.History: yes" in body for _, body in dave.sent[:3])

@@ -47,6 +47,8 @@ class ChatChannel(Protocol):
 
     async def drain(self) -> None: ...
 
+    async def wait_connected(self, timeout: float | None = None) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -108,6 +110,11 @@ class ChatOutlet:
     async def run(self) -> None:
         """Write until closed; every error is logged here, none reaches the loop."""
         try:
+            try:
+                await self.channel.wait_connected()  # replay waits for the peer's connection
+            except ConnectionError as exc:  # MsrpConnectError: never connected
+                log.info("chat session %s did not connect: %s", self.session, exc)
+                return
             while not self.closed:
                 delivery, origin = await self._queue.get()
                 if self.closed:
