@@ -206,6 +206,8 @@ class ClusterCore:
     def stop(self) -> None:
         self.phase = NodePhase.STOPPED
         self.rooms.clear()
+        self._retry_at = None  # the stop gets one prompt try, whatever the back-off was
+        self._delay = self.settings.retry_min
 
     @property
     def drained(self) -> bool:

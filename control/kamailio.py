@@ -206,7 +206,8 @@ class KamailioRpc:
         except KamailioUnreachable:
             raise
         except KamailioRpcError as exc:
-            if exc.code == 404:  # "No Destination Sets"
+            # "No Destination Sets": 404 from some versions, 500 from 5.6 with an empty list
+            if exc.code in (404, 500) and "destination sets" in exc.message.lower():
                 return []
             raise
         return parse_dispatcher_list(result)
