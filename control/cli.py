@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -18,6 +19,8 @@ from control.config import Config, ConfigError, load_config
 from control.echo import EchoApp
 from control.echo.app import EchoLimits
 from control.files.spool import FileSpool
+from control.media.engine import AudioEngine
+from control.media.freeswitch import FreeSwitchEngine
 from control.media.mixer import EmbeddedMixer
 from control.media.srtp import SrtpPolicy
 from control.server import Server
@@ -46,17 +49,32 @@ def build_server(config: Config, *, room_observer: RoomObserver | None = None) -
         ),
     )
     media_host = config.sip.advertised_address or config.sip.listen[0].host
-    mixer = EmbeddedMixer(
-        server.ports,
-        host=media_host,
-        codecs=config.rtp.codecs,
-        rtp_timeout=config.rtp.timeout,
-        srtp=config.rtp.srtp,
-        rng=server.ua.rng,
-        workers=config.rtp.mixer_workers,
-        max_failing_ticks=config.rtp.failure_ticks,
-        rtcp_interval=config.rtp.rtcp_interval,
-    )
+    mixer: AudioEngine
+    if config.audio.engine == "freeswitch":
+        pool = config.freeswitch
+        freeswitch = FreeSwitchEngine(
+            server.ua,
+            pool.nodes,
+            answer_timeout=pool.answer_timeout,
+            health_interval=pool.health_interval,
+            failover_after=pool.failover_after,
+            reconnect_max=pool.reconnect_max,
+        )
+        with contextlib.suppress(RuntimeError):  # no loop yet: the first call connects
+            asyncio.get_running_loop().call_soon(freeswitch.start)
+        mixer = freeswitch
+    else:
+        mixer = EmbeddedMixer(
+            server.ports,
+            host=media_host,
+            codecs=config.rtp.codecs,
+            rtp_timeout=config.rtp.timeout,
+            srtp=config.rtp.srtp,
+            rng=server.ua.rng,
+            workers=config.rtp.mixer_workers,
+            max_failing_ticks=config.rtp.failure_ticks,
+            rtcp_interval=config.rtp.rtcp_interval,
+        )
     server.register(
         "conference",
         ConferenceApp(  # type: ignore[arg-type]  # until it takes control.app's objects

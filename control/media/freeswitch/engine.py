@@ -1,0 +1,366 @@
+"""FreeSwitchEngine: rooms mixed by a pool of FreeSWITCH nodes (mod_conference over ESL).
+
+Per participant the focus is a B2BUA (see `leg`): ``attach`` INVITEs the room's node with the
+participant's audio offer and returns FreeSWITCH's answer, ``update`` re-INVITEs the leg,
+``detach`` BYEs it. RTP flows between participant and FreeSWITCH; Chorus sees signalling
+and the Event Socket only, so ``quality()`` has nothing to report (FreeSWITCH keeps RTCP).
+
+Each node's Event Socket (`eslclient`, greenswitch in its own thread) feeds that node's
+`ConferenceMembers`, which turns ``conference::maintenance`` events into the AudioEvents a
+room reads: talking, an operator's mute (MuteChanged) and kick (StreamFailed). Mute and kick
+go out as ``api conference <name> mute|unmute|kick <member-id>``.
+
+Faults: a node whose Event Socket is down or whose ``api status`` probe goes unanswered for
+``failover_after`` seconds has failed. Its rooms move to the fittest other node — a new leg
+there with each participant's last offer, then StreamMoved so the room re-INVITEs the
+participant toward the new address — or, with no node left, every participant of those rooms
+gets StreamFailed with the reason. A BYE from a node on one leg ends that participant
+(StreamFailed). The Event Socket reconnects by itself with back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Coroutine, Sequence
+
+from control.config import FreeSwitchNode
+from control.media.engine import (
+    AudioAnswer,
+    AudioEngine,
+    AudioEngineError,
+    AudioEvent,
+    ParticipantId,
+    RoomId,
+    StreamFailed,
+    StreamMoved,
+)
+from control.media.freeswitch.eslclient import (
+    ClientEvent,
+    EslAuthFailed,
+    EslClient,
+    EslConnected,
+    EslDisconnected,
+    EslEventReceived,
+    EslUnavailable,
+)
+from control.media.freeswitch.leg import MediaLeg
+from control.media.freeswitch.members import (
+    ConferenceMembers,
+    conference_name,
+    parse_conference_list,
+)
+from control.media.freeswitch.pool import NodePool, NodeState
+from control.media.rtcpsession import StreamQuality
+from control.sip import sdp
+from control.sip.transport import Peer
+from control.sip.useragent import UserAgent
+
+__all__ = ["FreeSwitchEngine"]
+
+log = logging.getLogger("chorus.media.freeswitch")
+
+Key = tuple[RoomId, ParticipantId]
+
+
+class FreeSwitchEngine(AudioEngine):
+    def __init__(
+        self,
+        ua: UserAgent,
+        nodes: Sequence[FreeSwitchNode],
+        *,
+        answer_timeout: float = 10.0,
+        health_interval: float = 5.0,
+        failover_after: float = 5.0,
+        reconnect_max: float = 30.0,
+        reconnect_min: float = 0.5,
+    ) -> None:
+        self._ua = ua
+        self._pool = NodePool(nodes, failover_after=failover_after)
+        self._answer_timeout = answer_timeout
+        self._health_interval = health_interval
+        self._failover_after = failover_after
+        self._reconnect = (reconnect_min, reconnect_max)
+        self._members = {n.name: ConferenceMembers() for n in nodes}
+        self._clients: dict[str, EslClient] = {}
+        self._legs: dict[Key, MediaLeg] = {}
+        self._queue: asyncio.Queue[AudioEvent] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to every node's Event Socket (also done by the first attach)."""
+        if self._watcher is not None or self._closed:
+            return
+        for node in self._pool.nodes.values():
+            config = node.config
+            client = EslClient(
+                node.name,
+                config.esl_host,
+                config.esl_port,
+                config.password,
+                on_event=self._client_event,
+                reconnect_min=self._reconnect[0],
+                reconnect_max=self._reconnect[1],
+            )
+            self._clients[node.name] = client
+            client.start()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+        for leg in list(self._legs.values()):
+            leg.closing = True
+        await asyncio.gather(
+            *(leg.bye("shutdown") for leg in self._legs.values()), return_exceptions=True
+        )
+        self._legs.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*(c.close() for c in self._clients.values()))
+
+    def node_states(self) -> dict[str, NodeState]:
+        return dict(self._pool.nodes)
+
+    def leg(self, room: RoomId, participant: ParticipantId) -> MediaLeg | None:
+        return self._legs.get((room, participant))
+
+    # --- AudioEngine ------------------------------------------------------------------------
+
+    async def attach(
+        self,
+        room: RoomId,
+        participant: ParticipantId,
+        offer: sdp.SessionDescription,
+        media_index: int,
+    ) -> AudioAnswer:
+        self.start()
+        node = self._pool.place(room)
+        if node is None:
+            raise AudioEngineError(503, "no FreeSWITCH node is available")
+        leg = await self._open_leg(node, room, participant, offer, media_index)
+        return leg.answer
+
+    async def update(
+        self,
+        room: RoomId,
+        participant: ParticipantId,
+        offer: sdp.SessionDescription,
+        media_index: int,
+    ) -> AudioAnswer:
+        leg = self._legs.get((room, participant))
+        if leg is None:
+            return await self.attach(room, participant, offer, media_index)
+        return await leg.reinvite(offer, media_index)
+
+    async def detach(self, room: RoomId, participant: ParticipantId) -> None:
+        leg = self._legs.pop((room, participant), None)
+        if leg is None:
+            return
+        self._members[leg.node].forget(room, participant)
+        if not any(r == room for r, _ in self._legs):
+            self._pool.release(room)
+        await leg.bye("detached")
+
+    async def set_muted(self, room: RoomId, participant: ParticipantId, muted: bool) -> None:
+        leg = self._legs.get((room, participant))
+        if leg is None:
+            return
+        member_id = await self._member_id(leg)
+        if member_id is None:
+            log.warning("cannot %s %s in %s: not a member yet", _mute(muted), participant, room)
+            return
+        self._members[leg.node].asked_mute(room, participant, muted)
+        reply = await self._api(leg.node, f"conference {leg.conference} {_mute(muted)} {member_id}")
+        if not reply.startswith("OK"):
+            log.warning("%s of %s in %s refused: %s", _mute(muted), participant, room, reply)
+
+    async def kick(self, room: RoomId, participant: ParticipantId) -> bool:
+        """``conference <name> kick <id>``: the node hangs the leg up (its BYE follows)."""
+        leg = self._legs.get((room, participant))
+        member_id = await self._member_id(leg) if leg is not None else None
+        if leg is None or member_id is None:
+            return False
+        leg.closing = True
+        self._members[leg.node].asked_kick(room, participant)
+        reply = await self._api(leg.node, f"conference {leg.conference} kick {member_id}")
+        return reply.startswith("OK")
+
+    async def quality(self) -> dict[tuple[RoomId, ParticipantId], StreamQuality]:
+        return {}  # RTCP terminates in FreeSWITCH; Chorus measures nothing itself
+
+    async def events(self) -> AsyncIterator[AudioEvent]:
+        while True:
+            yield await self._queue.get()
+
+    # --- legs -------------------------------------------------------------------------------
+
+    async def _open_leg(
+        self,
+        node: NodeState,
+        room: RoomId,
+        participant: ParticipantId,
+        offer: sdp.SessionDescription,
+        media_index: int,
+    ) -> MediaLeg:
+        members = self._members[node.name]
+        conference = members.expect(room, participant)
+        config = node.config
+        try:
+            leg = await MediaLeg.open(
+                self._ua,
+                node=node.name,
+                peer=Peer("udp", config.sip_host, config.sip_port),
+                room=room,
+                participant=participant,
+                conference=conference,
+                offer=offer,
+                media_index=media_index,
+                timeout=self._answer_timeout,
+            )
+        except AudioEngineError:
+            members.forget(room, participant)
+            if not any(r == room for r, _ in self._legs):
+                self._pool.release(room)
+            raise
+        self._legs[(room, participant)] = leg
+        self._spawn(self._watch_leg(leg))
+        return leg
+
+    async def _watch_leg(self, leg: MediaLeg) -> None:
+        reason = await leg.session.terminated
+        if leg.closing or leg.moved or self._closed:
+            return
+        if self._legs.get((leg.room, leg.participant)) is leg:
+            self._report(leg, f"media node {leg.node} ended the audio leg ({reason})")
+
+    def _report(self, leg: MediaLeg, reason: str) -> None:
+        if not leg.reported:
+            leg.reported = True
+            self._queue.put_nowait(StreamFailed(leg.room, leg.participant, reason))
+
+    async def _member_id(self, leg: MediaLeg) -> int | None:
+        members = self._members[leg.node]
+        found = members.member_id(leg.room, leg.participant)
+        if found is None:
+            await self._resync(leg.node, leg.room)
+            found = members.member_id(leg.room, leg.participant)
+        return found
+
+    async def _resync(self, name: str, room: RoomId) -> None:
+        """Learn members from ``conference list`` (events missed while reconnecting)."""
+        try:
+            listing = await self._api(name, f"conference {conference_name(room)} list")
+        except AudioEngineError:
+            return
+        for listed in parse_conference_list(listing):
+            self._members[name].learn(room, listed)
+
+    async def _api(self, name: str, command: str) -> str:
+        client = self._clients.get(name)
+        if client is None:
+            raise AudioEngineError(503, f"no Event Socket for {name}")
+        try:
+            return await client.api(command, timeout=self._health_interval)
+        except EslUnavailable as exc:
+            raise AudioEngineError(503, str(exc)) from exc
+
+    # --- the Event Socket -------------------------------------------------------------------
+
+    def _client_event(self, event: ClientEvent) -> None:
+        now = asyncio.get_running_loop().time()
+        match event:
+            case EslEventReceived(node=name, event=esl_event):
+                members = self._members[name]
+                for audio_event in members.handle(esl_event):
+                    if isinstance(audio_event, StreamFailed):
+                        leg = self._legs.get((audio_event.room, audio_event.participant))
+                        if leg is None:
+                            continue
+                        leg.reported = True
+                    self._queue.put_nowait(audio_event)
+            case EslConnected(node=name):
+                log.info("Event Socket of %s connected", name)
+                self._pool.set_connected(name, True, now)
+                for room in self._pool.nodes[name].rooms:
+                    self._spawn(self._resync(name, room))
+            case EslDisconnected(node=name, reason=reason):
+                log.warning("Event Socket of %s lost: %s", name, reason)
+                self._pool.set_connected(name, False, now)
+            case EslAuthFailed(node=name, reply=reply):
+                log.error("Event Socket of %s refused our password (%s)", name, reply)
+                self._pool.set_connected(name, False, now)
+
+    async def _watch(self) -> None:
+        """Probe every connected node, and re-home the rooms of nodes that failed."""
+        loop = asyncio.get_running_loop()
+        tick = max(0.05, min(self._health_interval, self._failover_after or 1.0) / 2)
+        last_probe = 0.0
+        while True:
+            now = loop.time()
+            if now - last_probe >= self._health_interval:
+                last_probe = now
+                for name, node in self._pool.nodes.items():
+                    if node.connected:
+                        self._spawn(self._probe(name))
+            for node in self._pool.newly_failed(now):
+                self._spawn(self._rehome(node))
+            await asyncio.sleep(tick)
+
+    async def _probe(self, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            reply = await self._api(name, "status")
+            answering = "UP" in reply or "ready" in reply
+        except AudioEngineError:
+            answering = False
+        if not answering and self._pool.nodes[name].answering:
+            log.warning("FreeSWITCH node %s does not answer its health probe", name)
+        self._pool.set_answering(name, answering, loop.time())
+
+    async def _rehome(self, node: NodeState) -> None:
+        legs = [leg for leg in self._legs.values() if leg.node == node.name]
+        rooms = sorted({leg.room for leg in legs})
+        log.error("FreeSWITCH node %s failed: re-homing %d room(s)", node.name, len(rooms))
+        for room in rooms:
+            target = self._pool.place(room, avoid=[node.name])
+            room_legs = [leg for leg in legs if leg.room == room]
+            for old in room_legs:
+                old.moved = True
+                self._legs.pop((room, old.participant), None)
+                self._members[node.name].forget(room, old.participant)
+                self._ua.spawn(old.session.bye(reason="media node failed"))
+            if target is None:
+                self._pool.release(room)
+                for old in room_legs:
+                    self._report(old, f"media node {node.name} failed and no other node is up")
+                continue
+            for old in room_legs:
+                try:
+                    leg = await self._open_leg(
+                        target, room, old.participant, old.offer, old.media_index
+                    )
+                except AudioEngineError as exc:
+                    self._report(old, f"media node {node.name} failed; {exc.reason}")
+                    continue
+                self._queue.put_nowait(StreamMoved(room, old.participant, leg.answer))
+        node.rooms.difference_update(rooms)
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("FreeSWITCH engine task failed", exc_info=task.exception())
+
+
+def _mute(muted: bool) -> str:
+    return "mute" if muted else "unmute"
