@@ -4,27 +4,40 @@ audio stream against the real EmbeddedMixer."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import random
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from control.config import ListenAddress
+from control.files.spool import FileSpool
 from control.media.engine import ParticipantId, RoomId
 from control.media.mixer import EmbeddedMixer
 from control.media.ports import PortAllocator
 from control.msrp.chat import ChatStream
 from control.msrp.cpim import CpimAddress, CpimHeader, CpimMessage
 from control.msrp.errors import MsrpError
-from control.msrp.events import Event, MessageReceived, ResponseReceived
+from control.msrp.events import Event, MessageReceived, NicknameRequested, ResponseReceived
+from control.msrp.fileselector import (
+    HASH_SHA1,
+    FileSelector,
+    file_transfer_attributes,
+    selector_for,
+)
+from control.msrp.sdp import msrp_media, parse_msrp_media
 from control.msrp.transport import MsrpTransport
 from control.sip import sdp
 from control.streams import (
     AudioStream,
     ChatOptions,
+    FileStore,
     MediaKind,
     MsrpChatStream,
+    MsrpFileStream,
     Stream,
     StreamRequest,
     negotiate,
@@ -32,6 +45,7 @@ from control.streams import (
 from control.tls import generate_self_signed
 from tests.peers.rtp_endpoint import RtpEndpoint
 from tests.peers.sipclient import client_tls_context
+from tests.peers.wait import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -234,3 +248,99 @@ async def test_audio_stream_attaches_updates_and_detaches_on_the_real_mixer(
     finally:
         peer.close()
         await mixer.close()
+
+
+async def connected_chat(
+    server: MsrpTransport, client: MsrpTransport, options: ChatOptions
+) -> tuple[ChatStream, MsrpChatStream]:
+    offering = ChatStream(client, secure=False)
+    offer = offer_of(offering.offer_media())
+    stream = MsrpChatStream.open(server, offer, 0, options)
+    assert stream is not None
+    offering.answered(answer_of(offer, [stream.accept]).media[0])
+    await offering.wait_connected(10)
+    await stream.channel.wait_connected(10)
+    return offering, stream
+
+
+async def nickname_response(offering: ChatStream) -> ResponseReceived:
+    while True:
+        event = await offering.receive()
+        if isinstance(event, ResponseReceived) and event.method == "NICKNAME":
+            return event
+
+
+async def test_nicknames_reach_the_application_only_when_asked_for(
+    server: MsrpTransport, client: MsrpTransport
+) -> None:
+    offering, stream = await connected_chat(server, client, ChatOptions(nicknames=True))
+    assert offering.channel is not None
+    offering.channel.send_nickname("alice")
+    event = await stream.channel.next_event()
+    assert isinstance(event, NicknameRequested) and event.nickname == "alice"
+    stream.channel.respond(event.transaction_id, 425, "Nickname usage failed")
+    assert (await nickname_response(offering)).status == 425
+    offering.close()
+    await stream.close()
+
+    offering, stream = await connected_chat(server, client, ChatOptions())
+    assert offering.channel is not None
+    offering.channel.send_nickname("alice")
+    assert (await nickname_response(offering)).status == 403  # the core: no nicknames here
+    offering.close()
+    await stream.close()
+
+
+async def test_file_stream_pushes_into_the_store_it_is_given_and_serves_from_it(
+    server: MsrpTransport, client: MsrpTransport, tmp_path: Path
+) -> None:
+    """A room (later) passes its own store: the pushed file lands there, a pull of its hash
+    from the same store is answered with the file's full selector (RFC 5547 §8.2, §8.4)."""
+    store = FileStore(FileSpool(tmp_path / "room"))
+    data = random.Random(5).randbytes(70_000)
+    sha1 = hashlib.sha1(data).digest()
+    local = client.local_uri(False)
+    push = msrp_media(
+        local,
+        ["*"],
+        direction=sdp.Direction.SENDONLY,
+        extra=file_transfer_attributes(
+            selector_for("a.bin", "application/octet-stream", len(data), sha1), transfer_id="t1"
+        ),
+    )
+    offer = offer_of(push)
+    stream = MsrpFileStream.open(server, store, offer, 0, sender="sip:alice@x")
+    assert stream is not None and stream.kind is MediaKind.FILE
+    answer = answer_of(offer, [stream.accept]).media[0]
+    assert answer.direction is sdp.Direction.RECVONLY
+    assert answer.get("file-transfer-id") == "t1"
+    assert stream.fits(offer, 0)
+    channel = client.open(local, parse_msrp_media(answer).path, active=True)
+    running = asyncio.create_task(stream.run())
+    await channel.wait_connected(10)
+    sent = channel.send_message("application/octet-stream", data)
+    await wait_until(lambda: store.find(sha1.hex()) is not None)
+    responses = [e for e in channel.events() if isinstance(e, ResponseReceived)]
+    assert responses and all(r.message_id == sent and r.status == 200 for r in responses)
+    stored = store.find(sha1.hex())
+    assert (
+        stored is not None and stored.path.read_bytes() == data and stored.sender == "sip:alice@x"
+    )
+    assert stream.outcome == "stored" and stream.transfers == 1
+    channel.close()
+    await asyncio.wait_for(running, 10)
+    await stream.close()
+
+    pull_local = client.local_uri(False)
+    pull = msrp_media(
+        pull_local,
+        ["*"],
+        direction=sdp.Direction.RECVONLY,
+        extra=file_transfer_attributes(FileSelector(hashes=((HASH_SHA1, sha1),)), transfer_id="t2"),
+    )
+    served = MsrpFileStream.open(server, store, offer_of(pull), 0, sender="sip:bob@x")
+    assert served is not None and served.serve == stored
+    assert answer_of(offer_of(pull), [served.accept]).media[0].direction is sdp.Direction.SENDONLY
+    await served.close()
+    other_store = FileStore(FileSpool(tmp_path / "other"))
+    assert MsrpFileStream.open(server, other_store, offer_of(pull), 0, sender="sip:bob@x") is None
