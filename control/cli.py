@@ -77,7 +77,7 @@ def build_server(config: Config, *, room_observer: RoomObserver | None = None) -
         )
     server.register(
         "conference",
-        ConferenceApp(  # type: ignore[arg-type]  # until it takes control.app's objects
+        ConferenceApp(
             server.ua,
             mixer,
             address=media_host,

@@ -8,12 +8,14 @@ import logging
 import pytest
 
 from control.conference.app import ConferenceApp
-from control.conference.participant import MediaKind, Stream
+from control.conference.participant import Participant
 from control.conference.room import Room
-from control.media.engine import ParticipantId, RoomId
+from control.media.engine import AudioAnswer, ParticipantId, RoomId
 from control.media.speex import SPEEX_MODEID_WB, SpeexDecoder, SpeexEncoder
-from control.sip.uri import SipUri
+from control.sip import sdp
+from control.sip.uri import NameAddr, SipUri
 from control.sip.useragent import UserAgent
+from control.streams import AudioStream
 from tests.test_media_mixer import make_mixer
 
 
@@ -58,11 +60,19 @@ async def test_conference_logs_a_failed_engine_detach_and_still_lets_the_partici
     engine.detach = failing_detach  # type: ignore[method-assign]
     app = ConferenceApp(UserAgent(), engine, address="127.0.0.1")
     room = Room(RoomId("r@h"), SipUri(host="h", user="r"), max_participants=5)
-    streams = {0: Stream(MediaKind.AUDIO, 0)}
+    accept = sdp.Accept(port=4000, formats=["0"])
+    audio = AudioStream(engine, room.id, ParticipantId("p1"), 0, AudioAnswer(accept, "127.0.0.1"))
+    participant = Participant(
+        ParticipantId("p1"),
+        NameAddr(SipUri(host="h", user="alice")),
+        None,  # type: ignore[arg-type]  # no SIP session needed to release streams
+        sdp.SdpSession(sess_id=1, address="127.0.0.1"),
+        {0: audio},
+    )
     with caplog.at_level(logging.ERROR, logger="chorus.conference"):
-        await app._release_audio(room, ParticipantId("p1"), streams)
-    assert streams == {}  # released from the room's point of view
+        await app._release_streams(room, participant)
+    assert participant.streams == {}  # released from the room's point of view
     record = next(r for r in caplog.records if r.name == "chorus.conference")
-    assert record.getMessage() == "engine detach of p1 in r@h failed"
+    assert record.getMessage() == "closing the audio stream of p1 in r@h failed"
     assert record.exc_info is not None and "worker pipe closed" in str(record.exc_info[1])
     await engine.close()

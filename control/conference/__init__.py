@@ -1,6 +1,9 @@
-"""Conference rooms: participants, streams, and (later) chat, files, conference-info, REFER."""
+"""Conference rooms: participants and their streams, chat (public, private, nicknames,
+history, SIP MESSAGE), and later files, conference-info and REFER."""
 
 from control.conference.app import ConferenceApp, ConferenceLimits
+from control.conference.chat import ChatLimits
 from control.conference.room import RoomObserver
+from control.conference.roomchat import HistoryPolicy
 
-__all__ = ["ConferenceApp", "ConferenceLimits", "RoomObserver"]
+__all__ = ["ChatLimits", "ConferenceApp", "ConferenceLimits", "HistoryPolicy", "RoomObserver"]

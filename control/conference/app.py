@@ -1,8 +1,12 @@
 """The conference application: ad-hoc rooms reached by INVITE (RFC 4353 focus, RFC 4579).
 
-An INVITE to any URI the application map sends here creates that room or joins it. Audio goes
-to the AudioEngine; the room ends with its last participant. Re-INVITE adds, removes, holds
-and resumes audio; an audio-only participant whose RTP stops is ended with BYE.
+An INVITE to any URI the application map sends here creates that room or joins it. Each
+accepted m-line is a stream of :mod:`control.streams` — audio mixed by the AudioEngine, MSRP
+chat in the room's chat — negotiated by the one routine every application uses, for the
+INVITE and every re-INVITE (add or remove chat and audio, together or apart). SIP MESSAGE to
+the room (RFC 3428), in or out of a dialog, is relayed to the chat as a public message. The
+room ends with its last participant. An audio-only participant whose RTP stops is ended with
+BYE; so is one whose only stream, chat, is lost.
 """
 
 from __future__ import annotations
@@ -11,34 +15,71 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from control.conference.participant import MediaKind, Participant, Stream
-from control.conference.room import Room, RoomObserver, room_id_for
+from control.app import (
+    IncomingCall,
+    IncomingMessage,
+    Referral,
+    ReOffer,
+    Subscription,
+    on_reoffer,
+)
 from control.media.engine import (
     AudioEngine,
-    AudioEngineError,
+    MuteChanged,
     ParticipantId,
     RoomFailed,
     RoomId,
     StreamFailed,
+    StreamMoved,
     StreamTimedOut,
     TalkingStarted,
     TalkingStopped,
 )
+from control.msrp.transport import MsrpTransport
 from control.sip import sdp
 from control.sip.errors import SipError
-from control.sip.session import IncomingCall, Offer, Session
+from control.sip.session import Session
 from control.sip.uri import SipUri
-from control.sip.useragent import IncomingRequest, UserAgent
+from control.sip.useragent import UserAgent
+from control.store import HistoryStore
+from control.streams import (
+    Answerer,
+    AudioStream,
+    ChatOptions,
+    MediaKind,
+    MsrpChatStream,
+    Stream,
+    StreamRequest,
+    negotiate,
+)
+
+from .chat import ChatCore, ChatLimits, ChatSessionId
+from .participant import Participant
+from .room import Room, RoomObserver, room_id_for, room_uri_for
+from .roomchat import HistoryPolicy, RoomChat
 
 log = logging.getLogger("chorus.conference")
 
-RTP_PROFILES = ("RTP/AVP", "RTP/SAVP", "RTP/AVPF", "RTP/SAVPF")
+CHATROOM = ("nickname", "private-messages", "com.ag-projects.screen-sharing")  # RFC 7701 §4
+PAGER_TYPES = "message/cpim, text/plain, text/html"
 
 
 @dataclass(frozen=True, slots=True)
 class ConferenceLimits:
     max_rooms: int = 1000
     max_participants: int = 100
+
+
+class _ChatCheck:
+    """The chat stream's MessageCheck, bound to its session once the stream is open."""
+
+    def __init__(self, room: Room) -> None:
+        self.room = room
+        self.session: ChatSessionId | None = None
+
+    def __call__(self, content_type: str | None, body: bytes, cpim: object) -> None:
+        if self.session is not None and self.room.chat is not None:
+            self.room.chat.validate(self.session, content_type, body)
 
 
 class ConferenceApp:
@@ -50,154 +91,53 @@ class ConferenceApp:
         address: str,
         limits: ConferenceLimits = ConferenceLimits(),
         room_observer: RoomObserver | None = None,
+        msrp: MsrpTransport | None = None,
+        store: HistoryStore | None = None,
+        chat: ChatLimits = ChatLimits(),
+        history: HistoryPolicy = HistoryPolicy(),
     ) -> None:
         self.ua = ua
         self.engine = engine
         self.address = address
         self.limits = limits
         self.room_observer = room_observer
+        self.msrp = msrp
+        self.store = store
+        self.chat_limits = chat
+        self.history = history
         self.rooms: dict[RoomId, Room] = {}
         self._events_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._events_task = asyncio.get_running_loop().create_task(self._consume_events())
 
-    # --- joining ---------------------------------------------------------------------------
+    # --- rooms -----------------------------------------------------------------------------
 
-    async def incoming_invite(self, call: IncomingCall) -> None:
-        if self._events_task is None:
-            self.start()  # the engine's events are read from the first call on
-        uri = call.request_uri
-        assert isinstance(uri, SipUri), "the server answers 416 to other schemes"
-        if not call.has_sdp:
-            call.reject(488, "an SDP offer is required")
-            return
-        try:
-            offer = sdp.parse(call.body)
-        except SipError as exc:
-            log.info("bad SDP from %s: %s", call.incoming.source, exc.reason)
-            call.reject(exc.status, exc.reason)
-            return
+    def _room(self, uri: SipUri) -> Room | None:
+        """The room of this URI, created when new; ``None`` when there may be no more rooms."""
         room_id = room_id_for(uri)
         room = self.rooms.get(room_id)
-        if room is None:
-            if len(self.rooms) >= self.limits.max_rooms:
-                call.reject(503, "Too many rooms")
-                return
-            room = Room(room_id, uri, max_participants=self.limits.max_participants)
-            self.rooms[room_id] = room
-            self._notify_observer(room_id, opened=True)
-        if room.full:
-            call.reject(486, "Room is full")
-            self._drop_if_empty(room)
-            return
-        participant_id = ParticipantId(self.ua.token(16))
-        state = sdp.SdpSession(
-            sess_id=self.ua.rng.randrange(1, 2**31), address=self.address, username="chorus"
+        if room is not None:
+            return room
+        if len(self.rooms) >= self.limits.max_rooms:
+            return None
+        room = Room(room_id, uri, max_participants=self.limits.max_participants)
+        core = ChatCore(room_id, room_uri_for(room_id), room_id.partition("@")[0], self.chat_limits)
+        room.chat = RoomChat(
+            core,
+            store=self.store,
+            history=self.history,
+            token=lambda: self.ua.token(16),
+            on_closed=lambda session: self._chat_closed(room, session),
         )
-        streams: dict[int, Stream] = {}
-        try:
-            decisions = await self._negotiate(room, participant_id, offer, streams)
-        except SipError as exc:
-            await self._release_audio(room, participant_id, streams)
-            call.reject(exc.status, exc.reason)
-            self._drop_if_empty(room)
-            return
-        if not streams:
-            call.reject(488, "no acceptable stream")
-            self._drop_if_empty(room)
-            return
-        answer = sdp.serialize(state.answer(offer, decisions))
-        if call.incoming.cancelled.done() or call.answered:
-            await self._release_audio(room, participant_id, streams)
-            self._drop_if_empty(room)
-            return
-        session = call.accept(answer, user=uri.user)
-        participant = Participant(participant_id, call.remote_identity, session, state, streams)
-        room.add(participant)
-        session.on_reinvite = lambda offer_: self._reinvite(room, participant, offer_)
-        try:
-            reason = await session.terminated
-            log.info("%s left %s: %s", participant.identity.uri, room.id, reason)
-        finally:
-            await self._leave(room, participant)
-
-    async def _negotiate(
-        self,
-        room: Room,
-        participant_id: ParticipantId,
-        offer: sdp.SessionDescription,
-        streams: dict[int, Stream],
-    ) -> list[sdp.Accept | sdp.Reject]:
-        """One decision per offered m-line, attaching or updating audio as it goes."""
-        decisions: list[sdp.Accept | sdp.Reject] = []
-        for index, media in enumerate(offer.media):
-            existing = streams.get(index)
-            if media.rejected or media.media != "audio" or media.proto not in RTP_PROFILES:
-                if existing is not None and existing.kind is MediaKind.AUDIO:
-                    await self.engine.detach(room.id, participant_id)
-                    del streams[index]
-                decisions.append(sdp.Reject())
-                continue
-            audio_elsewhere = any(
-                s.kind is MediaKind.AUDIO and i != index for i, s in streams.items()
-            )
-            if audio_elsewhere:
-                decisions.append(sdp.Reject())  # one audio stream per participant
-                continue
-            try:
-                if existing is None:
-                    answer = await self.engine.attach(room.id, participant_id, offer, index)
-                else:
-                    answer = await self.engine.update(room.id, participant_id, offer, index)
-            except AudioEngineError as exc:
-                if existing is None and not streams:
-                    raise SipError(exc.status, exc.reason) from exc
-                decisions.append(sdp.Reject())
-                continue
-            streams[index] = Stream(MediaKind.AUDIO, index, answer.accept.direction)
-            decisions.append(answer.accept)
-        return decisions
-
-    async def _reinvite(self, room: Room, participant: Participant, offer: Offer) -> None:
-        if not offer.has_sdp:
-            offer.incoming.respond(488, "offerless re-INVITE not supported")
-            return
-        try:
-            description = sdp.parse(offer.body)
-            if len(description.media) < len(participant.streams):
-                raise SipError(488, "re-offer removed m-lines (RFC 3264 §8)")
-            decisions = await self._negotiate(
-                room, participant.id, description, participant.streams
-            )
-            answer = sdp.serialize(participant.sdp.answer(description, decisions))
-        except SipError as exc:
-            offer.incoming.respond(exc.status, exc.reason)
-            return
-        participant.session.answer_reinvite(offer, answer)
-
-    # --- leaving ---------------------------------------------------------------------------
-
-    async def _release_audio(
-        self, room: Room, participant_id: ParticipantId, streams: dict[int, Stream]
-    ) -> None:
-        if any(s.kind is MediaKind.AUDIO for s in streams.values()):
-            try:
-                await self.engine.detach(room.id, participant_id)
-            except Exception:
-                # The participant leaves the room whatever the engine says; a worker that
-                # died already freed its ports.  Logged so a leak is never silent.
-                log.exception("engine detach of %s in %s failed", participant_id, room.id)
-        streams.clear()
-
-    async def _leave(self, room: Room, participant: Participant) -> None:
-        await self._release_audio(room, participant.id, participant.streams)
-        room.remove(participant.id)
-        self._drop_if_empty(room)
+        self.rooms[room_id] = room
+        self._notify_observer(room_id, opened=True)
+        return room
 
     def _drop_if_empty(self, room: Room) -> None:
         if room.empty and self.rooms.get(room.id) is room:
             del self.rooms[room.id]
+            room.close()
             log.info("room %s ended", room.id)
             self._notify_observer(room.id, opened=False)
 
@@ -218,30 +158,199 @@ class ConferenceApp:
         room = self.rooms.get(room_id)
         return room.participants.get(participant_id) if room else None
 
+    # --- joining ---------------------------------------------------------------------------
+
+    async def incoming_invite(self, call: IncomingCall) -> None:
+        if self._events_task is None:
+            self.start()  # the engine's events are read from the first call on
+        uri = call.request_uri
+        offer = call.offer
+        room = self._room(uri)
+        if room is None:
+            call.reject(503, "Too many rooms")
+            return
+        if room.full:
+            call.reject(486, "Room is full")
+            self._drop_if_empty(room)
+            return
+        participant_id = ParticipantId(self.ua.token(16))
+        state = sdp.SdpSession(
+            sess_id=self.ua.rng.randrange(1, 2**31), address=self.address, username="chorus"
+        )
+        try:
+            result = await negotiate(offer, {}, self._answerer(room, participant_id))
+        except SipError as exc:
+            call.reject(exc.status, exc.reason)
+            self._drop_if_empty(room)
+            return
+        if not result.accepted:
+            call.reject(488, "no acceptable stream")
+            self._drop_if_empty(room)
+            return
+        answer = sdp.serialize(state.answer(offer, result.decisions))
+        if call.cancelled or call.answered:
+            await result.abort()
+            self._drop_if_empty(room)
+            return
+        session = call.accept(answer, user=uri.user)
+        await result.commit()
+        participant = Participant(
+            participant_id, call.remote_identity, session, state, result.streams, result.decisions
+        )
+        room.add(participant)
+        on_reoffer(session, lambda reoffer: self._reinvite(room, participant, reoffer))
+        try:
+            reason = await session.terminated
+            log.info("%s left %s: %s", participant.identity.uri, room.id, reason)
+        finally:
+            await self._leave(room, participant)
+
+    def _answerer(self, room: Room, participant_id: ParticipantId) -> Answerer:
+        """What the room takes per new m-line: one audio stream, one chat stream."""
+
+        async def answer(request: StreamRequest) -> Stream | None:
+            match request.kind:
+                case MediaKind.AUDIO:
+                    return await AudioStream.open(self.engine, room.id, participant_id, request)
+                case MediaKind.CHAT if self.msrp is not None and not request.has_other(
+                    MediaKind.CHAT
+                ):
+                    check = _ChatCheck(room)
+                    options = ChatOptions(
+                        accept_types=("message/cpim",),
+                        accept_wrapped_types=("*",),
+                        chatroom=CHATROOM,
+                        max_size=self.chat_limits.max_message_bytes,
+                        nicknames=True,
+                        check=check,
+                    )
+                    stream = MsrpChatStream.open(self.msrp, request.offer, request.index, options)
+                    if stream is not None:
+                        check.session = ChatSessionId(stream.channel.session_id)
+                    return stream
+            return None
+
+        return answer
+
+    async def _reinvite(self, room: Room, participant: Participant, reoffer: ReOffer) -> None:
+        description = reoffer.offer
+        try:
+            result = await negotiate(
+                description, participant.streams, self._answerer(room, participant.id)
+            )
+        except SipError as exc:
+            reoffer.reject(exc.status, exc.reason)
+            return
+        # A re-offer may leave the session with no stream at all (audio removed, nothing
+        # else): the participant stays in the room, and a later re-INVITE adds media again.
+        try:
+            answer = sdp.serialize(participant.sdp.answer(description, result.decisions))
+        except SipError as exc:
+            await result.abort()
+            reoffer.reject(exc.status, exc.reason)
+            return
+        reoffer.answer(answer)
+        gone = [*result.removed, *result.replaced]
+        participant.streams = result.streams
+        participant.decisions = result.decisions
+        room.streams_stopped(participant, gone)
+        await result.commit()
+        room.streams_started(participant, result.created)
+
+    # --- leaving ---------------------------------------------------------------------------
+
+    async def _release_streams(self, room: Room, participant: Participant) -> None:
+        """Close every stream; the participant leaves whatever the engine says (a worker that
+        died already freed its ports), logged so a leak is never silent."""
+        streams, participant.streams = list(participant.streams.values()), {}
+        for stream in streams:
+            try:
+                await stream.close()
+            except Exception:
+                log.exception(
+                    "closing the %s stream of %s in %s failed",
+                    stream.kind.value,
+                    participant.id,
+                    room.id,
+                )
+
+    async def _leave(self, room: Room, participant: Participant) -> None:
+        room.remove(participant.id)
+        await self._release_streams(room, participant)
+        self._drop_if_empty(room)
+
+    def _chat_closed(self, room: Room, session: ChatSessionId) -> None:
+        """A chat session ended on its own (peer gone, dropped for not keeping up): the m-line
+        is dead; a participant left with no stream at all is ended with BYE."""
+        owner = room.chat_owner(session)
+        if owner is None:
+            return  # removed by a re-INVITE or the participant's end
+        participant, index = owner
+        participant.streams.pop(index, None)
+        if not participant.streams:
+            log.info("chat of %s in %s ended: BYE", participant.identity.uri, room.id)
+            self.ua.spawn(self._end(participant.session, "chat ended"))
+
+    async def _end(self, session: Session, reason: str) -> None:
+        await session.bye(reason=reason)
+
+    # --- engine events ---------------------------------------------------------------------
+
     async def _consume_events(self) -> None:
         async for event in self.engine.events():
-            match event:
-                case StreamTimedOut(room=room_id, participant=participant_id):
-                    participant = self.participant(room_id, participant_id)
-                    if participant is None:
-                        continue
-                    if participant.kinds <= {MediaKind.AUDIO}:
-                        log.info("RTP timeout: ending %s in %s", participant.identity.uri, room_id)
-                        self.ua.spawn(self._end(participant.session, "RTP timeout"))
-                case StreamFailed(room=room_id, participant=participant_id, reason=reason):
-                    participant = self.participant(room_id, participant_id)
-                    if participant is not None:
-                        log.error(
-                            "audio of %s in %s keeps failing (%s): ending it",
-                            participant.identity.uri,
-                            room_id,
-                            reason,
-                        )
-                        self.ua.spawn(self._end(participant.session, "media failure"))
-                case RoomFailed(room=room_id, reason=reason):
-                    self._end_failed_room(room_id, reason)
-                case TalkingStarted() | TalkingStopped():
-                    log.debug("%s", event)
+            try:
+                self._engine_event(event)
+            except Exception:
+                log.exception("handling %s failed", event)
+
+    def _engine_event(self, event: object) -> None:
+        match event:
+            case StreamTimedOut(room=room_id, participant=participant_id):
+                participant = self.participant(room_id, participant_id)
+                if participant is not None and participant.kinds <= {MediaKind.AUDIO}:
+                    log.info("RTP timeout: ending %s in %s", participant.identity.uri, room_id)
+                    self.ua.spawn(self._end(participant.session, "RTP timeout"))
+            case StreamFailed(room=room_id, participant=participant_id, reason=reason):
+                participant = self.participant(room_id, participant_id)
+                if participant is not None:
+                    log.error(
+                        "audio of %s in %s keeps failing (%s): ending it",
+                        participant.identity.uri,
+                        room_id,
+                        reason,
+                    )
+                    self.ua.spawn(self._end(participant.session, "media failure"))
+            case RoomFailed(room=room_id, reason=reason):
+                self._end_failed_room(room_id, reason)
+            case MuteChanged(room=room_id, participant=participant_id, muted=muted, by_operator=op):
+                participant = self.participant(room_id, participant_id)
+                if participant is not None:
+                    self.rooms[room_id].set_muted(participant, muted, by_operator=op)
+            case StreamMoved(room=room_id, participant=participant_id, answer=moved):
+                participant = self.participant(room_id, participant_id)
+                if participant is not None:
+                    self.ua.spawn(self._moved(participant, moved.accept))
+            case TalkingStarted() | TalkingStopped():
+                log.debug("%s", event)
+
+    async def _moved(self, participant: Participant, accept: sdp.Accept) -> None:
+        """The engine moved this participant's audio: re-INVITE with our new side of it
+        (RFC 3264 §8: a new version of our SDP, the other m-lines as they were)."""
+        audio = participant.stream(MediaKind.AUDIO)
+        remote = participant.sdp.remote
+        if audio is None or remote is None:
+            return
+        decisions = list(participant.decisions)
+        decisions[audio.index] = accept
+        participant.decisions = decisions
+        body = sdp.serialize(participant.sdp.answer(remote, decisions))
+        response = await participant.session.reinvite(body)
+        if response.status >= 300:
+            log.warning(
+                "re-INVITE of %s after its audio moved answered %d",
+                participant.identity.uri,
+                response.status,
+            )
 
     def _end_failed_room(self, room_id: RoomId, reason: str) -> None:
         """The engine gave up mixing this room: BYE everyone in it, so nobody sits in silence."""
@@ -256,19 +365,44 @@ class ConferenceApp:
         for participant in participants:
             self.ua.spawn(self._end(participant.session, "room failed"))
 
-    async def _end(self, session: Session, reason: str) -> None:
-        await session.bye(reason=reason)
+    # --- SIP MESSAGE (RFC 3428) ------------------------------------------------------------
+
+    async def incoming_message(self, message: IncomingMessage) -> None:
+        """To the room of the participant's dialog (RFC 3428 §4: MESSAGE inside a dialog), or
+        out of dialog to the room of the Request-URI (only an INVITE opens a room)."""
+        room: Room | None = None
+        if message.session is not None:
+            room = next(
+                (
+                    r
+                    for r in self.rooms.values()
+                    if any(p.session is message.session for p in r.participants.values())
+                ),
+                None,
+            )
+        elif isinstance(message.recipient, SipUri):
+            room = self.rooms.get(room_id_for(message.recipient))
+        if room is None or room.chat is None:
+            message.reject(404, "No such room")
+            return
+        sender = message.sender
+        try:
+            status = room.chat.pager(
+                str(sender.uri), sender.display_name, message.content_type, message.body
+            )
+        except SipError as exc:
+            headers = [("Accept", PAGER_TYPES)] if exc.status == 415 else []
+            message.reject(exc.status, exc.reason, headers=headers)
+            return
+        message.accept(status)  # 200 relayed, 202 when no chat session was there (§7)
 
     # --- other entry points ----------------------------------------------------------------
 
-    async def incoming_message(self, incoming: IncomingRequest) -> None:
-        incoming.respond(405, headers=[("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS")])
+    async def incoming_subscribe(self, subscription: Subscription) -> None:
+        subscription.reject(489)  # conference event package: a later issue
 
-    async def incoming_subscribe(self, incoming: IncomingRequest) -> None:
-        incoming.respond(489)  # conference event package: a later issue
-
-    async def incoming_refer(self, incoming: IncomingRequest) -> None:
-        incoming.respond(501)  # RFC 4579 REFER: a later issue
+    async def incoming_refer(self, referral: Referral) -> None:
+        referral.reject(501)  # RFC 4579 REFER: a later issue
 
     async def shutdown(self) -> None:
         sessions = [p.session for room in self.rooms.values() for p in room.participants.values()]
@@ -277,4 +411,8 @@ class ConferenceApp:
         )
         if self._events_task is not None:
             self._events_task.cancel()
+        for room in list(self.rooms.values()):
+            room.close()
         await self.engine.close()
+        if self.store is not None:
+            self.store.close()

@@ -1,32 +1,19 @@
-"""A participant: one SIP session in a room, carrying several streams added and removed on
-their own (audio now; chat, files and screen sharing ride on the same model later)."""
+"""A participant: one SIP session in a room, carrying several streams (control.streams, one per
+accepted m-line) added and removed on their own by re-INVITE."""
 
 from __future__ import annotations
 
-import enum
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from control.media.engine import ParticipantId
 from control.sip import sdp
+from control.sip.sdp import Accept, Reject
 from control.sip.session import Session
-from control.sip.uri import NameAddr
+from control.sip.uri import NameAddr, SipUri
+from control.streams import MediaKind, Stream
 
-
-class MediaKind(enum.Enum):
-    AUDIO = "audio"
-    CHAT = "chat"
-    FILE = "file"
-    SCREEN = "screen"
-
-
-@dataclass(slots=True)
-class Stream:
-    """One accepted m-line of a participant's session."""
-
-    kind: MediaKind
-    media_index: int
-    direction: sdp.Direction = sdp.Direction.SENDRECV
+__all__ = ["MediaKind", "Participant"]
 
 
 @dataclass(slots=True)
@@ -36,12 +23,31 @@ class Participant:
     session: Session
     sdp: sdp.SdpSession
     streams: dict[int, Stream] = field(default_factory=dict)  # by m-line index
+    decisions: list[Accept | Reject] = field(default_factory=list)  # the last answer's
     joined_at: float = field(default_factory=time.time)
     muted: bool = False
 
     def stream(self, kind: MediaKind) -> Stream | None:
-        return next((s for s in self.streams.values() if s.kind is kind), None)
+        return next((s for _, s in sorted(self.streams.items()) if s.kind is kind), None)
 
     @property
     def kinds(self) -> set[MediaKind]:
         return {s.kind for s in self.streams.values()}
+
+    @property
+    def uri(self) -> str:
+        """The participant's SIP identity: the From URI of the INVITE without port, parameters
+        or headers (what CPIM From must name, RFC 7701 §9)."""
+        uri = self.identity.uri
+        if isinstance(uri, SipUri):
+            return str(replace(uri, password=None, port=None, params={}, headers={}))
+        return str(uri)
+
+    @property
+    def name(self) -> str:
+        """How notices name the participant: SIP display name, else the URI's user part."""
+        if self.identity.display_name:
+            return self.identity.display_name
+        uri = self.identity.uri
+        user = uri.unescaped_user() if isinstance(uri, SipUri) else None
+        return user or str(uri)

@@ -1,16 +1,32 @@
-"""A room: the participants reached by one conference URI (RFC 4353 §5)."""
+"""A room: the participants reached by one conference URI (RFC 4353 §5) and everything they
+share — the streams each brings, the room's chat (:class:`RoomChat`), its notices.
+
+The room owns this state; the application only routes SIP to it (STYLE.md §5). Notices go to
+the chat sessions of everyone but the participant they are about: joined, left, media added
+and removed, muted and unmuted (the nickname notice comes from the chat itself).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import Protocol
 
-from control.conference.participant import Participant
 from control.media.engine import ParticipantId, RoomId
 from control.sip.uri import SipUri
+from control.streams import MediaKind, MsrpChatStream, Stream
+
+from .chat import ChatMember, ChatSessionId
+from .notices import NoticeKind, notice_text
+from .participant import Participant
+from .roomchat import RoomChat
+
+__all__ = ["Room", "RoomObserver", "room_id_for", "room_uri_for"]
 
 log = logging.getLogger("chorus.conference.room")
+
+_MEDIA_NAMES = {MediaKind.AUDIO: "audio", MediaKind.CHAT: "chat", MediaKind.FILE: "a file"}
 
 
 class RoomObserver(Protocol):
@@ -28,13 +44,26 @@ def room_id_for(uri: SipUri) -> RoomId:
     return RoomId(f"{user}@{uri.host.lower()}" if user else uri.host.lower())
 
 
+def room_uri_for(room_id: RoomId) -> str:
+    """The room's own URI (CPIM ``To`` of public messages, ``From`` of notices)."""
+    return f"sip:{room_id}"
+
+
 class Room:
-    def __init__(self, room_id: RoomId, uri: SipUri, *, max_participants: int) -> None:
+    def __init__(
+        self,
+        room_id: RoomId,
+        uri: SipUri,
+        *,
+        max_participants: int,
+        chat: RoomChat | None = None,
+    ) -> None:
         self.id = room_id
         self.uri = uri
         self.max_participants = max_participants
         self.participants: dict[ParticipantId, Participant] = {}
         self.created_at = time.time()
+        self.chat = chat
 
     @property
     def full(self) -> bool:
@@ -45,14 +74,75 @@ class Room:
         return not self.participants
 
     def add(self, participant: Participant) -> None:
+        """A participant whose answer was sent: joined, with its first streams."""
         self.participants[participant.id] = participant
         log.info("%s joined %s (%d in room)", participant.identity.uri, self.id, len(self))
+        self._notice(NoticeKind.JOINED, participant)
+        self.streams_started(participant, participant.streams.values(), announce=False)
 
     def remove(self, participant_id: ParticipantId) -> Participant | None:
         participant = self.participants.pop(participant_id, None)
         if participant is not None:
+            self.streams_stopped(participant, participant.streams.values(), announce=False)
             log.info("%s left %s (%d in room)", participant.identity.uri, self.id, len(self))
+            self._notice(NoticeKind.LEFT, participant)
         return participant
+
+    # --- streams ---------------------------------------------------------------------------
+
+    def streams_started(
+        self, participant: Participant, streams: Iterable[Stream], *, announce: bool = True
+    ) -> None:
+        """Streams a (re-)offer created: chat joins the room's chat (history first)."""
+        for stream in streams:
+            if isinstance(stream, MsrpChatStream) and self.chat is not None:
+                member = ChatMember(
+                    ChatSessionId(stream.channel.session_id),
+                    participant.id,
+                    participant.uri,
+                    participant.identity.display_name,
+                    stream.offered.accept_wrapped_types or stream.offered.accept_types or ("*",),
+                )
+                self.chat.attach(member, stream.channel)
+            if announce:
+                self._notice(NoticeKind.MEDIA_ADDED, participant, _MEDIA_NAMES.get(stream.kind))
+
+    def streams_stopped(
+        self, participant: Participant, streams: Iterable[Stream], *, announce: bool = True
+    ) -> None:
+        """Streams a re-offer removed or replaced, or the participant's end."""
+        for stream in streams:
+            if isinstance(stream, MsrpChatStream) and self.chat is not None:
+                self.chat.detach(ChatSessionId(stream.channel.session_id))
+            if announce:
+                self._notice(NoticeKind.MEDIA_REMOVED, participant, _MEDIA_NAMES.get(stream.kind))
+
+    def chat_owner(self, session: ChatSessionId) -> tuple[Participant, int] | None:
+        """The participant and m-line index holding a chat session."""
+        for participant in self.participants.values():
+            for index, stream in participant.streams.items():
+                if isinstance(stream, MsrpChatStream) and stream.channel.session_id == session:
+                    return participant, index
+        return None
+
+    def set_muted(self, participant: Participant, muted: bool, *, by_operator: bool) -> None:
+        if participant.muted == muted:
+            return
+        participant.muted = muted
+        kind = NoticeKind.MUTED if muted else NoticeKind.UNMUTED
+        self._notice(kind, participant, "operator" if by_operator else None)
+
+    def _notice(
+        self, kind: NoticeKind, participant: Participant, detail: str | None = None
+    ) -> None:
+        if self.chat is None:
+            return
+        text = notice_text(kind, participant.name, detail)
+        self.chat.notice(kind, text, exclude_participant=participant.id)
+
+    def close(self) -> None:
+        if self.chat is not None:
+            self.chat.close()
 
     def __len__(self) -> int:
         return len(self.participants)
