@@ -31,6 +31,7 @@ from control.msrp.fileselector import (
 from control.msrp.sdp import msrp_media, parse_msrp_media
 from control.msrp.transport import MsrpTransport
 from control.sip import sdp
+from control.sip.errors import SipError
 from control.streams import (
     AudioStream,
     ChatOptions,
@@ -344,3 +345,33 @@ async def test_file_stream_pushes_into_the_store_it_is_given_and_serves_from_it(
     await served.close()
     other_store = FileStore(FileSpool(tmp_path / "other"))
     assert MsrpFileStream.open(server, other_store, offer_of(pull), 0, sender="sip:bob@x") is None
+
+
+async def test_audio_the_engine_refuses_fails_the_offer_only_when_alone(
+    server: MsrpTransport, client: MsrpTransport
+) -> None:
+    mixer = _mixer(4)  # PCMU only
+    peer = RtpEndpoint("PCMA", 8000, 8)
+    try:
+        await peer.open()
+        room, who = RoomId("r2"), ParticipantId("p2")
+
+        async def answerer(request: StreamRequest) -> Stream | None:
+            if request.kind is MediaKind.AUDIO:
+                return await AudioStream.open(mixer, room, who, request)
+            return MsrpChatStream.open(server, request.offer, request.index)
+
+        with pytest.raises(SipError) as raised:
+            await negotiate(offer_of(peer.offer().media[0]), {}, answerer)
+        assert raised.value.status == 488  # the engine's status: no common codec
+
+        chat = ChatStream(client, secure=False)
+        both = offer_of(peer.offer().media[0], chat.offer_media())
+        result = await negotiate(both, {}, answerer)
+        assert [isinstance(d, sdp.Accept) for d in result.decisions] == [False, True]
+        assert (room, who) not in await mixer.quality()
+        await result.abort()
+        chat.close()
+    finally:
+        peer.close()
+        await mixer.close()

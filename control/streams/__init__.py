@@ -46,6 +46,9 @@ How an application uses it (echo does exactly this; the conference the same with
   cpim)`` (raise ``MsrpError(403, ...)`` for a spoofed From; store the message there).
 - ``AudioStream``: ``open`` → ``engine.attach``, re-offer → ``engine.update``, ``close`` →
   ``engine.detach``; ``room``, ``participant``, ``answer`` (``AudioAnswer``), ``direction``.
+  A second audio m-line is refused; an ``AudioEngineError`` refuses the m-line, or fails the
+  offer with the engine's status (503, 488) when it is all the offer asks for
+  (``request.alone``). An update the engine refuses removes the stream (detached on commit).
 - ``MsrpFileStream`` + ``FileStore`` (the spool and its index; a parameter, one per room
   later): ``await stream.run()`` stores a push / serves a pull; ``outcome``, ``stored``.
 - Streams of the application's own (echo's RTP reflector) implement :class:`Stream`.

@@ -61,15 +61,15 @@ class AudioStream:
 
         A second audio m-line is refused. When the engine cannot take the offer
         (:class:`AudioEngineError`: 488 no common codec, 503 no ports) and this is the only
-        thing the offer could give the session, the offer fails with the engine's status;
-        beside other streams, only this m-line is refused.
+        thing the offer asks for (:attr:`StreamRequest.alone`), the offer fails with the
+        engine's status; beside other streams (chat), only this m-line is refused.
         """
         if request.has_other(MediaKind.AUDIO):
             return None
         try:
             answer = await engine.attach(room, participant, request.offer, request.index)
         except AudioEngineError as exc:
-            if not request.others:
+            if request.alone:
                 raise SipError(exc.status, exc.reason) from exc
             log.info("audio of %s refused by the engine: %s", participant, exc.reason)
             return None

@@ -58,6 +58,18 @@ class StreamRequest:
     def has_other(self, kind: MediaKind) -> bool:
         return any(stream.kind is kind for stream in self.others)
 
+    @property
+    def alone(self) -> bool:
+        """No other stream is open and no other m-line of the offer asks for one: refusing
+        this m-line leaves the session nothing, so a stream may fail the offer instead (with
+        a status that says why: 503 no ports, 488 no common codec)."""
+        if self.others:
+            return False
+        return not any(
+            i != self.index and not m.rejected and classify(m) is not None
+            for i, m in enumerate(self.offer.media)
+        )
+
 
 class Answerer(Protocol):
     """The application's say per new m-line: a stream (made with the stream classes of this
