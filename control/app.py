@@ -132,6 +132,8 @@ class IncomingCall:
         self.offer = offer
         self._on_message = on_message
 
+    # ``incoming``, ``request``, ``body`` and ``has_sdp`` keep code written against the raw
+    # INVITE working while it moves over (the conference); new code reads ``offer``.
     @property
     def incoming(self) -> IncomingRequest:
         return self._call.incoming
