@@ -130,15 +130,21 @@ class Room:
             return
         participant.muted = muted
         kind = NoticeKind.MUTED if muted else NoticeKind.UNMUTED
-        self._notice(kind, participant, "operator" if by_operator else None)
+        # Everyone hears of it, the participant too: an operator may have done it.
+        self._notice(kind, participant, "operator" if by_operator else None, exclude=False)
 
     def _notice(
-        self, kind: NoticeKind, participant: Participant, detail: str | None = None
+        self,
+        kind: NoticeKind,
+        participant: Participant,
+        detail: str | None = None,
+        *,
+        exclude: bool = True,
     ) -> None:
         if self.chat is None:
             return
         text = notice_text(kind, participant.name, detail)
-        self.chat.notice(kind, text, exclude_participant=participant.id)
+        self.chat.notice(kind, text, exclude_participant=participant.id if exclude else None)
 
     def close(self) -> None:
         if self.chat is not None:
