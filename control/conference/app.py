@@ -35,6 +35,7 @@ from control.media.engine import (
     TalkingStarted,
     TalkingStopped,
 )
+from control.msrp.errors import MsrpError
 from control.msrp.transport import MsrpTransport
 from control.sip import sdp
 from control.sip.errors import SipError
@@ -78,8 +79,17 @@ class _ChatCheck:
         self.session: ChatSessionId | None = None
 
     def __call__(self, content_type: str | None, body: bytes, cpim: object) -> None:
-        if self.session is not None and self.room.chat is not None:
+        if self.session is None or self.room.chat is None:
+            return
+        try:
             self.room.chat.validate(self.session, content_type, body)
+        except MsrpError:
+            raise
+        except Exception as exc:
+            # Our bug, not the peer's input: logged once, this message refused, the
+            # connection and the room go on.
+            log.exception("checking a chat message in %s failed", self.room.id)
+            raise MsrpError(400, "message could not be handled") from exc
 
 
 class ConferenceApp:

@@ -29,6 +29,16 @@ log = logging.getLogger("chorus.conference.room")
 _MEDIA_NAMES = {MediaKind.AUDIO: "audio", MediaKind.CHAT: "chat", MediaKind.FILE: "a file"}
 
 
+def _wrapped_types(stream: MsrpChatStream) -> tuple[str, ...]:
+    """What the participant takes inside CPIM: its a=accept-wrapped-types, else its
+    accept-types but CPIM itself (RFC 4975 §8.6), else anything (a lenient default)."""
+    offered = stream.offered
+    if offered.accept_wrapped_types:
+        return offered.accept_wrapped_types
+    plain = tuple(t for t in offered.accept_types if t.strip().lower() != "message/cpim")
+    return plain or ("*",)
+
+
 class RoomObserver(Protocol):
     """Told when a room starts and ends, e.g. so a cluster edge can pin the room's URI to this
     node while it lives (the Kamailio dispatcher; draining is the observer's business)."""
@@ -101,7 +111,7 @@ class Room:
                     participant.id,
                     participant.uri,
                     participant.identity.display_name,
-                    stream.offered.accept_wrapped_types or stream.offered.accept_types or ("*",),
+                    _wrapped_types(stream),
                 )
                 self.chat.attach(member, stream.channel)
             if announce:
