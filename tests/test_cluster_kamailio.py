@@ -15,19 +15,23 @@ rooms (and new joins to its dead rooms) to the other once the probes have found 
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from control.kamailio import DispatcherTarget, parse_dispatcher_list, parse_htable_dump
 from control.sip.session import Session
 from tests.peers.chorus import ROOT, ChorusProcess
-from tests.peers.kamailio import KamailioProcess
+from tests.peers.kamailio import CONFIG, KamailioProcess, check_config
+from tests.peers.ports import free_ports
 from tests.peers.sipclient import SipClient
 from tests.peers.wait import wait_until
 
@@ -261,3 +265,111 @@ async def test_kill_9_moves_new_rooms_to_the_live_node(
     ), cluster.pins()
     for member in list(cluster.members):
         await cluster.leave(member)
+
+
+async def test_sigterm_drains_and_stops_when_the_last_room_ends(
+    cluster: Cluster, nodes: list[ChorusProcess]
+) -> None:
+    """SIGTERM is a drain first: the node's room goes on, then the node leaves and exits."""
+    assert await registered(cluster, *nodes), cluster.targets()
+    node, other = nodes
+    mine: Member | None = None
+    for n in range(12):
+        member = await cluster.join(f"term-{n}")
+        if member.node_port == node.sip_port:
+            mine = member
+            break
+    assert mine is not None
+    assert node.process is not None
+    node.process.send_signal(signal.SIGTERM)
+    assert await wait_until(lambda: cluster.flags(node) == "DX"), cluster.targets()
+    again = await cluster.join(mine.room)  # its room still reaches it
+    assert again.node_port == node.sip_port
+    assert (await cluster.join("term-new")).node_port == other.sip_port
+    assert node.alive
+    await cluster.leave(mine)
+    await cluster.leave(again)
+    assert node.process.wait(20) == 0, node.log()
+    assert await wait_until(lambda: cluster.flags(node) is None), cluster.targets()
+    for member in list(cluster.members):
+        await cluster.leave(member)
+
+
+# --------------------------------------------------------------------------- the edge itself
+
+
+def options(sock: socket.socket, edge_port: int, count: int) -> int:
+    """Send `count` keepalive OPTIONS to the edge from `sock`; return how many were answered."""
+    local = sock.getsockname()[1]
+    for n in range(count):
+        branch = "z9hG4bK" + uuid.uuid4().hex
+        message = (
+            f"OPTIONS sip:127.0.0.1:{edge_port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch={branch};rport\r\n"
+            f"From: <sip:flood@127.0.0.1:{local}>;tag={n}\r\n"
+            f"To: <sip:127.0.0.1:{edge_port}>\r\n"
+            f"Call-ID: {uuid.uuid4().hex}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+        sock.sendto(message.encode(), ("127.0.0.1", edge_port))
+    answered = 0
+    sock.settimeout(1.0)
+    try:
+        while True:
+            data, _ = sock.recvfrom(65535)
+            answered += data.startswith(b"SIP/2.0 200")
+    except TimeoutError:
+        pass
+    return answered
+
+
+def test_a_flood_is_banned_but_a_control_node_never_is() -> None:
+    """Loopback is not trusted here (TRUSTED_NET elsewhere) and pike allows 5 requests per
+    2 s: a stranger at 127.0.0.1 is banned (htable ipban), while a control node at the same
+    IP (its address in the dispatcher set) sends as much as it likes."""
+    node_port = free_ports(1)[0]
+    flood = {"PIKE_DENSITY": 5, "TRUSTED_NET": "192.0.2.0/24,198.51.100.0/24"}
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as node,
+    ):
+        stranger.bind(("127.0.0.1", 0))
+        node.bind(("127.0.0.1", node_port))
+        with KamailioProcess([f"sip:127.0.0.1:{node_port}"], defines=flood) as edge:
+            assert options(stranger, edge.sip_port, 30) < 30
+            assert "pike blocked" in edge.log()
+            assert edge.rpc_call("htable.get", "ipban", "127.0.0.1")
+            # banned now: not one answer, even at a trickle
+            assert options(stranger, edge.sip_port, 1) == 0
+            assert options(node, edge.sip_port, 30) == 30
+
+
+def test_config_check_with_the_cluster_parameters(tmp_path: Path) -> None:
+    key, cert = tmp_path / "edge.key", tmp_path / "edge.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=edge"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    sip, rpc, tls = free_ports(3)
+    defines: dict[str, str | int | bool] = {
+        "SIP_PORT": sip,
+        "RPC_PORT": rpc,
+        "WITH_DS_PING": True,
+        "DS_PING_INTERVAL": 2,
+        "TM_FR_TIMER": 2000,
+        "TRUSTED_NET": "10.0.0.0/8,192.168.0.0/16",
+        "PIN_TABLE_SPEC": "rooms=>size=14;autoexpire=600;",
+        "IPBAN_TABLE_SPEC": "ipban=>size=8;autoexpire=60;",
+        "WITH_TLS": True,
+        "TLS_PORT": tls,
+        "TLS_CERTIFICATE": str(cert),
+        "TLS_PRIVATE_KEY": str(key),
+        "TLS_CA_LIST": str(cert),
+    }
+    done = check_config(CONFIG, defines)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert f"tls: 127.0.0.1 [127.0.0.1]:{tls}" in output
+    without = check_config(CONFIG, {"WITHOUT_PIKE": True, "SIP_PORT": sip, "RPC_PORT": rpc})
+    assert without.returncode == 0, without.stdout + without.stderr
