@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +32,8 @@ from control.cluster import (
     Register,
     Unpin,
     Unregister,
+    install_signal_handlers,
+    signal_running_node,
 )
 from control.config import parse_config
 from control.kamailio import KamailioUnreachable
@@ -291,3 +298,50 @@ async def test_agent_stop_is_bounded_when_kamailio_is_down() -> None:
     assert agent.phase is NodePhase.STOPPED
     assert not agent.core.settled and agent.core.registered is False
     assert fake.calls == []
+
+
+async def test_signals_drain_undo_and_exit_when_drained() -> None:
+    """SIGUSR1 (`chorus drain`) drains, SIGUSR2 (`--undo`) takes new rooms again, and with
+    drain_exit the stop event fires once the last room has ended."""
+    agent = ClusterAgent(ClusterSettings(rpc_url="http://x/RPC", node_uri=NODE))
+    fake = FakeRpc()
+    await agent.start()
+    agent._rpc = fake  # type: ignore[assignment]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    install_signal_handlers(agent, stop, drain_timeout=60.0, drain_exit=True)
+    try:
+        agent.room_opened(RoomId("r@h"))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await until(lambda: agent.phase is NodePhase.DRAINING)
+        os.kill(os.getpid(), signal.SIGUSR2)
+        await until(lambda: agent.phase is NodePhase.ACTIVE)
+        agent.room_closed(RoomId("r@h"))
+        await asyncio.sleep(0.05)
+        assert not stop.is_set()  # undone: an empty active node stays up
+        agent.room_opened(RoomId("s@h"))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await until(lambda: agent.phase is NodePhase.DRAINING)
+        await asyncio.sleep(0.05)
+        assert not stop.is_set()  # s@h still lives
+        agent.room_closed(RoomId("s@h"))
+        await asyncio.wait_for(stop.wait(), 5.0)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+            loop.remove_signal_handler(signum)
+        await agent.stop(timeout=1.0)
+    assert ("dispatcher.set_state", "d", "1", NODE) in fake.calls
+    assert ("dispatcher.set_state", "a", "1", NODE) in fake.calls
+
+
+def test_chorus_drain_signals_the_pid_in_the_pid_file(tmp_path: Path) -> None:
+    pid_file = tmp_path / "chorus.pid"
+    with pytest.raises(ProcessLookupError):
+        signal_running_node(pid_file)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        pid_file.write_text(f"{sleeper.pid}\n")
+        assert signal_running_node(pid_file) == sleeper.pid
+        assert sleeper.wait(10) == -signal.SIGUSR1  # no handler there: SIGUSR1 ends it
+    finally:
+        sleeper.kill()
