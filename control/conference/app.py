@@ -63,6 +63,7 @@ log = logging.getLogger("chorus.conference")
 
 CHATROOM = ("nickname", "private-messages", "com.ag-projects.screen-sharing")  # RFC 7701 §4
 PAGER_TYPES = "message/cpim, text/plain, text/html"
+CHAT_LOST_GRACE = 5.0  # seconds a participant whose only stream, chat, was lost may re-offer
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,15 +292,22 @@ class ConferenceApp:
 
     def _chat_closed(self, room: Room, session: ChatSessionId) -> None:
         """A chat session ended on its own (peer gone, dropped for not keeping up): the m-line
-        is dead; a participant left with no stream at all is ended with BYE."""
+        is dead. A participant left with no stream at all is ended with BYE unless a re-INVITE
+        brings media back within :data:`CHAT_LOST_GRACE` seconds (a client may close its MSRP
+        session just before the re-offer that removes it)."""
         owner = room.chat_owner(session)
         if owner is None:
             return  # removed by a re-INVITE or the participant's end
         participant, index = owner
         participant.streams.pop(index, None)
         if not participant.streams:
-            log.info("chat of %s in %s ended: BYE", participant.identity.uri, room.id)
-            self.ua.spawn(self._end(participant.session, "chat ended"))
+            self.ua.spawn(self._end_if_still_empty(room, participant))
+
+    async def _end_if_still_empty(self, room: Room, participant: Participant) -> None:
+        await asyncio.sleep(CHAT_LOST_GRACE)
+        if room.participants.get(participant.id) is participant and not participant.streams:
+            log.info("chat of %s in %s ended, nothing else: BYE", participant.identity.uri, room.id)
+            await self._end(participant.session, "chat ended")
 
     async def _end(self, session: Session, reason: str) -> None:
         await session.bye(reason=reason)
