@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
-        "--messages", type=int, default=1000, help="per run in a room of 10 (scaled by size)"
+        "--messages", type=int, default=5000, help="per run in a room of 10 (scaled by size)"
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100])
     args = parser.parse_args(argv)

@@ -27,7 +27,14 @@ import pytest
 from control.msrp import CpimAddress, parse_iscomposing
 from control.msrp.iscomposing import ISCOMPOSING_CONTENT_TYPE, ComposingState
 from control.msrp.sdp import parse_msrp_media
-from tests.peers.chatclient import ChatClient, ChatSession, Delivered, RawChatSession, uri_key
+from tests.peers.chatclient import (
+    CHORUS_NS,
+    ChatClient,
+    ChatSession,
+    Delivered,
+    RawChatSession,
+    uri_key,
+)
 from tests.peers.chorus import ChorusProcess
 from tests.peers.rtp_endpoint import RtpEndpoint
 from tests.peers.wait import wait_until
@@ -247,6 +254,27 @@ async def test_spoofed_cpim_from_is_refused_403(chorus: ChorusProcess) -> None:
         await barrier(sessions, "barrier")
         for session in sessions:
             assert "I am bob, honest" not in session.texts(), session.client.user
+
+
+async def test_notices_come_from_the_room_marked_as_such(chorus: ChorusProcess) -> None:
+    """joined, nickname and left, each from the room's URI with ``NS: chorus
+    <urn:x-chorus:cpim>`` and ``chorus.Notice``, text/plain; a notice is never a message."""
+    async with people(("alice", "Alice", "udp"), ("bob", "Bob", "tcp")) as (alice_c, bob_c):
+        alice = await alice_c.join(chorus, "notices", secure=True)
+        bob = await bob_c.join(chorus, "notices", secure=False)
+        assert await alice.wait_for(lambda: alice.notices("joined")), alice.received
+        assert await bob.nickname("Bobby") == 200
+        assert await alice.wait_for(lambda: alice.notices("nickname")), alice.received
+        await bob.leave()
+        assert await alice.wait_for(lambda: alice.notices("left")), alice.received
+        for notice in alice.notices():
+            assert notice.sender_key == ("notices", "127.0.0.1"), notice.sender
+            assert notice.wrapped_type == "text/plain"
+            assert notice.cpim is not None
+            assert notice.cpim.namespaces.get("chorus") == CHORUS_NS
+        assert "bob" in alice.notices("joined")[0].text.lower()
+        assert "Bobby" in alice.notices("nickname")[0].text
+        assert alice.public() == []  # notices are not counted as messages
 
 
 # ---- history ---------------------------------------------------------------------------

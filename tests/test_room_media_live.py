@@ -92,3 +92,37 @@ async def test_audio_chat_then_chat_only_then_audio_chat(chorus: ChorusProcess) 
         await hear_each_other(second_audio, bob_audio, "audio+chat again")
         await chat_both_ways(alice, bob, "audio+chat again")
         assert not alice.failures and not bob.failures, (alice.failures, bob.failures)
+
+
+async def test_one_offer_adds_chat_and_removes_audio_then_the_reverse(
+    chorus: ChorusProcess,
+) -> None:
+    """bob calls with audio only; one re-INVITE drops his audio and adds chat, the next
+    brings audio back and drops chat (issue 8: both changes in one offer, RFC 3264 §8)."""
+    async with (
+        ChatClient("alice", "Alice") as alice_client,
+        ChatClient("bob", "Bob", sip_transport="tcp") as bob_client,
+    ):
+        alice_audio = RtpEndpoint("PCMU", 8000, 0, seed=4)
+        alice = await alice_client.join(chorus, "swap", secure=True, audio=alice_audio)
+        bob = await bob_client.join(
+            chorus, "swap", audio=RtpEndpoint("PCMU", 8000, 0, seed=5), chat=False
+        )
+        assert bob.audio is not None
+        await hear_each_other(alice_audio, bob.audio, "bob audio only")
+
+        response = await bob.reinvite(audio=None, chat=True)
+        assert response.status == 200
+        assert bob.answer is not None
+        assert [m.port != 0 for m in bob.answer.media] == [False, True], bob.answer.media
+        await chat_both_ways(alice, bob, "bob chat only")
+        removed = await alice.wait_for(lambda: alice.notices("media-removed"))
+        assert removed, [d.text for d in alice.notices()]
+
+        bob_audio = RtpEndpoint("PCMU", 8000, 0, seed=6)
+        response = await bob.reinvite(audio=bob_audio, chat=False)
+        assert response.status == 200, f"{response.status}\n{chorus.log()[-3000:]}"
+        assert [m.port != 0 for m in bob.answer.media] == [True, False], bob.answer.media
+        await hear_each_other(alice_audio, bob_audio, "bob audio again")
+        assert await alice.status_of(await alice.say("nobody but bob's audio")) == 200
+        assert not alice.failures, alice.failures
