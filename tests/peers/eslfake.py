@@ -91,6 +91,7 @@ class _Client:
     authed: bool = False
     custom: set[str] = field(default_factory=set)
     events: set[str] = field(default_factory=set)
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # half-written, in order
 
 
 class FakeFreeSwitch:
@@ -432,11 +433,12 @@ class FakeFreeSwitch:
 
     @staticmethod
     async def _write_in_halves(client: _Client, data: bytes) -> None:
-        cut = len(data) // 2
-        client.writer.write(data[:cut])
-        await client.writer.drain()
-        await asyncio.sleep(0.2)
-        client.writer.write(data[cut:])
+        async with client.write_lock:
+            cut = len(data) // 2
+            client.writer.write(data[:cut])
+            await client.writer.drain()
+            await asyncio.sleep(0.2)
+            client.writer.write(data[cut:])
 
 
 async def operator(host: str, port: int, password: str, command: str) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -213,7 +214,10 @@ class EslClient:
             with gevent.Timeout(timeout, EslUnavailable(f"{self.name}: no answer to {command!r}")):
                 response = esl.send(f"api {command}")
         except EslUnavailable as exc:
+            # The late reply would be taken for the next command's (replies come in order):
+            # a node that stopped answering gets a fresh connection instead.
             self._resolve(future, exc)
+            _hang_up(esl)
         except (NotConnectedError, OSError) as exc:
             self._resolve(future, EslUnavailable(f"{self.name}: {exc or 'disconnected'}"))
         else:
@@ -278,8 +282,7 @@ class EslClient:
         if esl is None:
             return
         esl._run = False
-        with contextlib.suppress(Exception):
-            esl.sock.close()
+        _hang_up(esl)
         greenlets = [esl._receive_events_greenlet, esl._process_events_greenlet]
         gevent.killall([g for g in greenlets if g is not None], block=False)
 
@@ -288,3 +291,12 @@ class EslClient:
         if event.headers.get("Content-Type") != "text/event-plain":
             return
         self._post(EslEventReceived(self.name, EslEvent(headers, "", tuple(headers))))
+
+
+def _hang_up(esl: _Inbound) -> None:
+    """Close the socket so that its reader sees EOF at once (a plain close() leaves the
+    makefile's reference open and the reader blocked)."""
+    with contextlib.suppress(Exception):
+        esl.sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(Exception):
+        esl.sock.close()
