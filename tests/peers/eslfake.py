@@ -107,6 +107,7 @@ class FakeFreeSwitch:
         self.cut_next_reply: str | None = None  # an api command prefix
         self.auth_failures = 0
         self.connections = 0
+        self.emitted: list[bytes] = []  # every event as written, for sans-IO tests
         self._server: asyncio.Server | None = None
         self._clients: list[_Client] = []
         self._conferences: dict[str, _Conference] = {}
@@ -419,8 +420,13 @@ class FakeFreeSwitch:
         headers += [("Hangup-Cause", cause), ("variable_sip_from_user", member.caller_id_number)]
         self._broadcast("CHANNEL_HANGUP_COMPLETE", "", headers)
 
+    def api(self, command: str) -> str:
+        """Run an ``api`` command as if a client sent it (events go out as usual)."""
+        return self._api(command)
+
     def _broadcast(self, name: str, subclass: str, headers: list[tuple[str, str]]) -> None:
         data = event_plain_bytes(headers)
+        self.emitted.append(data)
         for client in self._clients:
             wanted = subclass in client.custom if subclass else name in client.events
             if client.authed and (wanted or "ALL" in client.events):
