@@ -171,6 +171,32 @@ class ClusterConfig:
         return self.kamailio_rpc is not None
 
 
+WEB_SCHEMES = ("http", "https")
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The web server (control/web): screen viewer, room pages, file downloads.
+
+    Off unless `listen` is set; plain HTTP only on a loopback address (behind a local proxy).
+    """
+
+    listen: ListenAddress | None = None  # transport is "http" or "https"
+    public_url: str | None = None  # base of the URLs we hand out, when behind a proxy
+    token_secret: str | None = None  # None: generated into <spool_dir>/web/token_secret
+    token_ttl: float = 86400.0  # seconds a signed URL stays valid
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenConfig:
+    """Screen sharing (com.ag-projects.screen-sharing): limits on each JPEG frame."""
+
+    idle_timeout: float = 30.0  # seconds without a frame before sharing ends
+    max_frame_bytes: int = 4 * 1024 * 1024
+    max_width: int = 7680
+    max_height: int = 4320
+
+
 AUDIO_ENGINES = ("embedded", "freeswitch")
 
 
@@ -221,6 +247,8 @@ class Config:
     cluster: ClusterConfig = ClusterConfig()
     audio: AudioConfig = AudioConfig()
     freeswitch: FreeSwitchConfig = FreeSwitchConfig()
+    web: WebConfig = WebConfig()
+    screen: ScreenConfig = ScreenConfig()
 
     def node_sip_uri(self) -> str:
         """The SIP URI Kamailio reaches this node at: `[cluster] node_uri`, else the first
@@ -327,6 +355,8 @@ def parse_config(data: dict[str, Any]) -> Config:
         cluster=_parse_cluster(_Section("cluster", root.take("cluster", dict, {}))),
         audio=_parse_audio(_Section("audio", root.take("audio", dict, {}))),
         freeswitch=_parse_freeswitch(_Section("freeswitch", root.take("freeswitch", dict, {}))),
+        web=_parse_web(_Section("web", root.take("web", dict, {}))),
+        screen=_parse_screen(_Section("screen", root.take("screen", dict, {}))),
     )
     if config.audio.engine == "freeswitch" and not config.freeswitch.nodes:
         raise ConfigError("freeswitch.nodes", 'needs at least one node with engine = "freeswitch"')
@@ -586,6 +616,41 @@ def _parse_freeswitch(section: _Section) -> FreeSwitchConfig:
         health_interval=section.number("health_interval", default.health_interval, minimum=0.1),
         failover_after=section.number("failover_after", default.failover_after, minimum=0.0),
         reconnect_max=section.number("reconnect_max", default.reconnect_max, minimum=0.5),
+    )
+    section.finish()
+    return config
+
+
+def _parse_web(section: _Section) -> WebConfig:
+    default = WebConfig()
+    text = section.take("listen", str, "")
+    listen = parse_listen(section.key("listen"), text, WEB_SCHEMES) if text else None
+    loopback = listen is not None and ipaddress.ip_address(listen.host).is_loopback
+    if listen is not None and listen.transport == "http" and not loopback:
+        raise ConfigError(section.key("listen"), "plain http only on a loopback address")
+    public_url = section.take("public_url", str, None)
+    if public_url is not None and not public_url.startswith(("http://", "https://")):
+        raise ConfigError(section.key("public_url"), "expected an http:// or https:// URL")
+    secret = section.take("token_secret", str, None)
+    if secret is not None and len(secret) < 16:
+        raise ConfigError(section.key("token_secret"), "must be at least 16 characters")
+    config = WebConfig(
+        listen=listen,
+        public_url=public_url.rstrip("/") if public_url else None,
+        token_secret=secret,
+        token_ttl=section.number("token_ttl", default.token_ttl, minimum=1.0),
+    )
+    section.finish()
+    return config
+
+
+def _parse_screen(section: _Section) -> ScreenConfig:
+    default = ScreenConfig()
+    config = ScreenConfig(
+        idle_timeout=section.number("idle_timeout", default.idle_timeout, minimum=0.1),
+        max_frame_bytes=section.integer("max_frame_bytes", default.max_frame_bytes, minimum=1024),
+        max_width=section.integer("max_width", default.max_width, minimum=16),
+        max_height=section.integer("max_height", default.max_height, minimum=16),
     )
     section.finish()
     return config
