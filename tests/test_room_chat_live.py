@@ -192,7 +192,7 @@ async def test_private_message_to_a_stranger_fails_404(chorus: ChorusProcess) ->
         sessions = await join_three(chorus, "stranger", clients)
         carol = sessions[2]
         mid = await carol.whisper("sip:nobody@127.0.0.1", "anyone there?")
-        assert await carol.status_of(mid) == 404
+        assert await carol.refusal(mid) == 404
         await barrier(sessions, "barrier")
         for session in sessions:
             assert "anyone there?" not in session.texts(), session.client.user
@@ -250,7 +250,7 @@ async def test_spoofed_cpim_from_is_refused_403(chorus: ChorusProcess) -> None:
         alice = sessions[0]
         body = alice.cpim("I am bob, honest", sender=CpimAddress("sip:bob@127.0.0.1", "Bob"))
         mid = await alice.send_raw(body)
-        assert await alice.status_of(mid) == 403
+        assert await alice.refusal(mid) == 403
         await barrier(sessions, "barrier")
         for session in sessions:
             assert "I am bob, honest" not in session.texts(), session.client.user

@@ -440,6 +440,19 @@ class ChatSession:
         status = self.send_status[message_id]
         return self.reports.get(message_id, status)
 
+    async def refusal(self, message_id: str, timeout: float = 20.0) -> int:
+        """How the room refused our SEND: a failure response, or a failure REPORT after a 200
+        (RFC 4975 §7.1.2), whichever it sent; AssertionError when it accepted it."""
+
+        def refused() -> bool:
+            return message_id in self.reports or self.send_status.get(message_id, 200) != 200
+
+        await wait_until(refused, timeout=timeout)
+        assert refused(), (
+            f"{message_id} answered {self.send_status.get(message_id)}, no failure REPORT"
+        )
+        return self.reports.get(message_id) or self.send_status[message_id]
+
     # ---- sending -----------------------------------------------------------------------
 
     def _channel(self) -> ChatStream:
