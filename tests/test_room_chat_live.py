@@ -277,6 +277,44 @@ async def test_notices_come_from_the_room_marked_as_such(chorus: ChorusProcess) 
         assert alice.public() == []  # notices are not counted as messages
 
 
+async def test_a_failing_receiver_gets_the_sender_a_failure_report(
+    chorus: ChorusProcess,
+) -> None:
+    """Failure-Reports end to end (RFC 4975 §7.1.2): bob's client answers the room's SENDs
+    500, so alice, who asked for failure reports (the default), gets a failure REPORT for
+    her message, never silence; carol still gets the message."""
+    async with people(*THREE) as clients:
+        alice = await clients[0].join(chorus, "reports", secure=True)
+        carol = await clients[2].join(chorus, "reports", secure=False)
+        bob = RawChatSession(clients[1], "reports", secure=True)
+        await bob.join(chorus)
+        bob.answer_status = 500
+        mid = await alice.say("will bob take it?")
+        assert await alice.wait_for(lambda: mid in alice.send_status)
+        assert alice.send_status[mid] == 200  # the room took it
+        await carol.wait_text("will bob take it?")
+        status = await alice.refusal(mid)  # and bob's failure came back as a REPORT
+        assert mid in alice.reports and status >= 400, status
+        await bob.leave()
+
+
+async def test_bad_input_is_refused_and_the_chat_goes_on(chorus: ChorusProcess) -> None:
+    """Malformed CPIM 400, a bare (non-CPIM) body 415, over [conference] max_message_bytes
+    413 (RFC 4975 §7.1.2 statuses on the SEND); none reaches anyone, the next message does."""
+    async with people(("alice", "Alice", "udp"), ("bob", "Bob", "tcp")) as (alice_c, bob_c):
+        alice = await alice_c.join(chorus, "badinput", secure=True)
+        bob = await bob_c.join(chorus, "badinput", secure=False)
+        broken = await alice.send_raw(b"From: <sip:alice@127.0.0.1>\r\nno blank line")
+        bare = await alice.send_raw(b"just text", content_type="text/plain")
+        huge = await alice.send_raw(alice.cpim("x" * (1024 * 1024 + 1)))
+        assert await alice.refusal(broken) == 400
+        assert await alice.refusal(bare) == 415
+        assert await alice.refusal(huge) == 413
+        assert await alice.status_of(await alice.say("still here")) == 200
+        await bob.wait_text("still here")
+        assert bob.texts() == ["still here"]
+
+
 # ---- history ---------------------------------------------------------------------------
 
 
@@ -370,3 +408,28 @@ async def test_blink_cpim_and_msrplib_nickname_are_taken(chorus: ChorusProcess) 
 
 async def wait_raw(raw: RawChatSession, text: str) -> bool:
     return await wait_until(lambda: text in [d.text for d in raw.received])
+
+
+async def test_stored_private_messages_are_not_replayed_to_others() -> None:
+    """With ``store_private = true`` private messages are kept in the spool, and still never
+    replayed to anyone but their parties (issue 8, item 4): a joiner gets the public history
+    only. (The store replays no private message at all, not even to its parties:
+    control/store.py ``HistoryStore.recent``.)"""
+    config = {**ROOM_CONFIG, "conference": {**ROOM_CONFIG["conference"], "store_private": True}}
+    with ChorusProcess(config) as chorus:
+        async with people(*THREE, ("dave", "Dave", "udp")) as clients:
+            alice, bob, carol = await join_three(chorus, "parties", clients[:3])
+            assert await carol.status_of(await carol.whisper(clients[1].uri, "between us")) == 200
+            assert await alice.status_of(await alice.say("for all")) == 200
+            await bob.wait_text("for all")
+            await bob.wait_text("between us")
+            dave = await clients[3].join(chorus, "parties", secure=True)
+            assert await wait_until(lambda: "for all" in replayed(dave))
+            await barrier([alice, bob, carol, dave], "barrier")
+            assert replayed(dave) == ["for all"]
+            assert "between us" not in [d.text for d in dave.received]
+        assert "Traceback" not in chorus.log(), chorus.log()
+
+
+def replayed(session: ChatSession) -> list[str]:
+    return [d.text for d in history_of(session)]

@@ -529,7 +529,8 @@ class RawChatSession:
 
     The INVITE is the same as :class:`ChatSession`'s; then we connect to the room's a=path,
     bind with a bodiless SEND (RFC 4975 §5.4), and every request after is written exactly as
-    the test gives it. The room's SENDs to us are answered 200 and kept in ``received``.
+    the test gives it. The room's SENDs to us are answered ``answer_status`` (200 unless
+    the test plays a failing receiver) and kept in ``received``.
     """
 
     def __init__(self, client: ChatClient, room: str, *, secure: bool = True) -> None:
@@ -543,6 +544,7 @@ class RawChatSession:
         self.received: list[Delivered] = []
         self.responses: dict[str, int] = {}  # transaction id -> status
         self.reports: dict[str, int] = {}  # Message-ID -> status
+        self.answer_status = 200
         self._writer: asyncio.StreamWriter | None = None
         self._reader: asyncio.Task[None] | None = None
 
@@ -638,7 +640,7 @@ class RawChatSession:
             self.responses[head.transaction_id] = head.status
             return
         if head.method == "SEND":
-            self.write(build_response(head, 200, local_uri=self.local))
+            self.write(build_response(head, self.answer_status, local_uri=self.local))
             if chunk.body:
                 event = MessageReceived(
                     "raw", head.message_id or "", head.content_type, bytes(chunk.body), (), 0
