@@ -140,7 +140,7 @@ class FreeSwitchEngine(AudioEngine):
         media_index: int,
     ) -> AudioAnswer:
         self.start()
-        node = self._pool.place(room)
+        node = await self._place(room)
         if node is None:
             raise AudioEngineError(503, "no FreeSWITCH node is available")
         leg = await self._open_leg(node, room, participant, offer, media_index)
@@ -197,6 +197,15 @@ class FreeSwitchEngine(AudioEngine):
     async def events(self) -> AsyncIterator[AudioEvent]:
         while True:
             yield await self._queue.get()
+
+    async def _place(self, room: RoomId) -> NodeState | None:
+        """The room's node; while none is fit yet (Event Sockets still connecting, a node
+        coming back) wait for one, at most ``answer_timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._answer_timeout
+        while (node := self._pool.place(room)) is None and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return node
 
     # --- legs -------------------------------------------------------------------------------
 

@@ -1,0 +1,177 @@
+"""A stand-in FreeSWITCH node for the engine's tests: SIPp as its SIP side (scenario
+tests/sipp/uas_media_echo.xml with `-rtp_echo`: it answers the leg and echoes the RTP it gets)
+plus the ESL fake (tests/peers/eslfake.py) as its Event Socket, in this process or — when it
+must die by kill -9 — in a process of its own. One SIPp per node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.peers.eslfake import FakeFreeSwitch
+from tests.peers.ports import LOOPBACK, free_port, free_ports
+from tests.peers.sipp import SCENARIO_DIR, SippUas
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "chorus-test-esl"
+
+
+def _even_media_port() -> int:
+    """SIPp echoes on -mp and -mp + 2 (and aborts on port 0): an even, free pair."""
+    for _ in range(200):
+        port = free_port("udp") & ~1
+        if port > 1024 and all(_udp_free(p) for p in (port, port + 1, port + 2, port + 3)):
+            return port
+    raise RuntimeError("no free even UDP port pair")
+
+
+def _udp_free(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
+def scenario(workdir: Path, *, hangup_after_ms: int | None) -> Path:
+    """The media-echo scenario, or a variant whose node sends BYE after a while."""
+    path = SCENARIO_DIR / "uas_media_echo.xml"
+    if hangup_after_ms is None:
+        return path
+    text = path.read_text().replace(
+        "<!--HANGUP-->", f'<pause milliseconds="{hangup_after_ms}"/><nop next="hangup"/>'
+    )
+    variant = workdir / "uas_media_echo_hangup.xml"
+    variant.write_text(text)
+    return variant
+
+
+@dataclass
+class MediaNode:
+    """SIPp (SIP + RTP echo) and an Event Socket, as one `[freeswitch] nodes` entry."""
+
+    workdir: Path
+    hangup_after_ms: int | None = None
+    esl_in_process: bool = True
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.sip_port, self.esl_port = free_ports(2)
+        self.media_port = _even_media_port()
+        self.messages = self.workdir / f"sipp-{self.sip_port}-messages.log"
+        self.sipp: SippUas | None = None
+        self.fake: FakeFreeSwitch | None = None
+        self._esl_proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config(self) -> dict[str, str]:
+        return {
+            "sip": f"{LOOPBACK}:{self.sip_port}",
+            "esl": f"{LOOPBACK}:{self.esl_port}",
+            "password": PASSWORD,
+        }
+
+    @property
+    def name(self) -> str:
+        return f"{LOOPBACK}:{self.sip_port}"
+
+    async def start(self) -> MediaNode:
+        self.start_sipp()
+        if self.esl_in_process:
+            self.fake = await FakeFreeSwitch(PASSWORD, port=self.esl_port).start()
+        else:
+            self.start_esl_process()
+        return self
+
+    def start_sipp(self) -> None:
+        self.sipp = SippUas(
+            scenario(self.workdir, hangup_after_ms=self.hangup_after_ms),
+            port=self.sip_port,
+            extra_args=[
+                "-rtp_echo",
+                "-mp",
+                str(self.media_port),
+                "-mi",
+                LOOPBACK,
+                "-trace_msg",
+                "-message_file",
+                str(self.messages),
+            ],
+            workdir=self.workdir,
+        ).start()
+
+    def start_esl_process(self) -> None:
+        self._esl_proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.peers.eslfake",
+                "--port",
+                str(self.esl_port),
+                "--password",
+                PASSWORD,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert self._esl_proc.stdout is not None
+        line = self._esl_proc.stdout.readline()
+        if not line.startswith(b"ready"):
+            raise RuntimeError(f"ESL fake did not start: {line!r}")
+
+    def kill(self) -> None:
+        """kill -9 of the whole node: SIPp and the Event Socket process."""
+        for proc in (getattr(self.sipp, "_proc", None), self._esl_proc):
+            if proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+    def received(self, method: str = "INVITE") -> list[str]:
+        """Requests SIPp received, as text (from its -trace_msg log)."""
+        try:
+            log = self.messages.read_text(errors="replace")
+        except OSError:
+            return []
+        blocks = re.split(r"^-{10,}.*$", log, flags=re.M)
+        found = []
+        for block in blocks:
+            if "message received" not in block:
+                continue
+            start = block.find(f"{method} sip:")
+            if start >= 0:
+                found.append(block[start:].replace("\r\n", "\n"))
+        return found
+
+    async def wait_received(self, method: str, count: int = 1, timeout: float = 10) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while len(found := self.received(method)) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"SIPp node got {len(found)} {method}, wanted {count}")
+            await asyncio.sleep(0.05)
+        return found
+
+    async def stop(self) -> None:
+        if self.fake is not None:
+            await self.fake.stop()
+        if self._esl_proc is not None and self._esl_proc.poll() is None:
+            self._esl_proc.kill()
+            self._esl_proc.wait(5)
+        if self.sipp is not None:
+            with contextlib.suppress(Exception):
+                proc = getattr(self.sipp, "_proc", None)
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                self.sipp.stop()

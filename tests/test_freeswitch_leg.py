@@ -1,0 +1,242 @@
+"""The engine's SIP leg against SIPp as the media node (rtp_echo), the Event Socket a fake.
+
+`FreeSwitchEngine.attach` INVITEs the node with the participant's audio m-line and returns
+the node's answer: the test's own UDP socket plays the participant and sends RTP to the
+address in that answer — SIPp's, not Chorus's — and gets it echoed back, so media flows
+participant ↔ node with Chorus out of the path. SDES keys pass end to end, hold/resume go
+over as re-INVITEs, detach sends BYE, and a BYE from the node ends the participant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from control.cli import build_server
+from control.config import parse_config
+from control.media.engine import (
+    AudioEngineError,
+    AudioEvent,
+    ParticipantId,
+    RoomId,
+    StreamFailed,
+)
+from control.media.freeswitch import FreeSwitchEngine, conference_name
+from control.server import Server
+from control.sip import sdp
+from tests.peers.fsnode import MediaNode
+from tests.peers.ports import free_ports
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.peer("sipp")]
+
+ROOM = RoomId("r1@conference.example.com")
+ALICE = ParticipantId("aliceAAAAAAAAAAA")
+KEY = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"
+
+
+class Participant(asyncio.DatagramProtocol):
+    """The participant's RTP socket."""
+
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.received.put_nowait((data, (str(addr[0]), int(addr[1]))))
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return int(self.transport.get_extra_info("sockname")[1])
+
+
+def offer(port: int, *, srtp: bool = False, direction: str = "sendrecv") -> sdp.SessionDescription:
+    proto = "RTP/SAVP" if srtp else "RTP/AVP"
+    crypto = f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {KEY}\r\n" if srtp else ""
+    text = (
+        "v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {port} {proto} 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+        f"a=rtpmap:101 telephone-event/8000\r\n{crypto}a={direction}\r\n"
+    )
+    return sdp.parse(text)
+
+
+def rtp(seq: int) -> bytes:
+    return (
+        bytes([0x80, 0x00])
+        + seq.to_bytes(2, "big")
+        + (160 * seq).to_bytes(4, "big")
+        + (b"\x12\x34\x56\x78" + b"\xff" * 160)
+    )
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    (port,) = free_ports(1)
+    config = parse_config(
+        {
+            "sip": {"listen": [f"udp:127.0.0.1:{port}"]},
+            "msrp": {"listen": ["tcp:127.0.0.1:0"]},
+            "server": {"spool_dir": str(tmp_path / "spool")},
+        }
+    )
+    server = build_server(config)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[MediaNode]:
+    media = await MediaNode(tmp_path / "node").start()
+    yield media
+    await media.stop()
+
+
+def engine_for(server: Server, *nodes: MediaNode) -> FreeSwitchEngine:
+    config = parse_config(
+        {"audio": {"engine": "freeswitch"}, "freeswitch": {"nodes": [n.config for n in nodes]}}
+    )
+    return FreeSwitchEngine(
+        server.ua,
+        config.freeswitch.nodes,
+        answer_timeout=5,
+        health_interval=0.5,
+        failover_after=1.0,
+        reconnect_max=0.5,
+    )
+
+
+async def echoed(participant: Participant, address: str, port: int) -> bytes:
+    assert participant.transport is not None
+    packet = rtp(1)
+    for _ in range(20):
+        participant.transport.sendto(packet, (address, port))
+        try:
+            data, source = await asyncio.wait_for(participant.received.get(), 0.5)
+        except TimeoutError:
+            continue
+        assert source == (address, port)
+        return data
+    raise AssertionError(f"nothing came back from {address}:{port}")
+
+
+@pytest.fixture
+async def participant() -> AsyncIterator[Participant]:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        Participant, local_addr=("127.0.0.1", 0)
+    )
+    yield protocol
+    transport.close()
+
+
+async def test_the_leg_carries_the_offer_and_rtp_flows_to_the_node(
+    server: Server, node: MediaNode, participant: Participant
+) -> None:
+    engine = engine_for(server, node)
+    try:
+        answer = await engine.attach(ROOM, ALICE, offer(participant.port), 0)
+        # The answer is the node's: SIPp's media address and echo port, PCMU.
+        assert (answer.address, answer.accept.port) == ("127.0.0.1", node.media_port)
+        assert list(answer.accept.formats) == ["0"]
+        (invite,) = await node.wait_received("INVITE")
+        # Request-URI names the conference, From the participant; only the audio m-line,
+        # with the participant's own address and port.
+        assert invite.startswith(f"INVITE sip:{conference_name(ROOM)}@127.0.0.1:{node.sip_port}")
+        assert f"<sip:{ALICE}@127.0.0.1>" in invite
+        assert f"m=audio {participant.port} RTP/AVP 0 101" in invite
+        assert "c=IN IP4 127.0.0.1" in invite
+        # RTP goes to the node and comes back from it: Chorus is not in the path.
+        assert await echoed(participant, answer.address, answer.accept.port) == rtp(1)
+        await engine.detach(ROOM, ALICE)
+        await node.wait_received("BYE")
+    finally:
+        await engine.close()
+
+
+async def test_sdes_keys_pass_end_to_end(
+    server: Server, node: MediaNode, participant: Participant
+) -> None:
+    engine = engine_for(server, node)
+    try:
+        answer = await engine.attach(ROOM, ALICE, offer(participant.port, srtp=True), 0)
+        (invite,) = await node.wait_received("INVITE")
+        assert f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {KEY}" in invite  # the participant's key
+        assert answer.accept.proto == "RTP/SAVP"
+        cryptos = [a.value for a in answer.accept.attributes if a.name == "crypto"]
+        assert cryptos == [f"1 AES_CM_128_HMAC_SHA1_80 {KEY}"]  # the node's, untouched
+        assert await echoed(participant, answer.address, answer.accept.port) == rtp(1)
+    finally:
+        await engine.close()
+
+
+async def test_hold_and_resume_are_reinvites_of_the_leg(
+    server: Server, node: MediaNode, participant: Participant
+) -> None:
+    engine = engine_for(server, node)
+    try:
+        await engine.attach(ROOM, ALICE, offer(participant.port), 0)
+        held = await engine.update(ROOM, ALICE, offer(participant.port, direction="sendonly"), 0)
+        assert held.accept.direction is sdp.Direction.RECVONLY
+        resumed = await engine.update(ROOM, ALICE, offer(participant.port), 0)
+        assert resumed.accept.direction is sdp.Direction.SENDRECV
+        invites = await node.wait_received("INVITE", 3)
+        assert "a=sendonly" in invites[1] and "a=sendrecv" in invites[2]
+        assert await echoed(participant, resumed.address, resumed.accept.port) == rtp(1)
+    finally:
+        await engine.close()
+
+
+async def test_a_bye_from_the_node_ends_the_participant(
+    server: Server, tmp_path: Path, participant: Participant
+) -> None:
+    node = await MediaNode(tmp_path / "hangup", hangup_after_ms=1000).start()
+    engine = engine_for(server, node)
+    events: list[AudioEvent] = []
+
+    async def read() -> None:
+        async for event in engine.events():
+            events.append(event)
+
+    reader = asyncio.ensure_future(read())
+    try:
+        await engine.attach(ROOM, ALICE, offer(participant.port), 0)
+        for _ in range(100):
+            if events:
+                break
+            await asyncio.sleep(0.05)
+        (failed,) = events
+        assert isinstance(failed, StreamFailed) and failed.participant == ALICE
+        assert "ended the audio leg" in failed.reason
+    finally:
+        reader.cancel()
+        await engine.close()
+        await node.stop()
+
+
+async def test_a_node_that_refuses_is_a_503_for_the_participant(
+    server: Server, participant: Participant
+) -> None:
+    (dead,) = free_ports(1)
+    config = parse_config(
+        {
+            "audio": {"engine": "freeswitch"},
+            "freeswitch": {
+                "nodes": [{"sip": f"127.0.0.1:{dead}", "esl": f"127.0.0.1:{dead}", "password": "x"}]
+            },
+        }
+    )
+    engine = FreeSwitchEngine(server.ua, config.freeswitch.nodes, answer_timeout=1)
+    try:
+        with pytest.raises(AudioEngineError) as failed:
+            await engine.attach(ROOM, ALICE, offer(participant.port), 0)
+        assert failed.value.status == 503
+    finally:
+        await engine.close()
