@@ -341,3 +341,18 @@ def test_sip_message_is_public_from_its_sender_and_refuses_size_and_type() -> No
                 "sip:alice@example.com", None, content_type, body, wall=WALL, message_id="p"
             )
         assert caught.value.status == status
+
+
+def test_sip_message_senders_have_their_own_bucket_503_beyond_it() -> None:
+    core = room(ChatLimits(rate=1.0, burst=2))
+
+    def pager(sender: str, now: float) -> None:
+        core.receive_pager(sender, None, "text/plain", b"x", wall=WALL, message_id="p", now=now)
+
+    pager("sip:spam@example.net", 5.0)
+    pager("sip:spam@EXAMPLE.net:5070", 5.0)  # the same sender, whatever port or host case
+    with pytest.raises(SipError) as caught:
+        pager("sip:spam@example.net", 5.0)
+    assert (caught.value.status, caught.value.reason) == (503, "Too many messages")
+    pager("sip:other@example.net", 5.0)  # another sender is not held up
+    pager("sip:spam@example.net", 6.0)  # a token back a second later

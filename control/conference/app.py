@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from control.app import (
     IncomingCall,
@@ -404,12 +404,19 @@ class ConferenceApp:
             message.reject(404, "No such room")
             return
         sender = message.sender
+        uri = sender.uri
+        if isinstance(uri, SipUri):  # the identity: no port, parameters or headers
+            uri = replace(uri, password=None, port=None, params={}, headers={})
         try:
             status = room.chat.pager(
-                str(sender.uri), sender.display_name, message.content_type, message.body
+                str(uri), sender.display_name, message.content_type, message.body
             )
         except SipError as exc:
-            headers = [("Accept", PAGER_TYPES)] if exc.status == 415 else []
+            headers = []
+            if exc.status == 415:
+                headers = [("Accept", PAGER_TYPES)]
+            elif exc.status == 503:
+                headers = [("Retry-After", "1")]  # the sender's rate (RFC 3261 §21.5.4)
             message.reject(exc.status, exc.reason, headers=headers)
             return
         message.accept(status)  # 200 relayed, 202 when no chat session was there (§7)

@@ -21,6 +21,7 @@ parameters and port do not make another person).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,6 +63,7 @@ ChatSessionId = NewType("ChatSessionId", str)
 """One chat stream (its MSRP session id): a participant may have several."""
 
 TOO_MANY = "Too many messages"
+PAGER_SENDERS = 1024  # SIP MESSAGE senders whose rate a room remembers
 
 
 class DeliveryKind(Enum):
@@ -165,6 +167,7 @@ class ChatCore:
         self.members: dict[ChatSessionId, ChatMember] = {}
         self.nicknames = NicknameBook()
         self._buckets: dict[ParticipantId, TokenBucket] = {}
+        self._pager_buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     # --- membership ------------------------------------------------------------------------
 
@@ -301,11 +304,15 @@ class ChatCore:
         *,
         wall: datetime,
         message_id: str,
+        now: float | None = None,
     ) -> Routed:
         """A SIP MESSAGE to the room (RFC 3428): always public, from the MESSAGE's From.
-        SipError 413/415/403/400 for what cannot be relayed."""
+        SipError 413/415/403/400 for what cannot be relayed, 503 beyond the sender's rate
+        (the same bucket sizes as chat, per sender URI, when ``now`` is given)."""
         if len(body) > self.limits.max_message_bytes:
             raise SipError(413, "message too large for the room")
+        if now is not None and not self._pager_bucket(sender_uri, now).take(now):
+            raise SipError(503, TOO_MANY)
         media = _media_type(content_type)
         name = next(
             (m.nickname for m in self.members.values() if m.key == _key_or_none(sender_uri)),
@@ -325,6 +332,18 @@ class ChatCore:
             raise SipError(415, f"{media or 'no content type'} cannot be relayed to the room")
         pseudo = ChatMember(ChatSessionId(""), ParticipantId(""), sender_uri, name or display_name)
         return self._public(pseudo, message, wall, message_id)
+
+    def _pager_bucket(self, sender_uri: str, now: float) -> TokenBucket:
+        """One bucket per MESSAGE sender, the least recently used forgotten past
+        :data:`PAGER_SENDERS` (a From that changes every time buys nothing but a fresh burst)."""
+        key = _key_or_none(sender_uri) or sender_uri
+        bucket = self._pager_buckets.pop(key, None)
+        if bucket is None:
+            bucket = TokenBucket(self.limits.rate, self.limits.burst, now=now)
+        self._pager_buckets[key] = bucket
+        while len(self._pager_buckets) > PAGER_SENDERS:
+            self._pager_buckets.popitem(last=False)
+        return bucket
 
     def _admit(self, participant: ParticipantId, size: int, now: float) -> None:
         if size > self.limits.max_message_bytes:

@@ -175,7 +175,13 @@ class RoomChat:
         """A SIP MESSAGE to the room (RFC 3428): relayed as public; 200 when it reached a
         chat session, 202 when there was none. SipError for what cannot be relayed."""
         routed = self.core.receive_pager(
-            sender_uri, display_name, content_type, body, wall=self.wall(), message_id=self.token()
+            sender_uri,
+            display_name,
+            content_type,
+            body,
+            wall=self.wall(),
+            message_id=self.token(),
+            now=self.clock(),
         )
         self._store(routed)
         self._push(routed.deliveries)
