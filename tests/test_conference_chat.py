@@ -356,3 +356,10 @@ def test_sip_message_senders_have_their_own_bucket_503_beyond_it() -> None:
     assert (caught.value.status, caught.value.reason) == (503, "Too many messages")
     pager("sip:other@example.net", 5.0)  # another sender is not held up
     pager("sip:spam@example.net", 6.0)  # a token back a second later
+
+
+def test_screen_sharing_frames_are_relayed_but_not_stored() -> None:
+    frame = cpim(content_type="application/blink-screensharing", body=b"\xff\xd8\xff\xe0")
+    routed = receive(room(), "a1", frame)
+    assert targets(routed.deliveries) == ["b1", "c1"]  # type: ignore[attr-defined]
+    assert routed.record is None  # type: ignore[attr-defined]

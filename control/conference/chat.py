@@ -63,6 +63,9 @@ ChatSessionId = NewType("ChatSessionId", str)
 """One chat stream (its MSRP session id): a participant may have several."""
 
 TOO_MANY = "Too many messages"
+# Relayed but never kept: Blink's screen frames (a JPEG a second, SylkServer's screen-sharing
+# extension; the screen-sharing issue gives them their own place) are not conversation.
+TRANSIENT_TYPES = frozenset({"application/blink-screensharing"})
 PAGER_SENDERS = 1024  # SIP MESSAGE senders whose rate a room remembers
 
 
@@ -377,7 +380,8 @@ class ChatCore:
             for m in self.members.values()
             if m.session != sender.session and m.accepts(message.content_type)
         )
-        record = None if composing else self._record(sender, message, sent_at, wall, message_id)
+        transient = composing or _media_type(message.content_type) in TRANSIENT_TYPES
+        record = None if transient else self._record(sender, message, sent_at, wall, message_id)
         return Routed(deliveries, record)
 
     def _private(
