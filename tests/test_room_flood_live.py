@@ -5,9 +5,10 @@ The per-participant token bucket bounds what the room relays from the flooder: a
 ``burst + rate × elapsed`` messages (plus a small slack for the bucket's own clock), where
 elapsed is measured by this test from its first flood SEND to the room's answer to the last
 one: the room can only have relayed inside that window. Every flood SEND is answered, 200
-or 413; exactly the 200 ones reach the others, in order. bob and carol, pacing themselves
-well under the rate, see every one of each other's messages, in order, each accepted. Then
-the server still answers OPTIONS and takes a new participant.
+or 413; exactly the 200 ones reach the others, in order. The flood goes out in 20 bursts
+spread over the time bob and carol chat; they, pacing themselves well under the rate, see
+every one of each other's messages, in order, each accepted. Then the server still answers
+OPTIONS and takes a new participant.
 
 Counts and order only: no latency is asserted.
 """
@@ -26,14 +27,16 @@ pytestmark = pytest.mark.timeout(300)
 
 RATE, BURST = 50.0, 20
 FLOOD = 10_000
-CHATTER = 30  # messages bob and carol each send during the flood
-PACE = 0.1  # seconds between their messages: 10/s, a fifth of the rate
+BATCHES = 20  # the flood goes out in bursts of 500, spread over the others' chat
+CHATTER = 25  # messages bob and carol each send during the flood
+PACE = 0.2  # seconds between their messages (and between flood bursts): 5/s, a tenth of
+# the rate, so that even a server that stalls for seconds cannot make their own bucket run dry
 SLACK = 5  # tokens the bucket may have gained around the edges of the measured window
 
 
 @pytest.fixture(scope="module")
 def chorus() -> Iterator[ChorusProcess]:
-    overrides = {"conference": {"chat_rate": RATE, "chat_burst": BURST}, "rtp": {"timeout": 300.0}}
+    overrides = {"conference": {"chat_rate": RATE, "chat_burst": BURST}}
     with ChorusProcess(overrides) as process:
         yield process
         assert process.alive, process.log()
@@ -44,7 +47,10 @@ async def flood(alice: ChatSession) -> tuple[list[str], float]:
     """Send the flood; its Message-IDs in order and the seconds until the last answer."""
     loop = asyncio.get_running_loop()
     start = loop.time()
-    mids = [await alice.say(f"flood {index}") for index in range(FLOOD)]
+    mids: list[str] = []
+    for _ in range(BATCHES):
+        mids += [await alice.say(f"flood {len(mids) + i}") for i in range(FLOOD // BATCHES)]
+        await asyncio.sleep(PACE)  # pacing the bursts; not a timing assertion
     assert await alice.wait_for(lambda: all(m in alice.send_status for m in mids), timeout=240), (
         f"{sum(m in alice.send_status for m in mids)} of {FLOOD} flood SENDs answered"
     )
