@@ -14,8 +14,9 @@ uac_room_per_call.xml: ``sip:<service>-<call number>@edge``, one member, no RTP 
   per step); INVITE(SDP)-200-ACK-BYE-200, the room ending with the BYE.
 - Rooms carried: N calls at ``--room-rate`` calls/s that all stay up (one room each) for
   ``--hold`` seconds after the last is placed; N doubles from ``--rooms-from`` until a step
-  fails. A step counts when every call succeeded *and* all N rooms were pinned in Kamailio
-  at once (read over JSON-RPC during the hold). Each node's CPU during the hold is given as
+  fails, then ``--rooms-bisect`` steps narrow the bracket. A step counts when every call
+  succeeded *and* all N rooms were pinned in Kamailio at once (read over JSON-RPC during
+  the hold). Each node's CPU during the hold is given as
   a share of one core: a node at ~100 % is the limit (one Python process uses one core).
 
 Both for 1 and 2 nodes in the same round; figures are medians over rounds, and the 2-node
@@ -167,18 +168,39 @@ def rooms_step(nodes: int, rooms: int, *, rate: float, hold: float) -> dict[str,
 
 
 def rooms_carried(
-    nodes: int, *, start: int, cap: int, rate: float, hold: float, log: Callable[[str], None]
+    nodes: int,
+    *,
+    start: int,
+    cap: int,
+    rate: float,
+    hold: float,
+    bisect: int,
+    log: Callable[[str], None],
 ) -> tuple[int, list[dict[str, Any]]]:
+    """Double from `start` until a step fails (or `cap`), then `bisect` steps in between."""
     steps: list[dict[str, Any]] = []
-    best, rooms = 0, start
-    while rooms <= cap:
+
+    def carried(rooms: int) -> bool:
         step = rooms_step(nodes, rooms, rate=rate, hold=hold)
         steps.append(step)
         log(json.dumps(step))
-        if not step["carried"]:
+        return bool(step["carried"])
+
+    best, failed, rooms = 0, None, start
+    while rooms <= cap:
+        if not carried(rooms):
+            failed = rooms
             break
         best = rooms
         rooms *= 2
+    for _ in range(bisect if failed is not None else 0):
+        middle = (best + failed) // 2 if failed is not None else best
+        if middle in (best, failed):
+            break
+        if carried(middle):
+            best = middle
+        else:
+            failed = middle
     return best, steps
 
 
@@ -191,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rooms-cap", type=int, default=1600)
     parser.add_argument("--room-rate", type=float, default=100.0)
     parser.add_argument("--hold", type=float, default=8.0)
+    parser.add_argument("--rooms-bisect", type=int, default=2, help="steps after the bracket")
     args = parser.parse_args(argv)
 
     def log(line: str) -> None:
@@ -222,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                 cap=args.rooms_cap,
                 rate=args.room_rate,
                 hold=args.hold,
+                bisect=args.rooms_bisect,
                 log=log,
             )
             rooms[nodes].append(best)
