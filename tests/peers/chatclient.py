@@ -54,6 +54,7 @@ from control.sip import sdp
 from control.sip.message import Response
 from control.sip.session import Session
 from control.sip.uri import NameAddr, SipUri, parse_uri
+from control.streams import MediaKind
 from tests.peers.rtp_endpoint import RtpEndpoint
 from tests.peers.sipclient import SipClient, client_tls_context
 from tests.peers.wait import wait_until
@@ -167,7 +168,7 @@ class _NamedSipClient(SipClient):
 class _Slot:
     """One m-line of our offers, kept in place for every re-offer (RFC 3264 §8)."""
 
-    kind: str  # "audio" or "chat"
+    kind: MediaKind  # AUDIO or CHAT
     media: sdp.MediaDescription
 
 
@@ -281,28 +282,28 @@ class ChatSession:
         if audio is not None:
             await audio.open()
             self.audio = audio
-            self.slots.append(_Slot("audio", audio.offer().media[0]))
+            self.slots.append(_Slot(MediaKind.AUDIO, audio.offer().media[0]))
         if chat:
             self.stream = self._new_stream()
-            self.slots.append(_Slot("chat", self.stream.offer_media()))
+            self.slots.append(_Slot(MediaKind.CHAT, self.stream.offer_media()))
         offer = self.sdp.offer([slot.media for slot in self.slots])
         self.session, response = await self.client.invite(server, self.room, bytes(offer))
         await self._answered(sdp.parse(response.body))
 
-    def _index(self, kind: str) -> int | None:
+    def _index(self, kind: MediaKind) -> int | None:
         return next((i for i, slot in enumerate(self.slots) if slot.kind == kind), None)
 
     @property
     def chat_line(self) -> sdp.MediaDescription:
         """The room's answer for our chat m-line."""
-        index = self._index("chat")
+        index = self._index(MediaKind.CHAT)
         assert self.answer is not None and index is not None, "no chat m-line"
         return self.answer.media[index]
 
     async def _answered(self, answer: sdp.SessionDescription) -> None:
         self.sdp.answer_received(answer)
         self.answer = answer
-        chat = self._index("chat")
+        chat = self._index(MediaKind.CHAT)
         if chat is not None and self.stream is not None and self.slots[chat].media.port:
             line = answer.media[chat]
             assert line.port, f"the room refused our chat m-line: {sdp.serialize(answer)!r}"
@@ -311,7 +312,7 @@ class ChatSession:
                 channel = self.stream.answered(line)
                 await self.stream.wait_connected(15)
                 self._read(channel)
-        audio = self._index("audio")
+        audio = self._index(MediaKind.AUDIO)
         if audio is not None and self.audio is not None and self.slots[audio].media.port:
             assert audio == 0, "the audio m-line comes first (RtpEndpoint reads media[0])"
             assert answer.media[audio].port, "the room refused our audio m-line"
@@ -321,12 +322,12 @@ class ChatSession:
         """Re-offer with audio from ``audio`` (None: audio m-line at port 0) and chat on or
         off (off: chat m-line at port 0, the stream closed). m-lines keep their places."""
         assert self.session is not None
-        index = self._index("audio")
+        index = self._index(MediaKind.AUDIO)
         if audio is not None:
             await audio.open()
             line = audio.offer().media[0]
             if index is None:
-                self.slots.insert(0, _Slot("audio", line))
+                self.slots.insert(0, _Slot(MediaKind.AUDIO, line))
             else:
                 self.slots[index].media = line
             if self.audio is not None and self.audio is not audio:
@@ -336,13 +337,13 @@ class ChatSession:
             off = self.slots[index].media.copy()
             off.port = 0
             self.slots[index].media = off
-        index = self._index("chat")
+        index = self._index(MediaKind.CHAT)
         if chat:
             if self.stream is None or self.stream.channel is None or self.stream.channel.closed:
                 self.stream = self._new_stream()
             line = self.stream.offer_media()
             if index is None:
-                self.slots.append(_Slot("chat", line))
+                self.slots.append(_Slot(MediaKind.CHAT, line))
             else:
                 self.slots[index].media = line
         elif index is not None:
