@@ -10,131 +10,38 @@ over as re-INVITEs, detach sends BYE, and a BYE from the node ends the participa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from control.cli import build_server
 from control.config import parse_config
 from control.media.engine import (
     AudioEngineError,
     AudioEvent,
-    ParticipantId,
-    RoomId,
     StreamFailed,
 )
 from control.media.freeswitch import FreeSwitchEngine, conference_name
 from control.server import Server
 from control.sip import sdp
-from tests.peers.fsnode import MediaNode
+from tests.peers import fsnode
+from tests.peers.fsnode import (
+    ALICE,
+    KEY,
+    ROOM,
+    MediaNode,
+    Participant,
+    echoed,
+    engine_for,
+    offer,
+    rtp,
+)
 from tests.peers.ports import free_ports
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.peer("sipp")]
 
-ROOM = RoomId("r1@conference.example.com")
-ALICE = ParticipantId("aliceAAAAAAAAAAA")
-KEY = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"
-
-
-class Participant(asyncio.DatagramProtocol):
-    """The participant's RTP socket."""
-
-    def __init__(self) -> None:
-        self.received: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.received.put_nowait((data, (str(addr[0]), int(addr[1]))))
-
-    @property
-    def port(self) -> int:
-        assert self.transport is not None
-        return int(self.transport.get_extra_info("sockname")[1])
-
-
-def offer(port: int, *, srtp: bool = False, direction: str = "sendrecv") -> sdp.SessionDescription:
-    proto = "RTP/SAVP" if srtp else "RTP/AVP"
-    crypto = f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {KEY}\r\n" if srtp else ""
-    text = (
-        "v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-        f"m=audio {port} {proto} 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
-        f"a=rtpmap:101 telephone-event/8000\r\n{crypto}a={direction}\r\n"
-    )
-    return sdp.parse(text)
-
-
-def rtp(seq: int) -> bytes:
-    return (
-        bytes([0x80, 0x00])
-        + seq.to_bytes(2, "big")
-        + (160 * seq).to_bytes(4, "big")
-        + (b"\x12\x34\x56\x78" + b"\xff" * 160)
-    )
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    (port,) = free_ports(1)
-    config = parse_config(
-        {
-            "sip": {"listen": [f"udp:127.0.0.1:{port}"]},
-            "msrp": {"listen": ["tcp:127.0.0.1:0"]},
-            "server": {"spool_dir": str(tmp_path / "spool")},
-        }
-    )
-    server = build_server(config)
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[MediaNode]:
-    media = await MediaNode(tmp_path / "node").start()
-    yield media
-    await media.stop()
-
-
-def engine_for(server: Server, *nodes: MediaNode) -> FreeSwitchEngine:
-    config = parse_config(
-        {"audio": {"engine": "freeswitch"}, "freeswitch": {"nodes": [n.config for n in nodes]}}
-    )
-    return FreeSwitchEngine(
-        server.ua,
-        config.freeswitch.nodes,
-        answer_timeout=5,
-        health_interval=0.5,
-        failover_after=1.0,
-        reconnect_max=0.5,
-    )
-
-
-async def echoed(participant: Participant, address: str, port: int) -> bytes:
-    assert participant.transport is not None
-    packet = rtp(1)
-    for _ in range(20):
-        participant.transport.sendto(packet, (address, port))
-        try:
-            data, source = await asyncio.wait_for(participant.received.get(), 0.5)
-        except TimeoutError:
-            continue
-        assert source == (address, port)
-        return data
-    raise AssertionError(f"nothing came back from {address}:{port}")
-
-
-@pytest.fixture
-async def participant() -> AsyncIterator[Participant]:
-    loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_datagram_endpoint(
-        Participant, local_addr=("127.0.0.1", 0)
-    )
-    yield protocol
-    transport.close()
+server = fsnode.server_fixture
+node = fsnode.node_fixture
+participant = fsnode.participant_fixture
 
 
 async def test_the_leg_carries_the_offer_and_rtp_flows_to_the_node(
