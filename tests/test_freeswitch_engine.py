@@ -92,9 +92,7 @@ async def joined(engine: FreeSwitchEngine, fake: FakeFreeSwitch, port: int) -> i
     """Attach ALICE and put her leg into the conference, as the node's dialplan would."""
     await engine.attach(ROOM, ALICE, offer(port), 0)
     member = fake.join(conference_name(ROOM), ALICE)
-    await until(
-        lambda: engine._members[engine.leg(ROOM, ALICE).node].member_id(ROOM, ALICE) == member
-    )
+    await until(lambda: engine.member_id(ROOM, ALICE) == member)
     return member
 
 

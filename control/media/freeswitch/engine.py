@@ -130,6 +130,15 @@ class FreeSwitchEngine(AudioEngine):
     def leg(self, room: RoomId, participant: ParticipantId) -> MediaLeg | None:
         return self._legs.get((room, participant))
 
+    def participants(self, room: RoomId) -> list[ParticipantId]:
+        """Who has an audio leg in ``room`` (for operators' tools and tests)."""
+        return [p for r, p in self._legs if r == room]
+
+    def member_id(self, room: RoomId, participant: ParticipantId) -> int | None:
+        """The participant's mod_conference member id, once its add-member was seen."""
+        leg = self._legs.get((room, participant))
+        return self._members[leg.node].member_id(room, participant) if leg else None
+
     # --- AudioEngine ------------------------------------------------------------------------
 
     async def attach(

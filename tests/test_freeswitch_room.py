@@ -1,0 +1,163 @@
+"""A baresip participant joins a room of a running server with ``[audio] engine =
+"freeswitch"``: the nodes are SIPp (answers and echoes RTP) with the ESL fake as their Event
+Socket. Chorus INVITEs the node with baresip's offer and splices the node's answer into
+baresip's, so baresip's RTP goes to SIPp and comes back from it — baresip hears its own tone
+— while Chorus's RTP ports see nothing. The same with SDES-SRTP (baresip's key reaches the
+node, the node's key reaches baresip). BYE on either side ends the other; an operator's kick
+on the node's Event Socket ends baresip's call through the conference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from control.cli import build_server
+from control.config import parse_config
+from control.media.engine import RoomId
+from control.media.freeswitch import FreeSwitchEngine, conference_name
+from control.media.tone import dominant_frequencies, sine
+from control.server import Server
+from tests.peers.baresip import BaresipError, BaresipProcess, write_wav
+from tests.peers.eslfake import operator
+from tests.peers.fsnode import PASSWORD, MediaNode
+from tests.peers.ports import free_ports
+from tests.peers.siptrace import call_messages, invite_answer
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.peer("sipp", "baresip")]
+
+ROOM = RoomId("room1@127.0.0.1")
+TONE = 880.0
+
+
+@contextlib.asynccontextmanager
+async def chorus(tmp_path: Path, *nodes: MediaNode) -> AsyncIterator[tuple[Server, int]]:
+    (port,) = free_ports(1)
+    config = parse_config(
+        {
+            "sip": {"listen": [f"udp:127.0.0.1:{port}"]},
+            "msrp": {"listen": ["tcp:127.0.0.1:0"]},
+            "server": {"spool_dir": str(tmp_path / "spool"), "trace_sip": str(tmp_path / "sip")},
+            "audio": {"engine": "freeswitch"},
+            "freeswitch": {"nodes": [n.config for n in nodes], "health_interval": 1},
+        }
+    )
+    server = build_server(config)
+    await server.start()
+    try:
+        yield server, port
+    finally:
+        await server.stop()
+
+
+def engine_of(server: Server) -> FreeSwitchEngine:
+    engine = server.applications["conference"].engine  # type: ignore[attr-defined]
+    assert isinstance(engine, FreeSwitchEngine)
+    return engine
+
+
+def phone(tmp_path: Path, mediaenc: str | None = None, seconds: float = 4.0) -> BaresipProcess:
+    wav = write_wav(tmp_path / "tone.wav", sine(TONE, seconds, 8000, 0.4), 8000)
+    return BaresipProcess(wav, codec="PCMU/8000/1", mediaenc=mediaenc)
+
+
+async def wait(ua: BaresipProcess, event: str, timeout: float = 15) -> dict[str, object]:
+    try:
+        found: dict[str, object] = await asyncio.to_thread(ua.wait_event, event, timeout)
+    except BaresipError as exc:
+        raise AssertionError(f"baresip: no {event}: {exc}\n{ua.log()}") from None
+    return found
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[MediaNode]:
+    media = await MediaNode(tmp_path / "node").start()
+    yield media
+    await media.stop()
+
+
+@pytest.mark.parametrize("mediaenc", [None, "srtp-mand"], ids=["rtp", "srtp"])
+async def test_baresip_hears_its_tone_echoed_by_the_media_node(
+    tmp_path: Path, node: MediaNode, mediaenc: str | None
+) -> None:
+    ua = phone(tmp_path, mediaenc)
+    async with chorus(tmp_path, node) as (server, port):
+        await asyncio.to_thread(ua.start)
+        try:
+            await asyncio.to_thread(ua.dial, f"sip:room1@127.0.0.1:{port}")
+            established = await wait(ua, "CALL_ESTABLISHED")
+            closed = await wait(ua, "CALL_CLOSED", 20)  # aufile ends the call at the WAV's end
+            assert "end of file" in str(closed.get("param")), closed
+            await node.wait_received("BYE")  # baresip's BYE ended the leg too
+        finally:
+            await asyncio.to_thread(ua.stop)
+        assert server.ports.in_use() == 0  # no RTP port of Chorus's was ever taken
+    (invite,) = node.received("INVITE")
+    trace = (tmp_path / "sip").read_text(errors="replace")
+    answer = invite_answer(call_messages(trace, str(established["id"])))
+    # baresip's answer carries the node's media address and port, its profile and its key.
+    assert f"m=audio {node.media_port} " in answer.body, answer.body
+    assert "c=IN IP4 127.0.0.1" in answer.body
+    offered = next(m for m in call_messages(trace, str(established["id"])) if m.method == "INVITE")
+    baresip_m = next(line for line in offered.body.splitlines() if line.startswith("m=audio"))
+    assert baresip_m.split()[1] in invite.split("m=audio ", 1)[1].split()[0]
+    if mediaenc:
+        key = next(line for line in offered.body.splitlines() if line.startswith("a=crypto:"))
+        assert key in invite  # baresip's own key went to the node
+        assert "RTP/SAVP" in answer.body and key.strip() in answer.body  # the node's came back
+    heard = ua.recordings("dec")
+    assert heard, ua.log()
+    samples = heard[0].samples[1600:]
+    assert len(samples) > 8000 and np.abs(samples).max() > 2000, "baresip heard silence"
+    (peak,) = dominant_frequencies(samples, 8000, 1)
+    assert round(peak) == round(TONE), peak
+
+
+async def test_a_bye_from_the_node_ends_baresips_call(tmp_path: Path) -> None:
+    node = await MediaNode(tmp_path / "node", hangup_after_ms=1500).start()
+    ua = phone(tmp_path, seconds=20)
+    try:
+        async with chorus(tmp_path, node) as (_, port):
+            await asyncio.to_thread(ua.start)
+            try:
+                await asyncio.to_thread(ua.dial, f"sip:room1@127.0.0.1:{port}")
+                await wait(ua, "CALL_ESTABLISHED")
+                closed = await wait(ua, "CALL_CLOSED", 15)
+                assert "end of file" not in str(closed.get("param")), closed
+            finally:
+                await asyncio.to_thread(ua.stop)
+    finally:
+        await node.stop()
+
+
+async def test_an_operators_kick_ends_baresips_call(tmp_path: Path, node: MediaNode) -> None:
+    ua = phone(tmp_path, seconds=20)
+    assert node.fake is not None
+    async with chorus(tmp_path, node) as (server, port):
+        await asyncio.to_thread(ua.start)
+        try:
+            await asyncio.to_thread(ua.dial, f"sip:room1@127.0.0.1:{port}")
+            await wait(ua, "CALL_ESTABLISHED")
+            engine = engine_of(server)
+            (participant,) = engine.participants(ROOM)
+            # FreeSWITCH's dialplan puts the leg into the room's conference.
+            member = node.fake.join(conference_name(ROOM), participant)
+            for _ in range(200):
+                if engine.member_id(ROOM, participant) == member:
+                    break
+                await asyncio.sleep(0.05)
+            name = conference_name(ROOM)
+            reply = await operator(
+                "127.0.0.1", node.esl_port, PASSWORD, f"conference {name} kick {member}"
+            )
+            assert reply == f"OK kicked {member}\n"
+            closed = await wait(ua, "CALL_CLOSED", 15)
+            assert "end of file" not in str(closed.get("param")), closed
+            await node.wait_received("BYE")
+        finally:
+            await asyncio.to_thread(ua.stop)
