@@ -1,0 +1,147 @@
+"""The node's one web server (aiohttp): screen viewer, room pages, file downloads.
+
+HTTPS with the node's certificate (control/tls.py: ``[tls]`` or the generated one); plain
+HTTP only where ``[web] listen`` says ``http:`` on a loopback address (config refuses it
+elsewhere), for a TLS proxy on the same host. Routes, all behind signed tokens (tokens.py):
+
+    GET /screen/{room}/{participant}            viewer page (frames pushed over /ws)
+    GET /screen/{room}/{participant}/ws         WebSocket: JSON meta + binary JPEG per frame
+    GET /screen/{room}/{participant}/image.jpg  the current frame
+    GET /screen/{room}/{participant}/mjpeg      multipart/x-mixed-replace push
+    GET /room/{room}                            room page
+    GET /files/{room}/{sha1}                    download, with Range
+    GET /static/screen.js                       the viewer's script (no token: it is public)
+
+`WebServer.urls` builds the signed URLs the conference announces.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from control.conference.screen import ScreenBoard
+from control.config import Config, ListenAddress
+from control.tls import ensure_certificate
+from control.web.context import CONTEXT, WebContext, WebUrls
+from control.web.files import FileDownloads
+from control.web.pages import RoomPages
+from control.web.screens import ScreenViews
+from control.web.tokens import TokenSigner, load_secret
+from control.web.views import FileSource, RoomDirectory
+
+__all__ = ["WebServer", "build_web_server"]
+
+log = logging.getLogger("chorus.web")
+
+
+@web.middleware
+async def _security_headers(
+    request: web.Request, handler: Callable[[web.Request], object]
+) -> web.StreamResponse:
+    response = await handler(request)  # type: ignore[misc]
+    assert isinstance(response, web.StreamResponse)
+    if not response.prepared:
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+    return response
+
+
+class WebServer:
+    """One aiohttp application on one listening address."""
+
+    def __init__(
+        self,
+        *,
+        listen: ListenAddress,
+        signer: TokenSigner,
+        screens: ScreenBoard,
+        rooms: RoomDirectory | None = None,
+        files: FileSource | None = None,
+        public_url: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if (listen.transport == "https") != (ssl_context is not None):
+            raise ValueError("https needs an SSL context, http must not have one")
+        self.listen = listen
+        self.signer = signer
+        self.screens = screens
+        self.public_url = public_url
+        self.ssl_context = ssl_context
+        self.clock = clock
+        self.urls = WebUrls(self._base(listen.port), signer, clock)
+        self.app = web.Application(middlewares=[_security_headers])
+        self.app[CONTEXT] = WebContext(signer, self.urls, clock)
+        views = ScreenViews(screens)
+        pages = RoomPages(screens, rooms, files)
+        screen = "/screen/{room}/{participant}"
+        self.app.router.add_get(screen, views.page)
+        self.app.router.add_get(screen + "/ws", views.websocket, allow_head=False)
+        self.app.router.add_get(screen + "/image.jpg", views.image)
+        self.app.router.add_get(screen + "/mjpeg", views.mjpeg, allow_head=False)
+        self.app.router.add_get("/static/screen.js", views.script)
+        self.app.router.add_get("/room/{room}", pages.page)
+        if files is not None:
+            self.app.router.add_get("/files/{room}/{sha1}", FileDownloads(files).download)
+        self._runner: web.AppRunner | None = None
+        self.bound: tuple[str, int] | None = None
+
+    def _base(self, port: int) -> str:
+        if self.public_url is not None:
+            return self.public_url.rstrip("/")
+        host = self.listen.host
+        host = f"[{host}]" if ":" in host else host
+        return f"{self.listen.transport}://{host}:{port}"
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, self.listen.host, self.listen.port, ssl_context=self.ssl_context
+        )
+        await site.start()
+        server = site._server  # aiohttp exposes no public accessor for the bound port
+        sockets = getattr(server, "sockets", None) or []
+        host, port = sockets[0].getsockname()[:2] if sockets else (self.listen.host, 0)
+        self.bound = (host, port)
+        self.urls.base = self._base(port)
+        log.info("web listening on %s://%s:%d", self.listen.transport, host, port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def build_web_server(
+    config: Config,
+    screens: ScreenBoard,
+    *,
+    rooms: RoomDirectory | None = None,
+    files: FileSource | None = None,
+) -> WebServer | None:
+    """The web server `[web]` asks for (None when `[web] listen` is not set)."""
+    listen = config.web.listen
+    if listen is None:
+        return None
+    context: ssl.SSLContext | None = None
+    if listen.transport == "https":
+        cert, key = ensure_certificate(config)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+    secret = load_secret(config.web.token_secret, Path(config.server.spool_dir))
+    return WebServer(
+        listen=listen,
+        signer=TokenSigner(secret, config.web.token_ttl),
+        screens=screens,
+        rooms=rooms,
+        files=files,
+        public_url=config.web.public_url,
+        ssl_context=context,
+    )
