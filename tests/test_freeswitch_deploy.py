@@ -1,0 +1,288 @@
+"""deploy/freeswitch: the config a Chorus media node runs.
+
+Checked without FreeSWITCH: every file is well-formed XML (lxml, hardened parser), every
+include resolves, every ``$${var}`` is set in vars.xml, every loaded module that reads a
+``.conf`` has it, the Event Socket has a non-default password and the control ACL, the SIP
+profile offers G.722, Speex WB, PCMU/PCMA and Opus and takes SDES-SRTP, the conference
+profile mixes at 16 kHz in 20 ms with no sounds, and the dialplan admits exactly the
+conference names Chorus sends.
+
+With ``FREESWITCH_BIN`` naming a FreeSWITCH 1.10 binary, a real node is started from this
+config rendered for free ports (unprivileged, every directory in a temp dir) and the engine
+drives it: a leg joins, the member is mapped, mute and kick go through. These are the only
+tests that skip, and only without FREESWITCH_BIN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from control.cli import build_server
+from control.config import parse_config
+from control.media.engine import RoomId
+from control.media.freeswitch import FreeSwitchEngine, conference_name
+from tests.peers.eslfake import operator
+from tests.peers.fsnode import ALICE, ROOM, Participant, offer
+from tests.peers.ports import free_ports
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "freeswitch"
+PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+CONFIG_OF = {  # module -> the configuration it reads (FreeSWITCH 1.10)
+    "mod_console": "console.conf",
+    "mod_logfile": "logfile.conf",
+    "mod_event_socket": "event_socket.conf",
+    "mod_sofia": "sofia.conf",
+    "mod_conference": "conference.conf",
+    "mod_opus": "opus.conf",
+    "mod_spandsp": "spandsp.conf",
+}
+
+
+def files() -> list[Path]:
+    return sorted(DEPLOY.rglob("*.xml"))
+
+
+def parse(path: Path) -> etree._Element:
+    return etree.parse(str(path), PARSER).getroot()
+
+
+def variables() -> dict[str, str]:
+    found = {}
+    for element in parse(DEPLOY / "vars.xml").iter("X-PRE-PROCESS"):
+        if element.get("cmd") == "set":
+            name, _, value = (element.get("data") or "").partition("=")
+            found[name] = value
+    return found
+
+
+def configuration(name: str) -> etree._Element:
+    for path in (DEPLOY / "autoload_configs").glob("*.xml"):
+        root = parse(path)
+        if root.tag == "configuration" and root.get("name") == name:
+            return root
+    raise AssertionError(f"no {name} in autoload_configs")
+
+
+def params(element: etree._Element) -> dict[str, str]:
+    return {p.get("name"): p.get("value") for p in element.iter("param")}
+
+
+def test_every_file_is_well_formed_and_every_include_resolves() -> None:
+    assert len(files()) >= 12
+    for path in files():
+        root = parse(path)
+        for include in root.iter("X-PRE-PROCESS"):
+            if include.get("cmd") != "include":
+                continue
+            base = DEPLOY if path.parent == DEPLOY else path.parent
+            matches = glob.glob(str(base / include.get("data", "")))
+            assert matches, f"{path.name}: include {include.get('data')} finds nothing"
+
+
+def test_every_variable_used_is_set_in_vars() -> None:
+    defined = variables()
+    for path in files():
+        for name in re.findall(r"\$\$\{(\w+)\}", path.read_text()):
+            assert name in defined, f"{path.name} uses $${{{name}}}, not set in vars.xml"
+
+
+def test_every_module_loaded_has_its_configuration() -> None:
+    modules = [m.get("module") for m in configuration("modules.conf").iter("load")]
+    for needed in (
+        "mod_sofia",
+        "mod_event_socket",
+        "mod_conference",
+        "mod_spandsp",
+        "mod_opus",
+        "mod_dialplan_xml",
+        "mod_dptools",
+        "mod_commands",
+    ):
+        assert needed in modules
+    for module in modules:
+        if module in CONFIG_OF:
+            configuration(CONFIG_OF[module])
+    configuration("switch.conf")
+    configuration("acl.conf")
+
+
+def test_event_socket_is_bound_to_the_configured_address_behind_an_acl() -> None:
+    settings = params(configuration("event_socket.conf"))
+    assert settings["listen-ip"] == "$${chorus_esl_ip}"
+    assert settings["listen-port"] == "$${chorus_esl_port}"
+    assert settings["password"] == "$${chorus_esl_password}"
+    assert variables()["chorus_esl_password"] not in ("", "ClueCon")
+    assert settings["apply-inbound-acl"] == "chorus_control"
+    (acl,) = [
+        x for x in configuration("acl.conf").iter("list") if x.get("name") == "chorus_control"
+    ]
+    assert acl.get("default") == "deny"
+    assert [n.get("cidr") for n in acl.iter("node")] == ["$${chorus_control_net}"]
+
+
+def test_the_sip_profile_takes_the_codecs_and_srtp_and_only_control_nodes() -> None:
+    profile = parse(DEPLOY / "sip_profiles" / "chorus.xml").find("profile")
+    assert profile is not None and profile.get("name") == "chorus"
+    settings = params(profile)
+    assert (
+        settings["sip-ip"] == "$${chorus_sip_ip}" and settings["sip-port"] == "$${chorus_sip_port}"
+    )
+    assert settings["rtp-ip"] == "$${chorus_rtp_ip}"
+    assert settings["apply-inbound-acl"] == "chorus_control"
+    assert settings["context"] == "chorus"
+    codecs = [c.split("@")[0].lower() for c in variables()["chorus_codecs"].split(",")]
+    assert codecs == ["opus", "g722", "speex", "pcmu", "pcma"]
+    assert "speex@16000h" in variables()["chorus_codecs"]
+    dialplan = (DEPLOY / "dialplan" / "chorus.xml").read_text()
+    assert 'data="rtp_secure_media=optional"' in dialplan
+
+
+def test_the_conference_profile_is_wideband_20ms_without_sounds() -> None:
+    conf = configuration("conference.conf")
+    (wideband,) = [p for p in conf.iter("profile") if p.get("name") == "chorus-wideband"]
+    settings = params(wideband)
+    assert settings["rate"] == "16000" and settings["interval"] == "20"
+    assert not [name for name in settings if "sound" in name or name == "moh"]
+
+
+def test_the_dialplan_admits_the_conference_names_chorus_sends() -> None:
+    root = parse(DEPLOY / "dialplan" / "chorus.xml")
+    (room,) = [e for e in root.iter("extension") if e.get("name") == "chorus-room"]
+    conditions = room.findall("condition")
+    assert conditions[0].get("field") == "${acl(${network_addr} chorus_control)}"
+    pattern = re.compile(conditions[1].get("expression", ""))
+    for name in ("r1@conference.example.com", "Room 7@x.org", "ünïcode@host"):
+        assert pattern.match(conference_name(RoomId(name))), name
+    assert not pattern.match("1000") and not pattern.match("chorus-x@evil")
+    actions = [a.get("data") for a in conditions[1].iter("action")]
+    assert "$1@chorus-wideband" in actions
+
+
+def render(dest: Path, **values: str) -> Path:
+    """deploy/freeswitch copied to ``dest`` with vars.xml values replaced."""
+    shutil.copytree(DEPLOY, dest)
+    text = (dest / "vars.xml").read_text()
+    for name, value in values.items():
+        text, count = re.subn(rf'data="{name}=[^"]*"', f'data="{name}={value}"', text)
+        assert count == 1, name
+    (dest / "vars.xml").write_text(text)
+    return dest
+
+
+def test_render_sets_the_parameters(tmp_path: Path) -> None:
+    conf = render(tmp_path / "conf", chorus_sip_port="15080", chorus_esl_password="s3cret")
+    text = (conf / "vars.xml").read_text()
+    assert 'data="chorus_sip_port=15080"' in text and 'data="chorus_esl_password=s3cret"' in text
+    parse(conf / "vars.xml")
+
+
+# --- a real FreeSWITCH, only with FREESWITCH_BIN ---------------------------------------------
+
+
+@pytest.fixture
+def freeswitch_bin() -> str:
+    binary = os.environ.get("FREESWITCH_BIN")
+    if not binary:
+        pytest.skip("FREESWITCH_BIN is not set: no FreeSWITCH 1.10 binary to run")
+    return binary
+
+
+@pytest.mark.timeout(120)
+async def test_a_real_node_from_this_config_takes_a_leg_and_obeys_the_engine(
+    freeswitch_bin: str, tmp_path: Path
+) -> None:
+    sip_port, esl_port = free_ports(2)
+    rtp_low = 30000 + (sip_port % 1000) * 20
+    password = "chorus-real-esl"
+    conf = render(
+        tmp_path / "conf",
+        chorus_sip_port=str(sip_port),
+        chorus_esl_port=str(esl_port),
+        chorus_esl_password=password,
+        chorus_rtp_start=str(rtp_low),
+        chorus_rtp_end=str(rtp_low + 98),
+    )
+    dirs = {flag: tmp_path / flag for flag in ("log", "db", "run", "temp", "cache", "storage")}
+    for path in dirs.values():
+        path.mkdir()
+    argv = [freeswitch_bin, "-nf", "-nc", "-np", "-nonat", "-conf", str(conf)]
+    for flag, path in dirs.items():
+        argv += [f"-{flag}", str(path)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):  # ESL answers before sofia runs: wait for the profile
+            try:
+                status = await operator(
+                    "127.0.0.1", esl_port, password, "sofia status profile chorus"
+                )
+                if "RUNNING" in status:
+                    break
+            except OSError:
+                pass
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("FreeSWITCH did not bring profile chorus up")
+        nodes = parse_config(
+            {
+                "audio": {"engine": "freeswitch"},
+                "freeswitch": {
+                    "nodes": [
+                        {
+                            "sip": f"127.0.0.1:{sip_port}",
+                            "esl": f"127.0.0.1:{esl_port}",
+                            "password": password,
+                        }
+                    ]
+                },
+            }
+        ).freeswitch.nodes
+        (port,) = free_ports(1)
+        chorus = build_server(
+            parse_config(
+                {
+                    "sip": {"listen": [f"udp:127.0.0.1:{port}"]},
+                    "msrp": {"listen": ["tcp:127.0.0.1:0"]},
+                    "server": {"spool_dir": str(tmp_path / "spool")},
+                }
+            )
+        )
+        await chorus.start()
+        loop = asyncio.get_running_loop()
+        transport, participant = await loop.create_datagram_endpoint(
+            Participant, local_addr=("127.0.0.1", 0)
+        )
+        engine = FreeSwitchEngine(chorus.ua, nodes)
+        try:
+            answer = await engine.attach(ROOM, ALICE, offer(participant.port), 0)
+            assert answer.address == "127.0.0.1" and answer.accept.port != participant.port
+            for _ in range(100):
+                if engine.member_id(ROOM, ALICE) is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert engine.member_id(ROOM, ALICE) is not None, "no add-member from FreeSWITCH"
+            await engine.set_muted(ROOM, ALICE, True)
+            listing = await operator(
+                "127.0.0.1", esl_port, password, f"conference {conference_name(ROOM)} list"
+            )
+            assert f";{ALICE};" in listing and "speak" not in listing, listing
+            assert await engine.kick(ROOM, ALICE)
+        finally:
+            await engine.close()
+            transport.close()
+            await chorus.stop()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
