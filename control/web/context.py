@@ -25,7 +25,7 @@ TOKEN_PARAM = "t"
 
 
 def _segment(value: str) -> str:
-    return urllib.parse.quote(value, safe="")
+    return urllib.parse.quote(value, safe="@:")  # RFC 3986 §3.3: pchar allows both
 
 
 @dataclass(slots=True)

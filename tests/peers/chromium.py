@@ -65,6 +65,16 @@ class Page:
             waiter.cancel()
         return result
 
+    async def document_status(self, url: str) -> int:
+        """Navigate to `url` and return the HTTP status of the document Chromium received."""
+        await self.send("Network.enable")
+        waiter = self._browser.expect("Network.responseReceived", self.session_id, kind="Document")
+        loaded = self._browser.expect("Page.loadEventFired", self.session_id)
+        await self.send("Page.navigate", url=url)
+        params = await asyncio.wait_for(waiter, COMMAND_TIMEOUT)
+        await asyncio.wait_for(loaded, COMMAND_TIMEOUT)
+        return int(params["response"]["status"])
+
     async def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression (promises awaited)."""
         result = await self.send(
@@ -109,7 +119,7 @@ class Chromium:
         self.profile = profile
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._waiters: list[tuple[str, str | None, asyncio.Future[dict[str, Any]]]] = []
+        self._waiters: list[tuple[str, str | None, str | None, asyncio.Future[dict[str, Any]]]] = []
         self.events: list[tuple[str, dict[str, Any]]] = []
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -146,7 +156,9 @@ class Chromium:
             self.events.append((method, params))
             session = data.get("sessionId")
             for waiter in list(self._waiters):
-                name, wanted, future = waiter
+                name, wanted, kind, future = waiter
+                if kind is not None and params.get("type") != kind:
+                    continue
                 if name == method and wanted in (None, session) and not future.done():
                     future.set_result(params)
                     self._waiters.remove(waiter)
@@ -154,10 +166,13 @@ class Chromium:
             if not future.done():
                 future.set_exception(CdpError("DevTools connection closed"))
 
-    def expect(self, method: str, session_id: str | None = None) -> asyncio.Future[dict[str, Any]]:
-        """A future for the next event `method` (of one session, or any)."""
+    def expect(
+        self, method: str, session_id: str | None = None, *, kind: str | None = None
+    ) -> asyncio.Future[dict[str, Any]]:
+        """A future for the next event `method` (of one session, or any; with `kind`, only
+        an event whose ``type`` param is that, e.g. a ``Document`` response)."""
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiters.append((method, session_id, future))
+        self._waiters.append((method, session_id, kind, future))
         return future
 
     async def send(
