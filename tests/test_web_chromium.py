@@ -143,9 +143,9 @@ async def test_download_through_the_room_page_link_and_a_range(tmp_path: Path) -
 
         def progress() -> None:
             for method, params in browser.events:
-                if method == "Browser.downloadProgress" and params["state"] != "inProgress":
-                    if not done.done():
-                        done.set_result(params)
+                final = method == "Browser.downloadProgress" and params["state"] != "inProgress"
+                if final and not done.done():
+                    done.set_result(params)
 
         await page.evaluate("document.querySelector('a.download').click()")
         started = await asyncio.wait_for(began, WAIT)
@@ -162,9 +162,9 @@ async def test_download_through_the_room_page_link_and_a_range(tmp_path: Path) -
         assert started["suggestedFilename"].endswith("report 1.pdf")
         # The same link, resumed from the middle with a Range request.
         assert re.search(rf"/files/{re.escape(ROOM)}/{entry.sha1}\?t=", href)
-        async with aiohttp.ClientSession() as session:
-            async with session.get(href, headers={"Range": "bytes=1048576-"}) as resp:
-                assert resp.status == 206
-                total = len(data)
-                assert resp.headers["Content-Range"] == f"bytes 1048576-{total - 1}/{total}"
-                assert await resp.read() == data[1048576:]
+        ranged = {"Range": "bytes=1048576-"}
+        async with aiohttp.ClientSession() as session, session.get(href, headers=ranged) as resp:
+            assert resp.status == 206
+            total = len(data)
+            assert resp.headers["Content-Range"] == f"bytes 1048576-{total - 1}/{total}"
+            assert await resp.read() == data[1048576:]

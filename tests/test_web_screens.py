@@ -113,18 +113,21 @@ async def test_a_viewer_leaving_leaves_no_waiter(tmp_path: Path, board: ScreenBo
 
 
 async def test_mjpeg_pushes_frames_as_multipart(tmp_path: Path, board: ScreenBoard) -> None:
-    async with running_web(tmp_path, board=board) as web, aiohttp.ClientSession() as session:
-        async with session.get(web.urls.screen_mjpeg(ROOM, ALICE)) as resp:
-            assert resp.headers["Content-Type"].startswith("multipart/x-mixed-replace; boundary=")
-            head = await resp.content.readuntil(b"\r\n\r\n")
-            assert b"Content-Type: image/jpeg" in head
-            assert f"Content-Length: {len(RED)}".encode() in head
-            assert await resp.content.readexactly(len(RED)) == RED
-            board.receive(ROOM, ALICE, BLUE, now=1.0)
-            await resp.content.readuntil(b"\r\n\r\n")
-            assert await resp.content.readexactly(len(BLUE) + 2) == BLUE + b"\r\n"
-            board.stop(ROOM, ALICE, now=2.0)
-            assert (await resp.content.read()).endswith(b"--\r\n")
+    async with (
+        running_web(tmp_path, board=board) as web,
+        aiohttp.ClientSession() as session,
+        session.get(web.urls.screen_mjpeg(ROOM, ALICE)) as resp,
+    ):
+        assert resp.headers["Content-Type"].startswith("multipart/x-mixed-replace; boundary=")
+        head = await resp.content.readuntil(b"\r\n\r\n")
+        assert b"Content-Type: image/jpeg" in head
+        assert f"Content-Length: {len(RED)}".encode() in head
+        assert await resp.content.readexactly(len(RED)) == RED
+        board.receive(ROOM, ALICE, BLUE, now=1.0)
+        await resp.content.readuntil(b"\r\n\r\n")
+        assert await resp.content.readexactly(len(BLUE) + 2) == BLUE + b"\r\n"
+        board.stop(ROOM, ALICE, now=2.0)
+        assert (await resp.content.read()).endswith(b"--\r\n")
 
 
 async def test_room_page_lists_people_media_files_and_screens(
@@ -132,25 +135,27 @@ async def test_room_page_lists_people_media_files_and_screens(
 ) -> None:
     files = FakeFileSource(tmp_path)
     files.add(ROOM, "notes <1>.txt", b"hello, room\n", "text/plain")
-    async with running_web(tmp_path, board=board, files=files) as web:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(web.urls.room_page(ROOM)) as resp:
-                assert resp.status == 200
-                text = await resp.text()
-            assert "Alice" in text and "audio, message" in text
-            assert "Bob &lt;b&gt;" in text and "Bob <b>" not in text  # escaped
-            assert "notes &lt;1&gt;.txt" in text
-            link = re.search(r'class="download" href="([^"]+)"', text)
-            assert link is not None
-            async with session.get(link[1].replace("&amp;", "&")) as resp:
-                assert await resp.read() == b"hello, room\n"
-            assert "Screens (1)" in text and f"/screen/{ROOM}/{ALICE}/mjpeg?t=" in text
-            other = web.urls.room_page(OTHER_ROOM)
-            async with session.get(other) as resp:
-                assert resp.status == 404  # neither running nor any file
-            token = web.urls.room_page(ROOM).split("?t=")[1]
-            async with session.get(f"{web.urls.base}/room/{OTHER_ROOM}?t={token}") as resp:
-                assert resp.status == 403
+    async with (
+        running_web(tmp_path, board=board, files=files) as web,
+        aiohttp.ClientSession() as session,
+    ):
+        async with session.get(web.urls.room_page(ROOM)) as resp:
+            assert resp.status == 200
+            text = await resp.text()
+        assert "Alice" in text and "audio, message" in text
+        assert "Bob &lt;b&gt;" in text and "Bob <b>" not in text  # escaped
+        assert "notes &lt;1&gt;.txt" in text
+        link = re.search(r'class="download" href="([^"]+)"', text)
+        assert link is not None
+        async with session.get(link[1].replace("&amp;", "&")) as resp:
+            assert await resp.read() == b"hello, room\n"
+        assert "Screens (1)" in text and f"/screen/{ROOM}/{ALICE}/mjpeg?t=" in text
+        other = web.urls.room_page(OTHER_ROOM)
+        async with session.get(other) as resp:
+            assert resp.status == 404  # neither running nor any file
+        token = web.urls.room_page(ROOM).split("?t=")[1]
+        async with session.get(f"{web.urls.base}/room/{OTHER_ROOM}?t={token}") as resp:
+            assert resp.status == 403
 
 
 async def test_room_page_of_an_ended_room_with_files(tmp_path: Path) -> None:
@@ -158,10 +163,13 @@ async def test_room_page_of_an_ended_room_with_files(tmp_path: Path) -> None:
     files.add(ROOM, "kept.bin", b"\x00" * 10, "application/octet-stream")
     rooms = alice_and_bob()
     rooms.rooms.clear()
-    async with running_web(tmp_path, rooms=rooms, files=files) as web:
-        async with aiohttp.ClientSession() as session, session.get(web.urls.room_page(ROOM)) as r:
-            assert r.status == 200
-            text = await r.text()
+    async with (
+        running_web(tmp_path, rooms=rooms, files=files) as web,
+        aiohttp.ClientSession() as session,
+        session.get(web.urls.room_page(ROOM)) as r,
+    ):
+        assert r.status == 200
+        text = await r.text()
     assert "not running" in text and "kept.bin" in text
 
 
