@@ -142,9 +142,16 @@ class MsrpConfig:
 
 @dataclass(frozen=True, slots=True)
 class FilesConfig:
-    """File transfer (RFC 5547): files land in ``<spool_dir>/files``, each at most this big."""
+    """File transfer (RFC 5547): echo's files land in ``<spool_dir>/files``, rooms' files in
+    ``<spool_dir>/rooms/files`` (control/files/rooms.py), each at most ``max_file_bytes``.
+    For the room limits and retention, 0 means none."""
 
     max_file_bytes: int = 100 * 1024 * 1024
+    room_quota_bytes: int = 1024 * 1024 * 1024  # sum of a room's files; a push past it: 413
+    retain_max_age: float = 0.0  # seconds: older room files are deleted by the retention timer
+    retain_room_bytes: int = 0  # retention deletes a room's oldest files down to this total
+    push_to_participants: bool = False  # offer each new room file to every participant
+    after_room_ends: str = "keep"  # "keep" or "delete" the room's files when it ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,8 +548,18 @@ def _parse_msrp(section: _Section) -> MsrpConfig:
 
 def _parse_files(section: _Section) -> FilesConfig:
     default = FilesConfig()
+    after = section.take("after_room_ends", str, default.after_room_ends)
+    if after not in ("keep", "delete"):
+        raise ConfigError(section.key("after_room_ends"), "expected one of keep, delete")
     config = FilesConfig(
-        max_file_bytes=section.integer("max_file_bytes", default.max_file_bytes, minimum=1)
+        max_file_bytes=section.integer("max_file_bytes", default.max_file_bytes, minimum=1),
+        room_quota_bytes=section.integer("room_quota_bytes", default.room_quota_bytes),
+        retain_max_age=section.number("retain_max_age", default.retain_max_age),
+        retain_room_bytes=section.integer("retain_room_bytes", default.retain_room_bytes),
+        push_to_participants=bool(
+            section.take("push_to_participants", bool, default.push_to_participants)
+        ),
+        after_room_ends=after,
     )
     section.finish()
     return config

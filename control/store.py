@@ -1,12 +1,11 @@
 """The room store: chat history (issue 8, item 4) in one SQLite database in the spool.
 
 One file, ``<spool_dir>/chorus.sqlite3`` (:data:`DATABASE_NAME`), opened with the standard
-library's :mod:`sqlite3`. Room file metadata (issue 9) will live in the same database, added
-by a migration of its own (``MIGRATIONS[1]``), written with the upload code: the table's shape
-(which status values, how a row names its bytes in ``<spool_dir>/files``, what a quota counts)
-is that code's decision, and a table guessed now would have to be migrated again. What it
-needs is here: one database, ordered migrations, a write transaction helper. The columns
-issue 9 names: room, sender, name, type, size, sha1, time, status.
+library's :mod:`sqlite3`. Room file metadata (issue 9) lives in the same database, in the
+``files`` table of migration 2 (``MIGRATIONS[1]``, :func:`_migrate_1_to_2`); its queries are
+:class:`control.files.records.FileRecords`, which opens its own connection with
+:func:`open_database` and writes through :func:`transaction`, the same helpers
+:class:`HistoryStore` uses.
 
 Why it is built this way:
 
@@ -71,6 +70,10 @@ __all__ = [
     "StoreError",
     "StoreVersionError",
     "StoredMessage",
+    "from_us",
+    "open_database",
+    "to_us",
+    "transaction",
 ]
 
 DATABASE_NAME: Final = "chorus.sqlite3"
@@ -146,6 +149,11 @@ def _from_us(us: int) -> _dt.datetime:
     return _EPOCH + _dt.timedelta(microseconds=us)
 
 
+to_us = _to_us
+"""A UTC-aware datetime as the integer microseconds every table stores (naive: ValueError)."""
+from_us = _from_us
+
+
 # --- migrations ------------------------------------------------------------------------------
 
 
@@ -177,14 +185,50 @@ def _migrate_0_to_1(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX chat_messages_room_received ON chat_messages (room, received_us)")
 
 
-MIGRATIONS: Final[Sequence[Callable[[sqlite3.Connection], None]]] = (_migrate_0_to_1,)
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Room files (issue 9, item 1): one row per stored file of a room.
+
+    ``file_id`` is the file's name on disk (``<sha1>.<token>`` in ``<spool_dir>/rooms/files``,
+    chosen by the server); ``name`` is the sender's file name, metadata only, never a path.
+    ``status`` is ``stored`` (served), ``deleting`` (retention is removing it), ``missing``
+    (the row survived its bytes: never served, kept as a record) or ``orphan`` (bytes found
+    on disk with no room: kept, never served). ``time_us`` is when the server stored it
+    (microseconds since the epoch, UTC), which retention by age measures. The indexes serve
+    the pull (a room's newest file with a hash), the listing and retention (a room's files
+    by age), and quota sums (the same index).
+    """
+    db.execute(
+        """
+        CREATE TABLE files (
+            id       INTEGER PRIMARY KEY AUTOINCREMENT,
+            file_id  TEXT    NOT NULL UNIQUE,
+            room     TEXT    NOT NULL,
+            sender   TEXT    NOT NULL,
+            name     TEXT    NOT NULL,
+            type     TEXT    NOT NULL,
+            size     INTEGER NOT NULL CHECK (size >= 0),
+            sha1     TEXT    NOT NULL,
+            time_us  INTEGER NOT NULL,
+            status   TEXT    NOT NULL
+                CHECK (status IN ('stored', 'deleting', 'missing', 'orphan'))
+        )
+        """
+    )
+    db.execute("CREATE INDEX files_room_sha1 ON files (room, sha1)")
+    db.execute("CREATE INDEX files_room_time ON files (room, time_us)")
+
+
+MIGRATIONS: Final[Sequence[Callable[[sqlite3.Connection], None]]] = (
+    _migrate_0_to_1,
+    _migrate_1_to_2,
+)
 """``MIGRATIONS[n]`` takes schema version ``n`` to ``n + 1``; append, never edit."""
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
 @contextlib.contextmanager
-def _write(db: sqlite3.Connection) -> Iterator[None]:
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
     """One write transaction, taken with the write lock up front (``BEGIN IMMEDIATE``, so it
     never fails half-way on a lock upgrade): committed on success, rolled back on any error."""
     db.execute("BEGIN IMMEDIATE")
@@ -221,7 +265,7 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
     if found > SCHEMA_VERSION:
         raise StoreVersionError(found, SCHEMA_VERSION, path)
     for version in range(found, SCHEMA_VERSION):
-        with _write(db):
+        with transaction(db):
             # Re-read under the write lock: another process may have migrated meanwhile.
             current = int(db.execute("PRAGMA user_version").fetchone()[0])
             if current > SCHEMA_VERSION:
@@ -230,6 +274,34 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
                 continue
             MIGRATIONS[version](db)
             db.execute(f"PRAGMA user_version = {version + 1}")
+
+
+def open_database(path: Path, *, synchronous_full: bool = False) -> sqlite3.Connection:
+    """Open (creating and migrating as needed) the database at ``path``: WAL, autocommit mode
+    (transactions are explicit, :func:`transaction`), usable from any thread (the caller
+    guards it with a lock). Raises :class:`StoreVersionError` for a database newer than this
+    code and :class:`StoreError` for a file that is not a usable database."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open the database: {exc}") from exc
+    try:
+        # A busy_timeout lets two processes (or two connections) migrating at once take turns.
+        db.execute("PRAGMA busy_timeout = 5000")
+        mode = _use_wal(db)
+        if mode != "wal":
+            raise StoreError(f"{path}: the database cannot use WAL (journal_mode={mode})")
+        db.execute(f"PRAGMA synchronous = {'FULL' if synchronous_full else 'NORMAL'}")
+        db.execute("PRAGMA foreign_keys = ON")
+        _migrate(db, path)
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise StoreError(f"{path}: not a usable database: {exc}") from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 # --- the store -------------------------------------------------------------------------------
@@ -293,26 +365,7 @@ class HistoryStore:
         :class:`StoreError` for a file that is not a usable database.
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{path}: cannot open the database: {exc}") from exc
-        try:
-            # A busy_timeout lets two processes migrating at once take turns.
-            db.execute("PRAGMA busy_timeout = 5000")
-            mode = _use_wal(db)
-            if mode != "wal":
-                raise StoreError(f"{path}: the database cannot use WAL (journal_mode={mode})")
-            db.execute(f"PRAGMA synchronous = {'FULL' if synchronous_full else 'NORMAL'}")
-            db.execute("PRAGMA foreign_keys = ON")
-            _migrate(db, path)
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            raise StoreError(f"{path}: not a usable database: {exc}") from exc
-        except BaseException:
-            db.close()
-            raise
+        db = open_database(path, synchronous_full=synchronous_full)
         return cls(db, path, retention=retention or Retention(), store_private=store_private)
 
     def close(self) -> None:
@@ -344,7 +397,7 @@ class HistoryStore:
         received_us = sent_us if message.received is None else _to_us(message.received)
         headers = json.dumps([[n, v] for n, v in message.headers], ensure_ascii=False)
         recipients = None if message.recipients is None else json.dumps(list(message.recipients))
-        with self._lock, _write(self._db):
+        with self._lock, transaction(self._db):
             cursor = self._db.execute(
                 "INSERT INTO chat_messages (room, message_id, sender_uri, sender_name, sent_us,"
                 " received_us, content_type, body, headers, recipients)"
@@ -421,7 +474,7 @@ class HistoryStore:
         messages, drop those received more than ``max_age`` seconds before ``now``.
         Returns how many were deleted. One transaction."""
         now_us = _to_us(now)
-        with self._lock, _write(self._db):
+        with self._lock, transaction(self._db):
             targets = self.rooms() if room is None else [room]
             deleted = sum(
                 self._prune_room(r, keep=keep, max_age=max_age, now_us=now_us) for r in targets

@@ -26,6 +26,10 @@ Why each rule:
   match its name is left alone and logged.
 - **Size-capped.** ``max_file_bytes`` bounds every upload; writing past it fails.
 - **Nothing left behind.** A failed transfer's temporary file is deleted (:meth:`Upload.discard`).
+- **Scoped views.** Room files share one directory (``<spool_dir>/rooms/files``), the room
+  being metadata (in the sidecar, and in SQLite: :mod:`control.files.rooms`), never a path.
+  :meth:`FileSpool.scoped` gives a view that stamps its room into each upload's sidecar and
+  asks an ``admit`` check (a room quota) before the rename, so a refused file never exists.
 
 The methods here block (they are plain file I/O); the asyncio side calls them through the one
 seam :func:`to_disk`, which runs them in a worker thread, so the event loop never waits on disk.
@@ -100,6 +104,7 @@ class StoredFile:
     date: str
     sender: str
     path: Path
+    room: str | None = None  # the room it was shared in (``None``: echo's spool, or unknown)
 
     @property
     def sha1_bytes(self) -> bytes:
@@ -182,11 +187,14 @@ class Upload:
             date=meta.date,
             sender=meta.sender,
             path=final,
+            room=self.spool.room,
         )
         try:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
+            if self.spool.admit is not None:
+                self.spool.admit(stored)  # may refuse (SpoolError): then nothing is kept
             self.spool._write_meta(stored)  # the sidecar first: see the module doc
             os.rename(self.path, final)
             _fsync_dir(self.spool.files_dir)
@@ -195,6 +203,9 @@ class Upload:
             with contextlib.suppress(OSError):
                 self.spool._meta_path(file_id).unlink()
             raise SpoolError(500, f"cannot store the file: {exc}") from exc
+        except SpoolError:
+            self._discard()
+            raise
         self.done = True
         return stored
 
@@ -217,6 +228,7 @@ class FileSpool:
     """The directory of stored files (see the module doc for the layout and its reasons).
 
     ``max_file_bytes`` is the cap on one file; ``random`` names uploads (injected for tests).
+    ``room`` and ``admit`` are set on a view made by :meth:`scoped`.
     """
 
     def __init__(
@@ -225,11 +237,35 @@ class FileSpool:
         *,
         max_file_bytes: int = 100 * 1024 * 1024,
         random: RandomSource = os.urandom,
+        room: str | None = None,
+        admit: Callable[[StoredFile], None] | None = None,
     ) -> None:
         self.root = root
         self.files_dir = root / "files"
         self.max_file_bytes = max_file_bytes
         self._random = random
+        self.room = room
+        self.admit = admit
+
+    def scoped(
+        self,
+        room: str,
+        *,
+        admit: Callable[[StoredFile], None] | None = None,
+        max_file_bytes: int | None = None,
+    ) -> FileSpool:
+        """A view of this spool for one room: the same directory, each upload's sidecar
+        stamped with ``room``, and ``admit(stored)`` called (in the disk thread, after the
+        bytes are fsync'ed, before the sidecar and the rename) to refuse a file by raising
+        :class:`SpoolError`, in which case its temporary file is deleted. Only the spool the
+        node owns should :meth:`prepare`; a view's :meth:`files` lists every room's files."""
+        return FileSpool(
+            self.root,
+            max_file_bytes=self.max_file_bytes if max_file_bytes is None else max_file_bytes,
+            random=self._random,
+            room=room,
+            admit=admit,
+        )
 
     def prepare(self) -> int:
         """Create the directory and remove what a crash left: ``.part`` and ``.tmp`` files and
@@ -334,6 +370,7 @@ class FileSpool:
                 date=str(record["date"]),
                 sender=str(record["sender"]),
                 path=data_path,
+                room=None if record.get("room") is None else str(record["room"]),
             )
         except (OSError, ValueError, KeyError, TypeError):
             log.warning("spool: unreadable metadata %s", meta_path.name)

@@ -350,8 +350,9 @@ class MsrpFileStream:
         serve: StoredFile | None = None
         selector = transfer.selector
         if theirs.direction is Direction.SENDONLY:
-            if selector.size is not None and selector.size > store.spool.max_file_bytes:
-                log.info("file push of %d bytes over the cap", selector.size)
+            refused = None if selector.size is None else store.refusal(selector.size)
+            if refused is not None:
+                log.info("file push refused: %s", refused)
                 return None
             if transfer.range is not None and (
                 transfer.range.start != 1
