@@ -114,6 +114,13 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     cluster = ClusterAgent.from_config(config) if config.cluster.enabled else None
     server = build_server(config, room_observer=cluster)
     await server.start()
+    # [web]: screen viewer, room pages, downloads; the conference is to share this board.
+    from control.conference.screen import ScreenBoard
+    from control.web import build_web_server, screen_limits
+
+    web = build_web_server(config, ScreenBoard(screen_limits(config)))
+    if web is not None:
+        await web.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     if cluster is None:
@@ -136,6 +143,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     await stop.wait()
     logging.getLogger("chorus").info("shutting down")
     await server.stop()
+    if web is not None:
+        await web.stop()
     if cluster is not None:
         await cluster.stop(timeout=2 * config.cluster.rpc_timeout + 1)
         config.pid_path().unlink(missing_ok=True)

@@ -15,6 +15,8 @@ import pytest
 from control.conference.screen import ScreenBoard, ScreenLimits
 from control.config import parse_config
 from control.web import TokenPurpose, TokenSigner, build_web_server
+from tests.peers.chorus import ChorusProcess
+from tests.peers.ports import free_port
 from tests.test_web_fakes import (
     ALICE,
     BOB,
@@ -202,3 +204,20 @@ async def test_https_from_config_with_the_node_certificate(tmp_path: Path) -> No
     assert (tmp_path / "tls" / "chorus.crt").exists()
     assert (tmp_path / "web" / "token_secret").exists()
     assert build_web_server(parse_config({}), board) is None  # [web] listen unset: off
+
+
+async def test_chorus_serve_runs_the_web_server_from_config() -> None:
+    port = free_port("tcp")
+    chorus = ChorusProcess({"web": {"listen": f"https:127.0.0.1:{port}"}})
+    await asyncio.to_thread(chorus.start)
+    try:
+        base = f"https://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/static/screen.js", ssl=False) as resp:
+                assert resp.status == 200 and "WebSocket" in await resp.text()
+            async with session.get(f"{base}/room/{ROOM}?t=1.x", ssl=False) as resp:
+                assert resp.status == 403
+        assert (chorus.workdir / "spool" / "web" / "token_secret").exists()
+    finally:
+        assert await asyncio.to_thread(chorus.stop) == 0
+    assert "web listening on https://127.0.0.1" in chorus.log()

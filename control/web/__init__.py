@@ -4,7 +4,7 @@ signed, expiring URL tokens. The conference plugs in through `ScreenBoard`
 
 from control.web.context import WebUrls
 from control.web.files import parse_range
-from control.web.server import WebServer, build_web_server
+from control.web.server import WebServer, build_web_server, screen_limits
 from control.web.tokens import TokenError, TokenPurpose, TokenSigner, load_secret
 from control.web.views import FileEntry, FileSource, ParticipantView, RoomDirectory, RoomView
 
@@ -22,4 +22,5 @@ __all__ = [
     "build_web_server",
     "load_secret",
     "parse_range",
+    "screen_limits",
 ]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from control.conference.screen import ScreenBoard
+from control.conference.screen import ScreenBoard, ScreenLimits
 from control.config import Config, ListenAddress
 from control.tls import ensure_certificate
 from control.web.context import CONTEXT, WebContext, WebUrls
@@ -35,7 +35,7 @@ from control.web.screens import ScreenViews
 from control.web.tokens import TokenSigner, load_secret
 from control.web.views import FileSource, RoomDirectory
 
-__all__ = ["WebServer", "build_web_server"]
+__all__ = ["WebServer", "build_web_server", "screen_limits"]
 
 log = logging.getLogger("chorus.web")
 
@@ -117,6 +117,17 @@ class WebServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def screen_limits(config: Config) -> ScreenLimits:
+    """The ``[screen]`` section as the board's limits."""
+    screen = config.screen
+    return ScreenLimits(
+        max_frame_bytes=screen.max_frame_bytes,
+        max_width=screen.max_width,
+        max_height=screen.max_height,
+        idle_timeout=screen.idle_timeout,
+    )
 
 
 def build_web_server(
