@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from control.media.engine import (
+    AudioEngineError,
     AudioEvent,
     MuteChanged,
     StreamFailed,
@@ -194,3 +195,20 @@ async def test_with_no_node_left_the_participants_are_ended(
         events.stop()
         await engine.close()
         await only.stop()
+
+
+async def test_a_node_that_refuses_our_password_gets_no_room(
+    server: Server, node: MediaNode, participant: Participant
+) -> None:
+    assert node.fake is not None
+    node.fake.password = "not-what-chorus-has"
+    engine = engine_for(server, node)
+    try:
+        with pytest.raises(AudioEngineError) as failed:
+            await engine.attach(ROOM, ALICE, offer(participant.port), 0)
+        assert failed.value.status == 503
+        assert node.fake.auth_failures >= 1
+        assert not engine.node_states()[node.name].connected
+        assert node.received("INVITE") == []  # no leg to a node Chorus cannot control
+    finally:
+        await engine.close()

@@ -88,6 +88,7 @@ class FreeSwitchEngine(AudioEngine):
         self._tasks: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._closed = False
+        self._refused: set[str] = set()  # nodes whose password was refused (logged once)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -304,6 +305,7 @@ class FreeSwitchEngine(AudioEngine):
                     self._queue.put_nowait(audio_event)
             case EslConnected(node=name):
                 log.info("Event Socket of %s connected", name)
+                self._refused.discard(name)
                 self._pool.set_connected(name, True, now)
                 for room in self._pool.nodes[name].rooms:
                     self._spawn(self._resync(name, room))
@@ -311,7 +313,9 @@ class FreeSwitchEngine(AudioEngine):
                 log.warning("Event Socket of %s lost: %s", name, reason)
                 self._pool.set_connected(name, False, now)
             case EslAuthFailed(node=name, reply=reply):
-                log.error("Event Socket of %s refused our password (%s)", name, reply)
+                if name not in self._refused:
+                    self._refused.add(name)
+                    log.error("Event Socket of %s refused our password (%s)", name, reply)
                 self._pool.set_connected(name, False, now)
 
     async def _watch(self) -> None:
