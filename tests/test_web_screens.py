@@ -221,3 +221,18 @@ async def test_chorus_serve_runs_the_web_server_from_config() -> None:
     finally:
         assert await asyncio.to_thread(chorus.stop) == 0
     assert "web listening on https://127.0.0.1" in chorus.log()
+
+
+async def test_stopping_the_server_ends_live_pushes(tmp_path: Path, board: ScreenBoard) -> None:
+    async with running_web(tmp_path, board=board) as web, aiohttp.ClientSession() as session:
+        path, query = web.urls.screen_page(ROOM, ALICE).split("?")
+        ws = await session.ws_connect(f"{path}/ws?{query}")
+        await ws.receive_json()
+        await ws.receive_bytes()
+        mjpeg = await session.get(web.urls.screen_mjpeg(ROOM, ALICE))
+        await mjpeg.content.readuntil(b"\r\n\r\n")
+        await asyncio.wait_for(web.stop(), 30)
+        closing = await ws.receive()
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert board.viewers(ROOM, ALICE) == 0  # no waiter left behind
+        mjpeg.close()

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import html
 import logging
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -106,6 +107,25 @@ html, body {{ margin: 0; height: 100%; background: #000; color: #ccc; font: 14px
 class ScreenViews:
     def __init__(self, board: ScreenBoard) -> None:
         self.board = board
+        self._closing = asyncio.Event()  # set by close(): live pushes end, the server can stop
+
+    def close(self) -> None:
+        """End every live push (WebSocket and MJPEG) so shutdown does not wait on viewers."""
+        self._closing.set()
+
+    async def _next(
+        self, room: RoomId, participant: ParticipantId, after: int, *also: asyncio.Future[None]
+    ) -> SharedFrame | None:
+        """The next frame, or None when sharing ended, the server closes or `also` is done."""
+        waiting = asyncio.ensure_future(self.board.next_frame(room, participant, after=after))
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            watched: set[asyncio.Future[Any]] = {waiting, closing, *also}
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            return waiting.result() if waiting in done else None
+        finally:
+            waiting.cancel()
+            closing.cancel()
 
     def _sharing(self, request: web.Request) -> tuple[RoomId, ParticipantId, SharedFrame]:
         room = RoomId(request.match_info["room"])
@@ -150,16 +170,12 @@ class ScreenViews:
         sequence = 0
         try:
             while not ws.closed:
-                waiting = asyncio.create_task(
-                    self.board.next_frame(room, participant, after=sequence)
-                )
-                done, _ = await asyncio.wait({waiting, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if waiting not in done:  # the viewer went away
-                    waiting.cancel()
+                shared = await self._next(room, participant, sequence, reader)
+                if reader.done():  # the viewer went away
                     break
-                shared = waiting.result()
                 if shared is None:
-                    await ws.send_json({"state": "ended"})
+                    if not self._closing.is_set():
+                        await ws.send_json({"state": "ended"})
                     break
                 frame = shared.frame
                 await ws.send_json(
@@ -195,9 +211,7 @@ class ScreenViews:
         await response.prepare(request)
         sequence = 0
         try:
-            while (
-                shared := await self.board.next_frame(room, participant, after=sequence)
-            ) is not None:
+            while (shared := await self._next(room, participant, sequence)) is not None:
                 jpeg = shared.frame.jpeg
                 head = (
                     f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\n"

@@ -39,6 +39,8 @@ __all__ = ["WebServer", "build_web_server", "screen_limits"]
 
 log = logging.getLogger("chorus.web")
 
+SHUTDOWN_GRACE = 2.0  # seconds a download in progress may take to finish when we stop
+
 
 @web.middleware
 async def _security_headers(
@@ -78,7 +80,7 @@ class WebServer:
         self.urls = WebUrls(self._base(listen.port), signer, clock)
         self.app = web.Application(middlewares=[_security_headers])
         self.app[CONTEXT] = WebContext(signer, self.urls, clock)
-        views = ScreenViews(screens)
+        views = self._views = ScreenViews(screens)
         pages = RoomPages(screens, rooms, files)
         screen = "/screen/{room}/{participant}"
         self.app.router.add_get(screen, views.page)
@@ -100,7 +102,9 @@ class WebServer:
         return f"{self.listen.transport}://{host}:{port}"
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
+        )
         await self._runner.setup()
         site = web.TCPSite(
             self._runner, self.listen.host, self.listen.port, ssl_context=self.ssl_context
@@ -114,6 +118,7 @@ class WebServer:
         log.info("web listening on %s://%s:%d", self.listen.transport, host, port)
 
     async def stop(self) -> None:
+        self._views.close()  # live viewers end now rather than after aiohttp's grace period
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
