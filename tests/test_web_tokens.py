@@ -73,6 +73,9 @@ def test_secret_generated_once_into_the_spool_with_mode_0600(tmp_path: Path) -> 
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_secret(None, tmp_path) == first  # kept across restarts
     assert load_secret("a configured secret", tmp_path) == b"a configured secret"
+    path.write_text("not hex\n")
+    with pytest.raises(ValueError, match="token_secret"):
+        load_secret(None, tmp_path)  # a damaged secret is reported, never replaced
 
 
 def test_web_config_keys() -> None:

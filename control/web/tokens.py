@@ -97,8 +97,14 @@ def load_secret(configured: str | None, spool_dir: Path) -> bytes:
         text = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
         text = ""
-    if len(text) >= 2 * SECRET_BYTES:
-        return bytes.fromhex(text)
+    if text:
+        try:
+            secret = bytes.fromhex(text)
+        except ValueError:
+            secret = b""
+        if len(secret) < SECRET_BYTES:  # never replaced silently: URLs handed out rely on it
+            raise ValueError(f"{path}: not a {SECRET_BYTES}-byte hex secret; fix or remove it")
+        return secret
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_bytes(SECRET_BYTES)
     temporary = path.with_suffix(".tmp")
