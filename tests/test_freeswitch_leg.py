@@ -101,6 +101,22 @@ async def test_hold_and_resume_are_reinvites_of_the_leg(
         await engine.close()
 
 
+async def test_a_codec_change_is_a_reinvite_of_the_leg(
+    server: Server, node: MediaNode, participant: Participant
+) -> None:
+    engine = engine_for(server, node)
+    try:
+        first = await engine.attach(ROOM, ALICE, offer(participant.port), 0)
+        assert list(first.accept.formats) == ["0"]
+        changed = await engine.update(ROOM, ALICE, offer(participant.port, codec=(8, "PCMA")), 0)
+        assert list(changed.accept.formats) == ["8"]
+        invites = await node.wait_received("INVITE", 2)
+        assert f"m=audio {participant.port} RTP/AVP 8 101" in invites[1]
+        assert "a=rtpmap:8 PCMA/8000" in invites[1]
+    finally:
+        await engine.close()
+
+
 async def test_a_bye_from_the_node_ends_the_participant(
     server: Server, tmp_path: Path, participant: Participant
 ) -> None:

@@ -212,12 +212,18 @@ class Participant(asyncio.DatagramProtocol):
         return int(self.transport.get_extra_info("sockname")[1])
 
 
-def offer(port: int, *, srtp: bool = False, direction: str = "sendrecv") -> sdp.SessionDescription:
+def offer(
+    port: int,
+    *,
+    srtp: bool = False,
+    direction: str = "sendrecv",
+    codec: tuple[int, str] = (0, "PCMU"),
+) -> sdp.SessionDescription:
     proto = "RTP/SAVP" if srtp else "RTP/AVP"
     crypto = f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {KEY}\r\n" if srtp else ""
     text = (
         "v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-        f"m=audio {port} {proto} 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+        f"m=audio {port} {proto} {codec[0]} 101\r\na=rtpmap:{codec[0]} {codec[1]}/8000\r\n"
         f"a=rtpmap:101 telephone-event/8000\r\n{crypto}a={direction}\r\n"
     )
     return sdp.parse(text)
