@@ -161,3 +161,33 @@ async def test_an_operators_kick_ends_baresips_call(tmp_path: Path, node: MediaN
             await node.wait_received("BYE")
         finally:
             await asyncio.to_thread(ua.stop)
+
+
+async def test_hold_and_resume_reach_the_node_and_audio_comes_back(
+    tmp_path: Path, node: MediaNode
+) -> None:
+    ua = phone(tmp_path, seconds=8)
+    async with chorus(tmp_path, node) as (_, port):
+        await asyncio.to_thread(ua.start)
+        try:
+            await asyncio.to_thread(ua.dial, f"sip:room1@127.0.0.1:{port}")
+            await wait(ua, "CALL_ESTABLISHED")
+            await asyncio.sleep(1.0)
+            held = await asyncio.to_thread(ua.command, "hold")
+            assert held.get("ok", True), held
+            invites = await node.wait_received("INVITE", 2)
+            assert "a=sendonly" in invites[1] or "a=inactive" in invites[1], invites[1]
+            await asyncio.sleep(1.0)
+            resumed = await asyncio.to_thread(ua.command, "resume")
+            assert resumed.get("ok", True), resumed
+            invites = await node.wait_received("INVITE", 3)
+            assert "a=sendrecv" in invites[2], invites[2]
+            await wait(ua, "CALL_CLOSED", 20)
+        finally:
+            await asyncio.to_thread(ua.stop)
+    heard = ua.recordings("dec")
+    assert heard, ua.log()
+    tail = heard[0].samples[-8000:]  # the last second, well after the resume
+    assert np.abs(tail).max() > 2000, "no audio after resume"
+    (peak,) = dominant_frequencies(tail, 8000, 1)
+    assert round(peak) == round(TONE), peak
