@@ -25,6 +25,8 @@ from control.conference.screen import (
     jpeg_dimensions,
 )
 from control.media.engine import ParticipantId, RoomId
+from control.msrp.cpim import parse_cpim
+from control.msrp.errors import MsrpError
 
 DATA = Path(__file__).parent / "data" / "screen"
 RED = (DATA / "red-320x240.jpg").read_bytes()
@@ -260,4 +262,24 @@ async def test_driver_ends_sharing_on_the_loop_after_idle_timeout() -> None:
     sharing.stop(ROOM, BOB)
     assert [type(e) for e in sharing.pending_events()] == [SharingStarted, SharingEnded]
     assert sharing.board.next_timer() is None
+    sharing.close()
+
+
+async def test_cpim_entry_point_takes_screen_frames_only() -> None:
+    sharing = ScreenSharing(ScreenBoard(LIMITS))
+    frame = parse_cpim(
+        b"From: Alice <sip:alice@example.com>\r\nTo: <sip:room@conference.example.com>\r\n"
+        b"DateTime: 2011-12-22T09:12:04+01:00\r\n\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: application/blink-screensharing\r\n\r\n" + RED
+    )
+    shown = sharing.receive_cpim(ROOM, ALICE, frame)
+    assert shown is not None and shown.frame.jpeg == RED
+    text = parse_cpim(b"From: <sip:a@b>\r\n\r\nContent-Type: text/plain\r\n\r\nhi")
+    assert sharing.receive_cpim(ROOM, ALICE, text) is None  # chat, not a frame
+    bad = parse_cpim(
+        b"From: <sip:a@b>\r\n\r\nContent-Type: application/blink-screensharing\r\n\r\nnope"
+    )
+    with pytest.raises(MsrpError) as caught:  # what a chat validator lets through as a refusal
+        sharing.receive_cpim(ROOM, ALICE, bad)
+    assert caught.value.status == 400
     sharing.close()

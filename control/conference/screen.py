@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from control.media.engine import ParticipantId, RoomId
+from control.msrp.cpim import CpimMessage
+from control.msrp.errors import MsrpError
 
 __all__ = [
     "SCREEN_CONTENT_TYPE",
@@ -57,13 +59,9 @@ SCREEN_SHARING_EXTENSION = "com.ag-projects.screen-sharing"  # in a=chatroom (re
 ScreenKey = tuple[RoomId, ParticipantId]
 
 
-class ScreenError(Exception):
-    """A frame we refuse; `status` is the MSRP response code to send back (RFC 4975 §10)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
+class ScreenError(MsrpError):
+    """A frame we refuse; `status` is the MSRP response code to send back (RFC 4975 §10).
+    An MsrpError, so raised from a chat stream's validator it refuses that SEND only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +370,15 @@ class ScreenSharing:
             )
         finally:
             self._pump()
+
+    def receive_cpim(
+        self, room: RoomId, participant: ParticipantId, message: CpimMessage
+    ) -> SharedFrame | None:
+        """A parsed CPIM message of the participant's chat stream: None when it is not a
+        screen frame (route it as chat), else the frame shown; ScreenError (400/413)."""
+        if not is_screen_frame(message.content_type):
+            return None
+        return self.receive(room, participant, message.body, message.content_headers)
 
     def stop(self, room: RoomId, participant: ParticipantId) -> None:
         self.board.stop(room, participant, now=self._loop.time())
