@@ -191,3 +191,38 @@ async def test_hold_and_resume_reach_the_node_and_audio_comes_back(
     assert np.abs(tail).max() > 2000, "no audio after resume"
     (peak,) = dominant_frequencies(tail, 8000, 1)
     assert round(peak) == round(TONE), peak
+
+
+async def test_kill_9_of_the_only_node_ends_the_call_cleanly_and_chorus_stays_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = await MediaNode(tmp_path / "node", esl_in_process=False).start()
+    ua = phone(tmp_path, seconds=30)
+    try:
+        async with chorus(tmp_path, node) as (server, port):
+            await asyncio.to_thread(ua.start)
+            try:
+                await asyncio.to_thread(ua.dial, f"sip:room1@127.0.0.1:{port}")
+                await wait(ua, "CALL_ESTABLISHED")
+                node.kill()  # SIPp and its Event Socket, kill -9
+                # The call ends: Chorus's BYE once the node counts as failed, or baresip's
+                # own when its RTP to the dead node is refused (ICMP), whichever is first.
+                closed = await wait(ua, "CALL_CLOSED", 20)
+                assert "end of file" not in str(closed.get("param")), closed
+                engine = engine_of(server)
+                for _ in range(200):
+                    if engine.node_states()[node.name].failed:
+                        break
+                    await asyncio.sleep(0.05)
+                assert engine.node_states()[node.name].failed
+                assert engine.participants(ROOM) == []
+                # Chorus is still up: the next join is answered, 503 as no node is left.
+                seen = len(ua.events)
+                await asyncio.to_thread(ua.dial, f"sip:room1@127.0.0.1:{port}")
+                refused = await asyncio.to_thread(ua.wait_event, "CALL_CLOSED", 30, start=seen)
+                assert "503" in str(refused.get("param")), refused
+            finally:
+                await asyncio.to_thread(ua.stop)
+    finally:
+        await node.stop()
+    assert "failed: re-homing 1 room(s)" in caplog.text
