@@ -409,3 +409,45 @@ def test_every_acknowledged_append_survives_kill_9(db_path: Path) -> None:
     assert len(printed) >= 500
     missing = [p for p in printed if p not in stored]
     assert missing == []
+
+
+# ---- migration 2: the files table (issue 9, room files) -------------------------------------
+
+
+def test_migration_2_adds_the_files_table_with_the_columns_issue_9_names(db_path: Path) -> None:
+    HistoryStore.open(db_path).close()
+    raw = sqlite3.connect(db_path)
+    columns = [r[1] for r in raw.execute("PRAGMA table_info(files)")]
+    indexes = {r[1] for r in raw.execute("PRAGMA index_list(files)")}
+    raw.close()
+    assert SCHEMA_VERSION >= 2
+    assert {"room", "sender", "name", "type", "size", "sha1", "time_us", "status"} <= set(columns)
+    assert "file_id" in columns  # the on-disk name, chosen by the server
+    assert {"files_room_sha1", "files_room_time"} <= indexes
+
+
+def test_a_version_1_database_keeps_its_history_through_migration_2(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database written by the build before room files (schema 1, messages in it) opens
+    at version 2 with the messages untouched and an empty files table."""
+    import control.store as store_module
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
+        patch.setattr(store_module, "SCHEMA_VERSION", 1)
+        with HistoryStore.open(db_path) as old:
+            old.append(msg(1))
+            old.append(msg(2))
+            assert old.schema_version == 1
+    with HistoryStore.open(db_path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert [m.message_id for m in store.recent(ROOM, limit=10, now=T0)] == ["m1", "m2"]
+    raw = sqlite3.connect(db_path)
+    assert raw.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 0
+    with pytest.raises(sqlite3.IntegrityError):  # the status CHECK of migration 2
+        raw.execute(
+            "INSERT INTO files (file_id, room, sender, name, type, size, sha1, time_us, status)"
+            " VALUES ('x', 'r', 's', 'n', 't', 1, 'h', 0, 'bogus')"
+        )
+    raw.close()

@@ -66,7 +66,6 @@ from pathlib import Path
 from typing import Protocol
 
 from control.config import FilesConfig
-from control.media.engine import RoomId
 from control.msrp.session import RandomSource
 from control.store import DATABASE_NAME
 from control.streams.filestore import FileStore
@@ -325,10 +324,10 @@ class RoomFiles:
 
     # control/web/views.py's FileSource (helper G's names for the same two reads)
 
-    def room_files(self, room: RoomId) -> builtins.list[FileEntry]:
+    def room_files(self, room: str) -> builtins.list[FileEntry]:
         return [self._entry(record) for record in self.records.of_room(room)]
 
-    def room_file(self, room: RoomId, sha1: str) -> FileEntry | None:
+    def room_file(self, room: str, sha1: str) -> FileEntry | None:
         record = self.records.find(room, sha1)
         return None if record is None else self._entry(record)
 
