@@ -36,7 +36,9 @@ TONE = 880.0
 
 
 @contextlib.asynccontextmanager
-async def chorus(tmp_path: Path, *nodes: MediaNode) -> AsyncIterator[tuple[Server, int]]:
+async def chorus(
+    tmp_path: Path, *nodes: MediaNode, failover_after: float = 5.0
+) -> AsyncIterator[tuple[Server, int]]:
     (port,) = free_ports(1)
     config = parse_config(
         {
@@ -44,7 +46,11 @@ async def chorus(tmp_path: Path, *nodes: MediaNode) -> AsyncIterator[tuple[Serve
             "msrp": {"listen": ["tcp:127.0.0.1:0"]},
             "server": {"spool_dir": str(tmp_path / "spool"), "trace_sip": str(tmp_path / "sip")},
             "audio": {"engine": "freeswitch"},
-            "freeswitch": {"nodes": [n.config for n in nodes], "health_interval": 1},
+            "freeswitch": {
+                "nodes": [n.config for n in nodes],
+                "health_interval": 1,
+                "failover_after": failover_after,
+            },
         }
     )
     server = build_server(config)
@@ -226,3 +232,43 @@ async def test_kill_9_of_the_only_node_ends_the_call_cleanly_and_chorus_stays_up
     finally:
         await node.stop()
     assert "failed: re-homing 1 room(s)" in caplog.text
+
+
+async def test_kill_9_of_a_node_rehomes_the_room_and_baresip_hears_the_other_node(
+    tmp_path: Path,
+) -> None:
+    first = await MediaNode(tmp_path / "a", esl_in_process=False).start()
+    second = await MediaNode(tmp_path / "b").start()
+    ua = phone(tmp_path, seconds=12)
+    try:
+        async with chorus(tmp_path, first, second, failover_after=0.0) as (server, port):
+            await asyncio.to_thread(ua.start)
+            try:
+                await asyncio.to_thread(ua.dial, f"sip:room1@127.0.0.1:{port}")
+                await wait(ua, "CALL_ESTABLISHED")
+                engine = engine_of(server)
+                (participant,) = engine.participants(ROOM)
+                leg = engine.leg(ROOM, participant)
+                assert leg is not None and leg.node == first.name
+                await asyncio.sleep(1.0)
+                first.kill()  # SIPp and its Event Socket, kill -9
+                (invite,) = await second.wait_received("INVITE", 1, timeout=15)
+                for _ in range(200):
+                    leg = engine.leg(ROOM, participant)
+                    if leg is not None and leg.node == second.name:
+                        break
+                    await asyncio.sleep(0.05)
+                assert leg is not None and leg.node == second.name
+                closed = await wait(ua, "CALL_CLOSED", 30)
+                assert "end of file" in str(closed.get("param")), (closed, ua.log())
+            finally:
+                await asyncio.to_thread(ua.stop)
+    finally:
+        await first.stop()
+        await second.stop()
+    heard = ua.recordings("dec")
+    assert heard, ua.log()
+    tail = heard[0].samples[-16000:]  # the last two seconds: from the second node
+    assert np.abs(tail).max() > 2000, "no audio after the move"
+    (peak,) = dominant_frequencies(tail, 8000, 1)
+    assert round(peak) == round(TONE), peak
