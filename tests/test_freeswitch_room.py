@@ -272,3 +272,43 @@ async def test_kill_9_of_a_node_rehomes_the_room_and_baresip_hears_the_other_nod
     assert np.abs(tail).max() > 2000, "no audio after the move"
     (peak,) = dominant_frequencies(tail, 8000, 1)
     assert round(peak) == round(TONE), peak
+
+
+async def test_an_operators_mute_shows_the_participant_muted(
+    tmp_path: Path, node: MediaNode
+) -> None:
+    ua = phone(tmp_path, seconds=20)
+    assert node.fake is not None
+    async with chorus(tmp_path, node) as (server, port):
+        await asyncio.to_thread(ua.start)
+        try:
+            await asyncio.to_thread(ua.dial, f"sip:room1@127.0.0.1:{port}")
+            await wait(ua, "CALL_ESTABLISHED")
+            engine = engine_of(server)
+            (participant,) = engine.participants(ROOM)
+            member = node.fake.join(conference_name(ROOM), participant)
+            for _ in range(200):
+                if engine.member_id(ROOM, participant) == member:
+                    break
+                await asyncio.sleep(0.05)
+            conference = server.applications["conference"]
+            shown = conference.participant(ROOM, participant)  # type: ignore[attr-defined]
+            assert shown is not None and not shown.muted
+            mute = f"conference {conference_name(ROOM)} mute {member}"
+            assert (
+                await operator("127.0.0.1", node.esl_port, PASSWORD, mute) == f"OK mute {member}\n"
+            )
+            for _ in range(200):
+                if shown.muted:
+                    break
+                await asyncio.sleep(0.05)
+            assert shown.muted
+            unmute = f"conference {conference_name(ROOM)} unmute {member}"
+            await operator("127.0.0.1", node.esl_port, PASSWORD, unmute)
+            for _ in range(200):
+                if not shown.muted:
+                    break
+                await asyncio.sleep(0.05)
+            assert not shown.muted
+        finally:
+            await asyncio.to_thread(ua.stop)
