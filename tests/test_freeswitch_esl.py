@@ -126,3 +126,29 @@ def test_any_event_survives_the_round_trip(headers: dict[str, str]) -> None:
     assert {k: v for k, v in event.headers.items()} == {
         k: (v if v else "_undef_") for k, v in headers.items()
     }
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=len(AUTH + ACCEPTED + LIST + EVENT)), max_size=8)
+)
+def test_any_split_of_the_stream_gives_the_same_messages(cuts: list[int]) -> None:
+    data = AUTH + ACCEPTED + LIST + EVENT
+    points = sorted(set(cuts))
+    parser = EslParser()
+    out = []
+    for start, end in zip([0, *points], [*points, len(data)], strict=True):
+        parser.feed(data[start:end])
+        while (message := parser.next_message()) is not None:
+            out.append((dict(message.headers), message.body))
+    assert out == messages(data)
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_give_messages_or_an_esl_error(data: bytes) -> None:
+    parser = EslParser(max_header_bytes=200, max_body_bytes=100)
+    parser.feed(data)
+    try:
+        while parser.next_message() is not None:
+            pass
+    except EslError:
+        pass
