@@ -9,7 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -291,4 +295,56 @@ def test_it_is_the_web_servers_file_source(spool_dir: Path) -> None:
     assert (entry.name, entry.size, entry.sender) == ("notes.txt", 6, ALICE)
     assert source.room_file(RoomId(OTHER), stored.sha1) is None
     assert list(source.room_files(RoomId(ROOM))) == [entry]
+    files.close()
+
+
+_UPLOADER = """
+import hashlib, sys
+from pathlib import Path
+from control.files.rooms import RoomFiles
+from control.files.spool import FileMeta
+files = RoomFiles.open(Path(sys.argv[1]))
+store = files.store("sip:room1@chorus.test")
+n = 0
+while True:
+    data = n.to_bytes(4, "big") * 50_000
+    upload = store.spool.begin()
+    for offset in range(0, len(data), 65536):
+        upload.write_at(offset, data[offset : offset + 65536])
+    meta = FileMeta(name=f"f{n}", content_type="application/octet-stream",
+                    sender="sip:a@x", date="2026-12-02T12:00:00+00:00")
+    sha1 = hashlib.sha1(data).hexdigest()
+    stored = store.index.keep(lambda: upload.commit(meta, sha1))
+    print(stored.file_id, n, flush=True)  # what a sender's 200 would follow
+    n += 1
+"""
+
+
+def test_every_file_kept_before_kill_9_is_there_after_the_restart(spool_dir: Path) -> None:
+    """A process storing room files is killed (SIGKILL, mid-upload as likely as not); the
+    store reopened lists and serves every file whose keep had returned, and removed only
+    the temporary of the upload that was cut off."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _UPLOADER, str(spool_dir)],
+        stdout=subprocess.PIPE,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert proc.stdout is not None
+    kept: dict[str, int] = {}
+    for line in proc.stdout:
+        name, count = line.split()
+        kept[name.decode()] = int(count)
+        if len(kept) == 40:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    files = RoomFiles.open(spool_dir)
+    listed = {f.file_id: f for f in files.list(ROOM)}
+    assert set(kept) <= set(listed)
+    for kept_id, number in kept.items():
+        found = files.lookup(ROOM, listed[kept_id].sha1)
+        assert found is not None and found[0].read_bytes() == number.to_bytes(4, "big") * 50_000
+    assert not [p for p in on_disk(files) if p.startswith(".upload-") or p.endswith(".tmp")]
     files.close()
