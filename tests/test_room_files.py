@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from control.files.rooms import FilesPolicy, RoomFiles
+from control.files.rooms import FileRefusal, FilesPolicy, RoomFiles
 from control.msrp.events import (
     ConnectionFailed,
     MessageAborted,
@@ -62,6 +62,23 @@ class Pushed:
     chunks: int
 
 
+def push_offer(
+    client: MsrpTransport,
+    data: bytes,
+    name: str = "report.pdf",
+    content_type: str = "application/pdf",
+    *,
+    announce_size: bool = True,
+) -> tuple[sdp.SessionDescription, MsrpUri]:
+    selector = FileSelector(
+        name=name,
+        type=content_type,
+        size=len(data) if announce_size else None,
+        hashes=((HASH_SHA1, hashlib.sha1(data).digest()),),
+    )
+    return file_offer(client, selector, sdp.Direction.SENDONLY)
+
+
 async def push(
     server: MsrpTransport,
     client: MsrpTransport,
@@ -74,22 +91,7 @@ async def push(
     chunk_size: int = 256 * 1024,
 ) -> Pushed:
     """Offer a push (sendonly, TLS), send ``data`` in chunks, collect every response."""
-    sha1 = hashlib.sha1(data).digest()
-    selector = FileSelector(
-        name=name,
-        type=content_type,
-        size=len(data) if announce_size else None,
-        hashes=((HASH_SHA1, sha1),),
-    )
-    local = client.local_uri(True)
-    offer = offer_of(
-        msrp_media(
-            local,
-            ["*"],
-            direction=sdp.Direction.SENDONLY,
-            extra=file_transfer_attributes(selector, transfer_id=make_ident(os.urandom)),
-        )
-    )
+    offer, local = push_offer(client, data, name, content_type, announce_size=announce_size)
     stream = MsrpFileStream.open(server, store, offer, 0, sender=ALICE)
     if stream is None:
         return Pushed(None, [], None, 0)
@@ -131,17 +133,24 @@ async def push(
     return Pushed(stream, statuses, comment, len(pieces))
 
 
-def pull_offer(
-    client: MsrpTransport, selector: FileSelector
+def file_offer(
+    client: MsrpTransport, selector: FileSelector, direction: sdp.Direction
 ) -> tuple[sdp.SessionDescription, MsrpUri]:
+    """One file-transfer m-line (msrps) offering ``selector`` in ``direction``."""
     local = client.local_uri(True)
     media = msrp_media(
         local,
         ["*"],
-        direction=sdp.Direction.RECVONLY,
+        direction=direction,
         extra=file_transfer_attributes(selector, transfer_id=make_ident(os.urandom)),
     )
     return offer_of(media), local
+
+
+def pull_offer(
+    client: MsrpTransport, selector: FileSelector
+) -> tuple[sdp.SessionDescription, MsrpUri]:
+    return file_offer(client, selector, sdp.Direction.RECVONLY)
 
 
 def by_hash(sha1: bytes, **parts: object) -> FileSelector:
@@ -263,6 +272,8 @@ async def test_unknown_hash_and_another_rooms_hash_are_refused(
     unknown = hashlib.sha1(b"never uploaded").digest()
     assert await pull(server, client, files.store(ROOM), by_hash(unknown)) is None
     assert await pull(server, client, files.store(OTHER), by_hash(sha1)) is None  # port 0
+    offer, _ = pull_offer(client, by_hash(sha1))
+    assert files.explain(OTHER, offer, 0) == FileRefusal(404, "File Not Found")
     assert files.lookup(OTHER, sha1.hex()) is None and files.list(OTHER) == []
     # A selector naming the hash and a wrong size does not fit the file either (RFC 5547 §5).
     assert await pull(server, client, files.store(ROOM), by_hash(sha1, size=1)) is None
@@ -307,6 +318,7 @@ async def test_file_over_the_per_file_limit_is_refused_and_leaves_nothing(
     with caplog.at_level(logging.INFO):
         refused = await push(server, client, files.store(ROOM), big)
     assert refused.stream is None  # an announced size over the limit: port 0
+    assert files.explain(ROOM, push_offer(client, big)[0], 0) == FileRefusal(413, "File Too Large")
     assert "file too large: 150000 bytes, per-file limit 100000" in caplog.text
     assert ROOM in caplog.text
     # Unannounced size: stopped with 413 when it grows past the limit.
@@ -332,6 +344,8 @@ async def test_room_quota_refuses_with_413_insufficient_storage_and_leaves_nothi
     with caplog.at_level(logging.INFO):
         offered = await push(server, client, files.store(ROOM), second)
     assert offered.stream is None  # the offer announced a size that does not fit: port 0
+    refusal = files.explain(ROOM, push_offer(client, second)[0], 0)
+    assert refusal == FileRefusal(413, "Room Storage Full")
     assert "room quota exceeded (insufficient storage): 200000 of 300000 bytes used" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO):

@@ -348,3 +348,17 @@ def test_every_file_kept_before_kill_9_is_there_after_the_restart(spool_dir: Pat
         assert found is not None and found[0].read_bytes() == number.to_bytes(4, "big") * 50_000
     assert not [p for p in on_disk(files) if p.startswith(".upload-") or p.endswith(".tmp")]
     files.close()
+
+
+def test_a_file_removed_by_hand_while_running_is_not_served(spool_dir: Path) -> None:
+    files = RoomFiles.open(spool_dir)
+    stored = keep(files, ROOM, b"removed by an operator")
+    stored.path.unlink()
+    assert files.lookup(ROOM, stored.sha1) is None
+    assert files.store(ROOM).find(stored.sha1) is None  # a pull is refused (port 0)
+    files.close()
+    again = RoomFiles.open(spool_dir)
+    assert again.reconcile().missing == 0  # already marked at the open before
+    record = again.records.get(stored.file_id)
+    assert record is not None and record.status is FileStatus.MISSING
+    again.close()

@@ -66,7 +66,9 @@ from pathlib import Path
 from typing import Protocol
 
 from control.config import FilesConfig
+from control.msrp.fileselector import FileSelectorError, parse_file_transfer
 from control.msrp.session import RandomSource
+from control.sip import sdp
 from control.store import DATABASE_NAME
 from control.streams.filestore import FileStore
 from control.web.views import FileEntry
@@ -77,6 +79,7 @@ from .spool import FileSpool, SpoolError, StoredFile
 __all__ = [
     "ROOM_FILES_DIR",
     "AfterRoomEnds",
+    "FileRefusal",
     "FileSource",
     "FilesPolicy",
     "QuotaExceeded",
@@ -146,6 +149,18 @@ class Reconciled:
     deletions_undone: int = 0  # retention interrupted, bytes still there: ``stored`` again
 
 
+@dataclass(frozen=True, slots=True)
+class FileRefusal:
+    """Why a file m-line was refused (port 0), and the SIP final response for an INVITE that
+    offered nothing else: 404 for a pull of a file the room does not hold (issue 9), 413
+    for a push too large for the file limit or the room's quota (no SIP status says
+    "insufficient storage"; ``reason`` is the reason phrase), 488 for an m-line that is no
+    usable file transfer (RFC 5547 §10; RFC 3261 §21.4.26)."""
+
+    sip_status: int
+    reason: str
+
+
 class FileSource(Protocol):
     """What the web server reads room files through (downloads, the room page)."""
 
@@ -205,7 +220,8 @@ class _RoomIndex:
 
     def find(self, sha1_hex: str) -> StoredFile | None:
         record = self.files.records.find(self.room, sha1_hex)
-        return None if record is None else self.files._stored(record)
+        stored = None if record is None else self.files._stored(record)
+        return stored if stored is not None and stored.path.is_file() else None
 
     def refusal(self, size: int) -> str | None:
         return self.files.refusal(self.room, size)
@@ -302,6 +318,32 @@ class RoomFiles:
             log.warning("room %s: file push of %d bytes refused: %s", room, size, reason)
         return reason
 
+    def explain(self, room: str, offer: sdp.SessionDescription, index: int) -> FileRefusal:
+        """After ``MsrpFileStream.open`` refused m-line ``index`` (``None``): why, and what
+        to answer an INVITE whose only stream it was (see :class:`FileRefusal`)."""
+        media = offer.media[index]
+        try:
+            transfer = parse_file_transfer(media)
+        except FileSelectorError as exc:
+            return FileRefusal(488, f"Bad File Selector: {exc.reason}")
+        if transfer is None:
+            return FileRefusal(488, "No File Selector")
+        selector = transfer.selector
+        match offer.direction_of(media):
+            case sdp.Direction.RECVONLY:
+                sha1 = selector.sha1_hex
+                if sha1 is None or self.store(room).find(sha1) is None:
+                    return FileRefusal(404, "File Not Found")
+                return FileRefusal(404, "File Not Found (the selector does not fit it)")
+            case sdp.Direction.SENDONLY:
+                size = selector.size
+                if size is not None and size > self.policy.max_file_bytes:
+                    return FileRefusal(413, "File Too Large")
+                if size is not None and self._over_quota(room, size) is not None:
+                    return FileRefusal(413, "Room Storage Full")
+                return FileRefusal(488, "File Transfer Not Acceptable")
+        return FileRefusal(488, "File Transfer Direction Not Acceptable")
+
     def _over_quota(self, room: str, size: int) -> str | None:
         quota = self.policy.room_quota_bytes
         if quota is None:
@@ -317,7 +359,8 @@ class RoomFiles:
         record = self.records.find(room, sha1)
         if record is None:
             return None
-        return self.spool.files_dir / record.file_id, record
+        path = self.spool.files_dir / record.file_id
+        return (path, record) if path.is_file() else None  # gone by hand: not served
 
     def list(self, room: str) -> builtins.list[RoomFile]:
         return self.records.of_room(room)
