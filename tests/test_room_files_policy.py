@@ -195,12 +195,13 @@ def test_files_are_kept_after_the_room_ends_unless_the_policy_deletes(
 
 
 def test_start_up_deletes_no_completed_file_and_reconciles_rows(spool_dir: Path) -> None:
-    """Five things a crash or an operator can leave, and what opening the store does:
+    """Six things a crash or an operator can leave, and what opening the store does:
 
     - a file whose row is missing: the row comes back from its sidecar (room and all), served;
     - a file with neither row nor sidecar: kept, an ``orphan`` row, never served;
     - a row whose file is gone: ``missing``, kept as a record, never served;
     - a retention deletion cut off with the bytes still there: ``stored`` again;
+    - a file that lost only its sidecar: the sidecar rewritten from its row;
     - crash temporaries (``.upload-*.part``, ``*.tmp``): removed.
     """
     files = RoomFiles.open(spool_dir)
@@ -208,17 +209,19 @@ def test_start_up_deletes_no_completed_file_and_reconciles_rows(spool_dir: Path)
     bare = keep(files, ROOM, b"sidecar and row lost", when=T0 + DAY)
     gone = keep(files, ROOM, b"bytes lost", when=T0 + 2 * DAY)
     halted = keep(files, OTHER, b"deletion cut off", when=T0 + 3 * DAY)
+    unsided = keep(files, OTHER, b"sidecar lost", name="minutes.txt", when=T0 + 4 * DAY)
     files.close()
     with sqlite3.connect(spool_dir / DATABASE_NAME) as raw:
         raw.execute("DELETE FROM files WHERE file_id IN (?, ?)", (rowless.file_id, bare.file_id))
         raw.execute("UPDATE files SET status = 'deleting' WHERE file_id = ?", (halted.file_id,))
     files_dir = spool_dir / "rooms" / "files"
     (files_dir / f"{bare.file_id}.json").unlink()
+    (files_dir / f"{unsided.file_id}.json").unlink()
     gone.path.unlink()
     (files_dir / f"{gone.file_id}.json").unlink()
     (files_dir / ".upload-0123456789abcdef.part").write_bytes(b"half a file")
     (files_dir / f"{rowless.file_id}.json.tmp").write_bytes(b"{")
-    completed = {rowless.file_id, bare.file_id, halted.file_id}
+    completed = {rowless.file_id, bare.file_id, halted.file_id, unsided.file_id}
 
     again = RoomFiles.open(spool_dir)  # reconcile runs here
     assert completed <= set(on_disk(again))
@@ -237,6 +240,9 @@ def test_start_up_deletes_no_completed_file_and_reconciles_rows(spool_dir: Path)
     undone = again.records.get(halted.file_id)
     assert undone is not None and undone.status is FileStatus.STORED
     assert [f.file_id for f in again.list(ROOM)] == [rowless.file_id]
+    sidecar = again.spool.get(unsided.file_id)  # rewritten from the row, not the minimal one
+    assert sidecar is not None and (sidecar.room, sidecar.name) == (OTHER, "minutes.txt")
+    assert [f.file_id for f in again.list(OTHER)] == [halted.file_id, unsided.file_id]
     report = again.reconcile()  # a second start finds nothing more to do
     assert (report.rows_recovered, report.orphans, report.missing) == (0, 0, 0)
     assert completed <= set(on_disk(again))

@@ -40,7 +40,8 @@ SHA-1). :class:`RoomFiles` keeps them:
 - **Start-up deletes no completed file** (:meth:`RoomFiles.reconcile`): crash temporaries go
   (the spool's :meth:`~control.files.spool.FileSpool.prepare`); a file on disk with no row gets
   its row back from its sidecar (room and all), or, with no room known, an ``orphan`` row (kept,
-  never served); a row whose file is gone becomes ``missing`` (kept as a record, never served);
+  never served); a file that lost only its sidecar gets it back from its row; a row whose
+  file is gone becomes ``missing`` (kept as a record, never served);
   a retention deletion the crash interrupted is undone when the bytes are still there (the next
   :meth:`RoomFiles.expire` decides again), and its row dropped when they are not.
 
@@ -461,7 +462,10 @@ class RoomFiles:
                         record.file_id,
                         record.name[:200],
                     )
-            on_disk.pop(record.file_id, None)
+            found = on_disk.pop(record.file_id, None)
+            if found is not None and found.room is None and record.room:
+                # prepare() gave it a minimal sidecar (its own was lost): the row knows better.
+                self.spool.write_sidecar(self._stored(record))
         for stored in on_disk.values():  # files with no row
             room = stored.room
             status = FileStatus.STORED if room else FileStatus.ORPHAN

@@ -339,6 +339,12 @@ class FileSpool:
             return Upload(self, path, fd, token)
         raise SpoolError(500, "random source keeps producing existing names")
 
+    def write_sidecar(self, stored: StoredFile) -> None:
+        """Rewrite a stored file's sidecar (atomically) from a better record of it: the room
+        store's row, after :meth:`prepare` gave a file that lost its sidecar a minimal one."""
+        self._write_meta(stored)
+        _fsync_dir(self.files_dir)
+
     def _write_meta(self, stored: StoredFile) -> None:
         record = asdict(stored)
         record.pop("path")
