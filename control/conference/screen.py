@@ -310,25 +310,36 @@ class ScreenBoard:
         sharing = self._sharing.get((room, participant))
         return len(sharing.waiters) if sharing is not None else 0
 
+    def frame_waiter(
+        self, room: RoomId, participant: ParticipantId, *, after: int = 0
+    ) -> asyncio.Future[SharedFrame | None]:
+        """A future of the sharer's first frame numbered above `after` (already resolved when
+        there is one), or of None when the participant is not sharing or stops first.
+        Cancelling it stops the wait; no task is made, so a push loop can afford one per frame."""
+        waiter: asyncio.Future[SharedFrame | None] = asyncio.get_running_loop().create_future()
+        sharing = self._sharing.get((room, participant))
+        if sharing is None:
+            waiter.set_result(None)
+        elif sharing.latest.sequence > after:
+            waiter.set_result(sharing.latest)
+        else:
+            sharing.waiters.append(waiter)
+            waiter.add_done_callback(lambda done: self._forget(sharing, done))
+        return waiter
+
     async def next_frame(
         self, room: RoomId, participant: ParticipantId, *, after: int = 0
     ) -> SharedFrame | None:
         """The sharer's first frame numbered above `after`, waiting for it when needed;
         None if the participant is not sharing or stops before a newer frame arrives."""
-        sharing = self._sharing.get((room, participant))
-        if sharing is None:
-            return None
-        if sharing.latest.sequence > after:
-            return sharing.latest
-        waiter: asyncio.Future[SharedFrame | None] = asyncio.get_running_loop().create_future()
-        sharing.waiters.append(waiter)
-        try:
-            return await waiter
-        finally:
-            if waiter in sharing.waiters:
-                sharing.waiters.remove(waiter)
+        return await self.frame_waiter(room, participant, after=after)
 
     # ---- internals -----------------------------------------------------------------------
+
+    @staticmethod
+    def _forget(sharing: _Sharing, waiter: asyncio.Future[SharedFrame | None]) -> None:
+        if waiter in sharing.waiters:  # cancelled before a frame came
+            sharing.waiters.remove(waiter)
 
     @staticmethod
     def _wake(sharing: _Sharing, value: SharedFrame | None) -> None:

@@ -114,18 +114,18 @@ class ScreenViews:
         self._closing.set()
 
     async def _next(
-        self, room: RoomId, participant: ParticipantId, after: int, *also: asyncio.Future[None]
+        self, room: RoomId, participant: ParticipantId, after: int, *also: asyncio.Future[Any]
     ) -> SharedFrame | None:
-        """The next frame, or None when sharing ended, the server closes or `also` is done."""
-        waiting = asyncio.ensure_future(self.board.next_frame(room, participant, after=after))
-        closing = asyncio.ensure_future(self._closing.wait())
+        """The next frame, or None when sharing ended or one of `also` (the viewer leaving,
+        the server closing) is done first."""
+        waiting = self.board.frame_waiter(room, participant, after=after)
+        if waiting.done():
+            return waiting.result()
         try:
-            watched: set[asyncio.Future[Any]] = {waiting, closing, *also}
-            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
-            return waiting.result() if waiting in done else None
+            await asyncio.wait({waiting, *also}, return_when=asyncio.FIRST_COMPLETED)
+            return waiting.result() if waiting.done() and not waiting.cancelled() else None
         finally:
             waiting.cancel()
-            closing.cancel()
 
     def _sharing(self, request: web.Request) -> tuple[RoomId, ParticipantId, SharedFrame]:
         room = RoomId(request.match_info["room"])
@@ -167,10 +167,11 @@ class ScreenViews:
         ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=4096)
         await ws.prepare(request)
         reader = asyncio.create_task(self._drain(ws))
+        closing = asyncio.ensure_future(self._closing.wait())
         sequence = 0
         try:
             while not ws.closed:
-                shared = await self._next(room, participant, sequence, reader)
+                shared = await self._next(room, participant, sequence, reader, closing)
                 if reader.done():  # the viewer went away
                     break
                 if shared is None:
@@ -187,6 +188,7 @@ class ScreenViews:
             pass
         finally:
             reader.cancel()
+            closing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             await ws.close()
@@ -210,8 +212,9 @@ class ScreenViews:
         )
         await response.prepare(request)
         sequence = 0
+        closing = asyncio.ensure_future(self._closing.wait())
         try:
-            while (shared := await self._next(room, participant, sequence)) is not None:
+            while (shared := await self._next(room, participant, sequence, closing)) is not None:
                 jpeg = shared.frame.jpeg
                 head = (
                     f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
@@ -223,4 +226,6 @@ class ScreenViews:
             await response.write_eof()
         except ConnectionResetError:
             pass
+        finally:
+            closing.cancel()
         return response
