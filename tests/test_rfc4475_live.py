@@ -54,9 +54,10 @@ EXPECTED: dict[str, int] = {
 }
 # The same for a request the application answers: zeromf as a MESSAGE (request line and
 # CSeq method changed, nothing else) reaches the application its Request-URI routes to (the
-# conference, which has no out-of-dialog MESSAGE yet: 405) instead of a 483.
+# conference, which relays a MESSAGE into a live room and answers 404 for a room that does not
+# exist, as this one) instead of a 483.
 ZEROMF_MESSAGE = "zeromf-message"
-EXPECTED[ZEROMF_MESSAGE] = 405
+EXPECTED[ZEROMF_MESSAGE] = 404
 
 SDP = (
     b"v=0\r\no=tester 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
