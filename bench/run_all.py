@@ -23,6 +23,10 @@ FULL = {
     "mixer_capacity": [],
     "msrp_chat": ["--runs", "5"],
     "msrp_file": ["--runs", "5"],
+    "chat_fanout": ["--runs", "5"],
+    "screen_fanout": ["--runs", "3"],
+    "freeswitch_engine": ["--runs", "3"],
+    "cluster_rate": ["--rounds", "3"],
 }
 QUICK = {
     "sip_call_rate": ["--duration", "5", "--hold", "10", "--max-steps", "5"],
@@ -31,6 +35,10 @@ QUICK = {
     "mixer_capacity": ["--quick"],
     "msrp_chat": ["--runs", "2", "--messages", "2000"],
     "msrp_file": ["--runs", "2", "--megabytes", "20"],
+    "chat_fanout": ["--runs", "1", "--sizes", "10"],
+    "screen_fanout": ["--runs", "1", "--viewers", "10"],
+    "freeswitch_engine": ["--quick", "--runs", "1"],
+    "cluster_rate": ["--rounds", "1", "--duration", "4", "--max-steps", "3", "--rooms-bisect", "0"],
 }
 
 
