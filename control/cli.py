@@ -14,10 +14,14 @@ from pathlib import Path
 
 from control.cluster import ClusterAgent, install_signal_handlers, signal_running_node
 from control.conference import ChatLimits, ConferenceApp, ConferenceLimits, HistoryPolicy
+from control.conference.files import ConferenceFiles
 from control.conference.room import RoomObserver
+from control.conference.screen import ScreenBoard
+from control.conference.sharing import ConferenceScreens
 from control.config import Config, ConfigError, load_config
 from control.echo import EchoApp
 from control.echo.app import EchoLimits
+from control.files.rooms import FilesPolicy, RoomFiles
 from control.files.spool import FileSpool
 from control.media.engine import AudioEngine
 from control.media.freeswitch import FreeSwitchEngine
@@ -26,6 +30,7 @@ from control.media.srtp import SrtpPolicy
 from control.server import Server
 from control.store import DATABASE_NAME, HistoryStore, Retention
 from control.streams import FileStore
+from control.web import build_web_server, screen_limits
 
 
 def build_server(config: Config, *, room_observer: RoomObserver | None = None) -> Server:
@@ -75,6 +80,11 @@ def build_server(config: Config, *, room_observer: RoomObserver | None = None) -
             max_failing_ticks=config.rtp.failure_ticks,
             rtcp_interval=config.rtp.rtcp_interval,
         )
+    # Rooms' files and screens (issue 9): one store and one screen board for the node, read
+    # by the web server too (serve() builds it on the same objects).
+    room_files = RoomFiles.open(
+        config.server.spool_dir, policy=FilesPolicy.from_config(config.files)
+    )
     server.register(
         "conference",
         ConferenceApp(
@@ -105,6 +115,10 @@ def build_server(config: Config, *, room_observer: RoomObserver | None = None) -
                 messages=config.conference.history_messages,
                 max_age=config.conference.history_max_age,
             ),
+            files=ConferenceFiles(
+                room_files, server.msrp, retention_interval=config.files.retention_interval
+            ),
+            screens=ConferenceScreens(ScreenBoard(screen_limits(config))),
         ),
     )
     return server
@@ -114,12 +128,17 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     cluster = ClusterAgent.from_config(config) if config.cluster.enabled else None
     server = build_server(config, room_observer=cluster)
     await server.start()
-    # [web]: screen viewer, room pages, downloads; the conference is to share this board.
-    from control.conference.screen import ScreenBoard
-    from control.web import build_web_server, screen_limits
-
-    web = build_web_server(config, ScreenBoard(screen_limits(config)))
+    # [web]: screen viewer, room pages, downloads, over the conference's rooms, screen board
+    # and room files; the URLs the rooms announce are the web server's.
+    conference = server.applications["conference"]
+    assert isinstance(conference, ConferenceApp)
+    web = None
+    if conference.screens is not None and conference.files is not None:
+        web = build_web_server(
+            config, conference.screens.board, rooms=conference, files=conference.files.files
+        )
     if web is not None:
+        conference.publish(web.urls)
         await web.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -152,6 +152,7 @@ class FilesConfig:
     retain_room_bytes: int = 0  # retention deletes a room's oldest files down to this total
     push_to_participants: bool = False  # offer each new room file to every participant
     after_room_ends: str = "keep"  # "keep" or "delete" the room's files when it ends
+    retention_interval: float = 3600.0  # seconds between retention runs (none at start-up)
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,6 +561,9 @@ def _parse_files(section: _Section) -> FilesConfig:
             section.take("push_to_participants", bool, default.push_to_participants)
         ),
         after_room_ends=after,
+        retention_interval=section.number(
+            "retention_interval", default.retention_interval, minimum=1.0
+        ),
     )
     section.finish()
     return config

@@ -358,8 +358,12 @@ def test_sip_message_senders_have_their_own_bucket_503_beyond_it() -> None:
     pager("sip:spam@example.net", 6.0)  # a token back a second later
 
 
-def test_screen_sharing_frames_are_relayed_but_not_stored() -> None:
+def test_screen_sharing_frames_are_neither_relayed_nor_stored() -> None:
+    """Issue 9: a blink-screensharing frame goes to the screen board (Routed.screen), never to
+    the other chat sessions nor the history."""
     frame = cpim(content_type="application/blink-screensharing", body=b"\xff\xd8\xff\xe0")
     routed = receive(room(), "a1", frame)
-    assert targets(routed.deliveries) == ["b1", "c1"]  # type: ignore[attr-defined]
+    assert routed.deliveries == ()  # type: ignore[attr-defined]
     assert routed.record is None  # type: ignore[attr-defined]
+    assert routed.screen is not None  # type: ignore[attr-defined]
+    assert routed.screen.body == b"\xff\xd8\xff\xe0"  # type: ignore[attr-defined]

@@ -2,11 +2,16 @@
 
 An INVITE to any URI the application map sends here creates that room or joins it. Each
 accepted m-line is a stream of :mod:`control.streams` — audio mixed by the AudioEngine, MSRP
-chat in the room's chat — negotiated by the one routine every application uses, for the
-INVITE and every re-INVITE (add or remove chat and audio, together or apart). SIP MESSAGE to
-the room (RFC 3428), in or out of a dialog, is relayed to the chat as a public message. The
-room ends with its last participant. An audio-only participant whose RTP stops is ended with
-BYE; so is one whose only stream, chat, is lost.
+chat in the room's chat, MSRP file transfers into and out of the room's files
+(:mod:`control.conference.files`) — negotiated by the one routine every application uses, for
+the INVITE and every re-INVITE (add or remove chat, audio and files, together or apart).
+Screen-sharing frames on a chat stream go to the node's screen board
+(:mod:`control.conference.sharing`), never to the chat. SIP MESSAGE to the room (RFC 3428),
+in or out of a dialog, is relayed to the chat as a public message. The room ends with its last
+participant. An audio-only participant whose RTP stops is ended with BYE; so is one whose only
+stream, chat or a file transfer, has ended.
+
+The application is also the web's ``RoomDirectory`` (:meth:`ConferenceApp.room_view`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from control.app import (
     IncomingCall,
@@ -35,6 +41,7 @@ from control.media.engine import (
     TalkingStarted,
     TalkingStopped,
 )
+from control.msrp.cpim import CpimMessage
 from control.msrp.errors import MsrpError
 from control.msrp.transport import MsrpTransport
 from control.sip import sdp
@@ -49,21 +56,31 @@ from control.streams import (
     ChatOptions,
     MediaKind,
     MsrpChatStream,
+    MsrpFileStream,
     Stream,
     StreamRequest,
     negotiate,
 )
 
-from .chat import ChatCore, ChatLimits, ChatSessionId
-from .participant import Participant
+from .chat import ChatCore, ChatLimits, ChatMember, ChatSessionId
+from .files import ConferenceFiles, FileLinks
+from .participant import Participant, identity_uri
 from .room import Room, RoomObserver, room_id_for, room_uri_for
 from .roomchat import HistoryPolicy, RoomChat
+from .sharing import ConferenceScreens, ScreenLinks
+from .view import ConferenceRoomView
 
 log = logging.getLogger("chorus.conference")
+
+
+class WebLinks(FileLinks, ScreenLinks, Protocol):
+    """Every signed URL a room announces (control/web's WebUrls)."""
+
 
 CHATROOM = ("nickname", "private-messages", "com.ag-projects.screen-sharing")  # RFC 7701 §4
 PAGER_TYPES = "message/cpim, text/plain, text/html"
 CHAT_LOST_GRACE = 5.0  # seconds a participant whose only stream, chat, was lost may re-offer
+CPIM_ENVELOPE = 16 * 1024  # room for a frame's CPIM headers on top of its (base64) JPEG
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +123,8 @@ class ConferenceApp:
         store: HistoryStore | None = None,
         chat: ChatLimits = ChatLimits(),
         history: HistoryPolicy = HistoryPolicy(),
+        files: ConferenceFiles | None = None,
+        screens: ConferenceScreens | None = None,
     ) -> None:
         self.ua = ua
         self.engine = engine
@@ -116,11 +135,34 @@ class ConferenceApp:
         self.store = store
         self.chat_limits = chat
         self.history = history
+        self.files = files
+        self.screens = screens
+        self.chat_max_size = chat.max_message_bytes
+        if screens is not None:  # a frame may be larger than a chat message
+            frame = screens.board.limits.max_frame_bytes
+            self.chat_max_size = max(self.chat_max_size, (frame + 2) // 3 * 4 + CPIM_ENVELOPE)
         self.rooms: dict[RoomId, Room] = {}
         self._events_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._events_task = asyncio.get_running_loop().create_task(self._consume_events())
+        if self.screens is not None:
+            self.screens.start(self.rooms)
+        if self.files is not None:
+            self.files.start()
+
+    def publish(self, links: WebLinks) -> None:
+        """Announce files and screens with these signed URLs (the web server's, known once
+        it is built, which needs this application as its room directory)."""
+        if self.files is not None:
+            self.files.links = links
+        if self.screens is not None:
+            self.screens.links = links
+
+    def room_view(self, room: RoomId) -> ConferenceRoomView | None:
+        """The live room for the web's room page (control/web/views.py RoomDirectory)."""
+        live = self.rooms.get(room)
+        return ConferenceRoomView(live) if live is not None else None
 
     # --- rooms -----------------------------------------------------------------------------
 
@@ -133,6 +175,8 @@ class ConferenceApp:
         if len(self.rooms) >= self.limits.max_rooms:
             return None
         room = Room(room_id, uri, max_participants=self.limits.max_participants)
+        if self.files is not None:
+            room.files = self.files.store(room_id)
         core = ChatCore(room_id, room_uri_for(room_id), room_id.partition("@")[0], self.chat_limits)
         room.chat = RoomChat(
             core,
@@ -140,6 +184,7 @@ class ConferenceApp:
             history=self.history,
             token=lambda: self.ua.token(16),
             on_closed=lambda session: self._chat_closed(room, session),
+            screens=lambda member, message: self._screen_frame(room, member, message),
         )
         self.rooms[room_id] = room
         self._notify_observer(room_id, opened=True)
@@ -148,9 +193,15 @@ class ConferenceApp:
     def _drop_if_empty(self, room: Room) -> None:
         if room.empty and self.rooms.get(room.id) is room:
             del self.rooms[room.id]
+            if self.screens is not None:
+                self.screens.stop_room(room.id)
             room.close()
             log.info("room %s ended", room.id)
             self._notify_observer(room.id, opened=False)
+            if self.files is not None:
+                self.ua.spawn(
+                    self.files.room_ended(room, still_gone=lambda: room.id not in self.rooms)
+                )
 
     def _notify_observer(self, room_id: RoomId, *, opened: bool) -> None:
         """An observer's bug is logged and costs nothing: the room goes on either way."""
@@ -188,8 +239,9 @@ class ConferenceApp:
         state = sdp.SdpSession(
             sess_id=self.ua.rng.randrange(1, 2**31), address=self.address, username="chorus"
         )
+        sender = identity_uri(call.remote_identity)
         try:
-            result = await negotiate(offer, {}, self._answerer(room, participant_id))
+            result = await negotiate(offer, {}, self._answerer(room, participant_id, sender))
         except SipError as exc:
             call.reject(exc.status, exc.reason)
             self._drop_if_empty(room)
@@ -209,6 +261,7 @@ class ConferenceApp:
             participant_id, call.remote_identity, session, state, result.streams, result.decisions
         )
         room.add(participant)
+        self._files_started(room, participant, result.created)
         on_reoffer(session, lambda reoffer: self._reinvite(room, participant, reoffer))
         try:
             reason = await session.terminated
@@ -216,8 +269,9 @@ class ConferenceApp:
         finally:
             await self._leave(room, participant)
 
-    def _answerer(self, room: Room, participant_id: ParticipantId) -> Answerer:
-        """What the room takes per new m-line: one audio stream, one chat stream."""
+    def _answerer(self, room: Room, participant_id: ParticipantId, sender: str) -> Answerer:
+        """What the room takes per new m-line: one audio stream, one chat stream, file
+        transfers (``sender`` is the caller's identity, recorded with a pushed file)."""
 
         async def answer(request: StreamRequest) -> Stream | None:
             match request.kind:
@@ -231,7 +285,7 @@ class ConferenceApp:
                         accept_types=("message/cpim",),
                         accept_wrapped_types=("*",),
                         chatroom=CHATROOM,
-                        max_size=self.chat_limits.max_message_bytes,
+                        max_size=self.chat_max_size,
                         nicknames=True,
                         check=check,
                     )
@@ -239,15 +293,38 @@ class ConferenceApp:
                     if stream is not None:
                         check.session = ChatSessionId(stream.channel.session_id)
                     return stream
+                case MediaKind.FILE if self.files is not None and self.msrp is not None:
+                    return await self.files.open(room, sender, request)
             return None
 
         return answer
+
+    def _files_started(self, room: Room, participant: Participant, created: list[Stream]) -> None:
+        files = [stream for stream in created if isinstance(stream, MsrpFileStream)]
+        if files and self.files is not None:
+            self.files.started(room, participant, files, self._file_ended)
+
+    def _file_ended(self, room: Room, participant: Participant, stream: MsrpFileStream) -> None:
+        """A transfer's MSRP session ended: its m-line is dead. A participant left with no
+        stream at all is ended with BYE (after the grace a re-INVITE has, as for chat)."""
+        if participant.streams.get(stream.index) is not stream:
+            return  # removed by a re-INVITE or the participant's end
+        participant.streams.pop(stream.index)
+        self.ua.spawn(stream.close())
+        if not participant.streams and room.participants.get(participant.id) is participant:
+            self.ua.spawn(self._end_if_still_empty(room, participant))
+
+    def _screen_frame(self, room: Room, member: ChatMember, message: CpimMessage) -> None:
+        if self.screens is not None:
+            self.screens.frame(room, member, message)
 
     async def _reinvite(self, room: Room, participant: Participant, reoffer: ReOffer) -> None:
         description = reoffer.offer
         try:
             result = await negotiate(
-                description, participant.streams, self._answerer(room, participant.id)
+                description,
+                participant.streams,
+                self._answerer(room, participant.id, participant.uri),
             )
         except SipError as exc:
             reoffer.reject(exc.status, exc.reason)
@@ -265,8 +342,11 @@ class ConferenceApp:
         participant.streams = result.streams
         participant.decisions = result.decisions
         room.streams_stopped(participant, gone)
+        if self.screens is not None and any(s.kind is MediaKind.CHAT for s in gone):
+            self.screens.stop(room.id, participant.id)  # its chat stream carried the frames
         await result.commit()
         room.streams_started(participant, result.created)
+        self._files_started(room, participant, result.created)
 
     # --- leaving ---------------------------------------------------------------------------
 
@@ -287,6 +367,8 @@ class ConferenceApp:
 
     async def _leave(self, room: Room, participant: Participant) -> None:
         room.remove(participant.id)
+        if self.screens is not None:
+            self.screens.stop(room.id, participant.id)
         await self._release_streams(room, participant)
         self._drop_if_empty(room)
 
@@ -300,6 +382,8 @@ class ConferenceApp:
             return  # removed by a re-INVITE or the participant's end
         participant, index = owner
         participant.streams.pop(index, None)
+        if self.screens is not None:
+            self.screens.stop(room.id, participant.id)
         if not participant.streams:
             self.ua.spawn(self._end_if_still_empty(room, participant))
 
@@ -438,6 +522,12 @@ class ConferenceApp:
             self._events_task.cancel()
         for room in list(self.rooms.values()):
             room.close()
+            if room.files is not None:
+                await room.files.settled()  # a push whose last chunk came is kept and indexed
+        if self.screens is not None:
+            await self.screens.close()
+        if self.files is not None:
+            await self.files.close()
         await self.engine.close()
         if self.store is not None:
             self.store.close()

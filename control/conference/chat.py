@@ -14,6 +14,10 @@ asyncio layer (:mod:`control.conference.fanout`) only writes them. RFC 7701 shap
   never stored.
 - A CPIM ``From`` that is not the sender's SIP identity is refused 403 (§9: the focus vouches
   for identities); malformed CPIM 400, a wrapped type we refuse 415, too big or too fast 413.
+- A screen-sharing frame (CPIM ``application/blink-screensharing``, the reference page's
+  ``com.ag-projects.screen-sharing`` extension) is not conversation: it is neither relayed
+  nor stored but handed back as :attr:`Routed.screen` for the screen board
+  (:mod:`control.conference.screen`), which checks its own size cap.
 
 Identities compare as scheme + user + host, host case-insensitive (RFC 3261 §19.1.4 in spirit:
 parameters and port do not make another person).
@@ -47,6 +51,7 @@ from control.store import StoredMessage
 from .nicknames import NicknameBook, check_nickname
 from .notices import NoticeKind, build_notice, chorus_headers, notice_text
 from .ratelimit import TokenBucket
+from .screen import is_screen_frame
 
 __all__ = [
     "ChatCore",
@@ -63,9 +68,6 @@ ChatSessionId = NewType("ChatSessionId", str)
 """One chat stream (its MSRP session id): a participant may have several."""
 
 TOO_MANY = "Too many messages"
-# Relayed but never kept: Blink's screen frames (a JPEG a second, SylkServer's screen-sharing
-# extension; the screen-sharing issue gives them their own place) are not conversation.
-TRANSIENT_TYPES = frozenset({"application/blink-screensharing"})
 PAGER_SENDERS = 1024  # SIP MESSAGE senders whose rate a room remembers
 
 
@@ -145,6 +147,7 @@ class Routed:
     deliveries: tuple[Delivery, ...]
     record: StoredMessage | None  # what to store, None for what is never stored
     not_found: tuple[str, ...] = ()  # private recipients not in the room (404, RFC 7701 §7.1)
+    screen: CpimMessage | None = None  # a screen-sharing frame, for the board (never relayed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,9 +232,10 @@ class ChatCore:
         *,
         exclude: ChatSessionId | None = None,
         exclude_participant: ParticipantId | None = None,
+        details: Sequence[tuple[str, str]] = (),
     ) -> list[Delivery]:
         """The same notice to every chat session but the excluded ones."""
-        body = build_notice(self.notice_sender, kind, text, now)
+        body = build_notice(self.notice_sender, kind, text, now, details)
         return [
             Delivery(m.session, body, DeliveryKind.NOTICE)
             for m in self.members.values()
@@ -285,17 +289,28 @@ class ChatCore:
         member = self.members.get(session)
         if member is None:
             raise MsrpError(481, "no such chat session in this room")
-        self._admit(member.participant, len(body), now)
         media = _media_type(content_type)
+        too_big = len(body) > self.limits.max_message_bytes
         if media == ISCOMPOSING_CONTENT_TYPE:  # bare RFC 3994 indication
             message = CpimMessage.build(content_type=content_type or media, body=body)
         elif media == CPIM_CONTENT_TYPE:
-            message = parse_cpim(body)  # CpimError 400
+            try:
+                message = parse_cpim(body)  # CpimError 400
+            except CpimError:
+                if too_big:
+                    raise MsrpError(413, "message too large for the room") from None
+                raise
         else:
+            self._admit(member.participant, len(body), now)
             raise MsrpError(415, f"{media or 'no content type'} is not message/cpim")
+        screen = is_screen_frame(message.content_type)
+        # A frame's size is the screen board's to judge ([screen] max_frame_bytes).
+        self._admit(member.participant, 0 if screen else len(body), now)
         sender = message.sender
         if sender is not None and _key_or_none(sender.uri) != member.key:
             raise MsrpError(403, "CPIM From is not the sender's identity")
+        if screen:
+            return Routed((), None, screen=message)
         return self._route(member, message, wall, message_id)
 
     def receive_pager(
@@ -333,6 +348,8 @@ class ChatCore:
             message = CpimMessage.build(content_type=content_type, body=body)
         else:
             raise SipError(415, f"{media or 'no content type'} cannot be relayed to the room")
+        if is_screen_frame(message.content_type):
+            raise SipError(415, "screen frames go over the chat stream, not SIP MESSAGE")
         pseudo = ChatMember(ChatSessionId(""), ParticipantId(""), sender_uri, name or display_name)
         return self._public(pseudo, message, wall, message_id)
 
@@ -380,8 +397,7 @@ class ChatCore:
             for m in self.members.values()
             if m.session != sender.session and m.accepts(message.content_type)
         )
-        transient = composing or _media_type(message.content_type) in TRANSIENT_TYPES
-        record = None if transient else self._record(sender, message, sent_at, wall, message_id)
+        record = None if composing else self._record(sender, message, sent_at, wall, message_id)
         return Routed(deliveries, record)
 
     def _private(

@@ -3,12 +3,18 @@ namespace (RFC 3862 §3.4) so a client can tell them from what people wrote.
 
 Every such message carries ``NS: chorus <urn:x-chorus:cpim>``; a notice adds
 ``chorus.Notice: <kind>`` and a replayed message ``chorus.History: yes``. The From of a notice
-is the room URI with the room's user part as display name.
+is the room URI with the room's user part as display name. A notice about a thing, not a
+person, adds its facts as more ``chorus.`` headers a client can read without parsing the
+text: a shared file (``chorus.File-Name``, ``-Size``, ``-Type``, ``-Hash`` in RFC 5547's
+``sha1:XX:..`` form, ``-URL`` when the web server is on), a shared screen
+(``chorus.Screen-URL``, ``chorus.Screen-Image``). Header values are single-line by
+construction (:func:`header_value`): a sender's file name is metadata and may hold anything.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from datetime import datetime
 
 from control.msrp.cpim import CpimAddress, CpimHeader, CpimMessage, format_datetime
@@ -19,12 +25,14 @@ __all__ = [
     "NoticeKind",
     "build_notice",
     "chorus_headers",
+    "header_value",
     "notice_text",
 ]
 
 CHORUS_NS = "urn:x-chorus:cpim"
 CHORUS_PREFIX = "chorus"
 TEXT_PLAIN = "text/plain; charset=utf-8"
+HEADER_VALUE_CHARS = 512  # a notice header quotes at most this much of a sender's string
 
 
 class NoticeKind(enum.Enum):
@@ -35,6 +43,9 @@ class NoticeKind(enum.Enum):
     NICKNAME = "nickname"
     MUTED = "muted"
     UNMUTED = "unmuted"
+    FILE = "file"  # a file was stored in the room (RFC 5547 push)
+    SCREEN = "screen"  # a participant started sharing its screen: where to watch it
+    SCREEN_ENDED = "screen-ended"
 
 
 def notice_text(kind: NoticeKind, who: str, detail: str | None = None) -> str:
@@ -54,21 +65,47 @@ def notice_text(kind: NoticeKind, who: str, detail: str | None = None) -> str:
             return f"{who} was muted" if detail == "operator" else f"{who} muted"
         case NoticeKind.UNMUTED:
             return f"{who} was unmuted" if detail == "operator" else f"{who} unmuted"
+        case NoticeKind.FILE:
+            return f"{who} shared {detail or 'a file'}"
+        case NoticeKind.SCREEN:
+            return f"{who} is sharing their screen" + (f": {detail}" if detail else "")
+        case NoticeKind.SCREEN_ENDED:
+            return f"{who} stopped sharing their screen"
 
 
-def chorus_headers(name: str, value: str) -> list[CpimHeader]:
+def header_value(text: str, limit: int = HEADER_VALUE_CHARS) -> str:
+    """``text`` fit for one CPIM header line (RFC 3862 §3.1: no CR/LF): control characters
+    (NUL, line breaks, RFC 5198's C0/C1 set) become U+FFFD, and a longer value is cut to
+    ``limit`` characters with an ellipsis."""
+    cleaned = "".join(
+        "\ufffd" if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" else c
+        for c in text
+    )
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "\u2026"
+
+
+def chorus_headers(name: str, value: str, more: Sequence[tuple[str, str]] = ()) -> list[CpimHeader]:
+    """The namespace declaration and ``chorus.<name>: <value>``, then any ``more`` pairs."""
     return [
         CpimHeader("NS", f"{CHORUS_PREFIX} <{CHORUS_NS}>"),
         CpimHeader(f"{CHORUS_PREFIX}.{name}", value),
+        *(CpimHeader(f"{CHORUS_PREFIX}.{key}", header_value(val)) for key, val in more),
     ]
 
 
-def build_notice(room: CpimAddress, kind: NoticeKind, text: str, now: datetime) -> bytes:
-    """The CPIM body of one notice (the same bytes for every receiver)."""
+def build_notice(
+    room: CpimAddress,
+    kind: NoticeKind,
+    text: str,
+    now: datetime,
+    details: Sequence[tuple[str, str]] = (),
+) -> bytes:
+    """The CPIM body of one notice (the same bytes for every receiver); ``details`` are
+    ``(name, value)`` facts sent as ``chorus.<name>`` headers."""
     headers = [
         CpimHeader("From", str(room)),
         CpimHeader("To", str(CpimAddress(room.uri))),
         CpimHeader("DateTime", format_datetime(now)),
-        *chorus_headers("Notice", kind.value),
+        *chorus_headers("Notice", kind.value, details),
     ]
     return CpimMessage(tuple(headers), (("Content-Type", TEXT_PLAIN),), text.encode()).serialize()

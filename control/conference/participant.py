@@ -13,7 +13,15 @@ from control.sip.session import Session
 from control.sip.uri import NameAddr, SipUri
 from control.streams import MediaKind, Stream
 
-__all__ = ["MediaKind", "Participant"]
+__all__ = ["MediaKind", "Participant", "identity_uri"]
+
+
+def identity_uri(identity: NameAddr) -> str:
+    """The SIP identity of a From: its URI without port, parameters or headers."""
+    uri = identity.uri
+    if isinstance(uri, SipUri):
+        return str(replace(uri, password=None, port=None, params={}, headers={}))
+    return str(uri)
 
 
 @dataclass(slots=True)
@@ -26,6 +34,7 @@ class Participant:
     decisions: list[Accept | Reject] = field(default_factory=list)  # the last answer's
     joined_at: float = field(default_factory=time.time)
     muted: bool = False
+    transfer_only: bool = False  # joined with file m-lines only: a transfer, not a person
 
     def stream(self, kind: MediaKind) -> Stream | None:
         return next((s for _, s in sorted(self.streams.items()) if s.kind is kind), None)
@@ -36,12 +45,8 @@ class Participant:
 
     @property
     def uri(self) -> str:
-        """The participant's SIP identity: the From URI of the INVITE without port, parameters
-        or headers (what CPIM From must name, RFC 7701 §9)."""
-        uri = self.identity.uri
-        if isinstance(uri, SipUri):
-            return str(replace(uri, password=None, port=None, params={}, headers={}))
-        return str(uri)
+        """The participant's SIP identity (what CPIM From must name, RFC 7701 §9)."""
+        return identity_uri(self.identity)
 
     @property
     def name(self) -> str:

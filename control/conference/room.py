@@ -3,19 +3,22 @@ share — the streams each brings, the room's chat (:class:`RoomChat`), its noti
 
 The room owns this state; the application only routes SIP to it (STYLE.md §5). Notices go to
 the chat sessions of everyone but the participant they are about: joined, left, media added
-and removed, muted and unmuted (the nickname notice comes from the chat itself).
+and removed, muted and unmuted, a file shared (the nickname notice comes from the chat
+itself). A session that only transfers a file (RFC 5547: an INVITE with nothing but a file
+m-line, as clients push or pull) is a transfer, not a person: it is not announced as joined
+or left.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from control.media.engine import ParticipantId, RoomId
 from control.sip.uri import SipUri
-from control.streams import MediaKind, MsrpChatStream, Stream
+from control.streams import FileStore, MediaKind, MsrpChatStream, Stream
 
 from .chat import ChatMember, ChatSessionId
 from .notices import NoticeKind, notice_text
@@ -26,7 +29,7 @@ __all__ = ["Room", "RoomObserver", "room_id_for", "room_uri_for"]
 
 log = logging.getLogger("chorus.conference.room")
 
-_MEDIA_NAMES = {MediaKind.AUDIO: "audio", MediaKind.CHAT: "chat", MediaKind.FILE: "a file"}
+_MEDIA_NAMES = {MediaKind.AUDIO: "audio", MediaKind.CHAT: "chat"}
 
 
 def _wrapped_types(stream: MsrpChatStream) -> tuple[str, ...]:
@@ -67,6 +70,7 @@ class Room:
         *,
         max_participants: int,
         chat: RoomChat | None = None,
+        files: FileStore | None = None,
     ) -> None:
         self.id = room_id
         self.uri = uri
@@ -74,6 +78,10 @@ class Room:
         self.participants: dict[ParticipantId, Participant] = {}
         self.created_at = time.time()
         self.chat = chat
+        self.files = files  # the room's file store (control/files/rooms.py), while it lives
+        # Who shares a screen, and its signed image URL when the web server is on (kept for
+        # conference-info's agp-conf:screen_image_url).
+        self.screens: dict[ParticipantId, str | None] = {}
 
     @property
     def full(self) -> bool:
@@ -86,8 +94,10 @@ class Room:
     def add(self, participant: Participant) -> None:
         """A participant whose answer was sent: joined, with its first streams."""
         self.participants[participant.id] = participant
+        participant.transfer_only = participant.kinds == {MediaKind.FILE}
         log.info("%s joined %s (%d in room)", participant.identity.uri, self.id, len(self))
-        self._notice(NoticeKind.JOINED, participant)
+        if not participant.transfer_only:
+            self._notice(NoticeKind.JOINED, participant)
         self.streams_started(participant, participant.streams.values(), announce=False)
 
     def remove(self, participant_id: ParticipantId) -> Participant | None:
@@ -95,7 +105,8 @@ class Room:
         if participant is not None:
             self.streams_stopped(participant, participant.streams.values(), announce=False)
             log.info("%s left %s (%d in room)", participant.identity.uri, self.id, len(self))
-            self._notice(NoticeKind.LEFT, participant)
+            if not participant.transfer_only:
+                self._notice(NoticeKind.LEFT, participant)
         return participant
 
     # --- streams ---------------------------------------------------------------------------
@@ -114,7 +125,7 @@ class Room:
                     _wrapped_types(stream),
                 )
                 self.chat.attach(member, stream.channel)
-            if announce:
+            if announce and stream.kind is not MediaKind.FILE:  # the file notice says it
                 self._notice(NoticeKind.MEDIA_ADDED, participant, _MEDIA_NAMES.get(stream.kind))
 
     def streams_stopped(
@@ -124,7 +135,7 @@ class Room:
         for stream in streams:
             if isinstance(stream, MsrpChatStream) and self.chat is not None:
                 self.chat.detach(ChatSessionId(stream.channel.session_id))
-            if announce:
+            if announce and stream.kind is not MediaKind.FILE:
                 self._notice(NoticeKind.MEDIA_REMOVED, participant, _MEDIA_NAMES.get(stream.kind))
 
     def chat_owner(self, session: ChatSessionId) -> tuple[Participant, int] | None:
@@ -143,6 +154,25 @@ class Room:
         # Everyone hears of it, the participant too: an operator may have done it.
         self._notice(kind, participant, "operator" if by_operator else None, exclude=False)
 
+    def announce(
+        self,
+        kind: NoticeKind,
+        participant: Participant | None,
+        detail: str | None = None,
+        *,
+        who: str | None = None,
+        details: Sequence[tuple[str, str]] = (),
+        exclude: bool = True,
+    ) -> None:
+        """A notice about ``participant`` (or ``who``, someone no longer in the room) with
+        its facts as ``details`` headers (control/conference/notices.py)."""
+        if self.chat is None:
+            return
+        name = participant.name if participant is not None else who or "someone"
+        text = notice_text(kind, name, detail)
+        excluded = participant.id if exclude and participant is not None else None
+        self.chat.notice(kind, text, exclude_participant=excluded, details=details)
+
     def _notice(
         self,
         kind: NoticeKind,
@@ -151,10 +181,7 @@ class Room:
         *,
         exclude: bool = True,
     ) -> None:
-        if self.chat is None:
-            return
-        text = notice_text(kind, participant.name, detail)
-        self.chat.notice(kind, text, exclude_participant=participant.id if exclude else None)
+        self.announce(kind, participant, detail, exclude=exclude)
 
     def close(self) -> None:
         if self.chat is not None:

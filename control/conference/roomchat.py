@@ -5,6 +5,8 @@ RFC 4975 §7.3.1; the message is stored before its 200 goes out, so a message an
 survives a ``kill -9``), one reader task (messages, NICKNAME, responses to what we sent) and an
 outlet (:mod:`control.conference.fanout`). History is replayed to each new chat stream before
 anything live. Every task catches and logs its own failure once: nothing reaches the loop.
+A screen-sharing frame goes to ``screens`` (the conference's screen board) from the validator,
+so a frame the board refuses is answered 400/413 on its last chunk; it never reaches the room.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from control.media.engine import ParticipantId
+from control.msrp.cpim import CpimMessage
 from control.msrp.errors import MsrpError
 from control.msrp.events import (
     ConnectionFailed,
@@ -36,7 +39,7 @@ from .chat import ChatCore, ChatMember, ChatSessionId, Delivery, Routed
 from .fanout import QUEUE_CAPACITY, ChatChannel, ChatOutlet, Origin
 from .notices import NoticeKind
 
-__all__ = ["HistoryPolicy", "RoomChat", "SessionChannel"]
+__all__ = ["HistoryPolicy", "RoomChat", "ScreenSink", "SessionChannel"]
 
 log = logging.getLogger("chorus.conference.chat")
 
@@ -62,6 +65,10 @@ class HistoryPolicy:
     max_age: float = 604800.0  # [conference] history_max_age, seconds
 
 
+ScreenSink = Callable[[ChatMember, CpimMessage], None]
+"""Where a chat session's screen frames go; raises MsrpError (e.g. ScreenError) to refuse."""
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -84,10 +91,12 @@ class RoomChat:
         history: HistoryPolicy = HistoryPolicy(),
         token: Callable[[], str],
         on_closed: Callable[[ChatSessionId], None] = lambda _sid: None,
+        screens: ScreenSink | None = None,
         wall: Callable[[], datetime] = utc_now,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.core = core
+        self.screens = screens
         self.store = store
         self.history = history
         self.token = token
@@ -162,12 +171,18 @@ class RoomChat:
     # --- notices and SIP MESSAGE -----------------------------------------------------------
 
     def notice(
-        self, kind: NoticeKind, text: str, *, exclude_participant: ParticipantId | None = None
+        self,
+        kind: NoticeKind,
+        text: str,
+        *,
+        exclude_participant: ParticipantId | None = None,
+        details: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Send a room notice to every chat session but the excluded participant's."""
-        self._push(
-            self.core.notice(kind, text, self.wall(), exclude_participant=exclude_participant)
+        notices = self.core.notice(
+            kind, text, self.wall(), exclude_participant=exclude_participant, details=details
         )
+        self._push(notices)
 
     def pager(
         self, sender_uri: str, display_name: str | None, content_type: str, body: bytes
@@ -199,6 +214,11 @@ class RoomChat:
         routed = self.core.receive(
             session, content_type, body, now=self.clock(), wall=self.wall(), message_id=self.token()
         )
+        if routed.screen is not None:
+            if self.screens is not None:  # without a board a frame is taken and dropped
+                self.screens(attached.member, routed.screen)
+            attached.pending.append(routed)  # nothing to deliver; keeps pending in step
+            return
         if routed.not_found and not routed.deliveries:
             raise MsrpError(404, "recipient not in this room")  # RFC 7701 §7.1
         self._store(routed)
