@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from control.sip.dialog import Dialog
 from control.sip.errors import SipError
@@ -158,11 +159,16 @@ class IncomingCall(Offer):
 class Session:
     """An established (or confirming) INVITE dialog usage."""
 
-    def __init__(self, ua: UserAgent, dialog: Dialog, source: Peer, *, is_uac: bool) -> None:
+    def __init__(
+        self, ua: UserAgent, dialog: Dialog, source: Peer, *, is_uac: bool, direct: bool = False
+    ) -> None:
         self.ua = ua
         self.dialog = dialog
         self.source = source
         self.is_uac = is_uac
+        # The INVITE went straight to its peer, not through the outbound proxy: so do the
+        # in-dialog requests (RFC 3261 §12.2.1.1 knows only the route set and remote target).
+        self.direct = direct
         self.state = SessionState.EARLY
         loop = asyncio.get_running_loop()
         self.confirmed: asyncio.Future[None] = loop.create_future()
@@ -182,16 +188,15 @@ class Session:
 
     async def next_peer(self) -> Peer:
         """Reuse the connection the dialog was created on while it is the next hop's; else
-        resolve the route set or remote target (RFC 3261 §18.1.1, §12.2.1.1)."""
+        resolve the route set or remote target (RFC 3261 §18.1.1, §12.2.1.1): through the
+        outbound proxy when the INVITE went through it, straight when it did not."""
         if self.source.reliable:
             return self.source
         hop = self.dialog.next_hop()
         try:
-            return (
-                await self.ua.resolve(hop)
-                if self.ua.outbound_proxy is None
-                else (await self.ua.resolve(self.ua.outbound_proxy))
-            )
+            if self.direct:
+                return await resolve_direct(hop, self.source.transport)
+            return await self.ua.resolve(hop)
         except (OSError, ValueError):
             return self.source
 
@@ -534,12 +539,19 @@ async def place_call(
     offer: bytes,
     peer: Peer | None = None,
     timeout: float = 32.0,
+    extra_headers: Sequence[tuple[str, str]] = (),
+    direct: bool = False,
 ) -> tuple[Session | None, Response]:
     """Send an INVITE as UAC (§13.2); on 2xx build the dialog, ACK, and return the session.
 
     The INVITE asks for a session timer (RFC 4028 §7.1) and is sent once more with a larger
     interval after a 422 (§7.4). After ``timeout`` seconds the call is cancelled.
+    ``extra_headers`` go into the INVITE as given (the FreeSWITCH leg's ``X-Chorus-*``).
+    ``direct`` sends the INVITE to ``peer`` (else the target itself) even when an outbound
+    proxy is configured, and keeps the dialog's ACK, re-INVITEs and BYE off the proxy too.
     """
+    if direct and peer is None:
+        peer = await resolve_direct(target, "udp")
     if peer is None:
         peer = await ua.resolve(target)
     contact = ua.contact_for(
@@ -552,7 +564,7 @@ async def place_call(
     tagged = from_.with_tag(ua.token(12)) if from_.tag is None else from_
     call_id = ua.token(24)
     for cseq in (1, 2):
-        extra = [("Allow", ALLOWED_METHODS)]
+        extra = [("Allow", ALLOWED_METHODS), *extra_headers]
         if policy is not None:
             extra += offer_headers(policy, interval, None)
         request = build_request(
@@ -575,7 +587,7 @@ async def place_call(
     if not 200 <= response.status < 300:
         return None, response
     dialog = Dialog.as_uac(outgoing.request, response)
-    session = Session(ua, dialog, peer, is_uac=True)
+    session = Session(ua, dialog, peer, is_uac=True, direct=direct)
     session.state = SessionState.CONFIRMED
     session.confirmed.set_result(None)
     session.local_sdp = offer
@@ -588,6 +600,21 @@ async def place_call(
     outgoing.on_2xx_retransmission = re_ack
     session._timer_answered(response, interval)
     return session, response
+
+
+async def resolve_direct(uri: Uri, default_transport: str) -> Peer:
+    """Where ``uri`` itself is, never the outbound proxy (RFC 3261 §12.2.1.1, §18.1.1): on
+    the transport it names, else ``default_transport`` (the one the INVITE used); host names
+    through the system resolver, as ``UserAgent.resolve``."""
+    if not isinstance(uri, SipUri):
+        raise ValueError(f"cannot route to {uri}")
+    transport = uri.transport or ("tls" if uri.scheme == "sips" else default_transport)
+    port = uri.port or (5061 if transport == "tls" else 5060)
+    try:
+        return Peer(transport, str(ipaddress.ip_address(uri.bare_host)), port)
+    except ValueError:
+        infos = await asyncio.get_running_loop().getaddrinfo(uri.bare_host, port)
+        return Peer(transport, str(infos[0][4][0]), port)
 
 
 async def _invite(
