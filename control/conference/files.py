@@ -4,8 +4,10 @@
   m-line (RFC 5547 §8.2: ``a=file-selector``, ``a=file-transfer-id``) gets a
   :class:`~control.streams.MsrpFileStream` on the room's store; the sender's 200 on the last
   chunk means the file and its row are kept (the stream layer holds it until then). Once
-  stored, every other chat session of the room gets a ``chorus.Notice: file`` notice with the
-  file's name, size, type, SHA-1 and, when the web server is on, its signed download URL.
+  stored, every chat session of the room gets a ``chorus.Notice: file`` notice with the
+  file's name, size, type, SHA-1 and, when the web server is on, its signed download URL —
+  the sender's chat too: clients send a file in a session of its own, and the link is the
+  sender's to hand on.
 - **Pull.** A ``recvonly`` offer whose selector names the hash (§8.4) of a file *this* room
   holds is answered ``sendonly`` with the full selector, and the file is sent chunk by chunk
   from disk (any number of pullers at once, each with its own descriptor). A pull of a file
@@ -171,11 +173,11 @@ class ConferenceFiles:
             log.exception("file stream end handler of %s failed", room.id)
 
     def announce(self, room: Room, participant: Participant, stored: StoredFile) -> None:
-        """The ``file`` notice to everyone in the room but the sender."""
+        """The ``file`` notice to every chat session of the room (see the module doc)."""
         url = self.links.file_download(room.id, stored.sha1) if self.links is not None else None
         detail = f"{stored.name} ({size_text(stored.size)})"
         room.announce(
-            NoticeKind.FILE, participant, detail, details=file_details(stored, url), exclude=True
+            NoticeKind.FILE, participant, detail, details=file_details(stored, url), exclude=False
         )
 
     # ---- the room's end and retention -----------------------------------------------------

@@ -1,0 +1,289 @@
+"""Files in conference rooms through a real `chorus serve` (issue 9, "Must show", files).
+
+alice and bob chat in a room; alice uploads 20 MB in a session of its own over SIP TLS and
+msrps (RFC 5547 §8.2: a ``sendonly`` m-line with ``a=file-selector``, as Blink sends a file);
+the other chat participants get the room's ``chorus.Notice: file`` with the file's facts and
+its signed download URL. The server is restarted; carol, who joins afterwards, pulls the file
+by hash (§8.4: a ``recvonly`` offer whose selector names the SHA-1) and gets the same bytes, once
+in an INVITE of its own and once by re-INVITE of her chat session. An unknown hash is refused:
+the m-line at port 0 next to chat, the INVITE 404 when it asked for nothing else. Ten pullers
+at once all receive the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+from control.msrp.events import (
+    ConnectionFailed,
+    MessageAborted,
+    MessageChunkReceived,
+    MessageReceived,
+    ResponseReceived,
+)
+from control.msrp.fileselector import HASH_SHA1, FileSelector, parse_file_transfer
+from control.msrp.filetransfer import FileSender
+from control.msrp.message import Flag
+from control.msrp.sdp import parse_msrp_media
+from control.msrp.session import make_ident
+from control.msrp.uri import MsrpUri
+from control.sip import sdp
+from control.sip.message import Response
+from control.sip.session import Session
+from tests.peers.chatclient import HOST, ChatClient, ChatSession
+from tests.peers.chorus import ChorusProcess
+from tests.peers.ports import free_port
+from tests.peers.sipclient import client_tls_context
+from tests.test_room_files import by_hash, file_offer
+
+pytestmark = pytest.mark.timeout(300)
+
+ROOM = "files"
+BIG = 20 * 1024 * 1024
+CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Upload:
+    data: bytes
+    sha1: bytes
+    name: str = "minutes.pdf"
+    content_type: str = "application/pdf"
+
+
+@pytest.fixture(scope="module")
+def upload() -> Upload:
+    data = random.Random(9).randbytes(BIG)
+    return Upload(data, hashlib.sha1(data).digest())
+
+
+@pytest.fixture(scope="module")
+def chorus() -> Iterator[ChorusProcess]:
+    web_port = free_port("tcp")
+    config: dict[str, dict[str, Any]] = {
+        "web": {"listen": f"https:127.0.0.1:{web_port}"},
+        "rtp": {"timeout": 300.0},
+        "conference": {"chat_rate": 1000, "chat_burst": 1000},
+    }
+    with ChorusProcess(config) as process:
+        yield process
+        assert process.alive, process.log()
+        assert "Traceback" not in process.log(), process.log()
+
+
+@contextlib.asynccontextmanager
+async def person(
+    user: str, display: str | None = None, transport: str = "tls"
+) -> AsyncIterator[ChatClient]:
+    async with ChatClient(user, display, sip_transport=transport) as client:
+        yield client
+
+
+def _body(offer: sdp.SessionDescription) -> bytes:
+    text = sdp.serialize(offer)
+    return text if isinstance(text, bytes) else text.encode()
+
+
+async def call(
+    client: ChatClient, chorus: ChorusProcess, offer: sdp.SessionDescription
+) -> tuple[Session | None, Response]:
+    """An INVITE of the room (SIP over the client's transport); the session is None when it
+    was refused."""
+    tls = client.sip.transport_name == "tls"
+    port = chorus.tls_port if tls else chorus.sip_port
+    uri = f"{'sips' if tls else 'sip'}:{ROOM}@{HOST}:{port}"
+    return await client.sip.call(uri, _body(offer), port)
+
+
+async def send_file(
+    client: ChatClient, local: MsrpUri, path: tuple[MsrpUri, ...], up: Upload
+) -> list[int]:
+    """Send ``up`` on a new MSRP session to ``path`` in 256 KiB chunks; every response."""
+    channel = client.msrp.open(local, path, active=True)
+    try:
+        await channel.wait_connected(10)
+        message_id = make_ident(os.urandom)
+        pieces = list(FileSender(len(up.data), chunk_size=CHUNK).pieces())
+        for piece in pieces:
+            channel.send_chunk(
+                message_id,
+                up.content_type,
+                up.data[piece.offset : piece.offset + piece.length],
+                offset=piece.offset,
+                total=len(up.data),
+                flag=Flag.END if piece.last else Flag.CONTINUE,
+            )
+            await channel.drain()
+        statuses: list[int] = []
+        while len(statuses) < len(pieces):
+            event = await asyncio.wait_for(channel.next_event(), 60)
+            match event:
+                case ResponseReceived(status=status):
+                    statuses.append(status)
+                case ConnectionFailed():
+                    break
+        return statuses
+    finally:
+        channel.close()
+
+
+async def push(client: ChatClient, chorus: ChorusProcess, up: Upload) -> list[int]:
+    """A file session of its own (as Blink sends a file): INVITE, the file, BYE."""
+    selector = FileSelector(
+        name=up.name, type=up.content_type, size=len(up.data), hashes=((HASH_SHA1, up.sha1),)
+    )
+    offer, local = file_offer(client.msrp, selector, sdp.Direction.SENDONLY)
+    session, response = await call(client, chorus, offer)
+    assert session is not None, f"push INVITE answered {response.status} {response.reason}"
+    answer = sdp.parse(response.body).media[0]
+    assert answer.port and answer.direction is sdp.Direction.RECVONLY
+    path = parse_msrp_media(answer).path
+    assert path[0].secure, "msrps offered, msrps answered"
+    try:
+        return await send_file(client, local, path, up)
+    finally:
+        await session.bye()
+
+
+async def receive_file(client: ChatClient, local: MsrpUri, path: tuple[MsrpUri, ...]) -> bytes:
+    """Receive one file on a new MSRP session; its SHA-1 (answering its last chunk 200)."""
+    channel = client.msrp.open(
+        local, path, active=True, deliver_chunks=True, max_message_size=1 << 30
+    )
+    digest = hashlib.sha1()
+    expected = 0
+    try:
+        await channel.wait_connected(10)
+        while True:
+            event = await asyncio.wait_for(channel.next_event(), 120)
+            match event:
+                case MessageChunkReceived(offset=offset, data=data):
+                    assert offset == expected, "chunks arrive in order, from the start"
+                    digest.update(data)
+                    expected += len(data)
+                case MessageReceived(message_id=mid):
+                    channel.complete_message(mid, 200)
+                    await channel.drain()
+                    return digest.digest()
+                case MessageAborted() | ConnectionFailed():
+                    raise AssertionError(f"pull failed: {event}")
+    finally:
+        channel.close()
+
+
+async def pull(client: ChatClient, chorus: ChorusProcess, sha1: bytes) -> bytes:
+    """A pull in an INVITE of its own (recvonly, the selector naming only the hash)."""
+    offer, local = file_offer(client.msrp, by_hash(sha1), sdp.Direction.RECVONLY)
+    session, response = await call(client, chorus, offer)
+    assert session is not None, f"pull INVITE answered {response.status} {response.reason}"
+    answer = sdp.parse(response.body).media[0]
+    assert answer.direction is sdp.Direction.SENDONLY
+    try:
+        return await receive_file(client, local, parse_msrp_media(answer).path)
+    finally:
+        await session.bye()
+
+
+async def reinvite_with(chat: ChatSession, media: sdp.MediaDescription) -> sdp.MediaDescription:
+    """Re-INVITE ``chat``'s session with its m-lines as they are plus ``media``; our answer."""
+    assert chat.session is not None
+    offer = chat.sdp.offer([*(slot.media for slot in chat.slots), media])
+    response = await chat.session.reinvite(bytes(offer))
+    assert response.status == 200, f"re-INVITE answered {response.status}"
+    answer = sdp.parse(response.body)
+    assert len(answer.media) == len(chat.slots) + 1
+    assert answer.media[0].port, "the chat m-line stays"
+    return answer.media[-1]
+
+
+def notice_value(delivered: Any, name: str) -> str | None:
+    return delivered.cpim.value(name, "urn:x-chorus:cpim") if delivered.cpim else None
+
+
+async def test_a_file_uploaded_before_a_restart_is_pulled_by_a_later_joiner(
+    chorus: ChorusProcess, upload: Upload
+) -> None:
+    async with person("alice", "Alice") as alice, person("bob", "Bob", "tcp") as bob:
+        alice_chat = await alice.join(chorus, ROOM, secure=True)
+        bob_chat = await bob.join(chorus, ROOM, secure=True)
+        statuses = await push(alice, chorus, upload)
+        assert statuses == [200] * (BIG // CHUNK), "the last 200: the file is stored"
+        assert await bob_chat.wait_for(lambda: bob_chat.notices("file"))
+        (notice,) = bob_chat.notices("file")
+        assert notice_value(notice, "File-Name") == upload.name
+        assert notice_value(notice, "File-Size") == str(BIG)
+        assert notice_value(notice, "File-Type") == upload.content_type
+        hash_value = "sha-1:" + upload.sha1.hex(":").upper()  # RFC 5547 §6's token
+        assert notice_value(notice, "File-Hash") == hash_value
+        assert "Alice shared minutes.pdf (20.0 MiB)" in notice.text
+        url = notice_value(notice, "File-URL")
+        assert url is not None and url.startswith("https://127.0.0.1:")
+        assert f"/files/{ROOM}@{HOST}/{upload.sha1.hex()}?t=" in url
+        # The sender's chat is told too (the link is its to hand on), once; the upload
+        # session is a transfer, not a person: neither joined nor left.
+        await bob_chat.say("barrier")
+        await alice_chat.wait_text("barrier")
+        assert [n.text for n in alice_chat.notices("file")] == [notice.text]
+        assert [n.text for n in bob_chat.notices("joined")] == []  # alice came before bob
+        assert not bob_chat.notices("left"), "the upload session was not announced"
+        context = client_tls_context()
+        ranged = {"Range": "bytes=0-99"}
+        async with (
+            aiohttp.ClientSession() as web,  # the URL serves the file (with Range)
+            web.get(url, ssl=context, headers=ranged) as got,
+        ):
+            assert got.status == 206 and await got.read() == upload.data[:100]
+
+    assert chorus.stop() == 0
+    chorus.start()
+
+    async with person("carol", "Carol") as carol, person("dave", "Dave", "tcp") as dave:
+        dave_chat = await dave.join(chorus, ROOM, secure=True)
+        assert await pull(carol, chorus, upload.sha1) == upload.sha1  # SHA-1 equal
+        # The same pull by re-INVITE of a participant's chat session.
+        carol_chat = await carol.join(chorus, ROOM, secure=True)
+        offer, local = file_offer(carol.msrp, by_hash(upload.sha1), sdp.Direction.RECVONLY)
+        answer = await reinvite_with(carol_chat, offer.media[0])
+        assert answer.port and answer.direction is sdp.Direction.SENDONLY
+        served = parse_file_transfer(answer)
+        assert served is not None and served.selector.name == upload.name
+        assert served.selector.size == BIG and served.selector.sha1 == upload.sha1
+        sha1 = await receive_file(carol, local, parse_msrp_media(answer).path)
+        assert sha1 == upload.sha1
+        # Carol's chat goes on after the transfer's session ended.
+        await carol_chat.say("still here")
+        await dave_chat.wait_text("still here")
+
+
+async def test_an_unknown_hash_is_refused(chorus: ChorusProcess, upload: Upload) -> None:
+    unknown = hashlib.sha1(b"never uploaded").digest()
+    async with person("erin", "Erin") as erin:
+        offer, _ = file_offer(erin.msrp, by_hash(unknown), sdp.Direction.RECVONLY)
+        session, response = await call(erin, chorus, offer)
+        assert session is None
+        assert (response.status, response.reason) == (404, "File Not Found")
+        chat = await erin.join(chorus, ROOM, secure=True)
+        offer, _ = file_offer(erin.msrp, by_hash(unknown), sdp.Direction.RECVONLY)
+        answer = await reinvite_with(chat, offer.media[0])
+        assert answer.port == 0, "next to chat, the pull is refused in place"
+
+
+async def test_ten_simultaneous_pullers_receive_the_same_bytes(chorus: ChorusProcess) -> None:
+    data = random.Random(10).randbytes(5 * 1024 * 1024 + 17)
+    up = Upload(data, hashlib.sha1(data).digest(), name="slides.odp", content_type="x/y")
+    async with contextlib.AsyncExitStack() as stack:
+        pullers = [await stack.enter_async_context(person(f"p{n}", None, "tcp")) for n in range(10)]
+        async with person("frank", "Frank") as frank:
+            assert (await push(frank, chorus, up))[-1] == 200
+        got = await asyncio.gather(*(pull(p, chorus, up.sha1) for p in pullers))
+        assert got == [up.sha1] * 10
