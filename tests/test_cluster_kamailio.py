@@ -373,3 +373,40 @@ def test_config_check_with_the_cluster_parameters(tmp_path: Path) -> None:
     assert f"tls: 127.0.0.1 [127.0.0.1]:{tls}" in output
     without = check_config(CONFIG, {"WITHOUT_PIKE": True, "SIP_PORT": sip, "RPC_PORT": rpc})
     assert without.returncode == 0, without.stdout + without.stderr
+
+
+async def test_a_restarted_kamailio_gets_the_node_and_its_pins_back(cluster: Cluster) -> None:
+    """Kamailio keeps dispatcher.add and the pins in memory only. A node checks every
+    min(pin_expiry / 3, 30) s whether it is still listed; after a restart it is not, so it
+    registers again and re-pins its live rooms, and meanwhile its calls go on."""
+    first = cluster.edge
+    node = ChorusProcess(
+        {
+            "cluster": {"kamailio_rpc": first.rpc_url, "pin_expiry": 9, "drain_timeout": 0},
+            "rtp": {"timeout": 300},
+        }
+    ).start()
+    try:
+        assert await registered(cluster, node), cluster.targets()
+        member = await cluster.join("survivor")
+        assert await wait_until(lambda: "survivor@127.0.0.1" in cluster.pins())
+        first.stop()
+        second = KamailioProcess(
+            [], sip_port=first.sip_port, rpc_port=first.rpc_port, defines=EDGE
+        ).start()
+        try:
+            cluster.edge = second
+            assert cluster.targets() == [] and cluster.pins() == {}
+            assert await registered(cluster, node), cluster.targets()
+            assert await wait_until(
+                lambda: cluster.pins().get("survivor@127.0.0.1") == node_uri(node)
+            ), cluster.pins()
+            again = await cluster.join("survivor")  # the pin leads the next member there
+            assert again.node_port == member.node_port == node.sip_port
+            for joined in list(cluster.members):
+                await cluster.leave(joined)
+        finally:
+            second.stop()
+            second.cleanup()
+    finally:
+        node.stop()
