@@ -19,11 +19,23 @@ import os
 import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from control.conference.files import file_details
+from control.conference.notices import (
+    CHORUS_NS,
+    HEADER_VALUE_CHARS,
+    NoticeKind,
+    build_notice,
+    shown_text,
+)
+from control.files.spool import StoredFile
+from control.msrp.cpim import CpimAddress, parse_cpim
 from control.msrp.events import (
     ConnectionFailed,
     MessageAborted,
@@ -44,6 +56,7 @@ from tests.peers.chatclient import HOST, ChatClient, ChatSession
 from tests.peers.chorus import ChorusProcess
 from tests.peers.ports import free_port
 from tests.peers.sipclient import client_tls_context
+from tests.peers.wait import wait_until
 from tests.test_room_files import by_hash, file_offer
 
 pytestmark = pytest.mark.timeout(300)
@@ -51,6 +64,7 @@ pytestmark = pytest.mark.timeout(300)
 ROOM = "files"
 BIG = 20 * 1024 * 1024
 CHUNK = 256 * 1024
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -95,13 +109,13 @@ def _body(offer: sdp.SessionDescription) -> bytes:
 
 
 async def call(
-    client: ChatClient, chorus: ChorusProcess, offer: sdp.SessionDescription
+    client: ChatClient, chorus: ChorusProcess, offer: sdp.SessionDescription, room: str = ROOM
 ) -> tuple[Session | None, Response]:
     """An INVITE of the room (SIP over the client's transport); the session is None when it
     was refused."""
     tls = client.sip.transport_name == "tls"
     port = chorus.tls_port if tls else chorus.sip_port
-    uri = f"{'sips' if tls else 'sip'}:{ROOM}@{HOST}:{port}"
+    uri = f"{'sips' if tls else 'sip'}:{room}@{HOST}:{port}"
     return await client.sip.call(uri, _body(offer), port)
 
 
@@ -137,13 +151,15 @@ async def send_file(
         channel.close()
 
 
-async def push(client: ChatClient, chorus: ChorusProcess, up: Upload) -> list[int]:
+async def push(
+    client: ChatClient, chorus: ChorusProcess, up: Upload, room: str = ROOM
+) -> list[int]:
     """A file session of its own (as Blink sends a file): INVITE, the file, BYE."""
     selector = FileSelector(
         name=up.name, type=up.content_type, size=len(up.data), hashes=((HASH_SHA1, up.sha1),)
     )
     offer, local = file_offer(client.msrp, selector, sdp.Direction.SENDONLY)
-    session, response = await call(client, chorus, offer)
+    session, response = await call(client, chorus, offer, room)
     assert session is not None, f"push INVITE answered {response.status} {response.reason}"
     answer = sdp.parse(response.body).media[0]
     assert answer.port and answer.direction is sdp.Direction.RECVONLY
@@ -287,3 +303,121 @@ async def test_ten_simultaneous_pullers_receive_the_same_bytes(chorus: ChorusPro
             assert (await push(frank, chorus, up))[-1] == 200
         got = await asyncio.gather(*(pull(p, chorus, up.sha1) for p in pullers))
         assert got == [up.sha1] * 10
+
+
+def test_a_file_notice_carries_any_name_on_one_header_line() -> None:
+    """A sender's name is metadata: ``../../etc/passwd``, NUL, line breaks and 10 KB names
+    give one-line ``chorus.File-Name`` headers (RFC 3862 §3.2 escapes: the name comes back
+    exactly, a 10 KB one cut) and a clean text line."""
+    names = ["../../etc/passwd", "a\x00b\r\nFrom: <sip:evil@x>\\c", "n" * 10_000]
+    for name in names:
+        stored = StoredFile("f", name, "text/plain", 3, "ab" * 20, "2026-01-01", "sip:a@b", Path())
+        url = f"https://web/files/room/{'ab' * 20}?t=1.x"
+        body = build_notice(
+            CpimAddress("sip:room@b", "room"), NoticeKind.FILE, "x", NOW, file_details(stored, url)
+        )
+        head = body.split(b"\r\n\r\n", 1)[0].decode()
+        # From, To, DateTime, NS, Notice and the five File-* facts: no line broken off.
+        assert len(head.split("\r\n")) == 10, head[:300]
+        parsed = parse_cpim(body)
+        assert parsed.sender is not None and parsed.sender.uri == "sip:room@b"  # not spoofed
+        got = parsed.value("File-Name", CHORUS_NS)
+        assert got is not None
+        if len(name) <= HEADER_VALUE_CHARS:
+            assert got == name
+        else:
+            assert got == name[: HEADER_VALUE_CHARS - 1] + "\u2026"
+        assert parsed.value("File-URL", CHORUS_NS) == url
+        assert "\x00" not in shown_text(name) and len(shown_text(name)) <= 200
+
+
+async def test_a_transfer_session_left_open_is_ended_by_the_room(
+    chorus: ChorusProcess,
+) -> None:
+    """A puller that has its file but never sends BYE: once its MSRP session is gone the
+    room's transfer stream ends and the room ends the session it leaves empty."""
+    data = b"agenda\n" * 1000
+    up = Upload(data, hashlib.sha1(data).digest(), name="agenda.txt", content_type="text/plain")
+    async with person("gus", "Gus") as gus, person("hal", "Hal", "tcp") as hal:
+        assert (await push(gus, chorus, up))[-1] == 200
+        offer, local = file_offer(hal.msrp, by_hash(up.sha1), sdp.Direction.RECVONLY)
+        session, response = await call(hal, chorus, offer)
+        assert session is not None, response.status
+        path = parse_msrp_media(sdp.parse(response.body).media[0]).path
+        assert await receive_file(hal, local, path) == up.sha1  # closes our MSRP session
+        reason = await asyncio.wait_for(asyncio.shield(session.terminated), 30)
+        assert reason, "the room sent BYE"
+
+
+# ---- the files policy: quotas, retention, the room's end -------------------------------
+
+
+@pytest.fixture(scope="module")
+def strict() -> Iterator[ChorusProcess]:
+    config: dict[str, dict[str, Any]] = {
+        "files": {
+            "max_file_bytes": 3_000_000,
+            "room_quota_bytes": 2_000_000,
+            "retain_max_age": 4.0,
+            "retention_interval": 1.0,
+            "after_room_ends": "delete",
+        },
+    }
+    with ChorusProcess(config) as process:
+        yield process
+        assert process.alive, process.log()
+        assert "Traceback" not in process.log(), process.log()
+
+
+def _sized(size: int, seed: int) -> Upload:
+    data = random.Random(seed).randbytes(size)
+    return Upload(data, hashlib.sha1(data).digest(), name=f"f{seed}.bin", content_type="x/y")
+
+
+async def _offer_push(client: ChatClient, chorus: ChorusProcess, up: Upload) -> Response:
+    selector = FileSelector(
+        name=up.name, type=up.content_type, size=len(up.data), hashes=((HASH_SHA1, up.sha1),)
+    )
+    offer, _ = file_offer(client.msrp, selector, sdp.Direction.SENDONLY)
+    session, response = await call(client, chorus, offer)
+    if session is not None:
+        await session.bye()
+    return response
+
+
+async def test_quotas_refuse_a_lone_push_with_413(strict: ChorusProcess) -> None:
+    async with person("ida", "Ida") as ida:
+        chat = await ida.join(strict, ROOM, secure=True)  # keeps the room alive
+        too_big = await _offer_push(ida, strict, _sized(3_000_001, 1))
+        assert (too_big.status, too_big.reason) == (413, "File Too Large")
+        assert (await push(ida, strict, _sized(1_500_000, 2)))[-1] == 200
+        full = await _offer_push(ida, strict, _sized(1_000_000, 3))
+        assert (full.status, full.reason) == (413, "Room Storage Full")
+        assert "room quota exceeded (insufficient storage)" in strict.log()
+        await chat.leave()
+
+
+async def test_retention_deletes_old_files_on_its_timer(strict: ChorusProcess) -> None:
+    up = _sized(10_000, 4)
+    async with person("jo", "Jo") as jo:
+        chat = await jo.join(strict, "aging", secure=True)  # the room lives throughout
+        assert (await push(jo, strict, up, "aging"))[-1] == 200
+        expired = f"room aging@{HOST}: deleted"
+        assert await wait_until(lambda: expired in strict.log(), timeout=30)
+        assert "older than retain_max_age" in strict.log()
+        offer, _ = file_offer(jo.msrp, by_hash(up.sha1), sdp.Direction.RECVONLY)
+        session, response = await call(jo, strict, offer, "aging")
+        assert session is None and response.status == 404
+        assert chat.session is not None and not chat.session.terminated.done()
+
+
+async def test_after_room_ends_delete_removes_the_rooms_files(strict: ChorusProcess) -> None:
+    up = _sized(10_000, 5)
+    async with person("kim", "Kim") as kim:
+        # The upload's session is all the room has: the room ends with it.
+        assert (await push(kim, strict, up, "ephemeral"))[-1] == 200
+        deleted = f"room ephemeral@{HOST} ended: 1 files deleted (after_room_ends)"
+        assert await wait_until(lambda: deleted in strict.log(), timeout=30)
+        offer, _ = file_offer(kim.msrp, by_hash(up.sha1), sdp.Direction.RECVONLY)
+        session, response = await call(kim, strict, offer, "ephemeral")
+        assert session is None and response.status == 404

@@ -40,7 +40,7 @@ from control.msrp.transport import MsrpTransport
 from control.sip.errors import SipError
 from control.streams import FileStore, MsrpFileStream, StreamRequest
 
-from .notices import NoticeKind
+from .notices import NoticeKind, shown_text
 from .participant import Participant
 from .room import Room
 
@@ -175,7 +175,7 @@ class ConferenceFiles:
     def announce(self, room: Room, participant: Participant, stored: StoredFile) -> None:
         """The ``file`` notice to every chat session of the room (see the module doc)."""
         url = self.links.file_download(room.id, stored.sha1) if self.links is not None else None
-        detail = f"{stored.name} ({size_text(stored.size)})"
+        detail = f"{shown_text(stored.name)} ({size_text(stored.size)})"
         room.announce(
             NoticeKind.FILE, participant, detail, details=file_details(stored, url), exclude=False
         )

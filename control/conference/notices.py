@@ -8,7 +8,9 @@ person, adds its facts as more ``chorus.`` headers a client can read without par
 text: a shared file (``chorus.File-Name``, ``-Size``, ``-Type``, ``-Hash`` in RFC 5547's
 ``sha1:XX:..`` form, ``-URL`` when the web server is on), a shared screen
 (``chorus.Screen-URL``, ``chorus.Screen-Image``). Header values are single-line by
-construction (:func:`header_value`): a sender's file name is metadata and may hold anything.
+construction (:func:`header_value`, RFC 3862 §3.2 escapes: the exact value comes back to a
+reader that unescapes): a sender's file name is metadata and may hold anything; the text line
+shows it cleaned and cut (:func:`shown_text`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "chorus_headers",
     "header_value",
     "notice_text",
+    "shown_text",
 ]
 
 CHORUS_NS = "urn:x-chorus:cpim"
@@ -73,15 +76,38 @@ def notice_text(kind: NoticeKind, who: str, detail: str | None = None) -> str:
             return f"{who} stopped sharing their screen"
 
 
-def header_value(text: str, limit: int = HEADER_VALUE_CHARS) -> str:
-    """``text`` fit for one CPIM header line (RFC 3862 §3.1: no CR/LF): control characters
-    (NUL, line breaks, RFC 5198's C0/C1 set) become U+FFFD, and a longer value is cut to
-    ``limit`` characters with an ellipsis."""
-    cleaned = "".join(
-        "\ufffd" if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" else c
-        for c in text
-    )
+_ESCAPES = {"\\": "\\\\", "\r": "\\r", "\n": "\\n", "\t": "\\t"}  # RFC 3862 §3.2
+SHOWN_CHARS = 200  # how much of a sender's string a notice's text shows
+
+
+def _control(char: str) -> bool:
+    code = ord(char)
+    return code < 0x20 or 0x7F <= code < 0xA0 or char in "\u2028\u2029"
+
+
+def shown_text(text: str, limit: int = SHOWN_CHARS) -> str:
+    """A sender's string fit for a notice's text line: controls (NUL, line breaks) as
+    U+FFFD, cut to ``limit`` characters with an ellipsis."""
+    cleaned = "".join("\ufffd" if _control(c) else c for c in text)
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "\u2026"
+
+
+def header_value(text: str, limit: int = HEADER_VALUE_CHARS) -> str:
+    """``text`` as one CPIM header value (RFC 3862 §3.1: one line), cut to ``limit``
+    characters with an ellipsis, then escaped as §3.2 allows (``\\\\``, ``\\r``, ``\\n``,
+    ``\\t``, ``\\uXXXX`` for the other C0/C1 controls and line separators): a reader that
+    unescapes gets the text back exactly, NUL and line breaks included."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    out = []
+    for char in text:
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif _control(char):
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def chorus_headers(name: str, value: str, more: Sequence[tuple[str, str]] = ()) -> list[CpimHeader]:
