@@ -410,3 +410,25 @@ async def test_a_restarted_kamailio_gets_the_node_and_its_pins_back(cluster: Clu
             second.cleanup()
     finally:
         node.stop()
+
+
+async def test_a_dead_nodes_pins_expire_on_their_own() -> None:
+    """The safety net: nobody joins the dead node's room again, yet its pin goes away once
+    its expiry (here 3 s, refreshed every second while the node lives) has passed."""
+    with KamailioProcess([], defines={**EDGE, "HTABLE_TIMER": 1}) as quick:
+        cluster = Cluster(quick, AsyncExitStack())
+        node = ChorusProcess(
+            {"cluster": {"kamailio_rpc": quick.rpc_url, "pin_expiry": 3}, "rtp": {"timeout": 300}}
+        ).start()
+        try:
+            assert await registered(cluster, node), cluster.targets()
+            await cluster.join("orphan")
+            assert await wait_until(lambda: "orphan@127.0.0.1" in cluster.pins())
+            assert node.process is not None
+            node.process.kill()
+            node.process.wait(10)
+            assert await wait_until(lambda: cluster.pins() == {}, timeout=20), cluster.pins()
+            assert "pin of room orphan@127.0.0.1" in quick.log()
+        finally:
+            node.stop()
+            await cluster.stack.aclose()
