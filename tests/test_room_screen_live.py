@@ -42,13 +42,22 @@ COLOURS = {RED: (255, 0, 0), BLUE: (0, 0, 255), GREEN: (0, 255, 0)}
 SCREEN_TYPE = "application/blink-screensharing"
 IDLE = 3.0  # [screen] idle_timeout
 TOLERANCE = 40  # JPEG moves a solid colour by a few levels, never this far
+MAX_FRAME = 2 * 1024 * 1024  # [screen] max_frame_bytes; chat messages stay at 1 MiB
+
+
+def padded(jpeg: bytes, size: int) -> bytes:
+    """``jpeg`` grown to about ``size`` bytes with COM segments (T.81 B.2.4.5) after SOI:
+    still a valid JPEG of the same picture."""
+    comment = b"\xff\xfe" + (65535).to_bytes(2, "big") + b"x" * 65533
+    count = max(0, (size - len(jpeg)) // len(comment))
+    return jpeg[:2] + comment * count + jpeg[2:]
 
 
 @pytest.fixture(scope="module")
 def chorus() -> Iterator[ChorusProcess]:
     config: dict[str, dict[str, Any]] = {
         "web": {"listen": f"https:127.0.0.1:{free_port('tcp')}"},
-        "screen": {"idle_timeout": IDLE},
+        "screen": {"idle_timeout": IDLE, "max_frame_bytes": MAX_FRAME},
         "conference": {"chat_rate": 1000, "chat_burst": 1000, "history_messages": 20},
     }
     with ChorusProcess(config) as process:
@@ -149,6 +158,30 @@ async def test_frames_go_to_the_announced_url_never_to_the_chat(chorus: ChorusPr
         assert ended.text == "Alice stopped sharing their screen"
         assert value(ended, "Screen-Ended") == "idle"
         assert (await get(image))[0] == 404
+
+
+async def test_frames_larger_than_a_chat_message_up_to_the_frame_cap(
+    chorus: ChorusProcess,
+) -> None:
+    """A desktop frame may exceed [conference] max_message_bytes (1 MiB): the chat stream takes
+    frames up to [screen] max_frame_bytes; beyond it the board answers 413."""
+    big = padded(BLUE, 1_500_000)
+    assert 1024 * 1024 < len(big) < MAX_FRAME
+    async with people(("ivy", "Ivy"), ("jon", "Jon")) as (i, j):
+        ivy = await i.join(chorus, "screens4", secure=True)
+        jon = await j.join(chorus, "screens4", secure=True)
+        # Sent in several chunks: the first 200 comes before the frame is whole, so the
+        # screen notice (sent once the frame is shown) is what says it arrived.
+        await ivy.send_raw(ivy.cpim(big, content_type=SCREEN_TYPE))
+        image = value(await notice(jon, "screen"), "Screen-Image")
+        assert image is not None and (await get(image))[1] == big
+        over = await ivy.send_raw(
+            ivy.cpim(padded(RED, MAX_FRAME + 200_000), content_type=SCREEN_TYPE)
+        )
+        assert await ivy.refusal(over) == 413
+        assert (await get(image))[1] == big
+        too_long = ivy.cpim("x" * (1024 * 1024 + 10))
+        assert await ivy.refusal(await ivy.send_raw(too_long)) == 413  # chat keeps its limit
 
 
 async def test_sharing_ends_with_the_chat_stream_that_carried_it(chorus: ChorusProcess) -> None:
