@@ -161,9 +161,9 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         ready.set()
     await stop.wait()
     logging.getLogger("chorus").info("shutting down")
-    await server.stop()
-    if web is not None:
+    if web is not None:  # first: downloads and viewers read the rooms' files and screens
         await web.stop()
+    await server.stop()
     if cluster is not None:
         await cluster.stop(timeout=2 * config.cluster.rpc_timeout + 1)
         config.pid_path().unlink(missing_ok=True)
