@@ -276,6 +276,20 @@ async def test_a_file_uploaded_before_a_restart_is_pulled_by_a_later_joiner(
         assert served.selector.size == BIG and served.selector.sha1 == upload.sha1
         sha1 = await receive_file(carol, local, parse_msrp_media(answer).path)
         assert sha1 == upload.sha1
+        # Her chat's MSRP connection carried the transfer too, so she ends it by re-INVITE
+        # (the m-line at port 0); offered again with the same a=file-transfer-id it is no new
+        # pull (RFC 5547 §8.1: a new transfer has a new id) and stays refused.
+        assert carol_chat.session is not None
+        removed = offer.media[0].copy()
+        removed.port = 0
+        for line in (removed, offer.media[0]):
+            again = carol_chat.sdp.offer([*(slot.media for slot in carol_chat.slots), line])
+            response = await carol_chat.session.reinvite(bytes(again))
+            assert response.status == 200
+            media = sdp.parse(response.body).media
+            assert media[0].port and media[-1].port == 0
+        ended = f"file stream of sip:carol@{HOST} in {ROOM}@{HOST} ended: sent"
+        assert await wait_until(lambda: chorus.log().count(ended) == 2, timeout=30)
         # Carol's chat goes on after the transfer's session ended.
         await carol_chat.say("still here")
         await dave_chat.wait_text("still here")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -269,7 +270,13 @@ class ConferenceApp:
         finally:
             await self._leave(room, participant)
 
-    def _answerer(self, room: Room, participant_id: ParticipantId, sender: str) -> Answerer:
+    def _answerer(
+        self,
+        room: Room,
+        participant_id: ParticipantId,
+        sender: str,
+        finished: Collection[str] = (),
+    ) -> Answerer:
         """What the room takes per new m-line: one audio stream, one chat stream, file
         transfers (``sender`` is the caller's identity, recorded with a pushed file)."""
 
@@ -294,7 +301,7 @@ class ConferenceApp:
                         check.session = ChatSessionId(stream.channel.session_id)
                     return stream
                 case MediaKind.FILE if self.files is not None and self.msrp is not None:
-                    return await self.files.open(room, sender, request)
+                    return await self.files.open(room, sender, request, finished)
             return None
 
         return answer
@@ -310,6 +317,8 @@ class ConferenceApp:
         if participant.streams.get(stream.index) is not stream:
             return  # removed by a re-INVITE or the participant's end
         participant.streams.pop(stream.index)
+        if stream.transfer.transfer_id is not None:
+            participant.finished_transfers.add(stream.transfer.transfer_id)
         self.ua.spawn(stream.close())
         if not participant.streams and room.participants.get(participant.id) is participant:
             self.ua.spawn(self._end_if_still_empty(room, participant))
@@ -324,7 +333,9 @@ class ConferenceApp:
             result = await negotiate(
                 description,
                 participant.streams,
-                self._answerer(room, participant.id, participant.uri),
+                self._answerer(
+                    room, participant.id, participant.uri, participant.finished_transfers
+                ),
             )
         except SipError as exc:
             reoffer.reject(exc.status, exc.reason)
@@ -339,6 +350,11 @@ class ConferenceApp:
             return
         reoffer.answer(answer)
         gone = [*result.removed, *result.replaced]
+        participant.finished_transfers.update(
+            s.transfer.transfer_id
+            for s in gone
+            if isinstance(s, MsrpFileStream) and s.transfer.transfer_id is not None
+        )
         participant.streams = result.streams
         participant.decisions = result.decisions
         room.streams_stopped(participant, gone)

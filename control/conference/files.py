@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Protocol
 
 from control.files.spool import StoredFile, to_disk
@@ -110,9 +110,21 @@ class ConferenceFiles:
 
     # ---- streams -------------------------------------------------------------------------
 
-    async def open(self, room: Room, sender: str, request: StreamRequest) -> MsrpFileStream | None:
+    async def open(
+        self,
+        room: Room,
+        sender: str,
+        request: StreamRequest,
+        finished: Collection[str] = (),
+    ) -> MsrpFileStream | None:
         """The answerer's say on one file m-line (see the module doc). SipError when the
-        offer asked for nothing else and the m-line was refused."""
+        offer asked for nothing else and the m-line was refused. A re-offer of a transfer in
+        ``finished`` (its ``a=file-transfer-id``) is refused in place: RFC 5547 §8.1 names a
+        new transfer by a new id, and that one is done."""
+        transfer_id = (request.media.get("file-transfer-id") or "").strip()
+        if transfer_id and transfer_id in finished:
+            log.info("file transfer %s in %s already ended: port 0", transfer_id, room.id)
+            return None
         store = room.files if room.files is not None else self.store(room.id)
         await store.settled()  # a pull sees every file whose last chunk arrived
         stream = MsrpFileStream.open(self.msrp, store, request.offer, request.index, sender=sender)

@@ -35,6 +35,8 @@ class Participant:
     joined_at: float = field(default_factory=time.time)
     muted: bool = False
     transfer_only: bool = False  # joined with file m-lines only: a transfer, not a person
+    # a=file-transfer-id of transfers that ended: a re-offer of one is not a new transfer
+    finished_transfers: set[str] = field(default_factory=set)
 
     def stream(self, kind: MediaKind) -> Stream | None:
         return next((s for _, s in sorted(self.streams.items()) if s.kind is kind), None)
