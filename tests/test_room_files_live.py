@@ -197,10 +197,10 @@ async def receive_file(client: ChatClient, local: MsrpUri, path: tuple[MsrpUri, 
         channel.close()
 
 
-async def pull(client: ChatClient, chorus: ChorusProcess, sha1: bytes) -> bytes:
+async def pull(client: ChatClient, chorus: ChorusProcess, sha1: bytes, room: str = ROOM) -> bytes:
     """A pull in an INVITE of its own (recvonly, the selector naming only the hash)."""
     offer, local = file_offer(client.msrp, by_hash(sha1), sdp.Direction.RECVONLY)
-    session, response = await call(client, chorus, offer)
+    session, response = await call(client, chorus, offer, room)
     assert session is not None, f"pull INVITE answered {response.status} {response.reason}"
     answer = sdp.parse(response.body).media[0]
     assert answer.direction is sdp.Direction.SENDONLY
@@ -435,3 +435,18 @@ async def test_after_room_ends_delete_removes_the_rooms_files(strict: ChorusProc
         offer, _ = file_offer(kim.msrp, by_hash(up.sha1), sdp.Direction.RECVONLY)
         session, response = await call(kim, strict, offer, "ephemeral")
         assert session is None and response.status == 404
+
+
+async def test_a_restart_is_no_rooms_end() -> None:
+    """after_room_ends=delete: a room still live when the server stops keeps its files (the
+    shutdown ends the sessions, not the room), and the shutdown logs no error."""
+    up = _sized(10_000, 6)
+    with ChorusProcess({"files": {"after_room_ends": "delete"}}) as node:
+        async with person("lou", "Lou") as lou:
+            await lou.join(node, "lasting", secure=True)  # in the room when the server stops
+            assert (await push(lou, node, up, "lasting"))[-1] == 200
+            assert await asyncio.to_thread(node.stop) == 0  # lou answers its BYE meanwhile
+        assert "Traceback" not in node.log() and " ERROR " not in node.log(), node.log()
+        node.start()
+        async with person("mia", "Mia") as mia:  # a new client: lou's connections are gone
+            assert await pull(mia, node, up.sha1, "lasting") == up.sha1

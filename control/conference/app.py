@@ -200,9 +200,7 @@ class ConferenceApp:
             log.info("room %s ended", room.id)
             self._notify_observer(room.id, opened=False)
             if self.files is not None:
-                self.ua.spawn(
-                    self.files.room_ended(room, still_gone=lambda: room.id not in self.rooms)
-                )
+                self.files.room_ended(room, still_gone=lambda: room.id not in self.rooms)
 
     def _notify_observer(self, room_id: RoomId, *, opened: bool) -> None:
         """An observer's bug is logged and costs nothing: the room goes on either way."""
@@ -530,6 +528,8 @@ class ConferenceApp:
         referral.reject(501)  # RFC 4579 REFER: a later issue
 
     async def shutdown(self) -> None:
+        if self.files is not None:
+            self.files.stop()
         sessions = [p.session for room in self.rooms.values() for p in room.participants.values()]
         await asyncio.gather(
             *(session.bye(reason="shutdown") for session in sessions), return_exceptions=True

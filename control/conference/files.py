@@ -21,7 +21,8 @@
   ``[files] retention_interval`` seconds in the disk thread, never at start-up; when the
   room's last participant leaves, after its file streams are closed and every push of the
   room has settled, :meth:`RoomFiles.room_ended` keeps or deletes the room's files
-  (``[files] after_room_ends``).
+  (``[files] after_room_ends``). A shutdown ends no room: rooms live at a restart keep their
+  files whatever the policy says.
 - Not done: ``[files] push_to_participants`` (offering each new file to everyone) is parsed
   but not acted on.
 """
@@ -104,6 +105,8 @@ class ConferenceFiles:
         self.links = links
         self._running: dict[RoomId, set[asyncio.Task[None]]] = {}
         self._retention: asyncio.Task[None] | None = None
+        self.stopping = False  # the node shuts down: rooms stop, none *ends* (files stay)
+        self._ending: set[asyncio.Task[None]] = set()
 
     def store(self, room: RoomId) -> FileStore:
         return self.files.store(str(room))
@@ -194,17 +197,31 @@ class ConferenceFiles:
 
     # ---- the room's end and retention -----------------------------------------------------
 
-    async def room_ended(self, room: Room, *, still_gone: Callable[[], bool]) -> None:
-        """The room's last participant left (its streams are closed): wait for its transfers
-        and pushes to settle, then apply ``[files] after_room_ends`` — unless ``still_gone()``
-        says a new room of the same URI has started meanwhile (it uses the files)."""
+    def room_ended(self, room: Room, *, still_gone: Callable[[], bool]) -> None:
+        """The room's last participant left (its streams are closed): in a task of ours
+        (:meth:`close` waits for it), :meth:`_room_ended`."""
+        task = asyncio.get_running_loop().create_task(
+            self._room_ended(room, still_gone=still_gone), name=f"room-ended-{room.id}"
+        )
+        self._ending.add(task)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._ending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("applying after_room_ends failed", exc_info=task.exception())
+
+    async def _room_ended(self, room: Room, *, still_gone: Callable[[], bool]) -> None:
+        """Wait for the room's transfers and pushes to settle, then apply ``[files]
+        after_room_ends`` — unless ``still_gone()`` says a new room of the same URI has
+        started meanwhile (it uses the files)."""
         tasks = self._running.pop(room.id, set())
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         if room.files is not None:
             await room.files.settled()
-        if not still_gone():
-            return
+        if self.stopping or not still_gone():
+            return  # a shutdown is no room's end; a new room of the URI uses the files
         deleted = await to_disk(self.files.room_ended, str(room.id))
         if deleted:
             log.info("room %s ended: %d files deleted (after_room_ends)", room.id, deleted)
@@ -231,7 +248,13 @@ class ConferenceFiles:
             if deleted:
                 log.info("room files retention deleted %d files", deleted)
 
+    def stop(self) -> None:
+        """The node is shutting down: rooms that close now keep their files whatever
+        ``after_room_ends`` says (they did not end; they come back after the restart)."""
+        self.stopping = True
+
     async def close(self) -> None:
+        self.stopping = True
         if self._retention is not None:
             self._retention.cancel()
             self._retention = None
@@ -240,4 +263,6 @@ class ConferenceFiles:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._running.clear()
+        # A room that ended just before: its policy runs to the end on the open database.
+        await asyncio.gather(*self._ending, return_exceptions=True)
         self.files.close()
