@@ -450,3 +450,63 @@ async def test_a_restart_is_no_rooms_end() -> None:
         node.start()
         async with person("mia", "Mia") as mia:  # a new client: lou's connections are gone
             assert await pull(mia, node, up.sha1, "lasting") == up.sha1
+
+
+async def test_a_traversal_name_is_metadata_only(chorus: ChorusProcess) -> None:
+    """Through the whole room: ``../../etc/passwd`` travels in a=file-selector (RFC 5547 §5),
+    is kept as the row's name, comes back exactly in the notice and the pull's answer, and the
+    download names it cleaned; the bytes sit under a server-chosen name in the spool and
+    nothing lands anywhere else."""
+    name = "../../etc/passwd"
+    data = b"root:x:0:0:not really\n" + random.Random(7).randbytes(999)
+    up = Upload(data, hashlib.sha1(data).digest(), name=name, content_type="text/plain")
+    async with person("nat", "Nat") as nat, person("oz", "Oz", "tcp") as oz:
+        watcher = await oz.join(chorus, "names", secure=True)
+        assert (await push(nat, chorus, up, "names"))[-1] == 200
+        assert await watcher.wait_for(lambda: watcher.notices("file"))
+        notice = watcher.notices("file")[-1]
+        assert notice_value(notice, "File-Name") == name
+        offer, local = file_offer(nat.msrp, by_hash(up.sha1), sdp.Direction.RECVONLY)
+        session, response = await call(nat, chorus, offer, "names")
+        assert session is not None
+        answer = sdp.parse(response.body).media[0]
+        served = parse_file_transfer(answer)
+        assert served is not None and served.selector.name == name
+        assert await receive_file(nat, local, parse_msrp_media(answer).path) == up.sha1
+        await session.bye()
+        url = notice_value(notice, "File-URL")
+        assert url is not None
+        async with (
+            aiohttp.ClientSession() as web,
+            web.get(url, ssl=client_tls_context()) as got,
+        ):
+            assert got.status == 200 and await got.read() == data
+            disposition = got.headers["Content-Disposition"]
+        assert disposition.startswith("attachment;") and "/" not in disposition
+    spool = chorus.workdir / "spool" / "rooms" / "files"
+    assert any(p.name.startswith(up.sha1.hex() + ".") for p in spool.iterdir())
+    assert not (chorus.workdir / "etc").exists() and not (chorus.workdir / "spool" / "etc").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("minutes\x00.pdf", "Bad File Selector: file name with NUL"),
+        ("n" * 10_000, "Bad File Selector: a=file-selector longer than 8192 characters"),
+    ],
+    ids=["nul", "10-kb"],
+)
+async def test_names_the_selector_parser_refuses_leave_nothing(
+    chorus: ChorusProcess, name: str, reason: str
+) -> None:
+    """A NUL (RFC 5547 §10: not in a filename-string) or a 10 KB name (over the selector's
+    8 KiB cap) never reaches the store: the lone push is refused 488 with the parser's reason
+    and nothing is written."""
+    data = random.Random(name).randbytes(1000)
+    up = Upload(data, hashlib.sha1(data).digest(), name=name, content_type="text/plain")
+    async with person("pia", "Pia") as pia:
+        response = await _offer_push(pia, chorus, up)
+        assert (response.status, response.reason) == (488, reason)
+    spool = chorus.workdir / "spool" / "rooms" / "files"
+    assert not any(p.name.startswith(up.sha1.hex()) for p in spool.iterdir())
+    assert not any(p.name.startswith(".upload-") for p in spool.iterdir())
