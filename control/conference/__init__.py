@@ -1,5 +1,6 @@
 """Conference rooms: participants and their streams, chat (public, private, nicknames,
-history, SIP MESSAGE), and later files, conference-info and REFER."""
+history, SIP MESSAGE), files (RFC 5547 push and pull by hash), screen sharing; later
+conference-info and REFER."""
 
 from control.conference.app import ConferenceApp, ConferenceLimits
 from control.conference.chat import ChatLimits
