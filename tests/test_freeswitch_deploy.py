@@ -160,6 +160,8 @@ def test_the_dialplan_admits_the_conference_names_chorus_sends() -> None:
     (room,) = [e for e in root.iter("extension") if e.get("name") == "chorus-room"]
     conditions = room.findall("condition")
     assert conditions[0].get("field") == "${acl(${network_addr} chorus_control)}"
+    # mod_sofia keeps the leg's X-Chorus-Room header as channel variable sip_h_X-Chorus-Room.
+    assert conditions[1].get("field") == "${sip_h_X-Chorus-Room}"
     pattern = re.compile(conditions[1].get("expression", ""))
     for name in ("r1@conference.example.com", "Room 7@x.org", "ünïcode@host"):
         assert pattern.match(conference_name(RoomId(name))), name

@@ -58,6 +58,9 @@ async def test_the_leg_carries_the_offer_and_rtp_flows_to_the_node(
         # with the participant's own address and port.
         assert invite.startswith(f"INVITE sip:{conference_name(ROOM)}@127.0.0.1:{node.sip_port}")
         assert f"<sip:{ALICE}@127.0.0.1>" in invite
+        # The node's dialplan joins the conference named by X-Chorus-Room.
+        assert f"\nX-Chorus-Room: {conference_name(ROOM)}\n" in invite
+        assert f"\nX-Chorus-Participant: {ALICE}\n" in invite
         assert f"m=audio {participant.port} RTP/AVP 0 101" in invite
         assert "c=IN IP4 127.0.0.1" in invite
         # RTP goes to the node and comes back from it: Chorus is not in the path.

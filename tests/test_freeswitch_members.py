@@ -19,6 +19,7 @@ from control.media.engine import (
 )
 from control.media.freeswitch.members import (
     KICKED_BY_OPERATOR,
+    PARTICIPANT_VARIABLE,
     ConferenceMembers,
     conference_name,
     parse_conference_list,
@@ -132,3 +133,19 @@ def test_list_parsing_takes_mod_conference_lines_only() -> None:
         (2, "bob", True),
     ]
     assert parse_conference_list("Conference chorus-x not found\n") == []
+
+
+def test_members_map_by_the_x_chorus_participant_header_before_the_caller_id() -> None:
+    """The leg's X-Chorus-Participant (variable_sip_h_X-Chorus-Participant in the event)
+    names the participant even when the caller-id number says otherwise (a dialplan or an
+    operator set it); a leg without the header falls back on the caller-id number."""
+    fake = FakeFreeSwitch("x")
+    members = ConferenceMembers()
+    conference = members.expect(ROOM, ALICE)
+    members.expect(ROOM, BOB)
+    a = fake.join(conference, "1000", "Front desk", sip_headers={"X-Chorus-Participant": ALICE})
+    b = fake.join(conference, BOB, sip_headers={})
+    fake.join(conference, ALICE, sip_headers={"X-Chorus-Participant": "someone-else"})
+    assert PARTICIPANT_VARIABLE.encode() in fake.emitted[1]
+    assert feed(fake, members) == []
+    assert members.member_id(ROOM, ALICE) == a and members.member_id(ROOM, BOB) == b

@@ -71,6 +71,7 @@ class FakeMember:
     muted: bool = False
     deaf: bool = False
     talking: bool = False
+    sip_headers: dict[str, str] = field(default_factory=dict)  # the INVITE's X- headers
 
     @property
     def channel_name(self) -> str:
@@ -138,8 +139,19 @@ class FakeFreeSwitch:
 
     # --- FreeSWITCH's inside, played by the test --------------------------------------------
 
-    def join(self, conference: str, caller_id_number: str, caller_id_name: str = "") -> int:
-        """A call arrives in ``conference`` (created when it is new): its member id."""
+    def join(
+        self,
+        conference: str,
+        caller_id_number: str,
+        caller_id_name: str = "",
+        *,
+        sip_headers: dict[str, str] | None = None,
+    ) -> int:
+        """A call arrives in ``conference`` (created when it is new): its member id.
+
+        ``sip_headers`` are the leg's X- headers, which sofia keeps as ``sip_h_<name>``
+        channel variables; by default a Chorus leg's ``X-Chorus-Participant``, the
+        caller-id number."""
         conf = self._conferences.get(conference)
         if conf is None:
             conf = _Conference(conference, str(uuidlib.uuid4()))
@@ -150,6 +162,9 @@ class FakeFreeSwitch:
             caller_id_number,
             caller_id_name or caller_id_number,
             str(uuidlib.uuid4()),
+            sip_headers=(
+                {"X-Chorus-Participant": caller_id_number} if sip_headers is None else sip_headers
+            ),
         )
         conf.members[member.member_id] = member
         if conf.floor is None:
@@ -382,6 +397,8 @@ class FakeFreeSwitch:
             ("Caller-Screen-Bit", "true"),
             ("Caller-Privacy-Hide-Name", "false"),
             ("Caller-Privacy-Hide-Number", "false"),
+            # switch_channel_event_set_extended_data: a CUSTOM event carries the variables.
+            *((f"variable_sip_h_{name}", value) for name, value in member.sip_headers.items()),
         ]
 
     def _emit_member(self, conf: _Conference, member: FakeMember, action: str) -> None:

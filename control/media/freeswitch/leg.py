@@ -6,10 +6,18 @@ FreeSWITCH's answer (its address and port, the codec it chose, its own ``a=crypt
 becomes the participant's answer, so the participant sends straight to FreeSWITCH: RTP never
 passes through Chorus (RFC 3264 §6, §8 for the re-offers).
 
-The leg's Request-URI names the conference (``sip:<conference>@node``, the node's dialplan
-puts the call there) and its From user is the participant id, which sofia copies into the
-caller-id number every conference event carries: that is how members map back to
-participants.
+The leg names its conference and participant in two headers of our own, ``X-Chorus-Room``
+(the conference name, `members.conference_name`) and ``X-Chorus-Participant``. mod_sofia
+stores every inbound ``X-`` header as the channel variable ``sip_h_<name>`` as received
+(``sofia_handle_sip_i_invite``), so the node's dialplan joins ``${sip_h_X-Chorus-Room}``,
+and the conference events of the channel carry ``variable_sip_h_X-Chorus-Participant``: that
+is how members map back to participants. The Request-URI user (the conference) and the From
+user (the participant, which sofia makes the caller-id number that ``conference list``
+shows) say the same for an operator's eyes and for members missed while ESL was away.
+
+The leg goes straight to the node (``place_call(direct=True)``): with ``[sip]
+outbound_proxy`` set, the Kamailio edge is for participants, not for a node's legs, and the
+leg's re-INVITEs and BYE must follow its INVITE (RFC 3261 §12.2.1.1).
 """
 
 from __future__ import annotations
@@ -18,13 +26,20 @@ import logging
 from dataclasses import dataclass, field
 
 from control.media.engine import AudioAnswer, AudioEngineError, ParticipantId, RoomId
+from control.media.freeswitch.members import PARTICIPANT_HEADER, ROOM_HEADER
 from control.sip import sdp
 from control.sip.session import Session, place_call
 from control.sip.transport import Peer
 from control.sip.uri import NameAddr, SipUri
 from control.sip.useragent import UserAgent
 
-__all__ = ["LegFailed", "MediaLeg", "audio_answer", "leg_offer"]
+__all__ = [
+    "LegFailed",
+    "MediaLeg",
+    "audio_answer",
+    "leg_headers",
+    "leg_offer",
+]
 
 log = logging.getLogger("chorus.media.freeswitch")
 
@@ -43,6 +58,11 @@ def leg_offer(
         raise AudioEngineError(488, "audio m-line without a c= address")
     media.connection = connection
     return state.offer([media])
+
+
+def leg_headers(conference: str, participant: ParticipantId) -> list[tuple[str, str]]:
+    """The leg's own headers: which conference it joins and whose audio it carries."""
+    return [(ROOM_HEADER, conference), (PARTICIPANT_HEADER, participant)]
 
 
 def audio_answer(answer: sdp.SessionDescription) -> AudioAnswer:
@@ -105,7 +125,14 @@ class MediaLeg:
         from_ = NameAddr(SipUri(host=_our_host(ua, peer), user=participant), participant)
         try:
             session, response = await place_call(
-                ua, target, from_=from_, offer=body, peer=peer, timeout=timeout
+                ua,
+                target,
+                from_=from_,
+                offer=body,
+                peer=peer,
+                timeout=timeout,
+                extra_headers=leg_headers(conference, participant),
+                direct=True,
             )
         except (OSError, ValueError) as exc:
             raise LegFailed(503, f"media node {node} unreachable: {exc}") from exc

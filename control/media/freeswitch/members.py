@@ -1,8 +1,12 @@
 """mod_conference members as Chorus sees them: ESL events in, AudioEvents out (sans-IO).
 
 Every audio leg Chorus sends to a node joins the conference named for its room (see
-`conference_name`) and carries the participant id as its caller-id number (the From user of
-the leg's INVITE, which sofia copies into ``Caller-Caller-ID-Number``). The
+`conference_name`, sent as ``X-Chorus-Room``) and names its participant in
+``X-Chorus-Participant``, which mod_sofia keeps as the channel variable
+``sip_h_X-Chorus-Participant``; conference events carry the channel's variables, so a
+member's event says ``variable_sip_h_X-Chorus-Participant``. The participant id is the leg's
+From user too (sofia's ``Caller-Caller-ID-Number``, the number ``conference list`` shows),
+which the mapping falls back on. The
 ``CUSTOM conference::maintenance`` events then say, per ``Action``:
 
 * ``add-member`` / ``del-member`` — a member id (``Member-ID``) appears or goes;
@@ -39,6 +43,9 @@ from control.media.freeswitch.esl import EslEvent
 __all__ = [
     "CONFERENCE_SUBCLASS",
     "KICKED_BY_OPERATOR",
+    "PARTICIPANT_HEADER",
+    "PARTICIPANT_VARIABLE",
+    "ROOM_HEADER",
     "ConferenceMembers",
     "ListedMember",
     "conference_name",
@@ -99,8 +106,18 @@ def parse_conference_list(text: str) -> list[ListedMember]:
     return members
 
 
+ROOM_HEADER = "X-Chorus-Room"  # the leg's conference: the node's dialplan joins it
+PARTICIPANT_HEADER = "X-Chorus-Participant"
+# mod_sofia's SOFIA_SIP_HEADER_PREFIX "sip_h_", and ESL's "variable_" for channel variables.
+PARTICIPANT_VARIABLE = f"variable_sip_h_{PARTICIPANT_HEADER}"
+
+
 def _participant_of(event: EslEvent) -> ParticipantId | None:
-    value = event.get("Caller-Caller-ID-Number") or event.get("variable_sip_from_user")
+    value = (
+        event.get(PARTICIPANT_VARIABLE)
+        or event.get("Caller-Caller-ID-Number")
+        or event.get("variable_sip_from_user")
+    )
     return ParticipantId(value) if value else None
 
 
