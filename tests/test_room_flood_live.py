@@ -93,6 +93,9 @@ async def test_flood_is_bounded_by_the_rate_and_the_others_keep_chatting(
         statuses = [alice.send_status[m] for m in mids]
         accepted = statuses.count(200)
         assert set(statuses) <= {200, 413}, sorted(set(statuses))
+        # The refusal says why on the wire (RFC 4975 §7.2 comment), not just a code.
+        refused = {alice.send_comment[m] for m in mids if alice.send_status[m] == 413}
+        assert refused == {"Too many messages"}, refused
         allowed = BURST + RATE * elapsed + SLACK
         assert 0 < accepted <= allowed, (
             f"{accepted} flood messages accepted in {elapsed:.1f} s; policy: {allowed:.0f}"

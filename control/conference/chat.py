@@ -68,6 +68,7 @@ ChatSessionId = NewType("ChatSessionId", str)
 """One chat stream (its MSRP session id): a participant may have several."""
 
 TOO_MANY = "Too many messages"
+TOO_LARGE = "Message too large for the room"
 PAGER_SENDERS = 1024  # SIP MESSAGE senders whose rate a room remembers
 
 
@@ -298,7 +299,7 @@ class ChatCore:
                 message = parse_cpim(body)  # CpimError 400
             except CpimError:
                 if too_big:
-                    raise MsrpError(413, "message too large for the room") from None
+                    raise MsrpError(413, TOO_LARGE, comment=TOO_LARGE) from None
                 raise
         else:
             self._admit(member.participant, len(body), now)
@@ -328,7 +329,7 @@ class ChatCore:
         SipError 413/415/403/400 for what cannot be relayed, 503 beyond the sender's rate
         (the same bucket sizes as chat, per sender URI, when ``now`` is given)."""
         if len(body) > self.limits.max_message_bytes:
-            raise SipError(413, "message too large for the room")
+            raise SipError(413, TOO_LARGE)
         if now is not None and not self._pager_bucket(sender_uri, now).take(now):
             raise SipError(503, TOO_MANY)
         media = _media_type(content_type)
@@ -367,14 +368,14 @@ class ChatCore:
 
     def _admit(self, participant: ParticipantId, size: int, now: float) -> None:
         if size > self.limits.max_message_bytes:
-            raise MsrpError(413, "message too large for the room")
+            raise MsrpError(413, TOO_LARGE, comment=TOO_LARGE)
         bucket = self._buckets.get(participant)
         if bucket is None:
             bucket = self._buckets[participant] = TokenBucket(
                 self.limits.rate, self.limits.burst, now=now
             )
         if not bucket.take(now):
-            raise MsrpError(413, TOO_MANY)
+            raise MsrpError(413, TOO_MANY, comment=TOO_MANY)
 
     def _route(
         self, member: ChatMember, message: CpimMessage, wall: datetime, message_id: str

@@ -719,7 +719,7 @@ class MsrpConnection:
         sid = cur.session.session_id if cur.session is not None else None
         self._problem(cur.head.transaction_id, sid, exc.status, exc.reason)
         if cur.head.is_request:
-            self._answer(cur.head, exc.status, cur.session)
+            self._answer(cur.head, exc.status, cur.session, exc.comment)
         self._abort_current(exc.reason, exc.status)
 
     def _abort_current(self, reason: str, status: int | None) -> None:

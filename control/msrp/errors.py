@@ -20,12 +20,16 @@ __all__ = [
 
 
 class MsrpError(Exception):
-    """Peer input we reject; ``status`` is the MSRP response code to answer with."""
+    """Peer input we reject; ``status`` is the MSRP response code to answer with.
 
-    def __init__(self, status: int, reason: str) -> None:
+    ``reason`` is for our log; ``comment``, when given, is the response's comment on the wire
+    (RFC 4975 §7.2), so a client learns why without our log's detail reaching it."""
+
+    def __init__(self, status: int, reason: str, *, comment: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.comment = comment
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.status}, {self.reason!r})"

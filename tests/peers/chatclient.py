@@ -262,6 +262,7 @@ class ChatSession:
         self.answer: sdp.SessionDescription | None = None
         self.received: list[Delivered] = []
         self.send_status: dict[str, int] = {}  # Message-ID -> status of its (last) response
+        self.send_comment: dict[str, str | None] = {}  # Message-ID -> that response's comment
         self.reports: dict[str, int] = {}  # Message-ID -> status of a REPORT about it
         self.nickname_statuses: list[int] = []
         self.failures: list[str] = []
@@ -392,8 +393,11 @@ class ChatSession:
                         self.received.append(_delivered(event))
                 case ResponseReceived(method="NICKNAME", status=status):
                     self.nickname_statuses.append(status)
-                case ResponseReceived(message_id=mid, status=status) if mid is not None:
+                case ResponseReceived(message_id=mid, status=status, comment=comment) if (
+                    mid is not None
+                ):
                     self.send_status[mid] = status
+                    self.send_comment[mid] = comment
                 case TransactionTimedOut(message_id=mid, status=status) if mid is not None:
                     self.send_status[mid] = status
                 case ReportReceived(message_id=mid, status=status):
