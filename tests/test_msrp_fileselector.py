@@ -127,7 +127,6 @@ def test_type_with_parameters() -> None:
         'name:"bad%zz"',
         'name:"bad%"',
         'name:"%FF%FE"',  # not UTF-8
-        'name:"%00"',
         "size:-1",
         "size:01",
         "size:1e3",
@@ -251,3 +250,11 @@ def test_any_text_parses_or_is_488(text: str) -> None:
         parse_file_selector(text)
     except FileSelectorError as exc:
         assert exc.status == 488
+
+
+def test_a_percent_encoded_nul_is_a_name_like_any_other() -> None:
+    """RFC 5547 §10 allows ``%00``: the name is metadata, kept as sent (never a path) and
+    cleaned where it is shown, so it is read, and written back encoded."""
+    selector = parse_file_selector('name:"minutes%00.pdf" size:3')
+    assert selector.name == "minutes\x00.pdf"
+    assert format_file_selector(selector) == 'name:"minutes%00.pdf" size:3'

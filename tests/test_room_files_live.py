@@ -452,20 +452,28 @@ async def test_a_restart_is_no_rooms_end() -> None:
             assert await pull(mia, node, up.sha1, "lasting") == up.sha1
 
 
-async def test_a_traversal_name_is_metadata_only(chorus: ChorusProcess) -> None:
-    """Through the whole room: ``../../etc/passwd`` travels in a=file-selector (RFC 5547 §5),
-    is kept as the row's name, comes back exactly in the notice and the pull's answer, and the
-    download names it cleaned; the bytes sit under a server-chosen name in the spool and
-    nothing lands anywhere else."""
-    name = "../../etc/passwd"
-    data = b"root:x:0:0:not really\n" + random.Random(7).randbytes(999)
+@pytest.mark.parametrize(
+    "name",
+    ["../../etc/passwd", "../minutes\x00.pdf", "n" * 10_000],
+    ids=["traversal", "nul", "10-kb"],
+)
+async def test_a_hostile_name_is_metadata_only(chorus: ChorusProcess, name: str) -> None:
+    """Through the whole room: ``../../etc/passwd``, a name with a NUL (percent-encoded, as
+    RFC 5547 §10 allows) and a 10 KB name travel in a=file-selector (RFC 5547 §5), are kept
+    as the row's name, come back in the notice (exactly, or cut past its header limit) and
+    exactly in the pull's answer, and the download names them cleaned; the bytes sit under a
+    server-chosen name in the spool and nothing lands anywhere else."""
+    data = b"root:x:0:0:not really\n" + random.Random(name).randbytes(999)
     up = Upload(data, hashlib.sha1(data).digest(), name=name, content_type="text/plain")
     async with person("nat", "Nat") as nat, person("oz", "Oz", "tcp") as oz:
         watcher = await oz.join(chorus, "names", secure=True)
         assert (await push(nat, chorus, up, "names"))[-1] == 200
         assert await watcher.wait_for(lambda: watcher.notices("file"))
         notice = watcher.notices("file")[-1]
-        assert notice_value(notice, "File-Name") == name
+        if len(name) <= HEADER_VALUE_CHARS:
+            assert notice_value(notice, "File-Name") == name
+        else:
+            assert notice_value(notice, "File-Name") == name[: HEADER_VALUE_CHARS - 1] + "\u2026"
         offer, local = file_offer(nat.msrp, by_hash(up.sha1), sdp.Direction.RECVONLY)
         session, response = await call(nat, chorus, offer, "names")
         assert session is not None
@@ -483,6 +491,7 @@ async def test_a_traversal_name_is_metadata_only(chorus: ChorusProcess) -> None:
             assert got.status == 200 and await got.read() == data
             disposition = got.headers["Content-Disposition"]
         assert disposition.startswith("attachment;") and "/" not in disposition
+        assert "\x00" not in disposition and len(disposition) < 1000
     spool = chorus.workdir / "spool" / "rooms" / "files"
     assert any(p.name.startswith(up.sha1.hex() + ".") for p in spool.iterdir())
     assert not (chorus.workdir / "etc").exists() and not (chorus.workdir / "spool" / "etc").exists()
@@ -491,17 +500,17 @@ async def test_a_traversal_name_is_metadata_only(chorus: ChorusProcess) -> None:
 @pytest.mark.parametrize(
     ("name", "reason"),
     [
-        ("minutes\x00.pdf", "Bad File Selector: file name with NUL"),
-        ("n" * 10_000, "Bad File Selector: a=file-selector longer than 8192 characters"),
+        ("n" * 16_385, "Bad File Selector: file name longer than 16384 characters"),
+        ("%" * 19_200, "Bad File Selector: a=file-selector longer than 57344 characters"),
     ],
-    ids=["nul", "10-kb"],
+    ids=["name-over-cap", "selector-over-cap"],
 )
 async def test_names_the_selector_parser_refuses_leave_nothing(
     chorus: ChorusProcess, name: str, reason: str
 ) -> None:
-    """A NUL (RFC 5547 §10: not in a filename-string) or a 10 KB name (over the selector's
-    8 KiB cap) never reaches the store: the lone push is refused 488 with the parser's reason
-    and nothing is written."""
+    """A name over the parser's caps (16,384 characters decoded, 56 KiB of a=file-selector)
+    never reaches the store: the lone push is refused 488 with the parser's reason and
+    nothing is written."""
     data = random.Random(name).randbytes(1000)
     up = Upload(data, hashlib.sha1(data).digest(), name=name, content_type="text/plain")
     async with person("pia", "Pia") as pia:

@@ -45,11 +45,13 @@ __all__ = [
 HASH_SHA1 = "sha-1"
 """The one algorithm RFC 5547 §6 names (IANA "Hash Function Textual Names")."""
 
-MAX_ATTRIBUTE_LENGTH = 8192
-"""Longest attribute value read: a selector is a few hundred bytes even with a long name."""
+MAX_ATTRIBUTE_LENGTH = 56 * 1024
+"""Longest attribute value read: room for the longest name below, percent-encoded, and
+still inside a SIP message of the default ``[sip] max_message_bytes`` (64 KiB)."""
 
-MAX_NAME_LENGTH = 1024
-"""Longest decoded file name kept (characters); file systems stop at 255 bytes anyway."""
+MAX_NAME_LENGTH = 16384
+"""Longest decoded file name kept (characters). A name is metadata only, never a path (the
+spool names files by hash), so a 10 KB name is stored as sent; beyond this it is refused."""
 
 MAX_SIZE_DIGITS = 19
 """A size or offset above 10**19 is no file anyone sends (and no int64 either)."""
@@ -198,7 +200,8 @@ def _quoted(text: str, pos: int, what: str) -> tuple[str, int]:
 
 def _decode_name(raw: str) -> str:
     """RFC 5547 §10 ``filename-string``: any character but NUL, CR, LF, DQUOTE and ``%``, which
-    travel percent-encoded; the bytes are UTF-8 (the SDP charset, RFC 4566 §5)."""
+    travel percent-encoded (a decoded name may hold any of them); the bytes are UTF-8 (the SDP
+    charset, RFC 4566 §5)."""
     if not raw:
         raise FileSelectorError("empty file name")
     if any(c in "\0\r\n" for c in raw):
@@ -220,8 +223,8 @@ def _decode_name(raw: str) -> str:
         name = out.decode("utf-8")
     except UnicodeDecodeError:
         raise FileSelectorError("file name is not UTF-8") from None
-    if "\0" in name:
-        raise FileSelectorError("file name with NUL")
+    # A percent-encoded NUL is valid RFC 5547 §10 syntax; the name is metadata, kept as sent
+    # and cleaned wherever it is shown (notices, downloads), so it is not refused here.
     if len(name) > MAX_NAME_LENGTH:
         raise FileSelectorError(f"file name longer than {MAX_NAME_LENGTH} characters")
     return name
