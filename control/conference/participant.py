@@ -13,7 +13,11 @@ from control.sip.session import Session
 from control.sip.uri import NameAddr, SipUri
 from control.streams import MediaKind, Stream
 
-__all__ = ["MediaKind", "Participant", "identity_uri"]
+__all__ = ["MODERATOR", "PARTICIPANT", "MediaKind", "Participant", "Role", "identity_uri"]
+
+Role = str  # "moderator" | "participant" (RFC 4575 §5.6.4 roles; conference-info shows it)
+MODERATOR: Role = "moderator"
+PARTICIPANT: Role = "participant"
 
 
 def identity_uri(identity: NameAddr) -> str:
@@ -33,7 +37,9 @@ class Participant:
     streams: dict[int, Stream] = field(default_factory=dict)  # by m-line index
     decisions: list[Accept | Reject] = field(default_factory=list)  # the last answer's
     joined_at: float = field(default_factory=time.time)
-    muted: bool = False
+    muted: bool = False  # the mixer takes none of its audio (by itself or via the focus)
+    role: Role = PARTICIPANT  # set at join by control/conference/moderation.py
+    awaiting_pin: bool = False  # held out of the mix and chat until it enters the room's PIN
     transfer_only: bool = False  # joined with file m-lines only: a transfer, not a person
     # a=file-transfer-id of transfers that ended: a re-offer of one is not a new transfer
     finished_transfers: set[str] = field(default_factory=set)

@@ -22,7 +22,7 @@ from control.streams import FileStore, MediaKind, MsrpChatStream, Stream
 
 from .chat import ChatMember, ChatSessionId
 from .notices import NoticeKind, notice_text
-from .participant import Participant
+from .participant import MODERATOR, Participant
 from .roomchat import RoomChat
 
 __all__ = ["Room", "RoomObserver", "room_id_for", "room_uri_for"]
@@ -82,6 +82,20 @@ class Room:
         # Who shares a screen, and its signed image URL when the web server is on (kept for
         # conference-info's agp-conf:screen_image_url).
         self.screens: dict[ParticipantId, str | None] = {}
+        # Moderation (control/conference/moderation.py changes these; conference-info shows
+        # them): a locked room refuses new joins 403; a PIN holds a joiner out of the mix and
+        # chat until entered (``?pin=`` or DTMF); private messages may be disabled.
+        self.locked = False
+        self.pin: str | None = None
+        self.private_messages = True
+
+    def is_moderator(self, participant: Participant) -> bool:
+        """May this participant moderate (mute, kick, lock, set the PIN; REFER's BYE)?"""
+        return participant.role == MODERATOR
+
+    @property
+    def moderators(self) -> list[Participant]:
+        return [p for p in self.participants.values() if p.role == MODERATOR]
 
     @property
     def full(self) -> bool:
