@@ -137,6 +137,8 @@ class Codec(ABC):
     sample_rate: int  # PCM rate of encode() input and decode() output
     channels: int = 1  # rtpmap channel count (Opus says 2 and carries mono too)
     static_payload_type: int | None = None
+    # Stateless table codecs (G.711): int16 sample (as uint16 ^ 0x8000) -> code octet.
+    table: npt.NDArray[np.uint8] | None = None
 
     def __init__(self) -> None:
         self._last: Pcm | None = None
@@ -187,6 +189,7 @@ class PcmuCodec(Codec):
     clock_rate = 8000
     sample_rate = 8000
     static_payload_type = 0
+    table = _ULAW_ENC
 
     def encode(self, pcm: Pcm) -> bytes:
         return ulaw_encode(pcm)
@@ -202,6 +205,7 @@ class PcmaCodec(Codec):
     clock_rate = 8000
     sample_rate = 8000
     static_payload_type = 8
+    table = _ALAW_ENC
 
     def encode(self, pcm: Pcm) -> bytes:
         return alaw_encode(pcm)

@@ -267,6 +267,9 @@ class EmbeddedMixer(AudioEngine):
             previous=leg.stream.terms,
         )
         leg.stream.update(terms, asyncio.get_running_loop().time())
+        mix = self._rooms.get(room)
+        if mix is not None:
+            mix.retune()  # a new codec may change the room's mixing rate
         return AudioAnswer(audio_accept(terms, leg.port), self._host)
 
     async def detach(self, room: RoomId, participant: ParticipantId) -> None:

@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from control.media.answer import PTIME_MS, Address, AudioTerms
 from control.media.codecs import Codec, CodecError
+from control.media.dtmf import DtmfReceiver
 from control.media.jitter import Frame, JitterBuffer
 from control.media.polyphase import resampler
 from control.media.rtcp import RtcpError
@@ -132,6 +133,9 @@ class EncoderChain:
         self._resampler = resampler(internal_rate, self.codec.sample_rate)
         self._samples = self.codec.frame_samples(PTIME_MS)
         self.encodes = 0
+        # A stateless codec at the mixer's own rate (G.711 in a room mixed at 8 kHz): its
+        # encode is one table lookup, which the mixer does for many listeners at once.
+        self.table = self.codec.table if internal_rate == self.codec.sample_rate else None
 
     def encode(self, pcm: Pcm) -> bytes:
         out = self._resampler.process(pcm)
@@ -178,6 +182,8 @@ class ParticipantStream:
         self.last_rtp = now
         self.timed_out = False
         self.failing = 0  # consecutive ticks this stream's frame failed (see MixRoom)
+        self._dtmf = DtmfReceiver()
+        self.digits: list[str] = []  # keys pressed since the last tick (DtmfReceived events)
         self._rng = rng
         self._srtp: SrtpContext | None = None
         self.terms = terms
@@ -202,6 +208,7 @@ class ParticipantStream:
             terms.payload_type,
         ):
             factory = terms.codec_factory()
+            self._factory = factory
             self._decoder = factory()
             self._upsampler = resampler(self._decoder.sample_rate, self.internal_rate)
             self.frame_samples = self._decoder.frame_samples(PTIME_MS)
@@ -226,6 +233,23 @@ class ParticipantStream:
     def update(self, terms: AudioTerms, now: float) -> None:
         """A re-offer: new direction, address, keys or codec; the SSRC we send stays."""
         self._configure(terms, now, first=False)
+
+    @property
+    def codec_rate(self) -> int:
+        """The PCM rate of this participant's codec (what the room's mixing rate follows)."""
+        return self._decoder.sample_rate
+
+    def set_internal_rate(self, rate: int) -> None:
+        """The room now mixes at `rate`: new resamplers, a new private encoder chain.
+
+        Happens when a room's first wideband participant joins (or its last one leaves);
+        the filter histories start afresh, a few milliseconds of transient at that moment.
+        """
+        if rate == self.internal_rate:
+            return
+        self.internal_rate = rate
+        self._upsampler = resampler(self._decoder.sample_rate, rate)
+        self.private = EncoderChain(self._factory, rate)
 
     # --- receive ---------------------------------------------------------------------
 
@@ -253,6 +277,8 @@ class ParticipantStream:
                 packet.ssrc,
             ):
                 self._alive(addr, now)
+                # Key presses, once each (RFC 4733 §2.5.2), read by the mix tick.
+                self.digits.extend(d.digit for d in self._dtmf.receive(packet))
             return
         if not self._source.accept(packet):
             self.stats.rejected += 1
@@ -355,11 +381,10 @@ class ParticipantStream:
 
         `now` (the tick's time) lets our sender reports relate RTP and NTP time.
         """
-        rtp = self._sender.stamp(payload, self._ts_step)
-        data = rtp.serialize()
+        data, timestamp = self._sender.stamp_bytes(payload, self._ts_step)
         self.stats.sent += 1
         if now is not None:
-            self.rtcp.on_sent(rtp.timestamp, len(payload), now)
+            self.rtcp.on_sent(timestamp, len(payload), now)
         if self._srtp is not None:
             return self._srtp.protect(data)
         return data
