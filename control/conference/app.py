@@ -32,6 +32,7 @@ from control.app import (
 )
 from control.media.engine import (
     AudioEngine,
+    DtmfReceived,
     MuteChanged,
     ParticipantId,
     RoomFailed,
@@ -65,6 +66,7 @@ from control.streams import (
 
 from .chat import ChatCore, ChatLimits, ChatMember, ChatSessionId
 from .files import ConferenceFiles, FileLinks
+from .moderation import Moderation, ModerationPolicy
 from .participant import Participant, identity_uri
 from .room import Room, RoomObserver, room_id_for, room_uri_for
 from .roomchat import HistoryPolicy, RoomChat
@@ -126,6 +128,7 @@ class ConferenceApp:
         history: HistoryPolicy = HistoryPolicy(),
         files: ConferenceFiles | None = None,
         screens: ConferenceScreens | None = None,
+        moderation: ModerationPolicy = ModerationPolicy(),
     ) -> None:
         self.ua = ua
         self.engine = engine
@@ -143,6 +146,7 @@ class ConferenceApp:
             frame = screens.board.limits.max_frame_bytes
             self.chat_max_size = max(self.chat_max_size, (frame + 2) // 3 * 4 + CPIM_ENVELOPE)
         self.rooms: dict[RoomId, Room] = {}
+        self.moderation = Moderation(moderation, self)
         self._events_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -188,6 +192,7 @@ class ConferenceApp:
             screens=lambda member, message: self._screen_frame(room, member, message),
         )
         self.rooms[room_id] = room
+        self.moderation.room_opened(room)
         self._notify_observer(room_id, opened=True)
         return room
 
@@ -234,6 +239,17 @@ class ConferenceApp:
             call.reject(486, "Room is full")
             self._drop_if_empty(room)
             return
+        try:  # lock and PIN (control/conference/moderation.py): 403 with the reason
+            admission = self.moderation.admit(
+                room,
+                uri,
+                identity_uri(call.remote_identity),
+                audio=any(m.media == "audio" and m.port for m in offer.media),
+            )
+        except SipError as exc:
+            call.reject(exc.status, exc.reason)
+            self._drop_if_empty(room)
+            return
         participant_id = ParticipantId(self.ua.token(16))
         state = sdp.SdpSession(
             sess_id=self.ua.rng.randrange(1, 2**31), address=self.address, username="chorus"
@@ -259,7 +275,10 @@ class ConferenceApp:
         participant = Participant(
             participant_id, call.remote_identity, session, state, result.streams, result.decisions
         )
+        participant.role = admission.role
+        participant.awaiting_pin = admission.awaiting_pin
         room.add(participant)
+        await self.moderation.joined(room, participant)
         self._files_started(room, participant, result.created)
         on_reoffer(session, lambda reoffer: self._reinvite(room, participant, reoffer))
         try:
@@ -381,6 +400,7 @@ class ConferenceApp:
 
     async def _leave(self, room: Room, participant: Participant) -> None:
         room.remove(participant.id)
+        self.moderation.left(participant)
         if self.screens is not None:
             self.screens.stop(room.id, participant.id)
         await self._release_streams(room, participant)
@@ -409,6 +429,20 @@ class ConferenceApp:
 
     async def _end(self, session: Session, reason: str) -> None:
         await session.bye(reason=reason)
+
+    # --- moderation's host (control/conference/moderation.py ModerationHost) ----------------
+
+    async def mute_audio(self, room: Room, participant: Participant, muted: bool) -> None:
+        if participant.stream(MediaKind.AUDIO) is not None:
+            await self.engine.set_muted(room.id, participant.id, muted)
+
+    async def end_participant(self, participant: Participant, reason: str) -> None:
+        await self._end(participant.session, reason)
+
+    def room_changed(self, room: Room) -> None:
+        """The room change hook: a moderation change (lock, PIN, roles, mute) happened.
+        Conference-info (control/conference/infosubs.py) sends its partial documents from
+        here once wired in."""
 
     # --- engine events ---------------------------------------------------------------------
 
@@ -446,6 +480,10 @@ class ConferenceApp:
                 participant = self.participant(room_id, participant_id)
                 if participant is not None:
                     self.ua.spawn(self._moved(participant, moved.accept))
+            case DtmfReceived(room=room_id, participant=participant_id, digit=digit):
+                participant = self.participant(room_id, participant_id)
+                if participant is not None:
+                    self.ua.spawn(self.moderation.digit(self.rooms[room_id], participant, digit))
             case TalkingStarted() | TalkingStopped():
                 log.debug("%s", event)
 

@@ -69,6 +69,7 @@ ChatSessionId = NewType("ChatSessionId", str)
 
 TOO_MANY = "Too many messages"
 TOO_LARGE = "Message too large for the room"
+PRIVATE_DISABLED = "Private messages are disabled in this room"
 PAGER_SENDERS = 1024  # SIP MESSAGE senders whose rate a room remembers
 
 
@@ -171,6 +172,7 @@ class ChatCore:
         self.room_key = identity_key(room_uri)
         self.notice_sender = CpimAddress(room_uri, room_name)
         self.limits = limits
+        self.private_messages = True  # False: a private message is refused 403 (moderation)
         self.members: dict[ChatSessionId, ChatMember] = {}
         self.nicknames = NicknameBook()
         self._buckets: dict[ParticipantId, TokenBucket] = {}
@@ -383,6 +385,8 @@ class ChatCore:
         check_content_type(message, self.limits.accept_wrapped_types)  # CpimError 415
         recipients = [*message.recipients, *message.cc]  # CpimError 400 when malformed
         named = [r for r in recipients if _key_or_none(r.uri) != self.room_key]
+        if named and not self.private_messages:
+            raise MsrpError(403, PRIVATE_DISABLED, comment=PRIVATE_DISABLED)
         if named:
             return self._private(member, message, named, wall, message_id)
         return self._public(member, message, wall, message_id)

@@ -49,6 +49,15 @@ class NoticeKind(enum.Enum):
     FILE = "file"  # a file was stored in the room (RFC 5547 push)
     SCREEN = "screen"  # a participant started sharing its screen: where to watch it
     SCREEN_ENDED = "screen-ended"
+    # Moderation (control/conference/moderation.py); ``who`` is the moderator or "operator".
+    KICKED = "kicked"
+    LOCKED = "locked"
+    UNLOCKED = "unlocked"
+    PIN_SET = "pin-set"
+    PIN_CLEARED = "pin-cleared"
+    PRIVATE_ON = "private-messages-on"
+    PRIVATE_OFF = "private-messages-off"
+    ROOM_ENDED = "room-ended"
 
 
 def notice_text(kind: NoticeKind, who: str, detail: str | None = None) -> str:
@@ -74,6 +83,22 @@ def notice_text(kind: NoticeKind, who: str, detail: str | None = None) -> str:
             return f"{who} is sharing their screen" + (f": {detail}" if detail else "")
         case NoticeKind.SCREEN_ENDED:
             return f"{who} stopped sharing their screen"
+        case NoticeKind.KICKED:
+            return f"{who} was removed from the room" + (f" by {detail}" if detail else "")
+        case NoticeKind.LOCKED:
+            return f"the room was locked by {who}"
+        case NoticeKind.UNLOCKED:
+            return f"the room was unlocked by {who}"
+        case NoticeKind.PIN_SET:
+            return f"{who} set a PIN for the room"
+        case NoticeKind.PIN_CLEARED:
+            return f"{who} removed the room's PIN"
+        case NoticeKind.PRIVATE_ON:
+            return f"{who} allowed private messages"
+        case NoticeKind.PRIVATE_OFF:
+            return f"{who} disabled private messages"
+        case NoticeKind.ROOM_ENDED:
+            return f"the room was ended by {who}"
 
 
 _ESCAPES = {"\\": "\\\\", "\r": "\\r", "\n": "\\n", "\t": "\\t"}  # RFC 3862 §3.2

@@ -110,6 +110,12 @@ class Room:
         self.participants[participant.id] = participant
         participant.transfer_only = participant.kinds == {MediaKind.FILE}
         log.info("%s joined %s (%d in room)", participant.identity.uri, self.id, len(self))
+        if not participant.awaiting_pin:
+            self.admitted(participant)
+
+    def admitted(self, participant: Participant) -> None:
+        """In the room for everyone: announced, its chat attached (a participant awaiting
+        the PIN is neither until moderation lets it in)."""
         if not participant.transfer_only:
             self._notice(NoticeKind.JOINED, participant)
         self.streams_started(participant, participant.streams.values(), announce=False)
@@ -119,7 +125,7 @@ class Room:
         if participant is not None:
             self.streams_stopped(participant, participant.streams.values(), announce=False)
             log.info("%s left %s (%d in room)", participant.identity.uri, self.id, len(self))
-            if not participant.transfer_only:
+            if not participant.transfer_only and not participant.awaiting_pin:
                 self._notice(NoticeKind.LEFT, participant)
         return participant
 
@@ -129,6 +135,8 @@ class Room:
         self, participant: Participant, streams: Iterable[Stream], *, announce: bool = True
     ) -> None:
         """Streams a (re-)offer created: chat joins the room's chat (history first)."""
+        if participant.awaiting_pin:
+            return  # attached when it is let in (control/conference/moderation.py)
         for stream in streams:
             if isinstance(stream, MsrpChatStream) and self.chat is not None:
                 member = ChatMember(

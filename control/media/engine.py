@@ -99,6 +99,16 @@ class StreamMoved:
     answer: AudioAnswer
 
 
+@dataclass(frozen=True, slots=True)
+class DtmfReceived:
+    """A key the participant pressed (RFC 4733 telephone-event), once per press: the room
+    reads PINs from these (control/conference/moderation.py)."""
+
+    room: RoomId
+    participant: ParticipantId
+    digit: str  # "0"-"9", "*", "#", "A"-"D"
+
+
 AudioEvent = (
     TalkingStarted
     | TalkingStopped
@@ -107,6 +117,7 @@ AudioEvent = (
     | RoomFailed
     | MuteChanged
     | StreamMoved
+    | DtmfReceived
 )
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from control.media.codecs import Codec, codec_for
+from control.media.dtmf import TelephoneEvent, digit_to_event
 from control.media.engine import AudioAnswer
 from control.media.rtp import RtpError, RtpPacket
 from control.media.srtp import (
@@ -74,6 +75,27 @@ class RtpEndpoint:
         self.answer: sdp.SessionDescription | None = None
         self._seen = 0
         self._packets: list[RtpPacket] = []
+        self.ssrc: int | None = None
+
+    async def send_dtmf(self, keys: str, *, payload_type: int = 101) -> None:
+        """Press ``keys`` (RFC 4733 telephone-events, as offered): per key four packets
+        20 ms apart with a growing duration, then the end packet three times (§2.5.1.4)."""
+        assert self.receiver.transport is not None and self.remote is not None
+        rng = self.rng
+        ssrc = self.ssrc if self.ssrc is not None else rng.getrandbits(32)
+        seq, ts = rng.getrandbits(16), rng.getrandbits(32)
+        for key in keys:
+            packets = [TelephoneEvent(digit_to_event(key), duration=160 * n) for n in (1, 2, 3, 4)]
+            packets += [TelephoneEvent(digit_to_event(key), end=True, duration=800)] * 3
+            for index, event in enumerate(packets):
+                packet = RtpPacket(payload_type, seq, ts, ssrc, event.serialize(), index == 0)
+                seq = (seq + 1) & 0xFFFF
+                data = packet.serialize()
+                if self._context is not None:
+                    data = self._context.protect(data)
+                self.receiver.transport.sendto(data, self.remote)
+                await asyncio.sleep(0.02)  # pacing as a phone sends; not a timing assertion
+            ts = (ts + 1600) & 0xFFFFFFFF
 
     async def open(self) -> int:
         loop = asyncio.get_running_loop()
@@ -147,6 +169,7 @@ class RtpEndpoint:
         pcm = sine(freq, seconds, self.sample_rate, amplitude=amplitude)
         rng = self.rng
         seq, ts, ssrc = rng.getrandbits(16), rng.getrandbits(32), rng.getrandbits(32)
+        self.ssrc = ssrc  # send_dtmf keys on the stream's SSRC, as a phone does
         held: bytes | None = None
         sent = 0
         loop = asyncio.get_running_loop()
