@@ -27,6 +27,7 @@ FULL = {
     "screen_fanout": ["--runs", "3"],
     "freeswitch_engine": ["--runs", "3"],
     "cluster_rate": ["--rounds", "3"],
+    "conference_info": ["--runs", "5"],
 }
 QUICK = {
     "sip_call_rate": ["--duration", "5", "--hold", "10", "--max-steps", "5"],
@@ -39,6 +40,7 @@ QUICK = {
     "screen_fanout": ["--runs", "1", "--viewers", "10"],
     "freeswitch_engine": ["--quick", "--runs", "1"],
     "cluster_rate": ["--rounds", "1", "--duration", "4", "--max-steps", "3", "--rooms-bisect", "0"],
+    "conference_info": ["--runs", "3", "--subscribers", "50", "--room", "20"],
 }
 
 

@@ -6,7 +6,6 @@ mutes, media, screen, lock and file changes; bursts coalesce; no subscriber cost
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,17 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from control.conference.chat import ChatCore, ChatMember, ChatSessionId
+from control.conference.chat import ChatSessionId
 from control.conference.info import AGP_NS, CONF_NS, render_full, sylk_hash, with_version
-from control.conference.infosubs import RoomInfo, room_snapshot
-from control.conference.participant import MODERATOR, Participant
-from control.conference.room import Room
-from control.media.engine import ParticipantId, RoomId
-from control.sip.sdp import Accept, Direction
-from control.sip.uri import parse_name_addr, parse_uri
+from control.conference.infosubs import RoomInfo
+from control.conference.participant import MODERATOR
+from control.sip.sdp import Direction
 from control.streams import MediaKind
 from control.xmlsafe import parse
-from tests.peers.confinfo import Rebuilder, model_of
+from tests.peers.confinfo import Files, Rebuilder, World, model_of, stream, world
 
 SCHEMA = etree.XMLSchema(etree.parse(str(Path(__file__).parent / "data" / "conference-info.xsd")))
 
@@ -34,104 +30,6 @@ def valid(body: bytes) -> etree._Element:
     root = parse(body)
     SCHEMA.assertValid(root)
     return root
-
-
-# --- named stand-ins for what a unit test cannot have: SIP sessions and MSRP chat ---------------
-
-
-@dataclass
-class StandInStream:
-    """A negotiated m-line as conference-info reads it: kind, index, our answer's direction."""
-
-    kind: MediaKind
-    index: int
-    accept: Accept
-
-
-@dataclass
-class StandInDialog:
-    remote_target: str
-
-
-@dataclass
-class StandInSession:
-    dialog: StandInDialog
-
-
-class StandInChat:
-    """The room chat's state (a real ChatCore) without MSRP: notices go nowhere."""
-
-    def __init__(self, room_id: str) -> None:
-        self.core = ChatCore(room_id, f"sip:{room_id}", room_id.partition("@")[0])
-
-    def notice(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def attach(self, *args: object) -> None:
-        pass
-
-    def detach(self, *args: object) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def stream(kind: MediaKind, index: int, direction: Direction = Direction.SENDRECV) -> StandInStream:
-    return StandInStream(kind, index, Accept(port=9, formats=("0",), direction=direction))
-
-
-@dataclass
-class Files:
-    """Room files as control/files/records.py's RoomFile shows them."""
-
-    name: str
-    sha1: str
-    size: int
-    sender: str
-
-
-@dataclass
-class World:
-    room: Room
-    chat: StandInChat
-    files: list[Files] = field(default_factory=list)
-    serial: int = 0
-
-    def join(self, user: str, display: str | None, kinds: tuple[MediaKind, ...]) -> Participant:
-        self.serial += 1
-        pid = ParticipantId(f"p{self.serial}")
-        name = f'"{display}" ' if display else ""
-        participant = Participant(
-            pid,
-            parse_name_addr(f"{name}<sip:{user}@example.com>"),
-            StandInSession(StandInDialog(f"sip:{user}@192.0.2.{self.serial % 250}:5060")),  # type: ignore[arg-type]
-            None,  # type: ignore[arg-type]
-            streams={i: stream(k, i) for i, k in enumerate(kinds)},  # type: ignore[misc]
-            joined_at=1_700_000_000 + self.serial,
-        )
-        self.room.add(participant)
-        if MediaKind.CHAT in kinds:
-            self.chat.core.add(ChatMember(ChatSessionId(f"s-{pid}"), pid, participant.uri))
-        return participant
-
-    def leave(self, participant: Participant) -> None:
-        self.room.remove(participant.id)
-        self.chat.core.members.pop(ChatSessionId(f"s-{participant.id}"), None)
-        self.room.screens.pop(participant.id, None)
-
-    def snapshot(self):  # type: ignore[no-untyped-def]
-        return room_snapshot(self.room, self.files)
-
-
-def world() -> World:
-    room = Room(
-        RoomId("team@conf.example"), parse_uri("sip:team@conf.example"), max_participants=50
-    )  # type: ignore[arg-type]
-    chat = StandInChat(room.id)
-    room.chat = chat  # type: ignore[assignment]
-    w = World(room, chat)
-    return w
 
 
 def info_for(w: World, min_interval: float = 1.0) -> RoomInfo:

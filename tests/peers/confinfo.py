@@ -7,6 +7,9 @@ host-info and conference-state present in it replace the local copy; under ``use
 ``deleted`` goes, ``full`` replaces, ``partial`` updates the children present (display-text,
 roles, screen image, endpoints by entity: ``deleted`` goes, otherwise replaced).
 Every document is parsed with the server's own hardened parser.
+
+:func:`world` is a room for unit tests and benchmarks without SIP or MSRP: named stand-ins
+for sessions, streams and the chat's transport around a real Room and ChatCore.
 """
 
 from __future__ import annotations
@@ -16,10 +19,18 @@ from typing import Any
 
 from lxml import etree
 
+from control.conference.chat import ChatCore, ChatMember, ChatSessionId
 from control.conference.info import AGP_NS, CONF_NS, ConferenceSnapshot
+from control.conference.infosubs import room_snapshot
+from control.conference.participant import Participant
+from control.conference.room import Room
+from control.media.engine import ParticipantId, RoomId
+from control.sip.sdp import Accept, Direction
+from control.sip.uri import parse_name_addr, parse_uri
+from control.streams import MediaKind
 from control.xmlsafe import parse
 
-__all__ = ["ConfModel", "Rebuilder", "model_of"]
+__all__ = ["ConfModel", "Files", "Rebuilder", "World", "model_of", "stream", "world"]
 
 C = f"{{{CONF_NS}}}"
 A = f"{{{AGP_NS}}}"
@@ -173,3 +184,101 @@ def model_of(snap: ConferenceSnapshot) -> ConfModel:
             for entity, user in snap.users.items()
         },
     )
+
+
+# --- named stand-ins for what a unit test cannot have: SIP sessions and MSRP chat ---------------
+
+
+@dataclass
+class StandInStream:
+    """A negotiated m-line as conference-info reads it: kind, index, our answer's direction."""
+
+    kind: MediaKind
+    index: int
+    accept: Accept
+
+
+@dataclass
+class StandInDialog:
+    remote_target: str
+
+
+@dataclass
+class StandInSession:
+    dialog: StandInDialog
+
+
+class StandInChat:
+    """The room chat's state (a real ChatCore) without MSRP: notices go nowhere."""
+
+    def __init__(self, room_id: str) -> None:
+        self.core = ChatCore(room_id, f"sip:{room_id}", room_id.partition("@")[0])
+
+    def notice(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def attach(self, *args: object) -> None:
+        pass
+
+    def detach(self, *args: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def stream(kind: MediaKind, index: int, direction: Direction = Direction.SENDRECV) -> StandInStream:
+    return StandInStream(kind, index, Accept(port=9, formats=("0",), direction=direction))
+
+
+@dataclass
+class Files:
+    """Room files as control/files/records.py's RoomFile shows them."""
+
+    name: str
+    sha1: str
+    size: int
+    sender: str
+
+
+@dataclass
+class World:
+    room: Room
+    chat: StandInChat
+    files: list[Files] = field(default_factory=list)
+    serial: int = 0
+
+    def join(self, user: str, display: str | None, kinds: tuple[MediaKind, ...]) -> Participant:
+        self.serial += 1
+        pid = ParticipantId(f"p{self.serial}")
+        name = f'"{display}" ' if display else ""
+        participant = Participant(
+            pid,
+            parse_name_addr(f"{name}<sip:{user}@example.com>"),
+            StandInSession(StandInDialog(f"sip:{user}@192.0.2.{self.serial % 250}:5060")),  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            streams={i: stream(k, i) for i, k in enumerate(kinds)},  # type: ignore[misc]
+            joined_at=1_700_000_000 + self.serial,
+        )
+        self.room.add(participant)
+        if MediaKind.CHAT in kinds:
+            self.chat.core.add(ChatMember(ChatSessionId(f"s-{pid}"), pid, participant.uri))
+        return participant
+
+    def leave(self, participant: Participant) -> None:
+        self.room.remove(participant.id)
+        self.chat.core.members.pop(ChatSessionId(f"s-{participant.id}"), None)
+        self.room.screens.pop(participant.id, None)
+
+    def snapshot(self) -> ConferenceSnapshot:
+        return room_snapshot(self.room, self.files)
+
+
+def world() -> World:
+    room = Room(
+        RoomId("team@conf.example"), parse_uri("sip:team@conf.example"), max_participants=50
+    )  # type: ignore[arg-type]
+    chat = StandInChat(room.id)
+    room.chat = chat  # type: ignore[assignment]
+    w = World(room, chat)
+    return w

@@ -1,0 +1,140 @@
+"""Conference information (RFC 4575): time from one join to the last NOTIFY body of a room with
+500 subscribers, and the size of a partial document against the full one in a room of 100.
+
+Measured on the sans-IO core the application drives (control/conference/infosubs.py, with a
+real Room, ChatCore and the document renderer; SIP sessions are tests/peers/confinfo.py's
+stand-ins): a participant joins, the room's RoomInfo is told, and its timer's batch is taken —
+one snapshot, one partial render shared by the subscribers in step, 500 versioned bodies. The
+clock stops when the 500th body exists; putting them on the wire is the UA's cost, not this.
+
+Reference, measured in the same run, interleaved: what SylkServer does on a change, a full
+document rendered for each of the 500 subscribers. The ratio is reference over ours.
+
+Sizes: a room of 100 participants (audio + chat, nicknames, 10 files); the partial document one
+join sends against the full document a new subscriber gets; ratio full over partial.
+
+A step whose batch does not hold one body per subscriber naming the new participant, or
+whose partial document is missing, fails the benchmark (exit 1).
+
+    python -m bench.conference_info               # median of 5 runs
+    python -m bench.conference_info --runs 3 --subscribers 500 --room 100
+
+Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from bench.procstat import load_average
+from control.conference.chat import ChatSessionId
+from control.conference.info import render_full, with_version
+from control.conference.infosubs import RoomInfo
+from control.streams import MediaKind
+from tests.peers.confinfo import Files, World, world
+
+
+class StepFailed(Exception):
+    """A batch without one body per subscriber, or a missing partial document."""
+
+
+def _room(size: int) -> World:
+    w = world()
+    w.room.max_participants = max(size * 2, 100)
+    for i in range(size):
+        p = w.join(f"user{i}", f"User {i}", (MediaKind.AUDIO, MediaKind.CHAT))
+        w.chat.core.set_nickname(ChatSessionId(f"s-{p.id}"), f"nick{i}", datetime.now(UTC))
+    for i in range(10):
+        w.files.append(
+            Files(f"file{i}.pdf", f"{i:040x}", 1000 * i, f"User {i} <sip:user{i}@example.com>")
+        )
+    return w
+
+
+def join_to_last_notify(subscribers: int, room: int) -> tuple[float, float]:
+    """Seconds from the join to the last body (ours), and for full documents (reference)."""
+    w = _room(room)
+    info = RoomInfo(w.snapshot, min_interval=0.0, max_subscriptions=subscribers)
+    for key in range(subscribers):
+        info.subscribe(key, now=0.0)
+    started = time.perf_counter()
+    w.join("newcomer", "New Comer", (MediaKind.AUDIO, MediaKind.CHAT))
+    info.changed(1.0)
+    bodies = info.handle_timer(1.0)
+    ours = time.perf_counter() - started
+    if len(bodies) != subscribers or not all(b"sip:newcomer@example.com" in b for _, b in bodies):
+        raise StepFailed(f"{len(bodies)} bodies for {subscribers} subscribers")
+    started = time.perf_counter()
+    w.join("another", "Another", (MediaKind.AUDIO, MediaKind.CHAT))
+    snap = w.snapshot()
+    full = [with_version(render_full(snap), 3) for _ in range(subscribers)]
+    reference = time.perf_counter() - started
+    if len(full) != subscribers or b"sip:another@example.com" not in full[-1]:
+        raise StepFailed("reference batch incomplete")
+    return ours, reference
+
+
+def sizes(room: int) -> tuple[int, int]:
+    w = _room(room)
+    info = RoomInfo(w.snapshot, min_interval=0.0)
+    full = info.subscribe("sub", now=0.0)
+    w.join("newcomer", "New Comer", (MediaKind.AUDIO, MediaKind.CHAT))
+    info.changed(1.0)
+    batch = info.handle_timer(1.0)
+    if len(batch) != 1 or b'state="partial"' not in batch[0][1]:
+        raise StepFailed("no partial document after a join")
+    return len(batch[0][1]), len(full)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--subscribers", type=int, default=500)
+    parser.add_argument("--room", type=int, default=100, help="participants in the sized room")
+    parser.add_argument(
+        "--notify-room", type=int, default=20, help="participants in the timed room"
+    )
+    args = parser.parse_args(argv)
+    if args.runs < 3:
+        parser.error("--runs must be at least 3 (a median of three or more)")
+    ours: list[float] = []
+    reference: list[float] = []
+    try:
+        for _ in range(args.runs):
+            a, b = join_to_last_notify(args.subscribers, args.notify_room)
+            ours.append(a)
+            reference.append(b)
+        partial, full = sizes(args.room)
+    except StepFailed as exc:
+        print(json.dumps({"failed": str(exc)}))
+        return 1
+    med_ours, med_ref = statistics.median(ours), statistics.median(reference)
+    result: dict[str, Any] = {
+        "benchmark": "conference_info",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": platform.node(),
+        "load_average": load_average(),
+        "subscribers": args.subscribers,
+        "notify_room": args.notify_room,
+        "join_to_last_notify_s": ours,
+        "join_to_last_notify_median_s": med_ours,
+        "reference_full_documents_s": reference,
+        "reference_median_s": med_ref,
+        "speedup_over_full_documents": med_ref / med_ours,
+        "sized_room": args.room,
+        "partial_bytes": partial,
+        "full_bytes": full,
+        "full_over_partial": full / partial,
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
