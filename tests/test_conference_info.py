@@ -249,3 +249,20 @@ def test_200_random_changes_rebuilt_exactly(seed: int) -> None:
 @given(st.randoms(use_true_random=False))
 def test_random_histories_rebuilt_exactly(rng: random.Random) -> None:
     _run(rng, steps=200)
+
+
+def test_room_tells_of_every_change_conference_info_shows() -> None:
+    w = world()
+    told: list[int] = []
+    w.room.on_change = lambda: told.append(1)
+    alice = w.join("alice", None, (MediaKind.AUDIO,))
+    assert told, "join"
+    for change in (
+        lambda: w.room.set_muted(alice, True, by_operator=True),
+        lambda: w.room.streams_started(alice, [stream(MediaKind.CHAT, 1)]),  # type: ignore[list-item]
+        lambda: w.room.streams_stopped(alice, [alice.streams[0]]),
+        lambda: w.leave(alice),
+    ):
+        told.clear()
+        change()
+        assert told

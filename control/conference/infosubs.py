@@ -86,7 +86,9 @@ def room_snapshot(
         ep = EndpointInfo(
             entity=str(target) if target is not None else f"{participant.uri};id={participant.id}",
             display_text=name,
-            status=endpoint_status(audio, muted=participant.muted),
+            status="pending"  # held out of the room until it enters the PIN
+            if participant.awaiting_pin
+            else endpoint_status(audio, muted=participant.muted),
             joined=when(participant.joined_at),
             media=media,
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from control.media.engine import ParticipantId, RoomId
@@ -88,6 +88,14 @@ class Room:
         self.locked = False
         self.pin: str | None = None
         self.private_messages = True
+        # Told of every change conference-info shows (control/conference/infosubs.py marks
+        # the room's subscriptions due; with none it does nothing).
+        self.on_change: Callable[[], None] | None = None
+
+    def changed(self) -> None:
+        """Participants, streams, nicknames, mute, files, screens or lock changed."""
+        if self.on_change is not None:
+            self.on_change()
 
     def is_moderator(self, participant: Participant) -> bool:
         """May this participant moderate (mute, kick, lock, set the PIN; REFER's BYE)?"""
@@ -112,6 +120,7 @@ class Room:
         log.info("%s joined %s (%d in room)", participant.identity.uri, self.id, len(self))
         if not participant.awaiting_pin:
             self.admitted(participant)
+        self.changed()
 
     def admitted(self, participant: Participant) -> None:
         """In the room for everyone: announced, its chat attached (a participant awaiting
@@ -127,6 +136,7 @@ class Room:
             log.info("%s left %s (%d in room)", participant.identity.uri, self.id, len(self))
             if not participant.transfer_only and not participant.awaiting_pin:
                 self._notice(NoticeKind.LEFT, participant)
+            self.changed()
         return participant
 
     # --- streams ---------------------------------------------------------------------------
@@ -149,6 +159,7 @@ class Room:
                 self.chat.attach(member, stream.channel)
             if announce and stream.kind is not MediaKind.FILE:  # the file notice says it
                 self._notice(NoticeKind.MEDIA_ADDED, participant, _MEDIA_NAMES.get(stream.kind))
+        self.changed()
 
     def streams_stopped(
         self, participant: Participant, streams: Iterable[Stream], *, announce: bool = True
@@ -159,6 +170,7 @@ class Room:
                 self.chat.detach(ChatSessionId(stream.channel.session_id))
             if announce and stream.kind is not MediaKind.FILE:
                 self._notice(NoticeKind.MEDIA_REMOVED, participant, _MEDIA_NAMES.get(stream.kind))
+        self.changed()
 
     def chat_owner(self, session: ChatSessionId) -> tuple[Participant, int] | None:
         """The participant and m-line index holding a chat session."""
@@ -188,6 +200,7 @@ class Room:
     ) -> None:
         """A notice about ``participant`` (or ``who``, someone no longer in the room) with
         its facts as ``details`` headers (control/conference/notices.py)."""
+        self.changed()  # a notice is news for conference-info too (mute, file, screen, lock)
         if self.chat is None:
             return
         name = participant.name if participant is not None else who or "someone"

@@ -92,6 +92,7 @@ class RoomChat:
         token: Callable[[], str],
         on_closed: Callable[[ChatSessionId], None] = lambda _sid: None,
         screens: ScreenSink | None = None,
+        on_change: Callable[[], None] = lambda: None,
         wall: Callable[[], datetime] = utc_now,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -101,6 +102,7 @@ class RoomChat:
         self.history = history
         self.token = token
         self.on_closed = on_closed
+        self.on_change = on_change  # a nickname changed (conference-info shows it)
         self.wall = wall
         self.clock = clock
         self.sessions: dict[ChatSessionId, _Attached] = {}
@@ -274,6 +276,7 @@ class RoomChat:
                     return
                 attached.channel.respond(tid, 200)
                 self._push(notices)
+                self.on_change()
             case ResponseReceived(message_id=mid, status=status, comment=comment):
                 attached.outlet.answered(mid, status, comment)
             case TransactionTimedOut(message_id=mid, status=status):
