@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONFIG ?=
 DEBIAN_PACKAGES := sip-tester kamailio kamailio-json-modules kamailio-presence-modules \
 	kamailio-tls-modules kamailio-utils-modules kamailio-extra-modules \
-	baresip-core libspeex1 libopus0 openssl chromium
+	baresip-core libspeex1 libopus0 openssl chromium prosody
 
 .PHONY: run test deps debs venv lint typecheck unit bench clean
 
