@@ -5,6 +5,7 @@ mutes, media, screen, lock and file changes; bursts coalesce; no subscriber cost
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from lxml import etree
 
 from control.conference.chat import ChatSessionId
 from control.conference.info import AGP_NS, CONF_NS, render_full, sylk_hash, with_version
+from control.conference.infonotify import RoomInfoService
 from control.conference.infosubs import RoomInfo
 from control.conference.participant import MODERATOR
 from control.sip.sdp import Direction
@@ -266,3 +268,45 @@ def test_room_tells_of_every_change_conference_info_shows() -> None:
         told.clear()
         change()
         assert told
+
+
+# --- the asyncio layer ------------------------------------------------------------------------
+
+
+class RecordingNotifier:
+    """A named fake of an accepted subscription: records what would go out as NOTIFYs."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.terminated: tuple[str, bytes | None] | None = None
+        self.arrived = asyncio.Event()
+
+    def notify(self, body: bytes, content_type: str) -> None:
+        assert content_type == "application/conference-info+xml"
+        self.bodies.append(body)
+        self.arrived.set()
+
+    def terminate(self, reason: str, body: bytes | None, content_type: str | None) -> None:
+        self.terminated = (reason, body)
+
+
+async def test_service_notifies_full_then_coalesced_partials_then_terminated() -> None:
+    w = world()
+    service = RoomInfoService(w.room, lambda: w.files, min_interval=0.05, max_subscriptions=2)
+    watcher, rebuilt = RecordingNotifier(), Rebuilder()
+    service.subscribe("a", watcher)
+    assert len(watcher.bodies) == 1  # the full document, at once
+    watcher.arrived.clear()
+    for i in range(5):  # a burst: one NOTIFY
+        w.join(f"u{i}", None, (MediaKind.AUDIO,))
+    await asyncio.wait_for(watcher.arrived.wait(), 10)
+    await asyncio.sleep(0.1)
+    assert len(watcher.bodies) == 2
+    for body in watcher.bodies:
+        rebuilt.apply(_checked(body))
+    assert rebuilt.model == model_of(w.snapshot())
+    service.close()
+    assert watcher.terminated is not None and watcher.terminated[0] == "noresource"
+    assert watcher.terminated[1] is not None
+    assert rebuilt.apply(_checked(watcher.terminated[1])).state["active"] == "false"
+    assert w.room.on_change is None

@@ -193,9 +193,10 @@ class RoomInfo:
         due = [t for s in self.subscribers.values() if (t := s.next_timer()) is not None]
         return min(due, default=None)
 
-    def handle_timer(self, now: float) -> list[tuple[Key, bytes]]:
+    def handle_timer(self, now: float, *, wall: float | None = None) -> list[tuple[Key, bytes]]:
         """The NOTIFY bodies due at ``now``: one snapshot for all, one partial render per
-        distinct previous snapshot (subscribers in step share it), versions set per subscriber."""
+        distinct previous snapshot (subscribers in step share it), versions set per subscriber.
+        ``wall`` (POSIX time, default ``now``) dates the disconnection-info of those who left."""
         due = [
             (k, s)
             for k, s in self.subscribers.items()
@@ -210,7 +211,9 @@ class RoomInfo:
             subscriber.due_since = None
             mark = id(subscriber.last)
             if mark not in rendered:
-                rendered[mark] = render_partial(subscriber.last, snap, now=now)
+                rendered[mark] = render_partial(
+                    subscriber.last, snap, now=now if wall is None else wall
+                )
             body = rendered[mark]
             subscriber.last = snap
             if body is None:
@@ -220,13 +223,13 @@ class RoomInfo:
             out.append((key, with_version(body, subscriber.version)))
         return out
 
-    def final(self, now: float) -> list[tuple[Key, bytes]]:
+    def final(self, wall: float) -> list[tuple[Key, bytes]]:
         """The room ended: each subscription's last body (terminated NOTIFY), a partial with
         everyone gone and the conference inactive; the subscriptions are dropped."""
         out: list[tuple[Key, bytes]] = []
         for key, subscriber in self.subscribers.items():
             ended = replace(subscriber.last, users={}, user_count=0, active=False)
-            body = render_partial(subscriber.last, ended, now=now)
+            body = render_partial(subscriber.last, ended, now=wall)
             if body is not None:
                 subscriber.version += 1
                 out.append((key, with_version(body, subscriber.version)))
