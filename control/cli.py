@@ -12,9 +12,11 @@ import signal
 import sys
 from pathlib import Path
 
+from control import admincli
 from control.cluster import ClusterAgent, install_signal_handlers, signal_running_node
 from control.conference import ChatLimits, ConferenceApp, ConferenceLimits, HistoryPolicy
 from control.conference.files import ConferenceFiles
+from control.conference.moderation import ModerationPolicy
 from control.conference.room import RoomObserver
 from control.conference.screen import ScreenBoard
 from control.conference.sharing import ConferenceScreens
@@ -31,6 +33,7 @@ from control.server import Server
 from control.store import DATABASE_NAME, HistoryStore, Retention
 from control.streams import FileStore
 from control.web import build_web_server, screen_limits
+from control.web.api import URL_FILE, AdminApi, api_dir, load_token
 
 
 def build_server(config: Config, *, room_observer: RoomObserver | None = None) -> Server:
@@ -119,6 +122,7 @@ def build_server(config: Config, *, room_observer: RoomObserver | None = None) -
                 room_files, server.msrp, retention_interval=config.files.retention_interval
             ),
             screens=ConferenceScreens(ScreenBoard(screen_limits(config))),
+            moderation=ModerationPolicy.from_config(config.conference),
         ),
     )
     return server
@@ -140,6 +144,12 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     if web is not None:
         conference.publish(web.urls)
         await web.start()
+    api = None
+    if config.api.enabled:  # the admin API (control/web/api.py), loopback only
+        files = conference.files.files if conference.files is not None else None
+        api = AdminApi(conference, load_token(config), files=files)
+        listen = config.api.listen
+        await api.start(listen.host, listen.port, api_dir(config) / URL_FILE)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     if cluster is None:
@@ -161,6 +171,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         ready.set()
     await stop.wait()
     logging.getLogger("chorus").info("shutting down")
+    if api is not None:
+        await api.stop()
     if web is not None:  # first: downloads and viewers read the rooms' files and screens
         await web.stop()
     await server.stop()
@@ -181,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     drain.add_argument("--config", type=Path, help="the node's TOML configuration file")
     drain.add_argument("--undo", action="store_true", help="take new rooms again")
+    admincli.add_commands(commands)  # rooms, room show, kick, mute, lock, pin, end, api-token
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -190,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print("configuration OK")
         return 0
+    if args.command in admincli.COMMANDS:
+        return admincli.run(args, config)
     if args.command == "drain":
         try:
             pid = signal_running_node(config.pid_path(), undo=args.undo)

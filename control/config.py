@@ -110,6 +110,16 @@ class ApplicationsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomConfig:
+    """One ``[conference.rooms.NAME]`` table: a room's moderation when it opens."""
+
+    pin: str | None = None  # 1-32 of 0-9 * A-D: ?pin= in the Request-URI or keyed (RFC 4733)
+    locked: bool = False  # new joins refused 403
+    private_messages: bool = True  # False: the room chat refuses private messages 403
+    moderators: tuple[str, ...] = ()  # URI patterns (fnmatch) that moderate this room
+
+
+@dataclass(frozen=True, slots=True)
 class ConferenceConfig:
     max_rooms: int = 1000
     max_participants: int = 100
@@ -119,6 +129,10 @@ class ConferenceConfig:
     chat_burst: int = 50  # messages a participant may send at once
     store_private: bool = False  # keep private messages (RFC 7701 §7) in the history store
     max_message_bytes: int = 1024 * 1024  # one chat message (MSRP or SIP MESSAGE) in a room
+    moderators: tuple[str, ...] = ()  # URI patterns (fnmatch) that moderate every room
+    creator_moderates: bool = True  # a room's first joiner moderates it
+    pin_attempts: int = 3  # wrong PINs keyed before the caller is ended
+    rooms: dict[str, RoomConfig] = field(default_factory=dict)  # by room user part or id
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +165,8 @@ class FilesConfig:
     retain_max_age: float = 0.0  # seconds: older room files are deleted by the retention timer
     retain_room_bytes: int = 0  # retention deletes a room's oldest files down to this total
     push_to_participants: bool = False  # offer each new room file to every participant
+    push_concurrency: int = 4  # pushes of one room running at once (the rest wait their turn)
+    push_timeout: float = 600.0  # seconds one push may take (INVITE, connect, send, 200)
     after_room_ends: str = "keep"  # "keep" or "delete" the room's files when it ends
     retention_interval: float = 3600.0  # seconds between retention runs (none at start-up)
 
@@ -193,6 +209,20 @@ class WebConfig:
     public_url: str | None = None  # base of the URLs we hand out, when behind a proxy
     token_secret: str | None = None  # None: generated into <spool_dir>/web/token_secret
     token_ttl: float = 86400.0  # seconds a signed URL stays valid
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """The admin API (control/web/api.py) and the CLI that talks to it.
+
+    On by default, on loopback only; port 0 takes a free port, written with the URL into
+    ``<spool_dir>/api/url`` for the CLI. The token is ``token``, else generated into
+    ``<spool_dir>/api/token`` (mode 0600; ``chorus api-token`` prints it).
+    """
+
+    enabled: bool = True
+    listen: ListenAddress = ListenAddress("http", "127.0.0.1", 0)
+    token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +287,7 @@ class Config:
     freeswitch: FreeSwitchConfig = FreeSwitchConfig()
     web: WebConfig = WebConfig()
     screen: ScreenConfig = ScreenConfig()
+    api: ApiConfig = ApiConfig()
 
     def node_sip_uri(self) -> str:
         """The SIP URI Kamailio reaches this node at: `[cluster] node_uri`, else the first
@@ -365,6 +396,7 @@ def parse_config(data: dict[str, Any]) -> Config:
         freeswitch=_parse_freeswitch(_Section("freeswitch", root.take("freeswitch", dict, {}))),
         web=_parse_web(_Section("web", root.take("web", dict, {}))),
         screen=_parse_screen(_Section("screen", root.take("screen", dict, {}))),
+        api=_parse_api(_Section("api", root.take("api", dict, {}))),
     )
     if config.audio.engine == "freeswitch" and not config.freeswitch.nodes:
         raise ConfigError("freeswitch.nodes", 'needs at least one node with engine = "freeswitch"')
@@ -513,6 +545,50 @@ def _parse_conference(section: _Section) -> ConferenceConfig:
         max_message_bytes=section.integer(
             "max_message_bytes", default.max_message_bytes, minimum=1024
         ),
+        moderators=section.strings("moderators", default.moderators),
+        creator_moderates=bool(section.take("creator_moderates", bool, default.creator_moderates)),
+        pin_attempts=section.integer("pin_attempts", default.pin_attempts, minimum=1),
+        rooms=_parse_rooms(section, section.take("rooms", dict, {})),
+    )
+    section.finish()
+    return config
+
+
+PIN_CHARS = "0123456789*ABCD"
+
+
+def _parse_rooms(parent: _Section, tables: dict[str, Any]) -> dict[str, RoomConfig]:
+    rooms = {}
+    for name, table in tables.items():
+        section = _Section(parent.key(f"rooms.{name}"), table)
+        pin = section.take("pin", str, None)
+        if pin is not None:
+            pin = pin.strip().upper()
+            if not 1 <= len(pin) <= 32 or any(c not in PIN_CHARS for c in pin):
+                raise ConfigError(section.key("pin"), "a PIN is 1 to 32 of 0-9, *, A-D")
+        rooms[name.lower()] = RoomConfig(
+            pin=pin,
+            locked=bool(section.take("locked", bool, False)),
+            private_messages=bool(section.take("private_messages", bool, True)),
+            moderators=section.strings("moderators", ()),
+        )
+        section.finish()
+    return rooms
+
+
+def _parse_api(section: _Section) -> ApiConfig:
+    default = ApiConfig()
+    text = section.take("listen", str, "")
+    listen = parse_listen(section.key("listen"), text, ("http",)) if text else default.listen
+    if not ipaddress.ip_address(listen.host).is_loopback:
+        raise ConfigError(section.key("listen"), "plain http only on a loopback address")
+    token = section.take("token", str, None)
+    if token is not None and len(token) < 16:
+        raise ConfigError(section.key("token"), "must be at least 16 characters")
+    config = ApiConfig(
+        enabled=bool(section.take("enabled", bool, default.enabled)),
+        listen=listen,
+        token=token,
     )
     section.finish()
     return config
@@ -560,6 +636,8 @@ def _parse_files(section: _Section) -> FilesConfig:
         push_to_participants=bool(
             section.take("push_to_participants", bool, default.push_to_participants)
         ),
+        push_concurrency=section.integer("push_concurrency", default.push_concurrency, minimum=1),
+        push_timeout=section.number("push_timeout", default.push_timeout, minimum=1.0),
         after_room_ends=after,
         retention_interval=section.number(
             "retention_interval", default.retention_interval, minimum=1.0

@@ -439,6 +439,11 @@ class ConferenceApp:
     async def end_participant(self, participant: Participant, reason: str) -> None:
         await self._end(participant.session, reason)
 
+    def subscription_count(self, room: Room) -> int:
+        """Conference-info subscriptions to this room (the admin API shows it); none until
+        the event package (control/conference/infosubs.py) is wired in."""
+        return 0
+
     def room_changed(self, room: Room) -> None:
         """The room change hook: a moderation change (lock, PIN, roles, mute) happened.
         Conference-info (control/conference/infosubs.py) sends its partial documents from

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from control.config import ConferenceConfig
 from control.sip.errors import SipError
 from control.sip.uri import SipUri
 
@@ -83,6 +84,19 @@ class ModerationPolicy:
     creator_moderates: bool = True  # a room's first joiner moderates it
     pin_attempts: int = 3  # wrong PINs keyed before the caller is ended
     rooms: Mapping[str, RoomSettings] = field(default_factory=dict)  # by id or user part
+
+    @classmethod
+    def from_config(cls, config: ConferenceConfig) -> ModerationPolicy:
+        """``[conference] moderators``, ``creator_moderates``, ``pin_attempts``, ``rooms``."""
+        return cls(
+            moderators=config.moderators,
+            creator_moderates=config.creator_moderates,
+            pin_attempts=config.pin_attempts,
+            rooms={
+                name: RoomSettings(r.pin, r.locked, r.private_messages, r.moderators)
+                for name, r in config.rooms.items()
+            },
+        )
 
     def settings(self, room_id: str) -> RoomSettings:
         key = room_id.lower()
