@@ -43,7 +43,8 @@ from control.msrp.cpim import (
     parse_cpim,
 )
 from control.msrp.errors import CpimError, MsrpError
-from control.msrp.iscomposing import ISCOMPOSING_CONTENT_TYPE
+from control.msrp.iscomposing import ISCOMPOSING_CONTENT_TYPE, parse_iscomposing
+from control.msrp.xmldoc import MAX_XML_SIZE
 from control.sip.errors import SipError
 from control.sip.uri import SipUri, parse_uri
 from control.store import StoredMessage
@@ -159,6 +160,15 @@ class ChatLimits:
     max_message_bytes: int = 1024 * 1024  # one CPIM body
     store_private: bool = False  # [conference] store_private
     accept_wrapped_types: tuple[str, ...] = ("*",)  # what the room takes inside CPIM
+
+
+def _check_composing(body: bytes) -> None:
+    """An is-composing document is parsed by the hardened parser (control/xmlsafe.py) before
+    it is relayed: a bomb, an external entity or an oversized one is refused to its sender
+    (413, or IsComposingError's 400), never passed on to the room."""
+    if len(body) > MAX_XML_SIZE:
+        raise MsrpError(413, "is-composing document too large", comment="XML document too large")
+    parse_iscomposing(body)
 
 
 class ChatCore:
@@ -383,6 +393,8 @@ class ChatCore:
         self, member: ChatMember, message: CpimMessage, wall: datetime, message_id: str
     ) -> Routed:
         check_content_type(message, self.limits.accept_wrapped_types)  # CpimError 415
+        if _media_type(message.content_type) == ISCOMPOSING_CONTENT_TYPE:
+            _check_composing(message.body)
         recipients = [*message.recipients, *message.cc]  # CpimError 400 when malformed
         named = [r for r in recipients if _key_or_none(r.uri) != self.room_key]
         if named and not self.private_messages:
