@@ -75,6 +75,9 @@ class SipConfig:
     max_sessions: int = 2000
     session_expires: int = 1800  # RFC 4028 interval we ask for and grant, seconds
     min_se: int = 90  # smallest Session-Expires accepted (422 below); RFC 4028's floor is 90
+    subscription_max_expires: int = 3600  # RFC 6665 §4.2.1.1: longer Expires are shortened
+    subscription_min_expires: int = 60  # shorter (but not 0) is 423 with this Min-Expires
+    max_subscriptions_per_source: int = 100  # live subscriptions per source IP; more get 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,8 @@ class ConferenceConfig:
     moderators: tuple[str, ...] = ()  # URI patterns (fnmatch) that moderate every room
     creator_moderates: bool = True  # a room's first joiner moderates it
     pin_attempts: int = 3  # wrong PINs keyed before the caller is ended
+    info_interval: float = 1.0  # seconds between two conference-info NOTIFYs of a subscription
+    info_max_subscriptions: int = 100  # conference-info subscriptions one room takes (503 beyond)
     rooms: dict[str, RoomConfig] = field(default_factory=dict)  # by room user part or id
 
 
@@ -272,6 +277,31 @@ class FreeSwitchConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class XmppConfig:
+    """The SIP↔XMPP gateway (control/xmpp): an XEP-0114 component of Prosody or ejabberd.
+
+    Off unless ``component_jid`` is set. ``sip_domains`` are the SIP users' domains XMPP users
+    reach through the component (default: the component's own domain, the one the XMPP
+    server routes to us); ``xmpp_domains`` the XMPP domains SIP users reach (SIP requests to
+    them go to the gateway). Anything else is refused on both sides.
+    """
+
+    component_jid: str | None = None
+    component_secret: str | None = None
+    server: tuple[str, int] = ("127.0.0.1", 5347)  # the XMPP server's component port
+    sip_domains: tuple[str, ...] = ()
+    xmpp_domains: tuple[str, ...] = ()
+    muc_domain: str | None = None
+    reconnect_max: float = 30.0  # reconnect back-off cap, seconds (starts at 0.5, doubles)
+    max_message_bytes: int = 65536  # one message body either way; larger is refused
+    send_timeout: float = 30.0  # seconds a SIP MESSAGE we send may take before it is a failure
+
+    @property
+    def enabled(self) -> bool:
+        return self.component_jid is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     sip: SipConfig = SipConfig()
     rtp: RtpConfig = RtpConfig()
@@ -288,6 +318,7 @@ class Config:
     web: WebConfig = WebConfig()
     screen: ScreenConfig = ScreenConfig()
     api: ApiConfig = ApiConfig()
+    xmpp: XmppConfig = XmppConfig()
 
     def node_sip_uri(self) -> str:
         """The SIP URI Kamailio reaches this node at: `[cluster] node_uri`, else the first
@@ -308,7 +339,7 @@ class Config:
 
 
 KNOWN_CODECS = ("PCMU", "PCMA", "G722", "speex", "opus", "telephone-event")
-APPLICATIONS = ("conference", "echo")
+APPLICATIONS = ("conference", "echo", "xmpp")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -397,6 +428,7 @@ def parse_config(data: dict[str, Any]) -> Config:
         web=_parse_web(_Section("web", root.take("web", dict, {}))),
         screen=_parse_screen(_Section("screen", root.take("screen", dict, {}))),
         api=_parse_api(_Section("api", root.take("api", dict, {}))),
+        xmpp=_parse_xmpp(_Section("xmpp", root.take("xmpp", dict, {}))),
     )
     if config.audio.engine == "freeswitch" and not config.freeswitch.nodes:
         raise ConfigError("freeswitch.nodes", 'needs at least one node with engine = "freeswitch"')
@@ -432,6 +464,9 @@ def _parse_sip(section: _Section) -> SipConfig:
     t2 = section.number("t2", default.timers.t2, minimum=t1)
     t4 = section.number("t4", default.timers.t4, minimum=0.01)
     min_se = section.integer("min_se", default.min_se, minimum=1)
+    min_expires = section.integer(
+        "subscription_min_expires", default.subscription_min_expires, minimum=1
+    )
     config = SipConfig(
         listen=listen,
         advertised_address=advertised,
@@ -448,6 +483,13 @@ def _parse_sip(section: _Section) -> SipConfig:
         max_sessions=section.integer("max_sessions", default.max_sessions, minimum=1),
         session_expires=section.integer("session_expires", default.session_expires, minimum=min_se),
         min_se=min_se,
+        subscription_max_expires=section.integer(
+            "subscription_max_expires", default.subscription_max_expires, minimum=min_expires
+        ),
+        subscription_min_expires=min_expires,
+        max_subscriptions_per_source=section.integer(
+            "max_subscriptions_per_source", default.max_subscriptions_per_source, minimum=1
+        ),
     )
     section.finish()
     return config
@@ -548,6 +590,10 @@ def _parse_conference(section: _Section) -> ConferenceConfig:
         moderators=section.strings("moderators", default.moderators),
         creator_moderates=bool(section.take("creator_moderates", bool, default.creator_moderates)),
         pin_attempts=section.integer("pin_attempts", default.pin_attempts, minimum=1),
+        info_interval=section.number("info_interval", default.info_interval, minimum=0.0),
+        info_max_subscriptions=section.integer(
+            "info_max_subscriptions", default.info_max_subscriptions, minimum=1
+        ),
         rooms=_parse_rooms(section, section.take("rooms", dict, {})),
     )
     section.finish()
@@ -750,6 +796,57 @@ def _parse_screen(section: _Section) -> ScreenConfig:
         max_frame_bytes=section.integer("max_frame_bytes", default.max_frame_bytes, minimum=1024),
         max_width=section.integer("max_width", default.max_width, minimum=16),
         max_height=section.integer("max_height", default.max_height, minimum=16),
+    )
+    section.finish()
+    return config
+
+
+def _domain(key: str, text: str) -> str:
+    name = text.strip().lower().rstrip(".")
+    labels = name.split(".")
+    if not name or len(name) > 253 or any(
+        not label or len(label) > 63 or not all(c.isalnum() or c == "-" for c in label)
+        for label in labels
+    ):
+        raise ConfigError(key, f"{text!r} is not a domain name")
+    return name
+
+
+def _parse_xmpp(section: _Section) -> XmppConfig:
+    default = XmppConfig()
+    jid = section.take("component_jid", str, None)
+    component = _domain(section.key("component_jid"), jid) if jid is not None else None
+    secret = section.take("component_secret", str, None)
+    if component is not None and not secret:
+        raise ConfigError(section.key("component_secret"), "required with component_jid")
+    server_text = section.take("server", str, None)
+    server = _host_port(section.key("server"), server_text) if server_text else default.server
+    sip_domains = tuple(
+        _domain(f"xmpp.sip_domains[{i}]", d)
+        for i, d in enumerate(section.strings("sip_domains", default.sip_domains))
+    )
+    if component is not None and not sip_domains:
+        sip_domains = (component,)
+    xmpp_domains = tuple(
+        _domain(f"xmpp.xmpp_domains[{i}]", d)
+        for i, d in enumerate(section.strings("xmpp_domains", default.xmpp_domains))
+    )
+    overlap = set(sip_domains) & set(xmpp_domains)
+    if overlap:
+        raise ConfigError(section.key("xmpp_domains"), f"{sorted(overlap)[0]} is on both sides")
+    muc = section.take("muc_domain", str, None)
+    config = XmppConfig(
+        component_jid=component,
+        component_secret=secret,
+        server=server,
+        sip_domains=sip_domains,
+        xmpp_domains=xmpp_domains,
+        muc_domain=_domain(section.key("muc_domain"), muc) if muc is not None else None,
+        reconnect_max=section.number("reconnect_max", default.reconnect_max, minimum=0.5),
+        max_message_bytes=section.integer(
+            "max_message_bytes", default.max_message_bytes, minimum=1024
+        ),
+        send_timeout=section.number("send_timeout", default.send_timeout, minimum=1.0),
     )
     section.finish()
     return config
