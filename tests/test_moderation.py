@@ -101,6 +101,7 @@ def _moderation(**policy: object) -> tuple[Moderation, RecordingHost]:
 
 def test_pin_of_reads_the_uri_header_or_parameter() -> None:
     assert pin_of(_uri("sip:r@h?pin=1234")) == "1234"
+    assert pin_of(_uri("sip:r@h;pin=1"), "55") == "55", "the Pin header field first"
     assert pin_of(_uri("sip:r@h;pin=99")) == "99"
     assert pin_of(_uri("sip:r@h")) is None
     assert check_pin(" 12ab ") == "12AB"

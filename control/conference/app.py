@@ -245,6 +245,7 @@ class ConferenceApp:
                 uri,
                 identity_uri(call.remote_identity),
                 audio=any(m.media == "audio" and m.port for m in offer.media),
+                pin=call.request.headers.get("Pin"),
             )
         except SipError as exc:
             call.reject(exc.status, exc.reason)

@@ -10,8 +10,11 @@ admin API is the operator (its token is enough), a REFER's BYE asks
 Joining (:meth:`Moderation.admit`, before the answer):
 
 - a locked room refuses new joins ``403 Room is locked``;
-- a room with a PIN takes ``?pin=`` (a header of the Request-URI, or a ``;pin=`` parameter):
-  a right one joins at once, a wrong one is refused ``403 Wrong PIN``; without one, a caller
+- a room with a PIN takes it from the INVITE: dialling ``sip:room@host?pin=1234`` makes the
+  caller's UA send a ``Pin: 1234`` header field (RFC 3261 §19.1.5; headers are not allowed in
+  a Request-URI itself, §19.1.1, so a Request-URI ``?pin=`` is the parser's 400), or a
+  ``;pin=1234`` Request-URI parameter; a right one joins at once, a wrong one is refused
+  ``403 Wrong PIN``; without one, a caller
   with audio joins *awaiting the PIN* — muted in the mix and out of the chat until it keys
   the PIN on its keypad (RFC 4733 telephone-events, then ``#``); after ``pin_attempts``
   wrong PINs it is ended with BYE. A caller with no audio cannot key anything: ``403 PIN
@@ -122,8 +125,11 @@ class Admission:
     awaiting_pin: bool
 
 
-def pin_of(uri: SipUri) -> str | None:
-    """``?pin=`` (a Request-URI header, RFC 3261 §19.1.1) or ``;pin=`` of the URI."""
+def pin_of(uri: SipUri, header: str | None = None) -> str | None:
+    """The INVITE's ``Pin`` header field (a dialled URI's ``?pin=``, RFC 3261 §19.1.5), else
+    the URI's ``?pin=`` header or ``;pin=`` parameter."""
+    if header is not None:
+        return header
     for name, value in uri.headers.items():
         if name.lower() == "pin":
             return value
@@ -153,13 +159,16 @@ class Moderation:
         room.private_messages = settings.private_messages
         self._sync_chat(room)
 
-    def admit(self, room: Room, uri: SipUri, caller: str, *, audio: bool) -> Admission:
-        """Before the answer: SipError 403 when this caller may not join (see module doc)."""
+    def admit(
+        self, room: Room, uri: SipUri, caller: str, *, audio: bool, pin: str | None = None
+    ) -> Admission:
+        """Before the answer: SipError 403 when this caller may not join (see module doc);
+        ``pin`` is the INVITE's ``Pin`` header field."""
         if room.locked:
             raise SipError(403, "Room is locked")
         awaiting = False
         if room.pin is not None:
-            given = pin_of(uri)
+            given = pin_of(uri, pin)
             if given is not None:
                 if given.strip().upper() != room.pin:
                     log.info("%s gave a wrong PIN for %s", caller, room.id)
