@@ -17,7 +17,7 @@ from lxml import etree
 
 from control.conference.chat import ChatSessionId
 from control.conference.info import AGP_NS, CONF_NS, render_full, sylk_hash, with_version
-from control.conference.infonotify import RoomInfoService
+from control.conference.infonotify import ConferenceInfo, RoomInfoService
 from control.conference.infosubs import RoomInfo
 from control.conference.participant import MODERATOR
 from control.sip.sdp import Direction
@@ -310,3 +310,19 @@ async def test_service_notifies_full_then_coalesced_partials_then_terminated() -
     assert watcher.terminated[1] is not None
     assert rebuilt.apply(_checked(watcher.terminated[1])).state["active"] == "false"
     assert w.room.on_change is None
+
+
+async def test_node_keeps_a_service_only_for_rooms_with_subscribers() -> None:
+    w = world()
+    node = ConferenceInfo(min_interval=0.0, max_subscriptions=1, files=lambda _room: w.files)
+    assert not node.full(w.room)
+    first = RecordingNotifier()
+    node.subscribe(w.room, "a", first)
+    assert node.full(w.room) and w.room.on_change is not None  # the per-room limit
+    node.unsubscribe(w.room.id, "a")
+    assert node.services == {} and w.room.on_change is None  # changes cost nothing again
+    second = RecordingNotifier()
+    node.subscribe(w.room, "b", second)
+    node.room_ended(w.room)
+    assert second.terminated is not None and second.terminated[0] == "noresource"
+    assert first.terminated is None and node.services == {}

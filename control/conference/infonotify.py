@@ -119,3 +119,65 @@ class RoomInfoService:
         self.notifiers.clear()
         if self.room.on_change == self.changed:
             self.room.on_change = None
+
+
+class ConferenceInfo:
+    """Every room's conference-info subscriptions on this node: a :class:`RoomInfoService` per
+    room with subscribers (none for a room without: its changes cost nothing), its limit."""
+
+    def __init__(
+        self,
+        *,
+        min_interval: float = 1.0,
+        max_subscriptions: int = 100,
+        files: Callable[[Room], Sequence[RoomFileRecord]] = lambda _room: (),
+        host: str = "Chorus",
+    ) -> None:
+        self.min_interval = min_interval
+        self.max_subscriptions = max_subscriptions  # per room; one more is 503
+        self.files = files
+        self.host = host
+        self.services: dict[str, RoomInfoService] = {}
+
+    def full(self, room: Room) -> bool:
+        service = self.services.get(room.id)
+        return service is not None and service.full
+
+    def subscribe(self, room: Room, key: Hashable, notifier: InfoNotifier) -> None:
+        service = self.services.get(room.id)
+        if service is None or service.room is not room:
+            service = self.services[room.id] = RoomInfoService(
+                room,
+                lambda: self.files(room),
+                min_interval=self.min_interval,
+                max_subscriptions=self.max_subscriptions,
+                host=self.host,
+            )
+        service.subscribe(key, notifier)
+        log.info("conference-info subscription to %s (%d)", room.id, len(service.notifiers))
+
+    def refreshed(self, room: Room, key: Hashable) -> None:
+        service = self.services.get(room.id)
+        if service is not None:
+            service.refreshed(key)
+
+    def unsubscribe(self, room_id: str, key: Hashable) -> None:
+        service = self.services.get(room_id)
+        if service is None:
+            return
+        service.unsubscribe(key)
+        if service.empty:
+            service.close()
+            del self.services[room_id]
+
+    def room_ended(self, room: Room) -> None:
+        """The room's last participant left: each subscription gets its terminated NOTIFY."""
+        service = self.services.get(room.id)
+        if service is not None and service.room is room:
+            del self.services[room.id]
+            service.close("noresource")
+
+    def close(self) -> None:
+        for service in list(self.services.values()):
+            service.close("deactivated")  # §4.2.2: the subscriber may subscribe again later
+        self.services.clear()
