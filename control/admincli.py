@@ -178,8 +178,8 @@ def _show_room(room: dict[str, Any]) -> str:
         lines.append("no participants")
     if room["files"]:
         lines.append("")
-        rows = [(f["name"], f["size"], f["sender"], f["sha1"][:12]) for f in room["files"]]
-        lines.append(table(("FILE", "SIZE", "SENDER", "SHA-1"), rows))
+        files = [(f["name"], f["size"], f["sender"], f["sha1"][:12]) for f in room["files"]]
+        lines.append(table(("FILE", "SIZE", "SENDER", "SHA-1"), files))
     if room["screens"]:
         lines.append("")
         lines.append("sharing a screen: " + ", ".join(room["screens"]))
