@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol
 
-from .info import CONFERENCE_INFO_TYPE
+from .info import CONFERENCE_INFO_TYPE, render_full, with_version
 from .infosubs import RoomFileRecord, RoomInfo, room_snapshot
 from .room import Room
 
@@ -181,3 +181,8 @@ class ConferenceInfo:
         for service in list(self.services.values()):
             service.close("deactivated")  # §4.2.2: the subscriber may subscribe again later
         self.services.clear()
+
+    def fetch(self, room: Room) -> bytes:
+        """The full document for a fetch (SUBSCRIBE with ``Expires: 0``, RFC 6665 §4.4.3):
+        one NOTIFY, no subscription kept."""
+        return with_version(render_full(room_snapshot(room, self.files(room), host=self.host)), 1)
