@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import cast
 
 import pytest
@@ -28,6 +29,7 @@ from control.sip import sdp
 from control.sip.errors import SipError
 from control.sip.session import Session
 from control.sip.uri import NameAddr, SipUri, parse_uri
+from control.streams import MediaKind, Stream
 from tests.peers.rtp_endpoint import RtpEndpoint
 from tests.peers.wait import wait_until
 from tests.test_media_mixer import _drain, _join, make_mixer
@@ -153,7 +155,7 @@ async def test_keypad_pin_lets_in_and_wrong_pins_end() -> None:
     waiting = _person("w", "sip:w@h", awaiting=True)
     room.add(waiting)
     await moderation.joined(room, waiting)
-    assert host.muted == [("w", True)]
+    assert host.changes == 1
     assert not log.sent, "a caller awaiting the PIN is not announced"
     for key in "12#":
         await moderation.digit(room, waiting, key)
@@ -244,3 +246,18 @@ async def test_mixer_surfaces_dtmf_once_per_key() -> None:
         peer.close()
         await engine.close()
         await asyncio.sleep(0)
+
+
+async def test_new_audio_of_a_muted_participant_starts_muted() -> None:
+    moderation, host = _moderation()
+    room, _ = _room()
+    bob = _person("b", "sip:bob@h")
+    room.add(bob)
+    audio = cast(Stream, SimpleNamespace(kind=MediaKind.AUDIO))
+    chat = cast(Stream, SimpleNamespace(kind=MediaKind.CHAT))
+    await moderation.streams_added(room, bob, [audio])
+    assert host.muted == [], "an unmuted participant's new audio is mixed"
+    await moderation.set_muted(room, bob, True)
+    await moderation.streams_added(room, bob, [chat])
+    await moderation.streams_added(room, bob, [audio])
+    assert host.muted == [("b", True), ("b", True)]

@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from control.config import ConferenceConfig
 from control.sip.errors import SipError
 from control.sip.uri import SipUri
+from control.streams import MediaKind, Stream
 
 from .notices import NoticeKind
 from .participant import MODERATOR, PARTICIPANT, Participant
@@ -189,10 +190,18 @@ class Moderation:
         return PARTICIPANT
 
     async def joined(self, room: Room, participant: Participant) -> None:
-        """After :meth:`Room.add`: a caller awaiting the PIN is muted until it keys it."""
+        """After :meth:`Room.add` (a caller awaiting the PIN was muted before the answer)."""
         if participant.awaiting_pin:
-            await self.host.mute_audio(room, participant, True)
             self.host.room_changed(room)
+
+    async def streams_added(
+        self, room: Room, participant: Participant, streams: Iterable[Stream]
+    ) -> None:
+        """A re-INVITE's new streams: new audio of a muted or PIN-awaiting participant starts
+        muted in the mixer too (the engine's mute is per stream)."""
+        audio = any(s.kind is MediaKind.AUDIO for s in streams)
+        if audio and (participant.muted or participant.awaiting_pin):
+            await self.host.mute_audio(room, participant, True)
 
     def left(self, participant: Participant) -> None:
         self._entry.pop(participant.id, None)
