@@ -30,6 +30,7 @@ the room change hook conference-info listens to.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import logging
 from collections.abc import Iterable, Mapping
@@ -256,8 +257,7 @@ class Moderation:
         for target in targets:
             room.announce(NoticeKind.KICKED, target, by, exclude=False)
         log.info("%s kicked from %s by %s", participant.uri, room.id, by)
-        for target in targets:
-            await self.host.end_participant(target, "kicked")
+        await self._end_all(room, targets, "kicked")
 
     def set_locked(self, room: Room, locked: bool, *, by: str = "operator") -> None:
         if room.locked == locked:
@@ -291,9 +291,17 @@ class Moderation:
         room.announce(NoticeKind.ROOM_ENDED, None, who=by)
         log.info("room %s ended by %s", room.id, by)
         participants = list(room.participants.values())
-        for participant in participants:
-            await self.host.end_participant(participant, "room ended")
+        await self._end_all(room, participants, "room ended")
         return len(participants)
+
+    async def _end_all(self, room: Room, participants: list[Participant], reason: str) -> None:
+        """BYE to each at once; one that fails (its peer gone) is logged, the others end."""
+        results = await asyncio.gather(
+            *(self.host.end_participant(p, reason) for p in participants), return_exceptions=True
+        )
+        for participant, result in zip(participants, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("ending %s in %s failed: %r", participant.uri, room.id, result)
 
     def _sync_chat(self, room: Room) -> None:
         if room.chat is not None:
