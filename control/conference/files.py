@@ -23,8 +23,12 @@
   room has settled, :meth:`RoomFiles.room_ended` keeps or deletes the room's files
   (``[files] after_room_ends``). A shutdown ends no room: rooms live at a restart keep their
   files whatever the policy says.
-- Not done: ``[files] push_to_participants`` (offering each new file to everyone) is parsed
-  but not acted on.
+- **Push to participants** (``[files] push_to_participants``, as SylkServer's
+  ``push_file_transfer``): each file newly stored is offered, in a call of the room's own
+  (:func:`~control.streams.fileoffer.push_file`), to every participant with a chat stream but
+  the sender (any session of the sender's identity) and transfer-only sessions. At most
+  ``[files] push_concurrency`` pushes of a room run at once; a refusal or failure is logged
+  once and touches nothing else. Pushes are tasks of the room: its end waits for them.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from control.media.engine import RoomId
 from control.msrp.fileselector import selector_for
 from control.msrp.transport import MsrpTransport
 from control.sip.errors import SipError
-from control.streams import FileStore, MsrpFileStream, StreamRequest
+from control.sip.uri import NameAddr
+from control.streams import FileStore, MediaKind, MsrpFileStream, StreamRequest
+from control.streams.fileoffer import PushRefused, PushTarget, push_file
 
 from .notices import NoticeKind, shown_text
 from .participant import Participant
@@ -107,6 +113,7 @@ class ConferenceFiles:
         self._retention: asyncio.Task[None] | None = None
         self.stopping = False  # the node shuts down: rooms stop, none *ends* (files stay)
         self._ending: set[asyncio.Task[None]] = set()
+        self._pushing: dict[RoomId, asyncio.Semaphore] = {}
 
     def store(self, room: RoomId) -> FileStore:
         return self.files.store(str(room))
@@ -178,6 +185,8 @@ class ConferenceFiles:
             )
             if stream.stored is not None:
                 self.announce(room, participant, stream.stored)
+                if self.files.policy.push_to_participants:
+                    self.push(room, participant, stream.stored)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -194,6 +203,56 @@ class ConferenceFiles:
         room.announce(
             NoticeKind.FILE, participant, detail, details=file_details(stored, url), exclude=False
         )
+
+    def push(self, room: Room, sender: Participant, stored: StoredFile) -> None:
+        """Offer ``stored`` to every participant it is for (see the module doc), each in a
+        task of the room, at most ``[files] push_concurrency`` at once."""
+        limit = self._pushing.setdefault(
+            room.id, asyncio.Semaphore(self.files.policy.push_concurrency)
+        )
+        running = self._running.setdefault(room.id, set())
+        loop = asyncio.get_running_loop()
+        for other in list(room.participants.values()):
+            if other.uri == sender.uri or other.transfer_only:
+                continue
+            if other.stream(MediaKind.CHAT) is None:
+                continue
+            task = loop.create_task(
+                self._push(room, other, stored, limit), name=f"push-{room.id}-{other.id}"
+            )
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+    async def _push(
+        self, room: Room, participant: Participant, stored: StoredFile, limit: asyncio.Semaphore
+    ) -> None:
+        session = participant.session
+        ua = session.ua
+        # Its Contact; sent where its INVITE came from, unless an outbound proxy routes.
+        target = PushTarget(
+            session.dialog.remote_target,
+            None if ua.outbound_proxy is not None else session.source,
+            participant.uri,
+        )
+        store = room.files if room.files is not None else self.store(room.id)
+        async with limit:
+            try:
+                chunks = await push_file(
+                    ua,
+                    self.msrp,
+                    store,
+                    stored,
+                    from_=NameAddr(room.uri),
+                    target=target,
+                    timeout=self.files.policy.push_timeout,
+                )
+            except PushRefused as exc:
+                log.info("push of %s to %s in %s: %s", stored.file_id, target.name, room.id, exc)
+                return
+            except Exception:
+                log.exception("push of %s to %s in %s failed", stored.file_id, target.name, room.id)
+                return
+        log.info("pushed %s (%d chunks) to %s in %s", stored.file_id, chunks, target.name, room.id)
 
     # ---- the room's end and retention -----------------------------------------------------
 
@@ -216,6 +275,7 @@ class ConferenceFiles:
         after_room_ends`` — unless ``still_gone()`` says a new room of the same URI has
         started meanwhile (it uses the files)."""
         tasks = self._running.pop(room.id, set())
+        self._pushing.pop(room.id, None)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         if room.files is not None:

@@ -118,6 +118,8 @@ class FilesPolicy:
     retain_room_bytes: int | None = None
     after_room_ends: AfterRoomEnds = AfterRoomEnds.KEEP
     push_to_participants: bool = False  # for the room: offer each new file to everyone
+    push_concurrency: int = 4  # pushes of one room at once
+    push_timeout: float = 600.0  # seconds one push may take
 
     @classmethod
     def from_config(cls, config: FilesConfig) -> FilesPolicy:
@@ -129,6 +131,8 @@ class FilesPolicy:
             retain_room_bytes=config.retain_room_bytes or None,
             after_room_ends=AfterRoomEnds(config.after_room_ends),
             push_to_participants=config.push_to_participants,
+            push_concurrency=config.push_concurrency,
+            push_timeout=config.push_timeout,
         )
 
 

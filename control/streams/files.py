@@ -25,8 +25,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
-from typing import BinaryIO
 
 from control.files.spool import FileMeta, SpoolError, StoredFile, Upload, to_disk
 from control.msrp.events import (
@@ -45,15 +43,14 @@ from control.msrp.fileselector import (
     parse_file_transfer,
     selector_for,
 )
-from control.msrp.filetransfer import FileReceiver, FileSender, FileTransferError
-from control.msrp.message import Flag
+from control.msrp.filetransfer import FileReceiver, FileTransferError
 from control.msrp.sdp import MsrpMedia, Setup, accept_msrp
-from control.msrp.session import make_ident
 from control.msrp.transport import MsrpChannel, MsrpConnectError, MsrpTransport
 from control.sip import sdp
 from control.sip.sdp import Direction
 
 from .base import MediaKind
+from .fileoffer import SendFailed, send_stored
 from .filestore import FileStore, finish_and_commit
 from .msrp import MsrpLeg, read_msrp_offer
 
@@ -63,10 +60,6 @@ log = logging.getLogger("chorus.streams.files")
 
 WRITE_BATCH = 1024 * 1024
 """Contiguous received bytes gathered before one trip to the disk thread."""
-
-
-def _read_at(handle: BinaryIO, offset: int, size: int) -> bytes:
-    return os.pread(handle.fileno(), size, offset)
 
 
 class MsrpFileStream:
@@ -263,38 +256,18 @@ class MsrpFileStream:
 
     async def _send(self, stored: StoredFile) -> str:
         """Send the stored file (or the requested range) as one message, chunk by chunk."""
-        sender = FileSender(
-            stored.size, chunk_size=self.files.chunk_size, file_range=self.transfer.range
-        )
-        message_id = make_ident(self.files.random)
+
+        def check(event: object) -> None:
+            failure = self._send_failure(event)
+            if failure:
+                raise SendFailed(failure)
+
         try:
-            handle = await to_disk(self.files.spool.open_read, stored)
-        except OSError as exc:
-            return self._failed(f"cannot read {stored.file_id}: {exc}")
-        chunks = 0
-        try:
-            for piece in sender.pieces():
-                data = await to_disk(_read_at, handle, piece.offset, piece.length)
-                if len(data) != piece.length:
-                    return self._failed(f"{stored.file_id} shrank on disk")
-                self.channel.send_chunk(
-                    message_id,
-                    stored.content_type,
-                    data,
-                    offset=piece.offset,
-                    total=stored.size,
-                    flag=Flag.END if piece.last else Flag.CONTINUE,
-                )
-                chunks += 1
-                await self.channel.drain()
-                for event in self.channel.events():
-                    failure = self._send_failure(event)
-                    if failure:
-                        return self._failed(failure)
-        except MsrpConnectError as exc:
-            return self._failed(str(exc))
-        finally:
-            handle.close()
+            chunks = await send_stored(
+                self.channel, self.files, stored, check=check, file_range=self.transfer.range
+            )
+        except SendFailed as exc:
+            return self._failed(exc.reason)
         self.transfers += 1
         self.outcome = "sent"
         log.info("sent %s (%d chunks) to %s", stored.file_id, chunks, self.sender)
