@@ -122,6 +122,16 @@ AudioEvent = (
 
 
 class AudioEngine(ABC):
+    # True when the engine reports key presses (DtmfReceived): only then may a room take a
+    # PIN keyed after joining (control/conference/moderation.py).
+    surfaces_dtmf = False
+
+    async def set_deaf(self, room: RoomId, participant: ParticipantId, deaf: bool) -> None:
+        """Stop (or resume) sending the room's audio to this participant (a caller awaiting
+        the room's PIN hears nothing). Needed only by engines that surface DTMF: the others
+        never hold anyone, and ignore it."""
+        return None
+
     @abstractmethod
     async def attach(
         self,

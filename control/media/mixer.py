@@ -289,6 +289,16 @@ class EmbeddedMixer(AudioEngine):
         if not self._rooms:
             self._stop_ticking()
 
+    surfaces_dtmf = True
+
+    async def set_deaf(self, room: RoomId, participant: ParticipantId, deaf: bool) -> None:
+        if self._pool is not None:
+            await self._pool.call(room, "deaf", room, participant, deaf)
+            return
+        mix = self._rooms.get(room)
+        if mix is not None and participant in mix.streams:
+            mix.streams[participant].deaf = deaf
+
     async def set_muted(self, room: RoomId, participant: ParticipantId, muted: bool) -> None:
         if self._pool is not None:
             await self._pool.call(room, "mute", room, participant, muted)

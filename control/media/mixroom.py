@@ -241,7 +241,7 @@ class MixRoom:
         sent = 0
         for pid, stream in self.streams.items():
             dest = stream.destination
-            if dest is None:
+            if dest is None or stream.deaf:
                 continue
             try:
                 payload = self._payload(

@@ -155,6 +155,8 @@ async def _dispatch(mixer: Any, op: str, args: tuple[Any, ...]) -> Any:
         return await mixer.detach(*args)
     if op == "mute":
         return await mixer.set_muted(*args)
+    if op == "deaf":
+        return await mixer.set_deaf(*args)
     if op == "stats":
         return await mixer.stats()
     if op == "quality":

@@ -177,6 +177,7 @@ class ParticipantStream:
         self.stats = StreamStats()
         self.talk = talk or TalkDetector()
         self.muted = False
+        self.deaf = False  # sent nothing of the room (awaiting its PIN)
         self.latched: Address | None = None
         self.rtcp_latched: Address | None = None  # where the peer's RTCP comes from
         self.last_rtp = now
