@@ -32,7 +32,7 @@ from control.sip.uri import NameAddr, SipUri, parse_uri
 from control.streams import MediaKind, Stream
 from tests.peers.rtp_endpoint import RtpEndpoint
 from tests.peers.wait import wait_until
-from tests.test_media_mixer import _drain, _join, make_mixer
+from tests.test_media_mixer import ROOM, _drain, _join, _mixed_past, make_mixer
 
 
 class RecordingHost:
@@ -41,11 +41,15 @@ class RecordingHost:
 
     def __init__(self) -> None:
         self.muted: list[tuple[str, bool]] = []
+        self.held: list[tuple[str, bool]] = []
         self.ended: list[tuple[str, str]] = []
         self.changes = 0
 
     async def mute_audio(self, room: Room, participant: Participant, muted: bool) -> None:
         self.muted.append((participant.id, muted))
+
+    async def hold_audio(self, room: Room, participant: Participant, held: bool) -> None:
+        self.held.append((participant.id, held))
 
     async def end_participant(self, participant: Participant, reason: str) -> None:
         self.ended.append((participant.id, reason))
@@ -117,7 +121,7 @@ def test_locked_room_refuses_403_with_reason() -> None:
     room, _ = _room()
     room.locked = True
     with pytest.raises(SipError) as caught:
-        moderation.admit(room, room.uri, "sip:a@h", audio=True)
+        moderation.admit(room, room.uri, "sip:a@h", keypad=True)
     assert (caught.value.status, caught.value.reason) == (403, "Room is locked")
 
 
@@ -126,26 +130,26 @@ def test_pin_right_wrong_missing() -> None:
     room, _ = _room()
     moderation.room_opened(room)
     assert room.pin == "4321"
-    assert not moderation.admit(room, _uri("sip:r@h?pin=4321"), "sip:a@h", audio=True).awaiting_pin
+    assert not moderation.admit(room, _uri("sip:r@h?pin=4321"), "sip:a@h", keypad=True).awaiting_pin
     with pytest.raises(SipError) as caught:
-        moderation.admit(room, _uri("sip:r@h?pin=1111"), "sip:a@h", audio=True)
+        moderation.admit(room, _uri("sip:r@h?pin=1111"), "sip:a@h", keypad=True)
     assert (caught.value.status, caught.value.reason) == (403, "Wrong PIN")
-    assert moderation.admit(room, room.uri, "sip:a@h", audio=True).awaiting_pin
+    assert moderation.admit(room, room.uri, "sip:a@h", keypad=True).awaiting_pin
     with pytest.raises(SipError) as caught:
-        moderation.admit(room, room.uri, "sip:a@h", audio=False)
+        moderation.admit(room, room.uri, "sip:a@h", keypad=False)
     assert (caught.value.status, caught.value.reason) == (403, "PIN required")
 
 
 def test_roles_by_pattern_and_creator() -> None:
     moderation, _ = _moderation(moderators=("sip:boss@*",))
     room, _ = _room()
-    assert moderation.admit(room, room.uri, "sip:first@h", audio=True).role == MODERATOR
+    assert moderation.admit(room, room.uri, "sip:first@h", keypad=True).role == MODERATOR
     room.add(_person("p1", "sip:first@h"))
-    assert moderation.admit(room, room.uri, "sip:second@h", audio=True).role == PARTICIPANT
-    assert moderation.admit(room, room.uri, "sip:BOSS@example.org", audio=True).role == MODERATOR
+    assert moderation.admit(room, room.uri, "sip:second@h", keypad=True).role == PARTICIPANT
+    assert moderation.admit(room, room.uri, "sip:BOSS@example.org", keypad=True).role == MODERATOR
     quiet, _ = _moderation(creator_moderates=False)
     other, _ = _room("o")
-    assert quiet.admit(other, other.uri, "sip:first@h", audio=True).role == PARTICIPANT
+    assert quiet.admit(other, other.uri, "sip:first@h", keypad=True).role == PARTICIPANT
 
 
 async def test_keypad_pin_lets_in_and_wrong_pins_end() -> None:
@@ -160,7 +164,7 @@ async def test_keypad_pin_lets_in_and_wrong_pins_end() -> None:
     for key in "12#":
         await moderation.digit(room, waiting, key)
     assert not waiting.awaiting_pin
-    assert host.muted[-1] == ("w", False)
+    assert host.held == [("w", False)]
     assert log.sent[-1][0] is NoticeKind.JOINED
     # Another caller keys wrong twice: ended.
     bad = _person("b", "sip:b@h", awaiting=True)
@@ -261,3 +265,25 @@ async def test_new_audio_of_a_muted_participant_starts_muted() -> None:
     await moderation.streams_added(room, bob, [chat])
     await moderation.streams_added(room, bob, [audio])
     assert host.muted == [("b", True), ("b", True)]
+    waiting = _person("w", "sip:w@h", awaiting=True)
+    room.add(waiting)
+    await moderation.streams_added(room, waiting, [audio])
+    assert host.held == [("w", True)]
+
+
+async def test_mixer_sends_a_deaf_listener_nothing() -> None:
+    engine = make_mixer(12)
+    talker, held = RtpEndpoint("PCMU", 8000, 0, seed=5), RtpEndpoint("PCMU", 8000, 0, seed=6)
+    try:
+        _, held_id = await _join(engine, [talker, held])
+        await engine.set_deaf(ROOM, held_id, True)
+        before = len(held.packets())
+        await talker.play(440.0, 0.5)
+        assert await _mixed_past(talker), "the room stopped sending"
+        assert len(held.packets()) == before, "a deaf listener was sent the room"
+        await engine.set_deaf(ROOM, held_id, False)
+        assert await _mixed_past(held), "sending did not resume"
+    finally:
+        talker.close()
+        held.close()
+        await engine.close()

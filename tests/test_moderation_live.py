@@ -3,8 +3,8 @@ and the admin API:
 
 - the PIN in the INVITE (a ``Pin`` header field, what a dialled ``?pin=`` becomes, or a
   ``;pin=`` Request-URI parameter): wrong 403 ``Wrong PIN``, right joins and is heard;
-- no PIN: the caller joins held out (its tone reaches nobody, it is in nobody's chat) until it
-  keys the PIN as RFC 4733 telephone-events, then everyone hears it (FFT);
+- no PIN: the caller joins held (its tone reaches nobody, the room sends it nothing) until it
+  keys the PIN as RFC 4733 telephone-events, then they hear each other (FFT);
 - lock by the API: a new join 403 ``Room is locked``; unlock: joins again;
 - mute by the API: the muted participant's tone no longer reaches the others (FFT), unmute
   brings it back; everyone's chat gets the notices;
@@ -146,6 +146,10 @@ async def test_keypad_pin_holds_out_until_keyed(chorus: ChorusProcess, admin: Ad
         states = {p["uri"]: p["awaiting_pin"] for p in room["participants"]}
         assert states == {"sip:alice@127.0.0.1": False, "sip:bob@127.0.0.1": True}
         assert await heard(alice.audio, bob.audio, BOB_TONE) < ABSENT, "heard before the PIN"
+        sent = len(bob.audio.packets())
+        await alice.audio.play(ALICE_TONE, 1.0)
+        assert await mixed_past(alice.audio), "the room stopped sending"
+        assert len(bob.audio.packets()) == sent, "the room reached bob before the PIN"
         await bob.audio.send_dtmf("1#" + PIN + "#")  # a wrong try first, then the PIN
         _, room = await admin.call("GET", "/api/rooms/vault")
         for _ in range(100):
@@ -155,6 +159,7 @@ async def test_keypad_pin_holds_out_until_keyed(chorus: ChorusProcess, admin: Ad
             _, room = await admin.call("GET", "/api/rooms/vault")
         assert not any(p["awaiting_pin"] for p in room["participants"]), room
         assert await heard(alice.audio, bob.audio, BOB_TONE) > HEARD, "not heard after the PIN"
+        assert await heard(bob.audio, alice.audio, ALICE_TONE) > HEARD, "bob hears nothing"
     finally:
         for caller in (alice, bob):
             await caller.close()

@@ -244,7 +244,8 @@ class ConferenceApp:
                 room,
                 uri,
                 identity_uri(call.remote_identity),
-                audio=any(m.media == "audio" and m.port for m in offer.media),
+                keypad=self.engine.surfaces_dtmf
+                and any(m.media == "audio" and m.port for m in offer.media),
                 pin=call.request.headers.get("Pin"),
             )
         except SipError as exc:
@@ -271,6 +272,11 @@ class ConferenceApp:
             await result.abort()
             self._drop_if_empty(room)
             return
+        if admission.awaiting_pin and any(
+            s.kind is MediaKind.AUDIO for s in result.streams.values()
+        ):  # held before the answer: none of its RTP is mixed, none of the room's sent
+            await self.engine.set_muted(room.id, participant_id, True)
+            await self.engine.set_deaf(room.id, participant_id, True)
         session = call.accept(answer, user=uri.user)
         await result.commit()
         participant = Participant(
@@ -379,6 +385,7 @@ class ConferenceApp:
         if self.screens is not None and any(s.kind is MediaKind.CHAT for s in gone):
             self.screens.stop(room.id, participant.id)  # its chat stream carried the frames
         await result.commit()
+        await self.moderation.streams_added(room, participant, result.created)
         room.streams_started(participant, result.created)
         self._files_started(room, participant, result.created)
 
@@ -436,6 +443,11 @@ class ConferenceApp:
     async def mute_audio(self, room: Room, participant: Participant, muted: bool) -> None:
         if participant.stream(MediaKind.AUDIO) is not None:
             await self.engine.set_muted(room.id, participant.id, muted)
+
+    async def hold_audio(self, room: Room, participant: Participant, held: bool) -> None:
+        if participant.stream(MediaKind.AUDIO) is not None:
+            await self.engine.set_deaf(room.id, participant.id, held)
+            await self.engine.set_muted(room.id, participant.id, held or participant.muted)
 
     async def end_participant(self, participant: Participant, reason: str) -> None:
         await self._end(participant.session, reason)

@@ -15,10 +15,10 @@ Joining (:meth:`Moderation.admit`, before the answer):
   a Request-URI itself, §19.1.1, so a Request-URI ``?pin=`` is the parser's 400), or a
   ``;pin=1234`` Request-URI parameter; a right one joins at once, a wrong one is refused
   ``403 Wrong PIN``; without one, a caller
-  with audio joins *awaiting the PIN* — muted in the mix and out of the chat until it keys
-  the PIN on its keypad (RFC 4733 telephone-events, then ``#``); after ``pin_attempts``
-  wrong PINs it is ended with BYE. A caller with no audio cannot key anything: ``403 PIN
-  required``.
+  with audio joins *awaiting the PIN* — held (neither mixed nor sent the room's audio) and
+  out of the chat until it keys the PIN on its keypad (RFC 4733 telephone-events, then
+  ``#``); after ``pin_attempts`` wrong PINs it is ended with BYE. A caller that cannot key
+  anything (no audio, or an audio engine that reports no DTMF) gets ``403 PIN required``.
 
 The role is given on admission: a URI matching a ``moderators`` pattern (fnmatch, on the
 caller's identity ``sip:user@host``), or the room's creator (its first joiner) when
@@ -114,6 +114,10 @@ class ModerationHost(Protocol):
 
     async def mute_audio(self, room: Room, participant: Participant, muted: bool) -> None: ...
 
+    async def hold_audio(self, room: Room, participant: Participant, held: bool) -> None:
+        """Held: neither mixed nor sent the room's audio (awaiting the PIN); released: back
+        to the mix, muted as the participant is."""
+
     async def end_participant(self, participant: Participant, reason: str) -> None: ...
 
     def room_changed(self, room: Room) -> None: ...
@@ -162,10 +166,11 @@ class Moderation:
         self._sync_chat(room)
 
     def admit(
-        self, room: Room, uri: SipUri, caller: str, *, audio: bool, pin: str | None = None
+        self, room: Room, uri: SipUri, caller: str, *, keypad: bool, pin: str | None = None
     ) -> Admission:
         """Before the answer: SipError 403 when this caller may not join (see module doc);
-        ``pin`` is the INVITE's ``Pin`` header field."""
+        ``keypad``: it could key a PIN (audio, an engine that reports DTMF); ``pin`` is the
+        INVITE's ``Pin`` header field."""
         if room.locked:
             raise SipError(403, "Room is locked")
         awaiting = False
@@ -175,7 +180,7 @@ class Moderation:
                 if given.strip().upper() != room.pin:
                     log.info("%s gave a wrong PIN for %s", caller, room.id)
                     raise SipError(403, "Wrong PIN")
-            elif audio:
+            elif keypad:
                 awaiting = True
             else:
                 raise SipError(403, "PIN required")
@@ -200,8 +205,11 @@ class Moderation:
     ) -> None:
         """A re-INVITE's new streams: new audio of a muted or PIN-awaiting participant starts
         muted in the mixer too (the engine's mute is per stream)."""
-        audio = any(s.kind is MediaKind.AUDIO for s in streams)
-        if audio and (participant.muted or participant.awaiting_pin):
+        if not any(s.kind is MediaKind.AUDIO for s in streams):
+            return
+        if participant.awaiting_pin:
+            await self.host.hold_audio(room, participant, True)
+        elif participant.muted:
             await self.host.mute_audio(room, participant, True)
 
     def left(self, participant: Participant) -> None:
@@ -233,8 +241,7 @@ class Moderation:
         participant.awaiting_pin = False
         self._failures.pop(participant.id, None)
         room.admitted(participant)
-        if not participant.muted:
-            await self.host.mute_audio(room, participant, False)
+        await self.host.hold_audio(room, participant, False)
         self.host.room_changed(room)
 
     # --- actions (the admin API; REFER's BYE; chat commands some day) ----------------------
