@@ -23,6 +23,7 @@ from control.conference.moderation import (
 from control.conference.notices import NoticeKind
 from control.conference.participant import MODERATOR, PARTICIPANT, Participant
 from control.conference.room import Room
+from control.config import ConfigError, parse_config
 from control.media.engine import DtmfReceived, ParticipantId, RoomId
 from control.msrp.errors import MsrpError
 from control.sip import sdp
@@ -287,3 +288,32 @@ async def test_mixer_sends_a_deaf_listener_nothing() -> None:
         talker.close()
         held.close()
         await engine.close()
+
+
+def test_config_rooms_and_api_validated() -> None:
+    config = parse_config(
+        {
+            "conference": {
+                "moderators": ["sip:*@ops.example.com"],
+                "pin_attempts": 5,
+                "rooms": {"Vault": {"pin": "12ab", "locked": True, "private_messages": False}},
+            },
+            "api": {"listen": "http:127.0.0.1:8700", "token": "s" * 16},
+        }
+    )
+    policy = ModerationPolicy.from_config(config.conference)
+    settings = policy.settings("vault@conf.example.com")
+    assert (settings.pin, settings.locked, settings.private_messages) == ("12AB", True, False)
+    assert policy.settings("other@conf.example.com") == RoomSettings()
+    assert (policy.moderators, policy.pin_attempts) == (("sip:*@ops.example.com",), 5)
+    assert (config.api.listen.port, config.api.token) == (8700, "s" * 16)
+    for bad in (
+        {"conference": {"rooms": {"v": {"pin": "12#"}}}},
+        {"conference": {"rooms": {"v": {"colour": "red"}}}},
+        {"conference": {"pin_attempts": 0}},
+        {"api": {"listen": "http:0.0.0.0:8700"}},
+        {"api": {"listen": "https:127.0.0.1:8700"}},
+        {"api": {"token": "short"}},
+    ):
+        with pytest.raises(ConfigError):
+            parse_config(bad)
