@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from control.config import ConferenceConfig
+from control.media.engine import ParticipantId
 from control.sip.errors import SipError
 from control.sip.uri import SipUri
 from control.streams import MediaKind, Stream
@@ -317,8 +318,9 @@ class Moderation:
 
 def find_participant(room: Room, key: str) -> Participant | None:
     """A participant named by its id, its URI (``sip:`` optional) or its display name."""
-    if key in room.participants:
-        return room.participants[key]  # type: ignore[index]
+    by_id = room.participants.get(ParticipantId(key))
+    if by_id is not None:
+        return by_id
     wanted = key.lower()
     if not wanted.startswith(("sip:", "sips:")) and "@" in wanted:
         wanted = "sip:" + wanted
