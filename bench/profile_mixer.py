@@ -71,8 +71,8 @@ STAGES = {
     "codecs.py": "decode / encode",
     "speex.py": "decode / encode",
     "polyphase.py": "resample",
-    "mixroom.py": "mix-minus + limiter",
-    "stream.py": "stream bookkeeping (VAD, FIFO, source filter)",
+    "mixroom.py": "mix-minus, limiter, per-listener loop (mixroom)",
+    "stream.py": "stream bookkeeping (VAD level, FIFO, source filter)",
     "rtcpsession.py": "RTCP",
     "rtcp.py": "RTCP",
     "mixer.py": "mixer tick / send loop",
@@ -144,8 +144,6 @@ def _own_stage(key: Key) -> str | None:
         return "resample"
     if base == "stream.py" and func == "pull":
         return "decode / encode"
-    if base == "stream.py" and func == "level_db":
-        return "mix-minus + limiter"
     return stage
 
 
