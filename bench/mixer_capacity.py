@@ -39,6 +39,7 @@ import random
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -147,14 +148,17 @@ def core_cost(codec: str, room_size: int, rooms: int, share: bool, ticks: int) -
 # --- 2. live ---------------------------------------------------------------------------
 
 
-def _sender(targets: list[tuple[int, bool]], codec: str, seconds: float, ready: Any) -> None:
-    """Synthetic phones: one UDP socket each, one RTP packet every 20 ms, drift-free."""
-    _name, _rate, pt, _ch = CODECS[codec]
-    step = {"G711": 160, "G722": 160, "Opus": 960}[codec]
-    talk = _payloads(codec, 50, True)
-    quiet = _payloads(codec, 50, False)
+def paced_phones(
+    ports: list[int],
+    payload: Callable[[int, int], bytes],
+    pt: int,
+    step: int,
+    seconds: float,
+    ready: Any,
+) -> None:
+    """Synthetic phones: one UDP socket per port, `payload(index, k)` every 20 ms, drift-free."""
     socks = []
-    for _ in targets:
+    for _ in ports:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind((LOOPBACK, 0))
         s.setblocking(False)
@@ -163,11 +167,10 @@ def _sender(targets: list[tuple[int, bool]], codec: str, seconds: float, ready: 
     start = time.monotonic()
     k = 0
     while time.monotonic() - start < seconds:
-        for index, ((port, talker), s) in enumerate(zip(targets, socks, strict=True)):
-            payload = (talk if talker else quiet)[k % 50]
-            data = RtpPacket(pt, k & 0xFFFF, k * step, 5000 + index, payload).serialize()
+        for index, (port, s) in enumerate(zip(ports, socks, strict=True)):
+            data = RtpPacket(pt, k & 0xFFFF, k * step, 5000 + index, payload(index, k))
             try:
-                s.sendto(data, (LOOPBACK, port))
+                s.sendto(data.serialize(), (LOOPBACK, port))
             except OSError:
                 pass
         k += 1
@@ -176,6 +179,19 @@ def _sender(targets: list[tuple[int, bool]], codec: str, seconds: float, ready: 
             time.sleep(delay)
     for s in socks:
         s.close()
+
+
+def _sender(targets: list[tuple[int, bool]], codec: str, seconds: float, ready: Any) -> None:
+    """One talker (a tone) or a silent phone per target."""
+    _name, _rate, pt, _ch = CODECS[codec]
+    step = {"G711": 160, "G722": 160, "Opus": 960}[codec]
+    talk = _payloads(codec, 50, True)
+    quiet = _payloads(codec, 50, False)
+    ports = [port for port, _talker in targets]
+    talkers = [talker for _port, talker in targets]
+    paced_phones(
+        ports, lambda i, k: (talk if talkers[i] else quiet)[k % 50], pt, step, seconds, ready
+    )
 
 
 async def live_step(

@@ -33,12 +33,12 @@ import os
 import platform
 import pstats
 import random
-import socket
 import sys
 import time
 from collections import defaultdict
 from typing import Any
 
+from bench.mixer_capacity import paced_phones
 from control.media.answer import answer_audio, supported_rtpmaps
 from control.media.codecs import codec_for
 from control.media.engine import ParticipantId, RoomId
@@ -289,28 +289,9 @@ def _phones(targets: list[tuple[int, int]], codec: str, seconds: float, ready: A
     """One socket per participant, its tone every 20 ms, drift-free."""
     _name, _rate, pt, _ch, step = CODECS[codec]
     tones = [payloads(codec, f, 50, 0.1) for f in TONES]
-    socks = []
-    for _ in targets:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind((LOOPBACK, 0))
-        s.setblocking(False)
-        socks.append(s)
-    ready.set()
-    start = time.monotonic()
-    k = 0
-    while time.monotonic() - start < seconds:
-        for index, ((port, tone), s) in enumerate(zip(targets, socks, strict=True)):
-            data = RtpPacket(pt, k & 0xFFFF, k * step, 5000 + index, tones[tone][k % 50])
-            try:
-                s.sendto(data.serialize(), (LOOPBACK, port))
-            except OSError:
-                pass
-        k += 1
-        delay = start + k * 0.02 - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-    for s in socks:
-        s.close()
+    which = [tone for _port, tone in targets]
+    ports = [port for port, _tone in targets]
+    paced_phones(ports, lambda i, k: tones[which[i]][k % 50], pt, step, seconds, ready)
 
 
 async def live_profile(
