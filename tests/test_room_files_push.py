@@ -1,7 +1,9 @@
 """``[files] push_to_participants`` through a real `chorus serve` (issue 9; SylkServer's
 ``push_file_transfer``): a file alice uploads into the room is pushed, in a new call from the
 room, to every other chat participant (RFC 5547 §8.2: a ``sendonly`` offer with the full
-selector); each one's client answers ``recvonly`` and receives exactly the stored bytes. A
+selector, ``a=setup:actpass``); each one's client answers ``recvonly`` (bob and carol
+``active``, they connect; frank ``passive``, the room connects to him, RFC 6135) and receives
+exactly the stored bytes. A
 participant that declines (603) or refuses the m-line (port 0) does not stop the others;
 alice (the sender, in any of her sessions) gets no push.
 """
@@ -11,18 +13,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from control.config import ListenAddress
 from control.msrp.events import ConnectionFailed, MessageAborted, MessageReceived
 from control.msrp.fileselector import HASH_SHA1, FileSelector, parse_file_transfer
 from control.msrp.sdp import Setup, accept_msrp, parse_msrp_media
 from control.sip import sdp
 from control.sip.session import IncomingCall
 from control.sip.useragent import IncomingRequest
+from control.tls import generate_self_signed
 from tests.peers.chatclient import ChatClient
 from tests.peers.chorus import ChorusProcess
 from tests.test_room_files_live import ROOM, Upload, person, push
@@ -30,6 +35,7 @@ from tests.test_streams_media import answer_of
 
 pytestmark = pytest.mark.timeout(300)
 
+LISTEN = (ListenAddress("tls", "127.0.0.1", 0),)
 SIZE = 3 * 1024 * 1024 + 12345  # several chunks, the last one short
 
 
@@ -41,6 +47,7 @@ class Receiver:
 
     client: ChatClient
     refuse: int | None = None
+    passive: bool = False  # answer a=setup:passive (the room connects to our listener)
     offers: list[sdp.SessionDescription] = field(default_factory=list)
     received: list[bytes] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -103,8 +110,18 @@ def chorus() -> Iterator[ChorusProcess]:
         assert "Traceback" not in process.log(), process.log()
 
 
+@pytest.fixture(scope="module")
+def server_context(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "c.pem", directory / "k.pem"
+    generate_self_signed(cert, key, ["127.0.0.1"])
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
 async def test_a_stored_file_is_pushed_to_every_other_chat_participant(
-    chorus: ChorusProcess,
+    chorus: ChorusProcess, server_context: ssl.SSLContext
 ) -> None:
     data = random.Random(5).randbytes(SIZE)
     up = Upload(data, hashlib.sha1(data).digest())
@@ -114,13 +131,16 @@ async def test_a_stored_file_is_pushed_to_every_other_chat_participant(
         person("carol", "Carol", "tcp") as carol,
         person("dave", "Dave", "udp") as dave,
         person("erin", "Erin", "udp") as erin,
+        person("frank", "Frank", "udp") as frank,
     ):
+        await frank.msrp.start(LISTEN, ssl_server=server_context)
         receivers = {
             "alice": Receiver(alice),
             "bob": Receiver(bob),
             "carol": Receiver(carol),
             "dave": Receiver(dave, refuse=603),
             "erin": Receiver(erin, refuse=0),
+            "frank": Receiver(frank, passive=True),  # the room connects (RFC 6135)
         }
         for receiver in receivers.values():
             receiver.install()
@@ -131,11 +151,11 @@ async def test_a_stored_file_is_pushed_to_every_other_chat_participant(
         assert statuses and set(statuses) == {200}, "alice's upload is stored"
 
         async def delivered() -> None:
-            while not (receivers["bob"].received and receivers["carol"].received):
+            while not all(receivers[n].received for n in ("bob", "carol", "frank")):
                 await asyncio.sleep(0.1)
 
         await asyncio.wait_for(delivered(), 120)
-        for name in ("bob", "carol"):
+        for name in ("bob", "carol", "frank"):
             (body,) = receivers[name].received
             assert hashlib.sha1(body).digest() == up.sha1, f"{name} got the stored bytes"
             (offer,) = receivers[name].offers
@@ -157,4 +177,4 @@ async def test_a_stored_file_is_pushed_to_every_other_chat_participant(
         log = chorus.log()
         assert log.count("INVITE answered 603") == 1, log
         assert log.count("file m-line refused (port 0)") == 1, log
-        assert log.count(" chunks) to sip:") == 2, "bob's and carol's pushes ended with BYE"
+        assert log.count(" chunks) to sip:") == 3, "bob's, carol's, frank's pushes ended"
