@@ -27,9 +27,9 @@ from control.msrp.sdp import Setup, accept_msrp, parse_msrp_media
 from control.sip import sdp
 from control.sip.session import IncomingCall
 from control.sip.useragent import IncomingRequest
-from control.tls import generate_self_signed
 from tests.peers.chatclient import ChatClient
 from tests.peers.chorus import ChorusProcess
+from tests.test_msrp_transport import server_context  # noqa: F401 - the fixture
 from tests.test_room_files_live import ROOM, Upload, person, push
 from tests.test_streams_media import answer_of
 
@@ -110,18 +110,9 @@ def chorus() -> Iterator[ChorusProcess]:
         assert "Traceback" not in process.log(), process.log()
 
 
-@pytest.fixture(scope="module")
-def server_context(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "c.pem", directory / "k.pem"
-    generate_self_signed(cert, key, ["127.0.0.1"])
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    return context
-
-
 async def test_a_stored_file_is_pushed_to_every_other_chat_participant(
-    chorus: ChorusProcess, server_context: ssl.SSLContext
+    chorus: ChorusProcess,
+    server_context: ssl.SSLContext,  # noqa: F811 - the fixture imported above
 ) -> None:
     data = random.Random(5).randbytes(SIZE)
     up = Upload(data, hashlib.sha1(data).digest())
