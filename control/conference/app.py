@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -66,6 +66,9 @@ from control.streams import (
 
 from .chat import ChatCore, ChatLimits, ChatMember, ChatSessionId
 from .files import ConferenceFiles, FileLinks
+from .info import CONFERENCE_INFO_TYPE
+from .infonotify import ConferenceInfo
+from .infosubs import RoomFileRecord
 from .moderation import Moderation, ModerationPolicy
 from .participant import Participant, identity_uri
 from .room import Room, RoomObserver, room_id_for, room_uri_for
@@ -90,6 +93,8 @@ CPIM_ENVELOPE = 16 * 1024  # room for a frame's CPIM headers on top of its (base
 class ConferenceLimits:
     max_rooms: int = 1000
     max_participants: int = 100
+    info_interval: float = 1.0  # seconds between two conference-info NOTIFYs of a subscription
+    info_max_subscriptions: int = 100  # conference-info subscriptions per room (503 beyond)
 
 
 class _ChatCheck:
@@ -146,6 +151,11 @@ class ConferenceApp:
             frame = screens.board.limits.max_frame_bytes
             self.chat_max_size = max(self.chat_max_size, (frame + 2) // 3 * 4 + CPIM_ENVELOPE)
         self.rooms: dict[RoomId, Room] = {}
+        self.info = ConferenceInfo(
+            min_interval=limits.info_interval,
+            max_subscriptions=limits.info_max_subscriptions,
+            files=self._room_files,
+        )
         self.moderation = Moderation(moderation, self)
         self._events_task: asyncio.Task[None] | None = None
 
@@ -202,6 +212,7 @@ class ConferenceApp:
             if self.screens is not None:
                 self.screens.stop_room(room.id)
             room.close()
+            self.info.room_ended(room)  # terminated NOTIFYs (RFC 4575 §3: the room is gone)
             log.info("room %s ended", room.id)
             self._notify_observer(room.id, opened=False)
             if self.files is not None:
@@ -542,18 +553,7 @@ class ConferenceApp:
     async def incoming_message(self, message: IncomingMessage) -> None:
         """To the room of the participant's dialog (RFC 3428 §4: MESSAGE inside a dialog), or
         out of dialog to the room of the Request-URI (only an INVITE opens a room)."""
-        room: Room | None = None
-        if message.session is not None:
-            room = next(
-                (
-                    r
-                    for r in self.rooms.values()
-                    if any(p.session is message.session for p in r.participants.values())
-                ),
-                None,
-            )
-        elif isinstance(message.recipient, SipUri):
-            room = self.rooms.get(room_id_for(message.recipient))
+        room = self._room_of(message.session, message.recipient)
         if room is None or room.chat is None:
             message.reject(404, "No such room")
             return
@@ -578,12 +578,56 @@ class ConferenceApp:
     # --- other entry points ----------------------------------------------------------------
 
     async def incoming_subscribe(self, subscription: Subscription) -> None:
-        subscription.reject(489)  # conference event package: a later issue
+        """``Event: conference`` (RFC 4575) on a live room's URI, or inside a participant's
+        dialog (RFC 4579 §5.2). A room nobody is in is 404: rooms are ad hoc, made by the
+        INVITE that joins them (RFC 4579 §5.1) and gone with their last participant, so a
+        watcher neither creates one nor keeps one open (anyone could make rooms at will)."""
+        if subscription.package != "conference":
+            subscription.bad_event("conference")
+            return
+        types = subscription.accept_types
+        if types and not any(t in (CONFERENCE_INFO_TYPE, "application/*", "*/*") for t in types):
+            subscription.reject(406)  # RFC 6665 §4.2.1.1: a body we cannot send
+            return
+        room = self._room_of(subscription.session, subscription.request_uri)
+        if room is None:
+            subscription.reject(404, "No such room")
+            return
+        if self.info.full(room):
+            subscription.respond(503, headers=[("Retry-After", "10")])
+            log.info("conference-info subscriptions of %s at the limit", room.id)
+            return
+        notifier = subscription.accept()
+        if notifier.fetch:
+            notifier.notify(self.info.fetch(room), CONFERENCE_INFO_TYPE)
+            return
+        self.info.subscribe(room, notifier, notifier)
+        notifier.on_refresh = lambda: self.info.refreshed(room, notifier)
+        notifier.ended.add_done_callback(lambda _: self.info.unsubscribe(room.id, notifier))
+
+    def _room_files(self, room: Room) -> Sequence[RoomFileRecord]:
+        return self.files.files.list(room.id) if self.files is not None else ()
+
+    def _room_of(self, session: Session | None, uri: object) -> Room | None:
+        """The room of a participant's dialog (an in-dialog request), else of the URI."""
+        if session is not None:
+            return next(
+                (
+                    r
+                    for r in self.rooms.values()
+                    if any(p.session is session for p in r.participants.values())
+                ),
+                None,
+            )
+        if isinstance(uri, SipUri):
+            return self.rooms.get(room_id_for(uri))
+        return None
 
     async def incoming_refer(self, referral: Referral) -> None:
         referral.reject(501)  # RFC 4579 REFER: a later issue
 
     async def shutdown(self) -> None:
+        self.info.close()
         if self.files is not None:
             self.files.stop()
         sessions = [p.session for room in self.rooms.values() for p in room.participants.values()]
