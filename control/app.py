@@ -11,8 +11,17 @@ and the XMPP gateway never parse SDP, pick To tags or build SIP requests by hand
   :attr:`IncomingMessage.session` set (RFC 3428 §4 allows MESSAGE within a dialog).
 - :class:`IncomingMessage`: pager-mode MESSAGE (RFC 3428): sender, recipient, content type,
   body; ``accept(200|202)`` or ``reject``.
-- :class:`Subscription`, :class:`Referral`: SUBSCRIBE (RFC 6665) and REFER (RFC 3515), thin
-  for now: respond or reject.
+- :class:`Subscription`: SUBSCRIBE (RFC 6665), out of dialog or inside a call's dialog
+  (:attr:`Subscription.session`). ``bad_event(*packages)`` (489 + Allow-Events),
+  ``reject(status)``, or ``accept(expires=None)`` → :class:`~control.sip.notifier.Notifier`:
+  ``notify(body, content_type)`` (in order, one in flight, ``pending`` to coalesce),
+  ``terminate(reason, body=None, content_type=None)``, ``ended`` (future: the reason),
+  ``on_refresh`` (called after a refreshing SUBSCRIBE; send the current state).
+- :class:`Referral`: REFER (RFC 3515): ``refer_to`` (NameAddr), ``method`` (its URI's
+  ``method`` parameter, INVITE by default), ``referred_by``; ``accept()`` → 202 and a
+  :class:`ReferProgress` (``notify(status, reason)`` sends ``message/sipfrag`` NOTIFYs in
+  ``Event: refer;id=<CSeq>``, a final status ends it); ``Refer-Sub: false`` (RFC 4488)
+  is answered 202 with ``Refer-Sub: false`` and no NOTIFYs.
 - :class:`Messenger`: sends a MESSAGE of our own (RFC 3428 §4) and says how it was answered.
 
 The ``respond`` method every request object has is the escape hatch for a status with
@@ -21,25 +30,43 @@ headers (``Allow``, ``Retry-After``); the named ones are what applications shoul
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from control.sip import sdp
+from control.sip.dialog import Dialog
 from control.sip.errors import SipError
-from control.sip.message import Request
+from control.sip.message import Request, reason_phrase
+from control.sip.notifier import EventPolicy, Notifier
 from control.sip.session import IncomingCall as SipCall
 from control.sip.session import Offer, Session
+from control.sip.subscription import (
+    EventKey,
+    IntervalTooBrief,
+    NotifierCore,
+    parse_event,
+    parse_expires,
+)
 from control.sip.transport import Peer
-from control.sip.uri import NameAddr, SipUri, Uri
-from control.sip.useragent import ALLOWED_METHODS, IncomingRequest, UserAgent, build_request
+from control.sip.uri import NameAddr, SipUri, Uri, parse_name_addr
+from control.sip.useragent import (
+    ALLOWED_METHODS,
+    USER_AGENT,
+    IncomingRequest,
+    UserAgent,
+    build_request,
+)
 
 __all__ = [
     "Application",
     "IncomingCall",
     "IncomingMessage",
     "Messenger",
+    "Notifier",
     "ReOffer",
+    "ReferProgress",
     "Referral",
     "Subscription",
     "on_reoffer",
@@ -127,10 +154,14 @@ class IncomingCall:
         offer: sdp.SessionDescription,
         *,
         on_message: MessageHandler | None = None,
+        application: Application | None = None,
+        policy: EventPolicy | None = None,
     ) -> None:
         self._call = call
         self.offer = offer
         self._on_message = on_message
+        self._application = application
+        self._policy = policy
 
     # ``incoming``, ``request``, ``body`` and ``has_sdp`` keep code written against the raw
     # INVITE working while it moves over (the conference); new code reads ``offer``.
@@ -196,22 +227,37 @@ class IncomingCall:
         ``incoming_message`` with the session attached."""
         session = self._call.accept(answer, user=user)
         if self._on_message is not None:
-            session.on_request = _DialogRequests(session, self._on_message)
+            session.on_request = _DialogRequests(
+                session, self._on_message, self._application, self._policy
+            )
         return session
 
 
 class _DialogRequests:
-    """``Session.on_request`` for a call: MESSAGE to the application, the rest as a session
-    without an application hook answers them (INFO 200, UPDATE 501, else 405)."""
+    """``Session.on_request`` for a call: MESSAGE, and SUBSCRIBE / REFER that start a new
+    subscription in the call's dialog (RFC 6665 §4.5.2, RFC 4579 §5.5), to the application;
+    the rest as a session without an application hook answers them (INFO 200, UPDATE 501,
+    else 405)."""
 
-    def __init__(self, session: Session, handler: MessageHandler) -> None:
+    def __init__(
+        self,
+        session: Session,
+        handler: MessageHandler,
+        application: Application | None = None,
+        policy: EventPolicy | None = None,
+    ) -> None:
         self.session = session
         self.handler = handler
+        self.application = application
+        self.policy = policy or EventPolicy()
 
     async def __call__(self, incoming: IncomingRequest) -> None:
         match incoming.request.method:
             case "MESSAGE":
                 await self.handler(IncomingMessage(incoming, session=self.session))
+            case "SUBSCRIBE" | "REFER" if self.application is not None:
+                if precheck_event_request(incoming, self.policy):
+                    await route_event_request(self.application, incoming, self.policy, self.session)
             case "INFO":
                 incoming.respond(200)
             case "UPDATE":
@@ -287,28 +333,264 @@ class IncomingMessage(_Request):
         self.respond(status)
 
 
+def precheck_event_request(incoming: IncomingRequest, policy: EventPolicy) -> bool:
+    """What every SUBSCRIBE and REFER is checked for before an application sees it; answers
+    and returns False when one fails: a parsable Event (400, RFC 6665 §8.2.1), a Contact
+    (400, it makes or refreshes the dialog), Expires at or above the floor (423 with
+    Min-Expires, §4.2.1.1), exactly one parsable Refer-To (400, RFC 3515 §2.4.1), and the
+    per-source limit (503 with Retry-After: an overload, not 489, which would tell the
+    subscriber the package is unknown here)."""
+    request = incoming.request
+    try:
+        if request.method == "SUBSCRIBE":
+            parse_event(request.headers.get("Event"))
+            policy.expires.grant(parse_expires(request.headers.get("Expires")))
+        else:
+            refer_to = request.headers.get_all("Refer-To")
+            if len(refer_to) != 1:
+                raise SipError(400, "REFER needs exactly one Refer-To")
+            parse_name_addr(refer_to[0])
+        if not request.contacts:
+            raise SipError(400, "Missing Contact")
+    except IntervalTooBrief as exc:
+        incoming.respond(exc.status, exc.reason, headers=exc.headers)
+        return False
+    except SipError as exc:
+        log.info("bad %s from %s: %s", request.method, incoming.source, exc.reason)
+        incoming.respond(exc.status, exc.reason)
+        return False
+    subscribes = request.method == "SUBSCRIBE" or request.headers.get("Refer-Sub") != "false"
+    if subscribes and policy.book.full(incoming.source.host):
+        log.info("subscription limit reached for %s", incoming.source.host)
+        incoming.respond(503, "Too many subscriptions", headers=[("Retry-After", "60")])
+        return False
+    return True
+
+
+async def route_event_request(
+    application: Application,
+    incoming: IncomingRequest,
+    policy: EventPolicy,
+    session: Session | None = None,
+) -> None:
+    """Hand a checked SUBSCRIBE or REFER to the application as its domain object."""
+    if incoming.request.method == "SUBSCRIBE":
+        await application.incoming_subscribe(Subscription(incoming, policy=policy, session=session))
+    else:
+        await application.incoming_refer(Referral(incoming, policy=policy, session=session))
+
+
 class Subscription(_Request):
-    """A SUBSCRIBE (RFC 6665). Issue 10 adds the subscription state and NOTIFY."""
+    """A SUBSCRIBE (RFC 6665), out of dialog or inside :attr:`session`'s dialog (§4.5.2).
+
+    The server has checked what every package shares before the application sees it: an
+    Event header (400), a Contact (400), Expires within bounds (423 with Min-Expires) and the
+    per-source limit (503). The application decides the package: :meth:`bad_event` (489
+    with Allow-Events), :meth:`reject`, or :meth:`accept` → a :class:`Notifier`.
+    """
+
+    def __init__(
+        self,
+        incoming: IncomingRequest,
+        *,
+        policy: EventPolicy | None = None,
+        session: Session | None = None,
+    ) -> None:
+        super().__init__(incoming)
+        self.policy = policy or EventPolicy()
+        self.session = session
 
     @property
     def event(self) -> str | None:
+        """The Event header as sent (``conference;id=1``); :attr:`event_key` parses it."""
         return self.request.headers.get("Event")
+
+    @property
+    def event_key(self) -> EventKey:
+        return parse_event(self.event)
+
+    @property
+    def package(self) -> str:
+        """The event package, lower case (``conference``, ``presence``)."""
+        return self.event_key.package
 
     @property
     def subscriber(self) -> NameAddr:
         return self.request.from_
 
-
-class Referral(_Request):
-    """A REFER (RFC 3515). Issue 10 adds the implicit subscription and its sipfrag NOTIFYs."""
+    @property
+    def requested_expires(self) -> int | None:
+        return parse_expires(self.request.headers.get("Expires"))
 
     @property
-    def refer_to(self) -> str | None:
-        return self.request.headers.get("Refer-To")
+    def accept_types(self) -> list[str]:
+        """The Accept header's media types (§7.2.3 lets a package default them)."""
+        return [
+            item.split(";")[0].strip().lower()
+            for value in self.request.headers.get_all("Accept")
+            for item in value.split(",")
+            if item.strip()
+        ]
+
+    def bad_event(self, *packages: str) -> None:
+        """489 Bad Event with the packages this resource offers (RFC 6665 §8.3.2, §7.2.2)."""
+        headers = [("Allow-Events", ", ".join(packages))] if packages else []
+        self.respond(489, headers=headers)
+
+    def accept(self, *, expires: int | None = None) -> Notifier:
+        """200 with the granted Expires (capped by ``[sip] subscription_max_expires`` and by
+        ``expires``), a new dialog (To tag, Contact) unless in one already. Send the first
+        NOTIFY at once (§4.2.1.1: the current state) with ``notifier.notify``. An initial
+        ``Expires: 0`` is a fetch: the first ``notify`` is also the final one."""
+        if self.incoming.final_sent:
+            raise SipError(500, "SUBSCRIBE already answered")
+        granted = self.policy.expires.grant(self.requested_expires)
+        if expires is not None:
+            granted = min(granted, expires)
+        notifier = _accept_subscription(
+            self.incoming, self.event_key, granted, 200, self.policy, self.session
+        )
+        notifier.fetch = granted == 0
+        return notifier
+
+
+def _accept_subscription(
+    incoming: IncomingRequest,
+    key: EventKey,
+    expires: int,
+    status: int,
+    policy: EventPolicy,
+    session: Session | None,
+    extra: Headers = (),
+) -> Notifier:
+    """Answer ``status`` (200 for SUBSCRIBE, 202 for REFER) and make the notifier usage:
+    in the session's dialog, or in a new one whose To tag the answer carries."""
+    ua = incoming.ua
+    request = incoming.request
+    if session is not None:
+        dialog = session.dialog
+        peer = session.source
+        direct = session.direct
+    else:
+        user = request.uri.user if isinstance(request.uri, SipUri) else None
+        secure = isinstance(request.uri, SipUri) and request.uri.scheme == "sips"
+        contact = ua.contact_for(incoming.source, user, secure=secure)
+        dialog = Dialog.as_uas(request, ua.token(12), contact)
+        peer = incoming.source
+        direct = False
+    response = request.make_response(status, to_tag=None if session else dialog.local_tag)
+    response.headers.add("Expires", str(expires))
+    response.headers.add("Contact", str(dialog.local_contact))
+    for name, value in extra:
+        response.headers.add(name, value)
+    response.headers.add("Server", USER_AGENT)
+    incoming.send_response(response)
+    core = NotifierCore(key, expires, ua.now())
+    return Notifier(ua, dialog, peer, core, policy=policy, direct=direct)
+
+
+SIPFRAG = "message/sipfrag;version=2.0"  # RFC 3515 §2.4.5, RFC 3420
+
+
+class ReferProgress:
+    """The implicit subscription of an accepted REFER (RFC 3515 §2.4.4): ``notify(status,
+    reason)`` sends ``SIP/2.0 180 Ringing`` as ``message/sipfrag``; a final status (>= 200)
+    ends the subscription (``terminated;reason=noresource``). With ``Refer-Sub: false``
+    (RFC 4488) there is no subscription and ``notify`` does nothing."""
+
+    def __init__(self, notifier: Notifier | None) -> None:
+        self.notifier = notifier
+        self.final_status: int | None = None
+
+    @property
+    def subscribed(self) -> bool:
+        return self.notifier is not None
+
+    @property
+    def ended(self) -> asyncio.Future[str] | None:
+        return self.notifier.ended if self.notifier is not None else None
+
+    def notify(self, status: int, reason: str | None = None) -> None:
+        if self.final_status is not None:
+            return
+        body = f"SIP/2.0 {status} {reason or reason_phrase(status)}\r\n".encode()
+        if status >= 200:
+            self.final_status = status
+        if self.notifier is None:
+            return
+        if status >= 200:
+            self.notifier.terminate("noresource", body, SIPFRAG)
+        else:
+            self.notifier.notify(body, SIPFRAG)
+
+
+class Referral(_Request):
+    """A REFER (RFC 3515), out of dialog or inside :attr:`session`'s dialog.
+
+    The server checked one parsable Refer-To (400) and the per-source limit (503) first.
+    :meth:`accept` answers 202 and returns the :class:`ReferProgress` to report on.
+    """
+
+    def __init__(
+        self,
+        incoming: IncomingRequest,
+        *,
+        policy: EventPolicy | None = None,
+        session: Session | None = None,
+    ) -> None:
+        super().__init__(incoming)
+        self.policy = policy or EventPolicy()
+        self.session = session
+
+    @property
+    def refer_to(self) -> NameAddr:
+        """The Refer-To target; its URI's ``method`` parameter is :attr:`method`."""
+        return parse_name_addr(self.request.headers.get("Refer-To") or "")
+
+    @property
+    def method(self) -> str:
+        """``INVITE`` unless the Refer-To URI says ``;method=BYE`` (RFC 3515 §2.4.2)."""
+        uri = self.refer_to.uri
+        if isinstance(uri, SipUri):
+            return (uri.params.get("method") or "INVITE").upper()
+        return "INVITE"
+
+    @property
+    def referred_by(self) -> NameAddr | None:
+        """The Referred-By header (RFC 3892), when present and well formed."""
+        value = self.request.headers.get("Referred-By")
+        if value is None:
+            return None
+        try:
+            return parse_name_addr(value)
+        except SipError:
+            return None
 
     @property
     def referrer(self) -> NameAddr:
         return self.request.from_
+
+    @property
+    def wants_subscription(self) -> bool:
+        """False when the REFER says ``Refer-Sub: false`` (RFC 4488 §4)."""
+        value = self.request.headers.get("Refer-Sub")
+        return value is None or value.strip().lower() != "false"
+
+    def accept(self) -> ReferProgress:
+        """202 Accepted and, unless ``Refer-Sub: false``, the implicit subscription
+        ``Event: refer;id=<CSeq>`` (RFC 3515 §2.4.6) with a first NOTIFY ``100 Trying``."""
+        if self.incoming.final_sent:
+            raise SipError(500, "REFER already answered")
+        if not self.wants_subscription:
+            # RFC 4488 §4: 202 with Refer-Sub: false, no subscription and no NOTIFY.
+            self.respond(202, headers=[("Refer-Sub", "false")])
+            return ReferProgress(None)
+        key = EventKey("refer", str(self.request.cseq.number))
+        expires = self.policy.expires.max_expires
+        notifier = _accept_subscription(self.incoming, key, expires, 202, self.policy, self.session)
+        progress = ReferProgress(notifier)
+        progress.notify(100, "Trying")
+        return progress
 
 
 class Messenger:

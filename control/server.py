@@ -18,18 +18,20 @@ from control.app import (
     Application,
     IncomingCall,
     IncomingMessage,
-    Referral,
-    Subscription,
     parse_offer,
+    precheck_event_request,
+    route_event_request,
 )
 from control.config import Config
 from control.media.ports import PortAllocator
 from control.msrp.trace import MsrpTracer
 from control.msrp.transport import MsrpTransport
 from control.sip.message import Request
+from control.sip.notifier import EventPolicy, SubscriptionBook
 from control.sip.session import IncomingCall as SipCall
 from control.sip.session import timer_terms
 from control.sip.sessiontimer import MIN_SE_FLOOR, TimerPolicy
+from control.sip.subscription import ExpiresPolicy
 from control.sip.transport import Peer, SipTracer, SipTransportLayer
 from control.sip.uri import SipUri, parse_uri
 from control.sip.useragent import ALLOWED_METHODS, IncomingRequest, UserAgent
@@ -38,9 +40,10 @@ from control.tls import ensure_certificate
 log = logging.getLogger("chorus.server")
 
 APP_HEADER = "X-Chorus-App"
-# Only what is implemented: RFC 4028 session timers. Not RFC 3891 ``replaces`` (an INVITE
-# requiring it gets 420) nor RFC 4488 ``norefersub`` (REFER is not handled yet).
-SUPPORTED_EXTENSIONS = frozenset({"timer"})
+# Only what is implemented: RFC 4028 session timers and RFC 4488 ``norefersub`` (a REFER
+# with Refer-Sub: false gets 202 and no NOTIFY). Not RFC 3891 ``replaces`` (an INVITE
+# requiring it gets 420).
+SUPPORTED_EXTENSIONS = frozenset({"timer", "norefersub"})
 
 
 class ApplicationMap:
@@ -83,6 +86,14 @@ class Server:
                 MIN_SE_FLOOR,
             )
         self.ua.request_handler = self.handle_request
+        self.events = EventPolicy(
+            ExpiresPolicy(
+                min_expires=config.sip.subscription_min_expires,
+                max_expires=config.sip.subscription_max_expires,
+                default_expires=config.sip.subscription_max_expires,
+            ),
+            SubscriptionBook(config.sip.max_subscriptions_per_source),
+        )
         self.ports = PortAllocator(*config.rtp.port_range)
         self.applications: dict[str, Application] = {}
         self.app_map = ApplicationMap(config.applications.map, config.applications.default)
@@ -220,12 +231,14 @@ class Server:
             if offer is None:
                 return
             call = IncomingCall(
-                SipCall(self.ua, incoming), offer, on_message=application.incoming_message
+                SipCall(self.ua, incoming),
+                offer,
+                on_message=application.incoming_message,
+                application=application,
+                policy=self.events,
             )
             await application.incoming_invite(call)
         elif request.method == "MESSAGE":
             await application.incoming_message(IncomingMessage(incoming))
-        elif request.method == "SUBSCRIBE":
-            await application.incoming_subscribe(Subscription(incoming))
-        else:
-            await application.incoming_refer(Referral(incoming))
+        elif precheck_event_request(incoming, self.events):  # SUBSCRIBE, REFER
+            await route_event_request(application, incoming, self.events)

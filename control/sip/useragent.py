@@ -31,6 +31,7 @@ from control.sip.events import (
 from control.sip.headers import Headers
 from control.sip.message import Request, Response, reason_phrase
 from control.sip.sessiontimer import TimerPolicy
+from control.sip.subscription import EventKey, parse_event
 from control.sip.transaction import (
     ClientTransaction,
     InviteClientTransaction,
@@ -178,7 +179,12 @@ class UserAgent:
         self.rng = rng or random.SystemRandom()
         self.transport: SipTransportLayer | None = None
         self.request_handler: RequestHandler | None = None
+        # RFC 5057 / RFC 6665 §4.5.2: a dialog holds several usages. ``dialogs`` holds the
+        # INVITE usage (the session); ``event_usages`` the subscriptions, keyed by event
+        # package and id. A dialog lives while either holds an entry for it: a BYE ends the
+        # INVITE usage only.
         self.dialogs: dict[DialogId, DialogUsage] = {}
+        self.event_usages: dict[DialogId, dict[EventKey, DialogUsage]] = {}
         self._clients: dict[TransactionKey, tuple[ClientTransaction, OutgoingRequest]] = {}
         self._servers: dict[TransactionKey, _ServerEntry] = {}
         self._heap: list[tuple[float, int, TimerOwner]] = []
@@ -285,7 +291,7 @@ class UserAgent:
         # endpoint and processes it as usual (RFC 4475, "zeromf").
         dialog_id = dialog_id_of_request(request)
         if dialog_id is not None:
-            usage = self.dialogs.get(dialog_id)
+            usage = self._usage_for(dialog_id, request)
             if usage is None:
                 incoming.respond(481)
                 return
@@ -295,6 +301,37 @@ class UserAgent:
             incoming.respond(503)
             return
         self.spawn(self._run_handler(incoming))
+
+    def _usage_for(self, dialog_id: DialogId, request: Request) -> DialogUsage | None:
+        """The usage an in-dialog request belongs to (RFC 5057 §5): SUBSCRIBE and NOTIFY by
+        their Event (package and id), everything else (and a SUBSCRIBE or REFER that starts
+        a new subscription in the dialog) to the INVITE usage. A dialog that holds only
+        subscriptions answers other requests 481."""
+        if request.method in ("SUBSCRIBE", "NOTIFY"):
+            usages = self.event_usages.get(dialog_id)
+            if usages:
+                try:
+                    key = parse_event(request.headers.get("Event"))
+                except SipError:
+                    key = None
+                if key is not None and key in usages:
+                    return usages[key]
+        return self.dialogs.get(dialog_id)
+
+    def add_usage(self, dialog_id: DialogId, key: EventKey, usage: DialogUsage) -> None:
+        """Register a subscription usage of ``dialog_id`` (it may share the INVITE's dialog)."""
+        self.event_usages.setdefault(dialog_id, {})[key] = usage
+
+    def remove_usage(self, dialog_id: DialogId, key: EventKey) -> None:
+        usages = self.event_usages.get(dialog_id)
+        if usages is not None:
+            usages.pop(key, None)
+            if not usages:
+                del self.event_usages[dialog_id]
+
+    def dialog_alive(self, dialog_id: DialogId) -> bool:
+        """The dialog still has a usage: the INVITE session or a subscription."""
+        return dialog_id in self.dialogs or dialog_id in self.event_usages
 
     async def _run_handler(self, incoming: IncomingRequest) -> None:
         assert self.request_handler is not None
