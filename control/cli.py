@@ -29,11 +29,12 @@ from control.media.engine import AudioEngine
 from control.media.freeswitch import FreeSwitchEngine
 from control.media.mixer import EmbeddedMixer
 from control.media.srtp import SrtpPolicy
-from control.server import Server
+from control.server import ApplicationMap, Server
 from control.store import DATABASE_NAME, HistoryStore, Retention
 from control.streams import FileStore
 from control.web import build_web_server, screen_limits
 from control.web.api import URL_FILE, AdminApi, api_dir, load_token
+from control.xmpp.app import GatewaySettings, XmppGateway
 
 
 def build_server(config: Config, *, room_observer: RoomObserver | None = None) -> Server:
@@ -97,6 +98,8 @@ def build_server(config: Config, *, room_observer: RoomObserver | None = None) -
             limits=ConferenceLimits(
                 max_rooms=config.conference.max_rooms,
                 max_participants=config.conference.max_participants,
+                info_interval=config.conference.info_interval,
+                info_max_subscriptions=config.conference.info_max_subscriptions,
             ),
             room_observer=room_observer,
             msrp=server.msrp,
@@ -125,13 +128,37 @@ def build_server(config: Config, *, room_observer: RoomObserver | None = None) -
             moderation=ModerationPolicy.from_config(config.conference),
         ),
     )
+    if config.xmpp.enabled:  # the SIP<->XMPP gateway (control/xmpp): its XMPP domains route to it
+        server.register("xmpp", XmppGateway(server.ua, gateway_settings(config)))
+        mapping = {domain: "xmpp" for domain in config.xmpp.xmpp_domains}
+        server.app_map = ApplicationMap(
+            {**mapping, **config.applications.map}, config.applications.default
+        )
     return server
+
+
+def gateway_settings(config: Config) -> GatewaySettings:
+    xmpp = config.xmpp
+    assert xmpp.component_jid is not None and xmpp.component_secret is not None
+    return GatewaySettings(
+        component_jid=xmpp.component_jid,
+        component_secret=xmpp.component_secret,
+        server=xmpp.server,
+        sip_domains=xmpp.sip_domains,
+        xmpp_domains=xmpp.xmpp_domains,
+        reconnect_max=xmpp.reconnect_max,
+        max_message_bytes=xmpp.max_message_bytes,
+        send_timeout=xmpp.send_timeout,
+    )
 
 
 async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     cluster = ClusterAgent.from_config(config) if config.cluster.enabled else None
     server = build_server(config, room_observer=cluster)
     await server.start()
+    gateway = server.applications.get("xmpp")
+    if isinstance(gateway, XmppGateway):
+        gateway.start()  # connects in the background, reconnecting with back-off
     # [web]: screen viewer, room pages, downloads, over the conference's rooms, screen board
     # and room files; the URLs the rooms announce are the web server's.
     conference = server.applications["conference"]
