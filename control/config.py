@@ -804,9 +804,13 @@ def _parse_screen(section: _Section) -> ScreenConfig:
 def _domain(key: str, text: str) -> str:
     name = text.strip().lower().rstrip(".")
     labels = name.split(".")
-    if not name or len(name) > 253 or any(
-        not label or len(label) > 63 or not all(c.isalnum() or c == "-" for c in label)
-        for label in labels
+    if (
+        not name
+        or len(name) > 253
+        or any(
+            not label or len(label) > 63 or not all(c.isalnum() or c == "-" for c in label)
+            for label in labels
+        )
     ):
         raise ConfigError(key, f"{text!r} is not a domain name")
     return name
