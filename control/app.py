@@ -380,14 +380,9 @@ async def route_event_request(
         await application.incoming_refer(Referral(incoming, policy=policy, session=session))
 
 
-class Subscription(_Request):
-    """A SUBSCRIBE (RFC 6665), out of dialog or inside :attr:`session`'s dialog (§4.5.2).
-
-    The server has checked what every package shares before the application sees it: an
-    Event header (400), a Contact (400), Expires within bounds (423 with Min-Expires) and the
-    per-source limit (503). The application decides the package: :meth:`bad_event` (489
-    with Allow-Events), :meth:`reject`, or :meth:`accept` → a :class:`Notifier`.
-    """
+class _EventRequest(_Request):
+    """A SUBSCRIBE or REFER: both may make a subscription (RFC 6665, RFC 3515), out of
+    dialog or inside :attr:`session`'s, under the server's :class:`EventPolicy`."""
 
     def __init__(
         self,
@@ -399,6 +394,16 @@ class Subscription(_Request):
         super().__init__(incoming)
         self.policy = policy or EventPolicy()
         self.session = session
+
+
+class Subscription(_EventRequest):
+    """A SUBSCRIBE (RFC 6665), out of dialog or inside :attr:`session`'s dialog (§4.5.2).
+
+    The server has checked what every package shares before the application sees it: an
+    Event header (400), a Contact (400), Expires within bounds (423 with Min-Expires) and the
+    per-source limit (503). The application decides the package: :meth:`bad_event` (489
+    with Allow-Events), :meth:`reject`, or :meth:`accept` → a :class:`Notifier`.
+    """
 
     @property
     def event(self) -> str | None:
@@ -524,23 +529,12 @@ class ReferProgress:
             self.notifier.notify(body, SIPFRAG)
 
 
-class Referral(_Request):
+class Referral(_EventRequest):
     """A REFER (RFC 3515), out of dialog or inside :attr:`session`'s dialog.
 
     The server checked one parsable Refer-To (400) and the per-source limit (503) first.
     :meth:`accept` answers 202 and returns the :class:`ReferProgress` to report on.
     """
-
-    def __init__(
-        self,
-        incoming: IncomingRequest,
-        *,
-        policy: EventPolicy | None = None,
-        session: Session | None = None,
-    ) -> None:
-        super().__init__(incoming)
-        self.policy = policy or EventPolicy()
-        self.session = session
 
     @property
     def refer_to(self) -> NameAddr:
