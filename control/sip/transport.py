@@ -171,13 +171,13 @@ class StreamConnection(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCP and TLS transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = Peer(self.transport_name, str(host), int(port))
         if not self._layer.register_connection(self):
             self._layer.log_refused(self.peer)
-            transport.abort()
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
