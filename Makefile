@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 CONFIG ?=
 DEBIAN_PACKAGES := sip-tester kamailio kamailio-json-modules kamailio-presence-modules \
 	kamailio-tls-modules kamailio-utils-modules kamailio-extra-modules \
-	baresip-core libspeex1 libopus0 openssl chromium prosody
+	baresip-core libspeex1 libopus0 openssl chromium prosody \
+	gcc libc6-dev python3-dev
 
 .PHONY: run test deps debs venv lint typecheck unit bench clean
 
@@ -19,7 +20,8 @@ test: deps lint typecheck
 
 deps: debs venv
 
-# Debian packages the tests need; installed only when missing.
+# Debian packages the tests need (gcc, libc6-dev, python3-dev: pip builds the C media loop,
+# control/media/native/_media.c); installed only when missing.
 debs:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \

@@ -5,6 +5,9 @@ mix-minus `limit(total - own)` per talker, every room mixed at 16 kHz.  The fast
 (the default) mixes all talkers' mix-minus as one matrix, encodes G.711 for all its
 listeners with one table lookup, and mixes rooms whose every codec is 8 kHz at 8 kHz.
 
+The native media loop (control/media/native: RTP parsed and frames levelled in C) is
+checked the same way against the Python stream and room: the same octets, tick for tick.
+
 At the same mixing rate the two must put the same octets on the wire, tick for tick
 (same SSRCs, keys and sequence numbers from the same seeded random source), whatever the
 codecs, levels (the limiter engaged), mutes and silent listeners.  Against the 16 kHz
@@ -16,10 +19,12 @@ the same tones at the same level within the codec's tolerance, and not its own.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
+from control.media import native
 from control.media.answer import answer_audio, supported_rtpmaps
 from control.media.codecs import codec_for
 from control.media.engine import ParticipantId, RoomId
@@ -69,7 +74,13 @@ def _packets(codec: str, freq: float, amplitude: float, ssrc: int) -> list[bytes
 Member = tuple[str, float]  # codec, amplitude (0: silent)
 
 
-def _run(members: list[Member], room: MixRoom, muted: tuple[int, ...] = ()) -> list[list[bytes]]:
+def _run(
+    members: list[Member],
+    room: MixRoom,
+    muted: tuple[int, ...] = (),
+    *,
+    parse: Callable[[bytes], RtpPacket] = RtpPacket.parse,
+) -> list[list[bytes]]:
     """Feed every member's tone; per member, the datagrams it was sent, tick by tick."""
     rng = random.Random(7)
     streams = []
@@ -82,7 +93,7 @@ def _run(members: list[Member], room: MixRoom, muted: tuple[int, ...] = ()) -> l
             srtp=SrtpPolicy.OPTIONAL,
             randbytes=rng.randbytes,
         )
-        stream = ParticipantStream(terms, rng=rng, now=0.0)
+        stream = ParticipantStream(terms, rng=rng, now=0.0, parse=parse)
         room.add(ParticipantId(f"p{i}"), stream)
         streams.append(stream)
         feeds.append(_packets(codec, TONES[i % len(TONES)], amplitude, 0x1000 + i))
@@ -223,3 +234,15 @@ def test_stamp_bytes_is_stamp_serialized() -> None:
         data, timestamp = b.stamp_bytes(payload, 160)
         assert data == packet.serialize()
         assert timestamp == packet.timestamp
+
+
+@pytest.mark.parametrize("members", list(ROOMS.values()), ids=list(ROOMS))
+def test_native_parse_and_level_send_the_python_octets(members: list[Member]) -> None:
+    """The native loop's per-packet C (parse_rtp, level_db) against the Python reference,
+    fed the same packets: the same datagrams to every listener, tick for tick."""
+    media = native.load()
+    expected = _run(members, MixRoom(RoomId("py")), muted=(1,))
+    room = MixRoom(RoomId("c"), level=media.level_db)
+    got = _run(members, room, muted=(1,), parse=media.parse_rtp)
+    assert [len(s) for s in got] == [TICKS] * len(members)
+    assert got == expected

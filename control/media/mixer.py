@@ -13,18 +13,27 @@ costs a gap rather than a growing delay.
 
 With `workers=N` the same mixer runs in N worker processes (see `mixworker`) and this object
 only forwards commands to the worker that owns the room and relays its events.
+
+With `native=True` (control/media/native) the legs' RTP sockets are not read by the event
+loop: each tick reads every leg's waiting datagrams in one C call (recvmmsg, the kernel's
+arrival times) before mixing, and writes the tick's datagrams in one call per room; RTP is
+parsed and frames levelled in C.  Everything between (source filter, jitter buffer, RTCP,
+mixing) is the same Python as with `native=False`, the reference.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, cast
 
+from control.media import native as native_media
 from control.media.answer import (
     PTIME_MS,
     answer_audio,
@@ -44,9 +53,9 @@ from control.media.faults import FaultLog
 from control.media.mixroom import MixCounters, MixRoom, Outgoing
 from control.media.ports import PortAllocator, PortsExhausted
 from control.media.rtcpsession import StreamQuality
-from control.media.rtp import is_rtcp
+from control.media.rtp import RtpPacket, is_rtcp
 from control.media.srtp import SrtpPolicy
-from control.media.stream import ParticipantStream
+from control.media.stream import ParticipantStream, level_db
 from control.sip import sdp
 
 if TYPE_CHECKING:
@@ -58,6 +67,7 @@ log = logging.getLogger("chorus.media.mixer")
 
 FRAME = PTIME_MS / 1000
 SrtpSetting = Literal["optional", "mandatory", "disabled"]
+_MAX_READ = 64  # datagrams read per leg and tick (native path); the kernel queues the rest
 
 
 @dataclass(slots=True)
@@ -68,6 +78,7 @@ class _Leg:
     stream: ParticipantStream | None = None
     rtp: asyncio.DatagramTransport | None = None
     rtcp: asyncio.DatagramTransport | None = None
+    fd: int = -1  # the RTP socket the native path reads each tick (-1: the event loop reads)
 
 
 class _LegProtocol(asyncio.DatagramProtocol):
@@ -88,15 +99,7 @@ class _LegProtocol(asyncio.DatagramProtocol):
 
 class _RtpProtocol(_LegProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        stream = self._leg.stream
-        if stream is None:
-            return
-        source = (str(addr[0]), int(addr[1]))
-        if stream.terms.rtcp_mux and is_rtcp(data):  # RFC 5761 §4
-            self._mixer.counted_rtcp(stream.receive_rtcp(data, source, self._loop.time()))
-            return
-        self._mixer.counters.packets_in += 1
-        stream.receive(data, source, self._loop.time())
+        self._mixer.rtp_received(self._leg, data, (str(addr[0]), int(addr[1])), self._loop.time())
 
 
 class _RtcpProtocol(_LegProtocol):
@@ -132,6 +135,7 @@ class EmbeddedMixer(AudioEngine):
         max_catchup: int = 3,  # ticks run back to back after a stall before dropping
         max_failing_ticks: int = 100,  # a room or listener failing this long is ended
         rtcp_interval: float = 5.0,  # RFC 3550 §6.2 minimum between our reports
+        native: bool = False,  # the C media loop (control/media/native); CHORUS_NATIVE_MEDIA wins
     ) -> None:
         self._ports = ports
         self._host = host
@@ -154,6 +158,9 @@ class EmbeddedMixer(AudioEngine):
         self._k = 0
         self._closed = False
         self.counters = MixCounters()
+        self.native = native_media.choose(native)
+        self._native = native_media.load() if self.native else None
+        self._native_legs: list[_Leg] | None = None  # the legs recv_batch reads, in order
         self._pool: WorkerPool | None = None
         if workers < 0:
             raise ValueError("workers must be 0 (in-process) or more")
@@ -173,6 +180,7 @@ class EmbeddedMixer(AudioEngine):
                 max_catchup=max_catchup,
                 max_failing_ticks=max_failing_ticks,
                 rtcp_interval=rtcp_interval,
+                native=self.native,
                 on_event=self._queue.put_nowait,
             )
 
@@ -225,11 +233,16 @@ class EmbeddedMixer(AudioEngine):
             rtcp_interval=self._rtcp_interval,
             wall_offset=time.time() - loop.time(),
             cname=f"chorus@{self._host}",
+            parse=RtpPacket.parse if self._native is None else self._native.parse_rtp,
         )
+        self._read_natively(leg)
         mix = self._rooms.get(room)
         if mix is None:
             mix = self._rooms[room] = MixRoom(
-                room, share_encoding=self._share, max_failing=self._max_failing
+                room,
+                share_encoding=self._share,
+                max_failing=self._max_failing,
+                level=level_db if self._native is None else self._native.level_db,
             )
         elif mix.ended:
             del self._legs[key]
@@ -353,7 +366,28 @@ class EmbeddedMixer(AudioEngine):
         if self._closed:
             raise AudioEngineError(503, "audio engine closed")
 
+    def _read_natively(self, leg: _Leg) -> None:
+        """Native path: the tick reads this leg's RTP socket, the event loop no longer does."""
+        if self._native is None or leg.rtp is None:
+            return
+        sock = leg.rtp.get_extra_info("socket")
+        # asyncio's datagram transports pause reading as its stream transports do.
+        reader = cast(asyncio.ReadTransport, leg.rtp)
+        try:
+            reader.pause_reading()
+            self._native.enable_timestamps(sock.fileno())
+        except (AttributeError, NotImplementedError, OSError) as exc:
+            with contextlib.suppress(AttributeError, NotImplementedError):
+                reader.resume_reading()  # this leg stays on the event loop's reader
+            log.warning("room %s: %s read by the event loop (%s)", leg.room, leg.participant, exc)
+            return
+        leg.fd = sock.fileno()
+        self._native_legs = None
+
     def _close_leg(self, leg: _Leg) -> None:
+        if leg.fd >= 0:
+            leg.fd = -1
+            self._native_legs = None
         for transport in (leg.rtp, leg.rtcp):
             if transport is not None:
                 transport.close()
@@ -375,6 +409,8 @@ class EmbeddedMixer(AudioEngine):
 
     def _tick(self) -> None:
         loop = self._loop
+        if self._native is not None:
+            self._receive_native()
         now = loop.time()
         due = self._start + self._k * FRAME
         pending = int((now - due) / FRAME) + 1  # ticks due by now, this one included
@@ -465,6 +501,29 @@ class EmbeddedMixer(AudioEngine):
                 continue
             counters.rtcp_sent += 1
 
+    def rtp_received(self, leg: _Leg, data: bytes, source: tuple[str, int], now: float) -> None:
+        """One datagram on a leg's RTP port, from the event loop or the native batch."""
+        stream = leg.stream
+        if stream is None:
+            return
+        if stream.terms.rtcp_mux and is_rtcp(data):  # RFC 5761 §4
+            self.counted_rtcp(stream.receive_rtcp(data, source, now))
+            return
+        self.counters.packets_in += 1
+        stream.receive(data, source, now)
+
+    def _receive_native(self) -> None:
+        """Every datagram waiting on the legs' RTP sockets, each at its kernel arrival time."""
+        assert self._native is not None
+        legs = self._native_legs
+        if legs is None:
+            legs = self._native_legs = [leg for leg in self._legs.values() if leg.fd >= 0]
+        packets, errors = self._native.recv_batch([leg.fd for leg in legs], _MAX_READ)
+        for index, data, source, arrival in packets:
+            self.rtp_received(legs[index], data, source, arrival)
+        for index, errno in errors:  # an ICMP error queued on the socket, as error_received
+            self.send_failed(legs[index], OSError(errno, os.strerror(errno)))
+
     def counted_rtcp(self, ok: bool) -> None:
         if ok:
             self.counters.rtcp_received += 1
@@ -484,6 +543,8 @@ class EmbeddedMixer(AudioEngine):
 
     def _send(self, room: RoomId, out: list[Outgoing]) -> None:
         legs = self._legs
+        if self._native is not None:
+            out = self._send_native(room, out)
         for participant, data, dest in out:
             leg = legs.get((room, participant))
             if leg is None or leg.rtp is None:
@@ -493,3 +554,28 @@ class EmbeddedMixer(AudioEngine):
             except (OSError, ValueError, TypeError) as exc:
                 # An unusable SDP address (symmetric RTP fixes it on the first packet).
                 self.send_failed(leg, exc)
+
+    def _send_native(self, room: RoomId, out: list[Outgoing]) -> list[Outgoing]:
+        """The room's datagrams in one C call; returns those left to the transports (a
+        destination that is a name, not an IP literal, or a leg the event loop reads)."""
+        assert self._native is not None
+        legs = self._legs
+        items: list[tuple[int, bytes, str, int]] = []
+        sent: list[Outgoing] = []
+        rest: list[Outgoing] = []
+        for item in out:
+            leg = legs.get((room, item[0]))
+            if leg is None or leg.fd < 0:
+                rest.append(item)
+                continue
+            dest = item[2]
+            items.append((leg.fd, item[1], dest[0], dest[1]))
+            sent.append(item)
+        for index, errno in self._native.send_batch(items):
+            if errno == 0:
+                rest.append(sent[index])
+                continue
+            leg = legs.get((room, sent[index][0]))
+            if leg is not None:
+                self.send_failed(leg, OSError(errno, os.strerror(errno)))
+        return rest

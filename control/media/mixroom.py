@@ -18,7 +18,7 @@ a few milliseconds, the price Asterisk's and FreeSWITCH's shared encoders pay as
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,8 +129,10 @@ class MixRoom:
         max_failing: int = 100,  # 2 s of 20 ms ticks: longer than any transient glitch
         fast: bool = True,
         narrowband: bool = True,
+        level: Callable[[Pcm], float] = level_db,  # a frame's dBFS, or the native level_db
     ) -> None:
         self.room = room
+        self._level = level
         self.internal_rate = internal_rate
         # The rate wideband rooms mix at; with `narrowband`, a room whose every codec is
         # 8 kHz (G.711, Speex-NB) mixes at 8 kHz: no resampling at all.
@@ -297,7 +299,7 @@ class MixRoom:
             return None
         # A gap (re-buffering after an SSRC change, DTX) is silence: the hangover
         # bridges it instead of ending the talkspurt at once.
-        change = stream.talk.update(_SILENT_DB if frame is None else level_db(frame))
+        change = stream.talk.update(_SILENT_DB if frame is None else self._level(frame))
         if change is not None:
             events.append(TalkingStarted(room, pid) if change else TalkingStopped(room, pid))
         if frame is None:

@@ -58,6 +58,7 @@ class WorkerSpec:
     max_catchup: int
     max_failing_ticks: int = 100
     rtcp_interval: float = 5.0
+    native: bool = False  # the C media loop (control/media/native)
 
 
 def shard_of(room: RoomId, workers: int) -> int:
@@ -107,6 +108,7 @@ async def _serve(conn: Connection, spec: WorkerSpec) -> None:
         max_catchup=spec.max_catchup,
         max_failing_ticks=spec.max_failing_ticks,
         rtcp_interval=spec.rtcp_interval,
+        native=spec.native,
     )
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[tuple[str, int, tuple[Any, ...]] | None] = asyncio.Queue()
@@ -197,6 +199,7 @@ class WorkerPool:
         on_event: Callable[[AudioEvent], None],
         max_failing_ticks: int = 100,
         rtcp_interval: float = 5.0,
+        native: bool = False,
     ) -> None:
         secure = isinstance(rng, random.SystemRandom)
         self._specs = [
@@ -214,6 +217,7 @@ class WorkerPool:
                 max_catchup=max_catchup,
                 max_failing_ticks=max_failing_ticks,
                 rtcp_interval=rtcp_interval,
+                native=native,
             )
             for i, (low, high) in enumerate(split_range(ports.low, ports.high, count))
         ]

@@ -172,8 +172,10 @@ class ParticipantStream:
         rtcp_interval: float = 5.0,  # RFC 3550 §6.2 minimum report interval
         wall_offset: float = 0.0,  # wall clock minus `now`'s clock, for RTCP's NTP times
         cname: str = "chorus",  # RFC 3550 §6.5.1 CNAME in our SDES
+        parse: Callable[[bytes], RtpPacket] = RtpPacket.parse,  # or the native parse_rtp
     ) -> None:
         self.internal_rate = internal_rate
+        self._parse = parse
         self.stats = StreamStats()
         self.talk = talk or TalkDetector()
         self.muted = False
@@ -266,7 +268,7 @@ class ParticipantStream:
                 self.stats.auth_failures += 1
                 return
         try:
-            packet = RtpPacket.parse(data)
+            packet = self._parse(data)
         except RtpError:
             self.stats.garbage += 1
             return

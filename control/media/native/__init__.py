@@ -1,0 +1,66 @@
+"""The embedded mixer's native media loop: per-packet work in C, Python the reference.
+
+`_media` (control/media/native/_media.c, built by `pip install -e .` from setup.py) does what
+the interpreter did once per datagram, where the profile (bench/RESULTS.md, issue 14) put
+the time once the mix itself was vectorised:
+
+* `recv_batch`: every leg's waiting datagrams in one call per tick (recvmmsg with the
+  kernel's arrival times) instead of one event-loop wake-up and callback per packet;
+* `send_batch`: the tick's datagrams in one call instead of a `transport.sendto` each;
+* `parse_rtp` and `level_db`: `RtpPacket.parse` and `stream.level_db`, the same results.
+
+Which path runs is chosen once per mixer: `[rtp] native_media` in the config, overridden by
+the environment variable `CHORUS_NATIVE_MEDIA` (``1``/``0``) so a whole test run can be put
+on either path.  The Python path stays complete and is what the differential tests compare
+the native one against.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+from control.media.rtp import RtpError, RtpPacket
+
+__all__ = ["ENV", "NativeUnavailable", "available", "choose", "load"]
+
+ENV = "CHORUS_NATIVE_MEDIA"
+
+_module: ModuleType | None = None
+_import_error = ""
+try:
+    from control.media.native import _media
+except ImportError as exc:  # not built: `pip install -e .` (make deps) builds it
+    _import_error = str(exc)
+else:
+    _media.configure(RtpPacket, RtpError)
+    _module = _media
+
+
+class NativeUnavailable(RuntimeError):
+    """The native path was asked for but the extension is not built."""
+
+
+def available() -> bool:
+    return _module is not None
+
+
+def load() -> ModuleType:
+    """The extension module, or NativeUnavailable saying how to build it."""
+    if _module is None:
+        raise NativeUnavailable(
+            f"native media path asked for ({ENV} or [rtp] native_media) but "
+            f"control.media.native._media is not built ({_import_error}); run make deps "
+            "(pip install -e .) with gcc and python3-dev installed"
+        )
+    return _module
+
+
+def choose(setting: bool) -> bool:
+    """The path to run: the environment's ``CHORUS_NATIVE_MEDIA`` if set, else `setting`."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return setting

@@ -1,0 +1,292 @@
+"""The native media loop (control/media/native/_media.c) against its Python reference.
+
+Each C function is fed what its Python counterpart is fed and must give the same answer:
+`parse_rtp` the same RtpPacket (or RtpError with the same message) as `RtpPacket.parse`,
+`level_db` the same level as `stream.level_db`; `recv_batch`/`send_batch` the datagrams,
+sources and arrival times the event loop's sockets give.  Then the whole `EmbeddedMixer`
+on the native path: legs read by the tick, not the event loop, and the mix-minus right.
+The mixer's sample-for-sample differential with native parse/level is in
+tests/test_mixer_differential.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from control.media import native
+from control.media.engine import ParticipantId, RoomId
+from control.media.rtp import RtpError, RtpPacket
+from control.media.stream import level_db
+from tests.test_media_mixer import (
+    FREQS,
+    _assert_hears,
+    _join,
+    _mixed_past,
+    _peer,
+    make_mixer,
+)
+
+media = native.load()
+
+
+def _python_parse(data: bytes) -> RtpPacket | str:
+    try:
+        return RtpPacket.parse(data)
+    except RtpError as exc:
+        return f"RtpError: {exc}"
+
+
+def _native_parse(data: bytes) -> RtpPacket | str:
+    try:
+        return media.parse_rtp(data)
+    except RtpError as exc:
+        return f"RtpError: {exc}"
+
+
+packets = st.builds(
+    RtpPacket,
+    payload_type=st.integers(0, 127),
+    sequence=st.integers(0, 0xFFFF),
+    timestamp=st.integers(0, 0xFFFFFFFF),
+    ssrc=st.integers(0, 0xFFFFFFFF),
+    payload=st.binary(max_size=200),
+    marker=st.booleans(),
+    csrcs=st.lists(st.integers(0, 0xFFFFFFFF), max_size=15).map(tuple),
+    extension_profile=st.none() | st.integers(0, 0xFFFF),
+    extension=st.binary(max_size=12).map(lambda b: b[: len(b) // 4 * 4]),
+    padding=st.integers(0, 255),
+)
+
+
+@given(packets)
+@settings(max_examples=300, deadline=None)
+def test_parse_rtp_gives_the_python_packet(packet: RtpPacket) -> None:
+    data = packet.serialize()
+    parsed = media.parse_rtp(data)
+    assert parsed == RtpPacket.parse(data)
+    assert type(parsed) is RtpPacket
+
+
+@given(st.binary(max_size=64))
+@settings(max_examples=500, deadline=None)
+def test_parse_rtp_refuses_what_python_refuses(data: bytes) -> None:
+    """Arbitrary octets: the same packet or the same RtpError message."""
+    assert _native_parse(data) == _python_parse(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x80\x08\x00",
+        bytes([0x40]) + bytes(11),  # version 1
+        bytes([0xA0, 8]) + bytes(10),  # padding count 0
+        bytes([0xA0, 8]) + bytes(9) + b"\x40",  # padding longer than the packet
+        bytes([0x83, 8]) + bytes(10) + bytes(8),  # CSRC list runs past
+        bytes([0x90, 8]) + bytes(10) + b"\x00\x01",  # extension header runs past
+        bytes([0x90, 8]) + bytes(10) + b"\xbe\xde\x00\x02" + bytes(4),  # extension past
+        bytes([0xB0, 8]) + bytes(10) + b"\xbe\xde\x00\x00\x00\x00\x05",  # padding in ext
+    ],
+)
+def test_parse_rtp_errors_match(data: bytes) -> None:
+    expected = _python_parse(data)
+    assert isinstance(expected, str)
+    assert _native_parse(data) == expected
+
+
+def test_parse_rtp_packet_is_frozen_and_takes_any_buffer() -> None:
+    data = RtpPacket(8, 1, 2, 3, b"abc").serialize()
+    packet = media.parse_rtp(memoryview(bytearray(data)))
+    assert packet == RtpPacket.parse(data)
+    with pytest.raises(AttributeError):
+        packet.sequence = 5  # type: ignore[misc]
+
+
+def test_level_db_matches_python() -> None:
+    rng = np.random.default_rng(11)
+    frames = [np.zeros(160, np.int16), np.full(320, 32767, np.int16), np.array([], np.int16)]
+    frames += [rng.integers(-a, a, size=160, dtype=np.int16) for a in (1, 30, 3000, 32767)]
+    frames.append((np.sin(np.arange(320) / 7) * 9000).astype(np.int16)[::2])  # a strided view
+    for frame in frames:
+        assert media.level_db(np.ascontiguousarray(frame)) == pytest.approx(
+            level_db(frame), abs=1e-4
+        )
+    with pytest.raises((TypeError, BufferError)):
+        media.level_db(np.zeros(160, np.float32))
+
+
+# --- sockets --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def udp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    tx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    yield rx, tx
+    rx.close()
+    tx.close()
+
+
+def _readable(sock: socket.socket) -> None:
+    assert select.select([sock], [], [], 5.0)[0], "nothing arrived"
+
+
+Got = list[tuple[int, bytes, tuple[str, int], float]]
+
+
+def _collect(sock: socket.socket, count: int, cap: int) -> list[Got]:
+    """recv_batch calls (at most `cap` each) until `count` datagrams came; each call's list."""
+    calls: list[Got] = []
+    while sum(len(c) for c in calls) < count:
+        _readable(sock)
+        got, errors = media.recv_batch([sock.fileno()], cap)
+        assert errors == []
+        calls.append(got)
+    return calls
+
+
+def test_recv_batch_reads_every_waiting_datagram_in_order(
+    udp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    rx, tx = udp_pair
+    media.enable_timestamps(rx.fileno())
+    before = time.monotonic()
+    sent = [struct.pack("!I", k) * (k + 1) for k in range(40)] + [bytes(60000)]
+    for data in sent:
+        tx.sendto(data, rx.getsockname())
+    got = [item for call in _collect(rx, len(sent), 100) for item in call]
+    after = time.monotonic()
+    assert [d for _i, d, _a, _t in got] == sent
+    assert {i for i, _d, _a, _t in got} == {0}
+    assert all(a == tx.getsockname() for _i, _d, a, _t in got)
+    arrivals = [t for _i, _d, _a, t in got]
+    assert arrivals == sorted(arrivals)  # the kernel's receive times, on the monotonic clock
+    assert before - 0.01 <= arrivals[0] and arrivals[-1] <= after
+    assert media.recv_batch([rx.fileno()], 100) == ([], [])  # nothing left, nothing blocks
+
+
+def test_recv_batch_caps_each_socket_and_keeps_the_rest(
+    udp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    rx, tx = udp_pair
+    for k in range(30):
+        tx.sendto(bytes([k]), rx.getsockname())
+    calls = _collect(rx, 30, 20)
+    assert all(len(call) <= 20 for call in calls)
+    assert [d for call in calls for _i, d, _a, _t in call] == [bytes([k]) for k in range(30)]
+
+
+def test_recv_batch_reports_a_bad_socket_and_reads_the_others(
+    udp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    rx, tx = udp_pair
+    tx.sendto(b"x" * 12, rx.getsockname())
+    _readable(rx)
+    spare = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead = spare.fileno()
+    spare.close()
+    got, errors = media.recv_batch([dead, rx.fileno()], 8)
+    assert [(i, d) for i, d, _a, _t in got] == [(1, b"x" * 12)]
+    assert [i for i, _e in errors] == [0]
+
+
+def test_send_batch_sends_each_on_its_socket(
+    udp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    rx, tx = udp_pair
+    host, port = rx.getsockname()
+    errors = media.send_batch(
+        [(tx.fileno(), b"one", host, port), (tx.fileno(), b"two", "localhost", port)]
+    )
+    assert errors == [(1, 0)]  # a name, not a literal: left to the caller's transport
+    _readable(rx)
+    data, source = rx.recvfrom(100)
+    assert (data, source) == (b"one", tx.getsockname())
+    refused = media.send_batch([(-1, b"x", host, port)])
+    assert refused[0][0] == 0 and refused[0][1] != 0
+
+
+def test_ipv6_addresses_round_trip() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    rx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("::1", 0))
+        tx.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no ::1")
+    try:
+        assert media.send_batch([(tx.fileno(), b"six", "::1", rx.getsockname()[1])]) == []
+        got = _collect(rx, 1, 4)[0]
+        assert [(d, a) for _i, d, a, _t in got] == [(b"six", tx.getsockname()[:2])]
+    finally:
+        rx.close()
+        tx.close()
+
+
+# --- the mixer on the native path -----------------------------------------------------
+
+
+def test_switch_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.ENV, "0")
+    assert native.choose(True) is False
+    monkeypatch.setenv(native.ENV, "1")
+    assert native.choose(False) is True
+    monkeypatch.delenv(native.ENV)
+    assert native.choose(True) is True and native.choose(False) is False
+
+
+async def test_native_mixer_reads_legs_in_its_tick_and_mixes_minus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(native.ENV, raising=False)
+    engine = make_mixer(21, native=True)
+    peers = [_peer(kind, seed=i) for i, kind in enumerate(("PCMA", "PCMU", "G722"))]
+    try:
+        await _join(engine, peers, RoomId("n"))
+        legs = list(engine._legs.values())
+        assert engine.native and all(leg.fd >= 0 for leg in legs)
+        # The event loop no longer reads the RTP sockets: the tick does.
+        assert not any(leg.rtp.is_reading() for leg in legs)  # type: ignore[union-attr]
+        sent = await asyncio.gather(*(p.play(f, 2.0) for p, f in zip(peers, FREQS, strict=True)))
+        assert await _mixed_past(*peers), "the mixer stopped sending"
+        for i, peer in enumerate(peers):
+            assert sent[i] > 0
+            _assert_hears(peer, FREQS[i], [f for j, f in enumerate(FREQS) if j != i])
+        stats = await engine.stats()
+        assert stats.packets_in >= sum(sent) * 0.9 and stats.send_errors == 0
+        stream = engine.stream(RoomId("n"), ParticipantId("p0"))
+        assert stream is not None and stream.stats.received > 0 and stream.latched is not None
+    finally:
+        await engine.close()
+        for peer in peers:
+            peer.close()
+
+
+async def test_native_off_keeps_the_event_loop_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(native.ENV, raising=False)
+    engine = make_mixer(22, native=False)
+    peers = [_peer("PCMA")]
+    try:
+        await _join(engine, peers, RoomId("p"))
+        assert engine.native is False
+        leg = next(iter(engine._legs.values()))
+        assert leg.fd == -1 and leg.rtp is not None
+        assert leg.rtp.is_reading()  # type: ignore[attr-defined]
+    finally:
+        await engine.close()
+        peers[0].close()
