@@ -9,19 +9,23 @@ lost silently. While the XMPP server is away the answer is 503 with Retry-After.
 XMPP → SIP: a chat message to ``user@<sip domain>`` becomes one MESSAGE (sent once, never
 split: a long message is one request or a refusal); a final failure comes back to the XMPP
 sender as an error stanza with the mapped condition (RFC 7572 §5.2).
+
+Receipts (control/xmpp/receipts.py): XEP-0184 requests and receipts ↔ IMDN positive and
+negative delivery notifications (RFC 5438) in CPIM, both ways.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from control.app import IncomingCall, IncomingMessage, Messenger, Referral, Subscription
+from control.msrp.imdn import ImdnNotification
 from control.sip.uri import NameAddr, SipUri
 from control.sip.useragent import UserAgent
-from control.xmpp.addressing import Addressing, AddressRefused
+from control.xmpp.addressing import Addressing, AddressRefused, Jid
 from control.xmpp.component import Component, XmppMessage
 from control.xmpp.messages import (
     ACCEPTED_TYPES,
@@ -31,12 +35,21 @@ from control.xmpp.messages import (
     condition_for_status,
     sip_from_chat,
 )
+from control.xmpp.receipts import (
+    ReceiptBook,
+    SipOrigin,
+    XmppOrigin,
+    delivery_notification,
+    imdn_request_of,
+    notification_of,
+    wrap_with_request,
+)
 
 __all__ = ["GatewaySettings", "XmppGateway"]
 
 log = logging.getLogger("chorus.xmpp")
 
-PENDING_LIMIT = 10000  # SIP→XMPP messages remembered for an error that may come back
+PENDING_LIMIT = 10000  # messages remembered for an error or a receipt that may come back
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +79,10 @@ class XmppGateway:
             self.xmpp_message,
             reconnect_max=settings.reconnect_max,
         )
-        # id of a message sent to XMPP -> the SIP sender and recipient to report a failure to
-        self._pending: OrderedDict[str, tuple[SipUri, SipUri]] = OrderedDict()
+        # stanza id of a message sent to XMPP -> its SIP origin, for an error or a receipt
+        self._pending: ReceiptBook[SipOrigin] = ReceiptBook(PENDING_LIMIT)
+        # our IMDN Message-ID of a message sent to SIP -> the XMPP stanza to acknowledge
+        self._to_sip: ReceiptBook[XmppOrigin] = ReceiptBook(PENDING_LIMIT)
 
     def start(self) -> None:
         self.component.start()
@@ -86,9 +101,13 @@ class XmppGateway:
         try:
             recipient = self.addressing.sip_to_jid(recipient_uri, side="xmpp")
             sender = self.addressing.sip_to_jid(sender_uri, side="sip", sender=True)
-            chat = chat_from_sip(
-                message.content_type, message.body, max_bytes=self.settings.max_message_bytes
-            )
+            notification = notification_of(message.content_type, message.body)
+            imdn = imdn_request_of(message.content_type, message.body)
+            chat = None
+            if notification is None:
+                chat = chat_from_sip(
+                    message.content_type, message.body, max_bytes=self.settings.max_message_bytes
+                )
         except (AddressRefused, MessageRefused) as exc:
             log.info("MESSAGE to %s refused: %s", recipient_uri, exc)
             status = exc.sip_status
@@ -98,15 +117,44 @@ class XmppGateway:
         if not self.component.connected:
             message.reject(503, "XMPP server unavailable", headers=[("Retry-After", "5")])
             return
+        if notification is not None:
+            self._sip_notification(message, notification, sender, recipient)
+            return
+        assert chat is not None
         stanza_id = self.ua.token(16)
-        self.component.send_chat(recipient, sender, chat, id=stanza_id)
-        self._remember(stanza_id, sender_uri, recipient_uri)
+        wanted = imdn is not None and imdn.positive
+        self.component.send_chat(recipient, sender, chat, id=stanza_id, request_receipt=wanted)
+        self._pending.add(stanza_id, SipOrigin(sender_uri, recipient_uri, imdn))
         message.accept(202)
 
-    def _remember(self, stanza_id: str, sender: SipUri, recipient: SipUri) -> None:
-        self._pending[stanza_id] = (sender, recipient)
-        while len(self._pending) > PENDING_LIMIT:
-            self._pending.popitem(last=False)
+    def _sip_notification(
+        self, message: IncomingMessage, notification: ImdnNotification, sender: Jid, recipient: Jid
+    ) -> None:
+        """A SIP user's IMDN for a message an XMPP user sent: a receipt (delivered) or an
+        error stanza (failed, forbidden, error) for the XMPP stanza it carried."""
+        origin = self._to_sip.pop(notification.message_id)
+        if origin is None:
+            log.info("IMDN from %s for no message of ours", message.sender.uri)
+            message.accept(200)  # nothing waits for it any more (RFC 5438 §7.2.1.1)
+            return
+        if origin.recipient.bare != sender.bare or origin.sender.bare != recipient.bare:
+            self._to_sip.add(notification.message_id, origin)
+            log.info("IMDN from %s for a message sent to %s", sender, origin.recipient)
+            message.reject(403, "not the message's recipient")
+            return
+        if notification.status == "delivered":
+            self.component.send_receipt(
+                origin.sender, origin.recipient, id=self.ua.token(16), of=origin.stanza_id
+            )
+        else:
+            self.component.send_error(
+                origin.sender,
+                origin.recipient,
+                id=origin.stanza_id,
+                condition="recipient-unavailable",
+                text=f"SIP recipient reports the message {notification.status}",
+            )
+        message.accept(200)
 
     async def incoming_invite(self, call: IncomingCall) -> None:
         call.reject(488, "Chat sessions through the gateway are not supported yet")
@@ -122,6 +170,9 @@ class XmppGateway:
     async def xmpp_message(self, message: XmppMessage) -> None:
         if message.type == "error":
             await self._xmpp_error(message)
+            return
+        if message.receipt_of is not None:
+            await self._xmpp_receipt(message)
             return
         if message.type == "groupchat":
             self._refuse(message, "not-acceptable", "no groupchat to a SIP user")
@@ -139,17 +190,64 @@ class XmppGateway:
         except AddressRefused as exc:
             self._refuse(message, exc.condition, exc.reason)
             return
+        imdn_id = None
+        if message.receipt_request and message.chat.body is not None and message.id:
+            imdn_id = self.ua.token(16)
+            content_type, body = wrap_with_request(
+                content_type,
+                body,
+                message_id=imdn_id,
+                sender=sender,
+                recipient=recipient,
+                now=datetime.now(UTC),
+            )
+            self._to_sip.add(imdn_id, XmppOrigin(message.sender, message.recipient, message.id))
+        status = await self._send_sip(recipient, sender, content_type, body)
+        if status is None:
+            self._refuse(message, "recipient-unavailable", "SIP recipient did not answer")
+        elif status >= 300:
+            self._refuse(message, condition_for_status(status), f"SIP answered {status}")
+        if imdn_id is not None and (status is None or status >= 300):
+            self._to_sip.pop(imdn_id)  # the error stanza said it; no IMDN will follow
+
+    async def _send_sip(
+        self, to: SipUri, from_: SipUri, content_type: str, body: bytes
+    ) -> int | None:
+        """One MESSAGE of ours; its final status, None when it got no answer in time."""
         try:
-            status = await asyncio.wait_for(
-                self.messenger.send(NameAddr(recipient), NameAddr(sender), content_type, body),
+            return await asyncio.wait_for(
+                self.messenger.send(NameAddr(to), NameAddr(from_), content_type, body),
                 self.settings.send_timeout,
             )
         except (TimeoutError, OSError) as exc:
-            log.info("MESSAGE to %s failed: %s", recipient, exc or "timeout")
-            self._refuse(message, "recipient-unavailable", "SIP recipient did not answer")
+            log.info("MESSAGE to %s failed: %s", to, exc or "timeout")
+            return None
+
+    async def _xmpp_receipt(self, message: XmppMessage) -> None:
+        """An XMPP user's receipt for a message a SIP user sent: a delivered IMDN back to
+        that sender, when the sender asked for positive delivery notifications."""
+        assert message.receipt_of is not None
+        origin = self._pending.pop(message.receipt_of)
+        if origin is None or origin.imdn is None or not origin.imdn.positive:
+            log.info("XMPP receipt from %s for no message awaiting one", message.sender)
             return
-        if status >= 300:
-            self._refuse(message, condition_for_status(status), f"SIP answered {status}")
+        if self.addressing.sip_to_jid(origin.recipient, side="xmpp").bare != message.sender.bare:
+            self._pending.add(message.receipt_of, origin)
+            log.info("XMPP receipt from %s for a message to %s", message.sender, origin.recipient)
+            return
+        await self._notify_sip(origin, "delivered")
+
+    async def _notify_sip(self, origin: SipOrigin, status: str) -> None:
+        assert origin.imdn is not None
+        content_type, body = delivery_notification(
+            origin.imdn.message_id,
+            status=status,
+            sender=origin.recipient,
+            recipient=origin.sender,
+            notification_id=self.ua.token(16),
+            now=datetime.now(UTC),
+        )
+        await self._send_sip(origin.sender, origin.recipient, content_type, body)
 
     def _refuse(self, message: XmppMessage, condition: str, text: str) -> None:
         if not self.component.connected:
@@ -159,18 +257,14 @@ class XmppGateway:
         )
 
     async def _xmpp_error(self, message: XmppMessage) -> None:
-        pending = self._pending.pop(message.id, None)
-        if pending is None:
+        origin = self._pending.pop(message.id)
+        if origin is None:
             log.info("XMPP error %s for no message of ours", message.error_condition)
             return
-        sender, recipient = pending
-        text = f"Message to {recipient} not delivered: {message.error_condition}"
+        text = f"Message to {origin.recipient} not delivered: {message.error_condition}"
         log.info("%s", text)
+        if origin.imdn is not None and origin.imdn.negative:
+            await self._notify_sip(origin, "failed")  # RFC 5438 §7.2.1.1: what was asked
+            return
         content_type, body = sip_from_chat(Chat(body=text)) or ("text/plain", text.encode())
-        try:
-            await asyncio.wait_for(
-                self.messenger.send(NameAddr(sender), NameAddr(recipient), content_type, body),
-                self.settings.send_timeout,
-            )
-        except (TimeoutError, OSError) as exc:
-            log.info("failure report to %s not delivered: %s", sender, exc or "timeout")
+        await self._send_sip(origin.sender, origin.recipient, content_type, body)

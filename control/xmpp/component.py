@@ -18,10 +18,13 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from slixmpp import ComponentXMPP
-from slixmpp.stanza import Message
+from slixmpp.xmlstream import StanzaBase
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from control.xmpp.addressing import AddressRefused, Jid, parse_jid
 from control.xmpp.messages import Chat
+from control.xmpp.receipts import RECEIPTS_NS
 
 __all__ = ["Backoff", "Component", "XmppMessage"]
 
@@ -60,6 +63,8 @@ class XmppMessage:
     type: str
     chat: Chat
     error_condition: str | None = None  # type="error": the stanza error's condition
+    receipt_request: bool = False  # XEP-0184 <request/>: the sender wants a receipt
+    receipt_of: str | None = None  # XEP-0184 <received id=…/>: a receipt for that message
 
 
 MessageHandler = Callable[[XmppMessage], Coroutine[Any, Any, None]]
@@ -97,7 +102,10 @@ class Component:
         xmpp.add_event_handler("session_start", lambda _: self._state.put_nowait("up"))
         xmpp.add_event_handler("connection_failed", lambda _: self._state.put_nowait("failed"))
         xmpp.add_event_handler("disconnected", lambda _: self._state.put_nowait("down"))
-        xmpp.add_event_handler("message", self._message)
+        # Every message stanza, not slixmpp's "message" event: that one fires only for a
+        # message with a <body>, and receipts, chat states and many errors have none.
+        path = f"{{{xmpp.default_ns}}}message"
+        xmpp.register_handler(Callback("chorus messages", MatchXPath(path), self._message))
         self._xmpp = xmpp
         self._supervisor = loop.create_task(self._run(xmpp))
 
@@ -137,7 +145,7 @@ class Component:
 
     # In ------------------------------------------------------------------------------------
 
-    def _message(self, stanza: Message) -> None:
+    def _message(self, stanza: StanzaBase) -> None:
         try:
             sender = parse_jid(str(stanza["from"]))
             recipient = parse_jid(str(stanza["to"]))
@@ -146,6 +154,7 @@ class Component:
             return  # Prosody checks addresses; nothing answerable arrives here
         kind = stanza["type"] or "normal"
         condition = stanza["error"]["condition"] if kind == "error" else None
+        received = stanza.xml.find(f"{{{RECEIPTS_NS}}}received")
         message = XmppMessage(
             sender=sender,
             recipient=recipient,
@@ -153,6 +162,8 @@ class Component:
             type=kind,
             chat=Chat(body=stanza["body"] or None, xhtml=_xhtml(stanza), state=_state(stanza)),
             error_condition=condition or None,
+            receipt_request=stanza.xml.find(f"{{{RECEIPTS_NS}}}request") is not None,
+            receipt_of=(received.get("id") or None) if received is not None else None,
         )
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(self.on_message(message))
         self._tasks.add(task)
@@ -160,7 +171,9 @@ class Component:
 
     # Out -----------------------------------------------------------------------------------
 
-    def send_chat(self, to: Jid, from_: Jid, chat: Chat, *, id: str) -> None:
+    def send_chat(
+        self, to: Jid, from_: Jid, chat: Chat, *, id: str, request_receipt: bool = False
+    ) -> None:
         xmpp = self._require()
         stanza = xmpp.make_message(mto=str(to), mfrom=str(from_), mtype="chat", mbody=chat.body)
         stanza["id"] = id
@@ -168,6 +181,16 @@ class Component:
             _add_xhtml(stanza, chat.xhtml)
         if chat.state is not None:
             stanza.xml.append(ET.Element(f"{{{CHATSTATES_NS}}}{chat.state}"))
+        if request_receipt and chat.body is not None:  # XEP-0184 §5.4: only with a body
+            stanza.xml.append(ET.Element(f"{{{RECEIPTS_NS}}}request"))
+        stanza.send()
+
+    def send_receipt(self, to: Jid, from_: Jid, *, id: str, of: str) -> None:
+        """XEP-0184 ``<received id=of/>``: message ``of`` reached its recipient."""
+        xmpp = self._require()
+        stanza = xmpp.make_message(mto=str(to), mfrom=str(from_), mtype="chat")
+        stanza["id"] = id
+        stanza.xml.append(ET.Element(f"{{{RECEIPTS_NS}}}received", {"id": of}))
         stanza.send()
 
     def send_error(self, to: Jid, from_: Jid, *, id: str, condition: str, text: str) -> None:
@@ -196,7 +219,7 @@ def _error_type(condition: str) -> str:
     return "modify"
 
 
-def _state(stanza: Message) -> str | None:
+def _state(stanza: StanzaBase) -> str | None:
     for child in stanza.xml:
         tag = child.tag
         if isinstance(tag, str) and tag.startswith(f"{{{CHATSTATES_NS}}}"):
@@ -206,7 +229,7 @@ def _state(stanza: Message) -> str | None:
     return None
 
 
-def _xhtml(stanza: Message) -> str | None:
+def _xhtml(stanza: StanzaBase) -> str | None:
     html = stanza.xml.find(f"{{{XHTML_IM_NS}}}html")
     if html is None:
         return None
