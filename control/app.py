@@ -71,6 +71,7 @@ __all__ = [
     "Subscription",
     "on_reoffer",
     "parse_offer",
+    "serve_dialog",
 ]
 
 log = logging.getLogger("chorus.app")
@@ -264,6 +265,15 @@ class _DialogRequests:
                 incoming.respond(501)
             case _:
                 incoming.respond(405, headers=[("Allow", ALLOWED_METHODS)])
+
+
+def serve_dialog(
+    session: Session, application: Application, policy: EventPolicy | None = None
+) -> None:
+    """Hand ``session``'s in-dialog MESSAGE, SUBSCRIBE and REFER to ``application``, as
+    :meth:`IncomingCall.accept` does for a call we answered: for a call we placed (the
+    conference's REFER dial-out, control/conference/refer.py)."""
+    session.on_request = _DialogRequests(session, application.incoming_message, application, policy)
 
 
 class ReOffer:

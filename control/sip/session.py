@@ -16,6 +16,7 @@ import enum
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from control.sip.dialog import Dialog
 from control.sip.errors import SipError
@@ -503,8 +504,15 @@ class Session:
         self._send_ack(invite, peer)
         outgoing.on_2xx_retransmission = lambda _: self._send_ack(invite, peer)
 
-    def _send_ack(self, invite: Request, peer: Peer) -> None:
-        ack = self.dialog.create_request("ACK", via=self.ua.via_for(peer), cseq=invite.cseq.number)
+    def _send_ack(self, invite: Request, peer: Peer, body: bytes = b"") -> None:
+        """``body``: the answer to an offer the 2xx carried (RFC 3261 §13.2.2.4)."""
+        ack = self.dialog.create_request(
+            "ACK",
+            via=self.ua.via_for(peer),
+            cseq=invite.cseq.number,
+            body=body,
+            content_type=SDP if body else None,
+        )
         self.ua.send_stateless(ack, peer)
 
     async def bye(self, *, reason: str = "local BYE") -> None:
@@ -538,17 +546,24 @@ async def place_call(
     from_: NameAddr,
     offer: bytes,
     peer: Peer | None = None,
-    timeout: float = 32.0,
+    timeout: float | None = 32.0,
     extra_headers: Sequence[tuple[str, str]] = (),
     direct: bool = False,
+    on_provisional: Callable[[Response], None] | None = None,
+    answer: Callable[[Response], Awaitable[bytes]] | None = None,
+    cancel: asyncio.Future[object] | None = None,
 ) -> tuple[Session | None, Response]:
     """Send an INVITE as UAC (§13.2); on 2xx build the dialog, ACK, and return the session.
 
     The INVITE asks for a session timer (RFC 4028 §7.1) and is sent once more with a larger
-    interval after a 422 (§7.4). After ``timeout`` seconds the call is cancelled.
+    interval after a 422 (§7.4). After ``timeout`` seconds (``None``: never), or once
+    ``cancel`` is done, the call is cancelled (§9.1).
     ``extra_headers`` go into the INVITE as given (the FreeSWITCH leg's ``X-Chorus-*``).
     ``direct`` sends the INVITE to ``peer`` (else the target itself) even when an outbound
     proxy is configured, and keeps the dialog's ACK, re-INVITEs and BYE off the proxy too.
+    ``on_provisional`` sees each 1xx. An empty ``offer`` is a delayed offer (§13.2.1): the
+    2xx carries the peer's offer and ``answer(response)`` makes the answer the ACK carries
+    (RFC 3264 §4, the REFER dial-out of control/conference/refer.py).
     """
     if direct and peer is None:
         peer = await resolve_direct(target, "udp")
@@ -576,10 +591,10 @@ async def place_call(
             cseq=cseq,
             contact=contact,
             body=offer,
-            content_type=SDP,
+            content_type=SDP if offer else None,
             extra_headers=extra,
         )
-        outgoing, response = await _invite(ua, request, peer, timeout)
+        outgoing, response = await _invite(ua, request, peer, timeout, on_provisional, cancel)
         retry = retry_interval(response, interval) if response.status == 422 else None
         if retry is None or policy is None:
             break
@@ -590,12 +605,13 @@ async def place_call(
     session = Session(ua, dialog, peer, is_uac=True, direct=direct)
     session.state = SessionState.CONFIRMED
     session.confirmed.set_result(None)
-    session.local_sdp = offer
+    ack_body = await answer(response) if answer is not None and not offer else b""
+    session.local_sdp = offer or ack_body
     ack_peer = await session.next_peer()
-    session._send_ack(outgoing.request, ack_peer)
+    session._send_ack(outgoing.request, ack_peer, ack_body)
 
     def re_ack(_: Response) -> None:
-        session._send_ack(outgoing.request, ack_peer)
+        session._send_ack(outgoing.request, ack_peer, ack_body)
 
     outgoing.on_2xx_retransmission = re_ack
     session._timer_answered(response, interval)
@@ -618,9 +634,15 @@ async def resolve_direct(uri: Uri, default_transport: str) -> Peer:
 
 
 async def _invite(
-    ua: UserAgent, request: Request, peer: Peer, timeout: float
+    ua: UserAgent,
+    request: Request,
+    peer: Peer,
+    timeout: float | None,
+    on_provisional: Callable[[Response], None] | None = None,
+    cancel: asyncio.Future[object] | None = None,
 ) -> tuple[OutgoingRequest, Response]:
-    """Send the INVITE and wait for its final response, cancelling it after ``timeout``.
+    """Send the INVITE and wait for its final response, cancelling it after ``timeout`` or
+    when ``cancel`` is done.
 
     §9.1: a CANCEL is only sent once a provisional response has arrived; before that the
     INVITE may not even have reached the UAS, which would answer the CANCEL 481 and then ring
@@ -634,11 +656,15 @@ async def _invite(
             ringing.set_result(None)
 
     outgoing.provisional.append(answered)
+    if on_provisional is not None:
+        outgoing.provisional.append(on_provisional)
     outgoing.final.add_done_callback(answered)
-    try:
-        return outgoing, await asyncio.wait_for(asyncio.shield(outgoing.final), timeout)
-    except TimeoutError:
+    waits: set[asyncio.Future[Any]] = {outgoing.final}
+    if cancel is not None:
+        waits.add(cancel)
+    await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if not outgoing.final.done():
         await ringing
         if not outgoing.final.done():
             ua.send_request(build_cancel(outgoing.request), peer)
-        return outgoing, await outgoing.final
+    return outgoing, await outgoing.final
