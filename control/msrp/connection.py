@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import MsrpError, MsrpUsageError
@@ -45,9 +44,7 @@ from .events import (
     NicknameRequested,
     ProtocolError,
     ReportReceived,
-    ResponseReceived,
     SessionBound,
-    TransactionTimedOut,
 )
 from .message import (
     WHOLE_MESSAGE,
@@ -55,36 +52,24 @@ from .message import (
     ChunkHead,
     FailureReport,
     Flag,
-    format_nickname,
-    serialize_request,
 )
 from .parser import ChunkParser
 from .reassembly import IncomingMessage
 from .report import build_report, build_response, response_wanted
+from .sending import RequestSender
 from .session import (
     Held,
     MsrpSession,
     RandomSource,
     SessionLookup,
-    make_ident,
     media_type,
 )
-from .uri import MsrpUri
 
 __all__ = ["MsrpConnection"]
 
 # Duplicates of a held chunk answered together with it; past this a duplicate gets 413 (stop
 # sending): over a reliable stream a peer has no reason to resend the same chunk repeatedly.
 _MAX_HELD_HEADS = 8
-
-
-@dataclass(slots=True)
-class _Transaction:
-    session_id: str | None
-    message_id: str | None
-    method: str
-    deadline: float
-    report_timeout: bool  # False for Failure-Report: partial (silence means success)
 
 
 @dataclass(slots=True)
@@ -99,7 +84,7 @@ class _Current:
     answer_ok: bool = False  # still answer 200 at the end (duplicate of a finished message)
 
 
-class MsrpConnection:
+class MsrpConnection(RequestSender):
     """One MSRP TCP/TLS stream and the sessions that share it.
 
     Limits (constructor arguments, each with why):
@@ -136,11 +121,10 @@ class MsrpConnection:
         completion_timeout: float = 30.0,
         session_lookup: SessionLookup | None = None,
     ) -> None:
-        self._random = random
+        super().__init__(random=random, transaction_timeout=transaction_timeout)
         self._lookup = session_lookup
         self.max_message_size = max_message_size
         self.max_concurrent_messages = max_concurrent_messages
-        self.transaction_timeout = transaction_timeout
         self.max_ranges = max_ranges
         self.completion_timeout = completion_timeout
         self._parser = ChunkParser(
@@ -152,8 +136,6 @@ class MsrpConnection:
         self._events: deque[Event] = deque()
         self._out = bytearray()
         self._current: _Current | None = None
-        self._txns: dict[str, _Transaction] = {}
-        self._timers: list[tuple[float, str]] = []
         self._hold_timers: list[tuple[float, str, str]] = []
         self._pending: dict[str, tuple[ChunkHead, MsrpSession]] = {}
         self.failed = False
@@ -175,6 +157,9 @@ class MsrpConnection:
 
     def session(self, session_id: str) -> MsrpSession | None:
         return self._sessions.get(session_id)
+
+    def _carries(self, session_id: str) -> bool:
+        return session_id in self._sessions
 
     # ---- I/O surface --------------------------------------------------------------------
 
@@ -202,18 +187,15 @@ class MsrpConnection:
 
     def next_timer(self) -> float | None:
         """The earliest deadline: a transaction of ours or a held message of the peer's."""
-        while self._timers:
-            deadline, tid = self._timers[0]
-            txn = self._txns.get(tid)
-            if txn is not None and txn.deadline == deadline:
-                break
-            heapq.heappop(self._timers)
         while self._hold_timers:
             hold_deadline, sid, mid = self._hold_timers[0]
             if self._held_at(sid, mid, hold_deadline) is not None:
                 break
             heapq.heappop(self._hold_timers)
-        deadlines = [heap[0][0] for heap in (self._timers, self._hold_timers) if heap]
+        deadlines = [self._hold_timers[0][0]] if self._hold_timers else []
+        transaction = self._next_transaction_deadline()
+        if transaction is not None:
+            deadlines.append(transaction)
         return min(deadlines) if deadlines else None
 
     def _held_at(self, session_id: str, message_id: str, deadline: float) -> Held | None:
@@ -241,148 +223,9 @@ class MsrpConnection:
             if held.heads[0].failure_report is not FailureReport.NO:
                 total = held.message.total or 0
                 self._send_report(session, held.message, ByteRange(1, total, total), status=408)
-        while self._timers and self._timers[0][0] <= now:
-            deadline, tid = heapq.heappop(self._timers)
-            txn = self._txns.get(tid)
-            if txn is None or txn.deadline != deadline:
-                continue
-            del self._txns[tid]
-            if txn.report_timeout:
-                self._events.append(
-                    TransactionTimedOut(txn.session_id, tid, txn.message_id, txn.method)
-                )
+        self._events.extend(self._expire_transactions(now))
 
-    # ---- sending ------------------------------------------------------------------------
-
-    def new_message_id(self) -> str:
-        return make_ident(self._random)
-
-    def new_transaction_id(self, body: bytes = b"") -> str:
-        """A fresh transaction id whose end-line does not occur in ``body`` (RFC 4975 §7.1)."""
-        for _ in range(16):
-            tid = make_ident(self._random)
-            if b"-------" + tid.encode("ascii") not in body and tid not in self._txns:
-                return tid
-        raise MsrpUsageError("random source keeps producing colliding transaction ids")
-
-    def send_chunk(
-        self,
-        to_path: Sequence[MsrpUri],
-        from_path: Sequence[MsrpUri],
-        message_id: str,
-        content_type: str,
-        data: bytes,
-        *,
-        now: float,
-        offset: int,
-        total: int | None,
-        flag: Flag = Flag.END,
-        success_report: bool = False,
-        failure_report: FailureReport = FailureReport.YES,
-        headers: Sequence[tuple[str, str]] = (),
-    ) -> bytes:
-        """One SEND chunk carrying ``data`` at 0-based ``offset`` (RFC 4975 §7.1.1).
-
-        A file sender calls this per piece it reads from disk; ``flag=Flag.ABORT`` with empty
-        ``data`` aborts the message.
-        """
-        tid = self.new_transaction_id(data)
-        byte_range = ByteRange(offset + 1, offset + len(data), total)
-        lines = [("Message-ID", message_id), ("Byte-Range", str(byte_range))]
-        if success_report:
-            lines.append(("Success-Report", "yes"))
-        if failure_report is not FailureReport.YES:
-            lines.append(("Failure-Report", failure_report.value))
-        lines += headers
-        wire = serialize_request(
-            tid, "SEND", to_path, from_path, lines, content_type=content_type, body=data, flag=flag
-        )
-        if failure_report is not FailureReport.NO:
-            self._track(tid, from_path, message_id, "SEND", now, failure_report)
-        return wire
-
-    def send_message(
-        self,
-        to_path: Sequence[MsrpUri],
-        from_path: Sequence[MsrpUri],
-        message_id: str,
-        content_type: str,
-        body: bytes,
-        *,
-        now: float,
-        chunk_size: int = 2048,
-        success_report: bool = False,
-        failure_report: FailureReport = FailureReport.YES,
-        headers: Sequence[tuple[str, str]] = (),
-    ) -> bytes:
-        """A whole message as chunks of at most ``chunk_size`` body bytes.
-
-        Every chunk but the last ends with ``+``, the last with ``$`` (RFC 4975 §7.1.1). The
-        default of 2048 keeps a big message from holding up other traffic on a shared
-        connection (§5.1: chunking exists so messages can interleave).
-        """
-        if chunk_size < 1:
-            raise MsrpUsageError("chunk_size must be positive")
-        total = len(body)
-        out = []
-        offset = 0
-        while True:
-            piece = body[offset : offset + chunk_size]
-            last = offset + len(piece) >= total
-            out.append(
-                self.send_chunk(
-                    to_path,
-                    from_path,
-                    message_id,
-                    content_type,
-                    piece,
-                    now=now,
-                    offset=offset,
-                    total=total,
-                    flag=Flag.END if last else Flag.CONTINUE,
-                    success_report=success_report,
-                    failure_report=failure_report,
-                    headers=headers,
-                )
-            )
-            offset += len(piece)
-            if last:
-                return b"".join(out)
-
-    def send_empty(
-        self,
-        to_path: Sequence[MsrpUri],
-        from_path: Sequence[MsrpUri],
-        message_id: str,
-        *,
-        now: float,
-    ) -> bytes:
-        """A bodiless SEND (RFC 4975 §5.4, §7.1.1 ``Byte-Range: 1-0/0``).
-
-        The active end sends it at once on a new connection so the passive end learns which
-        session the connection belongs to; its 200 (a :class:`ResponseReceived`) proves it.
-        """
-        tid = self.new_transaction_id()
-        lines = [("Message-ID", message_id), ("Byte-Range", str(ByteRange(1, 0, 0)))]
-        wire = serialize_request(tid, "SEND", to_path, from_path, lines)
-        self._track(tid, from_path, message_id, "SEND", now, FailureReport.YES)
-        return wire
-
-    def send_nickname(
-        self,
-        to_path: Sequence[MsrpUri],
-        from_path: Sequence[MsrpUri],
-        nickname: str,
-        *,
-        now: float,
-    ) -> bytes:
-        """A NICKNAME request (RFC 7701 §6.1) with its Use-Nickname header."""
-        tid = self.new_transaction_id()
-        wire = serialize_request(
-            tid, "NICKNAME", to_path, from_path, [("Use-Nickname", format_nickname(nickname))]
-        )
-        self._track(tid, from_path, None, "NICKNAME", now, FailureReport.YES)
-        return wire
+    # ---- answering ----------------------------------------------------------------------
 
     def respond(self, transaction_id: str, status: int, comment: str | None = None) -> bytes:
         """Answer a request left to the application (NICKNAME: 200, 424, 425 …)."""
@@ -433,23 +276,6 @@ class MsrpConnection:
         out = bytes(self._out[mark:])
         del self._out[mark:]
         return out
-
-    def _track(
-        self,
-        tid: str,
-        from_path: Sequence[MsrpUri],
-        message_id: str | None,
-        method: str,
-        now: float,
-        failure_report: FailureReport,
-    ) -> None:
-        local = from_path[0].session_id if from_path else None
-        session_id = local if local in self._sessions else None
-        deadline = now + self.transaction_timeout
-        self._txns[tid] = _Transaction(
-            session_id, message_id, method, deadline, failure_report is FailureReport.YES
-        )
-        heapq.heappush(self._timers, (deadline, tid))
 
     # ---- receiving ----------------------------------------------------------------------
 
@@ -519,20 +345,9 @@ class MsrpConnection:
         return session
 
     def _response(self, head: ChunkHead) -> None:
-        txn = self._txns.pop(head.transaction_id, None)
-        if txn is None:
-            return  # late (after its timeout) or not ours: nothing to tell
-        assert head.status is not None
-        self._events.append(
-            ResponseReceived(
-                txn.session_id,
-                head.transaction_id,
-                txn.message_id,
-                txn.method,
-                head.status,
-                head.comment,
-            )
-        )
+        answered = self._transaction_answered(head)
+        if answered is not None:
+            self._events.append(answered)
 
     def _report(self, head: ChunkHead) -> None:
         """REPORTs are never answered (RFC 4975 §7.1.2), even when wrong."""
