@@ -10,6 +10,7 @@ participant and ≈1.2 % per G.722 participant, all talking, on a machine of thi
     python -m bench.mixer_load --quick      # one run per configuration, short window
     python -m bench.mixer_load              # three runs, the figures for RESULTS.md
     python -m bench.mixer_load --codecs G711 --rooms 5 --workers 0 --runs 1
+    python -m bench.mixer_load --media python native   # the C media loop against Python
 
 How a step runs (one fresh server per step, so RSS starts from an idle server):
 
@@ -220,10 +221,13 @@ class Step:
     window: float
     silent: bool = False  # the self-check: callers send digital silence, the step must fail
     label: str = ""
+    media: str = "python"  # or "native": [rtp] native_media, the C media loop
 
     @property
     def key(self) -> str:
         base = f"{self.codec}/room{self.room_size}/workers{self.workers}"
+        if self.media != "python":
+            base += f"/{self.media}"
         return f"{base}/{self.label}" if self.label else base
 
 
@@ -305,6 +309,7 @@ async def run_step(step: Step, workdir: Path, pcap_seconds: float, pause_ms: int
             "codecs": ["PCMA", "PCMU", "G722", "opus", "speex", "telephone-event"],
             "mixer_workers": step.workers,
             "timeout": 60.0,
+            "native_media": step.media == "native",
         },
         "conference": {"max_participants": max(100, step.room_size), "max_rooms": 1000},
     }
@@ -473,10 +478,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             workers,
             warmup,
             window,
+            media=media,
         )
         for workers in args.workers
         for codec in args.codecs
         for room in args.rooms
+        for media in args.media  # innermost: the paths alternate, under the same load
     ]
     result: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
@@ -497,6 +504,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 result["summary"][step.key] = summarise(runs_of, step.codec)
             else:
                 result["summary"][step.key] = {"runs": 0, "passed": 0}
+        for step in steps:  # the C media loop against the Python path, measured alongside
+            python_key = step.key.removesuffix(f"/{step.media}")
+            if step.media == "python" or python_key not in result["summary"]:
+                continue
+            ours = result["summary"][step.key].get("cpu_percent_per_participant")
+            theirs = result["summary"][python_key].get("cpu_percent_per_participant")
+            if ours and theirs:
+                result["summary"][step.key]["ratio_to_python"] = round(ours / theirs, 3)
         if not args.no_checks:
             # A step whose callers send only digital silence must fail (no input, no pass).
             silent = Step("G711", 5, 20, 0, warmup, min(window, 4.0), silent=True, label="silent")
@@ -557,6 +572,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rooms", nargs="+", type=int, default=[5, 50])
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 2])
     parser.add_argument("--participants", type=int, help="override the per-codec count")
+    parser.add_argument(
+        "--media",
+        nargs="+",
+        default=["python"],
+        choices=["python", "native"],
+        help="mixer media path(s): native is [rtp] native_media (the C media loop)",
+    )
     parser.add_argument(
         "--no-checks", action="store_true", help="skip the silent and near-capacity steps"
     )

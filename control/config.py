@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from control.media import native as native_media
 from control.settings import (
     AUDIO_ENGINES,
     TRANSPORTS,
@@ -271,7 +272,12 @@ def _parse_rtp(section: _Section) -> RtpConfig:
         mixer_workers=section.integer("mixer_workers", default.mixer_workers, minimum=0),
         failure_ticks=section.integer("failure_ticks", default.failure_ticks, minimum=1),
         rtcp_interval=section.number("rtcp_interval", default.rtcp_interval, minimum=0.1),
+        native_media=bool(section.take("native_media", bool, default.native_media)),
     )
+    if config.native_media and not native_media.available():
+        raise ConfigError(
+            section.key("native_media"), "the C media loop is not built (make deps builds it)"
+        )
     section.finish()
     return config
 

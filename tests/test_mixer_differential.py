@@ -28,6 +28,7 @@ from control.media import native
 from control.media.answer import answer_audio, supported_rtpmaps
 from control.media.codecs import codec_for
 from control.media.engine import ParticipantId, RoomId
+from control.media.jitter import JitterBuffer
 from control.media.mixroom import MixCounters, MixRoom, Outgoing, limit, limit_rows
 from control.media.rtp import RtpPacket, RtpSender
 from control.media.srtp import SrtpPolicy
@@ -80,6 +81,7 @@ def _run(
     muted: tuple[int, ...] = (),
     *,
     parse: Callable[[bytes], RtpPacket] = RtpPacket.parse,
+    jitter_buffer: type[JitterBuffer] = JitterBuffer,
 ) -> list[list[bytes]]:
     """Feed every member's tone; per member, the datagrams it was sent, tick by tick."""
     rng = random.Random(7)
@@ -93,7 +95,9 @@ def _run(
             srtp=SrtpPolicy.OPTIONAL,
             randbytes=rng.randbytes,
         )
-        stream = ParticipantStream(terms, rng=rng, now=0.0, parse=parse)
+        stream = ParticipantStream(
+            terms, rng=rng, now=0.0, parse=parse, jitter_buffer=jitter_buffer
+        )
         room.add(ParticipantId(f"p{i}"), stream)
         streams.append(stream)
         feeds.append(_packets(codec, TONES[i % len(TONES)], amplitude, 0x1000 + i))
@@ -237,12 +241,13 @@ def test_stamp_bytes_is_stamp_serialized() -> None:
 
 
 @pytest.mark.parametrize("members", list(ROOMS.values()), ids=list(ROOMS))
-def test_native_parse_and_level_send_the_python_octets(members: list[Member]) -> None:
-    """The native loop's per-packet C (parse_rtp, level_db) against the Python reference,
-    fed the same packets: the same datagrams to every listener, tick for tick."""
+def test_native_media_sends_the_python_octets(members: list[Member]) -> None:
+    """The native loop's per-packet C (parse_rtp, JitterBuffer, level_db) against the
+    Python reference, fed the same packets: the same datagrams to every listener, tick for
+    tick."""
     media = native.load()
     expected = _run(members, MixRoom(RoomId("py")), muted=(1,))
     room = MixRoom(RoomId("c"), level=media.level_db)
-    got = _run(members, room, muted=(1,), parse=media.parse_rtp)
+    got = _run(members, room, muted=(1,), parse=media.parse_rtp, jitter_buffer=media.JitterBuffer)
     assert [len(s) for s in got] == [TICKS] * len(members)
     assert got == expected

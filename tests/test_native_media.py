@@ -17,14 +17,17 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
+from dataclasses import astuple
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from control.config import ConfigError, parse_config
 from control.media import native
 from control.media.engine import ParticipantId, RoomId
+from control.media.jitter import Frame, JitterBuffer
 from control.media.rtp import RtpError, RtpPacket
 from control.media.stream import level_db
 from tests.test_media_mixer import (
@@ -290,3 +293,83 @@ async def test_native_off_keeps_the_event_loop_reader(monkeypatch: pytest.Monkey
     finally:
         await engine.close()
         peers[0].close()
+
+
+def test_config_key_parsed_and_validated() -> None:
+    assert parse_config({}).rtp.native_media is False
+    assert parse_config({"rtp": {"native_media": True}}).rtp.native_media is True
+    with pytest.raises(ConfigError, match="rtp.native_media"):
+        parse_config({"rtp": {"native_media": "yes"}})
+
+
+# --- the jitter buffer ----------------------------------------------------------------
+
+Op = tuple[str, int, int, int, bool, float]  # op, ssrc, sequence step, ts wobble, marker, dt
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["put", "put", "put", "get", "get"]),
+        st.sampled_from([7, 7, 7, 7, 7, 7, 9]),
+        st.one_of(st.integers(-3, 4), st.integers(-3, 4), st.sampled_from([-2000, 300, 40000])),
+        st.sampled_from([0, 0, 0, 1, -7, 160, 90000]),
+        st.sampled_from([False, False, False, True]),
+        st.floats(0.0, 0.06),
+    ),
+    max_size=400,
+)
+
+
+def _observed(buf: object) -> tuple[object, ...]:
+    """Everything the buffer shows (its stats copied: Python's JitterStats is live)."""
+    names = ("jitter", "depth", "target_delay", "frame_duration", "playing")
+    return (*(getattr(buf, name) for name in names), astuple(buf.stats))
+
+
+def _drive(factory: type, script: list[Op], **options: float) -> list[object]:
+    buf = factory(8000, **options)
+    seen: list[object] = []
+    seq, now = 65530, 100.0
+    for op, ssrc, step, wobble, marker, dt in script:
+        now += dt
+        if op == "put":
+            seq = (seq + step) % 65536
+            ts = (seq * 160 + wobble) % (1 << 32)
+            seen.append(buf.put(RtpPacket(8, seq, ts, ssrc, b"x", marker=marker), now))
+        else:
+            seen.append(buf.get(now))
+        seen.append(_observed(buf))
+    buf.reset()
+    seen.append(_observed(buf))
+    return seen
+
+
+@given(ops)
+@settings(max_examples=300, deadline=None)
+def test_native_jitter_buffer_gives_the_python_frames(script: list[Op]) -> None:
+    """The same puts and gets: the same Arrival, Frame/Lost/None and state after each."""
+    assert _drive(media.JitterBuffer, script) == _drive(JitterBuffer, script)
+
+
+@given(ops)
+@settings(max_examples=100, deadline=None)
+def test_native_jitter_buffer_with_other_limits(script: list[Op]) -> None:
+    options = {"min_delay": 0.02, "max_delay": 0.1, "adapt_window": 5, "max_concealed": 2}
+    assert _drive(media.JitterBuffer, script, **options) == _drive(JitterBuffer, script, **options)
+
+
+def test_native_jitter_buffer_steady_stream() -> None:
+    """A clean 20 ms stream with jittered arrivals, as a phone sends: every frame played."""
+    rng = np.random.default_rng(3)
+    py, c = JitterBuffer(8000), media.JitterBuffer(8000)
+    played = []
+    for k in range(500):
+        packet = RtpPacket(8, k % 65536, k * 160, 5, bytes([k % 256]))
+        arrival = k * 0.02 + float(rng.uniform(0, 0.015))
+        assert c.put(packet, arrival) == py.put(packet, arrival)
+        item = c.get(k * 0.02 + 0.016)
+        assert item == py.get(k * 0.02 + 0.016)
+        played.append(item)
+        assert c.jitter == py.jitter and c.stats == py.stats
+    assert sum(isinstance(p, Frame) for p in played) > 450
+    with pytest.raises(ValueError):
+        media.JitterBuffer(8000, min_delay=0.5, max_delay=0.1)

@@ -17,8 +17,8 @@ only forwards commands to the worker that owns the room and relays its events.
 With `native=True` (control/media/native) the legs' RTP sockets are not read by the event
 loop: each tick reads every leg's waiting datagrams in one C call (recvmmsg, the kernel's
 arrival times) before mixing, and writes the tick's datagrams in one call per room; RTP is
-parsed and frames levelled in C.  Everything between (source filter, jitter buffer, RTCP,
-mixing) is the same Python as with `native=False`, the reference.
+parsed, buffered (the jitter buffer) and frames levelled in C.  Everything between (source
+filter, RTCP, mixing) is the same Python as with `native=False`, the reference.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from control.media.engine import (
     RoomId,
 )
 from control.media.faults import FaultLog
+from control.media.jitter import JitterBuffer
 from control.media.mixroom import MixCounters, MixRoom, Outgoing
 from control.media.ports import PortAllocator, PortsExhausted
 from control.media.rtcpsession import StreamQuality
@@ -234,6 +235,7 @@ class EmbeddedMixer(AudioEngine):
             wall_offset=time.time() - loop.time(),
             cname=f"chorus@{self._host}",
             parse=RtpPacket.parse if self._native is None else self._native.parse_rtp,
+            jitter_buffer=JitterBuffer if self._native is None else self._native.JitterBuffer,
         )
         self._read_natively(leg)
         mix = self._rooms.get(room)

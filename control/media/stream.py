@@ -173,9 +173,11 @@ class ParticipantStream:
         wall_offset: float = 0.0,  # wall clock minus `now`'s clock, for RTCP's NTP times
         cname: str = "chorus",  # RFC 3550 §6.5.1 CNAME in our SDES
         parse: Callable[[bytes], RtpPacket] = RtpPacket.parse,  # or the native parse_rtp
+        jitter_buffer: type[JitterBuffer] = JitterBuffer,  # or the native JitterBuffer
     ) -> None:
         self.internal_rate = internal_rate
         self._parse = parse
+        self._jitter_buffer = jitter_buffer
         self.stats = StreamStats()
         self.talk = talk or TalkDetector()
         self.muted = False
@@ -215,7 +217,7 @@ class ParticipantStream:
             self._decoder = factory()
             self._upsampler = resampler(self._decoder.sample_rate, self.internal_rate)
             self.frame_samples = self._decoder.frame_samples(PTIME_MS)
-            self._jitter = JitterBuffer(terms.rtpmap.clock_rate, ptime_ms=PTIME_MS)
+            self._jitter = self._jitter_buffer(terms.rtpmap.clock_rate, ptime_ms=PTIME_MS)
             self._fifo: list[Pcm] = []
             self._fifo_len = 0
             self.private = EncoderChain(factory, self.internal_rate)

@@ -7,7 +7,9 @@ the time once the mix itself was vectorised:
 * `recv_batch`: every leg's waiting datagrams in one call per tick (recvmmsg with the
   kernel's arrival times) instead of one event-loop wake-up and callback per packet;
 * `send_batch`: the tick's datagrams in one call instead of a `transport.sendto` each;
-* `parse_rtp` and `level_db`: `RtpPacket.parse` and `stream.level_db`, the same results.
+* `parse_rtp` and `level_db`: `RtpPacket.parse` and `stream.level_db`, the same results;
+* `JitterBuffer`: `control.media.jitter.JitterBuffer`, the same policy and the same
+  floating-point steps, so the same frames, losses and concealments tick for tick.
 
 Which path runs is chosen once per mixer: `[rtp] native_media` in the config, overridden by
 the environment variable `CHORUS_NATIVE_MEDIA` (``1``/``0``) so a whole test run can be put
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
+from control.media.jitter import Arrival, Frame, JitterStats, Lost
 from control.media.rtp import RtpError, RtpPacket
 
 __all__ = ["ENV", "NativeUnavailable", "available", "choose", "load"]
@@ -33,7 +36,7 @@ try:
 except ImportError as exc:  # not built: `pip install -e .` (make deps) builds it
     _import_error = str(exc)
 else:
-    _media.configure(RtpPacket, RtpError)
+    _media.configure(RtpPacket, RtpError, Frame, Lost, Arrival, JitterStats)
     _module = _media
 
 

@@ -2,9 +2,18 @@
 from collections.abc import Sequence
 from typing import Any
 
+from control.media import jitter
 from control.media.rtp import RtpPacket
 
-def configure(packet_type: type, error_type: type, /) -> None: ...
+def configure(
+    packet_type: type,
+    error_type: type,
+    frame_type: type,
+    lost_type: type,
+    arrival_type: type,
+    stats_type: type,
+    /,
+) -> None: ...
 def enable_timestamps(fd: Any, /) -> None: ...
 def recv_batch(
     fds: Sequence[int], max_per_fd: int, /
@@ -12,3 +21,6 @@ def recv_batch(
 def send_batch(items: Sequence[tuple[int, bytes, str, int]], /) -> list[tuple[int, int]]: ...
 def parse_rtp(data: bytes, /) -> RtpPacket: ...
 def level_db(frame: Any, /) -> float: ...
+
+# Typed as the Python class it reproduces (the same interface; not a subclass at run time).
+class JitterBuffer(jitter.JitterBuffer): ...
