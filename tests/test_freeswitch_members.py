@@ -4,21 +4,21 @@ The ESL fake builds each ``conference::maintenance`` event as mod_conference 1.1
 serialises it as mod_event_socket does; those bytes go through the framing parser and into
 `ConferenceMembers`, with no socket: add-member/del-member map members, start/stop-talking
 become TalkingStarted/Stopped, a mute Chorus asked for is no news while an operator's is a
-MuteChanged, and an operator's kick is StreamFailed("kicked by operator").
+MuteChanged, and an operator's kick is Kicked(by="operator").
 """
 
 from __future__ import annotations
 
 from control.media.engine import (
+    Kicked,
     MuteChanged,
     ParticipantId,
     RoomId,
-    StreamFailed,
     TalkingStarted,
     TalkingStopped,
 )
 from control.media.freeswitch.members import (
-    KICKED_BY_OPERATOR,
+    OPERATOR,
     PARTICIPANT_VARIABLE,
     ConferenceMembers,
     conference_name,
@@ -98,7 +98,7 @@ def test_an_operators_kick_ends_the_participant_ours_does_not_report() -> None:
     b = fake.join(conference, BOB)
     feed(fake, members)
     assert fake.api(f"conference {conference} kick {a}") == f"OK kicked {a}\n"
-    assert feed(fake, members) == [StreamFailed(ROOM, ALICE, KICKED_BY_OPERATOR)]
+    assert feed(fake, members) == [Kicked(ROOM, ALICE, OPERATOR)]
     members.asked_kick(ROOM, BOB)
     fake.api(f"conference {conference} kick {b}")
     assert feed(fake, members) == []

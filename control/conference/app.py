@@ -33,6 +33,7 @@ from control.app import (
 from control.media.engine import (
     AudioEngine,
     DtmfReceived,
+    Kicked,
     MuteChanged,
     ParticipantId,
     RoomFailed,
@@ -70,6 +71,7 @@ from .info import CONFERENCE_INFO_TYPE
 from .infonotify import ConferenceInfo
 from .infosubs import RoomFileRecord
 from .moderation import Moderation, ModerationPolicy
+from .notices import NoticeKind
 from .participant import Participant, identity_uri
 from .room import Room, RoomObserver, room_id_for, room_uri_for
 from .roomchat import HistoryPolicy, RoomChat
@@ -505,6 +507,13 @@ class ConferenceApp:
                 participant = self.participant(room_id, participant_id)
                 if participant is not None:
                     self.rooms[room_id].set_muted(participant, muted, by_operator=op)
+                    self.room_changed(self.rooms[room_id])
+            case Kicked(room=room_id, participant=participant_id, by=by):
+                participant = self.participant(room_id, participant_id)
+                if participant is not None:  # as Moderation.kick: notice, then BYE
+                    self.rooms[room_id].announce(NoticeKind.KICKED, participant, by, exclude=False)
+                    log.info("%s kicked from %s by %s", participant.uri, room_id, by)
+                    self.ua.spawn(self._end(participant.session, "kicked"))
             case StreamMoved(room=room_id, participant=participant_id, answer=moved):
                 participant = self.participant(room_id, participant_id)
                 if participant is not None:

@@ -89,6 +89,17 @@ class MuteChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class Kicked:
+    """Someone other than the room removed this participant from the mix (an operator's
+    ``conference R kick N`` on a media server, ``by`` says who): the room tells everyone and
+    ends the participant (BYE)."""
+
+    room: RoomId
+    participant: ParticipantId
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
 class StreamMoved:
     """The participant's audio now terminates elsewhere (a media node died and the room was
     re-homed to another): the room re-INVITEs the participant with an answer built from
@@ -116,6 +127,7 @@ AudioEvent = (
     | StreamFailed
     | RoomFailed
     | MuteChanged
+    | Kicked
     | StreamMoved
     | DtmfReceived
 )

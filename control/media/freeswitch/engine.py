@@ -7,7 +7,7 @@ and the Event Socket only, so ``quality()`` has nothing to report (FreeSWITCH ke
 
 Each node's Event Socket (`eslclient`, greenswitch in its own thread) feeds that node's
 `ConferenceMembers`, which turns ``conference::maintenance`` events into the AudioEvents a
-room reads: talking, an operator's mute (MuteChanged) and kick (StreamFailed). Mute and kick
+room reads: talking, an operator's mute (MuteChanged) and kick (Kicked). Mute and kick
 go out as ``api conference <name> mute|unmute|kick <member-id>``.
 
 Faults: a node whose Event Socket is down or whose ``api status`` probe goes unanswered for
@@ -30,6 +30,7 @@ from control.media.engine import (
     AudioEngine,
     AudioEngineError,
     AudioEvent,
+    Kicked,
     ParticipantId,
     RoomId,
     StreamFailed,
@@ -297,7 +298,7 @@ class FreeSwitchEngine(AudioEngine):
             case EslEventReceived(node=name, event=esl_event):
                 members = self._members[name]
                 for audio_event in members.handle(esl_event):
-                    if isinstance(audio_event, StreamFailed):
+                    if isinstance(audio_event, StreamFailed | Kicked):
                         leg = self._legs.get((audio_event.room, audio_event.participant))
                         if leg is None:
                             continue

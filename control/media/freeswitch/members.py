@@ -12,10 +12,13 @@ which the mapping falls back on. The
 * ``add-member`` / ``del-member`` — a member id (``Member-ID``) appears or goes;
 * ``start-talking`` / ``stop-talking`` — the energy detector's verdict (TalkingStarted/Stopped);
 * ``mute-member`` / ``unmute-member`` — its ``Speak`` flag changed: a MuteChanged, unless it
-  is the echo of a mute Chorus itself asked for;
+  is the echo of a mute Chorus itself asked for (``by_operator``: the room shows the state,
+  a notice and conference-info say so);
 * ``kick-member`` / ``hup-member`` — someone removed it. When it was not Chorus, an operator
-  did (``fs_cli -x 'conference R kick N'``): StreamFailed("kicked by operator"), and the room
-  ends that participant;
+  did (``fs_cli -x 'conference R kick N'``): Kicked(by="operator"), and the room announces it
+  and ends that participant (BYE);
+* ``deaf-member`` / ``undeaf-member`` — its ``Hear`` flag changed (kept; a room has no deaf
+  state to show, so an operator's is only logged);
 * ``conference-destroy`` — the last member left.
 
 Events of conferences or callers Chorus did not create are ignored: a node may host other
@@ -31,10 +34,10 @@ from dataclasses import dataclass
 
 from control.media.engine import (
     AudioEvent,
+    Kicked,
     MuteChanged,
     ParticipantId,
     RoomId,
-    StreamFailed,
     TalkingStarted,
     TalkingStopped,
 )
@@ -42,7 +45,7 @@ from control.media.freeswitch.esl import EslEvent
 
 __all__ = [
     "CONFERENCE_SUBCLASS",
-    "KICKED_BY_OPERATOR",
+    "OPERATOR",
     "PARTICIPANT_HEADER",
     "PARTICIPANT_VARIABLE",
     "ROOM_HEADER",
@@ -55,7 +58,7 @@ __all__ = [
 log = logging.getLogger("chorus.media.freeswitch")
 
 CONFERENCE_SUBCLASS = "conference::maintenance"
-KICKED_BY_OPERATOR = "kicked by operator"
+OPERATOR = "operator"  # who an outside ESL client's kick is attributed to
 _UNSAFE = re.compile(r"[^a-z0-9._-]+")
 
 
@@ -245,7 +248,7 @@ class ConferenceMembers:
                         room,
                         member.member_id,
                     )
-                    events.append(StreamFailed(room, participant, KICKED_BY_OPERATOR))
+                    events.append(Kicked(room, participant, OPERATOR))
             case "del-member":
                 if member.talking:
                     events.append(TalkingStopped(room, participant))
