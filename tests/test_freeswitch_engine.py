@@ -23,6 +23,7 @@ from control.media.engine import (
     AudioEvent,
     Kicked,
     MuteChanged,
+    ParticipantId,
     StreamFailed,
     StreamMoved,
     TalkingStarted,
@@ -113,6 +114,45 @@ async def test_mute_unmute_kick_are_conference_api_commands(
         f"api conference {name} kick {member}",
     ]
     assert node.fake.members(name) == []
+
+
+async def test_deaf_undeaf_and_energy_are_conference_api_commands(
+    engine: FreeSwitchEngine, node: MediaNode, participant: Participant
+) -> None:
+    fake = node.fake
+    assert fake is not None
+    member = await joined(engine, fake, participant.port)
+    name = conference_name(ROOM)
+    events = Events(engine)
+    try:
+        assert engine.deaf(ROOM, ALICE) is False and engine.energy_level(ROOM, ALICE) == 200
+        await engine.set_deaf(ROOM, ALICE, True)
+        (listed,) = fake.members(name)
+        assert listed.deaf
+        await until(lambda: engine.deaf(ROOM, ALICE) is True)
+        await engine.set_deaf(ROOM, ALICE, False)
+        assert not listed.deaf
+        assert await engine.set_energy(ROOM, ALICE, 450) == 450
+        assert listed.energy == 450
+        await until(lambda: engine.energy_level(ROOM, ALICE) == 450)  # energy-level-member
+        with pytest.raises(ValueError):
+            await engine.set_energy(ROOM, ALICE, -1)
+        assert [c for c in fake.commands if c.startswith("api conference")] == [
+            f"api conference {name} deaf {member}",
+            f"api conference {name} undeaf {member}",
+            f"api conference {name} energy {member} 450",
+        ]
+        # An operator's deaf is the node's state, not a mute: no event for the room.
+        reply = await operator(
+            "127.0.0.1", node.esl_port, PASSWORD, f"conference {name} deaf {member}"
+        )
+        assert reply == f"OK deaf {member}\n"
+        await until(lambda: engine.deaf(ROOM, ALICE) is True)
+        assert not [e for e in events.seen if not isinstance(e, TalkingStarted | TalkingStopped)]
+    finally:
+        events.stop()
+    # No member (yet): nothing is sent, nothing raised.
+    assert await engine.set_energy(ROOM, ParticipantId("nobody"), 300) is None
 
 
 async def test_operator_kick_mute_and_talking_are_reflected(

@@ -122,15 +122,33 @@ def test_a_member_whose_add_was_missed_is_learned_from_the_list() -> None:
     assert feed(fake, members) == [MuteChanged(ROOM, ALICE, muted=False, by_operator=True)]
 
 
+def test_deaf_and_energy_events_are_kept_and_raise_nothing() -> None:
+    fake = FakeFreeSwitch("x")
+    members = ConferenceMembers()
+    conference = members.expect(ROOM, ALICE)
+    a = fake.join(conference, ALICE)
+    feed(fake, members)
+    assert members.deaf(ROOM, ALICE) is False and members.energy_level(ROOM, ALICE) == 200
+    members.asked_deaf(ROOM, ALICE, True)
+    assert fake.api(f"conference {conference} deaf {a}") == f"OK deaf {a}\n"
+    assert fake.api(f"conference {conference} energy {a} 650") == f"Energy {a} = 650\n"
+    assert fake.api(f"conference {conference} energy {a} up") == f"Energy {a} = 850\n"
+    assert feed(fake, members) == []
+    assert members.deaf(ROOM, ALICE) is True and members.energy_level(ROOM, ALICE) == 850
+    fake.api(f"conference {conference} undeaf {a}")  # an operator's: logged, no event
+    assert feed(fake, members) == []
+    assert members.deaf(ROOM, ALICE) is False
+
+
 def test_list_parsing_takes_mod_conference_lines_only() -> None:
     text = (
         "1;sofia/chorus/alice@127.0.0.1;6f1c;alice;alice;hear|speak|floor;0;0;300\n"
-        "2;sofia/chorus/bob@127.0.0.1;7a2d;Bob;bob;hear;0;0;300\n"
+        "2;sofia/chorus/bob@127.0.0.1;7a2d;Bob;bob;hear;0;0;450\n"
     )
     listed = parse_conference_list(text)
-    assert [(m.member_id, m.caller_id_number, m.muted) for m in listed] == [
-        (1, "alice", False),
-        (2, "bob", True),
+    assert [(m.member_id, m.caller_id_number, m.muted, m.deaf, m.energy) for m in listed] == [
+        (1, "alice", False, False, 300),
+        (2, "bob", True, False, 450),
     ]
     assert parse_conference_list("Conference chorus-x not found\n") == []
 

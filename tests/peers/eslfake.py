@@ -8,7 +8,7 @@ speaks the wire format of FreeSWITCH 1.10 byte for byte — ``auth/request`` on 
 events the way mod_conference 1.10 does (``conference_member_add_event_data``: the event's
 core headers, the conference's, ``Floor``, the channel's basic data, the member flags, then
 ``Action``). Its api answers are mod_conference's (``OK mute 3\\n``, ``OK kicked 3\\n``,
-``Non-Existant ID 9\\n``, the ``;``-separated ``list``).
+``Energy 3 = 450\\n``, ``Non-Existant ID 9\\n``, the ``;``-separated ``list``).
 
 The test plays FreeSWITCH's inside: ``join()`` stands for a SIP leg that the dialplan put into
 a conference (conference-create, add-member), ``talk()`` for the energy detector. Any client
@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import re
 import time
 import uuid as uuidlib
 from collections.abc import Sequence
@@ -71,6 +72,7 @@ class FakeMember:
     muted: bool = False
     deaf: bool = False
     talking: bool = False
+    energy: int = 200  # the profile's energy-level (deploy/freeswitch conference.conf.xml)
     sip_headers: dict[str, str] = field(default_factory=dict)  # the INVITE's X- headers
 
     @property
@@ -298,6 +300,14 @@ class FakeFreeSwitch:
                 member.deaf = verb == "deaf"
                 self._emit_member(conf, member, f"{verb}-member")
                 return f"OK {verb} {member.member_id}\n"
+            case "energy":  # conference_api_sub_energy: a level, up/down by 200, or a query
+                value = words[4] if len(words) > 4 else None
+                if value is not None:
+                    step = {"up": 200, "down": -200}.get(value.lower())
+                    level = member.energy + step if step is not None else _atoi(value)
+                    member.energy = min(max(level, 0), 1800) if step is not None else level
+                    self._emit_member(conf, member, "energy-level-member")
+                return f"Energy {member.member_id} = {member.energy}\n"
             case "kick" | "hup":
                 self._emit_member(conf, member, f"{verb}-member")
                 self.leave(conf.name, member.member_id)
@@ -312,7 +322,7 @@ class FakeFreeSwitch:
         flags += ["floor"] if conf.floor == member.member_id else []
         return (
             f"{member.member_id};{member.channel_name};{member.uuid};{member.caller_id_name};"
-            f"{member.caller_id_number};{'|'.join(flags)};0;0;300\n"
+            f"{member.caller_id_number};{'|'.join(flags)};0;0;{member.energy}\n"
         )
 
     # --- events as FreeSWITCH 1.10 builds them ----------------------------------------------
@@ -417,7 +427,7 @@ class FakeFreeSwitch:
             ("Member-ID", str(member.member_id)),
             ("Member-Type", "member"),
             ("Member-Ghost", "false"),
-            ("Energy-Level", "300"),
+            ("Energy-Level", str(member.energy)),
             ("Current-Energy", "0"),
             ("Action", action),
         ]
@@ -462,6 +472,12 @@ class FakeFreeSwitch:
             await client.writer.drain()
             await asyncio.sleep(0.2)
             client.writer.write(data[cut:])
+
+
+def _atoi(text: str) -> int:
+    """C's atoi: the leading digits (with a sign), 0 when there are none."""
+    digits = re.match(r"[+-]?\d+", text.strip())
+    return int(digits.group()) if digits else 0
 
 
 async def operator(host: str, port: int, password: str, command: str) -> str:

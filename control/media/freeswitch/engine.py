@@ -7,8 +7,10 @@ and the Event Socket only, so ``quality()`` has nothing to report (FreeSWITCH ke
 
 Each node's Event Socket (`eslclient`, greenswitch in its own thread) feeds that node's
 `ConferenceMembers`, which turns ``conference::maintenance`` events into the AudioEvents a
-room reads: talking, an operator's mute (MuteChanged) and kick (Kicked). Mute and kick
-go out as ``api conference <name> mute|unmute|kick <member-id>``.
+room reads: talking, an operator's mute (MuteChanged) and kick (Kicked). Mute, deaf and
+kick go out as ``api conference <name> mute|unmute|deaf|undeaf|kick <member-id>``; a
+member's noise gate as ``energy <member-id> <level>`` (`set_energy`, FreeSWITCH only: the
+room-level default is the conference profile's ``energy-level``).
 
 Faults: a node whose Event Socket is down or whose ``api status`` probe goes unanswered for
 ``failover_after`` seconds has failed. Its rooms move to the fittest other node — a new leg
@@ -22,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine, Sequence
+import re
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 
 from control.config import FreeSwitchNode
 from control.media.engine import (
@@ -62,6 +65,7 @@ __all__ = ["FreeSwitchEngine"]
 log = logging.getLogger("chorus.media.freeswitch")
 
 Key = tuple[RoomId, ParticipantId]
+_ENERGY = re.compile(r"^\+?(?:OK )?Energy \d+ = (\d+)")  # mod_conference's energy reply
 
 
 class FreeSwitchEngine(AudioEngine):
@@ -179,17 +183,68 @@ class FreeSwitchEngine(AudioEngine):
         await leg.bye("detached")
 
     async def set_muted(self, room: RoomId, participant: ParticipantId, muted: bool) -> None:
+        await self._member_command(
+            room, participant, _mute(muted), asking=lambda m: m.asked_mute(room, participant, muted)
+        )
+
+    async def set_deaf(self, room: RoomId, participant: ParticipantId, deaf: bool) -> None:
+        """``conference <name> deaf|undeaf <id>``: the node stops (or resumes) sending the
+        room's mix to this member."""
+        await self._member_command(
+            room,
+            participant,
+            "deaf" if deaf else "undeaf",
+            asking=lambda m: m.asked_deaf(room, participant, deaf),
+        )
+
+    async def set_energy(self, room: RoomId, participant: ParticipantId, level: int) -> int | None:
+        """``conference <name> energy <id> <level>``: the member's noise gate, mod_conference's
+        per-member energy threshold (below it the member's audio is not mixed and it is not
+        talking). Not part of `AudioEngine` — the embedded mixer has no per-participant
+        gate; the room-level default is the conference profile's ``energy-level``
+        (deploy/freeswitch). Returns the level the node reports (``Energy N = L``), None when
+        the participant is not a member (yet) or the node refused."""
+        if level < 0:
+            raise ValueError(f"energy level {level} is negative")
+        reply = await self._member_command(room, participant, "energy", str(level))
+        match = _ENERGY.match(reply or "")
+        return int(match.group(1)) if match else None
+
+    def energy_level(self, room: RoomId, participant: ParticipantId) -> int | None:
+        """The member's noise gate as the node's events last said (None: unknown)."""
+        leg = self._legs.get((room, participant))
+        return self._members[leg.node].energy_level(room, participant) if leg else None
+
+    def deaf(self, room: RoomId, participant: ParticipantId) -> bool | None:
+        """Whether the node says this member hears nothing (None: not a member yet)."""
+        leg = self._legs.get((room, participant))
+        return self._members[leg.node].deaf(room, participant) if leg else None
+
+    async def _member_command(
+        self,
+        room: RoomId,
+        participant: ParticipantId,
+        verb: str,
+        *args: str,
+        asking: Callable[[ConferenceMembers], None] | None = None,
+    ) -> str | None:
+        """``conference <name> <verb> <member-id> [args]`` on the leg's node: its reply, or
+        None (logged) when the participant has no leg or no member yet. ``asking`` tells the
+        node's members what is asked first, so that its echo is no news."""
         leg = self._legs.get((room, participant))
         if leg is None:
-            return
+            return None
         member_id = await self._member_id(leg)
         if member_id is None:
-            log.warning("cannot %s %s in %s: not a member yet", _mute(muted), participant, room)
-            return
-        self._members[leg.node].asked_mute(room, participant, muted)
-        reply = await self._api(leg.node, f"conference {leg.conference} {_mute(muted)} {member_id}")
-        if not reply.startswith("OK"):
-            log.warning("%s of %s in %s refused: %s", _mute(muted), participant, room, reply)
+            log.warning("cannot %s %s in %s: not a member yet", verb, participant, room)
+            return None
+        if asking is not None:
+            asking(self._members[leg.node])
+        command = " ".join(["conference", leg.conference, verb, str(member_id), *args])
+        reply = await self._api(leg.node, command)
+        if not reply.startswith(("OK", "+OK", "Energy")):
+            log.warning("%s of %s in %s refused: %s", verb, participant, room, reply.strip())
+        return reply
 
     async def kick(self, room: RoomId, participant: ParticipantId) -> bool:
         """``conference <name> kick <id>``: the node hangs the leg up (its BYE follows)."""

@@ -19,6 +19,7 @@ which the mapping falls back on. The
   and ends that participant (BYE);
 * ``deaf-member`` / ``undeaf-member`` — its ``Hear`` flag changed (kept; a room has no deaf
   state to show, so an operator's is only logged);
+* ``energy-level-member`` — its noise gate (``Energy-Level``) was set (kept, `energy_level`);
 * ``conference-destroy`` — the last member left.
 
 Events of conferences or callers Chorus did not create are ignored: a node may host other
@@ -79,6 +80,8 @@ class _Member:
     member_id: int
     muted: bool = False
     talking: bool = False
+    deaf: bool = False
+    energy: int | None = None  # its noise gate, as the last event said
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +93,20 @@ class ListedMember:
     uuid: str
     caller_id_number: str
     flags: frozenset[str]
+    energy: int | None = None
 
     @property
     def muted(self) -> bool:
         return "speak" not in self.flags
+
+    @property
+    def deaf(self) -> bool:
+        return "hear" not in self.flags
+
+
+def _level(event: EslEvent) -> int | None:
+    text = event.get("Energy-Level")
+    return int(text) if text.isdigit() else None
 
 
 def parse_conference_list(text: str) -> list[ListedMember]:
@@ -105,7 +118,8 @@ def parse_conference_list(text: str) -> list[ListedMember]:
         if len(fields) < 6 or not fields[0].isdigit():
             continue
         flags = frozenset(f for f in fields[5].split("|") if f)
-        members.append(ListedMember(int(fields[0]), fields[2], fields[4], flags))
+        energy = int(fields[8]) if len(fields) > 8 and fields[8].isdigit() else None
+        members.append(ListedMember(int(fields[0]), fields[2], fields[4], flags, energy))
     return members
 
 
@@ -133,6 +147,7 @@ class ConferenceMembers:
         self._members: dict[tuple[str, int], _Member] = {}
         self._by_participant: dict[tuple[RoomId, ParticipantId], _Member] = {}
         self._asked_mute: dict[tuple[RoomId, ParticipantId], bool] = {}
+        self._asked_deaf: dict[tuple[RoomId, ParticipantId], bool] = {}
         self._asked_kick: set[tuple[RoomId, ParticipantId]] = set()
 
     # --- what Chorus does -------------------------------------------------------------------
@@ -149,6 +164,7 @@ class ConferenceMembers:
         key = (room, participant)
         self._participants.discard(key)
         self._asked_mute.pop(key, None)
+        self._asked_deaf.pop(key, None)
         self._asked_kick.discard(key)
         member = self._by_participant.pop(key, None)
         if member is not None:
@@ -165,11 +181,28 @@ class ConferenceMembers:
         Event Socket was reconnecting)."""
         participant = ParticipantId(listed.caller_id_number)
         if (room, participant) in self._participants:
-            self._add(conference_name(room), room, participant, listed.member_id, listed.muted)
+            member = self._add(
+                conference_name(room), room, participant, listed.member_id, listed.muted
+            )
+            member.deaf, member.energy = listed.deaf, listed.energy
 
     def asked_mute(self, room: RoomId, participant: ParticipantId, muted: bool) -> None:
         """Chorus is about to send ``conference R mute|unmute N``: its echo is no news."""
         self._asked_mute[(room, participant)] = muted
+
+    def asked_deaf(self, room: RoomId, participant: ParticipantId, deaf: bool) -> None:
+        """Chorus is about to send ``conference R deaf|undeaf N``."""
+        self._asked_deaf[(room, participant)] = deaf
+
+    def deaf(self, room: RoomId, participant: ParticipantId) -> bool | None:
+        """Whether the node says the member hears nothing (None: not a member yet)."""
+        member = self._by_participant.get((room, participant))
+        return member.deaf if member is not None else None
+
+    def energy_level(self, room: RoomId, participant: ParticipantId) -> int | None:
+        """The member's noise gate as its events last said (None: unknown)."""
+        member = self._by_participant.get((room, participant))
+        return member.energy if member is not None else None
 
     def asked_kick(self, room: RoomId, participant: ParticipantId) -> None:
         self._asked_kick.add((room, participant))
@@ -199,22 +232,30 @@ class ConferenceMembers:
         if action == "add-member":
             participant = _participant_of(event)
             if participant is not None and (room, participant) in self._participants:
-                self._add(conference, room, participant, member_id, event.get("Speak") == "false")
+                member = self._add(
+                    conference, room, participant, member_id, event.get("Speak") == "false"
+                )
+                member.deaf = event.get("Hear") == "false"
+                member.energy = _level(event)
             return []
         found = self._members.get((conference, member_id))
         if found is None:
+            return []
+        if action == "energy-level-member":
+            found.energy = _level(event)
             return []
         return self._member_event(conference, found, action)
 
     def _add(
         self, conference: str, room: RoomId, participant: ParticipantId, member_id: int, muted: bool
-    ) -> None:
+    ) -> _Member:
         old = self._by_participant.pop((room, participant), None)
         if old is not None:
             self._members.pop((conference, old.member_id), None)
         member = _Member(room, participant, member_id, muted=muted)
         self._members[(conference, member_id)] = member
         self._by_participant[(room, participant)] = member
+        return member
 
     def _member_event(self, conference: str, member: _Member, action: str) -> list[AudioEvent]:
         room, participant = member.room, member.participant
@@ -238,6 +279,14 @@ class ConferenceMembers:
                 if member.muted != muted and not ours:
                     events.append(MuteChanged(room, participant, muted, by_operator=True))
                 member.muted = muted
+            case "deaf-member" | "undeaf-member":
+                deaf = action == "deaf-member"
+                ours = self._asked_deaf.get(key) == deaf
+                if ours:
+                    del self._asked_deaf[key]
+                elif member.deaf != deaf:
+                    log.info("operator made %s %s in %s", participant, action[:-7], room)
+                member.deaf = deaf
             case "kick-member" | "hup-member":
                 if key in self._asked_kick:
                     self._asked_kick.discard(key)
