@@ -242,12 +242,40 @@ def test_stamp_bytes_is_stamp_serialized() -> None:
 
 @pytest.mark.parametrize("members", list(ROOMS.values()), ids=list(ROOMS))
 def test_native_media_sends_the_python_octets(members: list[Member]) -> None:
-    """The native loop's per-packet C (parse_rtp, JitterBuffer, level_db) against the
+    """The native loop's C (parse_rtp, JitterBuffer, level_db, mix_minus) against the
     Python reference, fed the same packets: the same datagrams to every listener, tick for
     tick."""
     media = native.load()
     expected = _run(members, MixRoom(RoomId("py")), muted=(1,))
-    room = MixRoom(RoomId("c"), level=media.level_db)
+    room = MixRoom(RoomId("c"), level=media.level_db, mix_minus=media.mix_minus)
     got = _run(members, room, muted=(1,), parse=media.parse_rtp, jitter_buffer=media.JitterBuffer)
     assert [len(s) for s in got] == [TICKS] * len(members)
     assert got == expected
+
+
+def test_native_mix_minus_is_the_numpy_mix_minus() -> None:
+    """Random talkers' frames: the same total, limited rows and G.711 codes as numpy's
+    `total - frames`, `limit_rows` and the table lookup; None (numpy's turn) above the knee."""
+    media = native.load()
+    rng = np.random.default_rng(9)
+    alaw, ulaw = codec_for("PCMA", 8000, 1), codec_for("PCMU", 8000, 1)  # factories
+    assert alaw is not None and ulaw is not None
+    tables = [alaw().table, None, ulaw().table, alaw().table]
+    for scale in (100, 3000, 6000, 16000):  # the last one engages the limiter
+        frames = [rng.integers(-scale, scale, size=170, dtype=np.int16) for _ in tables]
+        total, rows, payloads = media.mix_minus(frames, 160, tables)
+        stacked = np.stack([f[:160] for f in frames]).astype(np.int32)
+        expected_total = stacked.sum(axis=0, dtype=np.int32)
+        assert np.array_equal(np.frombuffer(total, np.int32), expected_total)
+        mixes = expected_total - stacked
+        if int(np.max(np.abs(mixes))) > 24576:
+            assert rows is None and payloads is None
+            continue
+        assert rows is not None and payloads is not None
+        limited = limit_rows(mixes)
+        assert np.array_equal(np.frombuffer(rows, np.int16).reshape(4, 160), limited)
+        for row, table in enumerate(tables):
+            expected = None if table is None else table[limited[row].view(np.uint16) ^ 0x8000]
+            assert payloads[row] == (None if expected is None else expected.tobytes())
+    with pytest.raises(ValueError):
+        media.mix_minus([np.zeros(100, np.int16)], 160, [None])

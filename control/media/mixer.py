@@ -17,8 +17,9 @@ only forwards commands to the worker that owns the room and relays its events.
 With `native=True` (control/media/native) the legs' RTP sockets are not read by the event
 loop: each tick reads every leg's waiting datagrams in one C call (recvmmsg, the kernel's
 arrival times) before mixing, and writes the tick's datagrams in one call per room; RTP is
-parsed, buffered (the jitter buffer) and frames levelled in C.  Everything between (source
-filter, RTCP, mixing) is the same Python as with `native=False`, the reference.
+parsed, buffered (the jitter buffer), levelled and mixed-minus (with the G.711 encode) in
+C.  The rest (source filter, RTCP, limiter above its knee, other codecs) is the same Python
+as with `native=False`, the reference.
 """
 
 from __future__ import annotations
@@ -245,6 +246,7 @@ class EmbeddedMixer(AudioEngine):
                 share_encoding=self._share,
                 max_failing=self._max_failing,
                 level=level_db if self._native is None else self._native.level_db,
+                mix_minus=None if self._native is None else self._native.mix_minus,
             )
         elif mix.ended:
             del self._legs[key]

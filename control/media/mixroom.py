@@ -42,6 +42,11 @@ __all__ = ["MixCounters", "MixRoom", "Outgoing", "limit"]
 
 Pcm = npt.NDArray[np.int16]
 Outgoing = tuple[ParticipantId, bytes, Address]
+# control/media/native's mix_minus(frames, size, tables) -> (total, rows, payloads)
+NativeMixMinus = Callable[
+    [list[Pcm], int, list[npt.NDArray[np.uint8] | None]],
+    tuple[bytearray, bytearray | None, list[bytes | None] | None],
+]
 
 _FULL = 32767
 _SILENT_DB = -120.0
@@ -130,9 +135,11 @@ class MixRoom:
         fast: bool = True,
         narrowband: bool = True,
         level: Callable[[Pcm], float] = level_db,  # a frame's dBFS, or the native level_db
+        mix_minus: NativeMixMinus | None = None,  # the native mix_minus (control/media/native)
     ) -> None:
         self.room = room
         self._level = level
+        self._native_mix = mix_minus
         self.internal_rate = internal_rate
         # The rate wideband rooms mix at; with `narrowband`, a room whose every codec is
         # 8 kHz (G.711, Speex-NB) mixes at 8 kHz: no resampling at all.
@@ -360,6 +367,10 @@ class MixRoom:
         encoder is a table at this rate (G.711 in a room mixed at 8 kHz) get their
         payloads from one lookup over all their rows; the others encode their row later.
         """
+        if self._native_mix is not None:
+            native = self._mix_minus_native(contributions)
+            if native is not None:
+                return native
         size = self._silence.size
         pids = list(contributions)
         frames = np.stack([frame[:size] for frame in contributions.values()]).astype(np.int32)
@@ -379,6 +390,29 @@ class MixRoom:
                 self.streams[pid].private.encodes += 1
                 self._own_payloads[pid] = code.tobytes()
         return total
+
+    def _mix_minus_native(
+        self, contributions: dict[ParticipantId, Pcm]
+    ) -> npt.NDArray[np.int32] | None:
+        """`_mix_minus` in one C call; None when the limiter engages (numpy's tanh then, the
+        reference's floating point)."""
+        assert self._native_mix is not None
+        size = self._silence.size
+        pids = list(contributions)
+        streams = self.streams
+        tables = [streams[pid].private.table for pid in pids]
+        total, rows, payloads = self._native_mix(list(contributions.values()), size, tables)
+        if rows is None or payloads is None:
+            return None
+        limited = np.frombuffer(rows, dtype=np.int16).reshape(len(pids), size)
+        own = self._own_pcm
+        for row, pid in enumerate(pids):
+            own[pid] = limited[row]
+            payload = payloads[row]
+            if payload is not None:
+                streams[pid].private.encodes += 1
+                self._own_payloads[pid] = payload
+        return np.frombuffer(total, dtype=np.int32)
 
     def _fault(
         self, faults: FaultLog | None, key: Hashable, context: str, exc: BaseException, now: float
