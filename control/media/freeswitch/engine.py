@@ -142,8 +142,13 @@ class FreeSwitchEngine(AudioEngine):
 
     def member_id(self, room: RoomId, participant: ParticipantId) -> int | None:
         """The participant's mod_conference member id, once its add-member was seen."""
+        members = self._node_members(room, participant)
+        return members.member_id(room, participant) if members is not None else None
+
+    def _node_members(self, room: RoomId, participant: ParticipantId) -> ConferenceMembers | None:
+        """The members of the node the participant's leg is on (None: no leg)."""
         leg = self._legs.get((room, participant))
-        return self._members[leg.node].member_id(room, participant) if leg else None
+        return self._members[leg.node] if leg is not None else None
 
     # --- AudioEngine ------------------------------------------------------------------------
 
@@ -212,13 +217,13 @@ class FreeSwitchEngine(AudioEngine):
 
     def energy_level(self, room: RoomId, participant: ParticipantId) -> int | None:
         """The member's noise gate as the node's events last said (None: unknown)."""
-        leg = self._legs.get((room, participant))
-        return self._members[leg.node].energy_level(room, participant) if leg else None
+        members = self._node_members(room, participant)
+        return members.energy_level(room, participant) if members is not None else None
 
     def deaf(self, room: RoomId, participant: ParticipantId) -> bool | None:
         """Whether the node says this member hears nothing (None: not a member yet)."""
-        leg = self._legs.get((room, participant))
-        return self._members[leg.node].deaf(room, participant) if leg else None
+        members = self._node_members(room, participant)
+        return members.deaf(room, participant) if members is not None else None
 
     async def _member_command(
         self,
