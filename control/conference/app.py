@@ -202,6 +202,7 @@ class ConferenceApp:
             token=lambda: self.ua.token(16),
             on_closed=lambda session: self._chat_closed(room, session),
             screens=lambda member, message: self._screen_frame(room, member, message),
+            on_change=room.changed,  # a nickname is the display-text conference-info shows
         )
         self.rooms[room_id] = room
         self.moderation.room_opened(room)
@@ -466,14 +467,13 @@ class ConferenceApp:
         await self._end(participant.session, reason)
 
     def subscription_count(self, room: Room) -> int:
-        """Conference-info subscriptions to this room (the admin API shows it); none until
-        the event package (control/conference/infosubs.py) is wired in."""
-        return 0
+        """Conference-info subscriptions to this room (the admin API shows it)."""
+        return self.info.count(room)
 
     def room_changed(self, room: Room) -> None:
-        """The room change hook: a moderation change (lock, PIN, roles, mute) happened.
-        Conference-info (control/conference/infosubs.py) sends its partial documents from
-        here once wired in."""
+        """A moderation change (lock, PIN, roles, mute, a caller let in): conference-info
+        sends its partial documents (most also announce, which tells it; this one is sure)."""
+        room.changed()
 
     # --- engine events ---------------------------------------------------------------------
 

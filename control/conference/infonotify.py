@@ -143,6 +143,11 @@ class ConferenceInfo:
         service = self.services.get(room.id)
         return service is not None and service.full
 
+    def count(self, room: Room) -> int:
+        """Live conference-info subscriptions to ``room``."""
+        service = self.services.get(room.id)
+        return len(service.notifiers) if service is not None and service.room is room else 0
+
     def subscribe(self, room: Room, key: Hashable, notifier: InfoNotifier) -> None:
         service = self.services.get(room.id)
         if service is None or service.room is not room:

@@ -33,7 +33,7 @@ from .info import (
 )
 from .room import Room, room_uri_for
 
-__all__ = ["InfoSubscriber", "RoomFileRecord", "RoomInfo", "room_snapshot"]
+__all__ = ["InfoSubscriber", "RoomFileRecord", "RoomInfo", "nicknames", "room_snapshot"]
 
 
 class RoomFileRecord(Protocol):
@@ -49,8 +49,9 @@ class RoomFileRecord(Protocol):
     def sender(self) -> str: ...
 
 
-def _nicknames(room: Room) -> dict[str, str]:
-    """Nicknames by SIP identity: RFC 7701 §6 gives one to an identity, all its sessions."""
+def nicknames(room: Room) -> dict[str, str]:
+    """Nicknames by SIP identity: RFC 7701 §6 gives one to an identity, all its sessions
+    (conference-info shows it as the display-text; the admin API as ``nickname``)."""
     if room.chat is None:
         return {}
     return {m.uri: m.nickname for m in room.chat.core.members.values() if m.nickname}
@@ -61,7 +62,7 @@ def room_snapshot(
 ) -> ConferenceSnapshot:
     """The room as conference-info shows it: one user per distinct SIP identity (the same
     person on two devices is one user with two endpoints), transfers left out."""
-    nicknames = _nicknames(room)
+    names = nicknames(room)
     users: dict[str, UserInfo] = {}
     for participant in room.participants.values():
         if participant.transfer_only:
@@ -80,11 +81,18 @@ def room_snapshot(
             for m, (_, s) in zip(media, sorted(participant.streams.items()), strict=True)
             if s.kind is MediaKind.AUDIO
         ]
-        name = nicknames.get(participant.uri) or participant.name
+        name = names.get(participant.uri) or participant.name
+        uri = participant.uri
+        previous = users.get(uri)
         dialog = getattr(participant.session, "dialog", None)
         target = getattr(dialog, "remote_target", None)
+        entity = str(target) if target is not None else f"{uri};id={participant.id}"
+        if previous is not None and entity in previous.endpoints:
+            # Two sessions of one UA (one Contact) are still an endpoint each (RFC 4575
+            # §5.7: one per session), the later told apart by its participant id.
+            entity = f"{entity};id={participant.id}"
         ep = EndpointInfo(
-            entity=str(target) if target is not None else f"{participant.uri};id={participant.id}",
+            entity=entity,
             display_text=name,
             status="pending"  # held out of the room until it enters the PIN
             if participant.awaiting_pin
@@ -92,8 +100,6 @@ def room_snapshot(
             joined=when(participant.joined_at),
             media=media,
         )
-        uri = participant.uri
-        previous = users.get(uri)
         roles = tuple(sorted({participant.role, *(previous.roles if previous else ())}))
         screen = room.screens.get(participant.id) or (
             previous.screen_image_url if previous else None

@@ -30,6 +30,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from control.conference.info import media_status
+from control.conference.infosubs import nicknames
 from control.conference.moderation import Moderation, check_pin, find_participant
 from control.conference.participant import Participant
 from control.conference.room import Room
@@ -117,18 +119,27 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
 # --- views ---------------------------------------------------------------------------------
 
 
-def participant_json(participant: Participant) -> dict[str, object]:
+def participant_json(participant: Participant, room: Room | None = None) -> dict[str, object]:
+    """A participant as the operator sees it, with what conference-info shows of it: the
+    room chat's ``nickname`` for its identity (RFC 7701, null when none) and each stream's
+    ``direction``, the participant's side (``sendonly`` or ``inactive``: it holds the room)."""
+    names = nicknames(room) if room is not None else {}
     return {
         "id": participant.id,
         "uri": participant.uri,
         "name": participant.name,
+        "nickname": names.get(participant.uri),
         "role": participant.role,
         "muted": participant.muted,
         "awaiting_pin": participant.awaiting_pin,
         "transfer_only": participant.transfer_only,
         "joined_at": participant.joined_at,
         "streams": [
-            {"index": index, "kind": stream.kind.value}
+            {
+                "index": index,
+                "kind": stream.kind.value,
+                "direction": media_status(stream.accept.direction),
+            }
             for index, stream in sorted(participant.streams.items())
         ],
     }
@@ -379,7 +390,7 @@ class AdminApi:
     async def show_room(self, request: web.Request) -> web.Response:
         room = self._room(request)
         data = room_summary(room)
-        data["participants"] = [participant_json(p) for p in room.participants.values()]
+        data["participants"] = [participant_json(p, room) for p in room.participants.values()]
         data["files"] = self._files(room)
         data["screens"] = sorted(room.screens)
         data["subscriptions"] = self.conference.subscription_count(room)
@@ -407,21 +418,22 @@ class AdminApi:
 
     async def list_participants(self, request: web.Request) -> web.Response:
         room = self._room(request)
-        return _json({"participants": [participant_json(p) for p in room.participants.values()]})
+        people = [participant_json(p, room) for p in room.participants.values()]
+        return _json({"participants": people})
 
     async def show_participant(self, request: web.Request) -> web.Response:
-        _, participant = self._participant(request)
-        return _json(participant_json(participant))
+        room, participant = self._participant(request)
+        return _json(participant_json(participant, room))
 
     async def mute(self, request: web.Request) -> web.Response:
         room, participant = self._participant(request)
         await self.conference.moderation.set_muted(room, participant, True)
-        return _json(participant_json(participant))
+        return _json(participant_json(participant, room))
 
     async def unmute(self, request: web.Request) -> web.Response:
         room, participant = self._participant(request)
         await self.conference.moderation.set_muted(room, participant, False)
-        return _json(participant_json(participant))
+        return _json(participant_json(participant, room))
 
     async def kick(self, request: web.Request) -> web.Response:
         room, participant = self._participant(request)

@@ -319,14 +319,22 @@ class ChatSession:
             assert answer.media[audio].port, "the room refused our audio m-line"
             self.audio.answered_sdp(answer)
 
-    async def reinvite(self, *, audio: RtpEndpoint | None, chat: bool) -> Response:
-        """Re-offer with audio from ``audio`` (None: audio m-line at port 0) and chat on or
-        off (off: chat m-line at port 0, the stream closed). m-lines keep their places."""
+    async def reinvite(
+        self,
+        *,
+        audio: RtpEndpoint | None,
+        chat: bool,
+        direction: sdp.Direction = sdp.Direction.SENDRECV,
+    ) -> Response:
+        """Re-offer with audio from ``audio`` (None: audio m-line at port 0) in ``direction``
+        (sendonly: hold, RFC 3264 §8.4) and chat on or off (off: chat m-line at port 0, the
+        stream closed). m-lines keep their places."""
         assert self.session is not None
         index = self._index(MediaKind.AUDIO)
         if audio is not None:
-            await audio.open()
-            line = audio.offer().media[0]
+            if audio is not self.audio:
+                await audio.open()
+            line = audio.offer(direction).media[0]
             if index is None:
                 self.slots.insert(0, _Slot(MediaKind.AUDIO, line))
             else:
