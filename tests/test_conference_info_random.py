@@ -10,7 +10,8 @@ room's chat as a notice. No timing is asserted: each step waits for the views to
 
 And two units: two sessions of one UA (one Contact) are two endpoints of the user (RFC 4575
 §5.7: one per session); the admin API's participant carries what the documents show of it
-(nickname, each stream's direction).
+(nickname, each stream's direction). A PIN set by the API: a caller without it is a pending
+endpoint until it keys it, and PIN and private-message changes are chat notices.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def api_model(room: dict[str, Any]) -> View:
         if p["transfer_only"]:
             continue
         audio = [s["direction"] for s in p["streams"] if s["kind"] == "audio"]
-        if audio and all(d in ("sendonly", "inactive") for d in audio):
+        if p["awaiting_pin"]:
+            status = "pending"  # held out of the room until it keys the PIN
+        elif audio and all(d in ("sendonly", "inactive") for d in audio):
             status = "on-hold"
         elif p["muted"]:
             status = "muted-via-focus"
@@ -108,23 +111,44 @@ def watcher_model(model: ConfModel) -> View:
 
 
 class Admin:
-    def __init__(self, http: aiohttp.ClientSession, port: int) -> None:
+    def __init__(self, http: aiohttp.ClientSession, port: int, room: str = ROOM) -> None:
         self.http = http
+        self.name = room
         self.base = f"http://127.0.0.1:{port}/api"
         self.headers = {"Authorization": f"Bearer {TOKEN}"}
 
     async def room(self) -> dict[str, Any]:
-        async with self.http.get(f"{self.base}/rooms/{ROOM}", headers=self.headers) as response:
+        url = f"{self.base}/rooms/{self.name}"
+        async with self.http.get(url, headers=self.headers) as response:
             assert response.status == 200, await response.text()
             data: dict[str, Any] = await response.json()
             return data
 
-    async def post(self, path: str) -> dict[str, Any]:
-        url = f"{self.base}/rooms/{ROOM}/{path}"
-        async with self.http.post(url, headers=self.headers) as response:
+    async def post(self, path: str, method: str = "POST", body: object = None) -> dict[str, Any]:
+        url = f"{self.base}/rooms/{self.name}/{path}"
+        async with self.http.request(method, url, headers=self.headers, json=body) as response:
             assert response.status == 200, await response.text()
             data: dict[str, Any] = await response.json()
             return data
+
+
+async def settle(
+    admin: Admin, watcher: ConferenceWatcher, chorus: ChorusProcess, what: str
+) -> View:
+    """Wait until the watcher's room is the admin API's room (returned); fail naming the
+    step. Polling both views, not a timing assertion."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        expected, seen = api_model(await admin.room()), watcher_model(watcher.model)
+        if expected == seen:
+            return seen
+        if loop.time() > deadline or watcher.errors:
+            raise AssertionError(
+                f"after {what}: watcher {seen}\n  != api {expected}\n"
+                f"errors {watcher.errors}\n{chorus.log()[-3000:]}"
+            )
+        await asyncio.sleep(0.02)
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -144,20 +168,7 @@ class Run:
     serial: int = 0
 
     async def settle(self, what: str) -> None:
-        """Wait until the watcher's room is the admin API's room; fail naming the step."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while True:
-            room = await self.admin.room()
-            expected, seen = api_model(room), watcher_model(self.watcher.model)
-            if expected == seen:
-                return
-            if loop.time() > deadline or self.watcher.errors:
-                raise AssertionError(
-                    f"after {what}: watcher {seen}\n  != api {expected}\n"
-                    f"errors {self.watcher.errors}\n{self.chorus.log()[-3000:]}"
-                )
-            await asyncio.sleep(0.02)
+        await settle(self.admin, self.watcher, self.chorus, what)
 
     def audio(self) -> RtpEndpoint:
         self.serial += 1
@@ -277,17 +288,23 @@ async def clients() -> AsyncIterator[dict[str, ChatClient]]:
         yield made
 
 
+def server_settings() -> tuple[int, dict[str, dict[str, Any]]]:
+    """A free API port and the server's settings: NOTIFYs at once (no coalescing interval
+    to wait out), the API on that port with our token, no RTP timeout for silent callers."""
+    (api_port,) = free_ports(1)
+    return api_port, {
+        "conference": {"info_interval": 0.0},
+        "api": {"listen": f"http:127.0.0.1:{api_port}", "token": TOKEN},
+        "rtp": {"timeout": 600.0},
+    }
+
+
 @pytest.mark.peer("sipp")  # the module's live server is driven like the SIPp tests: loopback SIP
 @pytest.mark.timeout(900)
 async def test_200_random_changes_watcher_matches_admin_api(
     clients: dict[str, ChatClient],
 ) -> None:
-    (api_port,) = free_ports(1)
-    settings: dict[str, dict[str, Any]] = {
-        "conference": {"info_interval": 0.0},
-        "api": {"listen": f"http:127.0.0.1:{api_port}", "token": TOKEN},
-        "rtp": {"timeout": 600.0},
-    }
+    api_port, settings = server_settings()
     with ChorusProcess(settings) as chorus:
         host = await clients["host"].join(chorus, ROOM, secure=False)  # the room's moderator
         async with (
@@ -324,6 +341,53 @@ async def test_200_random_changes_watcher_matches_admin_api(
             assert notices["nickname"] == run.ops["nickname"], (notices, run.ops)
         assert watcher.ended  # unsubscribed: the final NOTIFY came
         assert watcher.states[-1].startswith("terminated")
+        assert "Traceback" not in chorus.log(), chorus.log()[-5000:]
+
+
+PIN = "2468"
+
+
+@pytest.mark.peer("sipp")
+@pytest.mark.timeout(300)
+async def test_pin_caller_is_pending_until_keyed_and_pin_notices(
+    clients: dict[str, ChatClient],
+) -> None:
+    """A PIN set by the API: a caller without it is a ``pending`` endpoint until it keys the
+    PIN (RFC 4733), then ``connected``; PIN set and cleared and private messages off are chat
+    notices. The watcher agrees with the API at each step."""
+    api_port, settings = server_settings()
+    with ChorusProcess(settings) as chorus:
+        host = await clients["host"].join(chorus, "gate", secure=False)
+        async with (
+            aiohttp.ClientSession() as http,
+            ConferenceWatcher(chorus.sip_port, "gate") as watcher,
+        ):
+            admin = Admin(http, api_port, "gate")
+            await admin.post("pin", "PUT", {"pin": PIN})
+            bob = await clients["bob"].join(
+                chorus, "gate", secure=False, audio=RtpEndpoint("PCMU", 8000, 0, seed=9), chat=False
+            )
+            view = await settle(admin, watcher, chorus, "bob joined without the PIN")
+            [(_, status, _, _)] = view["users"]["sip:bob@127.0.0.1"][2]
+            assert status == "pending"
+            assert bob.audio is not None
+            await bob.audio.send_dtmf(PIN + "#")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while (await admin.room())["participants"][-1]["awaiting_pin"]:
+                assert loop.time() < deadline, "the PIN never let bob in"
+                await asyncio.sleep(0.05)
+            view = await settle(admin, watcher, chorus, "bob keyed the PIN")
+            [(_, status, _, _)] = view["users"]["sip:bob@127.0.0.1"][2]
+            assert status == "connected"
+            await admin.post("pin", "PUT", {"pin": None})
+            await admin.post("private-messages", "PUT", {"allowed": False})
+            await settle(admin, watcher, chorus, "PIN cleared, private messages off")
+            kinds = ("pin-set", "pin-cleared", "private-messages-off")
+            assert await host.wait_for(lambda: all(host.notices(k) for k in kinds)), [
+                d.notice for d in host.notices()
+            ]
+            assert not watcher.errors, watcher.errors
         assert "Traceback" not in chorus.log(), chorus.log()[-5000:]
 
 
