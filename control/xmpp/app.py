@@ -26,7 +26,7 @@ from control.msrp.imdn import ImdnNotification
 from control.sip.uri import NameAddr, SipUri
 from control.sip.useragent import UserAgent
 from control.xmpp.addressing import Addressing, AddressRefused, Jid
-from control.xmpp.component import Component, XmppMessage
+from control.xmpp.component import Component, XmppMessage, XmppPresence
 from control.xmpp.messages import (
     ACCEPTED_TYPES,
     Chat,
@@ -35,6 +35,7 @@ from control.xmpp.messages import (
     condition_for_status,
     sip_from_chat,
 )
+from control.xmpp.presencegw import PresenceGateway
 from control.xmpp.receipts import (
     ReceiptBook,
     SipOrigin,
@@ -62,6 +63,9 @@ class GatewaySettings:
     reconnect_max: float = 30.0
     max_message_bytes: int = 65536
     send_timeout: float = 30.0
+    presence_expires: int = 3600
+    presence_retry_max: float = 300.0
+    max_presence_subscriptions: int = 10000
 
 
 class XmppGateway:
@@ -77,7 +81,16 @@ class XmppGateway:
             settings.component_secret,
             settings.server,
             self.xmpp_message,
+            on_presence=self._xmpp_presence,
             reconnect_max=settings.reconnect_max,
+        )
+        self.presence = PresenceGateway(
+            ua,
+            self.component,
+            self.addressing,
+            expires=settings.presence_expires,
+            retry_max=settings.presence_retry_max,
+            limit=settings.max_presence_subscriptions,
         )
         # stanza id of a message sent to XMPP -> its SIP origin, for an error or a receipt
         self._pending: ReceiptBook[SipOrigin] = ReceiptBook(PENDING_LIMIT)
@@ -88,6 +101,7 @@ class XmppGateway:
         self.component.start()
 
     async def shutdown(self) -> None:
+        await self.presence.shutdown()
         await self.component.stop()
 
     # SIP → XMPP ---------------------------------------------------------------------------
@@ -160,12 +174,15 @@ class XmppGateway:
         call.reject(488, "Chat sessions through the gateway are not supported yet")
 
     async def incoming_subscribe(self, subscription: Subscription) -> None:
-        subscription.reject(489)
+        await self.presence.incoming_subscribe(subscription)  # RFC 8048, presencegw.py
 
     async def incoming_refer(self, referral: Referral) -> None:
         referral.reject(405)
 
     # XMPP → SIP ---------------------------------------------------------------------------
+
+    def _xmpp_presence(self, presence: XmppPresence) -> None:
+        self.presence.xmpp_presence(presence)
 
     async def xmpp_message(self, message: XmppMessage) -> None:
         if message.type == "error":

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 from xml.etree import ElementTree as ET
 
 from slixmpp import ComponentXMPP
@@ -26,7 +26,7 @@ from control.xmpp.addressing import AddressRefused, Jid, parse_jid
 from control.xmpp.messages import Chat
 from control.xmpp.receipts import RECEIPTS_NS
 
-__all__ = ["Backoff", "Component", "XmppMessage"]
+__all__ = ["Backoff", "Component", "XmppMessage", "XmppPresence"]
 
 log = logging.getLogger("chorus.xmpp")
 
@@ -67,7 +67,25 @@ class XmppMessage:
     receipt_of: str | None = None  # XEP-0184 <received id=…/>: a receipt for that message
 
 
+@dataclass(frozen=True, slots=True)
+class XmppPresence:
+    """A presence stanza that reached the component (RFC 6121 §4), addresses parsed."""
+
+    sender: Jid
+    recipient: Jid
+    type: str  # "available" or a PRESENCE_TYPES value
+    show: str | None = None
+    status: str | None = None
+    error_condition: str | None = None
+
+
 MessageHandler = Callable[[XmppMessage], Coroutine[Any, Any, None]]
+# Called in stanza order, not as a task: a presence's meaning depends on the one before.
+PresenceHandler = Callable[[XmppPresence], None]
+PresenceType = Literal[
+    "unavailable", "subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe", "error"
+]
+PRESENCE_TYPES: tuple[str, ...] = get_args(PresenceType)
 
 
 class Component:
@@ -80,12 +98,14 @@ class Component:
         server: tuple[str, int],
         on_message: MessageHandler,
         *,
+        on_presence: PresenceHandler | None = None,
         reconnect_max: float = 30.0,
     ) -> None:
         self.jid = jid
         self.secret = secret
         self.server = server
         self.on_message = on_message
+        self.on_presence = on_presence
         self.backoff = Backoff(cap=reconnect_max)
         self.connected = False
         self._xmpp: ComponentXMPP | None = None
@@ -106,6 +126,11 @@ class Component:
         # message with a <body>, and receipts, chat states and many errors have none.
         path = f"{{{xmpp.default_ns}}}message"
         xmpp.register_handler(Callback("chorus messages", MatchXPath(path), self._message))
+        # Subscriptions are the gateway's to answer (RFC 8048), not slixmpp's roster's.
+        xmpp.auto_authorize = None
+        xmpp.auto_subscribe = False
+        path = f"{{{xmpp.default_ns}}}presence"
+        xmpp.register_handler(Callback("chorus presence", MatchXPath(path), self._presence))
         self._xmpp = xmpp
         self._supervisor = loop.create_task(self._run(xmpp))
 
@@ -169,7 +194,52 @@ class Component:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _presence(self, stanza: StanzaBase) -> None:
+        if self.on_presence is None:
+            return
+        try:
+            sender = parse_jid(str(stanza["from"]))
+            recipient = parse_jid(str(stanza["to"]))
+        except AddressRefused:
+            log.info("XMPP presence with a malformed address from %s", stanza["from"])
+            return
+        kind = stanza.xml.get("type") or "available"
+        if kind != "available" and kind not in PRESENCE_TYPES:
+            log.info("XMPP presence of unknown type %r from %s", kind[:20], sender)
+            return
+        show = stanza["show"] or None
+        condition = stanza["error"]["condition"] if kind == "error" else None
+        self.on_presence(
+            XmppPresence(
+                sender=sender,
+                recipient=recipient,
+                type=kind,
+                show=show if show in ("away", "chat", "dnd", "xa") else None,
+                status=stanza["status"] or None,
+                error_condition=condition or None,
+            )
+        )
+
     # Out -----------------------------------------------------------------------------------
+
+    def send_presence(
+        self,
+        to: Jid,
+        from_: Jid,
+        *,
+        type: PresenceType | None = None,
+        show: str | None = None,
+        status: str | None = None,
+    ) -> None:
+        """A presence stanza: available (``type`` None) with ``show``/``status``, or one of
+        unavailable, subscribe, subscribed, unsubscribe, unsubscribed, probe."""
+        xmpp = self._require()
+        stanza = xmpp.make_presence(pto=str(to), pfrom=str(from_), ptype=type)
+        if show is not None:
+            stanza["show"] = show
+        if status is not None:
+            stanza["status"] = status
+        stanza.send()
 
     def send_chat(
         self, to: Jid, from_: Jid, chat: Chat, *, id: str, request_receipt: bool = False
