@@ -17,6 +17,7 @@ from control.cluster import ClusterAgent, install_signal_handlers, signal_runnin
 from control.conference import ChatLimits, ConferenceApp, ConferenceLimits, HistoryPolicy
 from control.conference.files import ConferenceFiles
 from control.conference.moderation import ModerationPolicy
+from control.conference.refer import ReferPolicy
 from control.conference.room import RoomObserver
 from control.conference.screen import ScreenBoard
 from control.conference.sharing import ConferenceScreens
@@ -127,6 +128,7 @@ def build_server(config: Config, *, room_observer: RoomObserver | None = None) -
             ),
             screens=ConferenceScreens(ScreenBoard(screen_limits(config))),
             moderation=ModerationPolicy.from_config(config.conference),
+            refer=ReferPolicy.from_config(config),
         ),
     )
     if config.xmpp.enabled:  # the SIP<->XMPP gateway (control/xmpp): its XMPP domains route to it

@@ -94,6 +94,7 @@ def parse_listen(key: str, text: str, transports: tuple[str, ...] = TRANSPORTS) 
 KNOWN_CODECS = ("PCMU", "PCMA", "G722", "speex", "opus", "telephone-event")
 APPLICATIONS = ("conference", "echo", "xmpp")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+REFER_POLICIES = ("moderators", "participants")  # control/conference/refer.py
 
 
 class _Section:
@@ -353,9 +354,22 @@ def _parse_conference(section: _Section) -> ConferenceConfig:
             "info_max_subscriptions", default.info_max_subscriptions, minimum=1
         ),
         rooms=_parse_rooms(section, section.take("rooms", dict, {})),
+        refer_policy=_choice(section, "refer_policy", REFER_POLICIES, default.refer_policy),
+        refer_allow=section.strings("refer_allow", default.refer_allow),
+        refer_timeout=section.number("refer_timeout", default.refer_timeout, minimum=1.0),
+        refer_max_pending=section.integer(
+            "refer_max_pending", default.refer_max_pending, minimum=1
+        ),
     )
     section.finish()
     return config
+
+
+def _choice(section: _Section, key: str, choices: tuple[str, ...], default: str) -> str:
+    value = section.take(key, str, default)
+    if value not in choices:
+        raise ConfigError(section.key(key), f"expected one of {', '.join(choices)}")
+    return value
 
 
 PIN_CHARS = "0123456789*ABCD"

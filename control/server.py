@@ -40,11 +40,11 @@ from control.tls import ensure_certificate
 log = logging.getLogger("chorus.server")
 
 APP_HEADER = "X-Chorus-App"
-# Only what is implemented: RFC 4028 session timers. Not RFC 4488 ``norefersub`` yet: the
-# SIP layer honours Refer-Sub: false (control/app.py Referral.accept) but no application
-# takes a REFER (501), so advertising it would promise what no one serves. Not RFC 3891
-# ``replaces`` (an INVITE requiring it gets 420).
-SUPPORTED_EXTENSIONS = frozenset({"timer"})
+# Only what is implemented: RFC 4028 session timers and RFC 4488 ``norefersub`` (a REFER
+# with Refer-Sub: false gets 202 and no NOTIFY, control/app.py Referral.accept; the
+# conference takes REFERs, control/conference/refer.py). Not RFC 3891 ``replaces`` (an
+# INVITE requiring it gets 420).
+SUPPORTED_EXTENSIONS = frozenset({"timer", "norefersub"})
 
 
 class ApplicationMap:

@@ -118,6 +118,10 @@ class ConferenceConfig:
     info_interval: float = 1.0  # seconds between two conference-info NOTIFYs of a subscription
     info_max_subscriptions: int = 100  # conference-info subscriptions one room takes (503 beyond)
     rooms: dict[str, RoomConfig] = field(default_factory=dict)  # by room user part or id
+    refer_policy: str = "moderators"  # who may add people by REFER: or "participants"
+    refer_allow: tuple[str, ...] = ()  # targets a REFER may dial; none: the node's own hosts
+    refer_timeout: float = 60.0  # seconds a REFER's target may ring (then CANCEL, 408)
+    refer_max_pending: int = 10  # REFER dial-outs of one room ringing at once (486 beyond)
 
 
 @dataclass(frozen=True, slots=True)

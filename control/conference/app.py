@@ -60,6 +60,7 @@ from control.streams import (
     MediaKind,
     MsrpChatStream,
     MsrpFileStream,
+    Negotiation,
     Stream,
     StreamRequest,
     negotiate,
@@ -73,6 +74,7 @@ from .infosubs import RoomFileRecord
 from .moderation import Moderation, ModerationPolicy
 from .notices import NoticeKind
 from .participant import Participant, identity_uri
+from .refer import ReferPolicy, Referrals
 from .room import Room, RoomObserver, room_id_for, room_uri_for
 from .roomchat import HistoryPolicy, RoomChat
 from .sharing import ConferenceScreens, ScreenLinks
@@ -136,6 +138,7 @@ class ConferenceApp:
         files: ConferenceFiles | None = None,
         screens: ConferenceScreens | None = None,
         moderation: ModerationPolicy = ModerationPolicy(),
+        refer: ReferPolicy = ReferPolicy(),
     ) -> None:
         self.ua = ua
         self.engine = engine
@@ -159,6 +162,7 @@ class ConferenceApp:
             files=self._room_files,
         )
         self.moderation = Moderation(moderation, self)
+        self.referrals = Referrals(refer, self)  # REFER to a room (control/conference/refer.py)
         self._events_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -216,6 +220,7 @@ class ConferenceApp:
                 self.screens.stop_room(room.id)
             room.close()
             self.info.room_ended(room)  # terminated NOTIFYs (RFC 4575 §3: the room is gone)
+            self.referrals.room_ended(room)  # its ringing REFER dial-outs are cancelled
             log.info("room %s ended", room.id)
             self._notify_observer(room.id, opened=False)
             if self.files is not None:
@@ -292,21 +297,30 @@ class ConferenceApp:
             await self.engine.set_muted(room.id, participant_id, True)
             await self.engine.set_deaf(room.id, participant_id, True)
         session = call.accept(answer, user=uri.user)
-        await result.commit()
         participant = Participant(
             participant_id, call.remote_identity, session, state, result.streams, result.decisions
         )
         participant.role = admission.role
         participant.awaiting_pin = admission.awaiting_pin
+        await self.attend(room, participant, result)
+
+    async def attend(self, room: Room, participant: Participant, result: Negotiation) -> None:
+        """A participant whose answer was sent (in our 200, or in the ACK of a REFER's
+        dial-out): in the room until its session ends."""
+        await result.commit()
         room.add(participant)
         await self.moderation.joined(room, participant)
         self._files_started(room, participant, result.created)
-        on_reoffer(session, lambda reoffer: self._reinvite(room, participant, reoffer))
+        on_reoffer(participant.session, lambda reoffer: self._reinvite(room, participant, reoffer))
         try:
-            reason = await session.terminated
+            reason = await participant.session.terminated
             log.info("%s left %s: %s", participant.identity.uri, room.id, reason)
         finally:
             await self._leave(room, participant)
+
+    def answerer(self, room: Room, participant_id: ParticipantId, sender: str) -> Answerer:
+        """What a new participant's offer is answered with (a REFER's dial-out too)."""
+        return self._answerer(room, participant_id, sender)
 
     def _answerer(
         self,
@@ -632,11 +646,16 @@ class ConferenceApp:
             return self.rooms.get(room_id_for(uri))
         return None
 
+    def room_of(self, session: Session | None, uri: object) -> Room | None:
+        return self._room_of(session, uri)
+
     async def incoming_refer(self, referral: Referral) -> None:
-        referral.reject(501)  # RFC 4579 REFER: a later issue
+        """RFC 4579 §5.5 and §5.11: add (INVITE) or remove (BYE) a participant."""
+        await self.referrals.incoming(referral)
 
     async def shutdown(self) -> None:
         self.info.close()
+        self.referrals.close()
         if self.files is not None:
             self.files.stop()
         sessions = [p.session for room in self.rooms.values() for p in room.participants.values()]
