@@ -13,7 +13,11 @@ core, tests/peers/sipclient.py) as referrers, in and out of dialog:
   NOTIFY crosses the wire (the server's SIP trace);
 - ``method=BYE`` removes exactly the named participant (the others stay), 404 for nobody;
 - a target outside ``refer_allow`` → 403; a participant who is not a moderator can neither
-  remove (kick) nor invite → 403.
+  remove (kick) nor invite → 403; with ``refer_policy = "participants"`` anyone in the room
+  invites, still only a moderator removes;
+- SIPp itself as the referrer (tests/sipp/uac_refer.xml), out of dialog and out of the room,
+  a moderator by ``[conference] moderators``: removes one participant, adds a SIPp target;
+- the room ending while a target rings: CANCEL, final 487.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from control.sip.transport import Peer
 from control.sip.useragent import IncomingRequest, UserAgent
 from tests.peers.chorus import ChorusProcess
 from tests.peers.ports import free_port
-from tests.peers.sipp import SippUas
+from tests.peers.sipp import SippUas, run_sipp_async
 from tests.peers.siptrace import call_messages
 from tests.test_conference import ABSENT, HEARD
+from tests.test_conference_info_live import notify_bodies
 from tests.test_moderation_live import AdminClient, Caller, heard
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.peer("sipp")]
@@ -45,7 +50,11 @@ FINAL_WAIT = 20.0  # seconds a test waits for a final NOTIFY before failing (not
 def chorus() -> Iterator[ChorusProcess]:
     settings: dict[str, dict[str, Any]] = {
         "rtp": {"timeout": 120.0},
-        "conference": {"refer_allow": ["127.0.0.1", "*.invalid"], "refer_timeout": 3.0},
+        "conference": {
+            "refer_allow": ["127.0.0.1", "*.invalid"],
+            "refer_timeout": 3.0,
+            "moderators": ["sip:operator@127.0.0.1"],  # SIPp's uac_refer.xml, out of the room
+        },
     }
     with ChorusProcess(settings) as process:
         yield process
@@ -327,6 +336,49 @@ async def test_non_moderator_can_neither_kick_nor_invite(
         assert (status, reason) == (403, "Only a moderator may invite")
         assert await participants(admin, "ranks") == {"sip:alice@127.0.0.1", "sip:bob@127.0.0.1"}
         assert alice.session is not None and not alice.session.terminated.done()
+    finally:
+        for caller in (alice, bob):
+            await caller.close()
+
+
+async def sipp_refer(chorus: ChorusProcess, room: str, target: str, method: str) -> list[int]:
+    """SIPp's REFER (tests/sipp/uac_refer.xml, From the operator): the sipfrag statuses of
+    the NOTIFYs it got, in order."""
+    result = await run_sipp_async(
+        "uac_refer",
+        f"127.0.0.1:{chorus.sip_port}",
+        service=room,
+        keys={"target": target, "method": method},
+        trace_messages=True,
+        timeout=60,
+    )
+    assert result.ok, result.describe()
+    bodies = notify_bodies(result.messages)
+    assert bodies and bodies[-1][0].startswith("terminated"), bodies
+    return [int(body.split(b" ", 2)[1]) for _, body in bodies]
+
+
+async def test_sipp_operator_refers_out_of_dialog(
+    chorus: ChorusProcess, admin: AdminClient
+) -> None:
+    # The operator is in no dialog and not in the room: a moderator by [conference]
+    # moderators, known by its From URI alone.
+    alice, bob = Caller("alice", 34), Caller("bob", 35)
+    try:
+        for caller in (alice, bob):
+            assert (await caller.call(chorus, "ops"))[0] == 200
+        assert await sipp_refer(chorus, "ops", "sip:bob@127.0.0.1", "BYE") == [100, 200]
+        assert bob.session is not None
+        assert await asyncio.wait_for(bob.session.terminated, FINAL_WAIT) == "remote BYE"
+        with echoing_target() as target:
+            uri = f"sip:target@127.0.0.1:{target.port}"
+            assert await sipp_refer(chorus, "ops", uri, "INVITE") == [100, 180, 200]
+            both = {"sip:alice@127.0.0.1", "sip:target@127.0.0.1"}
+            assert await settled(admin, "ops", both) == both
+            assert await sipp_refer(chorus, "ops", uri, "BYE") == [100, 200]
+            result = await target.astop()
+        assert result.stats is not None and result.stats.successful == 1, result.describe()
+        assert await settled(admin, "ops", {"sip:alice@127.0.0.1"}) == {"sip:alice@127.0.0.1"}
     finally:
         for caller in (alice, bob):
             await caller.close()
