@@ -18,6 +18,7 @@ core, tests/peers/sipclient.py) as referrers, in and out of dialog:
 - SIPp itself as the referrer (tests/sipp/uac_refer.xml), out of dialog and out of the room,
   a moderator by ``[conference] moderators``: removes one participant, adds a SIPp target;
 - the room ending while a target rings: CANCEL, final 487.
+- a transfer (Refer-To with ``Replaces``), another method, a REFER to no live room: 403.
 """
 
 from __future__ import annotations
@@ -453,3 +454,23 @@ async def test_participants_policy_lets_anyone_invite_but_not_kick(
     finally:
         for caller in (alice, bob):
             await caller.close()
+
+
+async def test_transfer_and_refer_to_no_room_are_403(chorus: ChorusProcess) -> None:
+    alice = Caller("alice", 36)
+    try:
+        assert (await alice.call(chorus, "xfer"))[0] == 200
+        status, reason, _, _ = await refer_out_of_dialog(
+            alice, chorus, "no-such-room", "sip:bob@127.0.0.1", "INVITE"
+        )
+        assert (status, reason) == (403, "No such room (call transfer is not supported)")
+        session = alice.session
+        assert session is not None
+        replaces = "<sip:bob@127.0.0.1?Replaces=abc%3Bto-tag%3D1%3Bfrom-tag%3D2>"
+        response = await session.request("REFER", extra_headers=[("Refer-To", replaces)])
+        assert (response.status, response.reason) == (403, "Call transfer is not supported")
+        status, reason, _ = await refer_in_dialog(alice, "sip:bob@127.0.0.1", "SUBSCRIBE")
+        assert (status, reason) == (403, "Method SUBSCRIBE is not referred by a room")
+        assert not session.terminated.done()
+    finally:
+        await alice.close()
