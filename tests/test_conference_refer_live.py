@@ -474,3 +474,22 @@ async def test_transfer_and_refer_to_no_room_are_403(chorus: ChorusProcess) -> N
         assert not session.terminated.done()
     finally:
         await alice.close()
+
+
+async def test_options_advertise_norefersub(chorus: ChorusProcess) -> None:
+    # RFC 4488 §4: a UA that honours Refer-Sub: false says so with Supported: norefersub.
+    alice = Caller("alice", 37)
+    try:
+        await alice.client.__aenter__()
+        response = await alice.client.request(
+            "OPTIONS", f"sip:xfer@127.0.0.1:{chorus.sip_port}", chorus.sip_port
+        ).final
+        assert response.status == 200
+        supported = {
+            token.strip()
+            for value in response.headers.get_all("Supported")
+            for token in value.split(",")
+        }
+        assert {"timer", "norefersub"} <= supported, supported
+    finally:
+        await alice.close()
