@@ -363,6 +363,11 @@ class ChatCore:
             raise SipError(415, f"{media or 'no content type'} cannot be relayed to the room")
         if is_screen_frame(message.content_type):
             raise SipError(415, "screen frames go over the chat stream, not SIP MESSAGE")
+        if _media_type(message.content_type) == ISCOMPOSING_CONTENT_TYPE:
+            try:  # the hardened parser, as over MSRP: a bomb is refused, never relayed
+                _check_composing(message.body)
+            except MsrpError as exc:
+                raise SipError(exc.status, exc.reason) from None
         pseudo = ChatMember(ChatSessionId(""), ParticipantId(""), sender_uri, name or display_name)
         return self._public(pseudo, message, wall, message_id)
 
