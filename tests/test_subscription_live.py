@@ -7,7 +7,8 @@
 - a participant subscribes inside its own INVITE dialog (tests/sipp/uac_subscribe_in_dialog.xml):
   the full NOTIFY comes in that dialog, its BYE ends the INVITE usage only (a partial NOTIFY
   deletes it from the room and the subscription goes on), a refresh in the dialog gets 200 and
-  a full document, ``Expires: 0`` the terminated NOTIFY, and a SUBSCRIBE for a new id in the
+  a full document, ``Expires: 0`` the terminated NOTIFY with the current state (the next
+  version), and a SUBSCRIBE for a new id in the
   dialog, which holds no usage any more, 481.
 """
 
@@ -231,6 +232,10 @@ async def test_subscription_inside_the_invite_dialog_outlives_its_bye(
         )
         final = notifies[-1]
         assert final.headers["subscription-state"] == "terminated;reason=timeout"
+        # The unsubscribe's NOTIFY carries the current state, the next version (§4.2.1.4).
+        versions = [int(parse(n.body).get("version") or 0) for n in notifies]
+        assert versions == list(range(1, len(notifies) + 1)), versions
+        assert parse(final.body).get("state") == "full"
         assert all("terminated" not in n.headers["subscription-state"] for n in notifies[:-1])
         assert any("sip:alice@" in entity for entity in rebuilt.model.users)  # room goes on
         assert alice.session is not None and alice.session.dialog is not None

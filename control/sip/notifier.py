@@ -240,11 +240,22 @@ class Notifier:
         response.headers.add("Contact", str(self.dialog.local_contact))
         incoming.send_response(response)
         now = self.ua.now()
+        if granted == 0:
+            # §4.2.1.4: the unsubscribe is answered with the current state, terminated: the
+            # state the application sends now is the final NOTIFY, as for a fetch.
+            self.fetch = True
+            if self.on_refresh is not None:
+                self.on_refresh()
+            if self.fetch:  # the application sent nothing: the last state goes again
+                self.fetch = False
+                self.core.refresh(0, now)
+            self._pump()
+            return
         self.core.refresh(granted, now)
         self.ua.schedule(self)
-        if granted and self.on_refresh is not None:
+        if self.on_refresh is not None:
             self.on_refresh()  # §4.2.1.2: the current state follows the refresh
-        elif granted:
+        else:
             self.core.queue(*(self.core.last_body or (b"", None)))
         self._pump()
 
