@@ -45,6 +45,10 @@ _AUXILIARY = ("telephone-event", "cn")  # on the voice codec's clock (RFC 4733 ย
 
 Address = tuple[str, int]
 
+# RFC 3550 ยง6.3.1 report-interval jitter for every reflector: one generator shared, not one
+# seeded from the system per call (seeding costs more than the rest of the RTCP set-up).
+_RTCP_RNG = random.Random()
+
 
 class RtpReflector(asyncio.DatagramProtocol):
     def __init__(
@@ -65,7 +69,7 @@ class RtpReflector(asyncio.DatagramProtocol):
         self.clock_rates: dict[int, int] = {}  # payload type -> RTP clock, from a=rtpmap
         self.rtcp_errors = 0
         self.rtcp_sent = 0
-        self._rng = rng or random.Random()
+        self._rng = rng or _RTCP_RNG
         self._clock = clock
         self.sending = True
         self.remote: Address | None = None

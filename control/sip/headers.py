@@ -154,15 +154,38 @@ def _key(name: str) -> str:
 class Headers:
     """Ordered, case-insensitive, multi-valued header fields.
 
-    Every message is looked up a dozen times on its way through the stack, so each line's
-    case-folded key is kept beside it rather than recomputed per lookup.
+    Every message is looked up a few dozen times on its way through the stack (the parser's
+    checks, transaction matching, the dialog, the application), so a case-folded key ->
+    values index is built on the first lookup and dropped by any change: a lookup is one
+    dict access, not a scan of every line. The index holds only strings and tuples, which
+    the garbage collector stops tracking: a message kept for a transaction's 32 s costs the
+    collector two objects (the headers and their line list), not one list per header.
     """
 
-    __slots__ = ("_items", "_keys")
+    __slots__ = ("_items", "_index")
 
     def __init__(self, items: list[tuple[str, str]] | None = None) -> None:
         self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in (items or [])]
-        self._keys: list[str] = [n.lower() for n, _ in self._items]
+        self._index: dict[str, tuple[str, ...]] | None = None
+
+    @classmethod
+    def of_canonical(cls, items: list[tuple[str, str]]) -> Headers:
+        """Headers over lines whose names are canonical already (the parser's), taken as
+        they are: not canonicalised again, not copied."""
+        headers = cls()
+        headers._items = items
+        return headers
+
+    def _lookup(self) -> dict[str, tuple[str, ...]]:
+        index = self._index
+        if index is None:
+            index = {}
+            for name, value in self._items:
+                key = name.lower()
+                values = index.get(key)
+                index[key] = (value,) if values is None else (*values, value)
+            self._index = index
+        return index
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
@@ -184,43 +207,39 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        return _key(name) in self._keys
+        return _key(name) in self._lookup()
 
     def copy(self) -> Headers:
         clone = Headers()
         clone._items = list(self._items)
-        clone._keys = list(self._keys)
         return clone
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        key = _key(name)
-        for index, k in enumerate(self._keys):
-            if k == key:
-                return self._items[index][1]
-        return default
+        index = self._index
+        if index is None:
+            index = self._lookup()
+        values = index.get(_key(name))
+        return values[0] if values else default
 
     def get_raw(self, name: str) -> list[str]:
         """Every header line's value as received, one entry per line."""
-        key = _key(name)
-        return [item[1] for k, item in zip(self._keys, self._items, strict=True) if k == key]
+        return list(self._lookup().get(_key(name), ()))
 
     def get_all(self, name: str) -> list[str]:
         """Every value, list headers split at their commas."""
         canonical = canonical_name(name)
-        values = self.get_raw(canonical)
+        values = self._lookup().get(canonical.lower(), ())
         if canonical in LIST_HEADERS:
             return [part for value in values for part in split_header_list(value)]
-        return values
+        return list(values)
 
     def add(self, name: str, value: str) -> None:
-        canonical = canonical_name(name)
-        self._items.append((canonical, value))
-        self._keys.append(canonical.lower())
+        self._items.append((canonical_name(name), value))
+        self._index = None
 
     def prepend(self, name: str, value: str) -> None:
-        canonical = canonical_name(name)
-        self._items.insert(0, (canonical, value))
-        self._keys.insert(0, canonical.lower())
+        self._items.insert(0, (canonical_name(name), value))
+        self._index = None
 
     def set(self, name: str, value: str) -> None:
         """Replace all lines of ``name`` with one, keeping the first one's position."""
@@ -228,8 +247,8 @@ class Headers:
         key = canonical.lower()
         out: list[tuple[str, str]] = []
         placed = False
-        for k, (n, v) in zip(self._keys, self._items, strict=True):
-            if k == key:
+        for n, v in self._items:
+            if n.lower() == key:
                 if not placed:
                     out.append((canonical, value))
                     placed = True
@@ -238,13 +257,12 @@ class Headers:
         if not placed:
             out.append((canonical, value))
         self._items = out
-        self._keys = [n.lower() for n, _ in out]
+        self._index = None
 
     def remove(self, name: str) -> None:
         key = _key(name)
-        kept = [(k, item) for k, item in zip(self._keys, self._items, strict=True) if k != key]
-        self._keys = [k for k, _ in kept]
-        self._items = [item for _, item in kept]
+        self._items = [item for item in self._items if item[0].lower() != key]
+        self._index = None
 
     def name_addrs(self, name: str) -> list[NameAddr]:
         return [parse_name_addr(v) for v in self.get_all(name)]

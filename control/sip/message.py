@@ -8,6 +8,7 @@ request, and numeric fields in range. RFC 4475's torture tests are the reference
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -235,10 +236,22 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
     return data[: match.start()], data[match.end() :]
 
 
+@functools.lru_cache(maxsize=1024)
+def _field_name(name: str) -> str | None:
+    """The canonical name of a header line's field name (whitespace before the colon is
+    LWS), None when it is not a token (RFC 3261 §25.1). Cached: peers send the same few
+    dozen names over and over, each checked and canonicalised once."""
+    name = name.rstrip(" \t")
+    return canonical_name(name) if _HEADER_NAME_RE.fullmatch(name) is not None else None
+
+
 def _header_lines(head: str) -> list[str]:
     """Split and unfold (RFC 3261 §7.3.1: a line starting with whitespace continues)."""
+    text = head.replace("\r\n", "\n")
+    if "\n " not in text and "\n\t" not in text:
+        return text.split("\n")  # nothing folded (the usual case)
     lines: list[str] = []
-    for line in head.replace("\r\n", "\n").split("\n"):
+    for line in text.split("\n"):
         if line[:1] in (" ", "\t") and lines:
             lines[-1] = lines[-1] + " " + line.strip(" \t")
         else:
@@ -269,15 +282,15 @@ def parse_message(
     try:
         for line in lines[1:]:
             name, colon, value = line.partition(":")
-            name = name.rstrip(" \t")
-            if not colon or _HEADER_NAME_RE.fullmatch(name) is None:
+            canonical = _field_name(name) if colon else None
+            if canonical is None:
                 raise SipError(400, f"bad header line {line[:40]!r}")
-            raw.append((canonical_name(name), value.strip(" \t")))
+            raw.append((canonical, value.strip(" \t")))
         if len(head_bytes) > max_header_bytes:
             # Checked after reading the lines so that a server can still answer 513 (a datagram
             # is bounded by the transport, so the work is too).
             raise SipError(513, "header block too large")
-        headers = Headers(raw)
+        headers = Headers.of_canonical(raw)
         body = _take_body(headers, rest, stream=stream, max_body_bytes=max_body_bytes)
         if is_request:
             message: Request | Response = _parse_request_line(start, headers, body)

@@ -33,6 +33,8 @@ def is_token(text: str) -> bool:
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    if '"' not in text:
+        return text.split(sep)  # nothing quoted: no separator to skip (the common case)
     parts: list[str] = []
     current: list[str] = []
     quoted = False
@@ -351,6 +353,14 @@ def split_header_list(value: str) -> list[str]:
 @functools.lru_cache(maxsize=_PARSE_CACHE)
 def _split_header_list(value: str) -> tuple[str, ...]:
     """Split a comma-separated header value, ignoring commas in quotes and <…> (RFC 3261 §7.3)."""
+    if '"' not in value:
+        # The common cases without a character-by-character walk: one value, or values with
+        # no <…> around a comma.
+        if "," not in value:
+            part = value.strip(_WS)
+            return (part,) if part else ()
+        if "<" not in value:
+            return tuple(p for p in (x.strip(_WS) for x in value.split(",")) if p)
     parts: list[str] = []
     current: list[str] = []
     quoted = False

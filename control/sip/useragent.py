@@ -52,7 +52,7 @@ log = logging.getLogger("chorus.sip.ua")
 
 ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO"
 USER_AGENT = "Chorus/0.1"
-_ALPHABET = string.ascii_letters + string.digits
+_ALPHABET = string.ascii_letters + string.digits  # 62 characters
 
 
 class TimerOwner(Protocol):
@@ -199,7 +199,14 @@ class UserAgent:
         return asyncio.get_running_loop().time()
 
     def token(self, length: int = 16) -> str:
-        return "".join(self.rng.choice(_ALPHABET) for _ in range(length))
+        """``length`` characters drawn evenly from letters and digits (tags, Call-IDs,
+        branches). One draw of bytes serves the whole token, not one per character (with
+        SystemRandom each draw is a system call): bytes below 248 = 4 x 62 map evenly onto
+        the alphabet, the others are dropped and more drawn if needed."""
+        chars: list[str] = []
+        while len(chars) < length:
+            chars += [_ALPHABET[b % 62] for b in self.rng.randbytes(length + 4) if b < 248]
+        return "".join(chars[:length])
 
     def new_branch(self) -> str:
         return "z9hG4bK" + self.token(20)

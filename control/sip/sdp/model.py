@@ -355,6 +355,10 @@ class MediaDescription(_AttributeAccess):
             if rate is None or (len(enc) == 3 and channels is None):
                 continue
             mapped[pt] = (enc[0], rate, channels)
+        fmtps: dict[str, str] = {}  # as fmtp(): the first a=fmtp of each format
+        for value in self.get_all("fmtp"):
+            head, _, params = value.partition(" ")
+            fmtps.setdefault(head, params.strip())
         result = []
         for fmt in self.formats:
             pt = _digits(fmt)
@@ -362,7 +366,7 @@ class MediaDescription(_AttributeAccess):
                 continue
             entry = mapped.get(pt) or _STATIC_PT.get(pt)
             if entry is not None:
-                result.append(RtpMap(pt, entry[0], entry[1], entry[2], self.fmtp(fmt)))
+                result.append(RtpMap(pt, entry[0], entry[1], entry[2], fmtps.get(fmt)))
         return result
 
     def cryptos(self) -> list[Crypto]:

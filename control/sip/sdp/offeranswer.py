@@ -72,7 +72,8 @@ def choose_codecs(
     are kept when their clock rate equals the chosen codec's (RFC 4733 §2.1). The voice codec
     comes first; an empty list means no codec in common.
     """
-    offered = [r for r in media.rtpmaps() if r.encoding.lower() not in _AUXILIARY]
+    formats = media.rtpmaps()
+    offered = [r for r in formats if r.encoding.lower() not in _AUXILIARY]
     ours = [(name, rate) for name, rate in supported if name.lower() not in _AUXILIARY]
     chosen: RtpMap | None = None
     if offerer_order:
@@ -86,7 +87,7 @@ def choose_codecs(
         return []
     extras = [
         r
-        for r in media.rtpmaps()
+        for r in formats
         if r.encoding.lower() in _AUXILIARY
         and r.clock_rate == chosen.clock_rate
         and any(r.matches(n, c) for n, c in supported)
