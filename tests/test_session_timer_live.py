@@ -122,7 +122,8 @@ def test_require_replaces_gets_420_unsupported(chorus: ChorusProcess) -> None:
     assert headers["Unsupported"] == "replaces"
 
 
-def test_options_advertises_only_timer(chorus: ChorusProcess) -> None:
+def test_options_advertises_only_what_is_served(chorus: ChorusProcess) -> None:
+    """RFC 4028 timers and RFC 4488 norefersub (the conference takes REFER), never replaces."""
     with RawUdp() as client:
         client.send(
             raw_request("OPTIONS", chorus.sip_port, local_port=client.port), chorus.sip_port
@@ -131,4 +132,7 @@ def test_options_advertises_only_timer(chorus: ChorusProcess) -> None:
     assert data is not None
     response = parse_response(data)
     assert response.status == 200
-    assert response.headers.get_all("Supported") == ["timer"]
+    supported = {
+        tag.strip() for value in response.headers.get_all("Supported") for tag in value.split(",")
+    }
+    assert supported == {"timer", "norefersub"}
