@@ -30,7 +30,7 @@ from control.media.engine import AudioEngine
 from control.media.freeswitch import FreeSwitchEngine
 from control.media.mixer import EmbeddedMixer
 from control.media.srtp import SrtpPolicy
-from control.server import ApplicationMap, Server
+from control.server import ApplicationMap, Server, loop_factory, tune_gc
 from control.store import DATABASE_NAME, HistoryStore, Retention
 from control.streams import FileStore
 from control.web import build_web_server, screen_limits
@@ -152,6 +152,9 @@ def gateway_settings(config: Config) -> GatewaySettings:
         reconnect_max=xmpp.reconnect_max,
         max_message_bytes=xmpp.max_message_bytes,
         send_timeout=xmpp.send_timeout,
+        presence_expires=xmpp.presence_expires,
+        presence_retry_max=xmpp.presence_retry_max,
+        max_presence_subscriptions=xmpp.max_presence_subscriptions,
     )
 
 
@@ -195,6 +198,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         )
         config.pid_path().parent.mkdir(parents=True, exist_ok=True)
         config.pid_path().write_text(f"{os.getpid()}\n")
+    tune_gc(config.server.gc_threshold)
     logging.getLogger("chorus").info("chorus ready")
     print("chorus ready", flush=True)
     if ready is not None:
@@ -248,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        asyncio.run(serve(config))
+        with asyncio.Runner(loop_factory=loop_factory(config.server.event_loop)) as runner:
+            runner.run(serve(config))
     except OSError as exc:
         print(f"chorus: {exc}", file=sys.stderr)
         return 1

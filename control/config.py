@@ -8,6 +8,7 @@ re-exports them, so ``from control.config import Config`` keeps working.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import tomllib
 from pathlib import Path
@@ -94,6 +95,7 @@ def parse_listen(key: str, text: str, transports: tuple[str, ...] = TRANSPORTS) 
 KNOWN_CODECS = ("PCMU", "PCMA", "G722", "speex", "opus", "telephone-event")
 APPLICATIONS = ("conference", "echo", "xmpp")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+EVENT_LOOPS = ("asyncio", "uvloop")
 REFER_POLICIES = ("moderators", "participants")  # control/conference/refer.py
 
 
@@ -316,9 +318,21 @@ def _parse_server(section: _Section) -> ServerConfig:
         trace_sip=Path(trace) if trace else None,
         trace_msrp=Path(trace_msrp) if trace_msrp else None,
         shutdown_timeout=section.number("shutdown_timeout", default.shutdown_timeout, minimum=0.1),
+        event_loop=_event_loop(section, default.event_loop),
+        gc_threshold=section.integer("gc_threshold", default.gc_threshold, minimum=100),
     )
     section.finish()
     return config
+
+
+def _event_loop(section: _Section, default: str) -> str:
+    """``asyncio`` or ``uvloop``; uvloop must be importable, or the server would not start."""
+    name = section.take("event_loop", str, default)
+    if name not in EVENT_LOOPS:
+        raise ConfigError(section.key("event_loop"), f"expected one of {', '.join(EVENT_LOOPS)}")
+    if name == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError(section.key("event_loop"), "uvloop is not installed")
+    return name
 
 
 def _parse_applications(section: _Section) -> ApplicationsConfig:
@@ -623,6 +637,13 @@ def _parse_xmpp(section: _Section) -> XmppConfig:
             "max_message_bytes", default.max_message_bytes, minimum=1024
         ),
         send_timeout=section.number("send_timeout", default.send_timeout, minimum=1.0),
+        presence_expires=section.integer("presence_expires", default.presence_expires, minimum=60),
+        presence_retry_max=section.number(
+            "presence_retry_max", default.presence_retry_max, minimum=1.0
+        ),
+        max_presence_subscriptions=section.integer(
+            "max_presence_subscriptions", default.max_presence_subscriptions, minimum=1
+        ),
     )
     section.finish()
     return config

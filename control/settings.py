@@ -84,6 +84,8 @@ class ServerConfig:
     trace_sip: Path | None = None
     trace_msrp: Path | None = None
     shutdown_timeout: float = 5.0
+    event_loop: str = "asyncio"  # or "uvloop" (libuv's loop: less CPU per SIP call)
+    gc_threshold: int = 10000  # allocations between young-generation collections (Python: 700)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +281,9 @@ class XmppConfig:
     reconnect_max: float = 30.0  # reconnect back-off cap, seconds (starts at 0.5, doubles)
     max_message_bytes: int = 65536  # one message body either way; larger is refused
     send_timeout: float = 30.0  # seconds a SIP MESSAGE we send may take before it is a failure
+    presence_expires: int = 3600  # Expires of the presence SUBSCRIBEs toward SIP users
+    presence_retry_max: float = 300.0  # cap of the retry delay toward a failing SIP side
+    max_presence_subscriptions: int = 10000  # per direction: SIP watchers, XMPP subscribers
 
     @property
     def enabled(self) -> bool:

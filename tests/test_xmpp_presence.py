@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from lxml import etree
 
+from control.cli import gateway_settings
+from control.config import ConfigError, parse_config
 from control.xmpp.presence import (
     PIDF_NS,
     PresenceRefused,
@@ -141,3 +143,21 @@ def test_which_answers_are_retried_and_what_terminations_mean() -> None:
     assert termination_action("rejected") == "unsubscribed"
     assert termination_action("noresource") == "gone"
     assert termination_action(None) == "gone"
+
+
+def test_presence_limits_come_from_the_xmpp_section() -> None:
+    base = {"component_jid": "sip.localhost", "component_secret": "s"}
+    config = parse_config(
+        {
+            "xmpp": base
+            | {"presence_expires": 600, "presence_retry_max": 60, "max_presence_subscriptions": 5}
+        }
+    )
+    assert (config.xmpp.presence_expires, config.xmpp.presence_retry_max) == (600, 60.0)
+    assert config.xmpp.max_presence_subscriptions == 5
+    settings = gateway_settings(config)
+    assert (settings.presence_expires, settings.max_presence_subscriptions) == (600, 5)
+    assert parse_config({"xmpp": base}).xmpp.presence_retry_max == 300.0
+    for key, bad in (("presence_expires", 10), ("max_presence_subscriptions", 0)):
+        with pytest.raises(ConfigError):
+            parse_config({"xmpp": base | {key: bad}})
