@@ -19,7 +19,6 @@ the same tones at the same level within the codec's tolerance, and not its own.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -28,11 +27,10 @@ from control.media import native
 from control.media.answer import answer_audio, supported_rtpmaps
 from control.media.codecs import codec_for
 from control.media.engine import ParticipantId, RoomId
-from control.media.jitter import JitterBuffer
 from control.media.mixroom import MixCounters, MixRoom, Outgoing, limit, limit_rows
 from control.media.rtp import RtpPacket, RtpSender
 from control.media.srtp import SrtpPolicy
-from control.media.stream import ParticipantStream
+from control.media.stream import PYTHON_KIT, MediaKit, ParticipantStream
 from control.media.tone import sine, tone_power
 from control.sip import sdp
 
@@ -80,8 +78,7 @@ def _run(
     room: MixRoom,
     muted: tuple[int, ...] = (),
     *,
-    parse: Callable[[bytes], RtpPacket] = RtpPacket.parse,
-    jitter_buffer: type[JitterBuffer] = JitterBuffer,
+    kit: MediaKit = PYTHON_KIT,
 ) -> list[list[bytes]]:
     """Feed every member's tone; per member, the datagrams it was sent, tick by tick."""
     rng = random.Random(7)
@@ -95,9 +92,7 @@ def _run(
             srtp=SrtpPolicy.OPTIONAL,
             randbytes=rng.randbytes,
         )
-        stream = ParticipantStream(
-            terms, rng=rng, now=0.0, parse=parse, jitter_buffer=jitter_buffer
-        )
+        stream = ParticipantStream(terms, rng=rng, now=0.0, kit=kit)
         room.add(ParticipantId(f"p{i}"), stream)
         streams.append(stream)
         feeds.append(_packets(codec, TONES[i % len(TONES)], amplitude, 0x1000 + i))
@@ -242,13 +237,13 @@ def test_stamp_bytes_is_stamp_serialized() -> None:
 
 @pytest.mark.parametrize("members", list(ROOMS.values()), ids=list(ROOMS))
 def test_native_media_sends_the_python_octets(members: list[Member]) -> None:
-    """The native loop's C (parse_rtp, JitterBuffer, level_db, mix_minus) against the
-    Python reference, fed the same packets: the same datagrams to every listener, tick for
-    tick."""
+    """The native loop's C (parse_rtp, JitterBuffer, SequenceTracker, level_db, mix_minus)
+    against the Python reference, fed the same packets: the same datagrams to every
+    listener, tick for tick."""
     media = native.load()
     expected = _run(members, MixRoom(RoomId("py")), muted=(1,))
     room = MixRoom(RoomId("c"), level=media.level_db, mix_minus=media.mix_minus)
-    got = _run(members, room, muted=(1,), parse=media.parse_rtp, jitter_buffer=media.JitterBuffer)
+    got = _run(members, room, muted=(1,), kit=native.kit())
     assert [len(s) for s in got] == [TICKS] * len(members)
     assert got == expected
 

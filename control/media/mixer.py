@@ -51,13 +51,12 @@ from control.media.engine import (
     RoomId,
 )
 from control.media.faults import FaultLog
-from control.media.jitter import JitterBuffer
 from control.media.mixroom import MixCounters, MixRoom, Outgoing
 from control.media.ports import PortAllocator, PortsExhausted
 from control.media.rtcpsession import StreamQuality
-from control.media.rtp import RtpPacket, is_rtcp
+from control.media.rtp import is_rtcp
 from control.media.srtp import SrtpPolicy
-from control.media.stream import ParticipantStream, level_db
+from control.media.stream import PYTHON_KIT, ParticipantStream, level_db
 from control.sip import sdp
 
 if TYPE_CHECKING:
@@ -162,6 +161,7 @@ class EmbeddedMixer(AudioEngine):
         self.counters = MixCounters()
         self.native = native_media.choose(native)
         self._native = native_media.load() if self.native else None
+        self._kit = native_media.kit() if self.native else PYTHON_KIT
         self._native_legs: list[_Leg] | None = None  # the legs recv_batch reads, in order
         self._pool: WorkerPool | None = None
         if workers < 0:
@@ -235,8 +235,7 @@ class EmbeddedMixer(AudioEngine):
             rtcp_interval=self._rtcp_interval,
             wall_offset=time.time() - loop.time(),
             cname=f"chorus@{self._host}",
-            parse=RtpPacket.parse if self._native is None else self._native.parse_rtp,
-            jitter_buffer=JitterBuffer if self._native is None else self._native.JitterBuffer,
+            kit=self._kit,
         )
         self._read_natively(leg)
         mix = self._rooms.get(room)

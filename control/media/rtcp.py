@@ -348,9 +348,15 @@ class ReceptionStats:
     `now` is any monotonic clock in seconds, as long as the caller is consistent.
     """
 
-    def __init__(self, clock_rate: int, *, min_sequential: int = 2) -> None:
+    def __init__(
+        self,
+        clock_rate: int,
+        *,
+        min_sequential: int = 2,
+        tracker: type[SequenceTracker] = SequenceTracker,  # or the native one
+    ) -> None:
         self.clock_rate = clock_rate
-        self.tracker = SequenceTracker(min_sequential=min_sequential)
+        self.tracker = tracker(min_sequential=min_sequential)
         self._jitter = 0.0
         self._transit: int | None = None
         self._expected_prior = 0

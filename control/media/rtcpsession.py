@@ -33,7 +33,7 @@ from control.media.rtcp import (
     parse_compound,
     serialize_compound,
 )
-from control.media.rtp import RtpPacket
+from control.media.rtp import RtpPacket, SequenceTracker
 
 __all__ = ["RtcpSession", "StreamQuality", "rtcp_interval"]
 
@@ -104,11 +104,13 @@ class RtcpSession:
         wall_offset: float = 0.0,  # wall clock minus `now`'s clock, for NTP timestamps
         min_interval: float = 5.0,  # §6.2
         session_bandwidth: float = 64000.0,  # bit/s: the AS a 64 kbit/s G.711/G.722 call uses
+        tracker: type[SequenceTracker] = SequenceTracker,  # or the native one
     ) -> None:
         self.ssrc = ssrc
         self.cname = cname
         self.clock_rate = clock_rate
-        self.reception = ReceptionStats(clock_rate)
+        self._tracker = tracker
+        self.reception = ReceptionStats(clock_rate, tracker=tracker)
         self._rng = rng
         self._wall_offset = wall_offset
         self._min_interval = min_interval
@@ -148,7 +150,7 @@ class RtcpSession:
         """A codec change to another RTP clock: reception statistics start over."""
         if clock_rate != self.clock_rate:
             self.clock_rate = clock_rate
-            self.reception = ReceptionStats(clock_rate)
+            self.reception = ReceptionStats(clock_rate, tracker=self._tracker)
             self._last_ts = None
 
     def receive(self, data: bytes, now: float) -> list[RtcpPacket]:

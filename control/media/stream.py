@@ -29,7 +29,9 @@ from control.media.rtp import RtpError, RtpPacket, RtpSender, SequenceTracker, i
 from control.media.srtp import SrtpContext, SrtpError
 
 __all__ = [
+    "PYTHON_KIT",
     "EncoderChain",
+    "MediaKit",
     "ParticipantStream",
     "SourceFilter",
     "StreamStats",
@@ -49,10 +51,13 @@ class SourceFilter:
     never displaces the talker, nor does it move where we send (symmetric RTP latching).
     """
 
-    def __init__(self, min_sequential: int = 2) -> None:
+    def __init__(
+        self, min_sequential: int = 2, tracker: type[SequenceTracker] = SequenceTracker
+    ) -> None:
         self._min = min_sequential
-        self._current = SequenceTracker(min_sequential=min_sequential)
-        self._candidate = SequenceTracker(min_sequential=min_sequential)
+        self._tracker = tracker
+        self._current = tracker(min_sequential=min_sequential)
+        self._candidate = tracker(min_sequential=min_sequential)
         self.changes = 0
 
     @property
@@ -67,7 +72,7 @@ class SourceFilter:
         if self._current.ssrc is not None:
             self.changes += 1
         self._current = self._candidate
-        self._candidate = SequenceTracker(min_sequential=self._min)
+        self._candidate = self._tracker(min_sequential=self._min)
         return True
 
 
@@ -145,6 +150,19 @@ class EncoderChain:
         return self.codec.encode(out)
 
 
+@dataclass(frozen=True, slots=True)
+class MediaKit:
+    """The per-packet pieces a stream runs: Python's (the reference, the default) or the
+    native media loop's (`control.media.native.kit()`), which give the same results."""
+
+    parse: Callable[[bytes], RtpPacket] = RtpPacket.parse
+    jitter_buffer: type[JitterBuffer] = JitterBuffer
+    tracker: type[SequenceTracker] = SequenceTracker
+
+
+PYTHON_KIT = MediaKit()
+
+
 @dataclass(slots=True)
 class StreamStats:
     received: int = 0  # RTP packets accepted into the jitter buffer
@@ -172,12 +190,11 @@ class ParticipantStream:
         rtcp_interval: float = 5.0,  # RFC 3550 §6.2 minimum report interval
         wall_offset: float = 0.0,  # wall clock minus `now`'s clock, for RTCP's NTP times
         cname: str = "chorus",  # RFC 3550 §6.5.1 CNAME in our SDES
-        parse: Callable[[bytes], RtpPacket] = RtpPacket.parse,  # or the native parse_rtp
-        jitter_buffer: type[JitterBuffer] = JitterBuffer,  # or the native JitterBuffer
+        kit: MediaKit = PYTHON_KIT,  # Python's per-packet pieces or the native loop's
     ) -> None:
         self.internal_rate = internal_rate
-        self._parse = parse
-        self._jitter_buffer = jitter_buffer
+        self._kit = kit
+        self._parse = kit.parse
         self.stats = StreamStats()
         self.talk = talk or TalkDetector()
         self.muted = False
@@ -201,11 +218,13 @@ class ParticipantStream:
             now=now,
             wall_offset=wall_offset,
             min_interval=rtcp_interval,
+            tracker=kit.tracker,
         )
 
     def _configure(self, terms: AudioTerms, now: float, *, first: bool) -> None:
         old = None if first else self.terms
         self.terms = terms
+        kit = self._kit
         if old is None or old.crypto != terms.crypto:
             self._srtp = terms.crypto.context() if terms.crypto is not None else None
         if old is None or (old.codec_key, old.payload_type) != (
@@ -217,7 +236,7 @@ class ParticipantStream:
             self._decoder = factory()
             self._upsampler = resampler(self._decoder.sample_rate, self.internal_rate)
             self.frame_samples = self._decoder.frame_samples(PTIME_MS)
-            self._jitter = self._jitter_buffer(terms.rtpmap.clock_rate, ptime_ms=PTIME_MS)
+            self._jitter = kit.jitter_buffer(terms.rtpmap.clock_rate, ptime_ms=PTIME_MS)
             self._fifo: list[Pcm] = []
             self._fifo_len = 0
             self.private = EncoderChain(factory, self.internal_rate)
@@ -230,7 +249,7 @@ class ParticipantStream:
                 self._sender.skip(0)
                 self.rtcp.set_clock_rate(terms.rtpmap.clock_rate)
             self._ts_step = self.private.codec.timestamp_step(PTIME_MS)
-            self._source = SourceFilter()
+            self._source = SourceFilter(tracker=kit.tracker)
         if old is not None and old.direction.sends != terms.direction.sends:
             self.last_rtp = now  # the RTP timeout counts from when sending is expected
             self.timed_out = False

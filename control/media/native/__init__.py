@@ -9,7 +9,10 @@ the time once the mix itself was vectorised:
 * `send_batch`: the tick's datagrams in one call instead of a `transport.sendto` each;
 * `parse_rtp` and `level_db`: `RtpPacket.parse` and `stream.level_db`, the same results;
 * `JitterBuffer`: `control.media.jitter.JitterBuffer`, the same policy and the same
-  floating-point steps, so the same frames, losses and concealments tick for tick.
+  floating-point steps, so the same frames, losses and concealments tick for tick;
+* `SequenceTracker`: `control.media.rtp.SequenceTracker` (RFC 3550 A.1), run twice per
+  packet (source filter, RTCP reception statistics);
+* `mix_minus`: `MixRoom._mix_minus` with the G.711 table encode, below the limiter's knee.
 
 Which path runs is chosen once per mixer: `[rtp] native_media` in the config, overridden by
 the environment variable `CHORUS_NATIVE_MEDIA` (``1``/``0``) so a whole test run can be put
@@ -23,9 +26,10 @@ import os
 from types import ModuleType
 
 from control.media.jitter import Arrival, Frame, JitterStats, Lost
-from control.media.rtp import RtpError, RtpPacket
+from control.media.rtp import RtpError, RtpPacket, SequenceUpdate
+from control.media.stream import MediaKit
 
-__all__ = ["ENV", "NativeUnavailable", "available", "choose", "load"]
+__all__ = ["ENV", "NativeUnavailable", "available", "choose", "kit", "load"]
 
 ENV = "CHORUS_NATIVE_MEDIA"
 
@@ -36,7 +40,7 @@ try:
 except ImportError as exc:  # not built: `pip install -e .` (make deps) builds it
     _import_error = str(exc)
 else:
-    _media.configure(RtpPacket, RtpError, Frame, Lost, Arrival, JitterStats)
+    _media.configure(RtpPacket, RtpError, Frame, Lost, Arrival, JitterStats, SequenceUpdate)
     _module = _media
 
 
@@ -57,6 +61,14 @@ def load() -> ModuleType:
             "(pip install -e .) with gcc and python3-dev installed"
         )
     return _module
+
+
+def kit() -> MediaKit:
+    """The native per-packet pieces for `ParticipantStream(kit=...)`."""
+    media = load()
+    return MediaKit(
+        parse=media.parse_rtp, jitter_buffer=media.JitterBuffer, tracker=media.SequenceTracker
+    )
 
 
 def choose(setting: bool) -> bool:

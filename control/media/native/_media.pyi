@@ -2,7 +2,7 @@
 from collections.abc import Sequence
 from typing import Any
 
-from control.media import jitter
+from control.media import jitter, rtp
 from control.media.rtp import RtpPacket
 
 def configure(
@@ -12,6 +12,7 @@ def configure(
     lost_type: type,
     arrival_type: type,
     stats_type: type,
+    update_type: type,
     /,
 ) -> None: ...
 def enable_timestamps(fd: Any, /) -> None: ...
@@ -27,3 +28,4 @@ def mix_minus(
 
 # Typed as the Python class it reproduces (the same interface; not a subclass at run time).
 class JitterBuffer(jitter.JitterBuffer): ...
+class SequenceTracker(rtp.SequenceTracker): ...
