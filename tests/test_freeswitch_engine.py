@@ -6,7 +6,7 @@ answered it. Then: Chorus's mute/unmute/kick go out as `api conference <name> â€
 operator's kick or mute from another ESL client comes back as Kicked/MuteChanged;
 talking events become TalkingStarted/Stopped; a node killed with -9 (SIPp and its Event
 Socket process) has its room re-homed to the second node (new INVITE there, StreamMoved), or
-with no second node the participants get StreamFailed; the engine reconnects with back-off
+with no second node the participants get AudioLost; the engine reconnects with back-off
 when a node is back.
 """
 
@@ -21,10 +21,10 @@ import pytest
 from control.media.engine import (
     AudioEngineError,
     AudioEvent,
+    AudioLost,
     Kicked,
     MuteChanged,
     ParticipantId,
-    StreamFailed,
     StreamMoved,
     TalkingStarted,
     TalkingStopped,
@@ -183,7 +183,7 @@ async def test_operator_kick_mute_and_talking_are_reflected(
         assert events.seen[:2] == [TalkingStarted(ROOM, ALICE), TalkingStopped(ROOM, ALICE)]
         assert [e for e in events.seen if isinstance(e, MuteChanged)] == [changed]
         assert sum(isinstance(e, Kicked) for e in events.seen) == 1
-        assert not [e for e in events.seen if isinstance(e, StreamFailed)]
+        assert not [e for e in events.seen if isinstance(e, AudioLost)]
     finally:
         events.stop()
 
@@ -212,7 +212,7 @@ async def test_a_killed_node_moves_its_room_to_the_other(
         first.start_esl_process()
         await until(lambda: engine.node_states()[first.name].connected)
         assert not engine.node_states()[first.name].failed
-        assert not any(isinstance(e, StreamFailed) for e in events.seen)
+        assert not any(isinstance(e, AudioLost) for e in events.seen)
     finally:
         events.stop()
         await engine.close()
@@ -220,7 +220,7 @@ async def test_a_killed_node_moves_its_room_to_the_other(
         await second.stop()
 
 
-async def test_with_no_node_left_the_participants_are_ended(
+async def test_with_no_node_left_the_participants_audio_is_lost(
     server: Server, tmp_path: Path, participant: Participant
 ) -> None:
     only = await MediaNode(tmp_path / "only", esl_in_process=False).start()
@@ -229,8 +229,8 @@ async def test_with_no_node_left_the_participants_are_ended(
     try:
         await engine.attach(ROOM, ALICE, offer(participant.port), 0)
         only.kill()
-        failed = await events.wait(lambda e: isinstance(e, StreamFailed))
-        assert isinstance(failed, StreamFailed) and failed.participant == ALICE
+        failed = await events.wait(lambda e: isinstance(e, AudioLost))
+        assert isinstance(failed, AudioLost) and failed.participant == ALICE
         assert "no other node is up" in failed.reason
         assert engine.leg(ROOM, ALICE) is None
     finally:

@@ -4,7 +4,8 @@
 the node's answer: the test's own UDP socket plays the participant and sends RTP to the
 address in that answer — SIPp's, not Chorus's — and gets it echoed back, so media flows
 participant ↔ node with Chorus out of the path. SDES keys pass end to end, hold/resume go
-over as re-INVITEs, detach sends BYE, and a BYE from the node ends the participant.
+over as re-INVITEs, detach sends BYE, and a BYE from the node loses the participant's
+audio (AudioLost); a re-INVITE the node answers 481 becomes a new leg.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from control.config import parse_config
 from control.media.engine import (
     AudioEngineError,
     AudioEvent,
-    StreamFailed,
+    AudioLost,
 )
 from control.media.freeswitch import FreeSwitchEngine, conference_name
 from control.server import Server
@@ -42,6 +43,17 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.peer("sipp")]
 server = fsnode.server_fixture
 node = fsnode.node_fixture
 participant = fsnode.participant_fixture
+
+
+def collect(engine: FreeSwitchEngine) -> tuple[list[AudioEvent], asyncio.Future[None]]:
+    """The engine's events as they come, and the task reading them (cancel it at the end)."""
+    events: list[AudioEvent] = []
+
+    async def read() -> None:
+        async for event in engine.events():
+            events.append(event)
+
+    return events, asyncio.ensure_future(read())
 
 
 async def test_the_leg_carries_the_offer_and_rtp_flows_to_the_node(
@@ -120,18 +132,12 @@ async def test_a_codec_change_is_a_reinvite_of_the_leg(
         await engine.close()
 
 
-async def test_a_bye_from_the_node_ends_the_participant(
+async def test_a_bye_from_the_node_loses_the_participants_audio(
     server: Server, tmp_path: Path, participant: Participant
 ) -> None:
     node = await MediaNode(tmp_path / "hangup", hangup_after_ms=1000).start()
     engine = engine_for(server, node)
-    events: list[AudioEvent] = []
-
-    async def read() -> None:
-        async for event in engine.events():
-            events.append(event)
-
-    reader = asyncio.ensure_future(read())
+    events, reader = collect(engine)
     try:
         await engine.attach(ROOM, ALICE, offer(participant.port), 0)
         for _ in range(100):
@@ -139,7 +145,7 @@ async def test_a_bye_from_the_node_ends_the_participant(
                 break
             await asyncio.sleep(0.05)
         (failed,) = events
-        assert isinstance(failed, StreamFailed) and failed.participant == ALICE
+        assert isinstance(failed, AudioLost) and failed.participant == ALICE
         assert "ended the audio leg" in failed.reason
     finally:
         reader.cancel()
@@ -166,3 +172,35 @@ async def test_a_node_that_refuses_is_a_503_for_the_participant(
         assert failed.value.status == 503
     finally:
         await engine.close()
+
+
+async def test_a_reinvite_the_node_answers_481_becomes_a_new_leg(
+    server: Server, tmp_path: Path, participant: Participant
+) -> None:
+    """The node lost the dialog (its profile restarted) while its Event Socket stayed up:
+    the re-offer is carried by a new leg on the same node, the participant gets its answer,
+    and RTP flows to the node again; nothing is lost."""
+    node = await MediaNode(tmp_path / "forgets", forget_dialogs=True).start()
+    engine = engine_for(server, node)
+    events, reader = collect(engine)
+    try:
+        await engine.attach(ROOM, ALICE, offer(participant.port), 0)
+        first = engine.leg(ROOM, ALICE)
+        assert first is not None
+        held = await engine.update(ROOM, ALICE, offer(participant.port, direction="sendonly"), 0)
+        invites = await node.wait_received("INVITE", 3)
+        # INVITE, its re-INVITE (481), then a new INVITE with the re-offer, on a new dialog.
+        call_ids = [line for i in invites for line in i.splitlines() if line.startswith("Call-ID")]
+        assert call_ids[0] == call_ids[1] != call_ids[2], call_ids
+        assert "a=sendonly" in invites[1] and "a=sendonly" in invites[2]
+        second = engine.leg(ROOM, ALICE)
+        assert second is not None and second is not first and second.node == first.node
+        assert second.session.dialog.call_id != first.session.dialog.call_id
+        assert (held.address, held.accept.port) == ("127.0.0.1", node.media_port)  # new leg's
+        assert await echoed(participant, held.address, held.accept.port) == rtp(1)
+        await node.wait_received("BYE")  # the forgotten dialog was ended on our side too
+        assert not [e for e in events if isinstance(e, AudioLost)]
+    finally:
+        reader.cancel()
+        await engine.close()
+        await node.stop()

@@ -14,6 +14,7 @@ sees alice deleted, and the node's leg is ended too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +54,9 @@ async def node(tmp_path: Path) -> AsyncIterator[MediaNode]:
     await media.stop()
 
 
-@pytest.fixture
-async def server(tmp_path: Path, node: MediaNode) -> AsyncIterator[tuple[Server, Ports]]:
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, node: MediaNode) -> AsyncIterator[tuple[Server, Ports]]:
+    """A running server whose rooms are mixed by ``node``."""
     (port,) = free_ports(1)
     config = parse_config(
         {
@@ -68,8 +70,16 @@ async def server(tmp_path: Path, node: MediaNode) -> AsyncIterator[tuple[Server,
     )
     chorus = build_server(config)
     await chorus.start()
-    yield chorus, Ports(port)
-    await chorus.stop()
+    try:
+        yield chorus, Ports(port)
+    finally:
+        await chorus.stop()
+
+
+@pytest.fixture
+async def server(tmp_path: Path, node: MediaNode) -> AsyncIterator[tuple[Server, Ports]]:
+    async with serving(tmp_path, node) as running:
+        yield running
 
 
 def engine_of(server: Server) -> FreeSwitchEngine:

@@ -32,6 +32,7 @@ from control.app import (
 )
 from control.media.engine import (
     AudioEngine,
+    AudioLost,
     DtmfReceived,
     Kicked,
     MuteChanged,
@@ -522,6 +523,10 @@ class ConferenceApp:
                 if participant is not None:
                     self.rooms[room_id].set_muted(participant, muted, by_operator=op)
                     self.room_changed(self.rooms[room_id])
+            case AudioLost(room=room_id, participant=participant_id, reason=reason):
+                participant = self.participant(room_id, participant_id)
+                if participant is not None:
+                    self.ua.spawn(self._audio_lost(self.rooms[room_id], participant, reason))
             case Kicked(room=room_id, participant=participant_id, by=by):
                 participant = self.participant(room_id, participant_id)
                 if participant is not None:  # as Moderation.kick: notice, then BYE
@@ -543,20 +548,42 @@ class ConferenceApp:
         """The engine moved this participant's audio: re-INVITE with our new side of it
         (RFC 3264 §8: a new version of our SDP, the other m-lines as they were)."""
         audio = participant.stream(MediaKind.AUDIO)
+        if audio is not None:
+            await self._reoffer(participant, audio.index, accept, "after its audio moved")
+
+    async def _reoffer(
+        self, participant: Participant, index: int, decision: sdp.Accept | sdp.Reject, why: str
+    ) -> None:
+        """Re-INVITE with our side of m-line ``index`` changed, the others as they were."""
         remote = participant.sdp.remote
-        if audio is None or remote is None:
+        if remote is None:
             return
         decisions = list(participant.decisions)
-        decisions[audio.index] = accept
+        decisions[index] = decision
         participant.decisions = decisions
         body = sdp.serialize(participant.sdp.answer(remote, decisions))
         response = await participant.session.reinvite(body)
         if response.status >= 300:
             log.warning(
-                "re-INVITE of %s after its audio moved answered %d",
-                participant.identity.uri,
-                response.status,
+                "re-INVITE of %s %s answered %d", participant.identity.uri, why, response.status
             )
+
+    async def _audio_lost(self, room: Room, participant: Participant, reason: str) -> None:
+        """The engine lost this participant's audio for good: a notice, then BYE when audio
+        was all it had, else a re-INVITE with the audio m-line at port 0 (RFC 3264 §8.2), its
+        chat and files untouched."""
+        audio = participant.stream(MediaKind.AUDIO)
+        if audio is None:
+            return
+        log.warning("audio of %s in %s lost (%s)", participant.identity.uri, room.id, reason)
+        room.announce(NoticeKind.AUDIO_LOST, participant, exclude=False)
+        if participant.kinds <= {MediaKind.AUDIO}:
+            await self._end(participant.session, "audio lost")
+            return
+        participant.streams.pop(audio.index, None)
+        room.streams_stopped(participant, [audio], announce=False)
+        await audio.close()
+        await self._reoffer(participant, audio.index, sdp.Reject(), "without its lost audio")
 
     def _end_failed_room(self, room_id: RoomId, reason: str) -> None:
         """The engine gave up mixing this room: BYE everyone in it, so nobody sits in silence."""

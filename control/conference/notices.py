@@ -49,6 +49,7 @@ class NoticeKind(enum.Enum):
     FILE = "file"  # a file was stored in the room (RFC 5547 push)
     SCREEN = "screen"  # a participant started sharing its screen: where to watch it
     SCREEN_ENDED = "screen-ended"
+    AUDIO_LOST = "audio-lost"  # the media server ended a participant's audio (detail: why)
     # Moderation (control/conference/moderation.py); ``who`` is the moderator or "operator".
     KICKED = "kicked"
     LOCKED = "locked"
@@ -83,6 +84,8 @@ def notice_text(kind: NoticeKind, who: str, detail: str | None = None) -> str:
             return f"{who} is sharing their screen" + (f": {detail}" if detail else "")
         case NoticeKind.SCREEN_ENDED:
             return f"{who} stopped sharing their screen"
+        case NoticeKind.AUDIO_LOST:
+            return f"{who}'s audio was lost" + (f" ({detail})" if detail else "")
         case NoticeKind.KICKED:
             return f"{who} was removed from the room" + (f" by {detail}" if detail else "")
         case NoticeKind.LOCKED:

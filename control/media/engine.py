@@ -89,6 +89,18 @@ class MuteChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class AudioLost:
+    """This participant's audio ended on the engine's side and could not be restored (a
+    media node ended the leg, or died with no other node left): the room drops the audio
+    stream alone — chat and files go on — tells the room why, and ends (BYE) a participant
+    left with nothing else."""
+
+    room: RoomId
+    participant: ParticipantId
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Kicked:
     """Someone other than the room removed this participant from the mix (an operator's
     ``conference R kick N`` on a media server, ``by`` says who): the room tells everyone and
@@ -127,6 +139,7 @@ AudioEvent = (
     | StreamFailed
     | RoomFailed
     | MuteChanged
+    | AudioLost
     | Kicked
     | StreamMoved
     | DtmfReceived

@@ -54,15 +54,37 @@ def _udp_free(port: int) -> bool:
         return True
 
 
-def scenario(workdir: Path, *, hangup_after_ms: int | None) -> Path:
-    """The media-echo scenario, or a variant whose node sends BYE after a while."""
+FORGET = """<label id="reinvite"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 481 Call/Transaction Does Not Exist
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="ACK" crlf="true"/>
+  <recv request="BYE" next="bye"/>"""
+
+
+def scenario(workdir: Path, *, hangup_after_ms: int | None, forget: bool = False) -> Path:
+    """The media-echo scenario, or a variant whose node sends BYE after a while, or one
+    that has forgotten the dialog by its first re-INVITE (481, RFC 5057 §5.1)."""
     path = SCENARIO_DIR / "uas_media_echo.xml"
-    if hangup_after_ms is None:
+    if hangup_after_ms is None and not forget:
         return path
-    text = path.read_text().replace(
-        "<!--HANGUP-->", f'<pause milliseconds="{hangup_after_ms}"/><nop next="hangup"/>'
-    )
-    variant = workdir / "uas_media_echo_hangup.xml"
+    text = path.read_text()
+    if hangup_after_ms is not None:
+        text = text.replace(
+            "<!--HANGUP-->", f'<pause milliseconds="{hangup_after_ms}"/><nop next="hangup"/>'
+        )
+    if forget:  # the 200 path stays in the file (SIPp wants its variables used), unreached
+        text = text.replace('<label id="reinvite"/>', FORGET)
+    variant = workdir / f"uas_media_echo_{hangup_after_ms}_{int(forget)}.xml"
     variant.write_text(text)
     return variant
 
@@ -74,6 +96,7 @@ class MediaNode:
     workdir: Path
     hangup_after_ms: int | None = None
     esl_in_process: bool = True
+    forget_dialogs: bool = False  # answer every re-INVITE 481
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +129,9 @@ class MediaNode:
 
     def start_sipp(self) -> None:
         self.sipp = SippUas(
-            scenario(self.workdir, hangup_after_ms=self.hangup_after_ms),
+            scenario(
+                self.workdir, hangup_after_ms=self.hangup_after_ms, forget=self.forget_dialogs
+            ),
             port=self.sip_port,
             extra_args=[
                 "-rtp_echo",

@@ -16,8 +16,11 @@ Faults: a node whose Event Socket is down or whose ``api status`` probe goes una
 ``failover_after`` seconds has failed. Its rooms move to the fittest other node — a new leg
 there with each participant's last offer, then StreamMoved so the room re-INVITEs the
 participant toward the new address — or, with no node left, every participant of those rooms
-gets StreamFailed with the reason. A BYE from a node on one leg ends that participant
-(StreamFailed). The Event Socket reconnects by itself with back-off.
+gets AudioLost (the room drops their audio, chat and files go on). One leg whose SIP dialog
+dies while the Event Socket is up (see `_watch_leg`): a BYE from the node is AudioLost (or
+Kicked, when its kick-member event follows); a dialog the node lost (481/408, session timer)
+is re-homed on the room's node, a re-INVITE answered 481/408 becomes a new leg at once. The
+Event Socket reconnects by itself with back-off.
 """
 
 from __future__ import annotations
@@ -33,10 +36,10 @@ from control.media.engine import (
     AudioEngine,
     AudioEngineError,
     AudioEvent,
+    AudioLost,
     Kicked,
     ParticipantId,
     RoomId,
-    StreamFailed,
     StreamMoved,
 )
 from control.media.freeswitch.eslclient import (
@@ -48,7 +51,7 @@ from control.media.freeswitch.eslclient import (
     EslEventReceived,
     EslUnavailable,
 )
-from control.media.freeswitch.leg import MediaLeg
+from control.media.freeswitch.leg import LegGone, MediaLeg
 from control.media.freeswitch.members import (
     ConferenceMembers,
     conference_name,
@@ -65,6 +68,8 @@ __all__ = ["FreeSwitchEngine"]
 log = logging.getLogger("chorus.media.freeswitch")
 
 Key = tuple[RoomId, ParticipantId]
+REMOTE_BYE = "remote BYE"  # control/sip/session.py's reason for a BYE the peer sent
+RECOVER_WINDOW = 60.0  # seconds: a re-homed leg lost again within this is not re-homed again
 _ENERGY = re.compile(r"^\+?(?:OK )?Energy \d+ = (\d+)")  # mod_conference's energy reply
 
 
@@ -79,6 +84,7 @@ class FreeSwitchEngine(AudioEngine):
         failover_after: float = 5.0,
         reconnect_max: float = 30.0,
         reconnect_min: float = 0.5,
+        leg_grace: float = 1.0,
     ) -> None:
         self._ua = ua
         self._pool = NodePool(nodes, failover_after=failover_after)
@@ -86,6 +92,7 @@ class FreeSwitchEngine(AudioEngine):
         self._health_interval = health_interval
         self._failover_after = failover_after
         self._reconnect = (reconnect_min, reconnect_max)
+        self._leg_grace = leg_grace  # how long a node's BYE waits for its kick-member event
         self._members = {n.name: ConferenceMembers() for n in nodes}
         self._clients: dict[str, EslClient] = {}
         self._legs: dict[Key, MediaLeg] = {}
@@ -176,7 +183,19 @@ class FreeSwitchEngine(AudioEngine):
         leg = self._legs.get((room, participant))
         if leg is None:
             return await self.attach(room, participant, offer, media_index)
-        return await leg.reinvite(offer, media_index)
+        try:
+            return await leg.reinvite(offer, media_index)
+        except LegGone as exc:
+            # The node forgot the dialog (481/408, RFC 5057 §5.1): this re-offer becomes
+            # a new leg on the room's node, whose answer the participant gets.
+            log.warning("%s: a new leg for %s in %s", exc.reason, participant, room)
+            self._drop_leg(leg)
+            node = await self._place(room)
+            if node is None:
+                raise AudioEngineError(503, "no FreeSWITCH node is available") from exc
+            new = await self._open_leg(node, room, participant, offer, media_index)
+            new.recovered_at = asyncio.get_running_loop().time()
+            return new.answer
 
     async def detach(self, room: RoomId, participant: ParticipantId) -> None:
         leg = self._legs.pop((room, participant), None)
@@ -313,16 +332,90 @@ class FreeSwitchEngine(AudioEngine):
         return leg
 
     async def _watch_leg(self, leg: MediaLeg) -> None:
-        reason = await leg.session.terminated
-        if leg.closing or leg.moved or self._closed:
-            return
-        if self._legs.get((leg.room, leg.participant)) is leg:
-            self._report(leg, f"media node {leg.node} ended the audio leg ({reason})")
+        """The leg's SIP dialog ended without Chorus ending it, the Event Socket maybe up.
 
-    def _report(self, leg: MediaLeg, reason: str) -> None:
-        if not leg.reported:
-            leg.reported = True
-            self._queue.put_nowait(StreamFailed(leg.room, leg.participant, reason))
+        A BYE from the node is its own decision (an operator's kick or ``uuid_kill``, its
+        RTP timeout): once the Event Socket had ``leg_grace`` seconds to tell a kick (its
+        kick-member event may come after the BYE), the audio is lost (AudioLost). A dialog
+        lost without one (a refresh answered 481/408, the session timer expired, no ACK) is
+        re-homed: a new leg with the participant's last offer on the room's node once it is
+        fit (a node that is down is left to the failover, which moves this leg with the
+        others), then StreamMoved — at most once per ``RECOVER_WINDOW``, so a node that keeps
+        losing it ends it instead."""
+        reason = await leg.session.terminated
+        if not self._current(leg):
+            return
+        if reason == REMOTE_BYE:
+            members = self._members[leg.node]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._leg_grace
+            while (
+                self._current(leg)
+                and not leg.reported
+                and members.member_id(leg.room, leg.participant) is not None
+                and loop.time() < deadline
+            ):
+                await asyncio.sleep(0.05)
+            if self._current(leg) and not leg.reported:
+                self._lose(leg, f"media node {leg.node} ended the audio leg")
+            return
+        await self._recover(leg, reason)
+
+    async def _recover(self, leg: MediaLeg, reason: str) -> None:
+        loop = asyncio.get_running_loop()
+        node = self._pool.nodes[leg.node]
+        while self._current(leg) and not node.fit and not node.failed:
+            await asyncio.sleep(0.1)  # down: the failover moves it (leg.moved) or it is back
+        if not self._current(leg):
+            return
+        now = loop.time()
+        if leg.recovered_at is not None and now - leg.recovered_at < RECOVER_WINDOW:
+            self._lose(leg, f"media node {leg.node} lost the audio leg again ({reason})")
+            return
+        log.warning(
+            "audio leg of %s in %s on %s lost (%s): re-homing it",
+            leg.participant,
+            leg.room,
+            leg.node,
+            reason,
+        )
+        self._drop_leg(leg)
+        target = self._pool.place(leg.room)
+        if target is None:
+            self._lose(leg, f"audio leg lost ({reason}) and no media node is up")
+            return
+        try:
+            new = await self._open_leg(
+                target, leg.room, leg.participant, leg.offer, leg.media_index
+            )
+        except AudioEngineError as exc:
+            self._lose(leg, f"audio leg lost ({reason}); {exc.reason}")
+            return
+        new.recovered_at = now
+        self._queue.put_nowait(StreamMoved(leg.room, leg.participant, new.answer))
+
+    def _current(self, leg: MediaLeg) -> bool:
+        """The leg is still the participant's and nobody is ending or moving it."""
+        if leg.closing or leg.moved or self._closed:
+            return False
+        return self._legs.get((leg.room, leg.participant)) is leg
+
+    def _drop_leg(self, leg: MediaLeg) -> None:
+        """Forget a leg (its dialog is gone or going) and release an emptied room."""
+        leg.moved = True  # its end is no news any more
+        if self._legs.get((leg.room, leg.participant)) is leg:
+            del self._legs[(leg.room, leg.participant)]
+        self._members[leg.node].forget(leg.room, leg.participant)
+        if not any(r == leg.room for r, _ in self._legs):
+            self._pool.release(leg.room)
+
+    def _lose(self, leg: MediaLeg, reason: str) -> None:
+        """The participant's audio is gone for good: the room drops the stream (AudioLost)."""
+        if leg.reported:
+            return
+        leg.reported = True
+        self._drop_leg(leg)
+        self._queue.put_nowait(AudioLost(leg.room, leg.participant, reason))
 
     async def _member_id(self, leg: MediaLeg) -> int | None:
         members = self._members[leg.node]
@@ -358,7 +451,7 @@ class FreeSwitchEngine(AudioEngine):
             case EslEventReceived(node=name, event=esl_event):
                 members = self._members[name]
                 for audio_event in members.handle(esl_event):
-                    if isinstance(audio_event, StreamFailed | Kicked):
+                    if isinstance(audio_event, Kicked):
                         leg = self._legs.get((audio_event.room, audio_event.participant))
                         if leg is None:
                             continue
@@ -421,7 +514,7 @@ class FreeSwitchEngine(AudioEngine):
             if target is None:
                 self._pool.release(room)
                 for old in room_legs:
-                    self._report(old, f"media node {node.name} failed and no other node is up")
+                    self._lose(old, f"media node {node.name} failed and no other node is up")
                 continue
             for old in room_legs:
                 try:
@@ -429,7 +522,7 @@ class FreeSwitchEngine(AudioEngine):
                         target, room, old.participant, old.offer, old.media_index
                     )
                 except AudioEngineError as exc:
-                    self._report(old, f"media node {node.name} failed; {exc.reason}")
+                    self._lose(old, f"media node {node.name} failed; {exc.reason}")
                     continue
                 self._queue.put_nowait(StreamMoved(room, old.participant, leg.answer))
         node.rooms.difference_update(rooms)

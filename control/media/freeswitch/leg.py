@@ -35,6 +35,7 @@ from control.sip.useragent import UserAgent
 
 __all__ = [
     "LegFailed",
+    "LegGone",
     "MediaLeg",
     "audio_answer",
     "leg_headers",
@@ -46,6 +47,11 @@ log = logging.getLogger("chorus.media.freeswitch")
 
 class LegFailed(AudioEngineError):
     """The node refused or never answered the leg's INVITE."""
+
+
+class LegGone(AudioEngineError):
+    """The node answered a re-INVITE 481 or 408: it no longer has the dialog (RFC 5057
+    §5.1), which is then over on our side too."""
 
 
 def leg_offer(
@@ -102,6 +108,7 @@ class MediaLeg:
     closing: bool = False  # we are ending it: its end is no news
     reported: bool = False  # its failure was already told to the room
     moved: bool = field(default=False)
+    recovered_at: float | None = None  # when this leg replaced one whose dialog was lost
 
     @classmethod
     async def open(
@@ -151,6 +158,12 @@ class MediaLeg:
         """Carry the participant's re-offer (hold, resume, codec or address change) over."""
         body = sdp.serialize(leg_offer(offer, media_index, self.state))
         response = await self.session.reinvite(body)
+        if response.status in (408, 481):
+            self.state.offer_rejected()
+            self.closing = True  # its end is the engine's business now, not news
+            # Over at once (its BYE may go unanswered: the node knows no such dialog).
+            self.session.ua.spawn(self.session.bye(reason=f"re-INVITE got {response.status}"))
+            raise LegGone(503, f"media node {self.node} answered {response.status}")
         if not 200 <= response.status < 300:
             self.state.offer_rejected()
             raise AudioEngineError(488, f"media node {self.node} answered {response.status}")
