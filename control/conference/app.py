@@ -32,18 +32,8 @@ from control.app import (
 )
 from control.media.engine import (
     AudioEngine,
-    AudioLost,
-    DtmfReceived,
-    Kicked,
-    MuteChanged,
     ParticipantId,
-    RoomFailed,
     RoomId,
-    StreamFailed,
-    StreamMoved,
-    StreamTimedOut,
-    TalkingStarted,
-    TalkingStopped,
 )
 from control.msrp.cpim import CpimMessage
 from control.msrp.errors import MsrpError
@@ -68,12 +58,12 @@ from control.streams import (
 )
 
 from .chat import ChatCore, ChatLimits, ChatMember, ChatSessionId
+from .engineevents import EngineEvents
 from .files import ConferenceFiles, FileLinks
 from .info import CONFERENCE_INFO_TYPE
 from .infonotify import ConferenceInfo
 from .infosubs import RoomFileRecord
 from .moderation import Moderation, ModerationPolicy
-from .notices import NoticeKind
 from .participant import Participant, identity_uri
 from .refer import ReferPolicy, Referrals
 from .room import Room, RoomObserver, room_id_for, room_uri_for
@@ -167,7 +157,7 @@ class ConferenceApp:
         self._events_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._events_task = asyncio.get_running_loop().create_task(self._consume_events())
+        self._events_task = asyncio.get_running_loop().create_task(EngineEvents(self).consume())
         if self.screens is not None:
             self.screens.start(self.rooms)
         if self.files is not None:
@@ -489,114 +479,6 @@ class ConferenceApp:
         """A moderation change (lock, PIN, roles, mute, a caller let in): conference-info
         sends its partial documents (most also announce, which tells it; this one is sure)."""
         room.changed()
-
-    # --- engine events ---------------------------------------------------------------------
-
-    async def _consume_events(self) -> None:
-        async for event in self.engine.events():
-            try:
-                self._engine_event(event)
-            except Exception:
-                log.exception("handling %s failed", event)
-
-    def _engine_event(self, event: object) -> None:
-        match event:
-            case StreamTimedOut(room=room_id, participant=participant_id):
-                participant = self.participant(room_id, participant_id)
-                if participant is not None and participant.kinds <= {MediaKind.AUDIO}:
-                    log.info("RTP timeout: ending %s in %s", participant.identity.uri, room_id)
-                    self.ua.spawn(self._end(participant.session, "RTP timeout"))
-            case StreamFailed(room=room_id, participant=participant_id, reason=reason):
-                participant = self.participant(room_id, participant_id)
-                if participant is not None:
-                    log.error(
-                        "audio of %s in %s keeps failing (%s): ending it",
-                        participant.identity.uri,
-                        room_id,
-                        reason,
-                    )
-                    self.ua.spawn(self._end(participant.session, "media failure"))
-            case RoomFailed(room=room_id, reason=reason):
-                self._end_failed_room(room_id, reason)
-            case MuteChanged(room=room_id, participant=participant_id, muted=muted, by_operator=op):
-                participant = self.participant(room_id, participant_id)
-                if participant is not None:
-                    self.rooms[room_id].set_muted(participant, muted, by_operator=op)
-                    self.room_changed(self.rooms[room_id])
-            case AudioLost(room=room_id, participant=participant_id, reason=reason):
-                participant = self.participant(room_id, participant_id)
-                if participant is not None:
-                    self.ua.spawn(self._audio_lost(self.rooms[room_id], participant, reason))
-            case Kicked(room=room_id, participant=participant_id, by=by):
-                participant = self.participant(room_id, participant_id)
-                if participant is not None:  # as Moderation.kick: notice, then BYE
-                    self.rooms[room_id].announce(NoticeKind.KICKED, participant, by, exclude=False)
-                    log.info("%s kicked from %s by %s", participant.uri, room_id, by)
-                    self.ua.spawn(self._end(participant.session, "kicked"))
-            case StreamMoved(room=room_id, participant=participant_id, answer=moved):
-                participant = self.participant(room_id, participant_id)
-                if participant is not None:
-                    self.ua.spawn(self._moved(participant, moved.accept))
-            case DtmfReceived(room=room_id, participant=participant_id, digit=digit):
-                participant = self.participant(room_id, participant_id)
-                if participant is not None:
-                    self.ua.spawn(self.moderation.digit(self.rooms[room_id], participant, digit))
-            case TalkingStarted() | TalkingStopped():
-                log.debug("%s", event)
-
-    async def _moved(self, participant: Participant, accept: sdp.Accept) -> None:
-        """The engine moved this participant's audio: re-INVITE with our new side of it
-        (RFC 3264 §8: a new version of our SDP, the other m-lines as they were)."""
-        audio = participant.stream(MediaKind.AUDIO)
-        if audio is not None:
-            await self._reoffer(participant, audio.index, accept, "after its audio moved")
-
-    async def _reoffer(
-        self, participant: Participant, index: int, decision: sdp.Accept | sdp.Reject, why: str
-    ) -> None:
-        """Re-INVITE with our side of m-line ``index`` changed, the others as they were."""
-        remote = participant.sdp.remote
-        if remote is None:
-            return
-        decisions = list(participant.decisions)
-        decisions[index] = decision
-        participant.decisions = decisions
-        body = sdp.serialize(participant.sdp.answer(remote, decisions))
-        response = await participant.session.reinvite(body)
-        if response.status >= 300:
-            log.warning(
-                "re-INVITE of %s %s answered %d", participant.identity.uri, why, response.status
-            )
-
-    async def _audio_lost(self, room: Room, participant: Participant, reason: str) -> None:
-        """The engine lost this participant's audio for good: a notice, then BYE when audio
-        was all it had, else a re-INVITE with the audio m-line at port 0 (RFC 3264 §8.2), its
-        chat and files untouched."""
-        audio = participant.stream(MediaKind.AUDIO)
-        if audio is None:
-            return
-        log.warning("audio of %s in %s lost (%s)", participant.identity.uri, room.id, reason)
-        room.announce(NoticeKind.AUDIO_LOST, participant, exclude=False)
-        if participant.kinds <= {MediaKind.AUDIO}:
-            await self._end(participant.session, "audio lost")
-            return
-        participant.streams.pop(audio.index, None)
-        room.streams_stopped(participant, [audio], announce=False)
-        await audio.close()
-        await self._reoffer(participant, audio.index, sdp.Reject(), "without its lost audio")
-
-    def _end_failed_room(self, room_id: RoomId, reason: str) -> None:
-        """The engine gave up mixing this room: BYE everyone in it, so nobody sits in silence."""
-        room = self.rooms.get(room_id)
-        participants = list(room.participants.values()) if room is not None else []
-        log.error(
-            "room %s failed in the audio engine (%s): ending it, BYE to %d participants",
-            room_id,
-            reason,
-            len(participants),
-        )
-        for participant in participants:
-            self.ua.spawn(self._end(participant.session, "room failed"))
 
     # --- SIP MESSAGE (RFC 3428) ------------------------------------------------------------
 
