@@ -1,0 +1,488 @@
+"""MUC (XEP-0045) ↔ conference room chat (RFC 7702), sans-IO: stanzas in, events out, and the
+stanzas a MUC service sends, built as ElementTree elements.
+
+The asyncio glue (:mod:`control.xmpp.mucgw`) feeds every presence and message addressed to
+the MUC domain to :func:`parse_presence` / :func:`parse_message`; each returns one event or
+raises :class:`MucError`, which carries the stanza error to answer (XEP-0045 §7.2 and §7.4:
+``jid-malformed`` for a join without a nick, ``bad-request`` for a groupchat message to an
+occupant's full JID or a malformed history request, ``not-acceptable`` for an unusable nick
+or a message too large) and :func:`error_reply` turns into the reply. Nothing is dropped
+silently: what the service takes becomes an event, the rest an error.
+
+Room state is not kept here: the room model (control/conference) is the roster. What an
+XMPP occupant is told about the others is a pure function of that model
+(:func:`unique_nicks` gives every occupant a distinct nick, :func:`view_changes` the
+presences that bring an occupant's picture up to date).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from xml.etree import ElementTree as ET
+
+from control.msrp.cpim import format_datetime, parse_datetime
+from control.msrp.errors import CpimError
+from control.xmpp.addressing import AddressRefused, Jid, parse_jid
+
+__all__ = [
+    "COMPONENT_NS",
+    "DELAY_NS",
+    "MUC_NS",
+    "MUC_USER_NS",
+    "GroupMessage",
+    "HistoryRequest",
+    "MucError",
+    "MucLeave",
+    "MucPresence",
+    "Occupant",
+    "PrivateMessage",
+    "ViewChange",
+    "error_reply",
+    "groupchat",
+    "occupant_presence",
+    "parse_message",
+    "parse_presence",
+    "private_chat",
+    "subject_message",
+    "unique_nicks",
+    "view_changes",
+]
+
+COMPONENT_NS = "jabber:component:accept"  # the stanzas' namespace on a XEP-0114 stream
+MUC_NS = "http://jabber.org/protocol/muc"
+MUC_USER_NS = "http://jabber.org/protocol/muc#user"
+DELAY_NS = "urn:xmpp:delay"  # XEP-0203
+STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+MAX_NICK = 64  # characters, as a room's NICKNAME (control/conference/nicknames.py)
+MAX_BODY = 65536  # characters of one message body ([xmpp] max_message_bytes in the glue)
+
+# XEP-0045 §15.6 status codes the service sends.
+SELF = 110  # this presence is about you
+NICK_CHANGED = 303  # the occupant's nick is now item/@nick
+ROOM_GONE = 332  # removed because the room (the SIP conference) ended
+
+# RFC 6120 §8.3.2: the error type of each condition the service answers with.
+_ERROR_TYPES = {
+    "bad-request": "modify",
+    "conflict": "cancel",
+    "feature-not-implemented": "cancel",
+    "forbidden": "auth",
+    "item-not-found": "cancel",
+    "jid-malformed": "modify",
+    "not-acceptable": "modify",
+    "not-allowed": "cancel",
+    "not-authorized": "auth",
+    "policy-violation": "modify",
+    "recipient-unavailable": "wait",
+    "resource-constraint": "wait",
+    "service-unavailable": "cancel",
+}
+
+
+class MucError(Exception):
+    """A stanza the service refuses: answered with ``condition`` (and its RFC 6120 type)."""
+
+    def __init__(self, condition: str, text: str) -> None:
+        super().__init__(text)
+        self.condition = condition
+        self.text = text
+
+    @property
+    def type(self) -> str:
+        return _ERROR_TYPES.get(self.condition, "cancel")
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    """XEP-0045 §7.2.15 ``<history/>``: None means the service's default for that limit."""
+
+    maxstanzas: int | None = None
+    seconds: float | None = None
+    since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MucPresence:
+    """Available presence to ``room/nick``: a join (with ``<x xmlns=muc>``), a nick change or a
+    presence update; which one depends on whether the sender is already in the room."""
+
+    sender: Jid
+    room: str  # the room's local part, case-folded
+    nick: str
+    id: str
+    joining: bool  # carried <x xmlns='http://jabber.org/protocol/muc'/>
+    history: HistoryRequest
+    show: str | None = None
+    status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MucLeave:
+    """Unavailable presence to the room (XEP-0045 §7.14)."""
+
+    sender: Jid
+    room: str
+    nick: str | None
+    status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMessage:
+    """A groupchat message to the room: a body, or a new ``subject`` (§8.1), or both."""
+
+    sender: Jid
+    room: str
+    id: str
+    body: str | None
+    subject: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateMessage:
+    """A ``type="chat"`` message to ``room/nick`` (§7.5): to that occupant only."""
+
+    sender: Jid
+    room: str
+    nick: str
+    id: str
+    body: str
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def _local(tag: object) -> str:
+    return tag.split("}", 1)[-1] if isinstance(tag, str) else ""
+
+
+def _child(stanza: ET.Element, name: str) -> ET.Element | None:
+    """A child in the stanza's own namespace (jabber:client or the component's)."""
+    namespace = stanza.tag[1:].split("}", 1)[0] if stanza.tag.startswith("{") else ""
+    return stanza.find(f"{{{namespace}}}{name}" if namespace else name)
+
+
+def _text(stanza: ET.Element, name: str) -> str | None:
+    element = _child(stanza, name)
+    return None if element is None else (element.text or "")
+
+
+def _addresses(stanza: ET.Element, muc_domain: str) -> tuple[Jid, Jid]:
+    try:
+        sender = parse_jid(stanza.get("from") or "")
+        recipient = parse_jid(stanza.get("to") or "")
+    except AddressRefused as exc:
+        raise MucError("jid-malformed", exc.reason) from None
+    if recipient.domain != muc_domain.lower():
+        raise MucError("item-not-found", f"{recipient.domain} is not this MUC service")
+    if recipient.local is None:
+        raise MucError("item-not-found", "no room named: this is the MUC service itself")
+    return sender, recipient
+
+
+def check_nick(nick: str | None) -> str:
+    """A usable occupant nick (the room's nickname rules); ``jid-malformed`` when absent,
+    ``not-acceptable`` when empty, too long or holding control characters."""
+    if nick is None:
+        raise MucError("jid-malformed", "no nickname: join room@service/nick (XEP-0045 §7.2.1)")
+    text = nick.strip()
+    if not text or len(text) > MAX_NICK:
+        raise MucError("not-acceptable", f"a nickname is 1 to {MAX_NICK} characters")
+    if any(unicodedata.category(c).startswith("C") for c in text):
+        raise MucError("not-acceptable", "control character in nickname")
+    return text
+
+
+def _history(x: ET.Element | None) -> HistoryRequest:
+    element = None if x is None else x.find(f"{{{MUC_NS}}}history")
+    if element is None:
+        return HistoryRequest()
+
+    def number(name: str) -> int | None:
+        value = element.get(name)
+        if value is None:
+            return None
+        if not value.strip().isdigit():
+            raise MucError("bad-request", f"history {name}={value[:20]!r} is not a count")
+        return int(value)
+
+    maxstanzas = number("maxstanzas")
+    seconds = number("seconds")
+    if number("maxchars") == 0:  # §7.2.15: maxchars='0' asks for no history at all
+        maxstanzas = 0
+    since = None
+    if element.get("since") is not None:
+        try:
+            since = parse_datetime(element.get("since") or "")
+        except (CpimError, ValueError):
+            raise MucError("bad-request", "history since is not a date-time") from None
+    return HistoryRequest(maxstanzas, float(seconds) if seconds is not None else None, since)
+
+
+def parse_presence(stanza: ET.Element, *, muc_domain: str) -> MucPresence | MucLeave | None:
+    """One presence to the MUC domain; None for what needs no answer (an error bounce, a
+    subscription request to the service)."""
+    kind = stanza.get("type") or "available"
+    if kind == "error":
+        return None
+    if kind not in ("available", "unavailable"):
+        return None  # subscriptions to a room mean nothing (XEP-0045 has none)
+    sender, recipient = _addresses(stanza, muc_domain)
+    room = (recipient.local or "").lower()
+    if kind == "unavailable":
+        return MucLeave(sender, room, recipient.resource, _text(stanza, "status"))
+    nick = check_nick(recipient.resource)
+    x = stanza.find(f"{{{MUC_NS}}}x")
+    show = _text(stanza, "show")
+    return MucPresence(
+        sender,
+        room,
+        nick,
+        stanza.get("id") or "",
+        joining=x is not None,
+        history=_history(x),
+        show=show if show in ("away", "chat", "dnd", "xa") else None,
+        status=_text(stanza, "status"),
+    )
+
+
+def parse_message(
+    stanza: ET.Element, *, muc_domain: str, max_body: int = MAX_BODY
+) -> GroupMessage | PrivateMessage | None:
+    """One message to the MUC domain; None for an error bounce (nothing to answer)."""
+    kind = stanza.get("type") or "normal"
+    if kind == "error":
+        return None
+    sender, recipient = _addresses(stanza, muc_domain)
+    room = (recipient.local or "").lower()
+    body = _text(stanza, "body")
+    if body is not None and len(body) > max_body:
+        raise MucError("not-acceptable", f"message body over {max_body} characters")
+    stanza_id = stanza.get("id") or ""
+    if kind == "groupchat":
+        if recipient.resource is not None:  # §7.4: groupchat goes to the room, not a nick
+            raise MucError("bad-request", "groupchat message to an occupant's full JID")
+        subject = _text(stanza, "subject")
+        if body is None and subject is None:
+            raise MucError("bad-request", "groupchat message with neither body nor subject")
+        return GroupMessage(sender, room, stanza_id, body, subject)
+    if kind in ("chat", "normal") and recipient.resource is not None:
+        if body is None:
+            raise MucError("bad-request", "private message without a body")
+        return PrivateMessage(sender, room, recipient.resource, stanza_id, body)
+    if kind == "normal" and stanza.find(f"{{{MUC_USER_NS}}}x") is not None:
+        raise MucError("feature-not-implemented", "mediated invitations are not carried yet")
+    raise MucError("bad-request", f"a {kind} message to the room itself")
+
+
+# --- occupants -------------------------------------------------------------------------------
+
+
+def fold(nick: str) -> str:
+    """Nicks compare as room nicknames do: NFKC, case-folded, outer spaces stripped."""
+    return unicodedata.normalize("NFKC", nick).casefold().strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Occupant:
+    """One occupant as the room model shows it: a SIP participant or an XMPP user."""
+
+    id: str  # stable while it is in the room: a participant id, or the XMPP identity key
+    nick: str
+    affiliation: str = "none"  # XEP-0045 §5.2: owner, admin, member, none
+    role: str = "participant"  # XEP-0045 §5.1: moderator, participant, visitor
+    show: str | None = None
+    status: str | None = None
+
+
+def unique_nicks(wanted: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """A distinct nick per occupant id from (id, wanted nick) in the order given: the first
+    keeps its nick, a later clash (two SIP callers both "Alice") becomes "Alice (2)", … so
+    every occupant JID names one occupant (XEP-0045 §7.2.9)."""
+    taken: set[str] = set()
+    out: dict[str, str] = {}
+    for occupant_id, nick in wanted:
+        candidate, n = nick, 1
+        while fold(candidate) in taken:
+            n += 1
+            candidate = f"{nick} ({n})"
+        taken.add(fold(candidate))
+        out[occupant_id] = candidate
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ViewChange:
+    """One presence to send: ``occupant`` is available (or, ``gone``, unavailable); a nick
+    change is the unavailable presence of the old nick with 303 and the new one (§7.6)."""
+
+    occupant: Occupant
+    gone: bool = False
+    new_nick: str | None = None
+
+
+def view_changes(told: Mapping[str, Occupant], now: Mapping[str, Occupant]) -> list[ViewChange]:
+    """What brings an occupant who was ``told`` up to the room's occupants ``now``: leaves
+    first, then nick changes, then joins and updates, each occupant at most once."""
+    changes = [ViewChange(old, gone=True) for key, old in told.items() if key not in now]
+    for key, occupant in now.items():
+        old = told.get(key)
+        if old is not None and old.nick != occupant.nick:
+            changes.append(ViewChange(old, gone=True, new_nick=occupant.nick))
+            changes.append(ViewChange(occupant))
+    changes += [
+        ViewChange(occupant)
+        for key, occupant in now.items()
+        if told.get(key) is None or (told[key].nick == occupant.nick and told[key] != occupant)
+    ]
+    return changes
+
+
+# --- building --------------------------------------------------------------------------------
+
+
+def _stanza(name: str, to: Jid | str, from_: Jid | str, **attrs: str) -> ET.Element:
+    element = ET.Element(f"{{{COMPONENT_NS}}}{name}", {"to": str(to), "from": str(from_)})
+    for key, value in attrs.items():
+        if value:
+            element.set(key, value)
+    return element
+
+
+def _sub(parent: ET.Element, name: str, text: str | None = None) -> ET.Element:
+    element = ET.SubElement(parent, f"{{{COMPONENT_NS}}}{name}")
+    element.text = text
+    return element
+
+
+def occupant_presence(
+    to: Jid,
+    room: Jid,
+    occupant: Occupant,
+    *,
+    self_: bool = False,
+    gone: bool = False,
+    new_nick: str | None = None,
+    codes: Iterable[int] = (),
+    reason: str | None = None,
+) -> ET.Element:
+    """The presence of ``occupant`` (from ``room/nick``) to one XMPP occupant: available with
+    its affiliation and role (§7.2.3), or unavailable with role none (§7.14); ``self_`` adds
+    status 110, ``new_nick`` 303 and ``item/@nick`` (§7.6)."""
+    stanza = _stanza(
+        "presence",
+        to,
+        Jid(room.local, room.domain, occupant.nick),
+        type="unavailable" if gone else "",
+    )
+    if not gone and occupant.show:
+        _sub(stanza, "show", occupant.show)
+    if not gone and occupant.status:
+        _sub(stanza, "status", occupant.status)
+    x = ET.SubElement(stanza, f"{{{MUC_USER_NS}}}x")
+    item = ET.SubElement(
+        x,
+        f"{{{MUC_USER_NS}}}item",
+        {"affiliation": occupant.affiliation, "role": "none" if gone else occupant.role},
+    )
+    if new_nick is not None:
+        item.set("nick", new_nick)
+    if reason:
+        ET.SubElement(item, f"{{{MUC_USER_NS}}}reason").text = reason
+    all_codes = [*([NICK_CHANGED] if new_nick is not None else []), *codes]
+    if self_:
+        all_codes.append(SELF)
+    for code in sorted(set(all_codes)):
+        ET.SubElement(x, f"{{{MUC_USER_NS}}}status", {"code": str(code)})
+    return stanza
+
+
+def _body(stanza: ET.Element, body: str | None, xhtml: str | None) -> None:
+    if body is not None:
+        _sub(stanza, "body", body)
+    if xhtml is not None:  # XEP-0071, as control/xmpp/component.py writes it for chat
+        try:
+            inner = ET.fromstring(f'<body xmlns="http://www.w3.org/1999/xhtml">{xhtml}</body>')
+        except ET.ParseError:
+            return
+        html = ET.SubElement(stanza, "{http://jabber.org/protocol/xhtml-im}html")
+        html.append(inner)
+
+
+def groupchat(
+    to: Jid,
+    room: Jid,
+    nick: str | None,
+    body: str | None,
+    *,
+    id: str,
+    xhtml: str | None = None,
+    delay: datetime | None = None,
+) -> ET.Element:
+    """A room message from ``room/nick`` (``nick`` None: from the room itself, §7.2.16); a
+    replayed one carries its original time as XEP-0203 ``<delay from=room/>`` (§7.2.15)."""
+    sender = Jid(room.local, room.domain, nick) if nick else room
+    stanza = _stanza("message", to, sender, type="groupchat", id=id)
+    _body(stanza, body, xhtml)
+    if delay is not None:
+        ET.SubElement(
+            stanza, f"{{{DELAY_NS}}}delay", {"from": room.bare, "stamp": format_datetime(delay)}
+        )
+    return stanza
+
+
+def private_chat(
+    to: Jid, room: Jid, nick: str, body: str, *, id: str, xhtml: str | None = None
+) -> ET.Element:
+    """A private message from occupant ``nick`` (§7.5), marked with ``<x xmlns=muc#user/>``."""
+    stanza = _stanza("message", to, Jid(room.local, room.domain, nick), type="chat", id=id)
+    _body(stanza, body, xhtml)
+    ET.SubElement(stanza, f"{{{MUC_USER_NS}}}x")
+    return stanza
+
+
+def subject_message(to: Jid, room: Jid, nick: str | None, subject: str, *, id: str) -> ET.Element:
+    """The room's subject (§7.2.15: sent last on join, empty when there is none; §8.1)."""
+    sender = Jid(room.local, room.domain, nick) if nick else room
+    stanza = _stanza("message", to, sender, type="groupchat", id=id)
+    _sub(stanza, "subject", subject)
+    return stanza
+
+
+def room_gone(to: Jid, room: Jid, occupant: Occupant, reason: str) -> ET.Element:
+    """The occupant's own unavailable presence when the conference ended (§10.9 destroy)."""
+    stanza = occupant_presence(to, room, occupant, self_=True, gone=True, codes=(ROOM_GONE,))
+    x = stanza.find(f"{{{MUC_USER_NS}}}x")
+    assert x is not None
+    ET.SubElement(
+        ET.SubElement(x, f"{{{MUC_USER_NS}}}destroy"), f"{{{MUC_USER_NS}}}reason"
+    ).text = reason
+    return stanza
+
+
+def error_reply(stanza: ET.Element, error: MucError, *, muc_domain: str) -> ET.Element | None:
+    """The error answer to ``stanza`` (RFC 6120 §8.3): to its sender, from the address it was
+    sent to, same id, ``<error by=room>`` with the condition and a text (§7.2.9's conflict
+    keeps the ``<x xmlns=muc/>`` of the join). None for an error stanza (never answered)."""
+    if stanza.get("type") == "error":
+        return None
+    name = _local(stanza.tag) or "message"
+    sender = stanza.get("from")
+    if not sender:
+        return None
+    to = stanza.get("to") or muc_domain
+    reply = ET.Element(f"{{{COMPONENT_NS}}}{name}", {"to": sender, "from": to, "type": "error"})
+    if stanza.get("id"):
+        reply.set("id", stanza.get("id") or "")
+    if name == "presence" and stanza.find(f"{{{MUC_NS}}}x") is not None:
+        ET.SubElement(reply, f"{{{MUC_NS}}}x")
+    by = to.split("/", 1)[0]
+    element = ET.SubElement(reply, f"{{{COMPONENT_NS}}}error", {"type": error.type, "by": by})
+    ET.SubElement(element, f"{{{STANZAS_NS}}}{error.condition}")
+    ET.SubElement(element, f"{{{STANZAS_NS}}}text").text = error.text
+    return reply
