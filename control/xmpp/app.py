@@ -27,6 +27,7 @@ from control.sip.uri import NameAddr, SipUri
 from control.sip.useragent import UserAgent
 from control.xmpp.addressing import Addressing, AddressRefused, Jid
 from control.xmpp.component import Component, XmppMessage, XmppPresence
+from control.xmpp.errors import StanzaLimits
 from control.xmpp.messages import (
     ACCEPTED_TYPES,
     Chat,
@@ -50,6 +51,7 @@ __all__ = ["GatewaySettings", "XmppGateway"]
 
 log = logging.getLogger("chorus.xmpp")
 
+SIP_SIDE_DOWN = 0  # _send_sip: the MESSAGE could not even be sent (service-unavailable)
 PENDING_LIMIT = 10000  # messages remembered for an error or a receipt that may come back
 
 
@@ -62,6 +64,7 @@ class GatewaySettings:
     xmpp_domains: tuple[str, ...]
     reconnect_max: float = 30.0
     max_message_bytes: int = 65536
+    max_stanza_bytes: int = 262144
     send_timeout: float = 30.0
     presence_expires: int = 3600
     presence_retry_max: float = 300.0
@@ -83,6 +86,8 @@ class XmppGateway:
             self.xmpp_message,
             on_presence=self._xmpp_presence,
             reconnect_max=settings.reconnect_max,
+            limits=StanzaLimits(max_stanza_bytes=settings.max_stanza_bytes),
+            domains=settings.sip_domains,
         )
         self.presence = PresenceGateway(
             ua,
@@ -199,7 +204,7 @@ class XmppGateway:
             return  # a receipt or other payload alone: nothing SIP carries (yet)
         content_type, body = content
         if len(body) > self.settings.max_message_bytes:
-            self._refuse(message, "not-acceptable", "message too large for SIP")
+            self._refuse(message, "policy-violation", "message over the gateway's size limit")
             return
         try:
             sender = self.addressing.jid_to_sip(message.sender, side="xmpp", sender=True)
@@ -220,25 +225,31 @@ class XmppGateway:
             )
             self._to_sip.add(imdn_id, XmppOrigin(message.sender, message.recipient, message.id))
         status = await self._send_sip(recipient, sender, content_type, body)
-        if status is None:
+        if status == SIP_SIDE_DOWN:
+            self._refuse(message, "service-unavailable", "the SIP side is not reachable")
+        elif status is None:
             self._refuse(message, "recipient-unavailable", "SIP recipient did not answer")
         elif status >= 300:
             self._refuse(message, condition_for_status(status), f"SIP answered {status}")
-        if imdn_id is not None and (status is None or status >= 300):
+        if imdn_id is not None and (status is None or not 200 <= status < 300):
             self._to_sip.pop(imdn_id)  # the error stanza said it; no IMDN will follow
 
     async def _send_sip(
         self, to: SipUri, from_: SipUri, content_type: str, body: bytes
     ) -> int | None:
-        """One MESSAGE of ours; its final status, None when it got no answer in time."""
+        """One MESSAGE of ours; its final status, None when it got no answer in time,
+        :data:`SIP_SIDE_DOWN` when it could not be sent at all (no route, connection refused)."""
         try:
             return await asyncio.wait_for(
                 self.messenger.send(NameAddr(to), NameAddr(from_), content_type, body),
                 self.settings.send_timeout,
             )
-        except (TimeoutError, OSError) as exc:
-            log.info("MESSAGE to %s failed: %s", to, exc or "timeout")
+        except TimeoutError:
+            log.info("MESSAGE to %s: no answer in %g s", to, self.settings.send_timeout)
             return None
+        except (OSError, ValueError) as exc:
+            log.info("MESSAGE to %s not sent: %s", to, exc)
+            return SIP_SIDE_DOWN
 
     async def _xmpp_receipt(self, message: XmppMessage) -> None:
         """An XMPP user's receipt for a message a SIP user sent: a delivered IMDN back to
@@ -267,6 +278,7 @@ class XmppGateway:
         await self._send_sip(origin.sender, origin.recipient, content_type, body)
 
     def _refuse(self, message: XmppMessage, condition: str, text: str) -> None:
+        log.info("XMPP message from %s refused: %s: %s", message.sender, condition, text)
         if not self.component.connected:
             return
         self.component.send_error(

@@ -23,6 +23,19 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 from control.xmpp.addressing import AddressRefused, Jid, parse_jid
+from control.xmpp.errors import (
+    CHATSTATES_NS,
+    STANZAS_NS,
+    XHTML_IM_NS,
+    XHTML_NS,
+    ErrorReply,
+    StanzaLimits,
+    StanzaRefused,
+    check_message,
+    error_stanza,
+    error_type,
+    refusal_for,
+)
 from control.xmpp.messages import Chat
 from control.xmpp.receipts import RECEIPTS_NS
 
@@ -30,10 +43,16 @@ __all__ = ["Backoff", "Component", "XmppMessage", "XmppPresence"]
 
 log = logging.getLogger("chorus.xmpp")
 
-CHAT_STATES = ("active", "composing", "paused", "inactive", "gone")
-CHATSTATES_NS = "http://jabber.org/protocol/chatstates"
-XHTML_IM_NS = "http://jabber.org/protocol/xhtml-im"
-XHTML_NS = "http://www.w3.org/1999/xhtml"
+# XEP-0030 disco#info of the component and of every user under it: a SIP gateway (the
+# registry's "simple" type) that carries receipts, chat states and XHTML-IM (XEP-0184 §4,
+# XEP-0085 §6, XEP-0071 §10: a client asks before it uses them).
+DISCO_IDENTITY = ("gateway", "simple", "SIP gateway")
+DISCO_FEATURES = (
+    "http://jabber.org/protocol/disco#info",
+    "urn:xmpp:receipts",
+    CHATSTATES_NS,
+    XHTML_IM_NS,
+)
 
 
 class Backoff:
@@ -100,8 +119,13 @@ class Component:
         *,
         on_presence: PresenceHandler | None = None,
         reconnect_max: float = 30.0,
+        limits: StanzaLimits = StanzaLimits(),
+        domains: tuple[str, ...] = (),
     ) -> None:
         self.jid = jid
+        self.limits = limits
+        # the domains this component answers for (the SIP users'): an error's possible from
+        self.domains = frozenset(d.lower() for d in domains) | {jid.lower()}
         self.secret = secret
         self.server = server
         self.on_message = on_message
@@ -131,6 +155,8 @@ class Component:
         xmpp.auto_subscribe = False
         path = f"{{{xmpp.default_ns}}}presence"
         xmpp.register_handler(Callback("chorus presence", MatchXPath(path), self._presence))
+        xmpp.register_plugin("xep_0030")
+        xmpp.plugin["xep_0030"].api.register(self._disco_info, "get_info")
         self._xmpp = xmpp
         self._supervisor = loop.create_task(self._run(xmpp))
 
@@ -172,53 +198,102 @@ class Component:
 
     def _message(self, stanza: StanzaBase) -> None:
         try:
-            sender = parse_jid(str(stanza["from"]))
-            recipient = parse_jid(str(stanza["to"]))
-        except AddressRefused:
-            log.info("XMPP message with a malformed address from %s", stanza["from"])
-            return  # Prosody checks addresses; nothing answerable arrives here
+            size = len(ET.tostring(stanza.xml))
+            checked = check_message(stanza.xml, size=size, limits=self.limits)
+        except StanzaRefused as refused:
+            self._refused(stanza, refused)
+            return
         kind = stanza["type"] or "normal"
         condition = stanza["error"]["condition"] if kind == "error" else None
         received = stanza.xml.find(f"{{{RECEIPTS_NS}}}received")
         message = XmppMessage(
-            sender=sender,
-            recipient=recipient,
+            sender=checked.sender,
+            recipient=checked.recipient,
             id=stanza["id"] or "",
             type=kind,
-            chat=Chat(body=stanza["body"] or None, xhtml=_xhtml(stanza), state=_state(stanza)),
+            chat=Chat(body=stanza["body"] or None, xhtml=checked.xhtml, state=checked.state),
             error_condition=condition or None,
             receipt_request=stanza.xml.find(f"{{{RECEIPTS_NS}}}request") is not None,
             receipt_of=(received.get("id") or None) if received is not None else None,
         )
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(self.on_message(message))
+        loop = asyncio.get_running_loop()
+        task: asyncio.Task[None] = loop.create_task(self._deliver(stanza, message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, stanza: StanzaBase, message: XmppMessage) -> None:
+        """The gateway's handling of one message; whatever it raises is answered to the
+        sender as an error stanza (errors.refusal_for) and logged once, and the component
+        goes on with the next stanza."""
+        try:
+            await self.on_message(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is answered, none kills us
+            self._refused(stanza, refusal_for(exc), failure=exc)
+
+    def _refused(
+        self, stanza: StanzaBase, refused: StanzaRefused, *, failure: Exception | None = None
+    ) -> None:
+        """One log line and, unless the stanza was an error itself, the error reply."""
+        what = stanza.xml.tag.split("}", 1)[-1]
+        sender = (stanza.xml.get("from") or "?")[:200]
+        if failure is not None:
+            log.warning(
+                "XMPP %s from %s failed (%s: %s): answered %s",
+                what,
+                sender,
+                type(failure).__name__,
+                str(failure)[:200],
+                refused.condition,
+            )
+        else:
+            log.info("XMPP %s from %s refused: %s", what, sender, refused)
+        reply = error_stanza(stanza.xml, refused, component=self.jid, ours=self.domains)
+        if reply is not None and self.connected:
+            self.send_error_reply(reply)
+
+    def _disco_info(self, jid: Any, node: str | None, ifrom: Any, data: Any) -> Any:
+        """XEP-0030 disco#info for the component and every address under it (DISCO_*)."""
+        from slixmpp.plugins.xep_0030.stanza import DiscoInfo
+
+        info = DiscoInfo()
+        if node:
+            return info  # no nodes of ours: the plain answer, as slixmpp's default gives
+        if jid is None or str(jid.domain).lower() in self.domains:
+            category, kind, name = DISCO_IDENTITY
+            info.add_identity(category, kind, name)
+            for feature in DISCO_FEATURES:
+                info.add_feature(feature)
+        return info
 
     def _presence(self, stanza: StanzaBase) -> None:
         if self.on_presence is None:
             return
         try:
-            sender = parse_jid(str(stanza["from"]))
-            recipient = parse_jid(str(stanza["to"]))
-        except AddressRefused:
-            log.info("XMPP presence with a malformed address from %s", stanza["from"])
+            sender = parse_jid(stanza.xml.get("from") or "")
+            recipient = parse_jid(stanza.xml.get("to") or "")
+        except AddressRefused as exc:
+            self._refused(stanza, StanzaRefused("jid-malformed", exc.reason))
             return
         kind = stanza.xml.get("type") or "available"
         if kind != "available" and kind not in PRESENCE_TYPES:
-            log.info("XMPP presence of unknown type %r from %s", kind[:20], sender)
+            self._refused(stanza, StanzaRefused("bad-request", f"presence type {kind[:20]!r}"))
             return
         show = stanza["show"] or None
         condition = stanza["error"]["condition"] if kind == "error" else None
-        self.on_presence(
-            XmppPresence(
-                sender=sender,
-                recipient=recipient,
-                type=kind,
-                show=show if show in ("away", "chat", "dnd", "xa") else None,
-                status=stanza["status"] or None,
-                error_condition=condition or None,
-            )
+        presence = XmppPresence(
+            sender=sender,
+            recipient=recipient,
+            type=kind,
+            show=show if show in ("away", "chat", "dnd", "xa") else None,
+            status=stanza["status"] or None,
+            error_condition=condition or None,
         )
+        try:
+            self.on_presence(presence)
+        except Exception as exc:  # noqa: BLE001 - answered and logged once, as for messages
+            self._refused(stanza, refusal_for(exc), failure=exc)
 
     # Out -----------------------------------------------------------------------------------
 
@@ -268,9 +343,20 @@ class Component:
         xmpp = self._require()
         stanza = xmpp.make_message(mto=str(to), mfrom=str(from_), mtype="error")
         stanza["id"] = id
-        stanza["error"]["type"] = _error_type(condition)
-        stanza["error"]["condition"] = condition
-        stanza["error"]["text"] = text
+        _set_error(stanza, error_type(condition), condition, text)
+        stanza.send()
+
+    def send_error_reply(self, reply: ErrorReply) -> None:
+        """An error stanza of errors.error_stanza: a refused message or presence answered."""
+        xmpp = self._require()
+        stanza: Any
+        if reply.kind == "presence":
+            stanza = xmpp.make_presence(pto=str(reply.to), pfrom=reply.from_, ptype="error")
+        else:
+            stanza = xmpp.make_message(mto=str(reply.to), mfrom=reply.from_, mtype="error")
+        if reply.id:
+            stanza["id"] = reply.id
+        _set_error(stanza, reply.type, reply.condition, reply.text)
         stanza.send()
 
     def _require(self) -> ComponentXMPP:
@@ -279,37 +365,16 @@ class Component:
         return self._xmpp
 
 
-def _error_type(condition: str) -> str:
-    if condition in ("recipient-unavailable", "service-unavailable", "remote-server-timeout"):
-        return "wait"
-    if condition in ("forbidden", "not-allowed", "not-authorized"):
-        return "auth"
-    if condition in ("item-not-found", "gone", "undefined-condition"):
-        return "cancel"
-    return "modify"
-
-
-def _state(stanza: StanzaBase) -> str | None:
-    for child in stanza.xml:
-        tag = child.tag
-        if isinstance(tag, str) and tag.startswith(f"{{{CHATSTATES_NS}}}"):
-            name = tag.split("}", 1)[1]
-            if name in CHAT_STATES:
-                return name
-    return None
-
-
-def _xhtml(stanza: StanzaBase) -> str | None:
-    html = stanza.xml.find(f"{{{XHTML_IM_NS}}}html")
-    if html is None:
-        return None
-    body = html.find(f"{{{XHTML_NS}}}body")
-    if body is None:
-        return None
-    inner = (body.text or "") + "".join(
-        ET.tostring(child, encoding="unicode", default_namespace=XHTML_NS) for child in body
-    )
-    return inner or None
+def _set_error(stanza: Any, type: str, condition: str, text: str) -> None:
+    """The ``<error/>`` child, its condition element written by hand: slixmpp 1.17 knows
+    RFC 3920's conditions only and silently keeps its default for RFC 6120's
+    ``policy-violation``."""
+    error = stanza["error"]
+    error["type"] = type
+    for child in list(error.xml):
+        error.xml.remove(child)
+    ET.SubElement(error.xml, f"{{{STANZAS_NS}}}{condition}")
+    ET.SubElement(error.xml, f"{{{STANZAS_NS}}}text").text = text
 
 
 def _add_xhtml(stanza: Any, markup: str) -> None:
