@@ -30,6 +30,7 @@ from control.media.engine import AudioEngine
 from control.media.freeswitch import FreeSwitchEngine
 from control.media.mixer import EmbeddedMixer
 from control.media.srtp import SrtpPolicy
+from control.metrics import MetricSources, NodeMetrics
 from control.server import ApplicationMap, Server, loop_factory, tune_gc
 from control.store import DATABASE_NAME, HistoryStore, Retention
 from control.streams import FileStore
@@ -171,8 +172,22 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     assert isinstance(conference, ConferenceApp)
     web = None
     if conference.screens is not None and conference.files is not None:
+        metrics = NodeMetrics(
+            MetricSources(
+                server.ua,
+                server.msrp,
+                conference=conference,
+                cluster=cluster,
+                xmpp=gateway if isinstance(gateway, XmppGateway) else None,
+            )
+        )
         web = build_web_server(
-            config, conference.screens.board, rooms=conference, files=conference.files.files
+            config,
+            conference.screens.board,
+            rooms=conference,
+            files=conference.files.files,
+            metrics=metrics,
+            metrics_token=None if config.web.metrics_public else load_token(config),
         )
     if web is not None:
         conference.publish(web.urls)

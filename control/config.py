@@ -570,6 +570,7 @@ def _parse_web(section: _Section) -> WebConfig:
         public_url=public_url.rstrip("/") if public_url else None,
         token_secret=secret,
         token_ttl=section.number("token_ttl", default.token_ttl, minimum=1.0),
+        metrics_public=section.take("metrics_public", bool, default.metrics_public),
     )
     section.finish()
     return config

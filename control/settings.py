@@ -200,6 +200,7 @@ class WebConfig:
     public_url: str | None = None  # base of the URLs we hand out, when behind a proxy
     token_secret: str | None = None  # None: generated into <spool_dir>/web/token_secret
     token_ttl: float = 86400.0  # seconds a signed URL stays valid
+    metrics_public: bool = False  # /metrics without the admin API's bearer token
 
 
 @dataclass(frozen=True, slots=True)

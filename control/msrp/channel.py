@@ -125,6 +125,7 @@ class MsrpChannel:
             headers=headers,
         )
         conn.write(wire)
+        conn.owner.counters.messages_sent += 1
         return mid
 
     def send_chunk(
@@ -158,6 +159,8 @@ class MsrpChannel:
                 headers=headers,
             )
         )
+        if flag is Flag.END:
+            conn.owner.counters.messages_sent += 1
 
     def send_nickname(self, nickname: str) -> None:
         conn = self._live()

@@ -27,6 +27,7 @@ import logging
 import os
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import cast
 
 from control.config import ListenAddress
@@ -38,6 +39,7 @@ from .errors import MsrpUsageError
 from .events import (
     ConnectionFailed,
     Event,
+    MessageReceived,
     ProtocolError,
     SessionBound,
 )
@@ -95,6 +97,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.owner.tracer.trace("recv", self.peer, data)
+        self.owner.counters.bytes_received += len(data)
         self._touch()
         try:
             self.core.receive_data(data, self.clock.time())
@@ -165,6 +168,8 @@ class _Connection(asyncio.Protocol):
                 session_id: str | None = getattr(event, "session_id", None)
                 channel = self.channels.get(session_id) if session_id else None
                 if channel is not None:
+                    if isinstance(event, MessageReceived) and event.content_type is not None:
+                        self.owner.counters.messages_received += 1  # not a binding SEND
                     channel._deliver(event)
                 elif isinstance(event, ProtocolError):
                     log.info("MSRP %s: %s %s", self.peer, event.status, event.reason)
@@ -207,6 +212,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is None or self.closing:
             return
         self.owner.tracer.trace("send", self.peer, data)
+        self.owner.counters.bytes_sent += len(data)
         self._touch()
         self.transport.write(data)
 
@@ -236,6 +242,18 @@ class _Connection(asyncio.Protocol):
         self.owner._connection_gone(self)
         if self.transport is not None:
             self.transport.close()
+
+
+@dataclass(slots=True)
+class MsrpCounters:
+    """Traffic since start, for /metrics (control/metrics.py): bytes on every connection (TLS:
+    the plaintext), complete messages each way (a binding SEND is not one; a message sent
+    chunk by chunk counts at its last chunk)."""
+
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    messages_received: int = 0
+    messages_sent: int = 0
 
 
 class MsrpTransport:
@@ -284,6 +302,7 @@ class MsrpTransport:
         self._pending: dict[str, MsrpChannel] = {}
         self._channels: dict[str, MsrpChannel] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.counters = MsrpCounters()
 
     # ---- listening ----------------------------------------------------------------------
 

@@ -15,8 +15,9 @@ import ipaddress
 import logging
 import random
 import string
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from control.sip.dialog import DialogId, dialog_id_of_request
@@ -53,6 +54,36 @@ log = logging.getLogger("chorus.sip.ua")
 ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO"
 USER_AGENT = "Chorus/0.1"
 _ALPHABET = string.ascii_letters + string.digits  # 62 characters
+# Methods counted by name in SipCounters; any other token a peer sends counts as "other", so
+# a flood of invented methods cannot grow the counters (or the metrics' label sets).
+COUNTED_METHODS = frozenset(ALLOWED_METHODS.split(", ")) | {
+    "REGISTER",
+    "PUBLISH",
+    "UPDATE",
+    "PRACK",
+}
+
+
+def counted_method(method: str) -> str:
+    return method if method in COUNTED_METHODS else "other"
+
+
+@dataclass(slots=True)
+class SipCounters:
+    """What went through the UA since it started, for /metrics (control/metrics.py reads it at
+    scrape time). Retransmissions are the transactions' business and are not counted."""
+
+    requests_received: Counter[str] = field(default_factory=Counter)  # new server transactions
+    requests_sent: Counter[str] = field(default_factory=Counter)  # new client transactions
+    # (method, status class 2..6) of every final response we sent
+    final_responses: Counter[tuple[str, int]] = field(default_factory=Counter)
+    calls: Counter[int] = field(default_factory=Counter)  # class of the final to initial INVITEs
+
+    def count_final(self, request: Request, status: int) -> None:
+        method = counted_method(request.method)
+        self.final_responses[method, status // 100] += 1
+        if method == "INVITE" and request.to.tag is None:  # a call, not a re-INVITE
+            self.calls[status // 100] += 1
 
 
 class TimerOwner(Protocol):
@@ -117,6 +148,7 @@ class IncomingRequest:
             return
         if response.status >= 200:
             self.final_sent = True
+            self.ua.counters.count_final(self.request, response.status)
         if self._to_tag is None and response.status > 100:
             self._to_tag = response.to.tag
         self._txn.send_response(response, self.ua.now())
@@ -192,6 +224,7 @@ class UserAgent:
         self._stale = 0  # heap entries whose owner said it has no more deadlines
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.counters = SipCounters()
 
     # --- identity ---------------------------------------------------------------------------
 
@@ -276,6 +309,7 @@ class UserAgent:
             entry.txn.receive_request(request, self.now())
             self.pump_server(entry.txn, entry.source)
             return
+        self.counters.requests_received[counted_method(request.method)] += 1
         if request.method == "ACK":
             self._handle_2xx_ack(request, peer)
             return
@@ -388,6 +422,7 @@ class UserAgent:
         if "User-Agent" not in request.headers:
             request.headers.add("User-Agent", USER_AGENT)
         outgoing = OutgoingRequest(request, peer)
+        self.counters.requests_sent[counted_method(request.method)] += 1
         txn: ClientTransaction
         if request.method == "INVITE":
             txn = InviteClientTransaction(

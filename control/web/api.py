@@ -17,7 +17,6 @@ participant ``404`` likewise.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from control.conference.participant import Participant
 from control.conference.room import Room
 from control.config import Config
 from control.media.engine import RoomId
+from control.web.auth import bearer_refusal
 
 __all__ = [
     "ROUTES",
@@ -317,16 +317,9 @@ class AdminApi:
         resource = request.match_info.route.resource
         canonical = resource.canonical if resource is not None else request.path
         if (request.method, canonical) not in self._public:
-            header = request.headers.get("Authorization", "")
-            scheme, _, given = header.partition(" ")
-            if scheme.lower() != "bearer" or not given.strip():
-                return _error(
-                    401, "missing bearer token", {"WWW-Authenticate": 'Bearer realm="chorus"'}
-                )
-            if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-                log.warning("admin API: wrong token from %s", request.remote)
-                challenge = 'Bearer realm="chorus", error="invalid_token"'
-                return _error(401, "invalid token", {"WWW-Authenticate": challenge})
+            refusal = bearer_refusal(request, self.token)
+            if refusal is not None:
+                return refusal
         try:
             return await handler(request)
         except ApiError as exc:

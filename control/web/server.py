@@ -11,6 +11,9 @@ elsewhere), for a TLS proxy on the same host. Routes, all behind signed tokens (
     GET /room/{room}                            room page
     GET /files/{room}/{sha1}                    download, with Range
     GET /static/screen.js                       the viewer's script (no token: it is public)
+    GET /metrics                                Prometheus exposition (control/metrics.py),
+                                                behind the admin API's bearer token unless
+                                                ``[web] metrics_public``
 
 `WebServer.urls` builds the signed URLs the conference announces.
 """
@@ -22,12 +25,14 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 
 from control.conference.screen import ScreenBoard, ScreenLimits
 from control.config import Config, ListenAddress
 from control.tls import ensure_certificate
+from control.web.auth import bearer_refusal
 from control.web.context import CONTEXT, WebContext, WebUrls
 from control.web.files import FileDownloads
 from control.web.pages import RoomPages
@@ -35,7 +40,7 @@ from control.web.screens import ScreenViews
 from control.web.tokens import TokenSigner, load_secret
 from control.web.views import FileSource, RoomDirectory
 
-__all__ = ["WebServer", "build_web_server", "screen_limits"]
+__all__ = ["MetricsSource", "WebServer", "build_web_server", "screen_limits"]
 
 log = logging.getLogger("chorus.web")
 
@@ -54,6 +59,31 @@ async def _security_headers(
     return response
 
 
+class MetricsSource(Protocol):
+    """What /metrics serves (control/metrics.py NodeMetrics)."""
+
+    async def render(self, accept: str | None = None) -> tuple[bytes, str]: ...
+
+
+class _MetricsView:
+    """``GET /metrics``: a scrape, guarded by the operator's token unless ``token`` is None."""
+
+    def __init__(self, metrics: MetricsSource, token: str | None) -> None:
+        self.metrics = metrics
+        self.token = token
+
+    async def scrape(self, request: web.Request) -> web.Response:
+        if self.token is not None:
+            refusal = bearer_refusal(request, self.token)
+            if refusal is not None:
+                return refusal
+        body, content_type = await self.metrics.render(request.headers.get("Accept"))
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type  # with its version= parameter
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+
 class WebServer:
     """One aiohttp application on one listening address."""
 
@@ -68,6 +98,8 @@ class WebServer:
         public_url: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: MetricsSource | None = None,
+        metrics_token: str | None = None,
     ) -> None:
         if (listen.transport == "https") != (ssl_context is not None):
             raise ValueError("https needs an SSL context, http must not have one")
@@ -91,6 +123,8 @@ class WebServer:
         self.app.router.add_get("/room/{room}", pages.page)
         if files is not None:
             self.app.router.add_get("/files/{room}/{sha1}", FileDownloads(files).download)
+        if metrics is not None:
+            self.app.router.add_get("/metrics", _MetricsView(metrics, metrics_token).scrape)
         self._runner: web.AppRunner | None = None
         self.bound: tuple[str, int] | None = None
 
@@ -141,8 +175,11 @@ def build_web_server(
     *,
     rooms: RoomDirectory | None = None,
     files: FileSource | None = None,
+    metrics: MetricsSource | None = None,
+    metrics_token: str | None = None,
 ) -> WebServer | None:
-    """The web server `[web]` asks for (None when `[web] listen` is not set)."""
+    """The web server `[web]` asks for (None when `[web] listen` is not set). Its /metrics
+    (when `metrics` is given) takes `metrics_token` as a bearer token, or none if None."""
     listen = config.web.listen
     if listen is None:
         return None
@@ -160,4 +197,6 @@ def build_web_server(
         files=files,
         public_url=config.web.public_url,
         ssl_context=context,
+        metrics=metrics,
+        metrics_token=metrics_token,
     )
