@@ -26,6 +26,7 @@ from control.echo import EchoApp
 from control.echo.app import EchoLimits
 from control.files.rooms import FilesPolicy, RoomFiles
 from control.files.spool import FileSpool
+from control.logs import configure_logging
 from control.media.engine import AudioEngine
 from control.media.freeswitch import FreeSwitchEngine
 from control.media.mixer import EmbeddedMixer
@@ -262,10 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"chorus: node {pid} {'takes new rooms again' if args.undo else 'drains'}")
         return 0
-    logging.basicConfig(
-        level=config.server.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.server.log_level, config.server.log_format)
     try:
         with asyncio.Runner(loop_factory=loop_factory(config.server.event_loop)) as runner:
             runner.run(serve(config))

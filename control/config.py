@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from control.logs import LOG_FORMATS
 from control.media import native as native_media
 from control.settings import (
     AUDIO_ENGINES,
@@ -306,6 +307,9 @@ def _parse_server(section: _Section) -> ServerConfig:
     level = section.take("log_level", str, default.log_level).upper()
     if level not in LOG_LEVELS:
         raise ConfigError(section.key("log_level"), f"expected one of {', '.join(LOG_LEVELS)}")
+    log_format = section.take("log_format", str, default.log_format)
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(section.key("log_format"), f"expected one of {', '.join(LOG_FORMATS)}")
     trace = section.take("trace_sip", (str, bool), False)
     if trace is True:
         raise ConfigError(section.key("trace_sip"), "expected a file path or false")
@@ -315,6 +319,7 @@ def _parse_server(section: _Section) -> ServerConfig:
     config = ServerConfig(
         spool_dir=Path(section.take("spool_dir", str, str(default.spool_dir))),
         log_level=level,
+        log_format=log_format,
         trace_sip=Path(trace) if trace else None,
         trace_msrp=Path(trace_msrp) if trace_msrp else None,
         shutdown_timeout=section.number("shutdown_timeout", default.shutdown_timeout, minimum=0.1),

@@ -81,6 +81,7 @@ class TlsConfig:
 class ServerConfig:
     spool_dir: Path = Path("spool")
     log_level: str = "INFO"
+    log_format: str = "text"  # "text" lines or "json" objects, one a line (control/logs.py)
     trace_sip: Path | None = None
     trace_msrp: Path | None = None
     shutdown_timeout: float = 5.0

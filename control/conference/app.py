@@ -212,7 +212,7 @@ class ConferenceApp:
             room.close()
             self.info.room_ended(room)  # terminated NOTIFYs (RFC 4575 §3: the room is gone)
             self.referrals.room_ended(room)  # its ringing REFER dial-outs are cancelled
-            log.info("room %s ended", room.id)
+            log.info("room %s ended", room.id, extra={"room": room.id})
             self._notify_observer(room.id, opened=False)
             if self.files is not None:
                 self.files.room_ended(room, still_gone=lambda: room.id not in self.rooms)
@@ -300,12 +300,25 @@ class ConferenceApp:
         dial-out): in the room until its session ends."""
         await result.commit()
         room.add(participant)
+        log.info(
+            "%s joined %s with %s",
+            participant.identity.uri,
+            room.id,
+            ", ".join(sorted(kind.value for kind in participant.kinds)) or "nothing",
+            extra={"room": room.id, "call_id": participant.session.dialog.call_id},
+        )
         await self.moderation.joined(room, participant)
         self._files_started(room, participant, result.created)
         on_reoffer(participant.session, lambda reoffer: self._reinvite(room, participant, reoffer))
         try:
             reason = await participant.session.terminated
-            log.info("%s left %s: %s", participant.identity.uri, room.id, reason)
+            log.info(
+                "%s left %s: %s",
+                participant.identity.uri,
+                room.id,
+                reason,
+                extra={"room": room.id, "call_id": participant.session.dialog.call_id},
+            )
         finally:
             await self._leave(room, participant)
 
