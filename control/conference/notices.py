@@ -59,6 +59,7 @@ class NoticeKind(enum.Enum):
     PRIVATE_ON = "private-messages-on"
     PRIVATE_OFF = "private-messages-off"
     ROOM_ENDED = "room-ended"
+    SUBJECT = "subject"  # the room's subject was set (from MUC, XEP-0045 §8.1)
 
 
 def notice_text(kind: NoticeKind, who: str, detail: str | None = None) -> str:
@@ -102,6 +103,8 @@ def notice_text(kind: NoticeKind, who: str, detail: str | None = None) -> str:
             return f"{who} disabled private messages"
         case NoticeKind.ROOM_ENDED:
             return f"the room was ended by {who}"
+        case NoticeKind.SUBJECT:
+            return f"{who} set the subject: {detail}" if detail else f"{who} cleared the subject"
 
 
 _ESCAPES = {"\\": "\\\\", "\r": "\\r", "\n": "\\n", "\t": "\\t"}  # RFC 3862 §3.2

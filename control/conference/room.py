@@ -91,11 +91,20 @@ class Room:
         # Told of every change conference-info shows (control/conference/infosubs.py marks
         # the room's subscriptions due; with none it does nothing).
         self.on_change: Callable[[], None] | None = None
+        # Others told of the same changes: the MUC gateway's occupant presences
+        # (control/xmpp/mucgw.py), which follow this room's participants.
+        self.listeners: list[Callable[[], None]] = []
+        self.subject: str | None = None  # set from MUC (XEP-0045 §8.1), sent to MUC joiners
 
     def changed(self) -> None:
         """Participants, streams, nicknames, mute, files, screens or lock changed."""
         if self.on_change is not None:
             self.on_change()
+        for listener in list(self.listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("a listener of room %s failed", self.id)
 
     def is_moderator(self, participant: Participant) -> bool:
         """May this participant moderate (mute, kick, lock, set the PIN; REFER's BYE)?"""

@@ -117,8 +117,18 @@ class RoomChat:
 
         return validate
 
-    def attach(self, member: ChatMember, channel: SessionChannel) -> None:
-        """A new chat stream: history first, then whatever the room says from now on."""
+    def attach(
+        self,
+        member: ChatMember,
+        channel: SessionChannel,
+        *,
+        history_limit: int | None = None,
+        history_max_age: float | None = None,
+    ) -> int:
+        """A new chat stream: history first, then whatever the room says from now on.
+        ``history_limit`` / ``history_max_age`` narrow the room's history policy for this
+        stream (a MUC joiner's ``<history/>``, XEP-0045 §7.2.15); returns how many history
+        messages were queued for it."""
         outlet = ChatOutlet(
             member.session,
             channel,
@@ -131,13 +141,15 @@ class RoomChat:
         attached = _Attached(member, channel, outlet, deque(), [])
         self.sessions[member.session] = attached
         self.core.add(member)
-        for delivery in self.core.replay(member.session, self._recent()):
+        replay = self.core.replay(member.session, self._recent(history_limit, history_max_age))
+        for delivery in replay:
             outlet.push(delivery)
         loop = asyncio.get_running_loop()
         attached.tasks = [
             loop.create_task(outlet.run(), name=f"chat-writer-{member.session}"),
             loop.create_task(self._read(attached), name=f"chat-reader-{member.session}"),
         ]
+        return len(replay)
 
     def detach(self, session: ChatSessionId) -> ChatMember | None:
         attached = self.sessions.pop(session, None)
@@ -156,16 +168,15 @@ class RoomChat:
         for session in list(self.sessions):
             self.detach(session)
 
-    def _recent(self) -> list[StoredMessage]:
-        if self.store is None or self.history.messages <= 0:
+    def _recent(
+        self, limit: int | None = None, max_age: float | None = None
+    ) -> list[StoredMessage]:
+        limit = self.history.messages if limit is None else min(limit, self.history.messages)
+        age = self.history.max_age if max_age is None else min(max_age, self.history.max_age)
+        if self.store is None or limit <= 0:
             return []
         try:
-            return self.store.recent(
-                self.core.room_id,
-                limit=self.history.messages,
-                max_age=self.history.max_age,
-                now=self.wall(),
-            )
+            return self.store.recent(self.core.room_id, limit=limit, max_age=age, now=self.wall())
         except Exception:
             log.exception("reading the history of %s failed: none replayed", self.core.room_id)
             return []

@@ -26,6 +26,7 @@ from xml.etree import ElementTree as ET
 from control.msrp.cpim import format_datetime, parse_datetime
 from control.msrp.errors import CpimError
 from control.xmpp.addressing import AddressRefused, Jid, parse_jid
+from control.xmpp.errors import ERROR_TYPES
 
 __all__ = [
     "COMPONENT_NS",
@@ -40,12 +41,15 @@ __all__ = [
     "Occupant",
     "PrivateMessage",
     "ViewChange",
+    "check_nick",
     "error_reply",
+    "fold",
     "groupchat",
     "occupant_presence",
     "parse_message",
     "parse_presence",
     "private_chat",
+    "room_gone",
     "subject_message",
     "unique_nicks",
     "view_changes",
@@ -64,23 +68,6 @@ SELF = 110  # this presence is about you
 NICK_CHANGED = 303  # the occupant's nick is now item/@nick
 ROOM_GONE = 332  # removed because the room (the SIP conference) ended
 
-# RFC 6120 §8.3.2: the error type of each condition the service answers with.
-_ERROR_TYPES = {
-    "bad-request": "modify",
-    "conflict": "cancel",
-    "feature-not-implemented": "cancel",
-    "forbidden": "auth",
-    "item-not-found": "cancel",
-    "jid-malformed": "modify",
-    "not-acceptable": "modify",
-    "not-allowed": "cancel",
-    "not-authorized": "auth",
-    "policy-violation": "modify",
-    "recipient-unavailable": "wait",
-    "resource-constraint": "wait",
-    "service-unavailable": "cancel",
-}
-
 
 class MucError(Exception):
     """A stanza the service refuses: answered with ``condition`` (and its RFC 6120 type)."""
@@ -92,7 +79,7 @@ class MucError(Exception):
 
     @property
     def type(self) -> str:
-        return _ERROR_TYPES.get(self.condition, "cancel")
+        return ERROR_TYPES.get(self.condition, "cancel")
 
 
 # --- events ----------------------------------------------------------------------------------

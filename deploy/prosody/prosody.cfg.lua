@@ -1,6 +1,7 @@
 -- Prosody for Chorus (issue 12): XMPP users of example.com, and the Chorus SIP<->XMPP gateway as
--- the XEP-0114 component sip.example.com. Prosody carries federation (S2S) with TLS and
--- authenticated peers only; Chorus never speaks S2S itself.
+-- the XEP-0114 components sip.example.com (SIP users) and conference.example.com (rooms).
+-- Prosody carries federation (S2S) with TLS and authenticated peers only; Chorus never speaks
+-- S2S itself.
 --
 -- Every value that differs between deployments comes from the environment (Prosody's config
 -- reads ENV_NAME as os.getenv("NAME")), with the production default after `or`. The tests
@@ -72,6 +73,9 @@ VirtualHost (xmpp_domain)
 Component (component_domain)
 	component_secret = ENV_CHORUS_COMPONENT_SECRET
 
--- MUC rooms that Chorus bridges to its conference rooms (RFC 7702; [xmpp] muc_domain).
-Component (muc_domain) "muc"
-	restrict_room_creation = "local"
+-- MUC: the conference rooms themselves (RFC 7702). Chorus serves this domain as a second
+-- XEP-0114 component ([xmpp] muc_domain, muc_secret): room@muc_domain IS the SIP conference
+-- room@<[xmpp] conference_domain>, its occupants the room's participants. Not Prosody's own
+-- "muc" module: that would keep rooms of its own, a second roster beside the conference's.
+Component (muc_domain)
+	component_secret = ENV_CHORUS_MUC_SECRET or ENV_CHORUS_COMPONENT_SECRET

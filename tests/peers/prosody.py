@@ -20,10 +20,18 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from tests.peers.ports import LOOPBACK, free_port
 
-__all__ = ["CONFIG", "ProsodyProcess", "check_config", "client_ssl_context", "prosody_available"]
+__all__ = [
+    "CONFIG",
+    "ProsodyProcess",
+    "check_config",
+    "chorus_config",
+    "client_ssl_context",
+    "prosody_available",
+]
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "prosody" / "prosody.cfg.lua"
 
@@ -73,12 +81,14 @@ class ProsodyProcess:
         component_jid: str = "sip.localhost",
         muc_domain: str = "conference.xmpp.localhost",
         component_secret: str = "chorus-test-secret",
+        muc_secret: str = "chorus-test-muc-secret",
         users: dict[str, str] | None = None,
     ) -> None:
         self.xmpp_domain = xmpp_domain
         self.component_jid = component_jid
         self.muc_domain = muc_domain
         self.component_secret = component_secret
+        self.muc_secret = muc_secret
         self.users = dict(users or {})
         self.dir = Path(tempfile.mkdtemp(prefix="chorus-prosody-"))
         self.c2s_port = free_port("tcp")
@@ -90,6 +100,7 @@ class ProsodyProcess:
             "CHORUS_COMPONENT_JID": component_jid,
             "CHORUS_MUC_DOMAIN": muc_domain,
             "CHORUS_COMPONENT_SECRET": component_secret,
+            "CHORUS_MUC_SECRET": muc_secret,
             "CHORUS_XMPP_INTERFACE": LOOPBACK,
             "CHORUS_COMPONENT_INTERFACE": LOOPBACK,
             "CHORUS_C2S_PORT": str(self.c2s_port),
@@ -195,3 +206,37 @@ class ProsodyProcess:
         tb: TracebackType | None,
     ) -> None:
         self.cleanup()
+
+
+def chorus_config(
+    prosody: ProsodyProcess,
+    spool: Path,
+    sip_port: int,
+    *,
+    transports: tuple[str, ...] = ("udp",),
+    proxy_port: int | None = None,
+    muc: bool = False,
+    **xmpp: Any,
+) -> dict[str, Any]:
+    """The config table of a Chorus whose gateway is ``prosody``'s component: SIP on
+    ``sip_port`` (each of ``transports``), out through ``proxy_port`` when given, MSRP over
+    TCP on a free port, no admin API; ``muc``: also the MUC domain, as Chorus's second
+    component (deploy/prosody); ``xmpp``: more ``[xmpp]`` keys."""
+    sip: dict[str, Any] = {"listen": [f"{t}:{LOOPBACK}:{sip_port}" for t in transports]}
+    if proxy_port is not None:
+        sip["outbound_proxy"] = f"sip:{LOOPBACK}:{proxy_port}"
+    gateway: dict[str, Any] = {
+        "component_jid": prosody.component_jid,
+        "component_secret": prosody.component_secret,
+        "server": f"{LOOPBACK}:{prosody.component_port}",
+        "xmpp_domains": [prosody.xmpp_domain],
+    }
+    if muc:
+        gateway |= {"muc_domain": prosody.muc_domain, "muc_secret": prosody.muc_secret}
+    return {
+        "sip": sip,
+        "msrp": {"listen": [f"tcp:{LOOPBACK}:0"]},
+        "server": {"spool_dir": str(spool)},
+        "api": {"enabled": False},
+        "xmpp": gateway | xmpp,
+    }

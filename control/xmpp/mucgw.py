@@ -1,0 +1,743 @@
+"""MUC ↔ conference room chat (RFC 7702, XEP-0045): the asyncio glue around control/xmpp/muc.py.
+
+Chorus serves ``[xmpp] muc_domain`` itself, as a second XEP-0114 component of Prosody (the
+domain is not Prosody's own MUC: deploy/prosody declares it a component with its secret).
+``room@<muc_domain>`` is the live conference room ``room@<conference_domain>``; a MUC join
+to a room nobody is in is ``item-not-found`` (rooms are made by the INVITE that opens them,
+as conference-info subscriptions find them: anyone could make rooms at will otherwise).
+
+An XMPP occupant is one more chat session of the room: an :class:`XmppChannel` behind
+RoomChat's delivery interface (the one MSRP chat sessions have), so the room model stays the
+one source of truth. The room routes what it is sent exactly as for MSRP (public to every
+other chat session, private to the named participant's sessions, nicknames unique per room
+through its NicknameBook, rate limits, history store), and what the room sends a channel
+becomes stanzas: a public CPIM message a groupchat message from ``room/<sender's nick>``,
+a private one a ``type=chat`` message from it, replayed history with its XEP-0203 delay, a
+room notice a groupchat message from the room (joins, leaves and nick changes are
+presences instead). The occupant list each XMPP occupant sees is computed from the room:
+every SIP participant (nick = its chat nickname, else display name, else user part) and
+every XMPP occupant, pushed as presence differences whenever the room changes
+(``Room.listeners``). A groupchat message is reflected once to its sender (XEP-0045 §7.4
+requires it) and never comes back through the room (the room excludes its session); an
+MSRP sender gets no copy. Everything refused is answered with the XEP's error stanza.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from xml.etree import ElementTree as ET
+
+from slixmpp.xmlstream import StanzaBase
+
+from control.conference.chat import TOO_MANY as CHAT_TOO_MANY
+from control.conference.chat import ChatMember, ChatSessionId, identity_key
+from control.conference.notices import CHORUS_NS, NoticeKind, notice_text
+from control.conference.room import Room
+from control.media.engine import ParticipantId, RoomId
+from control.msrp.cpim import CPIM_CONTENT_TYPE, CpimAddress, CpimMessage, parse_cpim
+from control.msrp.errors import CpimError, MsrpError
+from control.msrp.events import ConnectionFailed, Event, MessageReceived, NicknameRequested
+from control.msrp.iscomposing import ISCOMPOSING_CONTENT_TYPE
+from control.msrp.message import ByteRange, FailureReport
+from control.xmpp.addressing import Addressing, AddressRefused, Jid
+from control.xmpp.component import Component
+from control.xmpp.messages import Chat, MessageRefused, chat_from_sip, sip_from_chat
+from control.xmpp.muc import (
+    MUC_NS,
+    GroupMessage,
+    HistoryRequest,
+    MucError,
+    MucLeave,
+    MucPresence,
+    Occupant,
+    PrivateMessage,
+    error_reply,
+    fold,
+    groupchat,
+    occupant_presence,
+    parse_message,
+    parse_presence,
+    private_chat,
+    room_gone,
+    subject_message,
+    unique_nicks,
+    view_changes,
+)
+
+__all__ = ["MucComponent", "MucGateway", "MucSettings", "Rooms", "XmppChannel"]
+
+log = logging.getLogger("chorus.xmpp.muc")
+
+# What an XMPP occupant takes inside CPIM (files and screen frames are not carried).
+XMPP_TYPES = ("text/plain", "text/html", ISCOMPOSING_CONTENT_TYPE)
+# Notices an occupant learns from presence instead of a message.
+PRESENCE_NOTICES = frozenset({"joined", "left", "nickname", "media-added", "media-removed"})
+PENDING_REPORTS = 256  # private messages per occupant remembered for a failure to report
+
+
+class Rooms(Protocol):
+    """The live conference rooms (ConferenceApp has them)."""
+
+    rooms: dict[RoomId, Room]
+
+
+@dataclass(frozen=True, slots=True)
+class MucSettings:
+    muc_domain: str
+    secret: str
+    server: tuple[str, int]
+    conference_domain: str  # the SIP host of the rooms: room@muc_domain ↔ room@this
+    reconnect_max: float = 30.0
+    max_message_bytes: int = 65536
+
+
+class MucComponent(Component):
+    """The MUC domain's XEP-0114 connection: the reconnecting Component, whose stanzas go
+    whole (ElementTree) to the MUC gateway, in order, instead of being mapped as chat."""
+
+    def __init__(self, settings: MucSettings, on_stanza: Callable[[ET.Element], None]) -> None:
+        super().__init__(
+            settings.muc_domain,
+            settings.secret,
+            settings.server,
+            _no_chat,
+            reconnect_max=settings.reconnect_max,
+        )
+        self.on_stanza = on_stanza
+
+    def _message(self, stanza: StanzaBase) -> None:
+        self.on_stanza(stanza.xml)
+
+    def _presence(self, stanza: StanzaBase) -> None:
+        self.on_stanza(stanza.xml)
+
+    def _disco_info(self, jid: Any, node: str | None, ifrom: Any, data: Any) -> Any:
+        """XEP-0045 §6.1/§6.4: the service and each room are MUC (text conferencing)."""
+        from slixmpp.plugins.xep_0030.stanza import DiscoInfo
+
+        info = DiscoInfo()
+        if not node:
+            info.add_identity("conference", "text", "Chorus rooms")
+            info.add_feature(MUC_NS)
+        return info
+
+    def send_xml(self, element: ET.Element) -> None:
+        self._require().send_xml(element)
+
+
+async def _no_chat(_message: object) -> None:
+    return None
+
+
+class XmppChannel:
+    """One XMPP occupant's chat session as RoomChat sees it (SessionChannel and
+    ReportingChannel): what the room sends becomes stanzas, what the occupant sends comes
+    back to the room as MSRP-like events."""
+
+    def __init__(self, gateway: MucGateway, occupancy: Occupancy) -> None:
+        self.gateway = gateway
+        self.occupancy = occupancy
+        self.closed = False
+        self.ready = asyncio.Event()  # set once the join's presences are out: history after
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._nick_requests: dict[str, tuple[str, str]] = {}  # NICKNAME tid -> (stanza id, nick)
+        self._sent = 0
+
+    # RoomChat's side -------------------------------------------------------------------
+
+    def send_message(
+        self,
+        content_type: str,
+        body: bytes,
+        *,
+        success_report: bool = False,
+        failure_report: FailureReport = FailureReport.YES,
+    ) -> str:
+        if self.closed:
+            raise ConnectionError("occupant left")
+        self._sent += 1
+        self.gateway.deliver(self.occupancy, content_type, body)  # ConnectionError: XMPP down
+        return f"x{self._sent}"
+
+    async def drain(self) -> None:
+        return None
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self.ready.wait(), timeout)
+
+    async def next_event(self) -> Event:
+        return await self._events.get()
+
+    def respond(self, transaction_id: str, status: int, comment: str | None = None) -> None:
+        asked = self._nick_requests.pop(transaction_id, None)
+        if asked is not None:
+            self.gateway.nick_answered(self.occupancy, *asked, status, comment)
+
+    def send_report(self, message_id: str, byte_range: ByteRange, status: int) -> None:
+        self.gateway.report_failure(self.occupancy, message_id, status)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.ready.set()
+        self._events.put_nowait(ConnectionFailed("occupant left"))
+        self.gateway.channel_closed(self.occupancy)
+
+    # The gateway's side ----------------------------------------------------------------
+
+    def feed(self, event: Event) -> None:
+        self._events.put_nowait(event)
+
+    def request_nick(self, transaction_id: str, nick: str, stanza_id: str) -> None:
+        self._nick_requests[transaction_id] = (stanza_id, nick)
+        self.feed(NicknameRequested(str(self.occupancy.session), transaction_id, nick))
+
+
+@dataclass(eq=False)
+class Occupancy:
+    """One XMPP session (full JID) in one room."""
+
+    jid: Jid
+    room: Room
+    member: ChatMember
+    channel: XmppChannel = field(init=False)
+    told: dict[str, Occupant] = field(default_factory=dict)  # what it was told of the others
+    history_left: int = 0  # replayed messages still to come before the subject
+    show: str | None = None
+    status: str | None = None
+    leaving: bool = False
+    # our MSRP-side message id of a private message -> its stanza id (a failure to report)
+    private: OrderedDict[str, str] = field(default_factory=OrderedDict)
+
+    @property
+    def session(self) -> ChatSessionId:
+        return self.member.session
+
+    @property
+    def occupant_id(self) -> str:
+        return f"xmpp:{self.member.key}"
+
+    @property
+    def nick(self) -> str:
+        return self.member.nickname or self.member.shown_name
+
+
+@dataclass(frozen=True, slots=True)
+class _Seat:
+    occupant: Occupant
+    key: str  # the identity key of its SIP URI (CPIM From/To compare by it)
+    uri: str
+
+
+class MucGateway:
+    """The MUC service: joins, leaves, messages and presences of XMPP occupants of rooms."""
+
+    def __init__(
+        self,
+        rooms: Rooms,
+        addressing: Addressing,
+        settings: MucSettings,
+        *,
+        token: Callable[[], str],
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.rooms = rooms
+        self.addressing = addressing
+        self.settings = settings
+        self.token = token
+        self.wall = wall
+        self.component = MucComponent(settings, self.stanza)
+        self.occupancies: dict[tuple[str, RoomId], Occupancy] = {}
+        self._listeners: dict[RoomId, Callable[[], None]] = {}
+
+    def start(self) -> None:
+        self.component.start()
+
+    async def stop(self) -> None:
+        for occupancy in list(self.occupancies.values()):
+            occupancy.leaving = True
+            if occupancy.room.chat is not None:
+                occupancy.room.chat.detach(occupancy.session)
+        await self.component.stop()
+
+    # --- stanzas in ------------------------------------------------------------------------
+
+    def stanza(self, element: ET.Element) -> None:
+        """Every stanza to the MUC domain, in order: handled, or answered with its error."""
+        name = element.tag.rsplit("}", 1)[-1]
+        domain = self.settings.muc_domain
+        try:
+            if name == "presence":
+                presence = parse_presence(element, muc_domain=domain)
+                if isinstance(presence, MucLeave):
+                    self._leave(presence)
+                elif presence is not None:
+                    self._presence(presence)
+            elif name == "message":
+                message = parse_message(
+                    element, muc_domain=domain, max_body=self.settings.max_message_bytes
+                )
+                if isinstance(message, GroupMessage):
+                    self._groupchat(message)
+                elif isinstance(message, PrivateMessage):
+                    self._private(message)
+        except MucError as exc:
+            log.info("MUC %s from %s refused: %s %s", name, element.get("from"), exc.condition, exc)
+            self._reply_error(element, exc)
+        except Exception as exc:  # our bug: answered, logged once, the service goes on
+            log.exception("MUC %s from %s failed", name, element.get("from"))
+            self._reply_error(element, MucError("internal-server-error", type(exc).__name__))
+
+    def _reply_error(self, element: ET.Element, error: MucError) -> None:
+        reply = error_reply(element, error, muc_domain=self.settings.muc_domain)
+        if reply is not None:
+            self._send(reply)
+
+    def _send(self, element: ET.Element) -> None:
+        try:
+            self.component.send_xml(element)
+        except ConnectionError:
+            log.info("MUC stanza to %s not sent: XMPP server not connected", element.get("to"))
+
+    # --- rooms and occupants ---------------------------------------------------------------
+
+    def room_jid(self, room: Room) -> Jid:
+        return Jid(room.id.rpartition("@")[0] or room.id, self.settings.muc_domain)
+
+    def _room(self, local: str) -> Room:
+        room = self.rooms.rooms.get(RoomId(f"{local}@{self.settings.conference_domain}"))
+        if room is None or room.chat is None:
+            raise MucError("item-not-found", "no conference of that name is live")
+        return room
+
+    def in_room(self, room: Room) -> Iterator[Occupancy]:
+        return (o for (_, rid), o in list(self.occupancies.items()) if rid == room.id)
+
+    def seats(self, room: Room) -> list[_Seat]:
+        """The room's occupants as the model has them: XMPP occupants first (their nicks are
+        held in the room's NicknameBook), then every SIP participant; nicks made distinct."""
+        wanted: list[tuple[Occupant, str, str]] = []
+        seen: set[str] = set()
+        for occupancy in self.in_room(room):
+            if occupancy.member.key in seen:
+                continue  # another resource of the same user: one occupant (§7.2.10)
+            seen.add(occupancy.member.key)
+            occupant = Occupant(
+                occupancy.occupant_id, occupancy.nick, show=occupancy.show, status=occupancy.status
+            )
+            wanted.append((occupant, occupancy.member.key, occupancy.member.uri))
+        members = room.chat.core.members.values() if room.chat is not None else ()
+        for participant in room.participants.values():
+            if participant.transfer_only or participant.awaiting_pin:
+                continue
+            member = next((m for m in members if m.participant == participant.id), None)
+            moderator = room.is_moderator(participant)
+            occupant = Occupant(
+                str(participant.id),
+                member.shown_name if member is not None else participant.name,
+                affiliation="admin" if moderator else "none",
+                role="moderator" if moderator else "participant",
+            )
+            wanted.append((occupant, identity_key(participant.uri), participant.uri))
+        nicks = unique_nicks([(o.id, o.nick) for o, _, _ in wanted])
+        return [
+            _Seat(Occupant(o.id, nicks[o.id], o.affiliation, o.role, o.show, o.status), key, uri)
+            for o, key, uri in wanted
+        ]
+
+    def _watch(self, room: Room) -> None:
+        if room.id not in self._listeners:
+            listener = self._listeners[room.id] = lambda: self.refresh(room)
+            room.listeners.append(listener)
+
+    def _unwatch(self, room: Room) -> None:
+        if any(True for _ in self.in_room(room)):
+            return
+        listener = self._listeners.pop(room.id, None)
+        if listener is not None and listener in room.listeners:
+            room.listeners.remove(listener)
+
+    def refresh(self, room: Room) -> None:
+        """The room changed: each XMPP occupant is sent the presences that bring what it was
+        told up to the room's occupants now (joins, leaves, nick changes, roles)."""
+        seats = {seat.occupant.id: seat.occupant for seat in self.seats(room)}
+        room_jid = self.room_jid(room)
+        for occupancy in list(self.in_room(room)):
+            if occupancy.leaving or not occupancy.channel.ready.is_set():
+                continue
+            self._tell(occupancy, room_jid, seats)
+
+    def _tell(self, occupancy: Occupancy, room_jid: Jid, seats: dict[str, Occupant]) -> None:
+        own = occupancy.occupant_id
+        changes = view_changes(occupancy.told, seats)
+        # The occupant's own presence comes last (XEP-0045 §7.2.3).
+        changes.sort(key=lambda change: change.occupant.id == own and not change.gone)
+        for change in changes:
+            self._send(
+                occupant_presence(
+                    occupancy.jid,
+                    room_jid,
+                    change.occupant,
+                    self_=change.occupant.id == own,
+                    gone=change.gone,
+                    new_nick=change.new_nick,
+                )
+            )
+        occupancy.told = dict(seats)
+
+    # --- joining, presence, leaving --------------------------------------------------------
+
+    def _presence(self, presence: MucPresence) -> None:
+        room = self._room(presence.room)
+        occupancy = self.occupancies.get((str(presence.sender), room.id))
+        if occupancy is None:
+            self._join(room, presence)
+            return
+        if fold(presence.nick) != fold(occupancy.nick):
+            self._check_nick(room, presence.nick, occupancy.member.key)
+            occupancy.channel.request_nick(self.token(), presence.nick, presence.id)
+            return
+        occupancy.show, occupancy.status = presence.show, presence.status
+        self.refresh(room)
+
+    def _check_nick(self, room: Room, nick: str, key: str) -> None:
+        """§7.2.9: a nick another occupant has is a conflict (its holder in the room's
+        NicknameBook, or the shown name of a participant who set none)."""
+        assert room.chat is not None
+        holder = room.chat.core.nicknames.holder(nick)
+        if holder is not None and holder != key:
+            raise MucError("conflict", "that nickname is in use in this room")
+        for seat in self.seats(room):
+            if fold(seat.occupant.nick) == fold(nick) and seat.key != key:
+                raise MucError("conflict", "that nickname is in use in this room")
+
+    def _join(self, room: Room, presence: MucPresence) -> None:
+        chat = room.chat
+        assert chat is not None
+        if room.locked:
+            raise MucError("forbidden", "the room is locked")
+        if room.pin is not None:
+            raise MucError("not-authorized", "the room needs a PIN, which XMPP cannot key")
+        if len(self.seats(room)) >= room.max_participants:
+            raise MucError("service-unavailable", "the room is full")  # §7.2.10
+        bare = Jid(presence.sender.local, presence.sender.domain)
+        try:
+            uri = str(self.addressing.jid_to_sip(bare, side="xmpp", sender=True))
+        except AddressRefused as exc:
+            raise MucError(exc.condition, exc.reason) from None
+        key = identity_key(uri)
+        self._check_nick(room, presence.nick, key)
+        session = ChatSessionId(f"xmpp-{self.token()}")
+        member = ChatMember(
+            session, ParticipantId(f"xmpp:{key}"), uri, presence.nick, XMPP_TYPES, presence.nick
+        )
+        first = not any(o.member.key == key for o in self.in_room(room))
+        chat.core.nicknames.claim(key, presence.nick, None)
+        occupancy = Occupancy(presence.sender, room, member, show=presence.show)
+        occupancy.status = presence.status
+        occupancy.channel = XmppChannel(self, occupancy)
+        self.occupancies[(str(presence.sender), room.id)] = occupancy
+        self._watch(room)
+        limit, max_age = self._history(presence.history)
+        occupancy.history_left = chat.attach(
+            member, occupancy.channel, history_limit=limit, history_max_age=max_age
+        )
+        log.info("%s joined %s as %r over MUC", presence.sender, room.id, presence.nick)
+        room_jid = self.room_jid(room)
+        # §7.2.3: everyone's presence, then the joiner's own (110); then history, subject.
+        seats = {seat.occupant.id: seat.occupant for seat in self.seats(room)}
+        self._tell(occupancy, room_jid, seats)
+        occupancy.channel.ready.set()
+        if occupancy.history_left == 0:
+            self._send_subject(occupancy)
+        self.refresh(room)  # the others see the joiner
+        if first:
+            text = notice_text(NoticeKind.JOINED, presence.nick)
+            chat.notice(NoticeKind.JOINED, text, exclude_participant=member.participant)
+
+    def _history(self, request: HistoryRequest) -> tuple[int | None, float | None]:
+        max_age = request.seconds
+        if request.since is not None:
+            since = max((self.wall() - request.since).total_seconds(), 0.0)
+            max_age = since if max_age is None else min(max_age, since)
+        return request.maxstanzas, max_age
+
+    def _send_subject(self, occupancy: Occupancy) -> None:
+        room = occupancy.room
+        self._send(
+            subject_message(
+                occupancy.jid, self.room_jid(room), None, room.subject or "", id=self.token()
+            )
+        )
+
+    def _leave(self, leave: MucLeave) -> None:
+        room_id = RoomId(f"{leave.room}@{self.settings.conference_domain}")
+        occupancy = self.occupancies.get((str(leave.sender), room_id))
+        if occupancy is None:
+            return  # not in that room: nothing to undo (XEP-0045 has no error for it)
+        occupancy.leaving = True
+        self._send(
+            occupant_presence(
+                occupancy.jid,
+                self.room_jid(occupancy.room),
+                self._own(occupancy),
+                self_=True,
+                gone=True,
+            )
+        )
+        if occupancy.room.chat is not None:
+            occupancy.room.chat.detach(occupancy.session)  # -> channel_closed
+        else:
+            self.channel_closed(occupancy)
+
+    def _own(self, occupancy: Occupancy) -> Occupant:
+        return occupancy.told.get(occupancy.occupant_id) or Occupant(
+            occupancy.occupant_id, occupancy.nick
+        )
+
+    def channel_closed(self, occupancy: Occupancy) -> None:
+        """The occupant's chat session ended: it left, or the room ended (the conference's
+        last participant left), or it could not keep up or the XMPP server went away."""
+        room = occupancy.room
+        key = (str(occupancy.jid), room.id)
+        if self.occupancies.get(key) is not occupancy:
+            return
+        del self.occupancies[key]
+        live = self.rooms.rooms.get(room.id) is room and room.chat is not None
+        if not occupancy.leaving:
+            reason = "the conference ended" if not live else "removed from the room"
+            log.info("%s out of %s over MUC: %s", occupancy.jid, room.id, reason)
+            self._send(room_gone(occupancy.jid, self.room_jid(room), self._own(occupancy), reason))
+        self._unwatch(room)
+        if not live:
+            return
+        if not any(o.member.key == occupancy.member.key for o in self.in_room(room)):
+            assert room.chat is not None
+            text = notice_text(NoticeKind.LEFT, occupancy.nick)
+            room.chat.notice(
+                NoticeKind.LEFT, text, exclude_participant=occupancy.member.participant
+            )
+        self.refresh(room)
+
+    def nick_answered(
+        self, occupancy: Occupancy, stanza_id: str, nick: str, status: int, comment: str | None
+    ) -> None:
+        """The room's answer to a nick change (RFC 7701 §6.1): 200 is told by presence
+        (303) through the room's change; 425 is a conflict (§7.6), 424 not-acceptable."""
+        if status == 200:
+            return
+        condition = "conflict" if status == 425 else "not-acceptable"
+        room_jid = self.room_jid(occupancy.room)
+        asked = _stanza_like(
+            occupancy.jid, str(Jid(room_jid.local, room_jid.domain, nick)), stanza_id
+        )
+        error = MucError(condition, comment or "nickname refused")
+        reply = error_reply(asked, error, muc_domain=self.settings.muc_domain)
+        if reply is not None:
+            self._send(reply)
+
+    # --- messages in -----------------------------------------------------------------------
+
+    def _occupancy(self, sender: Jid, local: str) -> Occupancy:
+        room = self._room(local)
+        occupancy = self.occupancies.get((str(sender), room.id))
+        if occupancy is None:  # §7.4 / §7.5: only occupants speak in a room
+            raise MucError("not-acceptable", "you are not in this room")
+        return occupancy
+
+    def _groupchat(self, message: GroupMessage) -> None:
+        occupancy = self._occupancy(message.sender, message.room)
+        if message.subject is not None:
+            self._set_subject(occupancy, message.subject)
+        if message.body is None:
+            return
+        room = occupancy.room
+        assert room.chat is not None
+        self._submit(occupancy, Chat(body=message.body), room.chat.core.room, message.id)
+        # §7.4: the room reflects the message to its sender, once, with the sender's id.
+        self._send(
+            groupchat(
+                occupancy.jid, self.room_jid(room), occupancy.nick, message.body, id=message.id
+            )
+        )
+
+    def _private(self, message: PrivateMessage) -> None:
+        occupancy = self._occupancy(message.sender, message.room)
+        seat = next(
+            (s for s in self.seats(occupancy.room) if fold(s.occupant.nick) == fold(message.nick)),
+            None,
+        )
+        if seat is None:
+            raise MucError("item-not-found", "no occupant has that nickname")
+        mid = self._submit(occupancy, Chat(body=message.body), CpimAddress(seat.uri), message.id)
+        occupancy.private[mid] = message.id
+        while len(occupancy.private) > PENDING_REPORTS:
+            occupancy.private.popitem(last=False)
+
+    def _submit(self, occupancy: Occupancy, chat: Chat, to: CpimAddress, stanza_id: str) -> str:
+        """Into the room as the occupant's chat session: checked by the room first (its
+        refusal is the sender's error), then routed by the room's reader."""
+        room = occupancy.room
+        assert room.chat is not None
+        content = sip_from_chat(chat)
+        assert content is not None
+        content_type, payload = content
+        body = CpimMessage.build(
+            content_type=content_type,
+            body=payload,
+            sender=occupancy.member.address,
+            recipients=[to],
+            datetime=self.wall(),
+        ).serialize()
+        try:
+            room.chat.validate(occupancy.session, CPIM_CONTENT_TYPE, body)
+        except MsrpError as exc:
+            raise MucError(_condition(exc), exc.reason) from None
+        message_id = f"muc-{self.token()}"
+        occupancy.channel.feed(
+            MessageReceived(
+                str(occupancy.session), message_id, CPIM_CONTENT_TYPE, body, (), len(body)
+            )
+        )
+        return message_id
+
+    def _set_subject(self, occupancy: Occupancy, subject: str) -> None:
+        """§8.1: any occupant may set it here (the room has no subject moderation); every
+        XMPP occupant gets it, the SIP participants a notice."""
+        room = occupancy.room
+        room.subject = subject
+        room_jid = self.room_jid(room)
+        for other in self.in_room(room):
+            self._send(
+                subject_message(other.jid, room_jid, occupancy.nick, subject, id=self.token())
+            )
+        if room.chat is not None:
+            text = notice_text(NoticeKind.SUBJECT, occupancy.nick, subject)
+            room.chat.notice(
+                NoticeKind.SUBJECT, text, exclude_participant=occupancy.member.participant
+            )
+
+    # --- messages out (the room's deliveries to an XMPP occupant) ---------------------------
+
+    def deliver(self, occupancy: Occupancy, content_type: str, body: bytes) -> None:
+        """One CPIM body the room sent this occupant's session, as a stanza."""
+        try:
+            self._deliver(occupancy, content_type, body)
+        finally:
+            if occupancy.history_left > 0:
+                occupancy.history_left -= 1
+                if occupancy.history_left == 0:
+                    self._send_subject(occupancy)
+
+    def _deliver(self, occupancy: Occupancy, content_type: str, body: bytes) -> None:
+        if not content_type.lower().startswith(CPIM_CONTENT_TYPE):
+            return
+        try:
+            message = parse_cpim(body)
+        except CpimError:
+            log.warning("the room sent %s CPIM it cannot read", occupancy.jid)
+            return
+        room = occupancy.room
+        room_jid = self.room_jid(room)
+        notice = message.value("Notice", CHORUS_NS)
+        if notice is not None:
+            if notice not in PRESENCE_NOTICES:
+                text = message.body.decode("utf-8", "replace")
+                self._send_out(groupchat(occupancy.jid, room_jid, None, text, id=self.token()))
+            return
+        inner = message.content_type or "text/plain"
+        if inner.split(";", 1)[0].strip().lower() == ISCOMPOSING_CONTENT_TYPE:
+            return  # chat states in rooms are not carried yet
+        try:
+            chat = chat_from_sip(inner, message.body, max_bytes=self.settings.max_message_bytes)
+        except MessageRefused as exc:
+            log.info("a room message for %s not carried: %s", occupancy.jid, exc)
+            return
+        if chat.body is None:
+            return
+        sender = message.sender
+        nick = self._nick_of(room, sender)
+        room_key = room.chat.core.room_key if room.chat is not None else ""
+        private = any(_key(r.uri) != room_key for r in (*message.recipients, *message.cc))
+        if private:
+            stanza = private_chat(
+                occupancy.jid, room_jid, nick, chat.body, id=self.token(), xhtml=chat.xhtml
+            )
+        else:
+            history = (message.value("History", CHORUS_NS) or "").lower() == "yes"
+            stanza = groupchat(
+                occupancy.jid,
+                room_jid,
+                nick,
+                chat.body,
+                id=self.token(),
+                xhtml=chat.xhtml,
+                delay=message.datetime if history else None,
+            )
+        self._send_out(stanza)
+
+    def _send_out(self, element: ET.Element) -> None:
+        """A delivery's stanza; ConnectionError when the XMPP server is away, so the room
+        counts it as failed (a private sender gets its failure REPORT)."""
+        self.component.send_xml(element)
+
+    def _nick_of(self, room: Room, sender: CpimAddress | None) -> str:
+        if sender is None:
+            return "someone"
+        key = _key(sender.uri)
+        seat = next((s for s in self.seats(room) if s.key == key), None)
+        if seat is not None:
+            return seat.occupant.nick
+        user = sender.uri.partition(":")[2].partition("@")[0]
+        return sender.display_name or user or sender.uri
+
+    def report_failure(self, occupancy: Occupancy, message_id: str, status: int) -> None:
+        """The room could not deliver a private message the occupant sent: an error back."""
+        stanza_id = occupancy.private.pop(message_id, None)
+        if stanza_id is None:
+            log.info("MUC message of %s failed for a receiver (%d)", occupancy.jid, status)
+            return
+        condition = "item-not-found" if status == 404 else "recipient-unavailable"
+        room_jid = self.room_jid(occupancy.room)
+        reply = error_reply(
+            _stanza_like(occupancy.jid, str(room_jid), stanza_id, name="message"),
+            MucError(condition, f"the private message was not delivered ({status})"),
+            muc_domain=self.settings.muc_domain,
+        )
+        if reply is not None:
+            self._send(reply)
+
+
+def _stanza_like(sender: Jid, to: str, stanza_id: str, *, name: str = "presence") -> ET.Element:
+    """The stanza an error answers, when it is answered later than it came."""
+    element = ET.Element(f"{{jabber:component:accept}}{name}", {"from": str(sender), "to": to})
+    if stanza_id:
+        element.set("id", stanza_id)
+    return element
+
+
+def _key(uri: str) -> str | None:
+    try:
+        return identity_key(uri)
+    except ValueError:
+        return None
+
+
+def _condition(error: MsrpError) -> str:
+    """The stanza error for the room's refusal of a message (MSRP status, RFC 4975 §7.3)."""
+    if error.status == 403:
+        return "forbidden"
+    if error.status == 404:
+        return "item-not-found"
+    if error.status == 413 and error.reason == CHAT_TOO_MANY:
+        return "resource-constraint"
+    if error.status == 400:
+        return "bad-request"
+    return "not-acceptable"
