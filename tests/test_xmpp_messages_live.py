@@ -22,7 +22,7 @@ from control.server import Server
 from control.sip.message import Request, parse_message
 from control.xmpp.app import XmppGateway
 from tests.peers.ports import free_ports
-from tests.peers.prosody import ProsodyProcess, client_ssl_context
+from tests.peers.prosody import ProsodyProcess, chorus_config, client_ssl_context
 from tests.peers.wait import wait_until
 
 pytestmark = pytest.mark.peer("prosody")
@@ -81,22 +81,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[tuple[ProsodyProcess, Server,
     proxy_port = endpoint.transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
     (port,) = free_ports(1)
     config = parse_config(
-        {
-            "sip": {
-                "listen": [f"udp:127.0.0.1:{port}"],
-                "outbound_proxy": f"sip:127.0.0.1:{proxy_port}",
-            },
-            "msrp": {"listen": ["tcp:127.0.0.1:0"]},
-            "server": {"spool_dir": str(tmp_path)},
-            "api": {"enabled": False},
-            "xmpp": {
-                "component_jid": prosody.component_jid,
-                "component_secret": prosody.component_secret,
-                "server": f"127.0.0.1:{prosody.component_port}",
-                "xmpp_domains": [prosody.xmpp_domain],
-                "send_timeout": 10,
-            },
-        }
+        chorus_config(prosody, tmp_path, port, proxy_port=proxy_port, send_timeout=10)
     )
     server = build_server(config)
     await server.start()

@@ -31,7 +31,7 @@ from control.server import Server
 from control.xmpp.app import XmppGateway
 from control.xmpp.presence import ResourcePresence, parse_pidf
 from tests.peers.ports import free_ports
-from tests.peers.prosody import ProsodyProcess, client_ssl_context
+from tests.peers.prosody import ProsodyProcess, chorus_config, client_ssl_context
 from tests.peers.sipp import SippUas, run_sipp_async
 from tests.peers.wait import wait_until
 from tests.test_conference_info_live import notify_bodies
@@ -47,24 +47,7 @@ async def chorus(
     """Chorus with the gateway connected to ``prosody``, SIP out through ``proxy_port`` (or,
     None, straight to each request's URI: the NOTIFYs of a watcher to its Contact)."""
     (port,) = free_ports(1)
-    sip: dict[str, Any] = {"listen": [f"udp:127.0.0.1:{port}"]}
-    if proxy_port is not None:
-        sip["outbound_proxy"] = f"sip:127.0.0.1:{proxy_port}"
-    config = parse_config(
-        {
-            "sip": sip,
-            "msrp": {"listen": ["tcp:127.0.0.1:0"]},
-            "server": {"spool_dir": str(spool)},
-            "api": {"enabled": False},
-            "xmpp": {
-                "component_jid": prosody.component_jid,
-                "component_secret": prosody.component_secret,
-                "server": f"127.0.0.1:{prosody.component_port}",
-                "xmpp_domains": [prosody.xmpp_domain],
-                **xmpp,
-            },
-        }
-    )
+    config = parse_config(chorus_config(prosody, spool, port, proxy_port=proxy_port, **xmpp))
     server = build_server(config)
     await server.start()
     app = server.applications["xmpp"]
