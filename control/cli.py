@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from control import admincli
+from control import admincli, package_version
 from control.cluster import ClusterAgent, install_signal_handlers, signal_running_node
 from control.conference import ChatLimits, ConferenceApp, ConferenceLimits, HistoryPolicy
 from control.conference.files import ConferenceFiles
@@ -233,6 +233,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chorus", description="Chorus SIP conference server")
+    parser.add_argument("--version", action="version", version=f"chorus {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="run the server")
     serve_cmd.add_argument("--config", type=Path, help="TOML configuration file")

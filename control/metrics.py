@@ -28,7 +28,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-import control
+from control import package_version
 from control.cluster import ClusterAgent, NodePhase
 from control.conference.app import ConferenceApp
 from control.files.records import FileStatus
@@ -127,7 +127,7 @@ class _NodeCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         info = InfoMetricFamily("chorus", "The Chorus node")
-        info.add_metric([], {"version": control.__version__})
+        info.add_metric([], {"version": package_version()})
         yield info
         yield from self._sip()
         yield from self._msrp()
