@@ -31,6 +31,7 @@ from control.xmpp.errors import ERROR_TYPES
 __all__ = [
     "COMPONENT_NS",
     "DELAY_NS",
+    "KICKED",
     "MUC_NS",
     "MUC_USER_NS",
     "GroupMessage",
@@ -66,6 +67,7 @@ MAX_BODY = 65536  # characters of one message body ([xmpp] max_message_bytes in 
 # XEP-0045 §15.6 status codes the service sends.
 SELF = 110  # this presence is about you
 NICK_CHANGED = 303  # the occupant's nick is now item/@nick
+KICKED = 307  # removed from the room (a moderator's REFER method=BYE)
 ROOM_GONE = 332  # removed because the room (the SIP conference) ended
 
 

@@ -49,6 +49,7 @@ from control.xmpp.addressing import Addressing, AddressRefused, Jid
 from control.xmpp.component import Component
 from control.xmpp.messages import Chat, MessageRefused, chat_from_sip, sip_from_chat
 from control.xmpp.muc import (
+    KICKED,
     MUC_NS,
     GroupMessage,
     HistoryRequest,
@@ -512,9 +513,22 @@ class MucGateway:
         del self.occupancies[key]
         live = self.rooms.rooms.get(room.id) is room and room.chat is not None
         if not occupancy.leaving:
-            reason = "the conference ended" if not live else "removed from the room"
+            reason = "removed from the room" if live else "the conference ended"
             log.info("%s out of %s over MUC: %s", occupancy.jid, room.id, reason)
-            self._send(room_gone(occupancy.jid, self.room_jid(room), self._own(occupancy), reason))
+            room_jid, own = self.room_jid(room), self._own(occupancy)
+            if live:  # a moderator's REFER method=BYE, or it could not keep up: kicked (307)
+                gone = occupant_presence(
+                    occupancy.jid,
+                    room_jid,
+                    own,
+                    self_=True,
+                    gone=True,
+                    codes=(KICKED,),
+                    reason=reason,
+                )
+            else:
+                gone = room_gone(occupancy.jid, room_jid, own, reason)
+            self._send(gone)
         self._unwatch(room)
         if not live:
             return
