@@ -9,19 +9,16 @@ conference names Chorus sends.
 
 With ``FREESWITCH_BIN`` naming a FreeSWITCH 1.10 binary, a real node is started from this
 config rendered for free ports (unprivileged, every directory in a temp dir) and the engine
-drives it: a leg joins, the member is mapped, mute and kick go through. These are the only
-tests that skip, and only without FREESWITCH_BIN.
+drives it: a leg joins, the member is mapped, mute and kick go through (tests/peers/fsreal.py
+starts it; tests/test_freeswitch_real.py has the room tests). These skip, and only without
+FREESWITCH_BIN.
 """
 
 from __future__ import annotations
 
 import asyncio
 import glob
-import os
 import re
-import shutil
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -31,11 +28,12 @@ from control.cli import build_server
 from control.config import parse_config
 from control.media.engine import RoomId
 from control.media.freeswitch import FreeSwitchEngine, conference_name
-from tests.peers.eslfake import operator
+from tests.peers import fsreal
 from tests.peers.fsnode import ALICE, ROOM, Participant, offer
+from tests.peers.fsreal import DEPLOY, RealFreeSwitch, render
 from tests.peers.ports import free_ports
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "freeswitch"
+freeswitch_bin = fsreal.freeswitch_bin_fixture  # skips without FREESWITCH_BIN
 PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 CONFIG_OF = {  # module -> the configuration it reads (FreeSWITCH 1.10)
     "mod_console": "console.conf",
@@ -170,17 +168,6 @@ def test_the_dialplan_admits_the_conference_names_chorus_sends() -> None:
     assert "$1@chorus-wideband" in actions
 
 
-def render(dest: Path, **values: str) -> Path:
-    """deploy/freeswitch copied to ``dest`` with vars.xml values replaced."""
-    shutil.copytree(DEPLOY, dest)
-    text = (dest / "vars.xml").read_text()
-    for name, value in values.items():
-        text, count = re.subn(rf'data="{name}=[^"]*"', f'data="{name}={value}"', text)
-        assert count == 1, name
-    (dest / "vars.xml").write_text(text)
-    return dest
-
-
 def test_render_sets_the_parameters(tmp_path: Path) -> None:
     conf = render(tmp_path / "conf", chorus_sip_port="15080", chorus_esl_password="s3cret")
     text = (conf / "vars.xml").read_text()
@@ -191,62 +178,14 @@ def test_render_sets_the_parameters(tmp_path: Path) -> None:
 # --- a real FreeSWITCH, only with FREESWITCH_BIN ---------------------------------------------
 
 
-@pytest.fixture
-def freeswitch_bin() -> str:
-    binary = os.environ.get("FREESWITCH_BIN")
-    if not binary:
-        pytest.skip("FREESWITCH_BIN is not set: no FreeSWITCH 1.10 binary to run")
-    return binary
-
-
 @pytest.mark.timeout(120)
 async def test_a_real_node_from_this_config_takes_a_leg_and_obeys_the_engine(
     freeswitch_bin: str, tmp_path: Path
 ) -> None:
-    sip_port, esl_port = free_ports(2)
-    rtp_low = 30000 + (sip_port % 1000) * 20
-    password = "chorus-real-esl"
-    conf = render(
-        tmp_path / "conf",
-        chorus_sip_port=str(sip_port),
-        chorus_esl_port=str(esl_port),
-        chorus_esl_password=password,
-        chorus_rtp_start=str(rtp_low),
-        chorus_rtp_end=str(rtp_low + 98),
-    )
-    dirs = {flag: tmp_path / flag for flag in ("log", "db", "run", "temp", "cache", "storage")}
-    for path in dirs.values():
-        path.mkdir()
-    argv = [freeswitch_bin, "-nf", "-nc", "-np", "-nonat", "-conf", str(conf)]
-    for flag, path in dirs.items():
-        argv += [f"-{flag}", str(path)]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    node = await RealFreeSwitch(freeswitch_bin, tmp_path / "fs").start()
     try:
-        for _ in range(300):  # ESL answers before sofia runs: wait for the profile
-            try:
-                status = await operator(
-                    "127.0.0.1", esl_port, password, "sofia status profile chorus"
-                )
-                if "RUNNING" in status:
-                    break
-            except OSError:
-                pass
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("FreeSWITCH did not bring profile chorus up")
         nodes = parse_config(
-            {
-                "audio": {"engine": "freeswitch"},
-                "freeswitch": {
-                    "nodes": [
-                        {
-                            "sip": f"127.0.0.1:{sip_port}",
-                            "esl": f"127.0.0.1:{esl_port}",
-                            "password": password,
-                        }
-                    ]
-                },
-            }
+            {"audio": {"engine": "freeswitch"}, "freeswitch": {"nodes": [node.config]}}
         ).freeswitch.nodes
         (port,) = free_ports(1)
         chorus = build_server(
@@ -273,9 +212,7 @@ async def test_a_real_node_from_this_config_takes_a_leg_and_obeys_the_engine(
                 await asyncio.sleep(0.1)
             assert engine.member_id(ROOM, ALICE) is not None, "no add-member from FreeSWITCH"
             await engine.set_muted(ROOM, ALICE, True)
-            listing = await operator(
-                "127.0.0.1", esl_port, password, f"conference {conference_name(ROOM)} list"
-            )
+            listing = await node.api(f"conference {conference_name(ROOM)} list")
             assert f";{ALICE};" in listing and "speak" not in listing, listing
             assert await engine.kick(ROOM, ALICE)
         finally:
@@ -283,8 +220,4 @@ async def test_a_real_node_from_this_config_takes_a_leg_and_obeys_the_engine(
             transport.close()
             await chorus.stop()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        await node.stop()

@@ -13,17 +13,15 @@ re-homed instead: tests/test_freeswitch_leg.py.)
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from control.server import Server
 from control.sip import sdp
-from control.sip.session import Offer
 from tests import test_freeswitch_operator as operator_tests
 from tests.peers.chatclient import ChatClient
-from tests.peers.fsnode import MediaNode
+from tests.peers.fsnode import MediaNode, take_reoffers
 from tests.peers.rtp_endpoint import RtpEndpoint
 from tests.peers.wait import wait_until
 from tests.test_freeswitch_operator import (
@@ -59,19 +57,7 @@ async def test_a_bye_from_the_node_ends_the_audio_alone_and_chat_goes_on(
         )
         session = alice.session
         assert session is not None
-        offers: list[sdp.SessionDescription] = []
-
-        async def reoffered(offer: Offer) -> None:  # alice's phone takes the room's re-offer
-            offers.append(sdp.parse(offer.body))
-            local = alice.sdp.local
-            assert local is not None
-            answer = local.copy()
-            answer.media = [m.copy() for m in answer.media]
-            answer.media[0].port = 0
-            answer.origin = replace(answer.origin, sess_version=answer.origin.sess_version + 1)
-            session.answer_reinvite(offer, bytes(answer))
-
-        session.on_reinvite = reoffered
+        offers = take_reoffers(alice, audio_port=0)  # alice's phone takes the room's re-offer
         participant, _ = await in_conference(engine, node)
         await node.wait_received("INVITE")
         assert await wait_until(lambda: offers, timeout=20), "no re-INVITE after the node's BYE"

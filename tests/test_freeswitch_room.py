@@ -17,16 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from control.cli import build_server
-from control.config import parse_config
 from control.media.engine import RoomId
 from control.media.freeswitch import FreeSwitchEngine, conference_name
 from control.media.tone import dominant_frequencies, sine
 from control.server import Server
 from tests.peers.baresip import BaresipError, BaresipProcess, write_wav
 from tests.peers.eslfake import operator
-from tests.peers.fsnode import PASSWORD, MediaNode
-from tests.peers.ports import free_ports
+from tests.peers.fsnode import PASSWORD, MediaNode, running_server
 from tests.peers.siptrace import call_messages, invite_answer
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.peer("sipp", "baresip")]
@@ -39,26 +36,11 @@ TONE = 880.0
 async def chorus(
     tmp_path: Path, *nodes: MediaNode, failover_after: float = 5.0
 ) -> AsyncIterator[tuple[Server, int]]:
-    (port,) = free_ports(1)
-    config = parse_config(
-        {
-            "sip": {"listen": [f"udp:127.0.0.1:{port}"]},
-            "msrp": {"listen": ["tcp:127.0.0.1:0"]},
-            "server": {"spool_dir": str(tmp_path / "spool"), "trace_sip": str(tmp_path / "sip")},
-            "audio": {"engine": "freeswitch"},
-            "freeswitch": {
-                "nodes": [n.config for n in nodes],
-                "health_interval": 1,
-                "failover_after": failover_after,
-            },
-        }
-    )
-    server = build_server(config)
-    await server.start()
-    try:
-        yield server, port
-    finally:
-        await server.stop()
+    configs = [n.config for n in nodes]
+    async with running_server(
+        tmp_path, configs, health_interval=1, failover_after=failover_after
+    ) as running:
+        yield running
 
 
 def engine_of(server: Server) -> FreeSwitchEngine:

@@ -30,6 +30,12 @@ pytestmark = [
 ]
 
 CODECS = ["opus", "G722", "PCMU", "PCMA", "telephone-event"]
+THREE_CODECS = (  # also the real-FreeSWITCH room's (tests/test_freeswitch_real.py)
+    # baresip names mono Opus opus/48000/1; on the wire it is opus/48000/2 (RFC 7587).
+    Talker("alice", "opus/48000/1", 700.0),
+    Talker("bob", "PCMU/8000/1", 1900.0),
+    Talker("carol", "G722/16000/1", 1300.0),
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +79,7 @@ def test_srtp_and_plain_rtp_participants_hear_each_other(
 def test_opus_pcmu_and_g722_participants_hear_each_other(
     chorus: ChorusProcess, tmp_path: Path
 ) -> None:
-    talkers = (
-        # baresip names mono Opus opus/48000/1; on the wire it is opus/48000/2 (RFC 7587).
-        Talker("alice", "opus/48000/1", 700.0),
-        Talker("bob", "PCMU/8000/1", 1900.0),
-        Talker("carol", "G722/16000/1", 1300.0),
-    )
-    answers = talk_in_room(chorus, "opus-room", talkers, tmp_path)
+    answers = talk_in_room(chorus, "opus-room", THREE_CODECS, tmp_path)
     first_rtpmap = [
         next(line for line in answer.body.splitlines() if line.startswith("a=rtpmap:"))
         for _, answer in answers

@@ -14,8 +14,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,9 @@ from control.media.engine import ParticipantId, RoomId
 from control.media.freeswitch import FreeSwitchEngine
 from control.server import Server
 from control.sip import sdp
+from control.sip.session import Offer
+from tests.peers import inprocess
+from tests.peers.chatclient import ChatSession
 from tests.peers.eslfake import FakeFreeSwitch
 from tests.peers.ports import LOOPBACK, free_port, free_ports
 from tests.peers.sipp import SCENARIO_DIR, SippUas
@@ -71,9 +74,14 @@ FORGET = """<label id="reinvite"/>
   <recv request="BYE" next="bye"/>"""
 
 
-def scenario(workdir: Path, *, hangup_after_ms: int | None, forget: bool = False) -> Path:
+FORGET_STATUS = {481: "481 Call/Transaction Does Not Exist", 408: "408 Request Timeout"}
+
+
+def scenario(
+    workdir: Path, *, hangup_after_ms: int | None, forget: bool = False, forget_status: int = 481
+) -> Path:
     """The media-echo scenario, or a variant whose node sends BYE after a while, or one
-    that has forgotten the dialog by its first re-INVITE (481, RFC 5057 §5.1)."""
+    that has forgotten the dialog by its first re-INVITE (481, or 408, RFC 5057 §5.1)."""
     path = SCENARIO_DIR / "uas_media_echo.xml"
     if hangup_after_ms is None and not forget:
         return path
@@ -83,8 +91,9 @@ def scenario(workdir: Path, *, hangup_after_ms: int | None, forget: bool = False
             "<!--HANGUP-->", f'<pause milliseconds="{hangup_after_ms}"/><nop next="hangup"/>'
         )
     if forget:  # the 200 path stays in the file (SIPp wants its variables used), unreached
-        text = text.replace('<label id="reinvite"/>', FORGET)
-    variant = workdir / f"uas_media_echo_{hangup_after_ms}_{int(forget)}.xml"
+        status = FORGET_STATUS[forget_status]
+        text = text.replace('<label id="reinvite"/>', FORGET.replace(FORGET_STATUS[481], status))
+    variant = workdir / f"uas_media_echo_{hangup_after_ms}_{int(forget)}_{forget_status}.xml"
     variant.write_text(text)
     return variant
 
@@ -96,7 +105,8 @@ class MediaNode:
     workdir: Path
     hangup_after_ms: int | None = None
     esl_in_process: bool = True
-    forget_dialogs: bool = False  # answer every re-INVITE 481
+    forget_dialogs: bool = False  # answer every re-INVITE 481 (or forget_status)
+    forget_status: int = 481
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -130,7 +140,10 @@ class MediaNode:
     def start_sipp(self) -> None:
         self.sipp = SippUas(
             scenario(
-                self.workdir, hangup_after_ms=self.hangup_after_ms, forget=self.forget_dialogs
+                self.workdir,
+                hangup_after_ms=self.hangup_after_ms,
+                forget=self.forget_dialogs,
+                forget_status=self.forget_status,
             ),
             port=self.sip_port,
             extra_args=[
@@ -279,6 +292,25 @@ async def server_fixture(tmp_path: Path) -> AsyncIterator[Server]:
     await server.stop()
 
 
+@contextlib.asynccontextmanager
+async def running_server(
+    tmp_path: Path, nodes: Sequence[Mapping[str, str]], **pool: float
+) -> AsyncIterator[tuple[Server, int]]:
+    """A running server (and its SIP port) with ``[audio] engine = "freeswitch"``, whose rooms
+    ``nodes`` mix (`[freeswitch] nodes` entries; ``pool``: the other `[freeswitch]` keys);
+    conference-info goes out at once, the SIP trace is ``tmp_path / "sip"``."""
+    sections: dict[str, Mapping[str, object]] = {
+        "server": {"trace_sip": str(tmp_path / "sip")},
+        "conference": {"info_interval": 0.0},
+        "audio": {"engine": "freeswitch"},
+        "freeswitch": {"nodes": [dict(n) for n in nodes], **pool},
+    }
+    async with inprocess.running_server(
+        tmp_path / "spool", rtp={}, transports=("udp",), sections=sections
+    ) as running:
+        yield running
+
+
 @pytest.fixture(name="node")
 async def node_fixture(tmp_path: Path) -> AsyncIterator[MediaNode]:
     media = await MediaNode(tmp_path / "node").start()
@@ -322,3 +354,32 @@ async def participant_fixture() -> AsyncIterator[Participant]:
     )
     yield protocol
     transport.close()
+
+
+def take_reoffers(
+    chat: ChatSession, *, audio_port: int | None = None
+) -> list[sdp.SessionDescription]:
+    """The participant's phone takes the room's re-INVITEs (a lost or moved audio stream):
+    each offer is kept, in order, and answered with the phone's own SDP, a new version, its
+    audio m-line (the first) at ``audio_port`` — 0 to accept a removed stream (RFC 3264
+    §8.2), None to keep its port (the stream moved to another node: the phone's RTP then goes
+    to the new address the offer names)."""
+    session = chat.session
+    assert session is not None
+    offers: list[sdp.SessionDescription] = []
+
+    async def reoffered(offer: Offer) -> None:
+        offers.append(sdp.parse(offer.body))
+        local = chat.sdp.local
+        assert local is not None
+        answer = local.copy()
+        answer.media = [m.copy() for m in answer.media]
+        if audio_port is not None:
+            answer.media[0].port = audio_port
+        elif chat.audio is not None:
+            chat.audio.answered_sdp(offers[-1])
+        answer.origin = replace(answer.origin, sess_version=answer.origin.sess_version + 1)
+        session.answer_reinvite(offer, bytes(answer))
+
+    session.on_reinvite = reoffered
+    return offers
