@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from control import admincli, package_version
@@ -37,7 +38,10 @@ from control.store import DATABASE_NAME, HistoryStore, Retention
 from control.streams import FileStore
 from control.web import build_web_server, screen_limits
 from control.web.api import URL_FILE, AdminApi, api_dir, load_token
+from control.web.dashboard_model import NodeDashboard
+from control.xmpp.addressing import Addressing
 from control.xmpp.app import GatewaySettings, XmppGateway
+from control.xmpp.mucgw import MucGateway, MucSettings
 
 
 def build_server(config: Config, *, room_observer: RoomObserver | None = None) -> Server:
@@ -134,7 +138,12 @@ def build_server(config: Config, *, room_observer: RoomObserver | None = None) -
         ),
     )
     if config.xmpp.enabled:  # the SIP<->XMPP gateway (control/xmpp): its XMPP domains route to it
-        server.register("xmpp", XmppGateway(server.ua, gateway_settings(config)))
+        conference = server.applications["conference"]
+        assert isinstance(conference, ConferenceApp)
+        muc = muc_gateway(config, conference, media_host, server.ua.token)
+        conference.referrals.remote = muc  # REFER method=INVITE to an XMPP user: MUC invite
+        gateway = XmppGateway(server.ua, gateway_settings(config), muc=muc, msrp=server.msrp)
+        server.register("xmpp", gateway)
         mapping = {domain: "xmpp" for domain in config.xmpp.xmpp_domains}
         server.app_map = ApplicationMap(
             {**mapping, **config.applications.map}, config.applications.default
@@ -153,11 +162,37 @@ def gateway_settings(config: Config) -> GatewaySettings:
         xmpp_domains=xmpp.xmpp_domains,
         reconnect_max=xmpp.reconnect_max,
         max_message_bytes=xmpp.max_message_bytes,
+        max_stanza_bytes=xmpp.max_stanza_bytes,
         send_timeout=xmpp.send_timeout,
         presence_expires=xmpp.presence_expires,
         presence_retry_max=xmpp.presence_retry_max,
         max_presence_subscriptions=xmpp.max_presence_subscriptions,
+        chat_sessions=xmpp.chat_sessions,
+        chat_session_idle=xmpp.chat_session_idle,
+        max_chat_sessions=xmpp.max_chat_sessions,
     )
+
+
+def muc_gateway(
+    config: Config, rooms: ConferenceApp, media_host: str, token: Callable[[int], str]
+) -> MucGateway | None:
+    """MUC <-> room chat (RFC 7702) when ``[xmpp] muc_domain`` is set: room@muc_domain is the
+    conference room@conference_domain (default: the host the rooms' media is on)."""
+    xmpp = config.xmpp
+    if xmpp.muc_domain is None:
+        return None
+    assert xmpp.muc_secret is not None
+    settings = MucSettings(
+        muc_domain=xmpp.muc_domain,
+        secret=xmpp.muc_secret,
+        server=xmpp.server,
+        conference_domain=xmpp.conference_domain or media_host.lower(),
+        reconnect_max=xmpp.reconnect_max,
+        max_message_bytes=xmpp.max_message_bytes,
+        invite_timeout=config.conference.refer_timeout,
+    )
+    addressing = Addressing(xmpp.sip_domains, xmpp.xmpp_domains)
+    return MucGateway(rooms, addressing, settings, token=lambda: token(16))
 
 
 async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
@@ -173,22 +208,28 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     assert isinstance(conference, ConferenceApp)
     web = None
     if conference.screens is not None and conference.files is not None:
-        metrics = NodeMetrics(
-            MetricSources(
-                server.ua,
-                server.msrp,
-                conference=conference,
-                cluster=cluster,
-                xmpp=gateway if isinstance(gateway, XmppGateway) else None,
-            )
+        sources = MetricSources(
+            server.ua,
+            server.msrp,
+            conference=conference,
+            cluster=cluster,
+            xmpp=gateway if isinstance(gateway, XmppGateway) else None,
         )
+        operator = load_token(config)  # the admin API's: the dashboard's and /metrics'
+        pid_file = config.pid_path()
         web = build_web_server(
             config,
             conference.screens.board,
             rooms=conference,
             files=conference.files.files,
-            metrics=metrics,
-            metrics_token=None if config.web.metrics_public else load_token(config),
+            metrics=NodeMetrics(sources),
+            metrics_token=None if config.web.metrics_public else operator,
+            # The drain button does what `chorus drain [--undo]` does: signal this node.
+            dashboard=NodeDashboard(
+                sources,
+                drain=(lambda undo: signal_running_node(pid_file, undo=undo)) if cluster else None,
+            ),
+            operator_token=operator,
         )
     if web is not None:
         conference.publish(web.urls)

@@ -278,9 +278,13 @@ def _parse_rtp(section: _Section) -> RtpConfig:
         rtcp_interval=section.number("rtcp_interval", default.rtcp_interval, minimum=0.1),
         native_media=bool(section.take("native_media", bool, default.native_media)),
     )
-    if config.native_media and not native_media.available():
+    if native_media.choose(config.native_media) and not native_media.available():
+        # Never a silent fall-back: the operator asked for (or defaulted to) the C loop.
         raise ConfigError(
-            section.key("native_media"), "the C media loop is not built (make deps builds it)"
+            section.key("native_media"),
+            "the C media loop (control/media/native/_media) is not built: run make deps "
+            "(pip install -e ., needs gcc and python3-dev), or set native_media = false "
+            f"(or {native_media.ENV}=0) for the Python path",
         )
     section.finish()
     return config
@@ -631,16 +635,30 @@ def _parse_xmpp(section: _Section) -> XmppConfig:
     if overlap:
         raise ConfigError(section.key("xmpp_domains"), f"{sorted(overlap)[0]} is on both sides")
     muc = section.take("muc_domain", str, None)
+    muc_domain = _domain(section.key("muc_domain"), muc) if muc is not None else None
+    if muc_domain is not None and muc_domain in (component, *sip_domains, *xmpp_domains):
+        raise ConfigError(section.key("muc_domain"), f"{muc_domain} is already another domain")
+    muc_secret = section.take("muc_secret", str, None) or secret
+    if muc_domain is not None and not muc_secret:
+        raise ConfigError(section.key("muc_secret"), "required with muc_domain")
+    rooms = section.take("conference_domain", str, None)
     config = XmppConfig(
         component_jid=component,
         component_secret=secret,
         server=server,
         sip_domains=sip_domains,
         xmpp_domains=xmpp_domains,
-        muc_domain=_domain(section.key("muc_domain"), muc) if muc is not None else None,
+        muc_domain=muc_domain,
+        muc_secret=muc_secret,
+        conference_domain=(
+            _domain(section.key("conference_domain"), rooms) if rooms is not None else None
+        ),
         reconnect_max=section.number("reconnect_max", default.reconnect_max, minimum=0.5),
         max_message_bytes=section.integer(
             "max_message_bytes", default.max_message_bytes, minimum=1024
+        ),
+        max_stanza_bytes=section.integer(
+            "max_stanza_bytes", default.max_stanza_bytes, minimum=4096
         ),
         send_timeout=section.number("send_timeout", default.send_timeout, minimum=1.0),
         presence_expires=section.integer("presence_expires", default.presence_expires, minimum=60),
@@ -650,6 +668,18 @@ def _parse_xmpp(section: _Section) -> XmppConfig:
         max_presence_subscriptions=section.integer(
             "max_presence_subscriptions", default.max_presence_subscriptions, minimum=1
         ),
+        chat_sessions=section.take("chat_sessions", bool, default.chat_sessions),
+        chat_session_idle=section.number(
+            "chat_session_idle", default.chat_session_idle, minimum=1.0
+        ),
+        max_chat_sessions=section.integer(
+            "max_chat_sessions", default.max_chat_sessions, minimum=1
+        ),
     )
     section.finish()
+    if config.max_stanza_bytes <= config.max_message_bytes:
+        raise ConfigError(
+            section.key("max_stanza_bytes"),
+            "must exceed max_message_bytes: a stanza holds the body",
+        )
     return config

@@ -68,7 +68,7 @@ class RtpConfig:
     mixer_workers: int = 0
     failure_ticks: int = 100  # a room or listener whose mixing fails this many 20 ms ticks is ended
     rtcp_interval: float = 5.0  # RFC 3550 §6.2 minimum RTCP report interval, seconds
-    native_media: bool = False  # the mixer's C media loop (control/media/native)
+    native_media: bool = True  # the mixer's C media loop (control/media/native); false: Python
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,13 +279,19 @@ class XmppConfig:
     server: tuple[str, int] = ("127.0.0.1", 5347)  # the XMPP server's component port
     sip_domains: tuple[str, ...] = ()
     xmpp_domains: tuple[str, ...] = ()
-    muc_domain: str | None = None
+    muc_domain: str | None = None  # served by Chorus as its own XEP-0114 component
+    muc_secret: str | None = None  # that component's secret (default: component_secret)
+    conference_domain: str | None = None  # SIP host of the rooms (default: the media host)
     reconnect_max: float = 30.0  # reconnect back-off cap, seconds (starts at 0.5, doubles)
     max_message_bytes: int = 65536  # one message body either way; larger is refused
+    max_stanza_bytes: int = 262144  # one XMPP stanza as serialised; larger: policy-violation
     send_timeout: float = 30.0  # seconds a SIP MESSAGE we send may take before it is a failure
     presence_expires: int = 3600  # Expires of the presence SUBSCRIBEs toward SIP users
     presence_retry_max: float = 300.0  # cap of the retry delay toward a failing SIP side
     max_presence_subscriptions: int = 10000  # per direction: SIP watchers, XMPP subscribers
+    chat_sessions: bool = False  # XMPP chats to SIP users as MSRP sessions (RFC 7573), not MESSAGE
+    chat_session_idle: float = 600.0  # seconds without a message before a chat session ends
+    max_chat_sessions: int = 1000  # open chat sessions, both directions together
 
     @property
     def enabled(self) -> bool:

@@ -1,5 +1,5 @@
 """control/xmpp/errors.py: which stanzas are refused with which RFC 6120 §8.3 condition, and
-the error reply's addresses."""
+the error reply's addresses; [xmpp] max_stanza_bytes parsed and validated."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
+from control.config import ConfigError, parse_config
 from control.xmpp.addressing import AddressRefused, Jid
 from control.xmpp.errors import (
     ERROR_TYPES,
@@ -154,3 +155,17 @@ def test_every_condition_has_its_rfc_6120_type() -> None:
     assert error_type("no-such-thing") == "cancel"
     with pytest.raises(ValueError):
         StanzaRefused("no-such-thing", "x")
+
+
+def xmpp(**keys: object) -> dict[str, object]:
+    return {"xmpp": {"component_jid": "sip.localhost", "component_secret": "s", **keys}}
+
+
+def test_max_stanza_bytes_is_parsed_and_validated() -> None:
+    assert parse_config(xmpp()).xmpp.max_stanza_bytes == 262144
+    small = xmpp(max_stanza_bytes=9000, max_message_bytes=4096)
+    assert parse_config(small).xmpp.max_stanza_bytes == 9000
+    with pytest.raises(ConfigError, match="xmpp.max_stanza_bytes"):
+        parse_config(xmpp(max_stanza_bytes=1000, max_message_bytes=1024))
+    with pytest.raises(ConfigError, match="must exceed max_message_bytes"):
+        parse_config(xmpp(max_stanza_bytes=8192, max_message_bytes=8192))

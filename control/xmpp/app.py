@@ -23,9 +23,11 @@ from datetime import UTC, datetime
 
 from control.app import IncomingCall, IncomingMessage, Messenger, Referral, Subscription
 from control.msrp.imdn import ImdnNotification
+from control.msrp.transport import MsrpTransport
 from control.sip.uri import NameAddr, SipUri
 from control.sip.useragent import UserAgent
 from control.xmpp.addressing import Addressing, AddressRefused, Jid
+from control.xmpp.chatgw import ChatSessionGateway
 from control.xmpp.component import Component, XmppMessage, XmppPresence
 from control.xmpp.errors import StanzaLimits
 from control.xmpp.messages import (
@@ -36,6 +38,7 @@ from control.xmpp.messages import (
     condition_for_status,
     sip_from_chat,
 )
+from control.xmpp.mucgw import MucGateway
 from control.xmpp.presencegw import PresenceGateway
 from control.xmpp.receipts import (
     ReceiptBook,
@@ -69,14 +72,25 @@ class GatewaySettings:
     presence_expires: int = 3600
     presence_retry_max: float = 300.0
     max_presence_subscriptions: int = 10000
+    chat_sessions: bool = False
+    chat_session_idle: float = 600.0
+    max_chat_sessions: int = 1000
 
 
 class XmppGateway:
     """SIP requests for the XMPP domains, and the component's messages for the SIP users."""
 
-    def __init__(self, ua: UserAgent, settings: GatewaySettings) -> None:
+    def __init__(
+        self,
+        ua: UserAgent,
+        settings: GatewaySettings,
+        *,
+        muc: MucGateway | None = None,
+        msrp: MsrpTransport | None = None,
+    ) -> None:
         self.ua = ua
         self.settings = settings
+        self.muc = muc  # MUC <-> room chat (control/xmpp/mucgw.py), a component of its own
         self.addressing = Addressing(settings.sip_domains, settings.xmpp_domains)
         self.messenger = Messenger(ua)
         self.component = Component(
@@ -97,6 +111,22 @@ class XmppGateway:
             retry_max=settings.presence_retry_max,
             limit=settings.max_presence_subscriptions,
         )
+        # RFC 7573 chat sessions (chatgw.py), over the server's MSRP transport
+        self.chats = (
+            ChatSessionGateway(
+                ua,
+                self.component,
+                self.addressing,
+                msrp,
+                chat_sessions=settings.chat_sessions,
+                idle=settings.chat_session_idle,
+                limit=settings.max_chat_sessions,
+                max_message_bytes=settings.max_message_bytes,
+                invite_timeout=settings.send_timeout,
+            )
+            if msrp is not None
+            else None
+        )
         # stanza id of a message sent to XMPP -> its SIP origin, for an error or a receipt
         self._pending: ReceiptBook[SipOrigin] = ReceiptBook(PENDING_LIMIT)
         # our IMDN Message-ID of a message sent to SIP -> the XMPP stanza to acknowledge
@@ -104,8 +134,14 @@ class XmppGateway:
 
     def start(self) -> None:
         self.component.start()
+        if self.muc is not None:
+            self.muc.start()
 
     async def shutdown(self) -> None:
+        if self.muc is not None:
+            await self.muc.stop()
+        if self.chats is not None:
+            await self.chats.shutdown()
         await self.presence.shutdown()
         await self.component.stop()
 
@@ -176,7 +212,11 @@ class XmppGateway:
         message.accept(200)
 
     async def incoming_invite(self, call: IncomingCall) -> None:
-        call.reject(488, "Chat sessions through the gateway are not supported yet")
+        """An INVITE with MSRP chat to an XMPP user: a chat session (RFC 7573, chatgw.py)."""
+        if self.chats is None:
+            call.reject(488, "no MSRP transport for chat sessions")
+            return
+        await self.chats.incoming_invite(call)
 
     async def incoming_subscribe(self, subscription: Subscription) -> None:
         await self.presence.incoming_subscribe(subscription)  # RFC 8048, presencegw.py
@@ -187,6 +227,8 @@ class XmppGateway:
     # XMPP → SIP ---------------------------------------------------------------------------
 
     def _xmpp_presence(self, presence: XmppPresence) -> None:
+        if presence.type == "unavailable" and self.chats is not None:
+            self.chats.xmpp_unavailable(presence.sender)  # RFC 7573: the session ends
         self.presence.xmpp_presence(presence)
 
     async def xmpp_message(self, message: XmppMessage) -> None:
@@ -212,6 +254,8 @@ class XmppGateway:
         except AddressRefused as exc:
             self._refuse(message, exc.condition, exc.reason)
             return
+        if self.chats is not None and await self.chats.route(message, sender, recipient):
+            return  # a chat session's message: over its MSRP, not as a MESSAGE
         imdn_id = None
         if message.receipt_request and message.chat.body is not None and message.id:
             imdn_id = self.ua.token(16)

@@ -44,8 +44,8 @@ __all__ = ["Backoff", "Component", "XmppMessage", "XmppPresence"]
 log = logging.getLogger("chorus.xmpp")
 
 # XEP-0030 disco#info of the component and of every user under it: a SIP gateway (the
-# registry's "simple" type) that carries receipts, chat states and XHTML-IM (XEP-0184 §4,
-# XEP-0085 §6, XEP-0071 §10: a client asks before it uses them).
+# registry's "simple" type) that carries receipts, chat states and XHTML-IM (XEP-0184,
+# XEP-0085, XEP-0071 discovery: a client asks before it uses them).
 DISCO_IDENTITY = ("gateway", "simple", "SIP gateway")
 DISCO_FEATURES = (
     "http://jabber.org/protocol/disco#info",

@@ -6,12 +6,12 @@ with the condition to answer:
 
 - ``policy-violation`` for a stanza over ``[xmpp] max_stanza_bytes`` (RFC 6120 §8.3.3.12: a
   local service policy; the size limit is ours, not the sender's fault of syntax);
-- ``bad-request`` for a chat-state payload that is not one of XEP-0085 §5's five states, or
-  more than one of them (XEP-0085 §5.5: one per message);
+- ``bad-request`` for a chat-state payload that is not one of XEP-0085's five states, or
+  more than one of them (XEP-0085: one per message);
 - ``bad-request`` for XHTML-IM without an XHTML ``<body/>`` or without the plain ``<body/>``
-  every XHTML-IM message carries too (XEP-0071 §7, §8); ``not-acceptable`` for markup the
-  gateway does not pass on (scripts, objects, frames: XEP-0071 §9) or nested deeper than
-  :data:`MAX_XHTML_DEPTH`;
+  every XHTML-IM message carries too (XEP-0071's business rules); ``not-acceptable`` for
+  markup the gateway does not pass on (scripts, objects, frames: XEP-0071's security
+  considerations) or nested deeper than :data:`MAX_XHTML_DEPTH`;
 - ``jid-malformed`` for a missing or malformed ``to``/``from`` (RFC 6120 §8.3.3.8).
 
 :func:`refusal_for` turns what the mapping layers raise (an address not served, a body the SIP
@@ -56,7 +56,7 @@ CHAT_STATES = ("active", "composing", "paused", "inactive", "gone")
 XHTML_IM_NS = "http://jabber.org/protocol/xhtml-im"
 XHTML_NS = "http://www.w3.org/1999/xhtml"
 MAX_XHTML_DEPTH = 32  # deeper markup is no chat formatting; it only costs the SIP side
-# XEP-0071 §9: what a receiving entity must not run; the gateway does not carry it to SIP.
+# XEP-0071 (security considerations): what a receiver must not run; not carried to SIP.
 _XHTML_REFUSED = frozenset(
     {"script", "object", "embed", "applet", "iframe", "frame", "frameset", "style", "form"}
 )
@@ -170,7 +170,7 @@ def read_chat_state(xml: ET.Element) -> str | None:
     if not states:
         return None
     if len(states) > 1:
-        raise StanzaRefused("bad-request", "more than one chat state (XEP-0085 §5.5)")
+        raise StanzaRefused("bad-request", "more than one chat state (XEP-0085)")
     if states[0] not in CHAT_STATES:
         raise StanzaRefused("bad-request", f"unknown chat state {states[0][:40]!r}")
     return states[0]
@@ -196,7 +196,7 @@ def read_xhtml(xml: ET.Element, *, has_body: bool) -> str | None:
     if not bodies:
         raise StanzaRefused("bad-request", "XHTML-IM <html/> without an XHTML <body/>")
     if not has_body:
-        raise StanzaRefused("bad-request", "XHTML-IM without the plain <body/> (XEP-0071 §8)")
+        raise StanzaRefused("bad-request", "XHTML-IM without the plain <body/> (XEP-0071)")
     body = bodies[0]
     for node in _depth(body, MAX_XHTML_DEPTH):
         name = _local(node).lower()

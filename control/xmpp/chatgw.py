@@ -1,0 +1,474 @@
+"""The asyncio glue of one-to-one chat sessions (RFC 7573) over the sans-IO table of
+control/xmpp/chatsession.py: INVITEs and MSRP through the stream layer, chat messages through
+the component.
+
+- A SIP INVITE to an XMPP address with an MSRP chat m-line is answered by the stream layer
+  (``negotiate`` + :class:`~control.streams.MsrpChatStream`: only the first chat m-line is
+  taken, every MSRP message checked before its 200 — 415/413/400 for what XMPP cannot carry,
+  403 while the XMPP server is away); 488 without a usable chat m-line, 486 at
+  ``max_chat_sessions``, 503 while the XMPP server is away.
+- An XMPP chat message that starts a session (``[xmpp] chat_sessions``) sends an INVITE with
+  one MSRP chat m-line (:class:`~control.msrp.chat.ChatStream`, the offering side of the
+  stream layer) under ``send_timeout``.
+- MSRP messages become chat messages (control/xmpp/messages.chat_from_sip); XMPP messages go
+  over MSRP as the peer's accept-types allow (chatsession.msrp_content). An MSRP SEND the SIP
+  side refuses (a non-200 or no answer) is answered to the XMPP sender as an error stanza.
+- The end, whoever caused it: the MSRP session closed, the dialog BYEd toward SIP when it is
+  still up, ``gone`` sent to XMPP unless XMPP left (gone / unavailable). One ``call_at`` timer
+  at the table's next idle deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from control.app import IncomingCall
+from control.msrp.chat import ChatStream
+from control.msrp.cpim import CpimAddress
+from control.msrp.errors import MsrpError
+from control.msrp.events import (
+    ConnectionFailed,
+    MessageReceived,
+    ResponseReceived,
+    TransactionTimedOut,
+)
+from control.msrp.iscomposing import ISCOMPOSING_CONTENT_TYPE
+from control.msrp.sdp import Setup
+from control.msrp.transport import MsrpChannel, MsrpConnectError, MsrpTransport
+from control.sip import sdp
+from control.sip.errors import SipError
+from control.sip.session import Session, place_call
+from control.sip.uri import NameAddr, SipUri
+from control.sip.useragent import UserAgent
+from control.streams import ChatOptions, MediaKind, MsrpChatStream, Stream, StreamRequest, negotiate
+from control.xmpp.addressing import Addressing, AddressRefused, Jid
+from control.xmpp.chatsession import (
+    ChatSession,
+    ChatSessions,
+    Origin,
+    Routed,
+    SessionKey,
+    SessionsFull,
+    msrp_content,
+)
+from control.xmpp.component import Component, XmppMessage
+from control.xmpp.errors import StanzaRefused
+from control.xmpp.messages import Chat, MessageRefused, chat_from_sip
+
+__all__ = ["ChatSessionGateway"]
+
+log = logging.getLogger("chorus.xmpp.chat")
+
+# What our chat m-line takes (offer and answer alike): what XMPP carries, bare or in CPIM.
+CHAT_TYPES = ("message/cpim", "text/plain", "text/html", ISCOMPOSING_CONTENT_TYPE)
+WRAPPED_TYPES = ("text/plain", "text/html", ISCOMPOSING_CONTENT_TYPE)
+_MSRP_STATUS = {400: 400, 413: 413, 415: 415}  # MessageRefused's SIP status -> MSRP status
+
+
+@dataclass(slots=True)
+class _Link:
+    """The I/O of one session: the SIP dialog, the MSRP channel, what was sent over it."""
+
+    core: ChatSession
+    sip_user: SipUri  # the SIP user (the To of our INVITE, the From of theirs)
+    xmpp_user: SipUri  # the XMPP user as a SIP URI
+    accept_types: tuple[str, ...] = CHAT_TYPES
+    accept_wrapped_types: tuple[str, ...] = WRAPPED_TYPES
+    dialog: Session | None = None
+    channel: MsrpChannel | None = None
+    sent: dict[str, tuple[Jid, str]] = field(default_factory=dict)  # MSRP id -> stanza origin
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    cancel: asyncio.Future[object] | None = None  # done: CANCEL our INVITE (place_call)
+
+
+def _plain(uri: SipUri) -> SipUri:
+    """The address without parameters (a GRUU's ``gr`` stays in the JID resource)."""
+    return SipUri(host=uri.host, user=uri.user, port=uri.port, scheme=uri.scheme)
+
+
+class ChatSessionGateway:
+    """The sessions of one gateway (module doc)."""
+
+    def __init__(
+        self,
+        ua: UserAgent,
+        component: Component,
+        addressing: Addressing,
+        msrp: MsrpTransport,
+        *,
+        chat_sessions: bool,
+        idle: float,
+        limit: int,
+        max_message_bytes: int,
+        invite_timeout: float,
+    ) -> None:
+        self.ua = ua
+        self.component = component
+        self.addressing = addressing
+        self.msrp = msrp
+        self.chat_sessions = chat_sessions
+        self.max_message_bytes = max_message_bytes
+        self.invite_timeout = invite_timeout
+        self.table = ChatSessions(limit=limit, idle=idle)
+        self._links: dict[SessionKey, _Link] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._inviting: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    # SIP → XMPP: an INVITE -------------------------------------------------------------
+
+    async def incoming_invite(self, call: IncomingCall) -> None:
+        try:
+            xmpp_user = self.addressing.sip_to_jid(call.request_uri, side="xmpp")
+            caller = call.remote_identity.uri
+            if not isinstance(caller, SipUri):
+                raise AddressRefused("caller is not a SIP URI", sip_status=403)
+            sip_user = self.addressing.sip_to_jid(caller, side="sip", sender=True)
+        except AddressRefused as exc:
+            log.info("chat INVITE to %s refused: %s", call.request_uri, exc.reason)
+            call.reject(exc.sip_status, exc.reason[:80])
+            return
+        if not self.component.connected:
+            call.reject(503, "XMPP server unavailable")
+            return
+        key = SessionKey.of(xmpp_user, sip_user)
+        if (old := self._links.get(key)) is not None:
+            await self._end(old, "replaced by a new INVITE")  # one session per pair
+        try:
+            core = self.table.open(
+                key, Origin.SIP, xmpp_peer=xmpp_user, sip_user=sip_user, now=self._now()
+            )
+        except SessionsFull as exc:
+            call.reject(486, str(exc))
+            return
+        link = _Link(core, sip_user=_plain(caller), xmpp_user=_plain(call.request_uri))
+        self._links[key] = link
+        try:
+            answer, stream = await self._answer(call.offer, link)
+        except SipError as exc:
+            self._forget(link)
+            call.reject(exc.status, exc.reason)
+            return
+        if call.cancelled:
+            await stream.close()
+            self._forget(link)
+            return
+        link.dialog = call.accept(answer, user=xmpp_user.local)
+        link.channel = stream.channel
+        link.accept_types = stream.offered.accept_types
+        link.accept_wrapped_types = stream.offered.accept_wrapped_types or ("*",)
+        core.established(now=self._now())
+        log.info("chat session %s <-> %s from SIP", caller, xmpp_user)
+        self._run(link)
+
+    async def _answer(
+        self, offer: sdp.SessionDescription, link: _Link
+    ) -> tuple[bytes, MsrpChatStream]:
+        """The answer taking the offer's first MSRP chat m-line, refusing every other."""
+
+        async def answerer(request: StreamRequest) -> Stream | None:
+            if request.kind is not MediaKind.CHAT or request.has_other(MediaKind.CHAT):
+                return None
+            options = ChatOptions(accept_wrapped_types=WRAPPED_TYPES, check=self._check)
+            return MsrpChatStream.open(self.msrp, request.offer, request.index, options)
+
+        result = await negotiate(offer, {}, answerer)
+        chats = [s for s in result.created if isinstance(s, MsrpChatStream)]
+        if not result.accepted or not chats:
+            await result.abort()
+            raise SipError(488, "no usable MSRP chat stream")
+        state = sdp.SdpSession(
+            sess_id=self.ua.rng.randrange(1, 2**31),
+            address=chats[0].channel.local_uri.host,
+            username="chorus",
+        )
+        answer = sdp.serialize(state.answer(offer, result.decisions))
+        await result.commit()
+        return answer, chats[0]
+
+    def _check(self, content_type: str | None, body: bytes, cpim: object) -> None:
+        """Before an MSRP message is answered 200: XMPP can carry it, and is there."""
+        try:
+            chat_from_sip(content_type or "text/plain", body, max_bytes=self.max_message_bytes)
+        except MessageRefused as exc:
+            raise MsrpError(_MSRP_STATUS.get(exc.sip_status, 415), exc.reason[:80]) from None
+        if not self.component.connected:
+            raise MsrpError(403, "XMPP server unavailable")
+
+    # XMPP → SIP ---------------------------------------------------------------------------
+
+    async def route(self, message: XmppMessage, sender: SipUri, recipient: SipUri) -> bool:
+        """Take an XMPP chat message that belongs to a session (an open one, or a new one
+        when ``chat_sessions`` is on and it has a body); False leaves it to pager mode."""
+        key = SessionKey.of(message.sender, message.recipient)
+        link = self._links.get(key)
+        if link is None:
+            if not self.chat_sessions or message.chat.body is None or self._closing:
+                return False
+            link = self._start(message, key, sender, recipient)
+        core = link.core
+        routed = core.from_xmpp(message.sender, message.id, message.chat, now=self._now())
+        if routed is Routed.SEND:
+            self._send(link, message.sender, message.id, message.chat)
+        if message.chat.state == "gone":  # XEP-0085: the XMPP user left the chat
+            await self._end(link, "XMPP user gone", tell_xmpp=False)
+        self._arm()
+        return True
+
+    def _start(
+        self, message: XmppMessage, key: SessionKey, sender: SipUri, recipient: SipUri
+    ) -> _Link:
+        try:
+            core = self.table.open(
+                key,
+                Origin.XMPP,
+                xmpp_peer=message.sender,
+                sip_user=message.recipient,
+                now=self._now(),
+            )
+        except SessionsFull as exc:
+            raise StanzaRefused("resource-constraint", str(exc)) from None
+        link = _Link(core, sip_user=recipient, xmpp_user=_plain(sender))
+        self._links[key] = link
+        link.cancel = asyncio.get_running_loop().create_future()
+        task = asyncio.get_running_loop().create_task(self._invite(link))
+        self._inviting.add(task)  # not in link.tasks: an end CANCELs it instead
+        task.add_done_callback(self._inviting.discard)
+        return link
+
+    async def _invite(self, link: _Link) -> None:
+        """Our INVITE with one MSRP chat m-line; then what waited goes, or is refused."""
+        secure = self.msrp.listener(True) is not None or self.msrp.listener(False) is None
+        listening = self.msrp.listener(secure) is not None
+        stream = ChatStream(
+            self.msrp,
+            secure=secure,
+            accept_types=CHAT_TYPES,
+            accept_wrapped_types=WRAPPED_TYPES,
+            setup=Setup.ACTPASS if listening else Setup.ACTIVE,
+        )
+        state = sdp.SdpSession(
+            sess_id=self.ua.rng.randrange(1, 2**31),
+            address=stream.local_uri.host,
+            username="chorus",
+        )
+        offer = sdp.serialize(state.offer([stream.offer_media()]))
+        failure = await self._call(link, stream, offer)
+        if failure is None and link.core.end_reason is not None:
+            failure = (487, "the chat ended while ringing")
+        if failure is not None:
+            status, reason = failure
+            stream.close()
+            for item, refusal in link.core.failed(status, reason):
+                self._refuse(link.core.xmpp_peer, link.core.sip_user, item.id, refusal)
+            log.info("chat session to %s not set up: %d %s", link.sip_user, status, reason)
+            await self._end(link, f"{status} {reason}", tell_xmpp=False)
+            if link.dialog is not None:  # a 2xx that crossed our CANCEL
+                await link.dialog.bye(reason="chat ended")
+            return
+        log.info("chat session %s <-> %s from XMPP", link.xmpp_user, link.sip_user)
+        for item in link.core.established(now=self._now()):
+            self._send(link, link.core.xmpp_peer, item.id, item.chat)
+        self._reader(link)
+
+    async def _call(self, link: _Link, stream: ChatStream, offer: bytes) -> tuple[int, str] | None:
+        """INVITE, answer, MSRP connected: None, else the failure as a SIP status."""
+        try:
+            dialog, response = await place_call(
+                self.ua,
+                link.sip_user,
+                from_=NameAddr(link.xmpp_user),
+                offer=offer,
+                timeout=self.invite_timeout,
+                cancel=link.cancel,
+            )
+            if dialog is None:
+                return response.status, response.reason
+            link.dialog = dialog
+            self._watch(link, dialog)
+            answered = sdp.parse(response.body)
+            if len(answered.media) != 1 or not answered.media[0].port:
+                return 488, "chat m-line refused"
+            link.channel = stream.answered(answered.media[0])
+            if stream.remote is not None:
+                link.accept_types = stream.remote.accept_types
+                link.accept_wrapped_types = stream.remote.accept_wrapped_types or ("*",)
+            await link.channel.wait_connected(self.invite_timeout)
+        except SipError as exc:
+            return exc.status, exc.reason
+        except sdp.SdpError:
+            return 488, "unusable answer"
+        except (MsrpConnectError, TimeoutError):
+            return 480, "MSRP session not connected"
+        except OSError as exc:
+            return 503, f"SIP side not reachable: {exc}"
+        return None
+
+    def _send(self, link: _Link, sender: Jid, id: str, chat: Chat) -> None:
+        channel = link.channel
+        assert channel is not None
+        try:
+            content = msrp_content(
+                chat,
+                accept_types=link.accept_types,
+                accept_wrapped_types=link.accept_wrapped_types,
+                sender=CpimAddress(str(link.xmpp_user)),
+                recipient=CpimAddress(str(link.sip_user)),
+                now=datetime.now(UTC),
+            )
+            if content is None:
+                return
+            message_id = channel.send_message(*content)
+        except StanzaRefused as refused:
+            self._refuse(sender, link.core.sip_user, id, refused)
+            return
+        except MsrpConnectError:
+            refusal = StanzaRefused("recipient-unavailable", "the chat session's MSRP is down")
+            self._refuse(sender, link.core.sip_user, id, refusal)
+            return
+        if id and chat.body is not None:
+            link.sent[message_id] = (sender, id)
+
+    def xmpp_unavailable(self, sender: Jid) -> None:
+        """The XMPP user went offline: its sessions end (RFC 7573)."""
+        for core in self.table.of_xmpp_user(sender):
+            link = self._links.get(core.key)
+            if link is not None:
+                self._spawn(link, self._end(link, "XMPP user unavailable", tell_xmpp=False))
+
+    # Both ways: the session's life ------------------------------------------------------
+
+    def _run(self, link: _Link) -> None:
+        assert link.dialog is not None
+        self._watch(link, link.dialog)
+        self._reader(link)
+        self._arm()
+
+    def _watch(self, link: _Link, dialog: Session) -> None:
+        def ended(_: object) -> None:
+            if link.core.end_reason is None:
+                self._spawn(link, self._end(link, "SIP BYE"))
+
+        dialog.terminated.add_done_callback(ended)
+
+    def _reader(self, link: _Link) -> None:
+        self._spawn(link, self._read(link))
+
+    async def _read(self, link: _Link) -> None:
+        channel = link.channel
+        assert channel is not None
+        try:
+            await channel.wait_connected()
+        except (MsrpConnectError, TimeoutError) as exc:
+            await self._end(link, f"MSRP not connected: {exc}")
+            return
+        while True:
+            event = await channel.next_event()
+            match event:
+                case MessageReceived(content_type=content_type, body=body) if body:
+                    self._to_xmpp(link, content_type or "text/plain", body)
+                case ResponseReceived(message_id=mid, status=status) if mid and status != 200:
+                    self._refused_by_sip(link, mid, status)
+                case TransactionTimedOut(message_id=mid) if mid:
+                    self._refused_by_sip(link, mid, 408)
+                case ResponseReceived(message_id=mid) if mid:
+                    link.sent.pop(mid, None)
+                case ConnectionFailed(reason=reason):
+                    await self._end(link, f"MSRP: {reason}")
+                    return
+
+    def _to_xmpp(self, link: _Link, content_type: str, body: bytes) -> None:
+        try:
+            chat = chat_from_sip(content_type, body, max_bytes=self.max_message_bytes)
+        except MessageRefused as exc:  # the offering side has no validator: said once here
+            log.info("chat session %s: MSRP message not carried: %s", link.sip_user, exc)
+            return
+        to = link.core.from_sip(now=self._now())
+        self._arm()
+        if not self.component.connected:
+            log.info("chat session %s: XMPP server away, message not carried", link.sip_user)
+            return
+        self.component.send_chat(to, link.core.sip_user, chat, id=self.ua.token(16))
+
+    def _refused_by_sip(self, link: _Link, message_id: str, status: int) -> None:
+        origin = link.sent.pop(message_id, None)
+        if origin is not None:
+            sender, stanza_id = origin
+            refusal = StanzaRefused("recipient-unavailable", f"the SIP side answered {status}")
+            self._refuse(sender, link.core.sip_user, stanza_id, refusal)
+
+    def _refuse(self, to: Jid, from_: Jid, id: str, refused: StanzaRefused) -> None:
+        log.info("XMPP message from %s refused: %s", to, refused)
+        if self.component.connected:
+            condition, text = refused.condition, refused.text
+            self.component.send_error(to, from_, id=id, condition=condition, text=text)
+
+    async def _end(self, link: _Link, reason: str, *, tell_xmpp: bool = True) -> None:
+        """End the session: BYE toward SIP while the dialog is up, ``gone`` toward XMPP
+        (unless XMPP left), the MSRP session closed."""
+        core = link.core
+        first = core.end(reason)
+        self._forget(link)
+        if not first:
+            return
+        log.info("chat session %s <-> %s ended: %s", core.sip_user, core.xmpp_peer, reason)
+        if link.cancel is not None and not link.cancel.done():
+            link.cancel.set_result(None)  # an INVITE still ringing is CANCELled
+        if link.channel is not None:
+            link.channel.close()
+        if tell_xmpp and self.component.connected:
+            gone = Chat(state="gone")
+            self.component.send_chat(core.xmpp_peer, core.sip_user, gone, id=self.ua.token(16))
+        if link.dialog is not None:
+            with contextlib.suppress(Exception):
+                await link.dialog.bye(reason=reason)
+        current = asyncio.current_task()
+        for task in list(link.tasks):
+            if task is not current:
+                task.cancel()
+
+    def _forget(self, link: _Link) -> None:
+        self.table.discard(link.core)
+        if self._links.get(link.core.key) is link:
+            del self._links[link.core.key]
+        self._arm()
+
+    def _spawn(self, link: _Link, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        link.tasks.add(task)
+        task.add_done_callback(link.tasks.discard)
+
+    def _arm(self) -> None:
+        """One timer, at the earliest idle deadline of the table."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.table.next_deadline()
+        if deadline is not None and not self._closing:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._idle)
+
+    def _idle(self) -> None:
+        self._timer = None
+        for core in self.table.expired(self._now()):
+            self.table.discard(core)  # now: the next deadline is another session's
+            link = self._links.get(core.key)
+            if link is not None:
+                self._spawn(link, self._end(link, f"idle {self.table.idle:g} s"))
+        self._arm()
+
+    async def shutdown(self) -> None:
+        self._closing = True
+        links = list(self._links.values())
+        await asyncio.gather(
+            *(self._end(link, "shutdown") for link in links), return_exceptions=True
+        )
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
