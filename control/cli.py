@@ -38,7 +38,6 @@ from control.store import DATABASE_NAME, HistoryStore, Retention
 from control.streams import FileStore
 from control.web import build_web_server, screen_limits
 from control.web.api import URL_FILE, AdminApi, api_dir, load_token
-from control.web.dashboard_model import NodeDashboard
 from control.xmpp.addressing import Addressing
 from control.xmpp.app import GatewaySettings, XmppGateway
 from control.xmpp.mucgw import MucGateway, MucSettings
@@ -141,7 +140,6 @@ def build_server(config: Config, *, room_observer: RoomObserver | None = None) -
         conference = server.applications["conference"]
         assert isinstance(conference, ConferenceApp)
         muc = muc_gateway(config, conference, media_host, server.ua.token)
-        conference.referrals.remote = muc  # REFER method=INVITE to an XMPP user: MUC invite
         gateway = XmppGateway(server.ua, gateway_settings(config), muc=muc, msrp=server.msrp)
         server.register("xmpp", gateway)
         mapping = {domain: "xmpp" for domain in config.xmpp.xmpp_domains}
@@ -189,7 +187,6 @@ def muc_gateway(
         conference_domain=xmpp.conference_domain or media_host.lower(),
         reconnect_max=xmpp.reconnect_max,
         max_message_bytes=xmpp.max_message_bytes,
-        invite_timeout=config.conference.refer_timeout,
     )
     addressing = Addressing(xmpp.sip_domains, xmpp.xmpp_domains)
     return MucGateway(rooms, addressing, settings, token=lambda: token(16))
@@ -208,28 +205,22 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     assert isinstance(conference, ConferenceApp)
     web = None
     if conference.screens is not None and conference.files is not None:
-        sources = MetricSources(
-            server.ua,
-            server.msrp,
-            conference=conference,
-            cluster=cluster,
-            xmpp=gateway if isinstance(gateway, XmppGateway) else None,
+        metrics = NodeMetrics(
+            MetricSources(
+                server.ua,
+                server.msrp,
+                conference=conference,
+                cluster=cluster,
+                xmpp=gateway if isinstance(gateway, XmppGateway) else None,
+            )
         )
-        operator = load_token(config)  # the admin API's: the dashboard's and /metrics'
-        pid_file = config.pid_path()
         web = build_web_server(
             config,
             conference.screens.board,
             rooms=conference,
             files=conference.files.files,
-            metrics=NodeMetrics(sources),
-            metrics_token=None if config.web.metrics_public else operator,
-            # The drain button does what `chorus drain [--undo]` does: signal this node.
-            dashboard=NodeDashboard(
-                sources,
-                drain=(lambda undo: signal_running_node(pid_file, undo=undo)) if cluster else None,
-            ),
-            operator_token=operator,
+            metrics=metrics,
+            metrics_token=None if config.web.metrics_public else load_token(config),
         )
     if web is not None:
         conference.publish(web.urls)
