@@ -525,10 +525,14 @@ class UserAgent:
             return
         self._counter += 1
         heapq.heappush(self._heap, (deadline, self._counter, owner))
-        if self._timer is None or deadline < self._timer.when():
+        # Armed for the heap's first deadline, not this owner's: while `_fire` runs the timer
+        # is unset, and an owner rescheduled there for later (a transaction's Timer K) must
+        # not hide an earlier deadline still in the heap (a session's refresh).
+        first = self._heap[0][0]
+        if self._timer is None or first < self._timer.when():
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._fire)
+            self._timer = asyncio.get_running_loop().call_at(first, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
