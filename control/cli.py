@@ -38,6 +38,7 @@ from control.store import DATABASE_NAME, HistoryStore, Retention
 from control.streams import FileStore
 from control.web import build_web_server, screen_limits
 from control.web.api import URL_FILE, AdminApi, api_dir, load_token
+from control.web.dashboard_model import NodeDashboard
 from control.xmpp.addressing import Addressing
 from control.xmpp.app import GatewaySettings, XmppGateway
 from control.xmpp.mucgw import MucGateway, MucSettings
@@ -205,22 +206,28 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     assert isinstance(conference, ConferenceApp)
     web = None
     if conference.screens is not None and conference.files is not None:
-        metrics = NodeMetrics(
-            MetricSources(
-                server.ua,
-                server.msrp,
-                conference=conference,
-                cluster=cluster,
-                xmpp=gateway if isinstance(gateway, XmppGateway) else None,
-            )
+        sources = MetricSources(
+            server.ua,
+            server.msrp,
+            conference=conference,
+            cluster=cluster,
+            xmpp=gateway if isinstance(gateway, XmppGateway) else None,
         )
+        operator = load_token(config)  # the admin API's: the dashboard's and /metrics'
+        pid_file = config.pid_path()
         web = build_web_server(
             config,
             conference.screens.board,
             rooms=conference,
             files=conference.files.files,
-            metrics=metrics,
-            metrics_token=None if config.web.metrics_public else load_token(config),
+            metrics=NodeMetrics(sources),
+            metrics_token=None if config.web.metrics_public else operator,
+            # The drain button does what `chorus drain [--undo]` does: signal this node.
+            dashboard=NodeDashboard(
+                sources,
+                drain=(lambda undo: signal_running_node(pid_file, undo=undo)) if cluster else None,
+            ),
+            operator_token=operator,
         )
     if web is not None:
         conference.publish(web.urls)

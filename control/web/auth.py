@@ -12,9 +12,14 @@ import logging
 
 from aiohttp import web
 
-__all__ = ["bearer_refusal"]
+__all__ = ["bearer_refusal", "token_matches"]
 
 log = logging.getLogger("chorus.api")
+
+
+def token_matches(given: str, token: str) -> bool:
+    """The operator's token, compared in constant time (a WebSocket sends it as a message)."""
+    return hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def bearer_refusal(request: web.Request, token: str) -> web.Response | None:
@@ -27,7 +32,7 @@ def bearer_refusal(request: web.Request, token: str) -> web.Response | None:
             status=401,
             headers={"WWW-Authenticate": 'Bearer realm="chorus"'},
         )
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+    if not token_matches(given, token):
         log.warning("wrong bearer token from %s for %s", request.remote, request.path)
         challenge = 'Bearer realm="chorus", error="invalid_token"'
         return web.json_response(

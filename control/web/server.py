@@ -14,6 +14,8 @@ elsewhere), for a TLS proxy on the same host. Routes, all behind signed tokens (
     GET /metrics                                Prometheus exposition (control/metrics.py),
                                                 behind the admin API's bearer token unless
                                                 ``[web] metrics_public``
+    GET /dashboard, /dashboard/ws, /static/dashboard.js, POST /dashboard/drain
+                                                the operator's dashboard (dashboard.py)
 
 `WebServer.urls` builds the signed URLs the conference announces.
 """
@@ -34,6 +36,7 @@ from control.config import Config, ListenAddress
 from control.tls import ensure_certificate
 from control.web.auth import bearer_refusal
 from control.web.context import CONTEXT, WebContext, WebUrls
+from control.web.dashboard import Dashboard, DashboardModel
 from control.web.files import FileDownloads
 from control.web.pages import RoomPages
 from control.web.screens import ScreenViews
@@ -100,6 +103,8 @@ class WebServer:
         clock: Callable[[], float] = time.time,
         metrics: MetricsSource | None = None,
         metrics_token: str | None = None,
+        dashboard: DashboardModel | None = None,
+        operator_token: str | None = None,
     ) -> None:
         if (listen.transport == "https") != (ssl_context is not None):
             raise ValueError("https needs an SSL context, http must not have one")
@@ -125,6 +130,12 @@ class WebServer:
             self.app.router.add_get("/files/{room}/{sha1}", FileDownloads(files).download)
         if metrics is not None:
             self.app.router.add_get("/metrics", _MetricsView(metrics, metrics_token).scrape)
+        self._dashboard: Dashboard | None = None
+        if dashboard is not None:
+            if operator_token is None:
+                raise ValueError("the dashboard needs the operator's token")
+            self._dashboard = Dashboard(dashboard, operator_token)
+            self._dashboard.add_routes(self.app.router)
         self._runner: web.AppRunner | None = None
         self.bound: tuple[str, int] | None = None
 
@@ -153,6 +164,8 @@ class WebServer:
 
     async def stop(self) -> None:
         self._views.close()  # live viewers end now rather than after aiohttp's grace period
+        if self._dashboard is not None:
+            self._dashboard.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -177,9 +190,12 @@ def build_web_server(
     files: FileSource | None = None,
     metrics: MetricsSource | None = None,
     metrics_token: str | None = None,
+    dashboard: DashboardModel | None = None,
+    operator_token: str | None = None,
 ) -> WebServer | None:
     """The web server `[web]` asks for (None when `[web] listen` is not set). Its /metrics
-    (when `metrics` is given) takes `metrics_token` as a bearer token, or none if None."""
+    (when `metrics` is given) takes `metrics_token` as a bearer token, or none if None; the
+    dashboard (when given) always takes `operator_token`."""
     listen = config.web.listen
     if listen is None:
         return None
@@ -199,4 +215,6 @@ def build_web_server(
         ssl_context=context,
         metrics=metrics,
         metrics_token=metrics_token,
+        dashboard=dashboard,
+        operator_token=operator_token,
     )
