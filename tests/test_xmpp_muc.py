@@ -12,16 +12,20 @@ from control.xmpp.addressing import Jid
 from control.xmpp.muc import (
     DELAY_NS,
     MUC_USER_NS,
+    Declined,
     GroupMessage,
     HistoryRequest,
+    Invitation,
     MucError,
     MucLeave,
     MucPresence,
     Occupant,
     PrivateMessage,
     ViewChange,
+    declined,
     error_reply,
     groupchat,
+    invitation,
     occupant_presence,
     parse_message,
     parse_presence,
@@ -237,3 +241,40 @@ def test_view_changes_leaves_renames_joins_updates() -> None:
         ViewChange(dave),
     ]
     assert view_changes(told, told) == []
+
+
+def test_mediated_invitation_and_decline() -> None:
+    invite = xml(
+        f"<message from='bob@xmpp.localhost/desk' to='lobby@{MUC}' id='i1'>"
+        f"<x xmlns='{MUC_USER_NS}'><invite to='dave@sip.localhost'><reason>join us</reason>"
+        "</invite></x></message>"
+    )
+    assert parse_message(invite, muc_domain=MUC) == Invitation(
+        BOB, "lobby", "i1", Jid("dave", "sip.localhost"), "join us"
+    )
+    decline = xml(
+        f"<message from='bob@xmpp.localhost/desk' to='lobby@{MUC}'>"
+        f"<x xmlns='{MUC_USER_NS}'><decline to='alice@xmpp.localhost'/></x></message>"
+    )
+    assert parse_message(decline, muc_domain=MUC) == Declined(
+        BOB, "lobby", Jid("alice", "xmpp.localhost"), None
+    )
+    for bad in ("<invite/>", "<item/>"):
+        stanza = xml(
+            f"<message from='bob@xmpp.localhost/desk' to='lobby@{MUC}'>"
+            f"<x xmlns='{MUC_USER_NS}'>{bad}</x></message>"
+        )
+        with pytest.raises(MucError) as refused:
+            parse_message(stanza, muc_domain=MUC)
+        assert refused.value.condition == "bad-request"
+
+
+def test_invitation_and_decline_from_the_room() -> None:
+    sent = invitation(BOB, ROOM, f"lobby@{MUC}/Alice", "Alice invites you", id="v1")
+    assert sent.get("from") == f"lobby@{MUC}" and sent.get("type") is None
+    element = sent.find(f"{{{MUC_USER_NS}}}x/{{{MUC_USER_NS}}}invite")
+    assert element is not None and element.get("from") == f"lobby@{MUC}/Alice"
+    assert element.findtext(f"{{{MUC_USER_NS}}}reason") == "Alice invites you"
+    back = declined(BOB, ROOM, "dave@sip.localhost", "486 Busy Here", id="d1")
+    element = back.find(f"{{{MUC_USER_NS}}}x/{{{MUC_USER_NS}}}decline")
+    assert element is not None and element.get("from") == "dave@sip.localhost"

@@ -43,12 +43,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from control.app import Application, ReferProgress, Referral, serve_dialog
+from control.app import Application, Referral, serve_dialog
 from control.media.engine import ParticipantId, RoomId
 from control.settings import Config
 from control.sip import sdp
 from control.sip.errors import SipError
 from control.sip.message import Response, reason_phrase
+from control.sip.notifier import EventPolicy
 from control.sip.session import Session, place_call
 from control.sip.uri import NameAddr, SipUri, parse_uri
 from control.sip.useragent import UserAgent
@@ -63,7 +64,9 @@ from .room import Room, room_id_for, room_uri_for
 __all__ = [
     "ReferHost",
     "ReferPolicy",
+    "Progress",
     "ReferTarget",
+    "RemoteInvitations",
     "Referrals",
     "parse_refer_to",
     "target_allowed",
@@ -188,15 +191,34 @@ class ReferHost(Application, Protocol):
         """In the room until its session ends (the answer was sent)."""
 
 
+class Progress(Protocol):
+    """Where a dial-out's progress goes: the REFER's sipfrag NOTIFYs (ReferProgress), or a
+    MUC inviter (control/xmpp/mucgw.py); a status >= 200 is the final one."""
+
+    def notify(self, status: int, reason: str | None = None) -> None: ...
+
+
+class RemoteInvitations(Protocol):
+    """Invitees the room reaches by other means than an INVITE: XMPP users get a MUC
+    invitation (control/xmpp/mucgw.py) for a REFER method=INVITE naming them."""
+
+    def serves(self, target: SipUri) -> bool: ...
+
+    async def invite(
+        self, room: Room, target: SipUri, referred_by: NameAddr, progress: Progress
+    ) -> None: ...
+
+
 @dataclass(slots=True)
 class _Referrer:
     uri: str
     participant: Participant | None
     moderator: bool
+    chatting: bool = False  # in the room's chat without a SIP session (a MUC occupant)
 
     @property
     def in_room(self) -> bool:
-        return self.moderator or self.participant is not None
+        return self.moderator or self.participant is not None or self.chatting
 
 
 @dataclass(slots=True, eq=False)
@@ -234,6 +256,7 @@ class Referrals:
         self.policy = policy
         self.host = host
         self._pending: dict[RoomId, set[_DialOut]] = {}
+        self.remote: RemoteInvitations | None = None  # set by the MUC gateway's wiring (cli)
 
     # --- the REFER -------------------------------------------------------------------------
 
@@ -253,12 +276,37 @@ class Referrals:
         if target.method == "BYE":
             await self._remove(referral, room, referrer, target)
             return
-        dial = _DialOut(room, asyncio.get_running_loop().create_future())
-        self._pending.setdefault(room.id, set()).add(dial)
         progress = referral.accept()
         sender = referral.referrer  # RFC 3892 §3: the REFER's Referred-By, else the referrer
         referred_by = referral.referred_by or NameAddr(sender.uri, sender.display_name)
-        self.host.ua.spawn(self._dial(dial, progress, target, referred_by, referral))
+        if self.remote is not None and self.remote.serves(target.uri):
+            self.host.ua.spawn(self.remote.invite(room, target.uri, referred_by, progress))
+            return
+        self._start_dial(room, progress, target, referred_by, referral.policy)
+
+    def invite(self, room: Room, target: SipUri, *, by: NameAddr, progress: Progress) -> None:
+        """A mediated invitation from a chat-only member (an XMPP occupant's MUC invite,
+        control/xmpp/mucgw.py): REFER method=INVITE's checks (who, whom, room full) and its
+        dial-out, progress to ``progress``; SipError when refused."""
+        uri = identity_uri(by)
+        moderator = self.host.moderation.role_for(room, uri) == MODERATOR
+        referrer = _Referrer(uri, None, moderator, chatting=True)
+        refer_target = parse_refer_to(NameAddr(target))
+        self._check_invite(room, referrer, refer_target)
+        log.info("MUC invitation of %s to %s by %s", refer_target.identity, room.id, uri)
+        self._start_dial(room, progress, refer_target, by, None)
+
+    def _start_dial(
+        self,
+        room: Room,
+        progress: Progress,
+        target: ReferTarget,
+        referred_by: NameAddr,
+        policy: EventPolicy | None,
+    ) -> None:
+        dial = _DialOut(room, asyncio.get_running_loop().create_future())
+        self._pending.setdefault(room.id, set()).add(dial)
+        self.host.ua.spawn(self._dial(dial, progress, target, referred_by, policy))
 
     def _check(self, referral: Referral) -> tuple[Room, _Referrer, ReferTarget]:
         room = self.host.room_of(referral.session, referral.request_uri)
@@ -270,11 +318,16 @@ class Referrals:
             if not referrer.moderator:
                 raise SipError(403, "Only a moderator may remove participants")
             return room, referrer, target
+        self._check_invite(room, referrer, target)
+        return room, referrer, target
+
+    def _check_invite(self, room: Room, referrer: _Referrer, target: ReferTarget) -> None:
         if self.policy.who == "moderators" and not referrer.moderator:
             raise SipError(403, "Only a moderator may invite")
         if not referrer.in_room:
             raise SipError(403, "Only participants may invite")
-        if not self.policy.allows(target.uri, room):
+        remote = self.remote is not None and self.remote.serves(target.uri)
+        if not remote and not self.policy.allows(target.uri, room):
             raise SipError(403, "Target not allowed")
         if room_id_for(target.uri) == room.id:
             raise SipError(403, "A room cannot invite itself")
@@ -285,7 +338,6 @@ class Referrals:
             raise SipError(486, "Room is full")
         if pending >= self.policy.max_pending:
             raise SipError(486, "Too many invitations ringing")
-        return room, referrer, target
 
     def _referrer(self, room: Room, referral: Referral) -> _Referrer:
         """The dialog's participant, else whoever the From names (unauthenticated here)."""
@@ -322,10 +374,10 @@ class Referrals:
     async def _dial(
         self,
         dial: _DialOut,
-        progress: ReferProgress,
+        progress: Progress,
         target: ReferTarget,
         referred_by: NameAddr,
-        referral: Referral,
+        policy: EventPolicy | None,
     ) -> None:
         """INVITE the target; the final NOTIFY always goes, whatever happens."""
         loop = asyncio.get_running_loop()
@@ -343,13 +395,13 @@ class Referrals:
                 await dial.negotiation.abort()
             progress.notify(status, reason)
         if participant is not None and dial.negotiation is not None:
-            serve_dialog(participant.session, self.host, referral.policy)
+            serve_dialog(participant.session, self.host, policy)
             await self.host.attend(dial.room, participant, dial.negotiation)
 
     async def _invite(
         self,
         dial: _DialOut,
-        progress: ReferProgress,
+        progress: Progress,
         target: ReferTarget,
         referred_by: NameAddr,
     ) -> tuple[Participant | None, int, str]:

@@ -34,8 +34,10 @@ __all__ = [
     "KICKED",
     "MUC_NS",
     "MUC_USER_NS",
+    "Declined",
     "GroupMessage",
     "HistoryRequest",
+    "Invitation",
     "MucError",
     "MucLeave",
     "MucPresence",
@@ -43,9 +45,11 @@ __all__ = [
     "PrivateMessage",
     "ViewChange",
     "check_nick",
+    "declined",
     "error_reply",
     "fold",
     "groupchat",
+    "invitation",
     "occupant_presence",
     "parse_message",
     "parse_presence",
@@ -141,6 +145,27 @@ class PrivateMessage:
     nick: str
     id: str
     body: str
+
+
+@dataclass(frozen=True, slots=True)
+class Invitation:
+    """An occupant asks the room to invite ``to`` (§7.8.2, mediated)."""
+
+    sender: Jid
+    room: str
+    id: str
+    to: Jid
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Declined:
+    """An invitee declines the room's invitation (§7.8.2); ``to`` the inviter, if named."""
+
+    sender: Jid
+    room: str
+    to: Jid | None
+    reason: str | None = None
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -242,7 +267,7 @@ def parse_presence(stanza: ET.Element, *, muc_domain: str) -> MucPresence | MucL
 
 def parse_message(
     stanza: ET.Element, *, muc_domain: str, max_body: int = MAX_BODY
-) -> GroupMessage | PrivateMessage | None:
+) -> GroupMessage | PrivateMessage | Invitation | Declined | None:
     """One message to the MUC domain; None for an error bounce (nothing to answer)."""
     kind = stanza.get("type") or "normal"
     if kind == "error":
@@ -264,9 +289,30 @@ def parse_message(
         if body is None:
             raise MucError("bad-request", "private message without a body")
         return PrivateMessage(sender, room, recipient.resource, stanza_id, body)
-    if kind == "normal" and stanza.find(f"{{{MUC_USER_NS}}}x") is not None:
-        raise MucError("feature-not-implemented", "mediated invitations are not carried yet")
+    x = stanza.find(f"{{{MUC_USER_NS}}}x")
+    if kind == "normal" and x is not None and recipient.resource is None:
+        return _mediated(x, sender, room, stanza_id)
     raise MucError("bad-request", f"a {kind} message to the room itself")
+
+
+def _mediated(x: ET.Element, sender: Jid, room: str, stanza_id: str) -> Invitation | Declined:
+    """§7.8.2 a mediated invitation (``<invite to=…/>``), §7.8.2 its decline."""
+    invite = x.find(f"{{{MUC_USER_NS}}}invite")
+    decline = x.find(f"{{{MUC_USER_NS}}}decline")
+    element = invite if invite is not None else decline
+    if element is None:
+        raise MucError("bad-request", "a muc#user message with neither invite nor decline")
+    reason = element.findtext(f"{{{MUC_USER_NS}}}reason")
+    address = element.get("to")
+    try:
+        to = parse_jid(address) if address else None
+    except AddressRefused as exc:
+        raise MucError("jid-malformed", exc.reason) from None
+    if invite is not None:
+        if to is None:
+            raise MucError("bad-request", "an invitation names no invitee (to)")
+        return Invitation(sender, room, stanza_id, to, reason)
+    return Declined(sender, room, to, reason)
 
 
 # --- occupants -------------------------------------------------------------------------------
@@ -432,6 +478,26 @@ def private_chat(
     stanza = _stanza("message", to, Jid(room.local, room.domain, nick), type="chat", id=id)
     _body(stanza, body, xhtml)
     ET.SubElement(stanza, f"{{{MUC_USER_NS}}}x")
+    return stanza
+
+
+def invitation(to: Jid, room: Jid, inviter: str, reason: str | None, *, id: str) -> ET.Element:
+    """The room's mediated invitation to ``to`` (§7.8.2): ``<invite from=inviter/>``."""
+    stanza = _stanza("message", to, room, id=id)
+    x = ET.SubElement(stanza, f"{{{MUC_USER_NS}}}x")
+    invite = ET.SubElement(x, f"{{{MUC_USER_NS}}}invite", {"from": inviter})
+    if reason:
+        ET.SubElement(invite, f"{{{MUC_USER_NS}}}reason").text = reason
+    return stanza
+
+
+def declined(to: Jid, room: Jid, invitee: str, reason: str | None, *, id: str) -> ET.Element:
+    """An invitation declined, to its inviter (§7.8.2): ``<decline from=invitee/>``."""
+    stanza = _stanza("message", to, room, id=id)
+    x = ET.SubElement(stanza, f"{{{MUC_USER_NS}}}x")
+    decline = ET.SubElement(x, f"{{{MUC_USER_NS}}}decline", {"from": invitee})
+    if reason:
+        ET.SubElement(decline, f"{{{MUC_USER_NS}}}reason").text = reason
     return stanza
 
 

@@ -38,6 +38,7 @@ from slixmpp.xmlstream import StanzaBase
 from control.conference.chat import TOO_MANY as CHAT_TOO_MANY
 from control.conference.chat import ChatMember, ChatSessionId, identity_key
 from control.conference.notices import CHORUS_NS, NoticeKind, notice_text
+from control.conference.refer import Progress, Referrals
 from control.conference.room import Room
 from control.media.engine import ParticipantId, RoomId
 from control.msrp.cpim import CPIM_CONTENT_TYPE, CpimAddress, CpimMessage, parse_cpim
@@ -45,22 +46,28 @@ from control.msrp.errors import CpimError, MsrpError
 from control.msrp.events import ConnectionFailed, Event, MessageReceived, NicknameRequested
 from control.msrp.iscomposing import ISCOMPOSING_CONTENT_TYPE
 from control.msrp.message import ByteRange, FailureReport
+from control.sip.errors import SipError
+from control.sip.uri import NameAddr, SipUri, parse_uri
 from control.xmpp.addressing import Addressing, AddressRefused, Jid
 from control.xmpp.component import Component
 from control.xmpp.messages import Chat, MessageRefused, chat_from_sip, sip_from_chat
 from control.xmpp.muc import (
     KICKED,
     MUC_NS,
+    Declined,
     GroupMessage,
     HistoryRequest,
+    Invitation,
     MucError,
     MucLeave,
     MucPresence,
     Occupant,
     PrivateMessage,
+    declined,
     error_reply,
     fold,
     groupchat,
+    invitation,
     occupant_presence,
     parse_message,
     parse_presence,
@@ -83,9 +90,10 @@ PENDING_REPORTS = 256  # private messages per occupant remembered for a failure 
 
 
 class Rooms(Protocol):
-    """The live conference rooms (ConferenceApp has them)."""
+    """The live conference rooms and their REFER dial-outs (ConferenceApp has them)."""
 
     rooms: dict[RoomId, Room]
+    referrals: Referrals
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,7 @@ class MucSettings:
     conference_domain: str  # the SIP host of the rooms: room@muc_domain ↔ room@this
     reconnect_max: float = 30.0
     max_message_bytes: int = 65536
+    invite_timeout: float = 60.0  # [conference] refer_timeout: an invitee's time to join
 
 
 class MucComponent(Component):
@@ -256,6 +265,8 @@ class MucGateway:
         self.wall = wall
         self.component = MucComponent(settings, self.stanza)
         self.occupancies: dict[tuple[str, RoomId], Occupancy] = {}
+        # (room, invitee's bare JID) -> the REFERs waiting for it to join or decline
+        self._invited: dict[tuple[RoomId, str], list[asyncio.Future[tuple[int, str]]]] = {}
         self._listeners: dict[RoomId, Callable[[], None]] = {}
 
     def start(self) -> None:
@@ -289,6 +300,10 @@ class MucGateway:
                     self._groupchat(message)
                 elif isinstance(message, PrivateMessage):
                     self._private(message)
+                elif isinstance(message, Invitation):
+                    self._invitation(message)
+                elif isinstance(message, Declined):
+                    self._declined(message)
         except MucError as exc:
             log.info("MUC %s from %s refused: %s %s", name, element.get("from"), exc.condition, exc)
             self._reply_error(element, exc)
@@ -459,6 +474,7 @@ class MucGateway:
         if occupancy.history_left == 0:
             self._send_subject(occupancy)
         self.refresh(room)  # the others see the joiner
+        self._answer_invited(room, bare.bare, (200, "OK"))
         if first:
             text = notice_text(NoticeKind.JOINED, presence.nick)
             chat.notice(NoticeKind.JOINED, text, exclude_participant=member.participant)
@@ -727,6 +743,115 @@ class MucGateway:
         )
         if reply is not None:
             self._send(reply)
+
+    # --- mediated invitations (XEP-0045 §7.8.2) <-> REFER method=INVITE (RFC 4579 §5.5) ------
+
+    def serves(self, target: SipUri) -> bool:
+        """A REFER target in an XMPP domain the gateway serves gets a MUC invitation."""
+        return self.addressing.serves_xmpp_domain(target.host)
+
+    async def invite(
+        self, room: Room, target: SipUri, referred_by: NameAddr, progress: Progress
+    ) -> None:
+        """REFER method=INVITE to an XMPP user: the room's mediated invitation; the sipfrag's
+        final status is 200 when the invitee joins, 603 when it declines, 408 when it does
+        neither within the REFER timeout (503 while the XMPP server is away)."""
+        try:
+            invitee = self.addressing.sip_to_jid(target, side="xmpp")
+        except AddressRefused as exc:
+            progress.notify(exc.sip_status, exc.reason)
+            return
+        bare = Jid(invitee.local, invitee.domain)
+        room_jid = self.room_jid(room)
+        inviter = self._seat_jid(room, str(referred_by.uri)) or room_jid
+        answer: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
+        waiting = self._invited.setdefault((room.id, bare.bare), [])
+        waiting.append(answer)
+        try:
+            name = referred_by.display_name or inviter.resource or "someone"
+            reason = f"{name} invites you to {room_jid.local}"
+            self.component.send_xml(
+                invitation(bare, room_jid, str(inviter), reason, id=self.token())
+            )
+            progress.notify(180, "Invited over XMPP")
+            status, text = await asyncio.wait_for(answer, self.settings.invite_timeout)
+        except ConnectionError:
+            status, text = 503, "XMPP server unavailable"
+        except TimeoutError:
+            status, text = 408, "The invitee did not join"
+        finally:
+            if answer in waiting:
+                waiting.remove(answer)
+            if not waiting:
+                self._invited.pop((room.id, bare.bare), None)
+        log.info("MUC invitation of %s to %s: %d %s", bare, room.id, status, text)
+        progress.notify(status, text)
+
+    def _answer_invited(self, room: Room, bare: str, answer: tuple[int, str]) -> None:
+        for future in self._invited.get((room.id, bare), []):
+            if not future.done():
+                future.set_result(answer)
+
+    def _seat_jid(self, room: Room, uri: str) -> Jid | None:
+        key = _key(uri)
+        seat = next((s for s in self.seats(room) if s.key == key), None)
+        if seat is None:
+            return None
+        room_jid = self.room_jid(room)
+        return Jid(room_jid.local, room_jid.domain, seat.occupant.nick)
+
+    def _invitation(self, message: Invitation) -> None:
+        """An occupant invites someone: a SIP user of the gateway's SIP domains is dialled
+        (REFER method=INVITE's checks and dial-out, the room's refer_policy deciding who may),
+        anyone else gets the room's invitation (§7.8.2)."""
+        occupancy = self._occupancy(message.sender, message.room)
+        room = occupancy.room
+        room_jid = self.room_jid(room)
+        to = Jid(message.to.local, message.to.domain)
+        if to.domain not in self.addressing.sip_domains:
+            inviter = Jid(room_jid.local, room_jid.domain, occupancy.nick)
+            self._send(invitation(to, room_jid, str(inviter), message.reason, id=self.token()))
+            return
+        try:
+            target = self.addressing.jid_to_sip(to, side="sip")
+        except AddressRefused as exc:
+            raise MucError(exc.condition, exc.reason) from None
+        by = NameAddr(parse_uri(occupancy.member.uri), occupancy.nick)
+        progress = _InviterProgress(self, occupancy, to)
+        try:
+            self.rooms.referrals.invite(room, target, by=by, progress=progress)
+        except SipError as exc:
+            condition = "forbidden" if exc.status == 403 else "resource-constraint"
+            raise MucError(condition, exc.reason) from None
+
+    def _declined(self, message: Declined) -> None:
+        room = self._room(message.room)
+        invitee = Jid(message.sender.local, message.sender.domain)
+        self._answer_invited(room, invitee.bare, (603, message.reason or "Declined"))
+        to = message.to
+        if to is not None and to.domain != self.settings.muc_domain:
+            room_jid = self.room_jid(room)
+            self._send(declined(to, room_jid, invitee.bare, message.reason, id=self.token()))
+
+
+class _InviterProgress:
+    """A MUC inviter's view of the dial-out: a failure comes back as a decline (§7.8.2);
+    success shows as the invitee's presence in the room."""
+
+    def __init__(self, gateway: MucGateway, occupancy: Occupancy, invitee: Jid) -> None:
+        self.gateway = gateway
+        self.occupancy = occupancy
+        self.invitee = invitee
+
+    def notify(self, status: int, reason: str | None = None) -> None:
+        if status < 300:
+            return
+        room_jid = self.gateway.room_jid(self.occupancy.room)
+        text = f"{status} {reason or ''}".strip()
+        stanza = declined(
+            self.occupancy.jid, room_jid, self.invitee.bare, text, id=self.gateway.token()
+        )
+        self.gateway._send(stanza)
 
 
 def _stanza_like(sender: Jid, to: str, stanza_id: str, *, name: str = "presence") -> ET.Element:
