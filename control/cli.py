@@ -141,6 +141,7 @@ def build_server(config: Config, *, room_observer: RoomObserver | None = None) -
         conference = server.applications["conference"]
         assert isinstance(conference, ConferenceApp)
         muc = muc_gateway(config, conference, media_host, server.ua.token)
+        conference.referrals.remote = muc  # REFER method=INVITE to an XMPP user: MUC invite
         gateway = XmppGateway(server.ua, gateway_settings(config), muc=muc, msrp=server.msrp)
         server.register("xmpp", gateway)
         mapping = {domain: "xmpp" for domain in config.xmpp.xmpp_domains}
@@ -188,6 +189,7 @@ def muc_gateway(
         conference_domain=xmpp.conference_domain or media_host.lower(),
         reconnect_max=xmpp.reconnect_max,
         max_message_bytes=xmpp.max_message_bytes,
+        invite_timeout=config.conference.refer_timeout,
     )
     addressing = Addressing(xmpp.sip_domains, xmpp.xmpp_domains)
     return MucGateway(rooms, addressing, settings, token=lambda: token(16))
