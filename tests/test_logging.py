@@ -108,7 +108,7 @@ async def test_chorus_serve_writes_json_lines() -> None:
         records = lines()
     assert all({"time", "level", "logger", "message"} <= set(d) for d in records)
     assert any(d["logger"] == "chorus" and d["message"] == "chorus ready" for d in records)
-    ours = [d for d in records if d["logger"] == "chorus.conference"]
+    ours = [d for d in records if d["logger"] == "chorus.conference.room"]
     joined = [d for d in ours if " joined logged@" in str(d["message"])]
     gone = [d for d in ours if "left logged@" in str(d["message"])]
     assert len(joined) == len(gone) == 1, records

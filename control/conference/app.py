@@ -300,13 +300,6 @@ class ConferenceApp:
         dial-out): in the room until its session ends."""
         await result.commit()
         room.add(participant)
-        log.info(
-            "%s joined %s with %s",
-            participant.identity.uri,
-            room.id,
-            ", ".join(sorted(kind.value for kind in participant.kinds)) or "nothing",
-            extra={"room": room.id, "call_id": participant.session.dialog.call_id},
-        )
         await self.moderation.joined(room, participant)
         self._files_started(room, participant, result.created)
         on_reoffer(participant.session, lambda reoffer: self._reinvite(room, participant, reoffer))

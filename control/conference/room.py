@@ -62,6 +62,13 @@ def room_uri_for(room_id: RoomId) -> str:
     return f"sip:{room_id}"
 
 
+def _fields(room: Room, participant: Participant) -> dict[str, str | None]:
+    """What a structured log line (``[server] log_format = "json"``) carries as fields. A
+    log line never raises: a session without a dialog (a stand-in) has no Call-ID."""
+    dialog = getattr(participant.session, "dialog", None)
+    return {"room": room.id, "call_id": getattr(dialog, "call_id", None)}
+
+
 class Room:
     def __init__(
         self,
@@ -126,7 +133,14 @@ class Room:
         """A participant whose answer was sent: joined, with its first streams."""
         self.participants[participant.id] = participant
         participant.transfer_only = participant.kinds == {MediaKind.FILE}
-        log.info("%s joined %s (%d in room)", participant.identity.uri, self.id, len(self))
+        log.info(
+            "%s joined %s with %s (%d in room)",
+            participant.identity.uri,
+            self.id,
+            ", ".join(sorted(kind.value for kind in participant.kinds)) or "nothing",
+            len(self),
+            extra=_fields(self, participant),
+        )
         if not participant.awaiting_pin:
             self.admitted(participant)
         self.changed()
@@ -142,7 +156,13 @@ class Room:
         participant = self.participants.pop(participant_id, None)
         if participant is not None:
             self.streams_stopped(participant, participant.streams.values(), announce=False)
-            log.info("%s left %s (%d in room)", participant.identity.uri, self.id, len(self))
+            log.info(
+                "%s left %s (%d in room)",
+                participant.identity.uri,
+                self.id,
+                len(self),
+                extra=_fields(self, participant),
+            )
             if not participant.transfer_only and not participant.awaiting_pin:
                 self._notice(NoticeKind.LEFT, participant)
             self.changed()
