@@ -3,12 +3,15 @@ prometheus-client's parser and its counters move with the traffic): SIPp echo ca
 OPTIONS move the call and request counters by exactly what SIPp sent; an MSRP chat moves the
 MSRP counters by exactly the messages and bytes the chat clients' own transports counted;
 a SIPp participant playing a pcap into a room shows as a mixed participant with per-stream
-RTP figures; the route wants the operator's token.
+RTP figures; a file pushed into a room (RFC 5547) is one more stored file of its size; the
+route wants the operator's token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import random
 from collections.abc import Awaitable, Callable, Iterator
 
 import aiohttp
@@ -19,6 +22,7 @@ from tests.peers.chorus import ChorusProcess
 from tests.peers.ports import free_ports
 from tests.peers.sipp import run_sipp_async, scenario_path
 from tests.test_metrics import Samples, samples
+from tests.test_room_files_live import Upload, push
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -181,3 +185,16 @@ async def test_a_mixed_participant_has_rtp_figures(chorus: ChorusProcess) -> Non
         return value(after, "chorus_mixer_participants") == 0 and not streams
 
     assert await eventually(gone)
+
+
+async def test_a_pushed_file_is_counted_as_stored(chorus: ChorusProcess) -> None:
+    before = await scrape(chorus)
+    data = random.Random(13).randbytes(300_000)
+    upload = Upload(data, hashlib.sha1(data).digest(), name="metrics.bin")
+    async with ChatClient("fred", "Fred") as fred:
+        statuses = await push(fred, chorus, upload, room="metrics-files")
+    assert statuses and statuses[-1] == 200
+    after = await scrape(chorus)
+    assert value(after, "chorus_files_stored") - value(before, "chorus_files_stored") == 1
+    stored = value(after, "chorus_files_stored_bytes") - value(before, "chorus_files_stored_bytes")
+    assert stored == len(data)
