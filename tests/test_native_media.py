@@ -18,6 +18,7 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import astuple
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +31,10 @@ from control.media.engine import ParticipantId, RoomId
 from control.media.jitter import Frame, JitterBuffer
 from control.media.rtp import RtpError, RtpPacket, SequenceTracker
 from control.media.stream import level_db
+from tests import test_conference_peers as conference_peers
+from tests.peers.chorus import ChorusProcess
 from tests.test_media_mixer import (
+    FREQS,
     _assert_hears,
     _join,
     _mixed_past,
@@ -252,35 +256,28 @@ def test_switch_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert native.choose(True) is True and native.choose(False) is False
 
 
-# Tones whose G.711 quantisation products stay clear of each other: a pure tone through a
-# companding 8 kHz codec has harmonics that fold back (the 13th of 700 Hz lands on 1100 Hz at
-# about -55 dBFS, on either path), so FREQS' 440/700/1100 sits right on ABSENT here.  None of
-# these three lies within 140 Hz of another's harmonics (up to the 39th, folded at 8 kHz) or
-# of their order-3 intermodulation: own tones read -60 dBFS or below on both paths.
-CLEAR_FREQS = (890.0, 1340.0, 2000.0)
-
-
-async def test_native_mixer_reads_legs_in_its_tick_and_mixes_minus(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("on", [True, False], ids=["native", "python"])
+async def test_mixer_reads_legs_and_mixes_minus_on_either_path(
+    monkeypatch: pytest.MonkeyPatch, on: bool
 ) -> None:
+    """The same room heard the same way on the C loop (the default) and the Python path."""
     monkeypatch.delenv(native.ENV, raising=False)
-    engine = make_mixer(21, native=True)
+    engine = make_mixer(21, native=on)
     peers = [_peer(kind, seed=i) for i, kind in enumerate(("PCMA", "PCMU", "G722"))]
     try:
         await _join(engine, peers, RoomId("n"))
         legs = list(engine._legs.values())
-        assert engine.native and all(leg.fd >= 0 for leg in legs)
-        # The event loop no longer reads the RTP sockets: the tick does.
-        assert not any(leg.rtp.is_reading() for leg in legs)  # type: ignore[union-attr]
-        sent = await asyncio.gather(
-            *(p.play(f, 2.0) for p, f in zip(peers, CLEAR_FREQS, strict=True))
-        )
+        assert engine.native is on
+        # Native: the tick reads the RTP sockets, not the event loop; Python: the loop does.
+        assert all((leg.fd >= 0) is on for leg in legs)
+        assert all(leg.rtp.is_reading() is not on for leg in legs)  # type: ignore[union-attr]
+        sent = await asyncio.gather(*(p.play(f, 2.0) for p, f in zip(peers, FREQS, strict=True)))
         assert await _mixed_past(*peers), "the mixer stopped sending"
         for i, peer in enumerate(peers):
             assert sent[i] > 0
-            _assert_hears(peer, CLEAR_FREQS[i], [f for j, f in enumerate(CLEAR_FREQS) if j != i])
+            _assert_hears(peer, FREQS[i], [f for j, f in enumerate(FREQS) if j != i])
         stats = await engine.stats()
-        assert stats.packets_in > 0 and stats.send_errors == 0  # read by the tick
+        assert stats.packets_in > 0 and stats.send_errors == 0
         stream = engine.stream(RoomId("n"), ParticipantId("p0"))
         assert stream is not None and stream.stats.received > 0 and stream.latched is not None
     finally:
@@ -304,11 +301,50 @@ async def test_native_off_keeps_the_event_loop_reader(monkeypatch: pytest.Monkey
         peers[0].close()
 
 
-def test_config_key_parsed_and_validated() -> None:
-    assert parse_config({}).rtp.native_media is False
-    assert parse_config({"rtp": {"native_media": True}}).rtp.native_media is True
+def test_config_key_parsed_and_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(native.ENV, raising=False)
+    assert parse_config({}).rtp.native_media is True  # the default: make deps builds it
+    assert parse_config({"rtp": {"native_media": False}}).rtp.native_media is False
     with pytest.raises(ConfigError, match="rtp.native_media"):
         parse_config({"rtp": {"native_media": "yes"}})
+
+
+def test_a_missing_extension_is_refused_not_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unbuilt C loop never silently becomes the Python path: the config says why, and
+    only an explicit `native_media = false` (or CHORUS_NATIVE_MEDIA=0) runs without it."""
+    monkeypatch.delenv(native.ENV, raising=False)
+    monkeypatch.setattr(native, "_module", None)  # as if the extension did not import
+    monkeypatch.setattr(native, "_import_error", "No module named '_media'")
+    assert not native.available()
+    with pytest.raises(ConfigError, match="rtp.native_media.*not built.*native_media = false"):
+        parse_config({})
+    assert parse_config({"rtp": {"native_media": False}}).rtp.native_media is False
+    monkeypatch.setenv(native.ENV, "0")
+    assert parse_config({}).rtp.native_media is True  # the key as written; the env decides
+    monkeypatch.setenv(native.ENV, "1")
+    with pytest.raises(ConfigError, match="not built"):
+        parse_config({"rtp": {"native_media": False}})
+    monkeypatch.delenv(native.ENV)
+    with pytest.raises(native.NativeUnavailable, match="make deps"):
+        make_mixer(23)  # the engine's own default is the C loop too
+    make_mixer(24, native=False)  # and its Python path needs nothing built
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.peer("baresip", "sipp", "sipp-pcap")
+def test_baresip_and_sipp_hear_each_other_on_the_python_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference stays live-tested now that the C loop is the default: the FFT mix-minus
+    test of tests/test_conference_peers.py (baresip's tone, SIPp's pcap speech, echo) run
+    against a server with `native_media = false`."""
+    monkeypatch.delenv(native.ENV, raising=False)  # the server inherits the environment
+    with ChorusProcess({"rtp": {"native_media": False}}) as chorus:
+        conference_peers.test_baresip_and_sipp_hear_each_other(
+            chorus, tmp_path, "PCMU/8000/1", 8000
+        )
+        assert "embedded mixer: Python media path" in chorus.log()
+        assert "native media loop" not in chorus.log()
 
 
 # --- the jitter buffer ----------------------------------------------------------------

@@ -14,12 +14,12 @@ costs a gap rather than a growing delay.
 With `workers=N` the same mixer runs in N worker processes (see `mixworker`) and this object
 only forwards commands to the worker that owns the room and relays its events.
 
-With `native=True` (control/media/native) the legs' RTP sockets are not read by the event
-loop: each tick reads every leg's waiting datagrams in one C call (recvmmsg, the kernel's
-arrival times) before mixing, and writes the tick's datagrams in one call per room; RTP is
-parsed, buffered (the jitter buffer), levelled and mixed-minus (with the G.711 encode) in
-C.  The rest (source filter, RTCP, limiter above its knee, other codecs) is the same Python
-as with `native=False`, the reference.
+With `native=True` (control/media/native; the default) the legs' RTP sockets are not read
+by the event loop: each tick reads every leg's waiting datagrams in one C call (recvmmsg,
+the kernel's arrival times) before mixing, and writes the tick's datagrams in one call per
+room; RTP is parsed, buffered (the jitter buffer), levelled and mixed-minus (with the G.711
+encode) in C.  The rest (source filter, RTCP, limiter above its knee, other codecs) is the
+same Python as with `native=False`, the reference the differential tests compare it with.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class EmbeddedMixer(AudioEngine):
         max_catchup: int = 3,  # ticks run back to back after a stall before dropping
         max_failing_ticks: int = 100,  # a room or listener failing this long is ended
         rtcp_interval: float = 5.0,  # RFC 3550 §6.2 minimum between our reports
-        native: bool = False,  # the C media loop (control/media/native); CHORUS_NATIVE_MEDIA wins
+        native: bool = True,  # the C media loop (control/media/native); CHORUS_NATIVE_MEDIA wins
     ) -> None:
         self._ports = ports
         self._host = host
@@ -163,6 +163,10 @@ class EmbeddedMixer(AudioEngine):
         self._native = native_media.load() if self.native else None
         self._kit = native_media.kit() if self.native else PYTHON_KIT
         self._native_legs: list[_Leg] | None = None  # the legs recv_batch reads, in order
+        log.info(
+            "embedded mixer: %s",
+            "native media loop (C)" if self.native else "Python media path (native_media off)",
+        )
         self._pool: WorkerPool | None = None
         if workers < 0:
             raise ValueError("workers must be 0 (in-process) or more")

@@ -58,7 +58,7 @@ class WorkerSpec:
     max_catchup: int
     max_failing_ticks: int = 100
     rtcp_interval: float = 5.0
-    native: bool = False  # the C media loop (control/media/native)
+    native: bool = True  # the C media loop (control/media/native)
 
 
 def shard_of(room: RoomId, workers: int) -> int:
@@ -199,7 +199,7 @@ class WorkerPool:
         on_event: Callable[[AudioEvent], None],
         max_failing_ticks: int = 100,
         rtcp_interval: float = 5.0,
-        native: bool = False,
+        native: bool = True,
     ) -> None:
         secure = isinstance(rng, random.SystemRandom)
         self._specs = [

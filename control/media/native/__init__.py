@@ -14,10 +14,12 @@ the time once the mix itself was vectorised:
   packet (source filter, RTCP reception statistics);
 * `mix_minus`: `MixRoom._mix_minus` with the G.711 table encode, below the limiter's knee.
 
-Which path runs is chosen once per mixer: `[rtp] native_media` in the config, overridden by
-the environment variable `CHORUS_NATIVE_MEDIA` (``1``/``0``) so a whole test run can be put
-on either path.  The Python path stays complete and is what the differential tests compare
-the native one against.
+Which path runs is chosen once per mixer: `[rtp] native_media` in the config (default true:
+the README's `make` commands always build the extension), overridden by the environment
+variable `CHORUS_NATIVE_MEDIA` (``1``/``0``) so a whole test run can be put on either path.
+A missing extension is never a silent fall-back to Python: the config is refused (or
+`load` raises) unless the Python path was asked for.  The Python path stays complete and is
+what the differential tests compare the native one against.
 """
 
 from __future__ import annotations
