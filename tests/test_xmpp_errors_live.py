@@ -140,3 +140,17 @@ async def test_disco_info_advertises_receipts_and_chat_states(gateway: Any) -> N
             assert ("gateway", "simple") in {(c, t) for c, t, _, _ in info["identities"]}
     finally:
         xmpp.disconnect()
+
+
+async def test_a_sip_side_that_is_down_is_service_unavailable(gateway: Any) -> None:
+    """The SIP side answers 503 (its proxy has no way on): service-unavailable, type wait."""
+    prosody, _, _, endpoint = gateway
+    endpoint.status = 503
+    xmpp, inbox = await client(prosody)
+    try:
+        raw(xmpp, f"alice@{prosody.component_jid}", "down", "<body>anyone?</body>")
+        error = (await errors_by_id(inbox, {"down"}))["down"]
+        assert condition_of(error) == "service-unavailable"
+        assert error["error"]["type"] == "wait"
+    finally:
+        xmpp.disconnect()
