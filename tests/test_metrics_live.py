@@ -3,8 +3,9 @@ prometheus-client's parser and its counters move with the traffic): SIPp echo ca
 OPTIONS move the call and request counters by exactly what SIPp sent; an MSRP chat moves the
 MSRP counters by exactly the messages and bytes the chat clients' own transports counted;
 a SIPp participant playing a pcap into a room shows as a mixed participant with per-stream
-RTP figures; a file pushed into a room (RFC 5547) is one more stored file of its size; the
-route wants the operator's token.
+RTP figures; a conference-info watcher is one subscription, and the NOTIFYs it received are
+the NOTIFYs the server counted; a file pushed into a room (RFC 5547) is one more stored file
+of its size; the route wants the operator's token.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tests.peers.chatclient import ChatClient
 from tests.peers.chorus import ChorusProcess
 from tests.peers.ports import free_ports
 from tests.peers.sipp import run_sipp_async, scenario_path
+from tests.test_conference_info_live import notify_bodies
 from tests.test_metrics import Samples, samples
 from tests.test_room_files_live import Upload, push
 
@@ -198,3 +200,42 @@ async def test_a_pushed_file_is_counted_as_stored(chorus: ChorusProcess) -> None
     assert value(after, "chorus_files_stored") - value(before, "chorus_files_stored") == 1
     stored = value(after, "chorus_files_stored_bytes") - value(before, "chorus_files_stored_bytes")
     assert stored == len(data)
+
+
+@pytest.mark.peer("sipp")
+async def test_a_watcher_moves_the_subscription_and_notify_counters(chorus: ChorusProcess) -> None:
+    """A SIPp conference-info watcher (uac_subscribe_conference.xml) of a live room: one
+    subscription while it watches; every NOTIFY SIPp received is one the server counted."""
+    before = await scrape(chorus)
+    async with ChatClient("gina", "Gina") as gina, ChatClient("hal", "Hal") as hal:
+        gina_chat = await gina.join(chorus, "metrics-watch")
+        watcher = asyncio.create_task(
+            run_sipp_async(
+                "uac_subscribe_conference",
+                f"127.0.0.1:{chorus.sip_port}",
+                service="metrics-watch",
+                trace_messages=True,
+                timeout=120,
+            )
+        )
+
+        async def watched() -> bool:
+            return value(await scrape(chorus), "chorus_conference_subscriptions") == 1
+
+        assert await eventually(watched)
+        hal_chat = await hal.join(chorus, "metrics-watch")  # a partial NOTIFY
+        await hal_chat.leave()
+        await gina_chat.leave()  # the room ends: the terminated NOTIFY ends SIPp's scenario
+        result = await watcher
+    assert result.returncode == 0, result.describe()
+    received = len(notify_bodies(result.messages))
+    assert received >= 2
+    after = await scrape(chorus)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("chorus_sip_requests_sent_total", method="NOTIFY") == received
+    assert moved("chorus_sip_requests_received_total", method="SUBSCRIBE") == 1
+    assert moved("chorus_sip_responses_sent_total", method="SUBSCRIBE", **{"class": "2xx"}) == 1
+    assert value(after, "chorus_conference_subscriptions") == 0
