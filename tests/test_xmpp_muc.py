@@ -12,6 +12,7 @@ from control.xmpp.addressing import Jid
 from control.xmpp.muc import (
     DELAY_NS,
     MUC_USER_NS,
+    Bounced,
     Declined,
     GroupMessage,
     HistoryRequest,
@@ -97,8 +98,23 @@ def test_leave_and_ignored_presences() -> None:
         " type='unavailable'><status>bye</status></presence>"
     )
     assert parse_presence(leave, muc_domain=MUC) == MucLeave(BOB, "lobby", "Bob", "bye")
-    bounce = xml("<presence from='bob@xmpp.localhost/desk' to='lobby@" + MUC + "/B' type='error'/>")
-    assert parse_presence(bounce, muc_domain=MUC) is None
+    bounce = xml(
+        f"<presence from='bob@xmpp.localhost/desk' to='lobby@{MUC}/B' type='error'>"
+        f"<error type='cancel'><service-unavailable xmlns='{STANZAS}'/></error></presence>"
+    )
+    assert parse_presence(bounce, muc_domain=MUC) == Bounced(
+        BOB, "lobby", "service-unavailable", gone=True
+    )
+    modify = xml(
+        f"<message from='bob@xmpp.localhost/desk' to='lobby@{MUC}' type='error'>"
+        f"<error type='modify'><not-acceptable xmlns='{STANZAS}'/><text xmlns='{STANZAS}'>x"
+        "</text></error></message>"
+    )
+    assert parse_message(modify, muc_domain=MUC) == Bounced(
+        BOB, "lobby", "not-acceptable", gone=False
+    )
+    elsewhere = xml("<message from='bob@xmpp.localhost/desk' to='x@other' type='error'/>")
+    assert parse_message(elsewhere, muc_domain=MUC) is None
     subscribe = xml("<presence from='bob@xmpp.localhost' to='lobby@" + MUC + "' type='subscribe'/>")
     assert parse_presence(subscribe, muc_domain=MUC) is None
 

@@ -464,3 +464,52 @@ async def test_a_muc_invitation_of_a_sip_user_makes_the_room_invite_it(tmp_path:
             assert not bob.matching(
                 lambda s: s.find(f"{{{MUC_USER_NS}}}x/{{{MUC_USER_NS}}}decline") is not None
             )
+
+
+async def test_nick_changes_both_ways_rejoin_and_disconnect(setup: Setup) -> None:
+    """nick ↔ NICKNAME (XEP-0045 §7.6, RFC 7701 §6): an occupant's new nick is the room's
+    nickname (a clash is a conflict), a SIP participant's NICKNAME is a 303 for the XMPP
+    side; a join from an occupant's own address starts afresh without leave/join notices;
+    a client that goes offline leaves the room."""
+    async with sip_person("alice", "Alice") as alice, occupant(setup, "bob") as bob:
+        a = await alice.join(setup.ports, ROOM, secure=False)
+        bob.join("Bob")
+        await bob.joined("Bob")
+        room = setup.room_jid
+        bob.xmpp.send_presence(pto=f"{room}/Robert")
+        renamed = await bob.wait(lambda s: presence_from(s, f"{room}/Bob", "unavailable"))
+        assert {"110", "303"} <= codes(renamed)
+        item = renamed.find(f"{{{MUC_USER_NS}}}x/{{{MUC_USER_NS}}}item")
+        assert item is not None and item.get("nick") == "Robert"
+        await bob.wait(lambda s: is_self_presence(s, "Robert"))
+        assert await a.wait_for(
+            lambda: any("is now known as Robert" in n.text for n in a.notices("nickname"))
+        )
+        presence = bob.xmpp.make_presence(pto=f"{room}/alice")
+        presence["id"] = "to-alice"
+        presence.send()
+        error = await bob.wait(lambda s: s.get("id") == "to-alice")
+        assert error.get("type") == "error"
+        assert error.find(f"{{jabber:client}}error/{{{STANZAS_NS}}}conflict") is not None
+        bob.say("signed Robert", id="r1")
+        got = await a.wait_text("signed Robert")
+        assert got.sender is not None and got.sender.display_name == "Robert"
+
+        assert await a.nickname("Ally") == 200
+        moved = await bob.wait(lambda s: presence_from(s, f"{room}/Alice", "unavailable"))
+        assert "303" in codes(moved)
+        await bob.wait(lambda s: presence_from(s, f"{room}/Ally"))
+
+        notices = len(a.notices("joined")) + len(a.notices("left"))
+        before = len(bob.stanzas)
+        bob.join("Robert")
+        await bob.wait(lambda s: s in bob.stanzas[before:] and is_self_presence(s, "Robert"))
+        await bob.wait(
+            lambda s: s in bob.stanzas[before:] and s.find("{jabber:client}subject") is not None
+        )
+        assert any(presence_from(s, f"{room}/Ally") for s in bob.stanzas[before:])
+        await barrier(a, bob, "b3")
+        assert len(a.notices("joined")) + len(a.notices("left")) == notices
+
+        bob.xmpp.disconnect()  # Prosody sends the room its unavailable presence
+        assert await a.wait_for(lambda: any("Robert left" in n.text for n in a.notices("left")))

@@ -34,6 +34,7 @@ __all__ = [
     "KICKED",
     "MUC_NS",
     "MUC_USER_NS",
+    "Bounced",
     "Declined",
     "GroupMessage",
     "HistoryRequest",
@@ -168,6 +169,51 @@ class Declined:
     reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Bounced:
+    """An error stanza from an occupant's address: what the room sent it did not arrive.
+    ``gone`` when the condition says the occupant is no longer there (a "ghost", removed)."""
+
+    sender: Jid
+    room: str
+    condition: str | None
+    gone: bool
+
+
+# Conditions of a bounce that mean the occupant's client or server is gone (RFC 6120 §8.3.3).
+GONE_CONDITIONS = frozenset(
+    {
+        "gone",
+        "item-not-found",
+        "recipient-unavailable",
+        "remote-server-not-found",
+        "remote-server-timeout",
+        "service-unavailable",
+    }
+)
+
+
+def _bounce(stanza: ET.Element, muc_domain: str) -> Bounced | None:
+    """An error stanza never gets an answer (RFC 6120 §8.3.1); None when it is not from a
+    room's occupant address space at all."""
+    try:
+        sender, recipient = _addresses(stanza, muc_domain)
+    except MucError:
+        return None
+    error = _child(stanza, "error")
+    condition = None
+    if error is not None:
+        condition = next(
+            (
+                _local(c.tag)
+                for c in error
+                if c.tag.startswith(f"{{{STANZAS_NS}}}") and _local(c.tag) != "text"
+            ),
+            None,
+        )
+    return Bounced(sender, (recipient.local or "").lower(), condition, condition in GONE_CONDITIONS)
+
+
 # --- parsing ---------------------------------------------------------------------------------
 
 
@@ -238,12 +284,14 @@ def _history(x: ET.Element | None) -> HistoryRequest:
     return HistoryRequest(maxstanzas, float(seconds) if seconds is not None else None, since)
 
 
-def parse_presence(stanza: ET.Element, *, muc_domain: str) -> MucPresence | MucLeave | None:
+def parse_presence(
+    stanza: ET.Element, *, muc_domain: str
+) -> MucPresence | MucLeave | Bounced | None:
     """One presence to the MUC domain; None for what needs no answer (an error bounce, a
     subscription request to the service)."""
     kind = stanza.get("type") or "available"
     if kind == "error":
-        return None
+        return _bounce(stanza, muc_domain)
     if kind not in ("available", "unavailable"):
         return None  # subscriptions to a room mean nothing (XEP-0045 has none)
     sender, recipient = _addresses(stanza, muc_domain)
@@ -267,11 +315,11 @@ def parse_presence(stanza: ET.Element, *, muc_domain: str) -> MucPresence | MucL
 
 def parse_message(
     stanza: ET.Element, *, muc_domain: str, max_body: int = MAX_BODY
-) -> GroupMessage | PrivateMessage | Invitation | Declined | None:
+) -> GroupMessage | PrivateMessage | Invitation | Declined | Bounced | None:
     """One message to the MUC domain; None for an error bounce (nothing to answer)."""
     kind = stanza.get("type") or "normal"
     if kind == "error":
-        return None
+        return _bounce(stanza, muc_domain)
     sender, recipient = _addresses(stanza, muc_domain)
     room = (recipient.local or "").lower()
     body = _text(stanza, "body")

@@ -54,6 +54,7 @@ from control.xmpp.messages import Chat, MessageRefused, chat_from_sip, sip_from_
 from control.xmpp.muc import (
     KICKED,
     MUC_NS,
+    Bounced,
     Declined,
     GroupMessage,
     HistoryRequest,
@@ -223,6 +224,7 @@ class Occupancy:
     show: str | None = None
     status: str | None = None
     leaving: bool = False
+    quiet: bool = False  # a rejoin replaces it: the room hears of no leave
     # our MSRP-side message id of a private message -> its stanza id (a failure to report)
     private: OrderedDict[str, str] = field(default_factory=OrderedDict)
 
@@ -290,6 +292,8 @@ class MucGateway:
                 presence = parse_presence(element, muc_domain=domain)
                 if isinstance(presence, MucLeave):
                     self._leave(presence)
+                elif isinstance(presence, Bounced):
+                    self._bounced(presence)
                 elif presence is not None:
                     self._presence(presence)
             elif name == "message":
@@ -304,6 +308,8 @@ class MucGateway:
                     self._invitation(message)
                 elif isinstance(message, Declined):
                     self._declined(message)
+                elif isinstance(message, Bounced):
+                    self._bounced(message)
         except MucError as exc:
             log.info("MUC %s from %s refused: %s %s", name, element.get("from"), exc.condition, exc)
             self._reply_error(element, exc)
@@ -413,6 +419,13 @@ class MucGateway:
     def _presence(self, presence: MucPresence) -> None:
         room = self._room(presence.room)
         occupancy = self.occupancies.get((str(presence.sender), room.id))
+        if occupancy is not None and presence.joining:
+            # §7.2: a join from an occupant's own address (its client reconnected, or the
+            # XMPP server restarted): the old session goes quietly, the join starts afresh.
+            occupancy.leaving = occupancy.quiet = True
+            self._drop(occupancy)
+            self._join(room, presence, announce=False)
+            return
         if occupancy is None:
             self._join(room, presence)
             return
@@ -434,7 +447,7 @@ class MucGateway:
             if fold(seat.occupant.nick) == fold(nick) and seat.key != key:
                 raise MucError("conflict", "that nickname is in use in this room")
 
-    def _join(self, room: Room, presence: MucPresence) -> None:
+    def _join(self, room: Room, presence: MucPresence, *, announce: bool = True) -> None:
         chat = room.chat
         assert chat is not None
         if room.locked:
@@ -475,7 +488,7 @@ class MucGateway:
             self._send_subject(occupancy)
         self.refresh(room)  # the others see the joiner
         self._answer_invited(room, bare.bare, (200, "OK"))
-        if first:
+        if first and announce:
             text = notice_text(NoticeKind.JOINED, presence.nick)
             chat.notice(NoticeKind.JOINED, text, exclude_participant=member.participant)
 
@@ -509,10 +522,25 @@ class MucGateway:
                 gone=True,
             )
         )
+        self._drop(occupancy)
+
+    def _drop(self, occupancy: Occupancy) -> None:
         if occupancy.room.chat is not None:
             occupancy.room.chat.detach(occupancy.session)  # -> channel_closed
-        else:
-            self.channel_closed(occupancy)
+        if not occupancy.channel.closed:
+            occupancy.channel.close()
+
+    def _bounced(self, bounce: Bounced) -> None:
+        """An error from an occupant's address: a gone client (a "ghost") leaves the room;
+        any other bounce is logged and the occupant stays."""
+        room_id = RoomId(f"{bounce.room}@{self.settings.conference_domain}")
+        occupancy = self.occupancies.get((str(bounce.sender), room_id))
+        if occupancy is None:
+            return
+        log.info("MUC bounce %s from occupant %s of %s", bounce.condition, bounce.sender, room_id)
+        if bounce.gone:
+            occupancy.leaving = True  # nothing can reach it: no presence of its own
+            self._drop(occupancy)
 
     def _own(self, occupancy: Occupancy) -> Occupant:
         return occupancy.told.get(occupancy.occupant_id) or Occupant(
@@ -547,6 +575,8 @@ class MucGateway:
             self._send(gone)
         self._unwatch(room)
         if not live:
+            return
+        if occupancy.quiet:
             return
         if not any(o.member.key == occupancy.member.key for o in self.in_room(room)):
             assert room.chat is not None
