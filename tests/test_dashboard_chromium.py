@@ -5,7 +5,8 @@ mode behind a real Kamailio (its JSON-RPC, so the node health and the drain are 
 - a wrong token is refused on the page; the operator's token shows the node (cluster phase
   active, Kamailio RPC up) and no room;
 - chat participants joining and leaving a room appear and disappear as the room model
-  changes (pushed, no reload), with their media; a screenshot is taken of the live room;
+  changes (pushed, no reload), with their media; a file pushed into the room appears with a
+  download link that serves its bytes; a screenshot is taken of the live room;
 - the drain button drains the node (Kamailio's dispatcher flags it DX, the page says
   draining), the same button takes new rooms again (AP, active);
 - POST /dashboard/drain without the token is 401.
@@ -13,6 +14,8 @@ mode behind a real Kamailio (its JSON-RPC, so the node health and the drain are 
 
 from __future__ import annotations
 
+import hashlib
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from tests.peers.chromium import Page, decode_png, running_chromium
 from tests.peers.kamailio import KamailioProcess
 from tests.peers.ports import free_ports
 from tests.peers.wait import wait_until
+from tests.test_room_files_live import Upload, push
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.peer("chromium", "kamailio")]
 
@@ -109,6 +113,18 @@ async def test_live_rooms_health_and_drain(
                 f"document.querySelector('section.room[data-room=\"{ROOM}\"] h3 a').href"
             )
             assert link.startswith(base + "/room/dash@127.0.0.1?t=")
+            data = random.Random(5).randbytes(200_000)
+            upload = Upload(data, hashlib.sha1(data).digest(), name="agenda.bin")
+            assert (await push(alice, chorus, upload, room="dash"))[-1] == 200
+            item = f"document.querySelector('li[data-sha1=\"{upload.sha1.hex()}\"] a')"
+            await page.wait_for(f"{item} !== null", timeout=WAIT)
+            assert await page.evaluate(f"{item}.textContent") == "agenda.bin"
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(await page.evaluate(f"{item}.href")) as download,
+            ):
+                assert download.status == 200 and await download.read() == data
+            assert await page.evaluate(f"{rows()}.length") == 2  # a transfer is not a person
             shot = await page.screenshot()
             (tmp_path / "dashboard.png").write_bytes(shot)
             bitmap = decode_png(shot)
