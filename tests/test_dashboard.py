@@ -88,7 +88,7 @@ async def test_a_wrong_token_is_refused(node: tuple[Server, _Ports, str]) -> Non
 async def test_joins_and_leaves_are_pushed_with_signed_links(
     node: tuple[Server, _Ports, str],
 ) -> None:
-    _, ports, base = node
+    server, ports, base = node
     async with (
         aiohttp.ClientSession() as http,
         http.ws_connect(base + "/dashboard/ws") as ws,
@@ -104,6 +104,8 @@ async def test_joins_and_leaves_are_pushed_with_signed_links(
             snapshot = await _next(ws)
         [room] = snapshot["rooms"]
         assert room["id"] == "board@127.0.0.1"
+        idle = model_of(server)
+        assert idle.snapshot() == idle.snapshot()  # nothing changed: nothing to push
         [person] = room["participant_list"]
         assert (person["name"], [s["kind"] for s in person["streams"]]) == ("Alice", ["chat"])
         token = room["page"].partition("?t=")[2]

@@ -251,7 +251,7 @@ DASHBOARD_SCRIPT = """\
     const dl = document.getElementById("node");
     const rows = [
       ["version", node.version],
-      ["uptime", node.uptime + " s"],
+      ["up since", new Date(node.started_at * 1000).toISOString()],
       ["rooms", node.rooms],
       ["participants", node.participants],
       ["audio engine", node.engine],

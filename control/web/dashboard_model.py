@@ -10,6 +10,9 @@ Changes are pushed from the room model: each room the model has seen calls it ba
 ``Room.listeners`` (what conference-info's ``on_change`` hears: participants, streams,
 nicknames, mute, files, screens, lock), and the model wakes every follower. Rooms appearing,
 and health, are found by the feed's short periodic look (dashboard.py ``SCAN_INTERVAL``).
+That look is cheap: the rooms' part of the snapshot (a files query per room) is rebuilt only
+when a room changed, the set of rooms changed, or `REFRESH` seconds passed (for what changes
+without telling the room, such as the count of conference-info watchers).
 
 Imported by cli.py only: it reads the conference's types, which import the web package.
 """
@@ -31,6 +34,7 @@ from control.web.api import participant_json, room_summary
 __all__ = ["NodeDashboard"]
 
 Waker = Callable[[], None]
+REFRESH = 5.0  # seconds after which the rooms' part is rebuilt even without a change
 
 
 class NodeDashboard:
@@ -47,6 +51,9 @@ class NodeDashboard:
         self.started = clock()
         self._followers: set[Waker] = set()
         self._hooked: dict[RoomId, Room] = {}
+        self._dirty = True
+        self._rooms: list[dict[str, Any]] = []
+        self._built: tuple[tuple[RoomId, ...], float] = ((), 0.0)  # rooms, when
 
     # --- pushing ---------------------------------------------------------------------------
 
@@ -57,6 +64,7 @@ class NodeDashboard:
         self._followers.discard(wake)
 
     def _changed(self) -> None:
+        self._dirty = True
         for wake in list(self._followers):
             wake()
 
@@ -85,7 +93,13 @@ class NodeDashboard:
         conference = self.sources.conference
         rooms: dict[RoomId, Room] = dict(conference.rooms) if conference is not None else {}
         self._hook(rooms)
-        return {"node": self._node(rooms), "rooms": [self._room(r) for r in rooms.values()]}
+        now = self.clock()
+        ids, when = self._built
+        if self._dirty or ids != tuple(rooms) or now - when >= REFRESH:
+            self._dirty = False
+            self._rooms = [self._room(r) for r in rooms.values()]
+            self._built = (tuple(rooms), now)
+        return {"node": self._node(rooms), "rooms": self._rooms}
 
     def _room(self, room: Room) -> dict[str, Any]:
         conference = self.sources.conference
@@ -107,7 +121,7 @@ class NodeDashboard:
         engine = self.sources.engine
         node: dict[str, Any] = {
             "version": package_version(),
-            "uptime": int(self.clock() - self.started),
+            "started_at": self.started,  # not an uptime: snapshots stay equal while idle
             "rooms": len(rooms),
             "participants": sum(
                 1
