@@ -141,7 +141,8 @@ def build_server(config: Config, *, room_observer: RoomObserver | None = None) -
         conference = server.applications["conference"]
         assert isinstance(conference, ConferenceApp)
         muc = muc_gateway(config, conference, media_host, server.ua.token)
-        conference.referrals.remote = muc  # REFER method=INVITE to an XMPP user: MUC invite
+        # REFER method=INVITE to an XMPP user: a MUC invitation (control/xmpp/mucinvite.py)
+        conference.referrals.remote = muc.invitations if muc is not None else None
         gateway = XmppGateway(server.ua, gateway_settings(config), muc=muc, msrp=server.msrp)
         server.register("xmpp", gateway)
         mapping = {domain: "xmpp" for domain in config.xmpp.xmpp_domains}

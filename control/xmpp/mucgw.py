@@ -20,40 +20,31 @@ every XMPP occupant, pushed as presence differences whenever the room changes
 (``Room.listeners``). A groupchat message is reflected once to its sender (XEP-0045 §7.4
 requires it) and never comes back through the room (the room excludes its session); an
 MSRP sender gets no copy. Everything refused is answered with the XEP's error stanza.
+
+control/xmpp/mucoccupant.py holds the MUC component, the channel and an occupant's state;
+control/xmpp/mucinvite.py the mediated invitations ↔ REFER method=INVITE.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
 from xml.etree import ElementTree as ET
-
-from slixmpp.xmlstream import StanzaBase
 
 from control.conference.chat import TOO_MANY as CHAT_TOO_MANY
 from control.conference.chat import ChatMember, ChatSessionId, identity_key
 from control.conference.notices import CHORUS_NS, NoticeKind, notice_text
-from control.conference.refer import Progress, Referrals
 from control.conference.room import Room
 from control.media.engine import ParticipantId, RoomId
 from control.msrp.cpim import CPIM_CONTENT_TYPE, CpimAddress, CpimMessage, parse_cpim
 from control.msrp.errors import CpimError, MsrpError
-from control.msrp.events import ConnectionFailed, Event, MessageReceived, NicknameRequested
+from control.msrp.events import MessageReceived
 from control.msrp.iscomposing import ISCOMPOSING_CONTENT_TYPE
-from control.msrp.message import ByteRange, FailureReport
-from control.sip.errors import SipError
-from control.sip.uri import NameAddr, SipUri, parse_uri
 from control.xmpp.addressing import Addressing, AddressRefused, Jid
-from control.xmpp.component import Component
 from control.xmpp.messages import Chat, MessageRefused, chat_from_sip, sip_from_chat
 from control.xmpp.muc import (
     KICKED,
-    MUC_NS,
     Bounced,
     Declined,
     GroupMessage,
@@ -64,11 +55,9 @@ from control.xmpp.muc import (
     MucPresence,
     Occupant,
     PrivateMessage,
-    declined,
     error_reply,
     fold,
     groupchat,
-    invitation,
     occupant_presence,
     parse_message,
     parse_presence,
@@ -77,6 +66,17 @@ from control.xmpp.muc import (
     subject_message,
     unique_nicks,
     view_changes,
+)
+from control.xmpp.mucinvite import MucInvitations
+from control.xmpp.mucoccupant import (
+    MucComponent,
+    MucSettings,
+    Occupancy,
+    Rooms,
+    Seat,
+    XmppChannel,
+    key_of,
+    stanza_like,
 )
 
 __all__ = ["MucComponent", "MucGateway", "MucSettings", "Rooms", "XmppChannel"]
@@ -88,164 +88,6 @@ XMPP_TYPES = ("text/plain", "text/html", ISCOMPOSING_CONTENT_TYPE)
 # Notices an occupant learns from presence instead of a message.
 PRESENCE_NOTICES = frozenset({"joined", "left", "nickname", "media-added", "media-removed"})
 PENDING_REPORTS = 256  # private messages per occupant remembered for a failure to report
-
-
-class Rooms(Protocol):
-    """The live conference rooms and their REFER dial-outs (ConferenceApp has them)."""
-
-    rooms: dict[RoomId, Room]
-    referrals: Referrals
-
-
-@dataclass(frozen=True, slots=True)
-class MucSettings:
-    muc_domain: str
-    secret: str
-    server: tuple[str, int]
-    conference_domain: str  # the SIP host of the rooms: room@muc_domain ↔ room@this
-    reconnect_max: float = 30.0
-    max_message_bytes: int = 65536
-    invite_timeout: float = 60.0  # [conference] refer_timeout: an invitee's time to join
-
-
-class MucComponent(Component):
-    """The MUC domain's XEP-0114 connection: the reconnecting Component, whose stanzas go
-    whole (ElementTree) to the MUC gateway, in order, instead of being mapped as chat."""
-
-    def __init__(self, settings: MucSettings, on_stanza: Callable[[ET.Element], None]) -> None:
-        super().__init__(
-            settings.muc_domain,
-            settings.secret,
-            settings.server,
-            _no_chat,
-            reconnect_max=settings.reconnect_max,
-        )
-        self.on_stanza = on_stanza
-
-    def _message(self, stanza: StanzaBase) -> None:
-        self.on_stanza(stanza.xml)
-
-    def _presence(self, stanza: StanzaBase) -> None:
-        self.on_stanza(stanza.xml)
-
-    def _disco_info(self, jid: Any, node: str | None, ifrom: Any, data: Any) -> Any:
-        """XEP-0045 §6.1/§6.4: the service and each room are MUC (text conferencing)."""
-        from slixmpp.plugins.xep_0030.stanza import DiscoInfo
-
-        info = DiscoInfo()
-        if not node:
-            info.add_identity("conference", "text", "Chorus rooms")
-            info.add_feature(MUC_NS)
-        return info
-
-    def send_xml(self, element: ET.Element) -> None:
-        self._require().send_xml(element)
-
-
-async def _no_chat(_message: object) -> None:
-    return None
-
-
-class XmppChannel:
-    """One XMPP occupant's chat session as RoomChat sees it (SessionChannel and
-    ReportingChannel): what the room sends becomes stanzas, what the occupant sends comes
-    back to the room as MSRP-like events."""
-
-    def __init__(self, gateway: MucGateway, occupancy: Occupancy) -> None:
-        self.gateway = gateway
-        self.occupancy = occupancy
-        self.closed = False
-        self.ready = asyncio.Event()  # set once the join's presences are out: history after
-        self._events: asyncio.Queue[Event] = asyncio.Queue()
-        self._nick_requests: dict[str, tuple[str, str]] = {}  # NICKNAME tid -> (stanza id, nick)
-        self._sent = 0
-
-    # RoomChat's side -------------------------------------------------------------------
-
-    def send_message(
-        self,
-        content_type: str,
-        body: bytes,
-        *,
-        success_report: bool = False,
-        failure_report: FailureReport = FailureReport.YES,
-    ) -> str:
-        if self.closed:
-            raise ConnectionError("occupant left")
-        self._sent += 1
-        self.gateway.deliver(self.occupancy, content_type, body)  # ConnectionError: XMPP down
-        return f"x{self._sent}"
-
-    async def drain(self) -> None:
-        return None
-
-    async def wait_connected(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self.ready.wait(), timeout)
-
-    async def next_event(self) -> Event:
-        return await self._events.get()
-
-    def respond(self, transaction_id: str, status: int, comment: str | None = None) -> None:
-        asked = self._nick_requests.pop(transaction_id, None)
-        if asked is not None:
-            self.gateway.nick_answered(self.occupancy, *asked, status, comment)
-
-    def send_report(self, message_id: str, byte_range: ByteRange, status: int) -> None:
-        self.gateway.report_failure(self.occupancy, message_id, status)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.ready.set()
-        self._events.put_nowait(ConnectionFailed("occupant left"))
-        self.gateway.channel_closed(self.occupancy)
-
-    # The gateway's side ----------------------------------------------------------------
-
-    def feed(self, event: Event) -> None:
-        self._events.put_nowait(event)
-
-    def request_nick(self, transaction_id: str, nick: str, stanza_id: str) -> None:
-        self._nick_requests[transaction_id] = (stanza_id, nick)
-        self.feed(NicknameRequested(str(self.occupancy.session), transaction_id, nick))
-
-
-@dataclass(eq=False)
-class Occupancy:
-    """One XMPP session (full JID) in one room."""
-
-    jid: Jid
-    room: Room
-    member: ChatMember
-    channel: XmppChannel = field(init=False)
-    told: dict[str, Occupant] = field(default_factory=dict)  # what it was told of the others
-    history_left: int = 0  # replayed messages still to come before the subject
-    show: str | None = None
-    status: str | None = None
-    leaving: bool = False
-    quiet: bool = False  # a rejoin replaces it: the room hears of no leave
-    # our MSRP-side message id of a private message -> its stanza id (a failure to report)
-    private: OrderedDict[str, str] = field(default_factory=OrderedDict)
-
-    @property
-    def session(self) -> ChatSessionId:
-        return self.member.session
-
-    @property
-    def occupant_id(self) -> str:
-        return f"xmpp:{self.member.key}"
-
-    @property
-    def nick(self) -> str:
-        return self.member.nickname or self.member.shown_name
-
-
-@dataclass(frozen=True, slots=True)
-class _Seat:
-    occupant: Occupant
-    key: str  # the identity key of its SIP URI (CPIM From/To compare by it)
-    uri: str
 
 
 class MucGateway:
@@ -267,8 +109,7 @@ class MucGateway:
         self.wall = wall
         self.component = MucComponent(settings, self.stanza)
         self.occupancies: dict[tuple[str, RoomId], Occupancy] = {}
-        # (room, invitee's bare JID) -> the REFERs waiting for it to join or decline
-        self._invited: dict[tuple[RoomId, str], list[asyncio.Future[tuple[int, str]]]] = {}
+        self.invitations = MucInvitations(self)  # XEP-0045 §7.8.2 <-> REFER method=INVITE
         self._listeners: dict[RoomId, Callable[[], None]] = {}
 
     def start(self) -> None:
@@ -305,9 +146,9 @@ class MucGateway:
                 elif isinstance(message, PrivateMessage):
                     self._private(message)
                 elif isinstance(message, Invitation):
-                    self._invitation(message)
+                    self.invitations.invitation(message)
                 elif isinstance(message, Declined):
-                    self._declined(message)
+                    self.invitations.declined(message)
                 elif isinstance(message, Bounced):
                     self._bounced(message)
         except MucError as exc:
@@ -320,9 +161,9 @@ class MucGateway:
     def _reply_error(self, element: ET.Element, error: MucError) -> None:
         reply = error_reply(element, error, muc_domain=self.settings.muc_domain)
         if reply is not None:
-            self._send(reply)
+            self.send(reply)
 
-    def _send(self, element: ET.Element) -> None:
+    def send(self, element: ET.Element) -> None:
         try:
             self.component.send_xml(element)
         except ConnectionError:
@@ -333,7 +174,7 @@ class MucGateway:
     def room_jid(self, room: Room) -> Jid:
         return Jid(room.id.rpartition("@")[0] or room.id, self.settings.muc_domain)
 
-    def _room(self, local: str) -> Room:
+    def room_named(self, local: str) -> Room:
         room = self.rooms.rooms.get(RoomId(f"{local}@{self.settings.conference_domain}"))
         if room is None or room.chat is None:
             raise MucError("item-not-found", "no conference of that name is live")
@@ -342,7 +183,7 @@ class MucGateway:
     def in_room(self, room: Room) -> Iterator[Occupancy]:
         return (o for (_, rid), o in list(self.occupancies.items()) if rid == room.id)
 
-    def seats(self, room: Room) -> list[_Seat]:
+    def seats(self, room: Room) -> list[Seat]:
         """The room's occupants as the model has them: XMPP occupants first (their nicks are
         held in the room's NicknameBook), then every SIP participant; nicks made distinct."""
         wanted: list[tuple[Occupant, str, str]] = []
@@ -370,7 +211,7 @@ class MucGateway:
             wanted.append((occupant, identity_key(participant.uri), participant.uri))
         nicks = unique_nicks([(o.id, o.nick) for o, _, _ in wanted])
         return [
-            _Seat(Occupant(o.id, nicks[o.id], o.affiliation, o.role, o.show, o.status), key, uri)
+            Seat(Occupant(o.id, nicks[o.id], o.affiliation, o.role, o.show, o.status), key, uri)
             for o, key, uri in wanted
         ]
 
@@ -402,7 +243,7 @@ class MucGateway:
         # The occupant's own presence comes last (XEP-0045 §7.2.3).
         changes.sort(key=lambda change: change.occupant.id == own and not change.gone)
         for change in changes:
-            self._send(
+            self.send(
                 occupant_presence(
                     occupancy.jid,
                     room_jid,
@@ -417,7 +258,7 @@ class MucGateway:
     # --- joining, presence, leaving --------------------------------------------------------
 
     def _presence(self, presence: MucPresence) -> None:
-        room = self._room(presence.room)
+        room = self.room_named(presence.room)
         occupancy = self.occupancies.get((str(presence.sender), room.id))
         if occupancy is not None and presence.joining:
             # §7.2: a join from an occupant's own address (its client reconnected, or the
@@ -487,7 +328,7 @@ class MucGateway:
         if occupancy.history_left == 0:
             self._send_subject(occupancy)
         self.refresh(room)  # the others see the joiner
-        self._answer_invited(room, bare.bare, (200, "OK"))
+        self.invitations.answer(room, bare.bare, (200, "OK"))
         if first and announce:
             text = notice_text(NoticeKind.JOINED, presence.nick)
             chat.notice(NoticeKind.JOINED, text, exclude_participant=member.participant)
@@ -501,7 +342,7 @@ class MucGateway:
 
     def _send_subject(self, occupancy: Occupancy) -> None:
         room = occupancy.room
-        self._send(
+        self.send(
             subject_message(
                 occupancy.jid, self.room_jid(room), None, room.subject or "", id=self.token()
             )
@@ -513,7 +354,7 @@ class MucGateway:
         if occupancy is None:
             return  # not in that room: nothing to undo (XEP-0045 has no error for it)
         occupancy.leaving = True
-        self._send(
+        self.send(
             occupant_presence(
                 occupancy.jid,
                 self.room_jid(occupancy.room),
@@ -572,7 +413,7 @@ class MucGateway:
                 )
             else:
                 gone = room_gone(occupancy.jid, room_jid, own, reason)
-            self._send(gone)
+            self.send(gone)
         self._unwatch(room)
         if not live:
             return
@@ -595,25 +436,25 @@ class MucGateway:
             return
         condition = "conflict" if status == 425 else "not-acceptable"
         room_jid = self.room_jid(occupancy.room)
-        asked = _stanza_like(
+        asked = stanza_like(
             occupancy.jid, str(Jid(room_jid.local, room_jid.domain, nick)), stanza_id
         )
         error = MucError(condition, comment or "nickname refused")
         reply = error_reply(asked, error, muc_domain=self.settings.muc_domain)
         if reply is not None:
-            self._send(reply)
+            self.send(reply)
 
     # --- messages in -----------------------------------------------------------------------
 
-    def _occupancy(self, sender: Jid, local: str) -> Occupancy:
-        room = self._room(local)
+    def occupancy_of(self, sender: Jid, local: str) -> Occupancy:
+        room = self.room_named(local)
         occupancy = self.occupancies.get((str(sender), room.id))
         if occupancy is None:  # §7.4 / §7.5: only occupants speak in a room
             raise MucError("not-acceptable", "you are not in this room")
         return occupancy
 
     def _groupchat(self, message: GroupMessage) -> None:
-        occupancy = self._occupancy(message.sender, message.room)
+        occupancy = self.occupancy_of(message.sender, message.room)
         if message.subject is not None:
             self._set_subject(occupancy, message.subject)
         if message.body is None:
@@ -622,14 +463,14 @@ class MucGateway:
         assert room.chat is not None
         self._submit(occupancy, Chat(body=message.body), room.chat.core.room, message.id)
         # §7.4: the room reflects the message to its sender, once, with the sender's id.
-        self._send(
+        self.send(
             groupchat(
                 occupancy.jid, self.room_jid(room), occupancy.nick, message.body, id=message.id
             )
         )
 
     def _private(self, message: PrivateMessage) -> None:
-        occupancy = self._occupancy(message.sender, message.room)
+        occupancy = self.occupancy_of(message.sender, message.room)
         seat = next(
             (s for s in self.seats(occupancy.room) if fold(s.occupant.nick) == fold(message.nick)),
             None,
@@ -675,7 +516,7 @@ class MucGateway:
         room.subject = subject
         room_jid = self.room_jid(room)
         for other in self.in_room(room):
-            self._send(
+            self.send(
                 subject_message(other.jid, room_jid, occupancy.nick, subject, id=self.token())
             )
         if room.chat is not None:
@@ -725,7 +566,7 @@ class MucGateway:
         sender = message.sender
         nick = self._nick_of(room, sender)
         room_key = room.chat.core.room_key if room.chat is not None else ""
-        private = any(_key(r.uri) != room_key for r in (*message.recipients, *message.cc))
+        private = any(key_of(r.uri) != room_key for r in (*message.recipients, *message.cc))
         if private:
             stanza = private_chat(
                 occupancy.jid, room_jid, nick, chat.body, id=self.token(), xhtml=chat.xhtml
@@ -751,7 +592,7 @@ class MucGateway:
     def _nick_of(self, room: Room, sender: CpimAddress | None) -> str:
         if sender is None:
             return "someone"
-        key = _key(sender.uri)
+        key = key_of(sender.uri)
         seat = next((s for s in self.seats(room) if s.key == key), None)
         if seat is not None:
             return seat.occupant.nick
@@ -767,136 +608,12 @@ class MucGateway:
         condition = "item-not-found" if status == 404 else "recipient-unavailable"
         room_jid = self.room_jid(occupancy.room)
         reply = error_reply(
-            _stanza_like(occupancy.jid, str(room_jid), stanza_id, name="message"),
+            stanza_like(occupancy.jid, str(room_jid), stanza_id, name="message"),
             MucError(condition, f"the private message was not delivered ({status})"),
             muc_domain=self.settings.muc_domain,
         )
         if reply is not None:
-            self._send(reply)
-
-    # --- mediated invitations (XEP-0045 §7.8.2) <-> REFER method=INVITE (RFC 4579 §5.5) ------
-
-    def serves(self, target: SipUri) -> bool:
-        """A REFER target in an XMPP domain the gateway serves gets a MUC invitation."""
-        return self.addressing.serves_xmpp_domain(target.host)
-
-    async def invite(
-        self, room: Room, target: SipUri, referred_by: NameAddr, progress: Progress
-    ) -> None:
-        """REFER method=INVITE to an XMPP user: the room's mediated invitation; the sipfrag's
-        final status is 200 when the invitee joins, 603 when it declines, 408 when it does
-        neither within the REFER timeout (503 while the XMPP server is away)."""
-        try:
-            invitee = self.addressing.sip_to_jid(target, side="xmpp")
-        except AddressRefused as exc:
-            progress.notify(exc.sip_status, exc.reason)
-            return
-        bare = Jid(invitee.local, invitee.domain)
-        room_jid = self.room_jid(room)
-        inviter = self._seat_jid(room, str(referred_by.uri)) or room_jid
-        answer: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
-        waiting = self._invited.setdefault((room.id, bare.bare), [])
-        waiting.append(answer)
-        try:
-            name = referred_by.display_name or inviter.resource or "someone"
-            reason = f"{name} invites you to {room_jid.local}"
-            self.component.send_xml(
-                invitation(bare, room_jid, str(inviter), reason, id=self.token())
-            )
-            progress.notify(180, "Invited over XMPP")
-            status, text = await asyncio.wait_for(answer, self.settings.invite_timeout)
-        except ConnectionError:
-            status, text = 503, "XMPP server unavailable"
-        except TimeoutError:
-            status, text = 408, "The invitee did not join"
-        finally:
-            if answer in waiting:
-                waiting.remove(answer)
-            if not waiting:
-                self._invited.pop((room.id, bare.bare), None)
-        log.info("MUC invitation of %s to %s: %d %s", bare, room.id, status, text)
-        progress.notify(status, text)
-
-    def _answer_invited(self, room: Room, bare: str, answer: tuple[int, str]) -> None:
-        for future in self._invited.get((room.id, bare), []):
-            if not future.done():
-                future.set_result(answer)
-
-    def _seat_jid(self, room: Room, uri: str) -> Jid | None:
-        key = _key(uri)
-        seat = next((s for s in self.seats(room) if s.key == key), None)
-        if seat is None:
-            return None
-        room_jid = self.room_jid(room)
-        return Jid(room_jid.local, room_jid.domain, seat.occupant.nick)
-
-    def _invitation(self, message: Invitation) -> None:
-        """An occupant invites someone: a SIP user of the gateway's SIP domains is dialled
-        (REFER method=INVITE's checks and dial-out, the room's refer_policy deciding who may),
-        anyone else gets the room's invitation (§7.8.2)."""
-        occupancy = self._occupancy(message.sender, message.room)
-        room = occupancy.room
-        room_jid = self.room_jid(room)
-        to = Jid(message.to.local, message.to.domain)
-        if to.domain not in self.addressing.sip_domains:
-            inviter = Jid(room_jid.local, room_jid.domain, occupancy.nick)
-            self._send(invitation(to, room_jid, str(inviter), message.reason, id=self.token()))
-            return
-        try:
-            target = self.addressing.jid_to_sip(to, side="sip")
-        except AddressRefused as exc:
-            raise MucError(exc.condition, exc.reason) from None
-        by = NameAddr(parse_uri(occupancy.member.uri), occupancy.nick)
-        progress = _InviterProgress(self, occupancy, to)
-        try:
-            self.rooms.referrals.invite(room, target, by=by, progress=progress)
-        except SipError as exc:
-            condition = "forbidden" if exc.status == 403 else "resource-constraint"
-            raise MucError(condition, exc.reason) from None
-
-    def _declined(self, message: Declined) -> None:
-        room = self._room(message.room)
-        invitee = Jid(message.sender.local, message.sender.domain)
-        self._answer_invited(room, invitee.bare, (603, message.reason or "Declined"))
-        to = message.to
-        if to is not None and to.domain != self.settings.muc_domain:
-            room_jid = self.room_jid(room)
-            self._send(declined(to, room_jid, invitee.bare, message.reason, id=self.token()))
-
-
-class _InviterProgress:
-    """A MUC inviter's view of the dial-out: a failure comes back as a decline (§7.8.2);
-    success shows as the invitee's presence in the room."""
-
-    def __init__(self, gateway: MucGateway, occupancy: Occupancy, invitee: Jid) -> None:
-        self.gateway = gateway
-        self.occupancy = occupancy
-        self.invitee = invitee
-
-    def notify(self, status: int, reason: str | None = None) -> None:
-        if status < 300:
-            return
-        room_jid = self.gateway.room_jid(self.occupancy.room)
-        text = f"{status} {reason or ''}".strip()
-        stanza = declined(
-            self.occupancy.jid, room_jid, self.invitee.bare, text, id=self.gateway.token()
-        )
-        self.gateway._send(stanza)
-
-
-def _stanza_like(sender: Jid, to: str, stanza_id: str, *, name: str = "presence") -> ET.Element:
-    """The stanza an error answers, when it is answered later than it came."""
-    element = ET.Element(f"{{jabber:component:accept}}{name}", {"from": str(sender), "to": to})
-    if stanza_id:
-        element.set("id", stanza_id)
-    return element
-
-
-def _key(uri: str) -> str | None:
-    try:
-        return identity_key(uri)
-    except ValueError:
-        return None
+            self.send(reply)
 
 
 def _condition(error: MsrpError) -> str:
