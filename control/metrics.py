@@ -58,9 +58,12 @@ class MetricSources:
     conference: ConferenceApp | None = None
     cluster: ClusterAgent | None = None
     xmpp: XmppGateway | None = None
+    audio: AudioEngine | None = None  # None: the conference's engine
 
     @property
     def engine(self) -> AudioEngine | None:
+        if self.audio is not None:
+            return self.audio
         return self.conference.engine if self.conference is not None else None
 
 
