@@ -101,9 +101,9 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
 class Occupant:
     """A slixmpp client of Prosody; every presence and message it gets, in order."""
 
-    def __init__(self, setup: Setup, user: str) -> None:
+    def __init__(self, setup: Setup, user: str, resource: str = "desk") -> None:
         self.setup = setup
-        self.jid = f"{user}@{setup.prosody.xmpp_domain}/desk"
+        self.jid = f"{user}@{setup.prosody.xmpp_domain}/{resource}"
         self.xmpp = ClientXMPP(self.jid, setup.prosody.users[user])
         self.xmpp.ssl_context = client_ssl_context()
         self.stanzas: list[ET.Element] = []
@@ -193,8 +193,8 @@ def presence_from(stanza: ET.Element, jid: str, kind: str | None = None) -> bool
 
 
 @contextlib.asynccontextmanager
-async def occupant(setup: Setup, user: str) -> AsyncIterator[Occupant]:
-    person = await Occupant(setup, user).connect()
+async def occupant(setup: Setup, user: str, resource: str = "desk") -> AsyncIterator[Occupant]:
+    person = await Occupant(setup, user, resource).connect()
     try:
         yield person
     finally:
@@ -513,3 +513,27 @@ async def test_nick_changes_both_ways_rejoin_and_disconnect(setup: Setup) -> Non
 
         bob.xmpp.disconnect()  # Prosody sends the room its unavailable presence
         assert await a.wait_for(lambda: any("Robert left" in n.text for n in a.notices("left")))
+
+
+async def test_prosody_killed_occupants_leave_and_join_again(setup: Setup) -> None:
+    """kill -9 of Prosody: its sessions are gone, so the occupants leave the room (the SIP side
+    hears it); the MUC component reconnects to the restarted Prosody, and a join goes through
+    and chat with it."""
+    async with sip_person("alice", "Alice") as alice, occupant(setup, "bob") as bob:
+        a = await alice.join(setup.ports, ROOM, secure=False)
+        bob.join("Bob")
+        await bob.joined("Bob")
+        setup.prosody.kill()
+        assert await a.wait_for(lambda: any("Bob left" in n.text for n in a.notices("left")))
+        setup.prosody.start()
+        app = setup.server.applications["xmpp"]
+        assert isinstance(app, XmppGateway) and app.muc is not None
+        muc = app.muc
+        assert await wait_until(lambda: muc.component.connected, timeout=60)
+        async with occupant(setup, "bob", "laptop") as again:
+            again.join("Bob")
+            await again.joined("Bob")
+            again.say("back again", id="back")
+            await a.wait_text("back again")
+            await a.say("welcome back")
+            await again.wait(lambda s: body(s) == "welcome back")

@@ -107,7 +107,7 @@ class MucGateway:
         self.settings = settings
         self.token = token
         self.wall = wall
-        self.component = MucComponent(settings, self.stanza)
+        self.component = MucComponent(settings, self.stanza, self.connection_lost)
         self.occupancies: dict[tuple[str, RoomId], Occupancy] = {}
         self.invitations = MucInvitations(self)  # XEP-0045 §7.8.2 <-> REFER method=INVITE
         self._listeners: dict[RoomId, Callable[[], None]] = {}
@@ -116,11 +116,18 @@ class MucGateway:
         self.component.start()
 
     async def stop(self) -> None:
-        for occupancy in list(self.occupancies.values()):
-            occupancy.leaving = True
-            if occupancy.room.chat is not None:
-                occupancy.room.chat.detach(occupancy.session)
+        self.connection_lost()
         await self.component.stop()
+
+    def connection_lost(self) -> None:
+        """No XMPP server: nothing reaches the occupants, and a restarted server has lost
+        their sessions; they leave the rooms (the SIP side hears it) and join again once
+        they and the component are back (a join from a known address starts afresh too)."""
+        if self.occupancies:
+            log.info("MUC connection lost: %d occupants leave", len(self.occupancies))
+        for occupancy in list(self.occupancies.values()):
+            occupancy.leaving = True  # no presence to send: the server is not there
+            self._drop(occupancy)
 
     # --- stanzas in ------------------------------------------------------------------------
 

@@ -63,7 +63,12 @@ class MucComponent(Component):
     """The MUC domain's XEP-0114 connection: the reconnecting Component, whose stanzas go
     whole (ElementTree) to the MUC gateway, in order, instead of being mapped as chat."""
 
-    def __init__(self, settings: MucSettings, on_stanza: Callable[[ET.Element], None]) -> None:
+    def __init__(
+        self,
+        settings: MucSettings,
+        on_stanza: Callable[[ET.Element], None],
+        on_lost: Callable[[], None],
+    ) -> None:
         super().__init__(
             settings.muc_domain,
             settings.secret,
@@ -72,6 +77,12 @@ class MucComponent(Component):
             reconnect_max=settings.reconnect_max,
         )
         self.on_stanza = on_stanza
+        self.on_lost = on_lost  # the server connection went away (it reconnects on its own)
+
+    def start(self) -> None:
+        super().start()
+        assert self._xmpp is not None
+        self._xmpp.add_event_handler("disconnected", lambda _: self.on_lost())
 
     def _message(self, stanza: StanzaBase) -> None:
         self.on_stanza(stanza.xml)
