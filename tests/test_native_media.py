@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from control.config import ConfigError, parse_config
 from control.media import native
+from control.media.codecs import G722Codec, PcmaCodec, PcmuCodec, SpeexCodec
 from control.media.engine import ParticipantId, RoomId
 from control.media.jitter import Frame, JitterBuffer
 from control.media.rtp import RtpError, RtpPacket, SequenceTracker
@@ -116,6 +117,50 @@ def test_parse_rtp_packet_is_frozen_and_takes_any_buffer() -> None:
     assert packet == RtpPacket.parse(data)
     with pytest.raises(AttributeError):
         packet.sequence = 5  # type: ignore[misc]
+
+
+# --- the G.711 decode ------------------------------------------------------------------
+
+# Decode a payload (bytes) or conceal a lost one (an int: samples), in that order.
+g711_script = st.lists(st.binary(max_size=480) | st.integers(1, 480), max_size=12)
+
+
+@pytest.mark.parametrize(
+    ("python", "fast"), [(PcmuCodec, native.NativePcmu), (PcmaCodec, native.NativePcma)]
+)
+@given(script=g711_script)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_native_g711_decoder_gives_the_python_samples(
+    python: type[PcmuCodec], fast: type[PcmuCodec], script: list[bytes | int]
+) -> None:
+    """Every octet's sample, and the concealment after it (which repeats the last frame)."""
+    reference, candidate = python(), fast()
+    for step in script:
+        if isinstance(step, bytes):
+            want, got = reference.decode(step), candidate.decode(step)
+        else:
+            want, got = reference.conceal(step), candidate.conceal(step)
+        assert got.dtype == np.int16 and np.array_equal(got, want)
+    assert candidate.encode(np.arange(-160, 160, 2, dtype=np.int16)) == reference.encode(
+        np.arange(-160, 160, 2, dtype=np.int16)
+    )
+
+
+def test_table_decode_is_every_table_entry_and_refuses_a_bad_table() -> None:
+    table = np.arange(-128, 128, dtype=np.int16) * 97
+    out = np.frombuffer(media.table_decode(bytes(range(256)) * 2, table), dtype=np.int16)
+    assert np.array_equal(out, np.concatenate([table, table]))
+    assert media.table_decode(b"", table) == bytearray()
+    with pytest.raises(ValueError, match="256 int16"):
+        media.table_decode(b"\x00", table[:255])
+
+
+def test_native_kit_decodes_g711_natively_and_leaves_other_codecs() -> None:
+    kit = native.kit()
+    assert type(kit.decoder(PcmuCodec)) is native.NativePcmu
+    assert type(kit.decoder(PcmaCodec)) is native.NativePcma
+    assert type(kit.decoder(G722Codec)) is G722Codec
+    assert type(kit.decoder(lambda: SpeexCodec(16000))) is SpeexCodec
 
 
 def test_level_db_matches_python() -> None:

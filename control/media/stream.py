@@ -150,6 +150,10 @@ class EncoderChain:
         return self.codec.encode(out)
 
 
+def _construct(factory: Callable[[], Codec]) -> Codec:
+    return factory()
+
+
 @dataclass(frozen=True, slots=True)
 class MediaKit:
     """The per-packet pieces a stream runs: Python's (the reference, the default) or the
@@ -158,6 +162,8 @@ class MediaKit:
     parse: Callable[[bytes], RtpPacket] = RtpPacket.parse
     jitter_buffer: type[JitterBuffer] = JitterBuffer
     tracker: type[SequenceTracker] = SequenceTracker
+    # The stream's decoder from the codec's factory (native: G.711 decoded in C).
+    decoder: Callable[[Callable[[], Codec]], Codec] = _construct
 
 
 PYTHON_KIT = MediaKit()
@@ -233,7 +239,7 @@ class ParticipantStream:
         ):
             factory = terms.codec_factory()
             self._factory = factory
-            self._decoder = factory()
+            self._decoder = kit.decoder(factory)
             self._upsampler = resampler(self._decoder.sample_rate, self.internal_rate)
             self.frame_samples = self._decoder.frame_samples(PTIME_MS)
             self._jitter = kit.jitter_buffer(terms.rtpmap.clock_rate, ptime_ms=PTIME_MS)

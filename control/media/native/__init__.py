@@ -12,7 +12,9 @@ the time once the mix itself was vectorised:
   floating-point steps, so the same frames, losses and concealments tick for tick;
 * `SequenceTracker`: `control.media.rtp.SequenceTracker` (RFC 3550 A.1), run twice per
   packet (source filter, RTCP reception statistics);
-* `mix_minus`: `MixRoom._mix_minus` with the G.711 table encode, below the limiter's knee.
+* `mix_minus`: `MixRoom._mix_minus` with the G.711 table encode, below the limiter's knee;
+* `table_decode`: the G.711 decode (`NativePcmu`/`NativePcma`, the streams' decoders):
+  one C loop instead of numpy's frombuffer + fancy index, the same samples.
 
 Which path runs is chosen once per mixer: `[rtp] native_media` in the config (default true:
 the README's `make` commands always build the extension), overridden by the environment
@@ -25,13 +27,26 @@ what the differential tests compare the native one against.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from types import ModuleType
 
+import numpy as np
+
+from control.media.codecs import Codec, Pcm, PcmaCodec, PcmuCodec, alaw_decode, ulaw_decode
 from control.media.jitter import Arrival, Frame, JitterStats, Lost
 from control.media.rtp import RtpError, RtpPacket, SequenceUpdate
 from control.media.stream import MediaKit
 
-__all__ = ["ENV", "NativeUnavailable", "available", "choose", "kit", "load"]
+__all__ = [
+    "ENV",
+    "NativePcma",
+    "NativePcmu",
+    "NativeUnavailable",
+    "available",
+    "choose",
+    "kit",
+    "load",
+]
 
 ENV = "CHORUS_NATIVE_MEDIA"
 
@@ -65,11 +80,43 @@ def load() -> ModuleType:
     return _module
 
 
+# The G.711 decode tables (256 int16 samples each), read from the Python codecs themselves.
+_ULAW_TABLE = ulaw_decode(bytes(range(256)))
+_ALAW_TABLE = alaw_decode(bytes(range(256)))
+
+
+class NativePcmu(PcmuCodec):
+    """PCMU whose decode is the C table lookup; encode, PLC and state are PcmuCodec's."""
+
+    def _decode(self, payload: bytes) -> Pcm:
+        return np.frombuffer(load().table_decode(payload, _ULAW_TABLE), dtype=np.int16)
+
+
+class NativePcma(PcmaCodec):
+    """PCMA whose decode is the C table lookup; encode, PLC and state are PcmaCodec's."""
+
+    def _decode(self, payload: bytes) -> Pcm:
+        return np.frombuffer(load().table_decode(payload, _ALAW_TABLE), dtype=np.int16)
+
+
+_NATIVE_DECODERS: dict[type[Codec], type[Codec]] = {PcmuCodec: NativePcmu, PcmaCodec: NativePcma}
+
+
+def decoder(factory: Callable[[], Codec]) -> Codec:
+    """A stream's decoder: the codec's own, or its native subclass for G.711."""
+    codec = factory()
+    native = _NATIVE_DECODERS.get(type(codec))
+    return native() if native is not None else codec
+
+
 def kit() -> MediaKit:
     """The native per-packet pieces for `ParticipantStream(kit=...)`."""
     media = load()
     return MediaKit(
-        parse=media.parse_rtp, jitter_buffer=media.JitterBuffer, tracker=media.SequenceTracker
+        parse=media.parse_rtp,
+        jitter_buffer=media.JitterBuffer,
+        tracker=media.SequenceTracker,
+        decoder=decoder,
     )
 
 

@@ -1,4 +1,4 @@
-/* Frame levels and mix-minus (with the G.711 table encode) in C. */
+/* Frame levels, mix-minus (with the G.711 table encode) and the G.711 table decode in C. */
 
 #include "media.h"
 
@@ -154,7 +154,40 @@ done:
     return result;
 }
 
+/* --- table_decode --------------------------------------------------------------------- */
+
+PyDoc_STRVAR(table_decode_doc,
+"table_decode(payload, table) -> bytearray\n\n"
+"The G.711 decode (codecs.ulaw_decode / alaw_decode: table[octets]) in C: each octet of\n"
+"`payload` (any buffer) looked up in `table`, a buffer of 256 int16 samples; the result\n"
+"is those samples, native int16, for numpy.frombuffer.");
+
+static PyObject *table_decode(PyObject *self, PyObject *args) {
+    Py_buffer payload, table;
+    if (!PyArg_ParseTuple(args, "y*y*:table_decode", &payload, &table))
+        return NULL;
+    PyObject *out = NULL;
+    if (table.len != 256 * (Py_ssize_t)sizeof(int16_t)) {
+        PyErr_SetString(PyExc_ValueError, "table_decode: the table must be 256 int16 samples");
+        goto done;
+    }
+    out = PyByteArray_FromStringAndSize(NULL, payload.len * (Py_ssize_t)sizeof(int16_t));
+    if (out == NULL)
+        goto done;
+    int16_t lookup[256];
+    memcpy(lookup, table.buf, sizeof lookup); /* the table buffer may be unaligned */
+    const unsigned char *code = payload.buf;
+    char *dst = PyByteArray_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < payload.len; i++)
+        memcpy(dst + i * (Py_ssize_t)sizeof(int16_t), &lookup[code[i]], sizeof(int16_t));
+done:
+    PyBuffer_Release(&payload);
+    PyBuffer_Release(&table);
+    return out;
+}
+
 PyMethodDef mix_methods[] = {
+    {"table_decode", table_decode, METH_VARARGS, table_decode_doc},
     {"level_db", level_db, METH_O, level_db_doc},
     {"mix_minus", mix_minus, METH_VARARGS, mix_minus_doc},
     {NULL, NULL, 0, NULL},
