@@ -44,14 +44,18 @@ def test_messages_wait_while_the_invite_rings_then_go_in_order() -> None:
     sessions = table()
     session = sessions.open(KEY, Origin.XMPP, xmpp_peer=BOB_DESK, sip_user=ALICE, now=0.0)
     assert session.state is SessionState.STARTING
-    assert session.from_xmpp(BOB_DESK, "m1", Chat(body="one"), now=1.0) is Routed.QUEUED
+    queued = session.from_xmpp(BOB_DESK, "m1", Chat(body="one"), now=1.0, receipt=True)
+    assert queued is Routed.QUEUED
     assert session.from_xmpp(BOB_DESK, "s1", Chat(state="composing"), now=1.5) is Routed.DROPPED
     assert session.from_xmpp(BOB_DESK, "m2", Chat(body="two"), now=2.0) is Routed.QUEUED
     with pytest.raises(StanzaRefused) as full:
         session.from_xmpp(BOB_DESK, "m3", Chat(body="three"), now=2.5)
     assert full.value.condition == "resource-constraint"
     waiting = session.established(now=3.0)
-    assert [(q.id, q.chat.body) for q in waiting] == [("m1", "one"), ("m2", "two")]
+    assert [(q.id, q.chat.body, q.receipt) for q in waiting] == [
+        ("m1", "one", True),  # the receipt it asked for is still wanted once it is sent
+        ("m2", "two", False),
+    ]
     assert session.state is SessionState.ACTIVE
     assert session.from_xmpp(BOB_DESK, "m4", Chat(body="four"), now=4.0) is Routed.SEND
     assert session.queue == []

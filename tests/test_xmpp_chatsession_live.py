@@ -44,6 +44,7 @@ from tests.test_streams_media import answer_of
 pytestmark = [pytest.mark.peer("prosody"), pytest.mark.timeout(300)]
 
 CHATSTATES = "http://jabber.org/protocol/chatstates"
+RECEIPTS = "urn:xmpp:receipts"
 ALICE = "alice@sip.localhost"
 
 
@@ -159,9 +160,10 @@ class Bob:
     def __init__(self, prosody: ProsodyProcess) -> None:
         self.xmpp = ClientXMPP(f"bob@{prosody.xmpp_domain}/desk", "bob-password")
         self.xmpp.ssl_context = client_ssl_context()
-        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.inbox: list[Any] = []  # what came and no next() took yet, in order
+        self._arrived = asyncio.Event()
         path = f"{{{self.xmpp.default_ns}}}message"
-        self.xmpp.register_handler(Callback("all", MatchXPath(path), self.inbox.put_nowait))
+        self.xmpp.register_handler(Callback("all", MatchXPath(path), self._arrive))
         self.prosody = prosody
 
     async def start(self) -> Bob:
@@ -173,22 +175,40 @@ class Bob:
         await asyncio.wait_for(up.wait(), 30)
         return self
 
-    def say(self, text: str | None, *, state: str | None = None, id: str = "") -> None:
+    def say(
+        self, text: str | None, *, state: str | None = None, id: str = "", receipt: bool = False
+    ) -> None:
         message = self.xmpp.make_message(mto=ALICE, mbody=text, mtype="chat")
         if id:
             message["id"] = id
+        if receipt:  # XEP-0184
+            message.xml.append(message.xml.makeelement(f"{{{RECEIPTS}}}request", {}))
         if state is not None:
             message.xml.append(message.xml.makeelement(f"{{{CHATSTATES}}}{state}", {}))
         message.send()
 
+    def _arrive(self, stanza: Any) -> None:
+        self.inbox.append(stanza)
+        self._arrived.set()
+
     async def next(self, predicate: Any) -> Any:
-        while True:
-            stanza = await asyncio.wait_for(self.inbox.get(), 60)
-            if predicate(stanza):
-                return stanza
+        """The first stanza not taken yet that ``predicate`` likes (waiting for it)."""
+        async with asyncio.timeout(60):
+            while True:
+                for stanza in self.inbox:
+                    if predicate(stanza):
+                        self.inbox.remove(stanza)
+                        return stanza
+                self._arrived.clear()
+                await self._arrived.wait()
 
     async def text(self) -> Any:
         return await self.next(lambda s: bool(s["body"]))
+
+    async def receipt(self) -> str:
+        """The id the next receipt is for."""
+        stanza = await self.next(lambda s: s.xml.find(f"{{{RECEIPTS}}}received") is not None)
+        return str(stanza.xml.find(f"{{{RECEIPTS}}}received").get("id"))
 
     async def gone(self) -> Any:
         return await self.next(lambda s: s.xml.find(f"{{{CHATSTATES}}}gone") is not None)
@@ -251,7 +271,7 @@ async def test_a_sip_invite_is_a_session_both_ways_until_the_sip_bye(tmp_path: P
 
 async def test_an_xmpp_chat_becomes_an_invite_with_msrp_until_gone(tmp_path: Path) -> None:
     async with gateway(tmp_path, chat_sessions=True) as (server, alice, bob, _):
-        bob.say("hello alice", id="first")
+        bob.say("hello alice", id="first", receipt=True)
         bob.say("are you there?", id="second")  # while the INVITE rings: queued, then sent
         first = await asyncio.wait_for(alice.received.get(), 60)
         second = await asyncio.wait_for(alice.received.get(), 60)
@@ -263,6 +283,11 @@ async def test_an_xmpp_chat_becomes_an_invite_with_msrp_until_gone(tmp_path: Pat
         alice.say("hi bob")
         message = await bob.text()
         assert message["body"] == "hi bob" and str(message["from"]) == ALICE
+        long_text = "y" * 5000  # three MSRP chunks: one receipt, after the last one's 200
+        bob.say(long_text, id="long", receipt=True)
+        assert (await asyncio.wait_for(alice.received.get(), 60)).body == long_text.encode()
+        # XEP-0184 receipts from the SIP user's MSRP 200s: the queued one, then the long one
+        assert [await bob.receipt(), await bob.receipt()] == ["first", "long"]
         bob.say(None, state="gone")  # XEP-0085: bob left the chat
         assert await alice.ended() != ""
         assert await wait_until(lambda: sessions(server) == 0, timeout=30)

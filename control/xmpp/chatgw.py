@@ -67,6 +67,18 @@ log = logging.getLogger("chorus.xmpp.chat")
 CHAT_TYPES = ("message/cpim", "text/plain", "text/html", ISCOMPOSING_CONTENT_TYPE)
 WRAPPED_TYPES = ("text/plain", "text/html", ISCOMPOSING_CONTENT_TYPE)
 _MSRP_STATUS = {400: 400, 413: 413, 415: 415}  # MessageRefused's SIP status -> MSRP status
+CHUNK_SIZE = 2048  # bytes of one MSRP SEND we write (RFC 4975 §7.1: chunk large messages)
+
+
+@dataclass(slots=True)
+class _Sent:
+    """An XMPP message sent over a session's MSRP: who to tell when it is answered, and how
+    many of its chunks still wait for their 200."""
+
+    sender: Jid
+    id: str
+    receipt: bool
+    chunks: int
 
 
 @dataclass(slots=True)
@@ -80,7 +92,7 @@ class _Link:
     accept_wrapped_types: tuple[str, ...] = WRAPPED_TYPES
     dialog: Session | None = None
     channel: MsrpChannel | None = None
-    sent: dict[str, tuple[Jid, str]] = field(default_factory=dict)  # MSRP id -> stanza origin
+    sent: dict[str, _Sent] = field(default_factory=dict)  # MSRP Message-ID -> the stanza
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     cancel: asyncio.Future[object] | None = None  # done: CANCEL our INVITE (place_call)
 
@@ -214,9 +226,12 @@ class ChatSessionGateway:
                 return False
             link = self._start(message, key, sender, recipient)
         core = link.core
-        routed = core.from_xmpp(message.sender, message.id, message.chat, now=self._now())
+        receipt = message.receipt_request
+        routed = core.from_xmpp(
+            message.sender, message.id, message.chat, now=self._now(), receipt=receipt
+        )
         if routed is Routed.SEND:
-            self._send(link, message.sender, message.id, message.chat)
+            self._send(link, message.sender, message.id, message.chat, receipt=receipt)
         if message.chat.state == "gone":  # XEP-0085: the XMPP user left the chat
             await self._end(link, "XMPP user gone", tell_xmpp=False)
         self._arm()
@@ -275,7 +290,7 @@ class ChatSessionGateway:
             return
         log.info("chat session %s <-> %s from XMPP", link.xmpp_user, link.sip_user)
         for item in link.core.established(now=self._now()):
-            self._send(link, link.core.xmpp_peer, item.id, item.chat)
+            self._send(link, link.core.xmpp_peer, item.id, item.chat, receipt=item.receipt)
         self._reader(link)
 
     async def _call(self, link: _Link, stream: ChatStream, offer: bytes) -> tuple[int, str] | None:
@@ -311,7 +326,9 @@ class ChatSessionGateway:
             return 503, f"SIP side not reachable: {exc}"
         return None
 
-    def _send(self, link: _Link, sender: Jid, id: str, chat: Chat) -> None:
+    def _send(
+        self, link: _Link, sender: Jid, id: str, chat: Chat, *, receipt: bool = False
+    ) -> None:
         channel = link.channel
         assert channel is not None
         try:
@@ -325,7 +342,8 @@ class ChatSessionGateway:
             )
             if content is None:
                 return
-            message_id = channel.send_message(*content)
+            content_type, body = content
+            message_id = channel.send_message(content_type, body, chunk_size=CHUNK_SIZE)
         except StanzaRefused as refused:
             self._refuse(sender, link.core.sip_user, id, refused)
             return
@@ -334,7 +352,8 @@ class ChatSessionGateway:
             self._refuse(sender, link.core.sip_user, id, refusal)
             return
         if id and chat.body is not None:
-            link.sent[message_id] = (sender, id)
+            chunks = max(1, -(-len(body) // CHUNK_SIZE))
+            link.sent[message_id] = _Sent(sender, id, receipt, chunks)
 
     def xmpp_unavailable(self, sender: Jid) -> None:
         """The XMPP user went offline: its sessions end (RFC 7573)."""
@@ -379,7 +398,7 @@ class ChatSessionGateway:
                 case TransactionTimedOut(message_id=mid) if mid:
                     self._refused_by_sip(link, mid, 408)
                 case ResponseReceived(message_id=mid) if mid:
-                    link.sent.pop(mid, None)
+                    self._delivered(link, mid)
                 case ConnectionFailed(reason=reason):
                     await self._end(link, f"MSRP: {reason}")
                     return
@@ -400,9 +419,23 @@ class ChatSessionGateway:
     def _refused_by_sip(self, link: _Link, message_id: str, status: int) -> None:
         origin = link.sent.pop(message_id, None)
         if origin is not None:
-            sender, stanza_id = origin
             refusal = StanzaRefused("recipient-unavailable", f"the SIP side answered {status}")
-            self._refuse(sender, link.core.sip_user, stanza_id, refusal)
+            self._refuse(origin.sender, link.core.sip_user, origin.id, refusal)
+
+    def _delivered(self, link: _Link, message_id: str) -> None:
+        """The SIP user's MSRP endpoint answered 200 to the last chunk: it has the message
+        (RFC 4975 §7.1.1; a direct session has no relay to answer for it). A receipt, when
+        the XMPP sender asked for one (XEP-0184)."""
+        origin = link.sent.get(message_id)
+        if origin is None:
+            return
+        origin.chunks -= 1
+        if origin.chunks > 0:
+            return  # the last chunk's 200 says the whole message is there
+        del link.sent[message_id]
+        if origin.receipt and self.component.connected:
+            to, of = origin.sender, origin.id
+            self.component.send_receipt(to, link.core.sip_user, id=self.ua.token(16), of=of)
 
     def _refuse(self, to: Jid, from_: Jid, id: str, refused: StanzaRefused) -> None:
         log.info("XMPP message from %s refused: %s", to, refused)

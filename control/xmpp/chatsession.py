@@ -88,6 +88,7 @@ class Queued:
 
     id: str
     chat: Chat
+    receipt: bool = False  # XEP-0184: the sender asked for a receipt
 
 
 class SessionsFull(Exception):
@@ -112,7 +113,9 @@ class ChatSession:
     def touch(self, now: float) -> None:
         self.last_activity = now
 
-    def from_xmpp(self, sender: Jid, id: str, chat: Chat, *, now: float) -> Routed:
+    def from_xmpp(
+        self, sender: Jid, id: str, chat: Chat, *, now: float, receipt: bool = False
+    ) -> Routed:
         """An XMPP message of this pair: sent now, queued, or dropped (a lone chat state
         before the session is up). :class:`StanzaRefused` when the session is over or its
         queue full (``resource-constraint``)."""
@@ -127,7 +130,7 @@ class ChatSession:
             return Routed.DROPPED
         if len(self.queue) >= self.max_queued:
             raise StanzaRefused("resource-constraint", "too many messages while the SIP side rings")
-        self.queue.append(Queued(id, chat))
+        self.queue.append(Queued(id, chat, receipt))
         return Routed.QUEUED
 
     def from_sip(self, *, now: float) -> Jid:
