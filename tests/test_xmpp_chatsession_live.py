@@ -62,6 +62,7 @@ class Alice(SipClient):
         self.received: asyncio.Queue[MessageReceived] = asyncio.Queue()
         self.statuses: dict[str, int] = {}  # Message-ID of what she sent -> its MSRP status
         self.session: Session | None = None
+        self.offered: tuple[sdp.SdpSession, ChatStream] | None = None  # our chat() offer
         self.channel: MsrpChannel | None = None
         self._readers: set[asyncio.Task[None]] = set()
         self.ua.request_handler = self._request
@@ -108,7 +109,8 @@ class Alice(SipClient):
     async def chat(self, target: str, chorus_port: int) -> None:
         """INVITE ``target`` with one MSRP chat m-line; returns once MSRP is connected."""
         stream = ChatStream(self.msrp, secure=False, accept_wrapped_types=("*",))
-        offer = sdp.SdpSession(sess_id=11, address="127.0.0.1").offer([stream.offer_media()])
+        self.offered = (sdp.SdpSession(sess_id=11, address="127.0.0.1"), stream)
+        offer = self.offered[0].offer([stream.offer_media()])
         session, response = await place_call(
             self.ua,
             parse_uri(target),
@@ -121,6 +123,15 @@ class Alice(SipClient):
         self.channel = stream.answered(sdp.parse(response.body).media[0])
         await stream.wait_connected(20)
         self._read(self.channel)
+
+    async def refresh(self) -> int:
+        """A re-INVITE with the same chat m-line (a session refresh, RFC 4028): its status."""
+        assert self.session is not None and self.offered is not None
+        state, stream = self.offered
+        response = await self.session.reinvite(sdp.serialize(state.offer([stream.offer_media()])))
+        if response.status == 200:
+            state.answer_received(sdp.parse(response.body))
+        return response.status
 
     def _read(self, channel: MsrpChannel) -> None:
         async def reader() -> None:
@@ -262,6 +273,9 @@ async def test_a_sip_invite_is_a_session_both_ways_until_the_sip_bye(tmp_path: P
         odd = alice.say("%PDF-1.7", "application/pdf")  # nothing XMPP carries: 415, not lost
         assert await wait_until(lambda: odd in alice.statuses, timeout=30)
         assert alice.statuses[odd] == 415
+        assert await alice.refresh() == 200  # the same MSRP session goes on
+        alice.say("still here")
+        assert (await bob.text())["body"] == "still here"
         assert alice.session is not None
         await alice.session.bye()
         gone = await bob.gone()  # RFC 7573: the SIP user left the chat

@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from control.app import IncomingCall
+from control.app import IncomingCall, ReOffer, on_reoffer
 from control.msrp.chat import ChatStream
 from control.msrp.cpim import CpimAddress
 from control.msrp.errors import MsrpError
@@ -95,6 +95,8 @@ class _Link:
     sent: dict[str, _Sent] = field(default_factory=dict)  # MSRP Message-ID -> the stanza
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     cancel: asyncio.Future[object] | None = None  # done: CANCEL our INVITE (place_call)
+    local_sdp: sdp.SdpSession | None = None  # our side of an answered INVITE (re-offers)
+    streams: dict[int, Stream] = field(default_factory=dict)  # its m-lines' streams
 
 
 def _plain(uri: SipUri) -> SipUri:
@@ -173,6 +175,7 @@ class ChatSessionGateway:
             self._forget(link)
             return
         link.dialog = call.accept(answer, user=xmpp_user.local)
+        on_reoffer(link.dialog, lambda reoffer: self._reoffer(link, reoffer))
         link.channel = stream.channel
         link.accept_types = stream.offered.accept_types
         link.accept_wrapped_types = stream.offered.accept_wrapped_types or ("*",)
@@ -203,7 +206,28 @@ class ChatSessionGateway:
         )
         answer = sdp.serialize(state.answer(offer, result.decisions))
         await result.commit()
+        link.local_sdp = state
+        link.streams = dict(result.streams)
         return answer, chats[0]
+
+    async def _reoffer(self, link: _Link, reoffer: ReOffer) -> None:
+        """A re-INVITE of a session the SIP user started (a session-timer refresh, a hold):
+        answered keeping the chat stream when it still fits (same MSRP path, RFC 4975 §8.1);
+        anything that would need a new MSRP session is 488 and the session goes on."""
+
+        async def refuse_new(request: StreamRequest) -> Stream | None:
+            return None
+
+        result = await negotiate(reoffer.offer, link.streams, refuse_new)
+        kept = [s for s in result.kept if isinstance(s, MsrpChatStream)]
+        if not kept or link.local_sdp is None:
+            await result.abort()
+            reoffer.reject(488, "the chat stream cannot change in this session")
+            return
+        reoffer.answer(sdp.serialize(link.local_sdp.answer(reoffer.offer, result.decisions)))
+        await result.commit()
+        link.streams = dict(result.streams)
+        link.core.touch(self._now())
 
     def _check(self, content_type: str | None, body: bytes, cpim: object) -> None:
         """Before an MSRP message is answered 200: XMPP can carry it, and is there."""
