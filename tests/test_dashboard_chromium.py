@@ -6,7 +6,8 @@ mode behind a real Kamailio (its JSON-RPC, so the node health and the drain are 
   active, Kamailio RPC up) and no room;
 - chat participants joining and leaving a room appear and disappear as the room model
   changes (pushed, no reload), with their media; a file pushed into the room appears with a
-  download link that serves its bytes; a screenshot is taken of the live room;
+  download link that serves its bytes, a screen shared over MSRP (Blink's way) appears with
+  its viewer's signed link; a screenshot is taken of the live room;
 - the drain button drains the node (Kamailio's dispatcher flags it DX, the page says
   draining), the same button takes new rooms again (AP, active);
 - POST /dashboard/drain without the token is 401.
@@ -30,6 +31,7 @@ from tests.peers.kamailio import KamailioProcess
 from tests.peers.ports import free_ports
 from tests.peers.wait import wait_until
 from tests.test_room_files_live import Upload, push
+from tests.test_room_screen_live import RED, share
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.peer("chromium", "kamailio")]
 
@@ -102,7 +104,7 @@ async def test_live_rooms_health_and_drain(
         assert await page.evaluate("document.getElementById('room-count').textContent") == "0"
 
         async with ChatClient("alice", "Alice") as alice, ChatClient("bob", "Bob") as bob:
-            await alice.join(chorus, "dash")
+            alice_chat = await alice.join(chorus, "dash")
             await page.wait_for(f"{rows()}.length === 1", timeout=WAIT)
             bob_chat = await bob.join(chorus, "dash")
             await page.wait_for(f"{rows()}.length === 2", timeout=WAIT)
@@ -125,6 +127,14 @@ async def test_live_rooms_health_and_drain(
             ):
                 assert download.status == 200 and await download.read() == data
             assert await page.evaluate(f"{rows()}.length") == 2  # a transfer is not a person
+            assert await share(alice_chat, RED) == 200  # Blink's screen sharing, one frame
+            screen = "document.querySelector('li[data-screen] a')"
+            await page.wait_for(f"{screen} !== null", timeout=WAIT)
+            assert await page.evaluate(f"{screen}.textContent") == "screen of Alice"
+            viewer = await page.evaluate(f"{screen}.href")
+            assert viewer.startswith(base + "/screen/dash@127.0.0.1/")
+            async with aiohttp.ClientSession() as http, http.get(viewer) as response:
+                assert response.status == 200 and "screen.js" in await response.text()
             shot = await page.screenshot()
             (tmp_path / "dashboard.png").write_bytes(shot)
             bitmap = decode_png(shot)

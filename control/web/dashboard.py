@@ -296,10 +296,12 @@ DASHBOARD_SCRIPT = """\
       files.append(el("li", { "data-sha1": f.sha1 },
         el("a", { href: f.url, download: f.name }, f.name), " (" + f.size + " bytes)"));
     }
+    const names = new Map(room.participant_list.map((p) => [p.id, p.nickname || p.name]));
     const screens = el("ul", { className: "screens" });
     for (const s of room.screens) {
+      const who = names.get(s.participant) || s.participant;
       screens.append(el("li", { "data-screen": s.participant },
-        el("a", { href: s.url, target: "_blank", rel: "noopener" }, "screen of " + s.participant)));
+        el("a", { href: s.url, target: "_blank", rel: "noopener" }, "screen of " + who)));
     }
     return el("section", { className: "room", "data-room": room.id },
       el("h3", {}, el("a", { href: room.page, target: "_blank", rel: "noopener" }, room.uri),
