@@ -13,6 +13,7 @@ when a node is back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -74,6 +75,19 @@ class Events:
 
     def stop(self) -> None:
         self._task.cancel()
+
+
+@contextlib.asynccontextmanager
+async def watched(engine: FreeSwitchEngine, *nodes: MediaNode) -> AsyncIterator[Events]:
+    """The engine's events while the test runs; then the engine closed, the nodes stopped."""
+    events = Events(engine)
+    try:
+        yield events
+    finally:
+        events.stop()
+        await engine.close()
+        for node in nodes:
+            await node.stop()
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 15) -> None:

@@ -105,7 +105,7 @@ async def test_connects_subscribes_and_runs_api_commands(fake: FakeFreeSwitch) -
         await connected(recorder)
         assert fake.commands[:2] == [
             f"auth {PASSWORD}",
-            "event plain CHANNEL_HANGUP_COMPLETE CUSTOM conference::maintenance",
+            "event plain CHANNEL_HANGUP_COMPLETE SHUTDOWN CUSTOM conference::maintenance",
         ]
         status = await client.api("status")
         assert "FreeSWITCH (Version 1.10.12" in status and status.startswith("UP ")

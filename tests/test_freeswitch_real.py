@@ -15,8 +15,9 @@ engine = "freeswitch"`` runs in this process so that its engine can be looked at
   watcher (SIPp) sees her deleted while bob stays, and FreeSWITCH's conference has bob alone.
 - kill -9 of the only node: alice (audio and chat) is re-INVITEd with her audio at port 0 and
   told her audio was lost, carol (audio only) gets BYE, bob's chat goes on. With a second
-  node the room is re-homed there instead: both are re-INVITEd toward the second node's RTP
-  and hear each other through it.
+  node the room is re-homed there instead — after kill -9 and after ``fsctl shutdown`` (whose
+  BYEs on every leg are no lost audio): both are re-INVITEd toward the second node's RTP and
+  hear each other through it.
 """
 
 from __future__ import annotations
@@ -252,9 +253,12 @@ async def test_kill_9_of_the_only_node_loses_the_audio_and_nothing_else(
         await bob.wait_text("still here")
 
 
-async def test_kill_9_of_a_node_rehomes_the_room_on_the_other(
-    node: RealFreeSwitch, freeswitch_bin: str, tmp_path: Path
+@pytest.mark.parametrize("how", ["kill-9", "fsctl-shutdown"])
+async def test_a_node_going_away_rehomes_the_room_on_the_other(
+    node: RealFreeSwitch, freeswitch_bin: str, tmp_path: Path, how: str
 ) -> None:
+    """kill -9 (the Event Socket drops) or ``fsctl shutdown`` (SHUTDOWN, then FreeSWITCH
+    BYEs every leg: re-homed at once, none of those BYEs a lost leg)."""
     second = await RealFreeSwitch(freeswitch_bin, tmp_path / "fs-b").start()
     try:
         async with (
@@ -270,7 +274,10 @@ async def test_kill_9_of_a_node_rehomes_the_room_on_the_other(
                 await mapped(engine, participant)
                 leg = engine.leg(ROOM, participant)
                 assert leg is not None and leg.node == node.name  # a room lives on one node
-            node.kill()
+            if how == "kill-9":
+                node.kill()
+            else:
+                assert await node.api("fsctl shutdown") == "+OK\n"  # mod_commands' reply
             for user, participant in legs.items():
                 offers = moved[user]
                 assert await wait_until(offers.__len__, timeout=30), f"{user} was not moved"
@@ -291,5 +298,6 @@ async def test_kill_9_of_a_node_rehomes_the_room_on_the_other(
             assert tone_power(alice_heard, 8000, 1300.0) > HEARD, "alice does not hear carol"
             assert tone_power(alice_heard, 8000, 700.0) < ABSENT, "alice hears herself"
             assert not notified(bob, "audio-lost", "Alice's audio was lost")
+            assert carol.session is not None and not carol.session.terminated.done()
     finally:
         await second.stop()

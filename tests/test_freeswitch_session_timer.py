@@ -26,7 +26,7 @@ from control.media.engine import AudioLost, StreamMoved
 from control.server import Server
 from tests.peers import fsnode, inprocess
 from tests.peers.fsnode import ALICE, ROOM, MediaNode, Participant, echoed, engine_for, offer, rtp
-from tests.test_freeswitch_engine import Events
+from tests.test_freeswitch_engine import watched
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.peer("sipp")]
 
@@ -53,8 +53,7 @@ async def test_a_leg_lost_at_its_session_refresh_is_rehomed_on_the_rooms_node(
 ) -> None:
     node = await MediaNode(tmp_path / "forgets", forget_dialogs=True, forget_status=status).start()
     engine = engine_for(server, node)
-    events = Events(engine)
-    try:
+    async with watched(engine, node) as events:
         await engine.attach(ROOM, ALICE, offer(participant.port), 0)
         first = engine.leg(ROOM, ALICE)
         assert first is not None
@@ -82,7 +81,3 @@ async def test_a_leg_lost_at_its_session_refresh_is_rehomed_on_the_rooms_node(
         assert "lost the audio leg again" in lost.reason, lost.reason
         assert engine.leg(ROOM, ALICE) is None
         assert sum(isinstance(e, StreamMoved) for e in events.seen) == 1
-    finally:
-        events.stop()
-        await engine.close()
-        await node.stop()

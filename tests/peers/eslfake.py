@@ -16,7 +16,9 @@ may run ``api conference R kick|mute|unmute N`` — the engine or an "operator" 
 and every subscriber sees the events. Faults on demand: ``half_written`` events (each written
 in two pieces with a pause between), ``cut_next_reply`` (half an api reply, then the
 connection closes), ``stalled`` (reads commands, answers none), a wrong password (``-ERR
-invalid`` and the connection closes), ``drop_connections()``.
+invalid`` and the connection closes), ``drop_connections()``, and a clean stop: ``shutdown()``
+or any client's ``api fsctl shutdown`` (``+OK``, then SHUTDOWN, every member hung up with
+SYSTEM_SHUTDOWN, disconnect notices, no more listening).
 
 Run alone (for kill -9 tests): ``python -m tests.peers.eslfake --port P --password X``; it
 prints ``ready`` once listening.
@@ -189,6 +191,25 @@ class FakeFreeSwitch:
         member.talking = talking
         self._emit_member(conf, member, "start-talking" if talking else "stop-talking")
 
+    def shutdown(self) -> None:
+        """What FreeSWITCH 1.10 does once its runtime stops (``fsctl shutdown``, SIGTERM):
+        ``switch_core_destroy`` fires SHUTDOWN (``Event-Info: System Shutting Down``), hangs
+        every channel up with SYSTEM_SHUTDOWN (each member's del-member and
+        CHANNEL_HANGUP_COMPLETE, the last one's conference-destroy), then unloads the
+        modules: mod_event_socket sends each listener its disconnect notice, closes it and
+        stops listening. The SIP side of those hang-ups (SIPp here) is the test's."""
+        headers = self._core_headers("SHUTDOWN", "switch_core_destroy", 2913, "switch_core.c")
+        headers.append(("Event-Info", "System Shutting Down"))
+        self._broadcast("SHUTDOWN", "", headers)
+        for conf in list(self._conferences.values()):
+            for member_id in list(conf.members):
+                self.leave(conf.name, member_id, cause="SYSTEM_SHUTDOWN")
+        for client in list(self._clients):
+            client.writer.write(disconnect_notice_bytes())
+        self.drop_connections()
+        if self._server is not None:
+            self._server.close()
+
     def members(self, conference: str) -> list[FakeMember]:
         conf = self._conferences.get(conference)
         return list(conf.members.values()) if conf else []
@@ -275,6 +296,10 @@ class FakeFreeSwitch:
         if words[:1] == ["status"]:
             sessions = sum(len(c.members) for c in self._conferences.values())
             return STATUS.format(sessions=sessions)
+        if words[:2] == ["fsctl", "shutdown"]:  # mod_commands ctl_function: +OK, then it goes
+            if "cancel" not in words[2:]:
+                asyncio.get_running_loop().call_soon(self.shutdown)
+            return "+OK\n"
         if words[:1] != ["conference"] or len(words) < 3:
             return f"-ERR {words[0] if words else ''} Command not found!\n"
         conf = self._conferences.get(words[1])
@@ -327,7 +352,9 @@ class FakeFreeSwitch:
 
     # --- events as FreeSWITCH 1.10 builds them ----------------------------------------------
 
-    def _core_headers(self, name: str, function: str, line: int) -> list[tuple[str, str]]:
+    def _core_headers(
+        self, name: str, function: str, line: int, file: str = "conference_member.c"
+    ) -> list[tuple[str, str]]:
         now = time.time()
         return [
             ("Event-Name", name),
@@ -339,7 +366,7 @@ class FakeFreeSwitch:
             ("Event-Date-Local", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))),
             ("Event-Date-GMT", formatdate(now, usegmt=True)),
             ("Event-Date-Timestamp", str(int(now * 1_000_000))),
-            ("Event-Calling-File", "conference_member.c"),
+            ("Event-Calling-File", file),
             ("Event-Calling-Function", function),
             ("Event-Calling-Line-Number", str(line)),
             ("Event-Sequence", str(next(self._sequence))),

@@ -318,18 +318,19 @@ async def node_fixture(tmp_path: Path) -> AsyncIterator[MediaNode]:
     await media.stop()
 
 
-def engine_for(server: Server, *nodes: MediaNode) -> FreeSwitchEngine:
+def engine_for(server: Server, *nodes: MediaNode, **timing: float) -> FreeSwitchEngine:
+    """An engine over ``nodes`` with test-sized timings (``timing`` overrides them)."""
     config = parse_config(
         {"audio": {"engine": "freeswitch"}, "freeswitch": {"nodes": [n.config for n in nodes]}}
     )
-    return FreeSwitchEngine(
-        server.ua,
-        config.freeswitch.nodes,
-        answer_timeout=5,
-        health_interval=0.5,
-        failover_after=1.0,
-        reconnect_max=0.5,
-    )
+    settings = {
+        "answer_timeout": 5.0,
+        "health_interval": 0.5,
+        "failover_after": 1.0,
+        "reconnect_max": 0.5,
+        **timing,
+    }
+    return FreeSwitchEngine(server.ua, config.freeswitch.nodes, **settings)
 
 
 async def echoed(participant: Participant, address: str, port: int) -> bytes:

@@ -13,14 +13,15 @@ member's noise gate as ``energy <member-id> <level>`` (`set_energy`, FreeSWITCH 
 room-level default is the conference profile's ``energy-level``).
 
 Faults: a node whose Event Socket is down or whose ``api status`` probe goes unanswered for
-``failover_after`` seconds has failed. Its rooms move to the fittest other node — a new leg
-there with each participant's last offer, then StreamMoved so the room re-INVITEs the
-participant toward the new address — or, with no node left, every participant of those rooms
-gets AudioLost (the room drops their audio, chat and files go on). One leg whose SIP dialog
-dies while the Event Socket is up (see `_watch_leg`): a BYE from the node is AudioLost (or
-Kicked, when its kick-member event follows); a dialog the node lost (481/408, session timer)
-is re-homed on the room's node, a re-INVITE answered 481/408 becomes a new leg at once. The
-Event Socket reconnects by itself with back-off.
+``failover_after`` seconds has failed; one whose Event Socket says SHUTDOWN (``fsctl
+shutdown``, SIGTERM: FreeSWITCH then hangs every channel up) has failed at once. Its rooms
+move to the fittest other node — a new leg there with each participant's last offer, then
+StreamMoved so the room re-INVITEs the participant toward the new address — or, with no node
+left, every participant of those rooms gets AudioLost (the room drops their audio, chat and
+files go on). One leg whose SIP dialog dies while the Event Socket is up (see `_watch_leg`):
+a BYE from the node is AudioLost (or Kicked, when its kick-member event follows); a dialog
+the node lost (481/408, session timer) is re-homed on the room's node, a re-INVITE answered
+481/408 becomes a new leg at once. The Event Socket reconnects by itself with back-off.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ log = logging.getLogger("chorus.media.freeswitch")
 
 Key = tuple[RoomId, ParticipantId]
 REMOTE_BYE = "remote BYE"  # control/sip/session.py's reason for a BYE the peer sent
+# switch_core_destroy fires it (Event-Info "System Shutting Down") before it hangs every
+# channel up with SYSTEM_SHUTDOWN and unloads the modules: `fsctl shutdown`, SIGTERM.
+SHUTDOWN_EVENT = "SHUTDOWN"
 RECOVER_WINDOW = 60.0  # seconds: a re-homed leg lost again within this is not re-homed again
 _ENERGY = re.compile(r"^\+?(?:OK )?Energy \d+ = (\d+)")  # mod_conference's energy reply
 
@@ -356,6 +360,8 @@ class FreeSwitchEngine(AudioEngine):
                 and loop.time() < deadline
             ):
                 await asyncio.sleep(0.05)
+            if self._pool.nodes[leg.node].going_away:
+                return  # a shutdown's hang-up: the re-homing has this leg (or is about to)
             if self._current(leg) and not leg.reported:
                 self._lose(leg, f"media node {leg.node} ended the audio leg")
             return
@@ -448,6 +454,14 @@ class FreeSwitchEngine(AudioEngine):
     def _client_event(self, event: ClientEvent) -> None:
         now = asyncio.get_running_loop().time()
         match event:
+            case EslEventReceived(node=name, event=esl_event) if esl_event.name == SHUTDOWN_EVENT:
+                log.warning(
+                    "FreeSWITCH node %s is shutting down (%s)",
+                    name,
+                    esl_event.get("Event-Info") or "SHUTDOWN",
+                )
+                if self._pool.shutting_down(name, now):
+                    self._spawn(self._rehome(self._pool.nodes[name], "is shutting down"))
             case EslEventReceived(node=name, event=esl_event):
                 members = self._members[name]
                 for audio_event in members.handle(esl_event):
@@ -499,22 +513,26 @@ class FreeSwitchEngine(AudioEngine):
             log.warning("FreeSWITCH node %s does not answer its health probe", name)
         self._pool.set_answering(name, answering, loop.time())
 
-    async def _rehome(self, node: NodeState) -> None:
+    async def _rehome(self, node: NodeState, why: str = "failed") -> None:
+        """Move the rooms of a node that failed (or ``why``: is shutting down) to the fittest
+        other node, or lose their audio when there is none. Every leg of the node is taken
+        off it first, before any new leg is awaited: the node's own BYEs for them (a
+        shutdown hangs every channel up) are then no news to `_watch_leg`."""
         legs = [leg for leg in self._legs.values() if leg.node == node.name]
         rooms = sorted({leg.room for leg in legs})
-        log.error("FreeSWITCH node %s failed: re-homing %d room(s)", node.name, len(rooms))
+        log.error("FreeSWITCH node %s %s: re-homing %d room(s)", node.name, why, len(rooms))
+        for old in legs:
+            old.moved = True
+            self._legs.pop((old.room, old.participant), None)
+            self._members[node.name].forget(old.room, old.participant)
+            self._ua.spawn(old.session.bye(reason=f"media node {why}"))
         for room in rooms:
             target = self._pool.place(room, avoid=[node.name])
             room_legs = [leg for leg in legs if leg.room == room]
-            for old in room_legs:
-                old.moved = True
-                self._legs.pop((room, old.participant), None)
-                self._members[node.name].forget(room, old.participant)
-                self._ua.spawn(old.session.bye(reason="media node failed"))
             if target is None:
                 self._pool.release(room)
                 for old in room_legs:
-                    self._lose(old, f"media node {node.name} failed and no other node is up")
+                    self._lose(old, f"media node {node.name} {why} and no other node is up")
                 continue
             for old in room_legs:
                 try:
@@ -522,7 +540,7 @@ class FreeSwitchEngine(AudioEngine):
                         target, room, old.participant, old.offer, old.media_index
                     )
                 except AudioEngineError as exc:
-                    self._lose(old, f"media node {node.name} failed; {exc.reason}")
+                    self._lose(old, f"media node {node.name} {why}; {exc.reason}")
                     continue
                 self._queue.put_nowait(StreamMoved(room, old.participant, leg.answer))
         node.rooms.difference_update(rooms)

@@ -47,7 +47,8 @@ __all__ = [
 
 log = logging.getLogger("chorus.media.freeswitch.esl")
 
-SUBSCRIPTION = "event plain CHANNEL_HANGUP_COMPLETE CUSTOM conference::maintenance"
+# Event names before CUSTOM: mod_event_socket takes every word after it as a subclass.
+SUBSCRIPTION = "event plain CHANNEL_HANGUP_COMPLETE SHUTDOWN CUSTOM conference::maintenance"
 _OUTER = ("Content-Length", "Content-Type")
 
 

@@ -4,8 +4,8 @@ Room affinity: all of a room's legs go to one node (mod_conference mixes one con
 one box). A new room goes to the fit node hosting the fewest rooms, ties broken by the
 configured order. A node is fit while its Event Socket is connected and answers its health
 probe; one that has been unfit for ``failover_after`` seconds is *failed*: its rooms are
-re-homed and it takes no new rooms until it is fit again. Plain state, fed the clock by the
-engine (sans-IO).
+re-homed and it takes no new rooms until it is fit again. A node that says it is shutting down
+(`going_away`) has failed at once. Plain state, fed the clock by the engine (sans-IO).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ class NodeState:
     answering: bool = True  # the last health probe got its answer
     unfit_since: float | None = 0.0  # when it last stopped being fit (0: never was yet)
     failed: bool = False
+    going_away: bool = False  # it said SHUTDOWN: unfit until a new Event Socket connection
     rooms: set[RoomId] = field(default_factory=set)
 
     @property
@@ -34,7 +35,7 @@ class NodeState:
 
     @property
     def fit(self) -> bool:
-        return self.connected and self.answering and not self.failed
+        return self.connected and self.answering and not self.failed and not self.going_away
 
 
 class NodePool:
@@ -78,9 +79,24 @@ class NodePool:
     def set_connected(self, name: str, connected: bool, now: float) -> None:
         node = self.nodes[name]
         node.connected = connected
-        if connected:
+        if connected:  # a new connection: the node (re)started
             node.answering = True
+            node.going_away = False
         self._update(node, now)
+
+    def shutting_down(self, name: str, now: float) -> bool:
+        """The node said it is shutting down (the Event Socket's SHUTDOWN event): failed at
+        once, not ``failover_after`` later, and unfit until its Event Socket connects anew
+        (a restarted node) whatever its old connection and probes still say. True when it
+        was not failed yet (its rooms are to be re-homed now)."""
+        node = self.nodes[name]
+        node.going_away = True
+        if node.unfit_since is None:
+            node.unfit_since = now
+        if node.failed:
+            return False
+        node.failed = True
+        return True
 
     def set_answering(self, name: str, answering: bool, now: float) -> None:
         node = self.nodes[name]
@@ -88,7 +104,7 @@ class NodePool:
         self._update(node, now)
 
     def _update(self, node: NodeState, now: float) -> None:
-        if node.connected and node.answering:
+        if node.connected and node.answering and not node.going_away:
             node.unfit_since = None
             node.failed = False
         elif node.unfit_since is None:
