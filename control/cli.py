@@ -190,6 +190,7 @@ def muc_gateway(
         conference_domain=xmpp.conference_domain or media_host.lower(),
         reconnect_max=xmpp.reconnect_max,
         max_message_bytes=xmpp.max_message_bytes,
+        max_stanza_bytes=xmpp.max_stanza_bytes,
         invite_timeout=config.conference.refer_timeout,
     )
     addressing = Addressing(xmpp.sip_domains, xmpp.xmpp_domains)

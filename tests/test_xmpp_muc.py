@@ -294,3 +294,39 @@ def test_invitation_and_decline_from_the_room() -> None:
     back = declined(BOB, ROOM, "dave@sip.localhost", "486 Busy Here", id="d1")
     element = back.find(f"{{{MUC_USER_NS}}}x/{{{MUC_USER_NS}}}decline")
     assert element is not None and element.get("from") == "dave@sip.localhost"
+
+
+def test_chat_states_and_xhtml_in_rooms() -> None:
+    states = "http://jabber.org/protocol/chatstates"
+    composing = xml(
+        f"<message from='bob@xmpp.localhost/desk' to='lobby@{MUC}' type='groupchat'>"
+        f"<composing xmlns='{states}'/></message>"
+    )
+    assert parse_message(composing, muc_domain=MUC) == GroupMessage(
+        BOB, "lobby", "", None, None, "composing"
+    )
+    private = xml(
+        f"<message from='bob@xmpp.localhost/desk' to='lobby@{MUC}/Alice' type='chat'>"
+        f"<paused xmlns='{states}'/></message>"
+    )
+    assert parse_message(private, muc_domain=MUC) == PrivateMessage(
+        BOB, "lobby", "Alice", "", None, "paused"
+    )
+    rich = xml(
+        f"<message from='bob@xmpp.localhost/desk' to='lobby@{MUC}' type='groupchat'>"
+        "<body>hi there</body><html xmlns='http://jabber.org/protocol/xhtml-im'>"
+        "<body xmlns='http://www.w3.org/1999/xhtml'>hi <b>there</b></body></html></message>"
+    )
+    event = parse_message(rich, muc_domain=MUC)
+    assert isinstance(event, GroupMessage)
+    assert event.xhtml == 'hi <b xmlns="http://www.w3.org/1999/xhtml">there</b>'
+    script = xml(
+        f"<message from='bob@xmpp.localhost/desk' to='lobby@{MUC}' type='groupchat'>"
+        "<body>x</body><html xmlns='http://jabber.org/protocol/xhtml-im'>"
+        "<body xmlns='http://www.w3.org/1999/xhtml'><script>x</script></body></html></message>"
+    )
+    with pytest.raises(MucError) as refused:
+        parse_message(script, muc_domain=MUC)
+    assert refused.value.condition == "not-acceptable"
+    out = groupchat(BOB, ROOM, "Alice", None, id="c1", state="composing")
+    assert out.find(f"{{{states}}}composing") is not None and out.find(f"{{{NS}}}body") is None

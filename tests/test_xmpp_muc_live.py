@@ -25,6 +25,9 @@ from slixmpp.xmlstream.matcher import MatchXPath
 
 from control.cli import build_server
 from control.config import parse_config
+from control.msrp import parse_iscomposing
+from control.msrp.iscomposing import ISCOMPOSING_CONTENT_TYPE as ISCOMPOSING
+from control.msrp.iscomposing import ComposingState
 from control.server import Server
 from control.xmpp.app import XmppGateway
 from tests.peers.chatclient import ChatClient, ChatSession, uri_key
@@ -537,3 +540,35 @@ async def test_prosody_killed_occupants_leave_and_join_again(setup: Setup) -> No
             await a.wait_text("back again")
             await a.say("welcome back")
             await again.wait(lambda s: body(s) == "welcome back")
+
+
+async def test_chat_states_and_xhtml_cross(setup: Setup) -> None:
+    """XEP-0085 chat states ↔ is-composing (RFC 3994) and XEP-0071 XHTML-IM ↔ text/html, in
+    the room both ways."""
+    states = "http://jabber.org/protocol/chatstates"
+    async with sip_person("alice", "Alice") as alice, occupant(setup, "bob") as bob:
+        a = await alice.join(setup.ports, ROOM, secure=False)
+        bob.join("Bob")
+        await bob.joined("Bob")
+        typing = bob.xmpp.make_message(mto=setup.room_jid, mtype="groupchat")
+        ET.SubElement(typing.xml, f"{{{states}}}composing")
+        typing.send()
+        got = await a.wait_for(lambda: a.messages(lambda d: d.wrapped_type == ISCOMPOSING))
+        assert got
+        indication = a.messages(lambda d: d.wrapped_type == ISCOMPOSING)[0]
+        assert indication.cpim is not None
+        assert parse_iscomposing(indication.cpim.body).state is ComposingState.ACTIVE
+        await a.composing(ComposingState.ACTIVE)
+        state = await bob.wait(lambda s: s.find(f"{{{states}}}composing") is not None)
+        assert state.get("from") == f"{setup.room_jid}/Alice" and body(state) is None
+
+        rich = bob.xmpp.make_message(mto=setup.room_jid, mbody="hi bold", mtype="groupchat")
+        html = ET.SubElement(rich.xml, "{http://jabber.org/protocol/xhtml-im}html")
+        markup = ET.SubElement(html, "{http://www.w3.org/1999/xhtml}body")
+        markup.text = "hi "
+        ET.SubElement(markup, "{http://www.w3.org/1999/xhtml}b").text = "bold"
+        rich.send()
+        assert await a.wait_for(lambda: any(d.wrapped_type == "text/html" for d in a.public()))
+        sent = next(d for d in a.public() if d.wrapped_type == "text/html")
+        assert "<b" in sent.text and "bold</b>" in sent.text
+        assert not bob.matching(lambda s: s.get("type") == "error")

@@ -26,7 +26,13 @@ from xml.etree import ElementTree as ET
 from control.msrp.cpim import format_datetime, parse_datetime
 from control.msrp.errors import CpimError
 from control.xmpp.addressing import AddressRefused, Jid, parse_jid
-from control.xmpp.errors import ERROR_TYPES
+from control.xmpp.errors import (
+    CHATSTATES_NS,
+    ERROR_TYPES,
+    StanzaRefused,
+    read_chat_state,
+    read_xhtml,
+)
 
 __all__ = [
     "COMPONENT_NS",
@@ -135,6 +141,8 @@ class GroupMessage:
     id: str
     body: str | None
     subject: str | None = None
+    state: str | None = None  # XEP-0085 chat state (§5.5: in rooms too)
+    xhtml: str | None = None  # XEP-0071 markup, read by control/xmpp/errors.py's checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +153,9 @@ class PrivateMessage:
     room: str
     nick: str
     id: str
-    body: str
+    body: str | None  # None: a chat state alone
+    state: str | None = None
+    xhtml: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,17 +336,22 @@ def parse_message(
     if body is not None and len(body) > max_body:
         raise MucError("not-acceptable", f"message body over {max_body} characters")
     stanza_id = stanza.get("id") or ""
+    try:
+        state = read_chat_state(stanza)
+        xhtml = read_xhtml(stanza, has_body=body is not None)
+    except StanzaRefused as exc:
+        raise MucError(exc.condition, exc.text) from None
     if kind == "groupchat":
         if recipient.resource is not None:  # §7.4: groupchat goes to the room, not a nick
             raise MucError("bad-request", "groupchat message to an occupant's full JID")
         subject = _text(stanza, "subject")
-        if body is None and subject is None:
-            raise MucError("bad-request", "groupchat message with neither body nor subject")
-        return GroupMessage(sender, room, stanza_id, body, subject)
+        if body is None and subject is None and state is None:
+            raise MucError("bad-request", "groupchat message with no body, subject or state")
+        return GroupMessage(sender, room, stanza_id, body, subject, state, xhtml)
     if kind in ("chat", "normal") and recipient.resource is not None:
-        if body is None:
-            raise MucError("bad-request", "private message without a body")
-        return PrivateMessage(sender, room, recipient.resource, stanza_id, body)
+        if body is None and state is None:
+            raise MucError("bad-request", "private message without a body or chat state")
+        return PrivateMessage(sender, room, recipient.resource, stanza_id, body, state, xhtml)
     x = stanza.find(f"{{{MUC_USER_NS}}}x")
     if kind == "normal" and x is not None and recipient.resource is None:
         return _mediated(x, sender, room, stanza_id)
@@ -485,9 +500,11 @@ def occupant_presence(
     return stanza
 
 
-def _body(stanza: ET.Element, body: str | None, xhtml: str | None) -> None:
+def _body(stanza: ET.Element, body: str | None, xhtml: str | None, state: str | None) -> None:
     if body is not None:
         _sub(stanza, "body", body)
+    if state is not None:  # XEP-0085
+        ET.SubElement(stanza, f"{{{CHATSTATES_NS}}}{state}")
     if xhtml is not None:  # XEP-0071, as control/xmpp/component.py writes it for chat
         try:
             inner = ET.fromstring(f'<body xmlns="http://www.w3.org/1999/xhtml">{xhtml}</body>')
@@ -505,13 +522,14 @@ def groupchat(
     *,
     id: str,
     xhtml: str | None = None,
+    state: str | None = None,
     delay: datetime | None = None,
 ) -> ET.Element:
     """A room message from ``room/nick`` (``nick`` None: from the room itself, §7.2.16); a
     replayed one carries its original time as XEP-0203 ``<delay from=room/>`` (§7.2.15)."""
     sender = Jid(room.local, room.domain, nick) if nick else room
     stanza = _stanza("message", to, sender, type="groupchat", id=id)
-    _body(stanza, body, xhtml)
+    _body(stanza, body, xhtml, state)
     if delay is not None:
         ET.SubElement(
             stanza, f"{{{DELAY_NS}}}delay", {"from": room.bare, "stamp": format_datetime(delay)}
@@ -520,11 +538,18 @@ def groupchat(
 
 
 def private_chat(
-    to: Jid, room: Jid, nick: str, body: str, *, id: str, xhtml: str | None = None
+    to: Jid,
+    room: Jid,
+    nick: str,
+    body: str | None,
+    *,
+    id: str,
+    xhtml: str | None = None,
+    state: str | None = None,
 ) -> ET.Element:
     """A private message from occupant ``nick`` (§7.5), marked with ``<x xmlns=muc#user/>``."""
     stanza = _stanza("message", to, Jid(room.local, room.domain, nick), type="chat", id=id)
-    _body(stanza, body, xhtml)
+    _body(stanza, body, xhtml, state)
     ET.SubElement(stanza, f"{{{MUC_USER_NS}}}x")
     return stanza
 

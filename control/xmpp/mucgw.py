@@ -136,6 +136,8 @@ class MucGateway:
         name = element.tag.rsplit("}", 1)[-1]
         domain = self.settings.muc_domain
         try:
+            if len(ET.tostring(element)) > self.settings.max_stanza_bytes:
+                raise MucError("policy-violation", "stanza over the service's size limit")
             if name == "presence":
                 presence = parse_presence(element, muc_domain=domain)
                 if isinstance(presence, MucLeave):
@@ -464,15 +466,25 @@ class MucGateway:
         occupancy = self.occupancy_of(message.sender, message.room)
         if message.subject is not None:
             self._set_subject(occupancy, message.subject)
-        if message.body is None:
-            return
         room = occupancy.room
         assert room.chat is not None
-        self._submit(occupancy, Chat(body=message.body), room.chat.core.room, message.id)
+        if message.body is None:
+            if message.state is not None and message.subject is None:
+                # XEP-0085 §5.5: a chat state alone is the room's is-composing (RFC 3994),
+                # relayed, never stored, not reflected.
+                self._submit(occupancy, Chat(state=message.state), room.chat.core.room, "")
+            return
+        chat = Chat(body=message.body, xhtml=message.xhtml)
+        self._submit(occupancy, chat, room.chat.core.room, message.id)
         # §7.4: the room reflects the message to its sender, once, with the sender's id.
         self.send(
             groupchat(
-                occupancy.jid, self.room_jid(room), occupancy.nick, message.body, id=message.id
+                occupancy.jid,
+                self.room_jid(room),
+                occupancy.nick,
+                message.body,
+                id=message.id,
+                xhtml=message.xhtml,
             )
         )
 
@@ -484,7 +496,13 @@ class MucGateway:
         )
         if seat is None:
             raise MucError("item-not-found", "no occupant has that nickname")
-        mid = self._submit(occupancy, Chat(body=message.body), CpimAddress(seat.uri), message.id)
+        if message.body is None:  # a chat state alone (XEP-0085), to that occupant
+            chat = Chat(state=message.state)
+        else:
+            chat = Chat(body=message.body, xhtml=message.xhtml)
+        mid = self._submit(occupancy, chat, CpimAddress(seat.uri), message.id)
+        if message.body is None:
+            return
         occupancy.private[mid] = message.id
         while len(occupancy.private) > PENDING_REPORTS:
             occupancy.private.popitem(last=False)
@@ -561,14 +579,12 @@ class MucGateway:
                 self._send_out(groupchat(occupancy.jid, room_jid, None, text, id=self.token()))
             return
         inner = message.content_type or "text/plain"
-        if inner.split(";", 1)[0].strip().lower() == ISCOMPOSING_CONTENT_TYPE:
-            return  # chat states in rooms are not carried yet
-        try:
+        try:  # is-composing (RFC 3994) becomes the chat state (XEP-0085) composing/active
             chat = chat_from_sip(inner, message.body, max_bytes=self.settings.max_message_bytes)
         except MessageRefused as exc:
             log.info("a room message for %s not carried: %s", occupancy.jid, exc)
             return
-        if chat.body is None:
+        if chat.body is None and chat.state is None:
             return
         sender = message.sender
         nick = self._nick_of(room, sender)
@@ -576,7 +592,13 @@ class MucGateway:
         private = any(key_of(r.uri) != room_key for r in (*message.recipients, *message.cc))
         if private:
             stanza = private_chat(
-                occupancy.jid, room_jid, nick, chat.body, id=self.token(), xhtml=chat.xhtml
+                occupancy.jid,
+                room_jid,
+                nick,
+                chat.body,
+                id=self.token(),
+                xhtml=chat.xhtml,
+                state=chat.state,
             )
         else:
             history = (message.value("History", CHORUS_NS) or "").lower() == "yes"
@@ -587,6 +609,7 @@ class MucGateway:
                 chat.body,
                 id=self.token(),
                 xhtml=chat.xhtml,
+                state=chat.state,
                 delay=message.datetime if history else None,
             )
         self._send_out(stanza)

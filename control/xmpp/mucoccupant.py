@@ -56,6 +56,7 @@ class MucSettings:
     conference_domain: str  # the SIP host of the rooms: room@muc_domain ↔ room@this
     reconnect_max: float = 30.0
     max_message_bytes: int = 65536
+    max_stanza_bytes: int = 262144  # [xmpp] max_stanza_bytes: larger is policy-violation
     invite_timeout: float = 60.0  # [conference] refer_timeout: an invitee's time to join
 
 
