@@ -53,8 +53,9 @@ class Alice(SipClient):
     gateway's INVITEs (``answer_status`` 200 with an ``active`` chat answer, or a refusal),
     and keeps what reaches her: MSRP messages, pager MESSAGEs, BYEs."""
 
-    def __init__(self) -> None:
+    def __init__(self, user: str = "alice") -> None:
         super().__init__("udp")
+        self.user = user
         self.msrp = MsrpTransport()
         self.answer_status = 200
         self.invites: list[sdp.SessionDescription] = []
@@ -68,7 +69,7 @@ class Alice(SipClient):
         self.ua.request_handler = self._request
 
     def identity(self) -> NameAddr:
-        return NameAddr(SipUri(host="sip.localhost", user="alice"), "Alice")
+        return NameAddr(SipUri(host="sip.localhost", user=self.user), self.user.title())
 
     @property
     def port(self) -> int:
@@ -187,9 +188,15 @@ class Bob:
         return self
 
     def say(
-        self, text: str | None, *, state: str | None = None, id: str = "", receipt: bool = False
+        self,
+        text: str | None,
+        *,
+        state: str | None = None,
+        id: str = "",
+        receipt: bool = False,
+        to: str = ALICE,
     ) -> None:
-        message = self.xmpp.make_message(mto=ALICE, mbody=text, mtype="chat")
+        message = self.xmpp.make_message(mto=to, mbody=text, mtype="chat")
         if id:
             message["id"] = id
         if receipt:  # XEP-0184
@@ -341,3 +348,26 @@ async def test_a_refused_invite_answers_the_waiting_message(tmp_path: Path) -> N
         assert error["error"]["condition"] == "recipient-unavailable"  # SIP 486
         assert len(alice.invites) == 1 and alice.received.empty()
         assert sessions(server) == 0
+
+
+async def test_max_chat_sessions_is_a_limit_both_ways(tmp_path: Path) -> None:
+    async with gateway(tmp_path, chat_sessions=True, max_chat_sessions=1) as (
+        server,
+        alice,
+        bob,
+        port,
+    ):
+        bob.say("one session", id="one")
+        assert (await asyncio.wait_for(alice.received.get(), 60)).body == b"one session"
+        carol = Alice("carol")  # a second SIP user calling bob: over the limit, 486
+        await carol.__aenter__()
+        try:
+            with pytest.raises(AssertionError, match="INVITE answered 486"):
+                await carol.chat("sip:bob@xmpp.localhost", port)
+        finally:
+            await carol.close()
+        bob.say("and another", id="two", to="dave@sip.localhost")  # over the limit too
+        error = await bob.next(lambda s: s["type"] == "error")
+        assert error["id"] == "two"
+        assert error["error"]["condition"] == "resource-constraint"
+        assert sessions(server) == 1
