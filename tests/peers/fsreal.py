@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -60,6 +61,7 @@ DIRECTORIES = (
     "sounds",
 )
 RTP_PORTS = 98  # per node: 49 legs (FreeSWITCH rounds an odd end port down)
+_RANGES = itertools.count()
 
 
 def render(dest: Path, **values: str) -> Path:
@@ -93,7 +95,8 @@ class RealFreeSwitch:
 
     def __post_init__(self) -> None:
         self.sip_port, self.esl_port = free_ports(2)
-        self.rtp_start = 30000 + (self.sip_port % 300) * 100  # even, below 60000
+        # Even, below 60000; nodes of one test run never share a range.
+        self.rtp_start = 30000 + (os.getpid() + next(_RANGES)) % 300 * 100
         self.rtp_end = self.rtp_start + RTP_PORTS
 
     @property
