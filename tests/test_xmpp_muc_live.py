@@ -35,6 +35,7 @@ from tests.peers.ports import free_port, free_ports
 from tests.peers.prosody import ProsodyProcess, chorus_config, client_ssl_context
 from tests.peers.sipp import SippUas
 from tests.peers.wait import wait_until
+from tests.peers.watcher import ConferenceWatcher
 from tests.test_conference_refer_live import ReferWatcher
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.peer("prosody"), pytest.mark.peer("sipp")]
@@ -572,3 +573,26 @@ async def test_chat_states_and_xhtml_cross(setup: Setup) -> None:
         sent = next(d for d in a.public() if d.wrapped_type == "text/html")
         assert "<b" in sent.text and "bold</b>" in sent.text
         assert not bob.matching(lambda s: s.get("type") == "error")
+
+
+async def test_conference_info_shows_the_occupant_and_the_subject(setup: Setup) -> None:
+    """A SIP watcher of the room (RFC 4575) sees the XMPP occupant as a user with a chat
+    endpoint while it is in the room, and the MUC subject as the conference subject."""
+    async with sip_person("alice", "Alice") as alice, occupant(setup, "bob") as bob:
+        await alice.join(setup.ports, ROOM, secure=False)
+        async with ConferenceWatcher(setup.ports.sip_port, ROOM) as watcher:
+            assert watcher.status == 200
+            bob.join("Bob")
+            await bob.joined("Bob")
+            uri = f"sip:bob@{setup.prosody.xmpp_domain}"
+            assert await wait_until(lambda: uri in watcher.model.users, timeout=30)
+            assert watcher.model.users[uri]["display-text"] == "Bob"
+            subject = bob.xmpp.make_message(mto=setup.room_jid, mtype="groupchat")
+            subject["subject"] = "Plans"
+            subject.send()
+            assert await wait_until(
+                lambda: watcher.model.description.get("subject") == "Plans", timeout=30
+            )
+            bob.leave("Bob")
+            assert await wait_until(lambda: uri not in watcher.model.users, timeout=30)
+            assert not watcher.errors, watcher.errors

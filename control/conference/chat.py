@@ -108,6 +108,7 @@ class ChatMember:
     display_name: str | None = None  # from SIP, used while no nickname is set
     accept_wrapped_types: tuple[str, ...] = ("*",)
     nickname: str | None = None
+    joined_at: float | None = None  # a chat-only member's join (conference-info shows it)
     key: str = field(init=False)
 
     def __post_init__(self) -> None:

@@ -31,6 +31,7 @@ from .info import (
     when,
     with_version,
 )
+from .participant import PARTICIPANT
 from .room import Room, room_uri_for
 
 __all__ = ["InfoSubscriber", "RoomFileRecord", "RoomInfo", "nicknames", "room_snapshot"]
@@ -106,11 +107,12 @@ def room_snapshot(
         )
         endpoints = {**(previous.endpoints if previous else {}), ep.entity: ep}
         users[uri] = UserInfo(uri, name, roles, endpoints, screen)
+    _chat_only(room, users, names)
     uri = room_uri_for(room.id)
     return ConferenceSnapshot(
         entity=uri,
         display_text=f"Conference {room.id.partition('@')[0]}",
-        subject=None,
+        subject=room.subject,  # set over MUC (control/xmpp/mucgw.py)
         conf_uris=(uri,),
         files=tuple(FileInfo(f.name, sylk_hash(f.sha1), f.size, f.sender) for f in files),
         host_display_text=host,
@@ -121,6 +123,28 @@ def room_snapshot(
         maximum_user_count=room.max_participants,
         users=users,
     )
+
+
+def _chat_only(room: Room, users: dict[str, UserInfo], names: dict[str, str]) -> None:
+    """Chat members with no SIP session of their own (XMPP occupants through MUC,
+    control/xmpp/mucgw.py) are users too, one endpoint per chat session with its chat."""
+    if room.chat is None:
+        return
+    for member in room.chat.core.members.values():
+        if member.participant in room.participants:
+            continue
+        name = names.get(member.uri) or member.shown_name
+        label = f"{member.session}-chat"
+        ep = EndpointInfo(
+            entity=f"{member.uri};id={member.session}",
+            display_text=name,
+            status="connected",
+            joined=when(member.joined_at or room.created_at),
+            media=(MediaInfo(label, media_type(MediaKind.CHAT), label, "sendrecv"),),
+        )
+        previous = users.get(member.uri)
+        endpoints = {**(previous.endpoints if previous else {}), ep.entity: ep}
+        users[member.uri] = UserInfo(member.uri, name, (PARTICIPANT,), endpoints)
 
 
 @dataclass(slots=True)

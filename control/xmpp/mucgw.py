@@ -315,7 +315,13 @@ class MucGateway:
         self._check_nick(room, presence.nick, key)
         session = ChatSessionId(f"xmpp-{self.token()}")
         member = ChatMember(
-            session, ParticipantId(f"xmpp:{key}"), uri, presence.nick, XMPP_TYPES, presence.nick
+            session,
+            ParticipantId(f"xmpp:{key}"),
+            uri,
+            presence.nick,
+            XMPP_TYPES,
+            presence.nick,
+            joined_at=self.wall().timestamp(),
         )
         first = not any(o.member.key == key for o in self.in_room(room))
         chat.core.nicknames.claim(key, presence.nick, None)
@@ -336,7 +342,7 @@ class MucGateway:
         occupancy.channel.ready.set()
         if occupancy.history_left == 0:
             self._send_subject(occupancy)
-        self.refresh(room)  # the others see the joiner
+        room.changed()  # the other occupants see the joiner, conference-info watchers too
         self.invitations.answer(room, bare.bare, (200, "OK"))
         if first and announce:
             text = notice_text(NoticeKind.JOINED, presence.nick)
@@ -434,7 +440,7 @@ class MucGateway:
             room.chat.notice(
                 NoticeKind.LEFT, text, exclude_participant=occupancy.member.participant
             )
-        self.refresh(room)
+        room.changed()  # the other occupants, and conference-info watchers, see it leave
 
     def nick_answered(
         self, occupancy: Occupancy, stanza_id: str, nick: str, status: int, comment: str | None
@@ -538,7 +544,8 @@ class MucGateway:
         """§8.1: any occupant may set it here (the room has no subject moderation); every
         XMPP occupant gets it, the SIP participants a notice."""
         room = occupancy.room
-        room.subject = subject
+        room.subject = subject or None
+        room.changed()  # conference-info's conference-description/subject
         room_jid = self.room_jid(room)
         for other in self.in_room(room):
             self.send(
