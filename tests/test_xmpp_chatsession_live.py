@@ -24,7 +24,14 @@ from slixmpp.xmlstream.matcher import MatchXPath
 from control.cli import build_server
 from control.config import parse_config
 from control.msrp.chat import ChatStream
+from control.msrp.cpim import parse_cpim
 from control.msrp.events import MessageReceived, ResponseReceived
+from control.msrp.iscomposing import (
+    ISCOMPOSING_CONTENT_TYPE,
+    ComposingState,
+    IsComposing,
+    parse_iscomposing,
+)
 from control.msrp.sdp import Setup, accept_msrp, parse_msrp_media
 from control.msrp.transport import MsrpChannel, MsrpTransport
 from control.server import Server
@@ -280,6 +287,18 @@ async def test_a_sip_invite_is_a_session_both_ways_until_the_sip_bye(tmp_path: P
         odd = alice.say("%PDF-1.7", "application/pdf")  # nothing XMPP carries: 415, not lost
         assert await wait_until(lambda: odd in alice.statuses, timeout=30)
         assert alice.statuses[odd] == 415
+        # chat states both ways: RFC 3994 is-composing over MSRP <-> XEP-0085
+        composing = IsComposing(ComposingState.ACTIVE, refresh=None).serialize()
+        assert alice.channel is not None
+        alice.channel.send_message(ISCOMPOSING_CONTENT_TYPE, composing)
+        state = await bob.next(lambda s: s.xml.find(f"{{{CHATSTATES}}}composing") is not None)
+        assert not state["body"] and str(state["from"]) == ALICE
+        bob.say(None, state="composing")
+        wrapped = await asyncio.wait_for(alice.received.get(), 60)
+        assert wrapped.content_type == "message/cpim" and wrapped.body is not None
+        indication = parse_cpim(wrapped.body)
+        assert indication.content_type == ISCOMPOSING_CONTENT_TYPE
+        assert parse_iscomposing(indication.body).state is ComposingState.ACTIVE
         assert await alice.refresh() == 200  # the same MSRP session goes on
         alice.say("still here")
         assert (await bob.text())["body"] == "still here"

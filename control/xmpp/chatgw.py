@@ -191,7 +191,9 @@ class ChatSessionGateway:
         async def answerer(request: StreamRequest) -> Stream | None:
             if request.kind is not MediaKind.CHAT or request.has_other(MediaKind.CHAT):
                 return None
-            options = ChatOptions(accept_wrapped_types=WRAPPED_TYPES, check=self._check)
+            options = ChatOptions(
+                accept_types=CHAT_TYPES, accept_wrapped_types=WRAPPED_TYPES, check=self._check
+            )
             return MsrpChatStream.open(self.msrp, request.offer, request.index, options)
 
         result = await negotiate(offer, {}, answerer)
