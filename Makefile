@@ -8,7 +8,7 @@ CONFIG ?=
 DEBIAN_PACKAGES := sip-tester kamailio kamailio-json-modules kamailio-presence-modules \
 	kamailio-tls-modules kamailio-utils-modules kamailio-extra-modules \
 	baresip-core libspeex1 libopus0 openssl chromium prosody \
-	gcc libc6-dev python3-dev
+	gcc libc6-dev python3-dev libxml2-utils
 
 .PHONY: run test deps debs venv lint typecheck unit bench clean
 
@@ -21,7 +21,8 @@ test: deps lint typecheck
 deps: debs venv
 
 # Debian packages the tests need (gcc, libc6-dev, python3-dev: pip builds the C media loop,
-# control/media/native/_media.c); installed only when missing.
+# control/media/native/_media.c; libxml2-utils: xmllint, which validates the FreeSWITCH files
+# ansible/ renders); installed only when missing.
 debs:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \

@@ -31,6 +31,7 @@ __all__ = [
     "chorus_config",
     "client_ssl_context",
     "prosody_available",
+    "self_signed_certificate",
 ]
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "prosody" / "prosody.cfg.lua"
@@ -40,7 +41,8 @@ def prosody_available() -> bool:
     return shutil.which("prosody") is not None and shutil.which("prosodyctl") is not None
 
 
-def _certificate(directory: Path, domain: str) -> tuple[Path, Path]:
+def self_signed_certificate(directory: Path, domain: str) -> tuple[Path, Path]:
+    """A self-signed PEM certificate and key for ``domain`` in ``directory`` (2 days)."""
     cert, key = directory / f"{domain}.crt", directory / f"{domain}.key"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
@@ -94,7 +96,7 @@ class ProsodyProcess:
         self.c2s_port = free_port("tcp")
         self.s2s_port = free_port("tcp")
         self.component_port = free_port("tcp")
-        cert, key = _certificate(self.dir, xmpp_domain)
+        cert, key = self_signed_certificate(self.dir, xmpp_domain)
         self.env = {
             "CHORUS_XMPP_DOMAIN": xmpp_domain,
             "CHORUS_COMPONENT_JID": component_jid,

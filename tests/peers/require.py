@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.peers.sipp import sipp_available
 
 REQUIRE_ENV = "CHORUS_REQUIRE_PEERS"
 SIPP_PCAP = Path("/usr/share/sip-tester/g711a.pcap")
+ANSIBLE_TOOLS = ("ansible-playbook", "ansible-lint")
 
 
 def _on_path(*names: str) -> Callable[[], bool]:
@@ -35,6 +37,11 @@ PEERS: dict[str, tuple[Callable[[], bool], str]] = {
     "baresip": (baresip_available, "baresip with its audio modules (Debian baresip-core)"),
     "prosody": (_on_path("prosody"), "prosody (Debian prosody)"),
     "chromium": (_on_path("chromium", "chromium-headless-shell"), "chromium (Debian chromium)"),
+    "ansible": (
+        lambda: all((Path(sys.executable).parent / n).exists() for n in ANSIBLE_TOOLS),
+        "ansible-playbook and ansible-lint in the venv (pip install -e '.[test]')",
+    ),
+    "xmllint": (_on_path("xmllint"), "xmllint (Debian libxml2-utils)"),
 }
 
 

@@ -1,0 +1,631 @@
+"""ansible/: the playbook that provisions the cluster, checked and run for real.
+
+``ansible-playbook --syntax-check`` and ``ansible-lint`` (production profile) on site.yml with
+both shipped inventories; then one real run of site.yml against localhost (connection local,
+no become) with an inventory that puts every path under a temporary directory
+(``site_root``), every port on a free loopback port, service management off
+(``site_service_manager: none``) and no system users (``site_create_users: false``): every
+file renders and passes its ``validate:`` (kamailio -c, xmllint, prosodyctl check config,
+chorus check-config). The rendered files are checked against deploy/ (the one source), and
+Kamailio, Prosody and Chorus are started from exactly what was rendered: the command lines
+are read from the installed deploy/systemd units and their Ansible drop-ins. A SIPp caller
+joins a room through Kamailio and an XMPP user writes through Prosody to a SIP user (a SIPp
+UAS). FreeSWITCH is rendered and validated always, started only with ``FREESWITCH_BIN``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import json
+import os
+import pwd
+import random
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+from slixmpp import ClientXMPP
+
+from tests.peers.ports import LOOPBACK
+from tests.peers.prosody import client_ssl_context, self_signed_certificate
+from tests.peers.sipp import SippUas, run_sipp_async, scenario_path
+
+ROOT = Path(__file__).resolve().parents[1]
+ANSIBLE = ROOT / "ansible"
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent
+PLAYBOOK = BIN / "ansible-playbook"
+LINT = BIN / "ansible-lint"
+FREESWITCH_BIN = os.environ.get("FREESWITCH_BIN", "")
+API_TOKEN = "ansible-test-api-token-0123456789"
+ESL_PASSWORD = "ansible-test-esl-password"
+COMPONENT_SECRET = "ansible-test-component-secret"
+ROOM = "ansible-room"
+
+pytestmark = pytest.mark.timeout(900)
+
+# A SIP user that takes one MESSAGE and checks its body (the gateway's outbound leg).
+UAS_MESSAGE = """<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="SIP user taking one MESSAGE">
+  <recv request="MESSAGE" crlf="true">
+    <action>
+      <ereg regexp="hello from xmpp" search_in="body" check_it="true" assign_to="body"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <Reference variables="body"/>
+</scenario>
+"""
+
+
+def ansible_env(home: Path) -> dict[str, str]:
+    """Ansible's own state (local and remote temp, galaxy cache) under ``home``."""
+    return {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
+        "ANSIBLE_HOME": str(home),
+        "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+        "ANSIBLE_REMOTE_TEMP": str(home / "remote"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+    }
+
+
+def run(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 600) -> str:
+    done = subprocess.run(
+        argv, cwd=ANSIBLE, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"{shlex.join(argv)} exited {done.returncode}:\n{output[-8000:]}"
+    return output
+
+
+@pytest.mark.peer("ansible")
+@pytest.mark.parametrize("inventory", ["single", "cluster"])
+def test_syntax_check(inventory: str, tmp_path: Path) -> None:
+    hosts = f"inventories/{inventory}/hosts.yml"
+    out = run([str(PLAYBOOK), "-i", hosts, "--syntax-check", "site.yml"], env=ansible_env(tmp_path))
+    assert "playbook: site.yml" in out
+
+
+@pytest.mark.peer("ansible")
+def test_ansible_lint_production_profile(tmp_path: Path) -> None:
+    out = run(
+        [str(LINT), "--offline", "--profile", "production", "--nocolor"],
+        env=ansible_env(tmp_path),
+    )
+    assert "Passed" in out or "0 failure(s)" in out, out
+
+
+# The ports are handed out before a playbook run of a minute or more, so they come from below
+# the kernel's ephemeral range (32768-60999), where no port-0 socket of another test lands.
+SIGNALLING_PORTS = range(15000, 20000)
+MEDIA_PORTS = range(10000, 15000)
+
+
+def fixed_ports(n: int) -> list[int]:
+    """``n`` distinct ports of SIGNALLING_PORTS free on UDP and TCP now."""
+    found: list[int] = []
+    for port in random.sample(SIGNALLING_PORTS, len(SIGNALLING_PORTS)):
+        if all(bindable(port, kind) for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)):
+            found.append(port)
+            if len(found) == n:
+                return found
+    raise RuntimeError("no free signalling ports")
+
+
+def bindable(port: int, kind: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
+def even_range(size: int) -> tuple[int, int]:
+    """An even-to-even UDP port range (RTP even, RTCP odd) in MEDIA_PORTS."""
+    low = MEDIA_PORTS.start + random.randrange(0, len(MEDIA_PORTS) - size - 2) // 2 * 2
+    return low, low + size
+
+
+@dataclass
+class Deployment:
+    """What one site.yml run rendered, and the ports it was given."""
+
+    root: Path
+    home: Path
+    ports: dict[str, int]
+    output: str
+    inventory: Path
+
+    def path(self, absolute: str) -> Path:
+        return self.root / absolute.lstrip("/")
+
+
+def write_inventory(tmp: Path) -> tuple[Path, dict[str, int]]:
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    group = grp.getgrgid(os.getegid()).gr_name
+    names = ["kamailio_sip", "kamailio_rpc", "kamailio_tls", "chorus_sip", "chorus_tls"]
+    names += ["chorus_api", "sip_user", "c2s", "s2s", "component", "fs_sip", "fs_esl"]
+    ports = dict(zip(names, fixed_ports(len(names)), strict=True))
+    certs = tmp / "certs"
+    certs.mkdir()
+    edge_cert, edge_key = self_signed_certificate(certs, "edge.localhost")
+    node_cert, node_key = self_signed_certificate(certs, "node.localhost")
+    xmpp_cert, xmpp_key = self_signed_certificate(certs, "xmpp.localhost")
+    rtp_low, fs_high = even_range(2402)
+    rtp_high, fs_low = rtp_low + 1600, rtp_low + 1602
+    on = FREESWITCH_BIN != ""
+    variables: dict[str, Any] = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": sys.executable,
+        "site_root": str(tmp / "root"),
+        "site_service_manager": "none",
+        "site_create_users": False,
+        "site_install_packages": False,
+        # Kamailio edge
+        "kamailio_user": user,
+        "kamailio_group": group,
+        "kamailio_sip_ip": LOOPBACK,
+        "kamailio_sip_port": ports["kamailio_sip"],
+        "kamailio_rpc_port": ports["kamailio_rpc"],
+        "kamailio_shm_mb": 64,
+        "kamailio_pkg_mb": 8,
+        "kamailio_children": 2,
+        "kamailio_tcp_children": 2,
+        "kamailio_tls": True,
+        "kamailio_tls_port": ports["kamailio_tls"],
+        "kamailio_tls_certificate_src": str(edge_cert),
+        "kamailio_tls_key_src": str(edge_key),
+        "kamailio_tls_ca_list": str(node_cert),
+        # FreeSWITCH media node
+        "freeswitch_user": user,
+        "freeswitch_group": group,
+        "freeswitch_bin": FREESWITCH_BIN or "/usr/bin/freeswitch",
+        "freeswitch_verify_unit": on,
+        "freeswitch_sip_ip": LOOPBACK,
+        "freeswitch_sip_port": ports["fs_sip"],
+        "freeswitch_esl_port": ports["fs_esl"],
+        "freeswitch_rtp_start": fs_low,
+        "freeswitch_rtp_end": fs_high,
+        "freeswitch_esl_password": ESL_PASSWORD,
+        # Prosody
+        "prosody_user": user,
+        "prosody_group": group,
+        "prosody_run_as_root": os.geteuid() == 0,
+        "prosody_xmpp_domain": "xmpp.localhost",
+        "prosody_component_jid": "sip.localhost",
+        "prosody_muc_domain": "conference.xmpp.localhost",
+        "prosody_interface": LOOPBACK,
+        "prosody_c2s_port": ports["c2s"],
+        "prosody_s2s_port": ports["s2s"],
+        "prosody_component_port": ports["component"],
+        "prosody_log_level": "debug",
+        "prosody_tls_certificate_src": str(xmpp_cert),
+        "prosody_tls_key_src": str(xmpp_key),
+        "prosody_component_secret": COMPONENT_SECRET,
+        # Chorus control node
+        "chorus_user": user,
+        "chorus_group": group,
+        "chorus_install": "none",
+        "chorus_bin": str(BIN / "chorus"),
+        "chorus_sip_ip": LOOPBACK,
+        "chorus_sip_port": ports["chorus_sip"],
+        "chorus_sip_tls_port": ports["chorus_tls"],
+        "chorus_rtp_port_range": f"{rtp_low}-{rtp_high - 1}",
+        "chorus_msrp_listen": ["tls:127.0.0.1:0", "tcp:127.0.0.1:0"],
+        "chorus_api_listen": f"http:127.0.0.1:{ports['chorus_api']}",
+        "chorus_api_token": API_TOKEN,
+        "chorus_tls_certificate_src": str(node_cert),
+        "chorus_tls_key_src": str(node_key),
+        # The SIP user the gateway writes to sits behind this proxy (a SIPp UAS).
+        "chorus_outbound_proxy": f"sip:127.0.0.1:{ports['sip_user']}",
+        "chorus_audio_engine": "freeswitch" if on else "embedded",
+        "chorus_drain_timeout": 5,
+        "chorus_log_level": "DEBUG",
+    }
+    host: dict[str, dict[str, Any]] = {"localhost": {}}
+    groups = ("kamailio", "freeswitch", "prosody", "chorus")
+    inventory = {
+        "all": {
+            "hosts": host,
+            "vars": variables,
+            "children": {name: {"hosts": host} for name in groups},
+        }
+    }
+    path = tmp / "hosts.yml"
+    path.write_text(json.dumps(inventory, indent=1))  # JSON is YAML
+    return path, ports
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    tmp = tmp_path_factory.mktemp("ansible")
+    inventory, ports = write_inventory(tmp)
+    home = tmp / "ansible-home"
+    output = run(
+        [str(PLAYBOOK), "-i", str(inventory), "site.yml"], env=ansible_env(home), timeout=900
+    )
+    yield Deployment(tmp / "root", home, ports, output, inventory)
+
+
+def recap(output: str) -> dict[str, int]:
+    match = re.search(r"^localhost\s+:\s+(.*)$", output, re.M)
+    assert match, output[-3000:]
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+
+# Every template is validated by the real program: the run needs them all.
+RENDERS = pytest.mark.peer("ansible", "kamailio", "prosody", "xmllint")
+
+
+@RENDERS
+def test_every_file_renders_and_validates(deployment: Deployment) -> None:
+    counts = recap(deployment.output)
+    assert counts["failed"] == 0 and counts["unreachable"] == 0, counts
+    d = deployment
+    edge = d.path("/etc/kamailio/chorus-edge.cfg")
+    fs_conf = d.path("/etc/freeswitch-chorus")
+    prosody = d.path("/etc/prosody/chorus.cfg.lua")
+    chorus = d.path("/etc/chorus/chorus.toml")
+    # Each passed its validate: in the run; checked again here with the real tools.
+    kamailio = shutil.which("kamailio") or "/usr/sbin/kamailio"
+    for argv in (
+        [kamailio, "-c", "-f", str(edge)],
+        ["xmllint", "--noout", *map(str, sorted(fs_conf.rglob("*.xml")))],
+        ["prosodyctl", "--root", "--config", str(prosody), "check", "config"],
+        [str(BIN / "chorus"), "check-config", str(chorus)],
+    ):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, f"{shlex.join(argv)}:\n{done.stdout}{done.stderr}"
+
+    # One source: the edge config is deploy/kamailio/kamailio.cfg after the site's defines.
+    text = edge.read_text()
+    source = (DEPLOY / "kamailio" / "kamailio.cfg").read_text().rstrip("\n")
+    assert source in text
+    head = text[: text.index(source)]
+    assert f"#!define SIP_PORT {d.ports['kamailio_sip']}\n" in head
+    assert f"#!define RPC_PORT {d.ports['kamailio_rpc']}\n" in head
+    assert "#!define WITH_TLS\n" in head
+    assert f'#!define TLS_CERTIFICATE "{d.path("/etc/kamailio/tls/edge.crt")}"' in head
+    dispatcher = d.path("/etc/kamailio/chorus-dispatcher.list").read_text()
+    assert f"1 sip:127.0.0.1:{d.ports['chorus_sip']} 0 0" in dispatcher
+
+    # FreeSWITCH: every deploy file as it is, vars.xml with the site's values only.
+    for original in sorted((DEPLOY / "freeswitch").rglob("*.xml")):
+        copy = fs_conf / original.relative_to(DEPLOY / "freeswitch")
+        if original.name != "vars.xml" or original.parent != DEPLOY / "freeswitch":
+            assert copy.read_bytes() == original.read_bytes(), copy
+    variables = (fs_conf / "vars.xml").read_text()
+    assert f'data="chorus_sip_port={d.ports["fs_sip"]}"' in variables
+    assert f'data="chorus_esl_password={ESL_PASSWORD}"' in variables
+    assert "change-me-chorus-esl" not in variables
+
+    # Prosody: the deploy file with every ENV_ value filled in.
+    lua = prosody.read_text()
+    assert "ENV_CHORUS_" not in lua
+    assert f'tonumber("{d.ports["c2s"]}")' in lua and f'"{COMPONENT_SECRET}"' in lua
+
+    # Chorus: the node joins the edge's cluster and the gateway; secrets from variables.
+    toml = chorus.read_text()
+    assert f'kamailio_rpc = "http://127.0.0.1:{d.ports["kamailio_rpc"]}/RPC"' in toml
+    assert f'token = "{API_TOKEN}"' in toml and f'component_secret = "{COMPONENT_SECRET}"' in toml
+
+    # Units: deploy/systemd as they are, the site's values in a drop-in; keys mode 0640.
+    units = d.path("/etc/systemd/system")
+    for unit in ("chorus.service", "chorus-kamailio.service", "chorus-prosody.service"):
+        assert (units / unit).read_bytes() == (DEPLOY / "systemd" / unit).read_bytes()
+        assert (units / f"{unit}.d" / "ansible.conf").is_file()
+    for key in ("/etc/kamailio/tls/edge.key", "/etc/chorus/tls/chorus.key"):
+        assert d.path(key).stat().st_mode & 0o777 == 0o640
+
+
+@RENDERS
+def test_a_second_run_changes_nothing(deployment: Deployment) -> None:
+    output = run(
+        [str(PLAYBOOK), "-i", str(deployment.inventory), "site.yml"],
+        env=ansible_env(deployment.home),
+        timeout=900,
+    )
+    counts = recap(output)
+    assert counts["changed"] == 0 and counts["failed"] == 0, output[-6000:]
+
+
+@RENDERS
+def test_a_missing_secret_stops_the_run(deployment: Deployment, tmp_path: Path) -> None:
+    inventory = json.loads(deployment.inventory.read_text())
+    del inventory["all"]["vars"]["chorus_api_token"]
+    path = tmp_path / "hosts.yml"
+    path.write_text(json.dumps(inventory))
+    done = subprocess.run(
+        [
+            str(PLAYBOOK),
+            "-i",
+            str(path),
+            "site.yml",
+            "--start-at-task",
+            "Check the admin API token is set",
+        ],
+        cwd=ANSIBLE,
+        env=ansible_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "set chorus_api_token" in done.stdout, done.stdout[-4000:]
+
+
+# --- the services, started from what Ansible rendered -----------------------------------------
+
+
+def unit_command(unit: Path) -> tuple[list[list[str]], list[str]]:
+    """ExecStartPre commands and ExecStart of ``unit`` with its drop-ins, as systemd reads them.
+
+    ``Environment=`` accumulates, an empty ``ExecStart=`` / ``ExecStartPre=`` resets, and
+    ``${NAME}`` is replaced by the environment's value (systemd.service(5), "Command lines").
+    """
+    env: dict[str, str] = {}
+    pre: list[str] = []
+    start: list[str] = []
+    for path in [unit, *sorted(unit.parent.joinpath(unit.name + ".d").glob("*.conf"))]:
+        section = ""
+        for raw in path.read_text().splitlines():
+            line = raw.strip()
+            if not line or line[0] in "#;":
+                continue
+            if line.startswith("["):
+                section = line
+                continue
+            key, _, value = line.partition("=")
+            if section != "[Service]":
+                continue
+            if key == "Environment":
+                env.update(item.partition("=")[::2] for item in shlex.split(value))
+            elif key == "ExecStartPre":
+                pre = pre + [value] if value else []
+            elif key == "ExecStart":
+                start = [value] if value else []
+    assert len(start) == 1, f"{unit}: ExecStart {start}"
+
+    def expand(command: str) -> list[str]:
+        text = re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], command)
+        return shlex.split(text.lstrip("-@+!"))
+
+    return [expand(c) for c in pre], expand(start[0])
+
+
+@dataclass
+class Service:
+    """One daemon started from its rendered unit, in a session of its own."""
+
+    name: str
+    unit: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> Service:
+        pre, argv = unit_command(self.unit)
+        for command in pre:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, f"{self.name}: {command}:\n{done.stdout}{done.stderr}"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+
+
+def wait_for(service: Service, ready: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert service.alive(), f"{service.name} exited:\n{service.log()[-6000:]}"
+        assert time.monotonic() < deadline, f"{service.name} not ready:\n{service.log()[-6000:]}"
+        time.sleep(0.1)
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def rpc(port: int, method: str, *params: object) -> Any:
+    body = json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/RPC", data=body.encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read()).get("result")
+
+
+def kamailio_up(port: int) -> bool:
+    try:
+        return rpc(port, "core.version") is not None
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def services(deployment: Deployment) -> Iterator[dict[str, Service]]:
+    d = deployment
+    units = d.path("/etc/systemd/system")
+    logs = d.root.parent
+    started: dict[str, Service] = {}
+    names = {"kamailio": "chorus-kamailio", "prosody": "chorus-prosody", "chorus": "chorus"}
+    if FREESWITCH_BIN:
+        names = {"freeswitch": "chorus-freeswitch", **names}
+    try:
+        for name, unit in names.items():
+            service = Service(name, units / f"{unit}.service", logs / f"{name}.log")
+            if name == "prosody":
+                prosody_register(d, "bob", "bob-password")
+            started[name] = service.start()
+            if name == "kamailio":
+                wait_for(service, lambda: kamailio_up(d.ports["kamailio_rpc"]))
+            elif name == "prosody":
+                wait_for(
+                    service, lambda: listening(d.ports["c2s"]) and listening(d.ports["component"])
+                )
+            elif name == "freeswitch":
+                wait_for(service, lambda: listening(d.ports["fs_esl"]), timeout=90)
+            else:
+                wait_for(service, lambda s=service: "chorus ready" in s.log())
+        yield started
+    finally:
+        for service in reversed(list(started.values())):
+            service.stop()
+
+
+def prosody_register(d: Deployment, user: str, password: str) -> None:
+    config = d.path("/etc/prosody/chorus.cfg.lua")
+    argv = ["prosodyctl", "--config", str(config), "register", user, "xmpp.localhost", password]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def rooms(d: Deployment) -> list[str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(BIN / "chorus"),
+        "rooms",
+        "--config",
+        str(d.path("/etc/chorus/chorus.toml")),
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        return []
+    data = json.loads(out)
+    listed = data.get("rooms", data) if isinstance(data, dict) else data
+    return [str(room.get("room") or room.get("id") or room) for room in listed]
+
+
+@RENDERS
+@pytest.mark.peer("sipp")
+async def test_a_call_through_kamailio_and_a_message_through_prosody(
+    deployment: Deployment, services: dict[str, Service]
+) -> None:
+    d = deployment
+    # The node registered itself with the edge over the JSON-RPC the role set up.
+    node = f"sip:127.0.0.1:{d.ports['chorus_sip']}"
+    deadline = time.monotonic() + 30
+    while node not in json.dumps(rpc(d.ports["kamailio_rpc"], "dispatcher.list")):
+        assert time.monotonic() < deadline, services["chorus"].log()[-4000:]
+        await asyncio.sleep(0.2)
+
+    # A SIPp caller joins a room through the edge; while it is in, the room is live on the
+    # node (admin API, with the token Ansible set) and pinned to it in Kamailio.
+    call = asyncio.create_task(
+        run_sipp_async(
+            scenario_path("uac_echo.xml"),
+            f"127.0.0.1:{d.ports['kamailio_sip']}",
+            service=ROOM,
+            pause_ms=4000,
+            timeout=60,
+        )
+    )
+    seen: list[str] = []
+    pins = ""
+    while not call.done() and not (seen and ROOM in pins):
+        seen = [r for r in await rooms(d) if ROOM in r]
+        pins = json.dumps(rpc(d.ports["kamailio_rpc"], "htable.dump", "rooms"))
+        await asyncio.sleep(0.3)
+    result = await call
+    assert result.ok, result.describe() + services["kamailio"].log()[-3000:]
+    assert seen, f"room never listed by the admin API:\n{services['chorus'].log()[-4000:]}"
+    assert node in pins, pins
+
+    # An XMPP user writes to a SIP user through Prosody and the Chorus component; the
+    # MESSAGE leaves through the node's outbound proxy, where the SIP user (SIPp, which exits
+    # after one MESSAGE whose body it checked) takes it.
+    uas_scenario = d.root.parent / "uas_message.xml"
+    uas_scenario.write_text(UAS_MESSAGE)
+    errors: list[Any] = []
+    with SippUas(uas_scenario, port=d.ports["sip_user"], extra_args=["-m", "1"]) as uas:
+        client = await xmpp_client(d)
+        try:
+            client.add_event_handler("message_error", errors.append)
+            client.send_message(mto="alice@sip.localhost", mbody="hello from xmpp", mtype="chat")
+            deadline = time.monotonic() + 30
+            while (
+                not bindable(d.ports["sip_user"], socket.SOCK_DGRAM) and time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.2)
+        finally:
+            client.disconnect()
+        answered = await uas.astop()
+    assert answered.ok and answered.stats is not None, answered.describe()
+    assert answered.stats.successful == 1, answered.describe() + services["chorus"].log()[-4000:]
+    assert not errors, errors
+    assert all(s.alive() for s in services.values()), {
+        n: s.log()[-2000:] for n, s in services.items()
+    }
+
+
+async def xmpp_client(d: Deployment) -> ClientXMPP:
+    """bob@xmpp.localhost logged in over STARTTLS to the rendered Prosody."""
+    xmpp = ClientXMPP("bob@xmpp.localhost/desk", "bob-password")
+    xmpp.ssl_context = client_ssl_context()
+    up = asyncio.Event()
+    xmpp.add_event_handler("session_start", lambda _: (xmpp.send_presence(), up.set()))
+    xmpp.connect(LOOPBACK, d.ports["c2s"])
+    await asyncio.wait_for(up.wait(), 30)
+    return xmpp
