@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ from slixmpp.xmlstream.matcher import MatchXPath
 from control.cli import build_server
 from control.config import parse_config
 from control.msrp.chat import ChatStream
-from control.msrp.cpim import parse_cpim
+from control.msrp.cpim import CpimAddress, CpimMessage, parse_cpim
 from control.msrp.events import MessageReceived, ResponseReceived
+from control.msrp.imdn import IMDN_CONTENT_TYPE, IMDN_CPIM_NS, parse_imdn
 from control.msrp.iscomposing import (
     ISCOMPOSING_CONTENT_TYPE,
     ComposingState,
@@ -287,6 +289,16 @@ async def test_a_sip_invite_is_a_session_both_ways_until_the_sip_bye(tmp_path: P
         odd = alice.say("%PDF-1.7", "application/pdf")  # nothing XMPP carries: 415, not lost
         assert await wait_until(lambda: odd in alice.statuses, timeout=30)
         assert alice.statuses[odd] == 415
+        assert alice.session is not None
+        await alice.session.bye()
+        gone = await bob.gone()  # RFC 7573: the SIP user left the chat
+        assert str(gone["from"]) == ALICE
+        assert await wait_until(lambda: sessions(server) == 0, timeout=30)
+
+
+async def test_a_sip_session_carries_chat_states_imdn_and_refreshes(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as (_, alice, bob, port):
+        await alice.chat("sip:bob@xmpp.localhost", port)
         # chat states both ways: RFC 3994 is-composing over MSRP <-> XEP-0085
         composing = IsComposing(ComposingState.ACTIVE, refresh=None).serialize()
         assert alice.channel is not None
@@ -299,14 +311,33 @@ async def test_a_sip_invite_is_a_session_both_ways_until_the_sip_bye(tmp_path: P
         indication = parse_cpim(wrapped.body)
         assert indication.content_type == ISCOMPOSING_CONTENT_TYPE
         assert parse_iscomposing(indication.body).state is ComposingState.ACTIVE
-        assert await alice.refresh() == 200  # the same MSRP session goes on
+        # RFC 5438 over MSRP: alice asks for a delivery notification, bob's receipt is it
+        asked = CpimMessage.build(
+            content_type="text/plain",
+            body=b"tell me you got this",
+            sender=CpimAddress("sip:alice@sip.localhost"),
+            recipients=(CpimAddress("sip:bob@xmpp.localhost"),),
+            datetime=datetime.now(UTC),
+            namespaces={"imdn": IMDN_CPIM_NS},
+            extra=[
+                ("imdn.Message-ID", "alice-1"),
+                ("imdn.Disposition-Notification", "positive-delivery"),
+            ],
+        )
+        alice.channel.send_message("message/cpim", asked.serialize())
+        wants = await bob.next(lambda s: s["body"] == "tell me you got this")
+        assert wants.xml.find(f"{{{RECEIPTS}}}request") is not None
+        received = f'<received xmlns="{RECEIPTS}" id="{wants["id"]}"/>'
+        bob.xmpp.send_raw(f'<message to="{ALICE}" id="r1">{received}</message>')
+        notice = await asyncio.wait_for(alice.received.get(), 60)
+        assert notice.body is not None
+        notification = parse_cpim(notice.body)
+        assert notification.content_type == IMDN_CONTENT_TYPE
+        delivered = parse_imdn(notification.body)
+        assert (delivered.message_id, delivered.status) == ("alice-1", "delivered")
+        assert await alice.refresh() == 200  # a session refresh: the same MSRP goes on
         alice.say("still here")
         assert (await bob.text())["body"] == "still here"
-        assert alice.session is not None
-        await alice.session.bye()
-        gone = await bob.gone()  # RFC 7573: the SIP user left the chat
-        assert str(gone["from"]) == ALICE
-        assert await wait_until(lambda: sessions(server) == 0, timeout=30)
 
 
 async def test_an_xmpp_chat_becomes_an_invite_with_msrp_until_gone(tmp_path: Path) -> None:

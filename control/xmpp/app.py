@@ -232,6 +232,10 @@ class XmppGateway:
         self.presence.xmpp_presence(presence)
 
     async def xmpp_message(self, message: XmppMessage) -> None:
+        if (message.type == "error" or message.receipt_of is not None) and (
+            self.chats is not None and self.chats.xmpp_report(message)
+        ):
+            return  # for a SIP user's message in a chat session: an IMDN over its MSRP
         if message.type == "error":
             await self._xmpp_error(message)
             return

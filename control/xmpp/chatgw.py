@@ -13,6 +13,10 @@ the component.
 - MSRP messages become chat messages (control/xmpp/messages.chat_from_sip); XMPP messages go
   over MSRP as the peer's accept-types allow (chatsession.msrp_content). An MSRP SEND the SIP
   side refuses (a non-200 or no answer) is answered to the XMPP sender as an error stanza.
+- Receipts: an XMPP message that asks for one (XEP-0184) gets it once the SIP user's MSRP
+  endpoint has answered 200 to its last chunk; a SIP user's CPIM message asking for delivery
+  notifications (RFC 5438) goes with a receipt request, and the XMPP receipt (or error) comes
+  back over the session's MSRP as the *delivered* (or *failed*) IMDN.
 - The end, whoever caused it: the MSRP session closed, the dialog BYEd toward SIP when it is
   still up, ``gone`` sent to XMPP unless XMPP left (gone / unavailable). One ``call_at`` timer
   at the table's next idle deadline.
@@ -58,6 +62,12 @@ from control.xmpp.chatsession import (
 from control.xmpp.component import Component, XmppMessage
 from control.xmpp.errors import StanzaRefused
 from control.xmpp.messages import Chat, MessageRefused, chat_from_sip
+from control.xmpp.receipts import (
+    ImdnRequest,
+    ReceiptBook,
+    delivery_notification,
+    imdn_request_of,
+)
 
 __all__ = ["ChatSessionGateway"]
 
@@ -131,6 +141,8 @@ class ChatSessionGateway:
         self._links: dict[SessionKey, _Link] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._inviting: set[asyncio.Task[None]] = set()
+        # stanza id of a SIP user's message sent to XMPP -> its session and IMDN request
+        self._imdn: ReceiptBook[tuple[SessionKey, ImdnRequest]] = ReceiptBook(limit * 10)
         self._closing = False
 
     def _now(self) -> float:
@@ -440,7 +452,40 @@ class ChatSessionGateway:
         if not self.component.connected:
             log.info("chat session %s: XMPP server away, message not carried", link.sip_user)
             return
-        self.component.send_chat(to, link.core.sip_user, chat, id=self.ua.token(16))
+        stanza_id = self.ua.token(16)
+        imdn = imdn_request_of(content_type, body) if chat.body is not None else None
+        if imdn is not None:  # RFC 5438 over MSRP: answered from the XMPP receipt or error
+            self._imdn.add(stanza_id, (link.core.key, imdn))
+        wanted = imdn is not None and imdn.positive
+        self.component.send_chat(to, link.core.sip_user, chat, id=stanza_id, request_receipt=wanted)
+
+    def xmpp_report(self, message: XmppMessage) -> bool:
+        """An XMPP receipt (XEP-0184) or error for a message a SIP user sent in a session
+        asking for delivery notifications: the IMDN *delivered* or *failed* over the
+        session's MSRP (RFC 5438 §7.1.1). False when it is for no such message."""
+        of = message.receipt_of if message.type != "error" else message.id
+        found = self._imdn.pop(of) if of else None
+        if found is None:
+            return False
+        key, imdn = found
+        status = "failed" if message.type == "error" else "delivered"
+        link = self._links.get(key)
+        wanted = imdn.negative if status == "failed" else imdn.positive
+        if link is None or link.channel is None or not wanted:
+            return True  # the session is over, or this was not asked for: nothing to say
+        content_type, body = delivery_notification(
+            imdn.message_id,
+            status=status,
+            sender=link.xmpp_user,
+            recipient=link.sip_user,
+            notification_id=self.ua.token(16),
+            now=datetime.now(UTC),
+        )
+        try:
+            link.channel.send_message(content_type, body, chunk_size=CHUNK_SIZE)
+        except MsrpConnectError as exc:
+            log.info("chat session %s: IMDN not sent: %s", link.sip_user, exc)
+        return True
 
     def _refused_by_sip(self, link: _Link, message_id: str, status: int) -> None:
         origin = link.sent.pop(message_id, None)
