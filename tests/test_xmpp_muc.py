@@ -17,6 +17,7 @@ from control.xmpp.muc import (
     GroupMessage,
     HistoryRequest,
     Invitation,
+    KickRequest,
     MucError,
     MucLeave,
     MucPresence,
@@ -27,7 +28,9 @@ from control.xmpp.muc import (
     error_reply,
     groupchat,
     invitation,
+    iq_result,
     occupant_presence,
+    parse_iq,
     parse_message,
     parse_presence,
     private_chat,
@@ -330,3 +333,32 @@ def test_chat_states_and_xhtml_in_rooms() -> None:
     assert refused.value.condition == "not-acceptable"
     out = groupchat(BOB, ROOM, "Alice", None, id="c1", state="composing")
     assert out.find(f"{{{states}}}composing") is not None and out.find(f"{{{NS}}}body") is None
+
+
+def test_muc_admin_kick_requests() -> None:
+    admin = "http://jabber.org/protocol/muc#admin"
+    kick = xml(
+        f"<iq xmlns='{NS}' from='bob@xmpp.localhost/desk' to='lobby@{MUC}' type='set' id='k1'>"
+        f"<query xmlns='{admin}'><item nick='Dave' role='none'><reason>spam</reason></item>"
+        "</query></iq>"
+    )
+    assert parse_iq(kick, muc_domain=MUC) == KickRequest(BOB, "lobby", "k1", "Dave", "spam")
+    result = iq_result(kick)
+    assert (result.get("type"), result.get("to"), result.get("from"), result.get("id")) == (
+        "result",
+        "bob@xmpp.localhost/desk",
+        f"lobby@{MUC}",
+        "k1",
+    )
+    ban = xml(
+        f"<iq xmlns='{NS}' from='bob@xmpp.localhost/desk' to='lobby@{MUC}' type='set'>"
+        f"<query xmlns='{admin}'><item jid='dave@sip.localhost' affiliation='outcast'/></query>"
+        "</iq>"
+    )
+    with pytest.raises(MucError) as refused:
+        parse_iq(ban, muc_domain=MUC)
+    assert refused.value.condition == "feature-not-implemented"
+    answer = xml(
+        f"<iq xmlns='{NS}' from='bob@xmpp.localhost/desk' to='lobby@{MUC}' type='result'/>"
+    )
+    assert parse_iq(answer, muc_domain=MUC) is None

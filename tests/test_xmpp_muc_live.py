@@ -111,7 +111,7 @@ class Occupant:
         self.xmpp = ClientXMPP(self.jid, setup.prosody.users[user])
         self.xmpp.ssl_context = client_ssl_context()
         self.stanzas: list[ET.Element] = []
-        for name in ("presence", "message"):
+        for name in ("presence", "message", "iq"):
             path = f"{{jabber:client}}{name}"
             self.xmpp.register_handler(
                 Callback(f"test {name}", MatchXPath(path), lambda s: self.stanzas.append(s.xml))
@@ -596,3 +596,60 @@ async def test_conference_info_shows_the_occupant_and_the_subject(setup: Setup) 
             bob.leave("Bob")
             assert await wait_until(lambda: uri not in watcher.model.users, timeout=30)
             assert not watcher.errors, watcher.errors
+
+
+async def kick(person: Occupant, nick: str) -> ET.Element:
+    """A muc#admin kick (XEP-0045 §8.2); the IQ's answer, result or error."""
+    iq = person.xmpp.make_iq_set(ito=person.setup.room_jid)
+    query = ET.SubElement(iq.xml, "{http://jabber.org/protocol/muc#admin}query")
+    ET.SubElement(
+        query, "{http://jabber.org/protocol/muc#admin}item", {"nick": nick, "role": "none"}
+    )
+    iq["id"] = f"kick-{nick}"
+    iq.send()
+    return await person.wait(
+        lambda s: s.tag == "{jabber:client}iq" and s.get("id") == f"kick-{nick}"
+    )
+
+
+async def test_an_xmpp_moderators_kick_removes_the_participant(tmp_path: Path) -> None:
+    """XEP-0045 §8.2 with the room's moderation rules: an XMPP user [conference] moderators
+    names is a moderator occupant and may kick a SIP participant (its session gets BYE) or
+    an XMPP occupant (307); not the SIP moderator (not-allowed); another occupant may not
+    kick at all (forbidden)."""
+    moderators = {"moderators": ["sip:bob@xmpp.localhost"]}
+    async with (
+        chorus_with_muc(tmp_path, conference=moderators) as setup,
+        sip_person("alice", "Alice") as alice,
+        sip_person("dave", "Dave") as dave,
+        occupant(setup, "bob") as bob,
+        occupant(setup, "carol") as carol,
+    ):
+        a = await alice.join(setup.ports, ROOM, secure=False)
+        d = await dave.join(setup.ports, ROOM, secure=False)
+        bob.join("Bob")
+        await bob.joined("Bob")
+        me = bob.matching(lambda s: is_self_presence(s, "Bob"))[0]
+        item = me.find(f"{{{MUC_USER_NS}}}x/{{{MUC_USER_NS}}}item")
+        assert item is not None and item.get("role") == "moderator"
+        carol.join("Carol")
+        await carol.joined("Carol")
+        refused = await kick(carol, "Dave")
+        assert refused.get("type") == "error"
+        assert refused.find(f"{{jabber:client}}error/{{{STANZAS_NS}}}forbidden") is not None
+        refused = await kick(bob, "Alice")
+        assert refused.find(f"{{jabber:client}}error/{{{STANZAS_NS}}}not-allowed") is not None
+        done = await kick(bob, "Dave")
+        assert done.get("type") == "result"
+        await bob.wait(lambda s: presence_from(s, f"{setup.room_jid}/Dave", "unavailable"))
+        assert await a.wait_for(
+            lambda: any("Dave was removed" in n.text for n in a.notices("kicked"))
+        )
+        assert d.session is not None
+        assert await wait_until(lambda: d.session is not None and d.session.terminated.done())
+        done = await kick(bob, "Carol")
+        assert done.get("type") == "result"
+        gone = await carol.wait(
+            lambda s: presence_from(s, f"{setup.room_jid}/Carol", "unavailable")
+        )
+        assert {"110", "307"} <= codes(gone)

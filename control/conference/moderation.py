@@ -43,6 +43,7 @@ from control.sip.errors import SipError
 from control.sip.uri import SipUri
 from control.streams import MediaKind, Stream
 
+from .chat import identity_key
 from .notices import NoticeKind
 from .participant import MODERATOR, PARTICIPANT, Participant
 from .room import Room
@@ -266,6 +267,28 @@ class Moderation:
             room.announce(NoticeKind.KICKED, target, by, exclude=False)
         log.info("%s kicked from %s by %s", participant.uri, room.id, by)
         await self._end_all(room, targets, "kicked")
+
+    def kick_chat_only(self, room: Room, identity: str, *, by: str = "operator") -> bool:
+        """Remove a chat member with no SIP session of its own (an XMPP occupant,
+        control/xmpp/mucgw.py): its chat sessions are detached (its gateway tells it it was
+        kicked) and the room hears of it. False when the room has no such member."""
+        if room.chat is None:
+            return False
+        try:
+            key = identity_key(identity)
+        except ValueError:
+            return False
+        members = [
+            m
+            for m in room.chat.core.members.values()
+            if m.key == key and m.participant not in room.participants
+        ]
+        for member in members:
+            room.chat.detach(member.session)
+        if members:
+            log.info("%s (chat only) kicked from %s by %s", identity, room.id, by)
+            room.announce(NoticeKind.KICKED, None, by, who=members[0].shown_name)
+        return bool(members)
 
     def set_locked(self, room: Room, locked: bool, *, by: str = "operator") -> None:
         if room.locked == locked:

@@ -55,9 +55,7 @@ from control.sip.uri import NameAddr, SipUri, parse_uri
 from control.sip.useragent import UserAgent
 from control.streams import Answerer, Negotiation, negotiate
 
-from .chat import identity_key
 from .moderation import Moderation
-from .notices import NoticeKind
 from .participant import MODERATOR, Participant, identity_uri
 from .room import Room, room_id_for, room_uri_for
 
@@ -363,7 +361,7 @@ class Referrals:
         progress = referral.accept()
         victim = next((p for p in room.participants.values() if p.uri == target.identity), None)
         if victim is None:
-            removed = _remove_chat_only(room, target.identity, by=referrer.uri)
+            removed = self.host.moderation.kick_chat_only(room, target.identity, by=referrer.uri)
             progress.notify(*((200, "OK") if removed else (404, "No such participant")))
             return
         await self.host.moderation.kick(room, victim, by=referrer.uri)
@@ -517,26 +515,3 @@ class Referrals:
         for pending in list(self._pending.values()):
             for dial in list(pending):
                 dial.stop("shutdown")
-
-
-def _remove_chat_only(room: Room, identity: str, *, by: str) -> bool:
-    """A chat member with no SIP session of its own (an XMPP occupant, control/xmpp/mucgw.py)
-    named by a REFER method=BYE: its chat sessions are detached (its gateway tells it it was
-    kicked) and the room hears of it. False when the room has no such member."""
-    if room.chat is None:
-        return False
-    try:
-        key = identity_key(identity)
-    except ValueError:
-        return False
-    members = [
-        m
-        for m in room.chat.core.members.values()
-        if m.key == key and m.participant not in room.participants
-    ]
-    for member in members:
-        room.chat.detach(member.session)
-    if members:
-        log.info("REFER BYE removed %s (chat only) from %s", identity, room.id)
-        room.announce(NoticeKind.KICKED, None, by, who=members[0].shown_name)
-    return bool(members)

@@ -39,12 +39,14 @@ __all__ = [
     "DELAY_NS",
     "KICKED",
     "MUC_NS",
+    "MUC_ADMIN_NS",
     "MUC_USER_NS",
     "Bounced",
     "Declined",
     "GroupMessage",
     "HistoryRequest",
     "Invitation",
+    "KickRequest",
     "MucError",
     "MucLeave",
     "MucPresence",
@@ -57,7 +59,9 @@ __all__ = [
     "fold",
     "groupchat",
     "invitation",
+    "iq_result",
     "occupant_presence",
+    "parse_iq",
     "parse_message",
     "parse_presence",
     "private_chat",
@@ -70,6 +74,7 @@ __all__ = [
 COMPONENT_NS = "jabber:component:accept"  # the stanzas' namespace on a XEP-0114 stream
 MUC_NS = "http://jabber.org/protocol/muc"
 MUC_USER_NS = "http://jabber.org/protocol/muc#user"
+MUC_ADMIN_NS = "http://jabber.org/protocol/muc#admin"
 DELAY_NS = "urn:xmpp:delay"  # XEP-0203
 STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 MAX_NICK = 64  # characters, as a room's NICKNAME (control/conference/nicknames.py)
@@ -224,6 +229,17 @@ def _bounce(stanza: ET.Element, muc_domain: str) -> Bounced | None:
     return Bounced(sender, (recipient.local or "").lower(), condition, condition in GONE_CONDITIONS)
 
 
+@dataclass(frozen=True, slots=True)
+class KickRequest:
+    """A moderator's muc#admin ``<item nick=… role='none'/>`` (§8.2): remove that occupant."""
+
+    sender: Jid
+    room: str
+    id: str
+    nick: str
+    reason: str | None = None
+
+
 # --- parsing ---------------------------------------------------------------------------------
 
 
@@ -356,6 +372,40 @@ def parse_message(
     if kind == "normal" and x is not None and recipient.resource is None:
         return _mediated(x, sender, room, stanza_id)
     raise MucError("bad-request", f"a {kind} message to the room itself")
+
+
+def parse_iq(stanza: ET.Element, *, muc_domain: str) -> KickRequest | None:
+    """A muc#admin IQ to a room: a kick (role none, §8.2) is the one carried; other admin
+    requests are ``feature-not-implemented``; a result or error IQ is None (no answer)."""
+    kind = stanza.get("type") or ""
+    if kind in ("result", "error"):
+        return None
+    sender, recipient = _addresses(stanza, muc_domain)
+    query = stanza.find(f"{{{MUC_ADMIN_NS}}}query")
+    if kind != "set" or query is None:
+        raise MucError("feature-not-implemented", "only muc#admin kicks (role none) are carried")
+    items = query.findall(f"{{{MUC_ADMIN_NS}}}item")
+    if len(items) != 1:
+        raise MucError("bad-request", "one muc#admin item at a time")
+    item = items[0]
+    nick = item.get("nick")
+    if item.get("role") != "none" or not nick:
+        raise MucError("feature-not-implemented", "only kicks (an item with a nick, role none)")
+    reason = item.findtext(f"{{{MUC_ADMIN_NS}}}reason")
+    return KickRequest(
+        sender, (recipient.local or "").lower(), stanza.get("id") or "", nick, reason
+    )
+
+
+def iq_result(stanza: ET.Element) -> ET.Element:
+    """The empty result of an IQ set (RFC 6120 §8.2.3): addresses swapped, same id."""
+    return _stanza(
+        "iq",
+        stanza.get("from") or "",
+        stanza.get("to") or "",
+        type="result",
+        id=stanza.get("id") or "",
+    )
 
 
 def _mediated(x: ET.Element, sender: Jid, room: str, stanza_id: str) -> Invitation | Declined:

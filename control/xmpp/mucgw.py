@@ -27,6 +27,7 @@ control/xmpp/mucinvite.py the mediated invitations ↔ REFER method=INVITE.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from xml.etree import ElementTree as ET
 from control.conference.chat import TOO_MANY as CHAT_TOO_MANY
 from control.conference.chat import ChatMember, ChatSessionId, identity_key
 from control.conference.notices import CHORUS_NS, NoticeKind, notice_text
+from control.conference.participant import MODERATOR
 from control.conference.room import Room
 from control.media.engine import ParticipantId, RoomId
 from control.msrp.cpim import CPIM_CONTENT_TYPE, CpimAddress, CpimMessage, parse_cpim
@@ -50,6 +52,7 @@ from control.xmpp.muc import (
     GroupMessage,
     HistoryRequest,
     Invitation,
+    KickRequest,
     MucError,
     MucLeave,
     MucPresence,
@@ -58,7 +61,9 @@ from control.xmpp.muc import (
     error_reply,
     fold,
     groupchat,
+    iq_result,
     occupant_presence,
+    parse_iq,
     parse_message,
     parse_presence,
     private_chat,
@@ -111,6 +116,7 @@ class MucGateway:
         self.occupancies: dict[tuple[str, RoomId], Occupancy] = {}
         self.invitations = MucInvitations(self)  # XEP-0045 §7.8.2 <-> REFER method=INVITE
         self._listeners: dict[RoomId, Callable[[], None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # kicks under way (BYEs)
 
     def start(self) -> None:
         self.component.start()
@@ -146,6 +152,11 @@ class MucGateway:
                     self._bounced(presence)
                 elif presence is not None:
                     self._presence(presence)
+            elif name == "iq":
+                kick = parse_iq(element, muc_domain=domain)
+                if kick is not None:
+                    self._kick(kick)
+                    self.send(iq_result(element))
             elif name == "message":
                 message = parse_message(
                     element, muc_domain=domain, max_body=self.settings.max_message_bytes
@@ -201,8 +212,14 @@ class MucGateway:
             if occupancy.member.key in seen:
                 continue  # another resource of the same user: one occupant (§7.2.10)
             seen.add(occupancy.member.key)
+            moderator = self._moderates(room, occupancy)
             occupant = Occupant(
-                occupancy.occupant_id, occupancy.nick, show=occupancy.show, status=occupancy.status
+                occupancy.occupant_id,
+                occupancy.nick,
+                affiliation="admin" if moderator else "none",
+                role="moderator" if moderator else "participant",
+                show=occupancy.show,
+                status=occupancy.status,
             )
             wanted.append((occupant, occupancy.member.key, occupancy.member.uri))
         members = room.chat.core.members.values() if room.chat is not None else ()
@@ -223,6 +240,41 @@ class MucGateway:
             Seat(Occupant(o.id, nicks[o.id], o.affiliation, o.role, o.show, o.status), key, uri)
             for o, key, uri in wanted
         ]
+
+    def _moderates(self, room: Room, occupancy: Occupancy) -> bool:
+        """An XMPP occupant moderates when [conference] moderators names its identity."""
+        return self.rooms.moderation.role_for(room, occupancy.member.uri) == MODERATOR
+
+    def _kick(self, request: KickRequest) -> None:
+        """§8.2 ↔ REFER method=BYE's rules: a moderator may remove a participant who is not
+        one (a SIP participant's sessions get BYE, an XMPP occupant is detached), the kicked
+        occupant's presence says 307."""
+        occupancy = self.occupancy_of(request.sender, request.room)
+        room = occupancy.room
+        if not self._moderates(room, occupancy):
+            raise MucError("forbidden", "only a moderator may kick")
+        seat = next(
+            (s for s in self.seats(room) if fold(s.occupant.nick) == fold(request.nick)), None
+        )
+        if seat is None:
+            raise MucError("item-not-found", "no occupant has that nickname")
+        if seat.occupant.role == "moderator":
+            raise MucError("not-allowed", "a moderator cannot be kicked")
+        by = occupancy.nick
+        participant = room.participants.get(ParticipantId(seat.occupant.id))
+        if participant is None:
+            self.rooms.moderation.kick_chat_only(room, seat.uri, by=by)
+            return
+        task = asyncio.get_running_loop().create_task(
+            self.rooms.moderation.kick(room, participant, by=by)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._kicked)
+
+    def _kicked(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a MUC kick failed", exc_info=task.exception())
 
     def _watch(self, room: Room) -> None:
         if room.id not in self._listeners:

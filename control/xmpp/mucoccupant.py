@@ -14,8 +14,11 @@ from typing import Any, Protocol
 from xml.etree import ElementTree as ET
 
 from slixmpp.xmlstream import StanzaBase
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from control.conference.chat import ChatMember, ChatSessionId, identity_key
+from control.conference.moderation import Moderation
 from control.conference.refer import Referrals
 from control.conference.room import Room
 from control.media.engine import RoomId
@@ -23,10 +26,7 @@ from control.msrp.events import ConnectionFailed, Event, NicknameRequested
 from control.msrp.message import ByteRange, FailureReport
 from control.xmpp.addressing import Jid
 from control.xmpp.component import Component
-from control.xmpp.muc import (
-    MUC_NS,
-    Occupant,
-)
+from control.xmpp.muc import MUC_ADMIN_NS, MUC_NS, Occupant
 
 __all__ = [
     "ChannelOwner",
@@ -42,10 +42,11 @@ __all__ = [
 
 
 class Rooms(Protocol):
-    """The live conference rooms and their REFER dial-outs (ConferenceApp has them)."""
+    """The live conference rooms, their REFER dial-outs and moderation (ConferenceApp)."""
 
     rooms: dict[RoomId, Room]
     referrals: Referrals
+    moderation: Moderation
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +83,13 @@ class MucComponent(Component):
 
     def start(self) -> None:
         super().start()
-        assert self._xmpp is not None
-        self._xmpp.add_event_handler("disconnected", lambda _: self.on_lost())
+        xmpp = self._xmpp
+        assert xmpp is not None
+        xmpp.add_event_handler("disconnected", lambda _: self.on_lost())
+        path = f"{{{xmpp.default_ns}}}iq/{{{MUC_ADMIN_NS}}}query"  # §8.2 kicks
+        xmpp.register_handler(
+            Callback("chorus muc admin", MatchXPath(path), lambda iq: self.on_stanza(iq.xml))
+        )
 
     def _message(self, stanza: StanzaBase) -> None:
         self.on_stanza(stanza.xml)
