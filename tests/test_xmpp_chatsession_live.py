@@ -421,3 +421,15 @@ async def test_max_chat_sessions_is_a_limit_both_ways(tmp_path: Path) -> None:
         assert error["id"] == "two"
         assert error["error"]["condition"] == "resource-constraint"
         assert sessions(server) == 1
+
+
+async def test_an_xmpp_error_for_a_session_message_reaches_the_sip_user(tmp_path: Path) -> None:
+    """carol has no account: Prosody bounces the chat message; alice hears of it in the chat
+    (she asked for no IMDN), as pager mode would tell her by MESSAGE."""
+    async with gateway(tmp_path) as (_, alice, _, port):
+        await alice.chat("sip:carol@xmpp.localhost", port)
+        alice.say("anyone?")
+        notice = await asyncio.wait_for(alice.received.get(), 60)
+        assert notice.body is not None
+        text = notice.body.decode()
+        assert "not delivered" in text and "carol@xmpp.localhost" in text, text

@@ -142,7 +142,7 @@ class ChatSessionGateway:
         self._timer: asyncio.TimerHandle | None = None
         self._inviting: set[asyncio.Task[None]] = set()
         # stanza id of a SIP user's message sent to XMPP -> its session and IMDN request
-        self._imdn: ReceiptBook[tuple[SessionKey, ImdnRequest]] = ReceiptBook(limit * 10)
+        self._imdn: ReceiptBook[tuple[SessionKey, ImdnRequest | None]] = ReceiptBook(limit * 10)
         self._closing = False
 
     def _now(self) -> float:
@@ -454,15 +454,16 @@ class ChatSessionGateway:
             return
         stanza_id = self.ua.token(16)
         imdn = imdn_request_of(content_type, body) if chat.body is not None else None
-        if imdn is not None:  # RFC 5438 over MSRP: answered from the XMPP receipt or error
+        if chat.body is not None:  # for an XMPP receipt (RFC 5438 over MSRP) or error
             self._imdn.add(stanza_id, (link.core.key, imdn))
         wanted = imdn is not None and imdn.positive
         self.component.send_chat(to, link.core.sip_user, chat, id=stanza_id, request_receipt=wanted)
 
     def xmpp_report(self, message: XmppMessage) -> bool:
-        """An XMPP receipt (XEP-0184) or error for a message a SIP user sent in a session
-        asking for delivery notifications: the IMDN *delivered* or *failed* over the
-        session's MSRP (RFC 5438 §7.1.1). False when it is for no such message."""
+        """An XMPP receipt (XEP-0184) or error for a message a SIP user sent in a session:
+        the IMDN *delivered* or *failed* over the session's MSRP when it asked for one (RFC
+        5438 §7.1.1), else for an error a notice in the chat, as pager mode sends a MESSAGE
+        (nothing lost silently). False when it is for no such message."""
         of = message.receipt_of if message.type != "error" else message.id
         found = self._imdn.pop(of) if of else None
         if found is None:
@@ -470,9 +471,13 @@ class ChatSessionGateway:
         key, imdn = found
         status = "failed" if message.type == "error" else "delivered"
         link = self._links.get(key)
-        wanted = imdn.negative if status == "failed" else imdn.positive
-        if link is None or link.channel is None or not wanted:
-            return True  # the session is over, or this was not asked for: nothing to say
+        if link is None or link.channel is None:
+            return True  # the session is over: nowhere to say it
+        if imdn is None or not (imdn.negative if status == "failed" else imdn.positive):
+            if status == "failed":
+                text = f"Message to {link.xmpp_user} not delivered: {message.error_condition}"
+                self._write(link, "text/plain; charset=utf-8", text.encode())
+            return True
         content_type, body = delivery_notification(
             imdn.message_id,
             status=status,
@@ -481,11 +486,16 @@ class ChatSessionGateway:
             notification_id=self.ua.token(16),
             now=datetime.now(UTC),
         )
+        self._write(link, content_type, body)
+        return True
+
+    def _write(self, link: _Link, content_type: str, body: bytes) -> None:
+        """A message of the gateway's own (an IMDN, a notice) over the session's MSRP."""
+        assert link.channel is not None
         try:
             link.channel.send_message(content_type, body, chunk_size=CHUNK_SIZE)
         except MsrpConnectError as exc:
-            log.info("chat session %s: IMDN not sent: %s", link.sip_user, exc)
-        return True
+            log.info("chat session %s: not sent: %s", link.sip_user, exc)
 
     def _refused_by_sip(self, link: _Link, message_id: str, status: int) -> None:
         origin = link.sent.pop(message_id, None)
