@@ -168,9 +168,27 @@ class Deployment:
         return self.root / absolute.lstrip("/")
 
 
-def write_inventory(tmp: Path) -> tuple[Path, dict[str, int]]:
+def local_site(root: Path) -> dict[str, Any]:
+    """A host of the test: this machine, as this user, every path under ``root``."""
     user = pwd.getpwuid(os.geteuid()).pw_name
     group = grp.getgrgid(os.getegid()).gr_name
+    owners = {
+        f"{role}_{kind}": name
+        for role in ("kamailio", "freeswitch", "prosody", "chorus")
+        for kind, name in (("user", user), ("group", group))
+    }
+    return {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": sys.executable,
+        "site_root": str(root),
+        "site_service_manager": "none",
+        "site_create_users": False,
+        "site_install_packages": False,
+        **owners,
+    }
+
+
+def write_inventory(tmp: Path) -> tuple[Path, dict[str, int]]:
     names = ["kamailio_sip", "kamailio_rpc", "kamailio_tls", "chorus_sip", "chorus_tls"]
     names += ["chorus_api", "sip_user", "c2s", "s2s", "component", "fs_sip", "fs_esl"]
     ports = dict(zip(names, fixed_ports(len(names)), strict=True))
@@ -183,15 +201,8 @@ def write_inventory(tmp: Path) -> tuple[Path, dict[str, int]]:
     rtp_high, fs_low = rtp_low + 1600, rtp_low + 1602
     on = FREESWITCH_BIN != ""
     variables: dict[str, Any] = {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": sys.executable,
-        "site_root": str(tmp / "root"),
-        "site_service_manager": "none",
-        "site_create_users": False,
-        "site_install_packages": False,
+        **local_site(tmp / "root"),
         # Kamailio edge
-        "kamailio_user": user,
-        "kamailio_group": group,
         "kamailio_sip_ip": LOOPBACK,
         "kamailio_sip_port": ports["kamailio_sip"],
         "kamailio_rpc_port": ports["kamailio_rpc"],
@@ -205,8 +216,6 @@ def write_inventory(tmp: Path) -> tuple[Path, dict[str, int]]:
         "kamailio_tls_key_src": str(edge_key),
         "kamailio_tls_ca_list": str(node_cert),
         # FreeSWITCH media node
-        "freeswitch_user": user,
-        "freeswitch_group": group,
         "freeswitch_bin": FREESWITCH_BIN or "/usr/bin/freeswitch",
         "freeswitch_verify_unit": on,
         "freeswitch_sip_ip": LOOPBACK,
@@ -216,8 +225,6 @@ def write_inventory(tmp: Path) -> tuple[Path, dict[str, int]]:
         "freeswitch_rtp_end": fs_high,
         "freeswitch_esl_password": ESL_PASSWORD,
         # Prosody
-        "prosody_user": user,
-        "prosody_group": group,
         "prosody_run_as_root": os.geteuid() == 0,
         "prosody_xmpp_domain": "xmpp.localhost",
         "prosody_component_jid": "sip.localhost",
@@ -231,8 +238,6 @@ def write_inventory(tmp: Path) -> tuple[Path, dict[str, int]]:
         "prosody_tls_key_src": str(xmpp_key),
         "prosody_component_secret": COMPONENT_SECRET,
         # Chorus control node
-        "chorus_user": user,
-        "chorus_group": group,
         "chorus_install": "none",
         "chorus_bin": str(BIN / "chorus"),
         "chorus_sip_ip": LOOPBACK,
@@ -383,6 +388,68 @@ def test_a_missing_secret_stops_the_run(deployment: Deployment, tmp_path: Path) 
     assert "set chorus_api_token" in done.stdout, done.stdout[-4000:]
 
 
+@RENDERS
+def test_the_cluster_shape_renders_on_one_machine(tmp_path: Path) -> None:
+    """inventories/cluster's shape — a Kamailio pair, two control nodes, two media nodes, one
+    Prosody — each host this machine under a root of its own: every file of every host renders
+    and validates, and each role found the others in the inventory."""
+    hosts: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(["edge1", "edge2"]):
+        hosts[name] = {"kamailio_sip_port": 25060 + i, "kamailio_rpc_port": 25070 + i}
+    for i, name in enumerate(["control1", "control2"]):
+        hosts[name] = {"chorus_sip_port": 26060 + 10 * i, "chorus_sip_tls_port": 0}
+    for i, name in enumerate(["media1", "media2"]):
+        hosts[name] = {"freeswitch_sip_port": 27080 + i, "freeswitch_esl_port": 27021 + i}
+    hosts["xmpp1"] = {"prosody_c2s_port": 28222}
+    for name, values in hosts.items():
+        values.update(local_site(tmp_path / name), ansible_host=LOOPBACK)
+    groups = {"kamailio": ["edge1", "edge2"], "chorus": ["control1", "control2"]}
+    groups |= {"freeswitch": ["media1", "media2"], "prosody": ["xmpp1"]}
+    variables = {
+        "kamailio_rpc_ip": LOOPBACK,
+        "chorus_install": "none",
+        "chorus_bin": str(BIN / "chorus"),
+        "chorus_api_token": API_TOKEN,
+        "freeswitch_esl_password": ESL_PASSWORD,
+        "freeswitch_verify_unit": False,
+        "prosody_xmpp_domain": "example.com",
+        "prosody_component_secret": COMPONENT_SECRET,
+        "prosody_run_as_root": os.geteuid() == 0,
+    }
+    inventory = {
+        "all": {
+            "hosts": hosts,
+            "vars": variables,
+            "children": {g: {"hosts": {h: {} for h in members}} for g, members in groups.items()},
+        }
+    }
+    path = tmp_path / "hosts.yml"
+    path.write_text(json.dumps(inventory, indent=1))
+    out = run([str(PLAYBOOK), "-i", str(path), "site.yml"], env=ansible_env(tmp_path / "home"))
+    assert "failed=0" in out
+
+    nodes = {"1 sip:127.0.0.1:26060 0 0", "1 sip:127.0.0.1:26070 0 0"}
+    for edge in ("edge1", "edge2"):
+        listed = (tmp_path / edge / "etc/kamailio/chorus-dispatcher.list").read_text()
+        assert nodes <= set(listed.splitlines()), listed
+        assert (
+            "#!define WITH_DS_PING\n"
+            in (tmp_path / edge / "etc/kamailio/chorus-edge.cfg").read_text()
+        )
+    for control in ("control1", "control2"):
+        toml = (tmp_path / control / "etc/chorus/chorus.toml").read_text()
+        assert 'engine = "freeswitch"' in toml
+        for port, esl in ((27080, 27021), (27081, 27022)):
+            node = f'sip = "127.0.0.1:{port}", esl = "127.0.0.1:{esl}", password = "{ESL_PASSWORD}"'
+            assert "{ " + node + " }" in toml, toml
+        assert 'kamailio_rpc = "http://127.0.0.1:25070/RPC"' in toml, toml
+        assert 'outbound_proxy = "sip:127.0.0.1:25060"' in toml, toml
+        assert 'component_jid = "sip.example.com"' in toml, toml
+    for media in ("media1", "media2"):
+        assert (tmp_path / media / "etc/freeswitch-chorus/vars.xml").is_file()
+    assert (tmp_path / "xmpp1" / "etc/prosody/chorus.cfg.lua").is_file()
+
+
 # --- the services, started from what Ansible rendered -----------------------------------------
 
 
@@ -486,6 +553,42 @@ def listening(port: int) -> bool:
         return False
 
 
+def esl_api(port: int, password: str, command: str) -> str:
+    """One ``api`` command over FreeSWITCH's Event Socket (PEERS.md: header blocks ended by a
+    blank line, a body when Content-Length says so)."""
+    with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
+        stream = sock.makefile("rb")
+
+        def block() -> str:
+            headers: dict[str, str] = {}
+            while True:
+                raw = stream.readline()
+                if not raw:
+                    raise ConnectionError("the Event Socket closed")
+                line = raw.decode(errors="replace").strip()
+                if line:
+                    name, _, value = line.partition(":")
+                    headers[name.strip()] = value.strip()
+                elif headers:
+                    break
+            length = int(headers.get("Content-Length", "0"))
+            return json.dumps(headers) + stream.read(length).decode(errors="replace")
+
+        block()  # auth/request
+        sock.sendall(f"auth {password}\n\n".encode())
+        block()
+        sock.sendall(f"api {command}\n\n".encode())
+        return block()
+
+
+def profile_running(port: int) -> bool:
+    """The Event Socket answers before the SIP profile runs: wait for the profile."""
+    try:
+        return "RUNNING" in esl_api(port, ESL_PASSWORD, "sofia status profile chorus")
+    except OSError:
+        return False
+
+
 def rpc(port: int, method: str, *params: object) -> Any:
     body = json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1})
     request = urllib.request.Request(
@@ -524,7 +627,7 @@ def services(deployment: Deployment) -> Iterator[dict[str, Service]]:
                     service, lambda: listening(d.ports["c2s"]) and listening(d.ports["component"])
                 )
             elif name == "freeswitch":
-                wait_for(service, lambda: listening(d.ports["fs_esl"]), timeout=90)
+                wait_for(service, lambda: profile_running(d.ports["fs_esl"]), timeout=90)
             else:
                 wait_for(service, lambda s=service: "chorus ready" in s.log())
         yield started
