@@ -12,7 +12,8 @@ engine = "freeswitch"`` runs in this process so that its engine can be looked at
   (its RTP range, its codec): RTP never passes through Chorus.
 - An outside ESL client (what ``fs_cli -x 'conference R kick N'`` is) kicks alice: her call
   gets BYE from Chorus, bob's chat says she was removed by the operator, a conference-info
-  watcher (SIPp) sees her deleted while bob stays, and FreeSWITCH's conference has bob alone.
+  watcher (tests/peers/watcher.py) sees her deleted while bob stays, and FreeSWITCH's
+  conference has bob alone.
 - kill -9 of the only node: alice (audio and chat) is re-INVITEd with her audio at port 0 and
   told her audio was lost, carol (audio only) gets BYE, bob's chat goes on. With a second
   node the room is re-homed there instead — after kill -9 and after ``fsctl shutdown`` (whose
@@ -37,7 +38,6 @@ from control.server import Server
 from control.sip import sdp
 from tests.peers import fsreal
 from tests.peers.chatclient import ChatClient, ChatSession
-from tests.peers.confinfo import Rebuilder
 from tests.peers.conversation import (
     ABSENT,
     HEARD,
@@ -49,14 +49,13 @@ from tests.peers.fsreal import RealFreeSwitch
 from tests.peers.rtp_endpoint import RtpEndpoint
 from tests.peers.siptrace import call_messages, invite_answer
 from tests.peers.wait import wait_until
-from tests.test_conference_info_live import notify_bodies
+from tests.peers.watcher import ConferenceWatcher
 from tests.test_freeswitch_operator import (
     Ports,
     alice_gone_bob_stays,
     engine_of,
     notified,
     status_of,
-    watch_room,
 )
 from tests.test_room_peers import THREE_CODECS
 
@@ -164,7 +163,6 @@ async def test_opus_pcmu_and_g722_phones_each_hear_the_others_not_themselves(
 # --- an operator's kick from outside Chorus -------------------------------------------------
 
 
-@pytest.mark.peer("sipp")
 async def test_an_outside_esl_kick_ends_that_participant_and_the_room_shows_it(
     node: RealFreeSwitch, tmp_path: Path
 ) -> None:
@@ -178,37 +176,30 @@ async def test_an_outside_esl_kick_ends_that_participant_and_the_room_shows_it(
             bob = await bob_c.join(
                 ports, ROOM_USER, secure=False, audio=RtpEndpoint("PCMU", 8000, 0, seed=2)
             )
-            watcher = watch_room(ports, ROOM_USER)
             assert await wait_until(lambda: len(engine.participants(ROOM)) == 2, timeout=20)
             alice_p, bob_p = participant_of(server, "alice"), participant_of(server, "bob")
             member = await mapped(engine, alice_p)
             await mapped(engine, bob_p)
             assert (await members_of(node))[alice_p] == member
-            info = app.info  # type: ignore[attr-defined]
-            assert await wait_until(lambda: ROOM in info.services, timeout=30)
+            async with ConferenceWatcher(ports.sip_port, ROOM_USER) as watcher:
+                assert await wait_until(
+                    lambda: status_of(watcher.model, "alice") and status_of(watcher.model, "bob")
+                ), "the watcher never saw alice and bob together"
 
-            kick = f"conference {conference_name(ROOM)} kick {member}"
-            assert await node.api(kick) == f"OK kicked {member}\n"  # mod_conference's reply
-            assert alice.session is not None
-            assert await asyncio.wait_for(alice.session.terminated, 20) == "remote BYE"
-            kick_text = "Alice was removed from the room by operator"
-            assert await wait_until(lambda: notified(bob, "kicked", kick_text), timeout=20)
-            assert await wait_until(lambda: engine.participants(ROOM) == [bob_p], timeout=20)
-            assert app.participant(ROOM, alice_p) is None  # type: ignore[attr-defined]
-            await wait_members(node, [bob_p])  # FreeSWITCH's conference has bob alone
-            assert not notified(bob, "audio-lost", "Alice's audio was lost")  # a kick, not a loss
-            await asyncio.sleep(0.3)  # alice's removal NOTIFY goes out before bob ends the room
-            await bob.leave()
-            result = await watcher
-    assert result.ok, result.describe()
-    rebuilt, seen_both, seen_bob_alone = Rebuilder(), False, False
-    for _, body in notify_bodies(result.messages):
-        model = rebuilt.apply(body)
-        if status_of(model, "alice") and status_of(model, "bob"):
-            seen_both = True
-        seen_bob_alone = seen_bob_alone or seen_both and alice_gone_bob_stays(model)
-    assert seen_both, "the watcher never saw alice and bob together"
-    assert seen_bob_alone, "the watcher never saw alice deleted while bob stayed"
+                kick = f"conference {conference_name(ROOM)} kick {member}"
+                assert await node.api(kick) == f"OK kicked {member}\n"  # mod_conference's
+                assert alice.session is not None
+                assert await asyncio.wait_for(alice.session.terminated, 20) == "remote BYE"
+                kick_text = "Alice was removed from the room by operator"
+                assert await wait_until(lambda: notified(bob, "kicked", kick_text), timeout=20)
+                assert await wait_until(lambda: engine.participants(ROOM) == [bob_p], timeout=20)
+                assert app.participant(ROOM, alice_p) is None  # type: ignore[attr-defined]
+                await wait_members(node, [bob_p])  # FreeSWITCH's conference has bob alone
+                assert await wait_until(lambda: alice_gone_bob_stays(watcher.model)), (
+                    "the watcher never saw alice deleted while bob stayed"
+                )
+                assert not notified(bob, "audio-lost", "Alice's audio was lost")  # not a loss
+            assert not watcher.errors, watcher.errors
 
 
 # --- kill -9 of FreeSWITCH --------------------------------------------------------------------
