@@ -57,6 +57,7 @@ from control.xmpp.chatsession import (
     Routed,
     SessionKey,
     SessionsFull,
+    SessionState,
     msrp_content,
 )
 from control.xmpp.component import Component, XmppMessage
@@ -259,6 +260,9 @@ class ChatSessionGateway:
         when ``chat_sessions`` is on and it has a body); False leaves it to pager mode."""
         key = SessionKey.of(message.sender, message.recipient)
         link = self._links.get(key)
+        if link is not None and link.core.state is SessionState.ENDED:
+            link = None  # ending right now (idle): this message is the start of another
+            self._links.pop(key, None)
         if link is None:
             if not self.chat_sessions or message.chat.body is None or self._closing:
                 return False
@@ -583,6 +587,8 @@ class ChatSessionGateway:
         await asyncio.gather(
             *(self._end(link, "shutdown") for link in links), return_exceptions=True
         )
+        if self._inviting:  # CANCELled by the ends above: let them finish, briefly
+            await asyncio.wait(set(self._inviting), timeout=2.0)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
