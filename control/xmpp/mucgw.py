@@ -117,6 +117,7 @@ class MucGateway:
         self.invitations = MucInvitations(self)  # XEP-0045 §7.8.2 <-> REFER method=INVITE
         self._listeners: dict[RoomId, Callable[[], None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # kicks under way (BYEs)
+        self._seats: dict[RoomId, list[Seat]] = {}  # a watched room's occupants, until it changes
 
     def start(self) -> None:
         self.component.start()
@@ -204,6 +205,17 @@ class MucGateway:
         return (o for (_, rid), o in list(self.occupancies.items()) if rid == room.id)
 
     def seats(self, room: Room) -> list[Seat]:
+        """The room's occupants (see :meth:`_seats`), computed once per change of a room
+        the gateway watches (every delivery names its sender's nick from them)."""
+        cached = self._seats.get(room.id)
+        if cached is not None:
+            return cached
+        seats = self._compute_seats(room)
+        if room.id in self._listeners:  # a watched room's changes clear it (refresh)
+            self._seats[room.id] = seats
+        return seats
+
+    def _compute_seats(self, room: Room) -> list[Seat]:
         """The room's occupants as the model has them: XMPP occupants first (their nicks are
         held in the room's NicknameBook), then every SIP participant; nicks made distinct."""
         wanted: list[tuple[Occupant, str, str]] = []
@@ -284,6 +296,7 @@ class MucGateway:
     def _unwatch(self, room: Room) -> None:
         if any(True for _ in self.in_room(room)):
             return
+        self._seats.pop(room.id, None)
         listener = self._listeners.pop(room.id, None)
         if listener is not None and listener in room.listeners:
             room.listeners.remove(listener)
@@ -291,6 +304,7 @@ class MucGateway:
     def refresh(self, room: Room) -> None:
         """The room changed: each XMPP occupant is sent the presences that bring what it was
         told up to the room's occupants now (joins, leaves, nick changes, roles)."""
+        self._seats.pop(room.id, None)
         seats = {seat.occupant.id: seat.occupant for seat in self.seats(room)}
         room_jid = self.room_jid(room)
         for occupancy in list(self.in_room(room)):
@@ -381,6 +395,7 @@ class MucGateway:
         occupancy.status = presence.status
         occupancy.channel = XmppChannel(self, occupancy)
         self.occupancies[(str(presence.sender), room.id)] = occupancy
+        self._seats.pop(room.id, None)
         self._watch(room)
         limit, max_age = self._history(presence.history)
         occupancy.history_left = chat.attach(
@@ -463,6 +478,7 @@ class MucGateway:
         if self.occupancies.get(key) is not occupancy:
             return
         del self.occupancies[key]
+        self._seats.pop(room.id, None)
         live = self.rooms.rooms.get(room.id) is room and room.chat is not None
         if not occupancy.leaving:
             reason = "removed from the room" if live else "the conference ended"
