@@ -119,6 +119,9 @@ async def test_a_handler_that_raises_is_answered_internal_server_error(
         assert error["error"]["condition"] == "internal-server-error"
         failed = [r for r in caplog.records if "failed (KeyError" in r.getMessage()]
         assert len(failed) == 1
+        raw(xmpp, alice, "body", "<body>" + "z" * 70000 + "</body>")  # over max_message_bytes
+        body = (await errors_by_id(inbox, {"body"}))["body"]
+        assert condition_of(body) == "policy-violation"  # the stanza fits max_stanza_bytes
         raw(xmpp, alice, "after", "<body>second</body>")
         assert await wait_until(lambda: len(endpoint.requests) == 1, timeout=30)
         assert endpoint.requests[0].body == b"second"
