@@ -157,3 +157,26 @@ async def test_a_sip_side_that_is_down_is_service_unavailable(gateway: Any) -> N
         assert error["error"]["type"] == "wait"
     finally:
         xmpp.disconnect()
+
+
+async def test_prosody_killed_sip_gets_503_until_the_component_is_back(gateway: Any) -> None:
+    """kill -9 of Prosody: the component notices, SIP MESSAGEs to XMPP users are answered 503
+    meanwhile (not lost in a dead stream); Prosody restarted, the component reconnects with
+    its back-off and the next message reaches the XMPP user."""
+    prosody, server, port, endpoint = gateway
+    app = gateway_of(server)
+    to, sender = f"sip:bob@{prosody.xmpp_domain}", f"sip:alice@{prosody.component_jid}"
+    prosody.kill()
+    assert await wait_until(lambda: not app.component.connected, timeout=30)
+    endpoint.send_message(port, to, sender, b"while you were out", "text/plain")
+    assert await wait_until(lambda: 503 in endpoint.responses, timeout=30)
+    prosody.start()
+    assert await wait_until(lambda: app.component.connected, timeout=60)
+    xmpp, inbox = await client(prosody)
+    try:
+        endpoint.send_message(port, to, sender, b"welcome back", "text/plain")
+        message = await asyncio.wait_for(inbox.get(), 30)
+        assert message["body"] == "welcome back"
+        assert await wait_until(lambda: 202 in endpoint.responses, timeout=30)
+    finally:
+        xmpp.disconnect()
