@@ -38,6 +38,7 @@ from typing import IO, Any
 import pytest
 from slixmpp import ClientXMPP
 
+from tests.peers.chatclient import ChatClient
 from tests.peers.ports import LOOPBACK
 from tests.peers.prosody import client_ssl_context, self_signed_certificate
 from tests.peers.sipp import SippUas, run_sipp_async, scenario_path
@@ -53,6 +54,7 @@ API_TOKEN = "ansible-test-api-token-0123456789"
 ESL_PASSWORD = "ansible-test-esl-password"
 COMPONENT_SECRET = "ansible-test-component-secret"
 ROOM = "ansible-room"
+CHAT_ROOM = "ansible-chat"
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -453,6 +455,14 @@ def test_the_cluster_shape_renders_on_one_machine(tmp_path: Path) -> None:
 # --- the services, started from what Ansible rendered -----------------------------------------
 
 
+@dataclass(frozen=True)
+class EdgePorts:
+    """The Kamailio edge as a ChatClient sees a server: its SIP port and its TLS port."""
+
+    sip_port: int
+    tls_port: int
+
+
 def unit_command(unit: Path) -> tuple[list[list[str]], list[str]]:
     """ExecStartPre commands and ExecStart of ``unit`` with its drop-ins, as systemd reads them.
 
@@ -695,6 +705,20 @@ async def test_a_call_through_kamailio_and_a_message_through_prosody(
     assert result.ok, result.describe() + services["kamailio"].log()[-3000:]
     assert seen, f"room never listed by the admin API:\n{services['chorus'].log()[-4000:]}"
     assert node in pins, pins
+
+    # Two people chat in a room over MSRP, joined through the edge: alice over UDP, bob over
+    # SIP TLS to the edge (the certificate Ansible placed) and MSRP over TCP.
+    edge = EdgePorts(d.ports["kamailio_sip"], d.ports["kamailio_tls"])
+    async with (
+        ChatClient("alice", "Alice") as alice,
+        ChatClient("bob", "Bob", sip_transport="tls") as bob,
+    ):
+        talker = await alice.join(edge, CHAT_ROOM, secure=True)
+        listener = await bob.join(edge, CHAT_ROOM, secure=False)
+        sent = await talker.say("hello over msrp")
+        assert await talker.status_of(sent) == 200
+        heard = await listener.wait_text("hello over msrp")
+        assert heard.sender_key == ("alice", "127.0.0.1")
 
     # An XMPP user writes to a SIP user through Prosody and the Chorus component; the
     # MESSAGE leaves through the node's outbound proxy, where the SIP user (SIPp, which exits
