@@ -8,7 +8,7 @@ CONFIG ?=
 DEBIAN_PACKAGES := sip-tester kamailio kamailio-json-modules kamailio-presence-modules \
 	kamailio-tls-modules kamailio-utils-modules kamailio-extra-modules \
 	baresip-core libspeex1 libopus0 openssl chromium prosody \
-	gcc libc6-dev python3-dev libxml2-utils
+	gcc libc6-dev python3-dev libxml2-utils python3-aioxmpp
 
 .PHONY: run test deps debs venv lint typecheck unit bench clean
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,21 @@ from tests.peers.sipp import sipp_available
 REQUIRE_ENV = "CHORUS_REQUIRE_PEERS"
 SIPP_PCAP = Path("/usr/share/sip-tester/g711a.pcap")
 ANSIBLE_TOOLS = ("ansible-playbook", "ansible-lint")
+
+
+def _system_python_has(module: str) -> Callable[[], bool]:
+    """A module of a Debian python3-* package, importable by the system Python (not the venv)."""
+
+    def check() -> bool:
+        try:
+            done = subprocess.run(
+                ["/usr/bin/python3", "-c", f"import {module}"], capture_output=True, timeout=60
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return done.returncode == 0
+
+    return check
 
 
 def _on_path(*names: str) -> Callable[[], bool]:
@@ -42,6 +58,10 @@ PEERS: dict[str, tuple[Callable[[], bool], str]] = {
         "ansible-playbook and ansible-lint in the venv (pip install -e '.[test]')",
     ),
     "xmllint": (_on_path("xmllint"), "xmllint (Debian libxml2-utils)"),
+    "aioxmpp": (
+        _system_python_has("aioxmpp"),
+        "aioxmpp for /usr/bin/python3 (Debian python3-aioxmpp)",
+    ),
 }
 
 
