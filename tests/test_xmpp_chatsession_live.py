@@ -433,3 +433,15 @@ async def test_an_xmpp_error_for_a_session_message_reaches_the_sip_user(tmp_path
         assert notice.body is not None
         text = notice.body.decode()
         assert "not delivered" in text and "carol@xmpp.localhost" in text, text
+
+
+async def test_losing_the_xmpp_server_ends_the_sessions(tmp_path: Path) -> None:
+    """kill -9 of Prosody: no XMPP user can be reached or write; the session's SIP side is
+    BYEd rather than left open until idle."""
+    async with gateway(tmp_path) as (server, alice, bob, port):
+        await alice.chat("sip:bob@xmpp.localhost", port)
+        alice.say("hello")
+        assert (await bob.text())["body"] == "hello"
+        bob.prosody.kill()
+        await alice.ended()
+        assert sessions(server) == 0

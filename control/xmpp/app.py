@@ -102,6 +102,7 @@ class XmppGateway:
             reconnect_max=settings.reconnect_max,
             limits=StanzaLimits(max_stanza_bytes=settings.max_stanza_bytes),
             domains=settings.sip_domains,
+            on_down=self._xmpp_down,
         )
         self.presence = PresenceGateway(
             ua,
@@ -225,6 +226,12 @@ class XmppGateway:
         referral.reject(405)
 
     # XMPP → SIP ---------------------------------------------------------------------------
+
+    def _xmpp_down(self) -> None:
+        """The XMPP server went away: its users' sessions with it are gone, so are the chat
+        sessions (BYE toward SIP)."""
+        if self.chats is not None:
+            self.chats.xmpp_lost()
 
     def _xmpp_presence(self, presence: XmppPresence) -> None:
         if presence.type == "unavailable" and self.chats is not None:

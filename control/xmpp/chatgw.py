@@ -2,14 +2,13 @@
 control/xmpp/chatsession.py: INVITEs and MSRP through the stream layer, chat messages through
 the component.
 
-- A SIP INVITE to an XMPP address with an MSRP chat m-line is answered by the stream layer
-  (``negotiate`` + :class:`~control.streams.MsrpChatStream`: only the first chat m-line is
-  taken, every MSRP message checked before its 200 — 415/413/400 for what XMPP cannot carry,
-  403 while the XMPP server is away); 488 without a usable chat m-line, 486 at
-  ``max_chat_sessions``, 503 while the XMPP server is away.
+- A SIP INVITE to an XMPP address with an MSRP chat m-line is answered at once through the
+  stream layer (control/xmpp/chatleg.py; every MSRP message checked before its 200 — 415/413/
+  400 for what XMPP cannot carry, 403 while the XMPP server is away); 488 without a usable
+  chat m-line, 486 at ``max_chat_sessions``, 503 while the XMPP server is away. Its
+  re-INVITEs (session refreshes) keep the MSRP session.
 - An XMPP chat message that starts a session (``[xmpp] chat_sessions``) sends an INVITE with
-  one MSRP chat m-line (:class:`~control.msrp.chat.ChatStream`, the offering side of the
-  stream layer) under ``send_timeout``.
+  one MSRP chat m-line (chatleg.call_chat) under ``send_timeout``.
 - MSRP messages become chat messages (control/xmpp/messages.chat_from_sip); XMPP messages go
   over MSRP as the peer's accept-types allow (chatsession.msrp_content). An MSRP SEND the SIP
   side refuses (a non-200 or no answer) is answered to the XMPP sender as an error stanza.
@@ -18,7 +17,8 @@ the component.
   notifications (RFC 5438) goes with a receipt request, and the XMPP receipt (or error) comes
   back over the session's MSRP as the *delivered* (or *failed*) IMDN.
 - The end, whoever caused it: the MSRP session closed, the dialog BYEd toward SIP when it is
-  still up, ``gone`` sent to XMPP unless XMPP left (gone / unavailable). One ``call_at`` timer
+  still up, ``gone`` sent to XMPP unless XMPP left (gone / unavailable) or the XMPP server
+  connection was lost (every session ends then). One ``call_at`` timer
   at the table's next idle deadline.
 """
 
@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from control.app import IncomingCall, ReOffer, on_reoffer
-from control.msrp.chat import ChatStream
 from control.msrp.cpim import CpimAddress
 from control.msrp.errors import MsrpError
 from control.msrp.events import (
@@ -40,16 +39,13 @@ from control.msrp.events import (
     ResponseReceived,
     TransactionTimedOut,
 )
-from control.msrp.iscomposing import ISCOMPOSING_CONTENT_TYPE
-from control.msrp.sdp import Setup
-from control.msrp.transport import MsrpChannel, MsrpConnectError, MsrpTransport
-from control.sip import sdp
+from control.msrp.transport import MsrpConnectError, MsrpTransport
 from control.sip.errors import SipError
-from control.sip.session import Session, place_call
-from control.sip.uri import NameAddr, SipUri
+from control.sip.session import Session
+from control.sip.uri import SipUri
 from control.sip.useragent import UserAgent
-from control.streams import ChatOptions, MediaKind, MsrpChatStream, Stream, StreamRequest, negotiate
 from control.xmpp.addressing import Addressing, AddressRefused, Jid
+from control.xmpp.chatleg import CHUNK_SIZE, ChatLeg, answer_chat, call_chat, reanswer
 from control.xmpp.chatsession import (
     ChatSession,
     ChatSessions,
@@ -74,11 +70,7 @@ __all__ = ["ChatSessionGateway"]
 
 log = logging.getLogger("chorus.xmpp.chat")
 
-# What our chat m-line takes (offer and answer alike): what XMPP carries, bare or in CPIM.
-CHAT_TYPES = ("message/cpim", "text/plain", "text/html", ISCOMPOSING_CONTENT_TYPE)
-WRAPPED_TYPES = ("text/plain", "text/html", ISCOMPOSING_CONTENT_TYPE)
 _MSRP_STATUS = {400: 400, 413: 413, 415: 415}  # MessageRefused's SIP status -> MSRP status
-CHUNK_SIZE = 2048  # bytes of one MSRP SEND we write (RFC 4975 §7.1: chunk large messages)
 
 
 @dataclass(slots=True)
@@ -99,15 +91,10 @@ class _Link:
     core: ChatSession
     sip_user: SipUri  # the SIP user (the To of our INVITE, the From of theirs)
     xmpp_user: SipUri  # the XMPP user as a SIP URI
-    accept_types: tuple[str, ...] = CHAT_TYPES
-    accept_wrapped_types: tuple[str, ...] = WRAPPED_TYPES
-    dialog: Session | None = None
-    channel: MsrpChannel | None = None
+    leg: ChatLeg = field(default_factory=ChatLeg)  # the dialog, the MSRP channel
     sent: dict[str, _Sent] = field(default_factory=dict)  # MSRP Message-ID -> the stanza
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     cancel: asyncio.Future[object] | None = None  # done: CANCEL our INVITE (place_call)
-    local_sdp: sdp.SdpSession | None = None  # our side of an answered INVITE (re-offers)
-    streams: dict[int, Stream] = field(default_factory=dict)  # its m-lines' streams
 
 
 def _plain(uri: SipUri) -> SipUri:
@@ -178,7 +165,9 @@ class ChatSessionGateway:
         link = _Link(core, sip_user=_plain(caller), xmpp_user=_plain(call.request_uri))
         self._links[key] = link
         try:
-            answer, stream = await self._answer(call.offer, link)
+            answer, stream, link.leg = await answer_chat(
+                self.msrp, call.offer, rng=self.ua.rng, check=self._check
+            )
         except SipError as exc:
             self._forget(link)
             call.reject(exc.status, exc.reason)
@@ -187,62 +176,15 @@ class ChatSessionGateway:
             await stream.close()
             self._forget(link)
             return
-        link.dialog = call.accept(answer, user=xmpp_user.local)
-        on_reoffer(link.dialog, lambda reoffer: self._reoffer(link, reoffer))
-        link.channel = stream.channel
-        link.accept_types = stream.offered.accept_types
-        link.accept_wrapped_types = stream.offered.accept_wrapped_types or ("*",)
+        link.leg.dialog = call.accept(answer, user=xmpp_user.local)
+        on_reoffer(link.leg.dialog, lambda reoffer: self._reoffer(link, reoffer))
         core.established(now=self._now())
         log.info("chat session %s <-> %s from SIP", caller, xmpp_user)
         self._run(link)
 
-    async def _answer(
-        self, offer: sdp.SessionDescription, link: _Link
-    ) -> tuple[bytes, MsrpChatStream]:
-        """The answer taking the offer's first MSRP chat m-line, refusing every other."""
-
-        async def answerer(request: StreamRequest) -> Stream | None:
-            if request.kind is not MediaKind.CHAT or request.has_other(MediaKind.CHAT):
-                return None
-            options = ChatOptions(
-                accept_types=CHAT_TYPES, accept_wrapped_types=WRAPPED_TYPES, check=self._check
-            )
-            return MsrpChatStream.open(self.msrp, request.offer, request.index, options)
-
-        result = await negotiate(offer, {}, answerer)
-        chats = [s for s in result.created if isinstance(s, MsrpChatStream)]
-        if not result.accepted or not chats:
-            await result.abort()
-            raise SipError(488, "no usable MSRP chat stream")
-        state = sdp.SdpSession(
-            sess_id=self.ua.rng.randrange(1, 2**31),
-            address=chats[0].channel.local_uri.host,
-            username="chorus",
-        )
-        answer = sdp.serialize(state.answer(offer, result.decisions))
-        await result.commit()
-        link.local_sdp = state
-        link.streams = dict(result.streams)
-        return answer, chats[0]
-
     async def _reoffer(self, link: _Link, reoffer: ReOffer) -> None:
-        """A re-INVITE of a session the SIP user started (a session-timer refresh, a hold):
-        answered keeping the chat stream when it still fits (same MSRP path, RFC 4975 §8.1);
-        anything that would need a new MSRP session is 488 and the session goes on."""
-
-        async def refuse_new(request: StreamRequest) -> Stream | None:
-            return None
-
-        result = await negotiate(reoffer.offer, link.streams, refuse_new)
-        kept = [s for s in result.kept if isinstance(s, MsrpChatStream)]
-        if not kept or link.local_sdp is None:
-            await result.abort()
-            reoffer.reject(488, "the chat stream cannot change in this session")
-            return
-        reoffer.answer(sdp.serialize(link.local_sdp.answer(reoffer.offer, result.decisions)))
-        await result.commit()
-        link.streams = dict(result.streams)
-        link.core.touch(self._now())
+        if await reanswer(link.leg, reoffer):
+            link.core.touch(self._now())
 
     def _check(self, content_type: str | None, body: bytes, cpim: object) -> None:
         """Before an MSRP message is answered 200: XMPP can carry it, and is there."""
@@ -302,82 +244,42 @@ class ChatSessionGateway:
 
     async def _invite(self, link: _Link) -> None:
         """Our INVITE with one MSRP chat m-line; then what waited goes, or is refused."""
-        secure = self.msrp.listener(True) is not None or self.msrp.listener(False) is None
-        listening = self.msrp.listener(secure) is not None
-        stream = ChatStream(
+        failure = await call_chat(
+            self.ua,
             self.msrp,
-            secure=secure,
-            accept_types=CHAT_TYPES,
-            accept_wrapped_types=WRAPPED_TYPES,
-            setup=Setup.ACTPASS if listening else Setup.ACTIVE,
+            link.leg,
+            link.sip_user,
+            link.xmpp_user,
+            timeout=self.invite_timeout,
+            cancel=link.cancel,
+            on_dialog=lambda dialog: self._watch(link, dialog),
         )
-        state = sdp.SdpSession(
-            sess_id=self.ua.rng.randrange(1, 2**31),
-            address=stream.local_uri.host,
-            username="chorus",
-        )
-        offer = sdp.serialize(state.offer([stream.offer_media()]))
-        failure = await self._call(link, stream, offer)
         if failure is None and link.core.end_reason is not None:
             failure = (487, "the chat ended while ringing")
         if failure is not None:
             status, reason = failure
-            stream.close()
             for item, refusal in link.core.failed(status, reason):
                 self._refuse(link.core.xmpp_peer, link.core.sip_user, item.id, refusal)
             log.info("chat session to %s not set up: %d %s", link.sip_user, status, reason)
             await self._end(link, f"{status} {reason}", tell_xmpp=False)
-            if link.dialog is not None:  # a 2xx that crossed our CANCEL
-                await link.dialog.bye(reason="chat ended")
+            if link.leg.dialog is not None:  # a 2xx that crossed our CANCEL
+                await link.leg.dialog.bye(reason="chat ended")
             return
         log.info("chat session %s <-> %s from XMPP", link.xmpp_user, link.sip_user)
         for item in link.core.established(now=self._now()):
             self._send(link, link.core.xmpp_peer, item.id, item.chat, receipt=item.receipt)
         self._reader(link)
 
-    async def _call(self, link: _Link, stream: ChatStream, offer: bytes) -> tuple[int, str] | None:
-        """INVITE, answer, MSRP connected: None, else the failure as a SIP status."""
-        try:
-            dialog, response = await place_call(
-                self.ua,
-                link.sip_user,
-                from_=NameAddr(link.xmpp_user),
-                offer=offer,
-                timeout=self.invite_timeout,
-                cancel=link.cancel,
-            )
-            if dialog is None:
-                return response.status, response.reason
-            link.dialog = dialog
-            self._watch(link, dialog)
-            answered = sdp.parse(response.body)
-            if len(answered.media) != 1 or not answered.media[0].port:
-                return 488, "chat m-line refused"
-            link.channel = stream.answered(answered.media[0])
-            if stream.remote is not None:
-                link.accept_types = stream.remote.accept_types
-                link.accept_wrapped_types = stream.remote.accept_wrapped_types or ("*",)
-            await link.channel.wait_connected(self.invite_timeout)
-        except SipError as exc:
-            return exc.status, exc.reason
-        except sdp.SdpError:
-            return 488, "unusable answer"
-        except (MsrpConnectError, TimeoutError):
-            return 480, "MSRP session not connected"
-        except OSError as exc:
-            return 503, f"SIP side not reachable: {exc}"
-        return None
-
     def _send(
         self, link: _Link, sender: Jid, id: str, chat: Chat, *, receipt: bool = False
     ) -> None:
-        channel = link.channel
+        channel = link.leg.channel
         assert channel is not None
         try:
             content = msrp_content(
                 chat,
-                accept_types=link.accept_types,
-                accept_wrapped_types=link.accept_wrapped_types,
+                accept_types=link.leg.accept_types,
+                accept_wrapped_types=link.leg.accept_wrapped_types,
                 sender=CpimAddress(str(link.xmpp_user)),
                 recipient=CpimAddress(str(link.sip_user)),
                 now=datetime.now(UTC),
@@ -404,11 +306,17 @@ class ChatSessionGateway:
             if link is not None:
                 self._spawn(link, self._end(link, "XMPP user unavailable", tell_xmpp=False))
 
+    def xmpp_lost(self) -> None:
+        """The XMPP server connection is gone: every session ends (BYE toward SIP; no XMPP
+        user can be told, or write, until it is back)."""
+        for link in list(self._links.values()):
+            self._spawn(link, self._end(link, "XMPP server lost", tell_xmpp=False))
+
     # Both ways: the session's life ------------------------------------------------------
 
     def _run(self, link: _Link) -> None:
-        assert link.dialog is not None
-        self._watch(link, link.dialog)
+        assert link.leg.dialog is not None
+        self._watch(link, link.leg.dialog)
         self._reader(link)
         self._arm()
 
@@ -423,7 +331,7 @@ class ChatSessionGateway:
         self._spawn(link, self._read(link))
 
     async def _read(self, link: _Link) -> None:
-        channel = link.channel
+        channel = link.leg.channel
         assert channel is not None
         try:
             await channel.wait_connected()
@@ -475,7 +383,7 @@ class ChatSessionGateway:
         key, imdn = found
         status = "failed" if message.type == "error" else "delivered"
         link = self._links.get(key)
-        if link is None or link.channel is None:
+        if link is None or link.leg.channel is None:
             return True  # the session is over: nowhere to say it
         if imdn is None or not (imdn.negative if status == "failed" else imdn.positive):
             if status == "failed":
@@ -495,9 +403,9 @@ class ChatSessionGateway:
 
     def _write(self, link: _Link, content_type: str, body: bytes) -> None:
         """A message of the gateway's own (an IMDN, a notice) over the session's MSRP."""
-        assert link.channel is not None
+        assert link.leg.channel is not None
         try:
-            link.channel.send_message(content_type, body, chunk_size=CHUNK_SIZE)
+            link.leg.channel.send_message(content_type, body, chunk_size=CHUNK_SIZE)
         except MsrpConnectError as exc:
             log.info("chat session %s: not sent: %s", link.sip_user, exc)
 
@@ -539,14 +447,14 @@ class ChatSessionGateway:
         log.info("chat session %s <-> %s ended: %s", core.sip_user, core.xmpp_peer, reason)
         if link.cancel is not None and not link.cancel.done():
             link.cancel.set_result(None)  # an INVITE still ringing is CANCELled
-        if link.channel is not None:
-            link.channel.close()
+        if link.leg.channel is not None:
+            link.leg.channel.close()
         if tell_xmpp and self.component.connected:
             gone = Chat(state="gone")
             self.component.send_chat(core.xmpp_peer, core.sip_user, gone, id=self.ua.token(16))
-        if link.dialog is not None:
+        if link.leg.dialog is not None:
             with contextlib.suppress(Exception):
-                await link.dialog.bye(reason=reason)
+                await link.leg.dialog.bye(reason=reason)
         current = asyncio.current_task()
         for task in list(link.tasks):
             if task is not current:

@@ -55,22 +55,6 @@ DISCO_FEATURES = (
 )
 
 
-def error_condition(xml: ET.Element) -> str | None:
-    """The defined condition of an error stanza (RFC 6120 §8.3.3), read from the XML.
-
-    slixmpp's ``stanza["error"]`` looks for ``{jabber:client}error``; what reaches a
-    component is ``{jabber:component:accept}error``, so it would build an empty error and
-    answer its default, ``feature-not-implemented``, for every error a client sends."""
-    for child in xml:
-        if child.tag.rsplit("}", 1)[-1] != "error":
-            continue
-        for condition in child:
-            name = condition.tag.rsplit("}", 1)[-1]
-            if condition.tag.startswith(f"{{{STANZAS_NS}}}") and name != "text":
-                return name
-    return None
-
-
 class Backoff:
     """Reconnect delays, sans-IO: ``first`` doubling up to ``cap``; :meth:`reset` on success."""
 
@@ -137,8 +121,10 @@ class Component:
         reconnect_max: float = 30.0,
         limits: StanzaLimits = StanzaLimits(),
         domains: tuple[str, ...] = (),
+        on_down: Callable[[], None] | None = None,
     ) -> None:
         self.jid = jid
+        self.on_down = on_down  # the server connection was lost (reconnecting follows)
         self.limits = limits
         # the domains this component answers for (the SIP users'): an error's possible from
         self.domains = frozenset(d.lower() for d in domains) | {jid.lower()}
@@ -191,6 +177,8 @@ class Component:
                 if self._closing:
                     return
                 log.warning("XMPP component %s lost its server connection", self.jid)
+                if self.on_down is not None:
+                    self.on_down()
             xmpp.cancel_connection_attempt()  # our back-off, not slixmpp's uncapped one
             delay = self.backoff.next_delay()
             log.info("XMPP component %s reconnecting in %.1f s", self.jid, delay)
@@ -220,7 +208,7 @@ class Component:
             self._refused(stanza, refused)
             return
         kind = stanza["type"] or "normal"
-        condition = error_condition(stanza.xml) if kind == "error" else None
+        condition = stanza["error"]["condition"] if kind == "error" else None
         received = stanza.xml.find(f"{{{RECEIPTS_NS}}}received")
         message = XmppMessage(
             sender=checked.sender,
@@ -297,7 +285,7 @@ class Component:
             self._refused(stanza, StanzaRefused("bad-request", f"presence type {kind[:20]!r}"))
             return
         show = stanza["show"] or None
-        condition = error_condition(stanza.xml) if kind == "error" else None
+        condition = stanza["error"]["condition"] if kind == "error" else None
         presence = XmppPresence(
             sender=sender,
             recipient=recipient,
