@@ -55,6 +55,22 @@ DISCO_FEATURES = (
 )
 
 
+def error_condition(xml: ET.Element) -> str | None:
+    """The defined condition of an error stanza (RFC 6120 §8.3.3), read from the XML.
+
+    slixmpp's ``stanza["error"]`` looks for ``{jabber:client}error``; what reaches a
+    component is ``{jabber:component:accept}error``, so it would build an empty error and
+    answer its default, ``feature-not-implemented``, for every error a client sends."""
+    for child in xml:
+        if child.tag.rsplit("}", 1)[-1] != "error":
+            continue
+        for condition in child:
+            name = condition.tag.rsplit("}", 1)[-1]
+            if condition.tag.startswith(f"{{{STANZAS_NS}}}") and name != "text":
+                return name
+    return None
+
+
 class Backoff:
     """Reconnect delays, sans-IO: ``first`` doubling up to ``cap``; :meth:`reset` on success."""
 
@@ -208,7 +224,7 @@ class Component:
             self._refused(stanza, refused)
             return
         kind = stanza["type"] or "normal"
-        condition = stanza["error"]["condition"] if kind == "error" else None
+        condition = error_condition(stanza.xml) if kind == "error" else None
         received = stanza.xml.find(f"{{{RECEIPTS_NS}}}received")
         message = XmppMessage(
             sender=checked.sender,
@@ -285,7 +301,7 @@ class Component:
             self._refused(stanza, StanzaRefused("bad-request", f"presence type {kind[:20]!r}"))
             return
         show = stanza["show"] or None
-        condition = stanza["error"]["condition"] if kind == "error" else None
+        condition = error_condition(stanza.xml) if kind == "error" else None
         presence = XmppPresence(
             sender=sender,
             recipient=recipient,
