@@ -390,6 +390,42 @@ def test_non_invite_server_retransmissions_and_timer_j() -> None:
     assert server.terminated and events(server) == [TransactionTerminated()]
 
 
+def test_server_transactions_let_go_of_the_messages_once_only_retransmissions_remain() -> None:
+    """After a 2xx to INVITE (Accepted), a non-INVITE final (Completed) or the ACK of a
+    non-2xx (Confirmed) the parsed request and response are dropped; the timers and the
+    retransmissions they serve work from the key, the CSeq and the bytes."""
+    invite = request()
+    server = InviteServerTransaction(invite, reliable=False, now=0.0)
+    server.data_to_send()
+    assert server.request is invite and not server.released
+    ok = invite.make_response(200, to_tag=TO_TAG)
+    server.send_response(ok, 1.0)
+    assert server.released and server.last_response is None
+    with pytest.raises(TransactionStateError):
+        server.request  # noqa: B018
+    server.send_response(ok, 2.0)  # the TU's 2xx retransmission still checked and sent
+    assert server.data_to_send() == [ok.serialize(), ok.serialize()]
+    with pytest.raises(TransactionStateError):
+        other = request(INVITE.replace("314159", "314160"))
+        server.send_response(other.make_response(200, to_tag="x"), 2.5)
+
+    options = request(OPTIONS)
+    bye_like = NonInviteServerTransaction(options, reliable=False, now=0.0)
+    final = options.make_response(200, to_tag=TO_TAG)
+    bye_like.send_response(final, 0.5)
+    assert bye_like.released and bye_like.data_to_send() == [final.serialize()]
+    bye_like.receive_request(options, 1.0)
+    assert bye_like.data_to_send() == [final.serialize()]  # Completed still resends it
+    assert fire_all(bye_like) == [32.5]
+
+    refused = InviteServerTransaction(request(), reliable=False, now=0.0)
+    refused.send_response(refused.request.make_response(486, to_tag=TO_TAG), 0.1)
+    assert not refused.released  # Completed: the 486 is resent until the ACK
+    ack = build_ack_for_non2xx(invite, parse_response(refused.data_to_send()[-1]))
+    refused.receive_request(ack, 0.2)
+    assert refused.state is S.CONFIRMED and refused.released
+
+
 # --- non-INVITE client ------------------------------------------------------------------------
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 
+import uvloop
+
 from control.sip.useragent import UserAgent
 
 
@@ -40,7 +42,7 @@ async def test_an_owner_rescheduled_late_does_not_hide_an_earlier_deadline() -> 
     ua.schedule(second)
     await asyncio.wait_for(early.handled.wait(), 30)
     await asyncio.wait_for(second.handled.wait(), 30)
-    assert ua._timer is not None and ua._timer.when() == early.deadline  # the hour, now
+    assert ua._timer is not None and ua._timer_at == early.deadline  # the hour, now
 
 
 async def test_deadlines_fire_in_order_whatever_order_they_were_scheduled() -> None:
@@ -56,3 +58,21 @@ async def test_deadlines_fire_in_order_whatever_order_they_were_scheduled() -> N
 
     await asyncio.wait_for(asyncio.gather(*(note(i) for i in range(3))), 30)
     assert order == [1, 2, 0]
+
+
+def test_a_deadline_already_passed_under_uvloop_does_not_break_the_next_schedule() -> None:
+    """uvloop's call_at returns a plain Handle (no ``when()``) for a deadline in the past: a
+    loop running late armed it so, and every schedule after raised AttributeError until it
+    fired (each BYE's 200 under load: its transaction never scheduled, never freed)."""
+
+    async def run() -> list[bool]:
+        ua = UserAgent()
+        late = Owner(ua, -0.5, then=None)  # due half a second ago: armed as call_soon
+        ua.schedule(late)
+        later = Owner(ua, 0.05, then=None)
+        ua.schedule(later)  # raised here
+        await asyncio.wait_for(asyncio.gather(late.handled.wait(), later.handled.wait()), 30)
+        return [late.handled.is_set(), later.handled.is_set()]
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(run()) == [True, True]

@@ -142,10 +142,7 @@ class _Transaction:
 
     _TABLE: ClassVar[_Table]
 
-    def __init__(
-        self, request: Request, state: TransactionState, *, reliable: bool, timers: Timers
-    ) -> None:
-        self.request = request
+    def __init__(self, state: TransactionState, *, reliable: bool, timers: Timers) -> None:
         self.reliable = reliable
         self.timers = timers
         self.state = state
@@ -249,7 +246,8 @@ class ClientTransaction(_Transaction):
         self, request: Request, *, reliable: bool, now: float, timers: Timers = Timers()
     ) -> None:
         self._check_method(request.method)
-        super().__init__(request, self._INITIAL_STATE, reliable=reliable, timers=timers)
+        super().__init__(self._INITIAL_STATE, reliable=reliable, timers=timers)
+        self.request = request
         branch = request.top_via.branch
         if not branch:
             raise ValueError("a client transaction needs a branch in its top Via (§8.1.1.7)")
@@ -377,23 +375,48 @@ class NonInviteClientTransaction(ClientTransaction):
 
 
 class ServerTransaction(_Transaction):
-    """The server side: absorbs request retransmissions and sends what the TU answers."""
+    """The server side: absorbs request retransmissions and sends what the TU answers.
+
+    Once its final response is sent and nothing but retransmissions can follow (a 2xx to
+    INVITE: Accepted; a non-INVITE final: Completed; Confirmed; Terminated), the transaction
+    lets go of the parsed request and response: what its timers still need is the key, the
+    CSeq and the bytes to send again. At a high call rate every call leaves two transactions
+    waiting 32 s for Timer J/L over UDP, and it is their parsed messages that the garbage
+    collector would otherwise walk again and again (bench/RESULTS.md, issue 14).
+    """
 
     _INITIAL_STATE: ClassVar[TransactionState]
+    _RELEASED: ClassVar[frozenset[TransactionState]] = frozenset(
+        {_S.ACCEPTED, _S.CONFIRMED, _S.TERMINATED}
+    )
 
     def __init__(
         self, request: Request, *, reliable: bool, now: float, timers: Timers = Timers()
     ) -> None:
         self._check_method(request.method)
-        super().__init__(request, self._INITIAL_STATE, reliable=reliable, timers=timers)
+        super().__init__(self._INITIAL_STATE, reliable=reliable, timers=timers)
+        self._request: Request | None = request
+        self.method = request.method
+        self.cseq = request.cseq
         self.key: TransactionKey = server_key(request)
         self.last_response: Response | None = None
         self._last_bytes: bytes | None = None
 
+    @property
+    def request(self) -> Request:
+        """The request that created the transaction, until the final response let it go."""
+        if self._request is None:
+            raise TransactionStateError(f"{self.method} released after its final response")
+        return self._request
+
+    @property
+    def released(self) -> bool:
+        return self._request is None
+
     def send_response(self, response: Response, now: float) -> None:
         """Send the TU's response; a response the state forbids is a TransactionStateError."""
-        if response.cseq != self.request.cseq:
-            raise TransactionStateError(f"response CSeq {response.cseq} for {self.request.cseq}")
+        if response.cseq != self.cseq:
+            raise TransactionStateError(f"response CSeq {response.cseq} for {self.cseq}")
         stimulus = _classify(response.status)
         if (
             self.state is _S.ACCEPTED
@@ -403,12 +426,20 @@ class ServerTransaction(_Transaction):
             raise TransactionStateError("only the same 2xx may be sent again (RFC 6026 §8.7)")
         if not self._apply(stimulus, now, response):
             raise TransactionStateError(f"cannot send {response.status} in {self.state.value}")
+        if self.state in self._RELEASED:
+            self._release()
+
+    def _release(self) -> None:
+        self._request = None
+        self.last_response = None
 
     def receive_request(self, request: Request, now: float) -> None:
         """Feed a request that matched this transaction: a retransmission, or the ACK."""
         if server_key(request) != self.key:
             raise TransactionStateError(f"request for {server_key(request)} fed to {self.key}")
         self._apply(_In.ACK if request.method == "ACK" else _In.REQUEST, now, request)
+        if self._request is not None and self.state in self._RELEASED:
+            self._release()  # the ACK for a non-2xx confirmed it
 
     def next_event(self) -> ServerEvent | None:
         if not self._events:
@@ -509,6 +540,7 @@ class NonInviteServerTransaction(ServerTransaction):
     """Figure 8 of RFC 3261: Timer J keeps the final response for retransmitted requests."""
 
     _INITIAL_STATE = _S.TRYING
+    _RELEASED = frozenset({_S.COMPLETED, _S.TERMINATED})
     _TABLE: ClassVar[_Table] = {
         (_S.TRYING, _In.PROVISIONAL): (_S.PROCEEDING, (_Do.SEND,)),
         (_S.TRYING, _In.SUCCESS): (_S.COMPLETED, (_Do.SEND,)),

@@ -149,6 +149,7 @@ class IncomingRequest:
         if response.status >= 200:
             self.final_sent = True
             self.ua.counters.count_final(self.request, response.status)
+            self.ua.answered(self)
         if self._to_tag is None and response.status > 100:
             self._to_tag = response.to.tag
         self._txn.send_response(response, self.ua.now())
@@ -222,7 +223,10 @@ class UserAgent:
         self._heap: list[tuple[float, int, TimerOwner]] = []
         self._counter = 0
         self._stale = 0  # heap entries whose owner said it has no more deadlines
-        self._timer: asyncio.TimerHandle | None = None
+        # The loop timer and the deadline it was armed for: uvloop's call_at hands back a plain
+        # Handle (no when()) for a deadline already passed, so the UA keeps the time itself.
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters = SipCounters()
 
@@ -342,6 +346,14 @@ class UserAgent:
             incoming.respond(503)
             return
         self.spawn(self._run_handler(incoming))
+
+    def answered(self, incoming: IncomingRequest) -> None:
+        """A final response is going out: the transaction table lets go of the request's
+        handle (only a CANCEL still pending needed it), so what the application no longer
+        holds is freed now, not when Timer J/L ends the transaction 32 s on."""
+        entry = self._servers.get(incoming._txn.key)
+        if entry is not None and entry.incoming is incoming:
+            entry.incoming = None
 
     def _usage_for(self, dialog_id: DialogId, request: Request) -> DialogUsage | None:
         """The usage an in-dialog request belongs to (RFC 5057 §5): SUBSCRIBE and NOTIFY by
@@ -529,10 +541,14 @@ class UserAgent:
         # is unset, and an owner rescheduled there for later (a transaction's Timer K) must
         # not hide an earlier deadline still in the heap (a session's refresh).
         first = self._heap[0][0]
-        if self._timer is None or first < self._timer.when():
+        if self._timer is None or first < self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = asyncio.get_running_loop().call_at(first, self._fire)
+            self._arm(first)
+
+    def _arm(self, deadline: float) -> None:
+        self._timer_at = deadline
+        self._timer = asyncio.get_running_loop().call_at(deadline, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
@@ -558,7 +574,7 @@ class UserAgent:
             else:
                 self._schedule(owner)
         if self._heap and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_at(self._heap[0][0], self._fire)
+            self._arm(self._heap[0][0])
 
     def spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
