@@ -30,8 +30,9 @@ The method follows RFC 7502 (SIP benchmarking methodology):
   the bracket to ``--precision`` (relative) or ``--max-steps`` trials. Each trial meets a
   fresh server when the runner starts its own, so one trial's backlog cannot spoil the next.
 - The *hold* confirms the found rate with a trial of ``--hold`` seconds; when it fails the
-  rate steps down 10 % and holds again (at most 4 times). The held rate is the figure; with
-  ``--rounds N`` the median over rounds.
+  rate steps down 20 % and holds again (at most 6 holds: a short search trial can pass a
+  rate a longer one cannot). The held rate is the figure; with ``--rounds N`` the median
+  over rounds.
 - The *soak* (``--soak MINUTES``) runs one trial of that length at ``--soak-fraction`` of
   the held rate (or ``--soak-rate``), sampling the server's resident memory (bench/procstat.py,
   the server and its children) every ``--soak-sample`` seconds: the failed calls and the RSS
@@ -54,6 +55,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import threading
@@ -126,9 +128,9 @@ def find_max_rate(
 
 
 def hold_rate(
-    attempt: Callable[[float], bool], rate: float, *, tries: int = 4, step: float = 0.9
+    attempt: Callable[[float], bool], rate: float, *, tries: int = 6, step: float = 0.8
 ) -> float:
-    """The rate that passes a hold: ``rate``, else 10 % less, up to ``tries`` holds; 0 if none."""
+    """The rate that passes a hold: ``rate``, else 20 % less, up to ``tries`` holds; 0 if none."""
     for _ in range(tries):
         if rate <= 0:
             break
@@ -319,8 +321,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _exit_on_term(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C: every server and SIPp started is stopped on the way out."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_term)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -282,11 +282,11 @@ def run_trial(
         join = str(SIPP_DIR / "uac_room_join.xml")
         helpers: list[tuple[_Background, int]] = []
         # every helper outlives the trial: creation, the last call's hold, slack
-        span = duration / max(settings.min_rate_ratio, 0.1) + settings.call_hold + 10.0
+        span = duration / max(settings.min_rate_ratio, 0.1) + settings.call_hold + 3.0
         if scenario.live_rooms:
             anchors = _Background(
                 _sipp_argv(join, address, "-inf", str(csv), "-m", str(settings.rooms),
-                           "-r", str(settings.rooms), "-d", str(int((span + 3) * 1000))),
+                           "-r", str(settings.rooms), "-d", str(int((span + 2) * 1000))),
                 work, "anchors",
             )  # fmt: skip
             helpers.append((anchors, settings.rooms))

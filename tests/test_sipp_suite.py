@@ -152,7 +152,7 @@ def test_search_that_never_passes_finds_nothing_and_holds_nothing() -> None:
     )
     assert (best, failed_at, steps) == (0.0, 0.5, 3)
     assert hold_rate(lambda rate: False, best) == 0.0
-    assert hold_rate(lambda rate: rate <= 9, 10.0) == 9.0
+    assert hold_rate(lambda rate: rate <= 9, 10.0) == 8.0
 
 
 def test_a_trial_without_statistics_or_calls_fails() -> None:
