@@ -24,16 +24,15 @@ import random
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from slixmpp import ClientXMPP
@@ -42,6 +41,7 @@ from tests.peers.chatclient import ChatClient
 from tests.peers.ports import LOOPBACK
 from tests.peers.prosody import client_ssl_context, self_signed_certificate
 from tests.peers.sipp import SippUas, run_sipp_async, scenario_path
+from tests.peers.units import UnitProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSIBLE = ROOT / "ansible"
@@ -463,98 +463,6 @@ class EdgePorts:
     tls_port: int
 
 
-def unit_command(unit: Path) -> tuple[list[list[str]], list[str]]:
-    """ExecStartPre commands and ExecStart of ``unit`` with its drop-ins, as systemd reads them.
-
-    ``Environment=`` accumulates, an empty ``ExecStart=`` / ``ExecStartPre=`` resets, and
-    ``${NAME}`` is replaced by the environment's value (systemd.service(5), "Command lines").
-    """
-    env: dict[str, str] = {}
-    pre: list[str] = []
-    start: list[str] = []
-    for path in [unit, *sorted(unit.parent.joinpath(unit.name + ".d").glob("*.conf"))]:
-        section = ""
-        for raw in path.read_text().splitlines():
-            line = raw.strip()
-            if not line or line[0] in "#;":
-                continue
-            if line.startswith("["):
-                section = line
-                continue
-            key, _, value = line.partition("=")
-            if section != "[Service]":
-                continue
-            if key == "Environment":
-                env.update(item.partition("=")[::2] for item in shlex.split(value))
-            elif key == "ExecStartPre":
-                pre = pre + [value] if value else []
-            elif key == "ExecStart":
-                start = [value] if value else []
-    assert len(start) == 1, f"{unit}: ExecStart {start}"
-
-    def expand(command: str) -> list[str]:
-        text = re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], command)
-        return shlex.split(text.lstrip("-@+!"))
-
-    return [expand(c) for c in pre], expand(start[0])
-
-
-@dataclass
-class Service:
-    """One daemon started from its rendered unit, in a session of its own."""
-
-    name: str
-    unit: Path
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = field(default=None, repr=False)
-
-    def start(self) -> Service:
-        pre, argv = unit_command(self.unit)
-        for command in pre:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-            assert done.returncode == 0, f"{self.name}: {command}:\n{done.stdout}{done.stderr}"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self.proc.wait()
-        if self._log is not None:
-            self._log.close()
-
-
-def wait_for(service: Service, ready: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert service.alive(), f"{service.name} exited:\n{service.log()[-6000:]}"
-        assert time.monotonic() < deadline, f"{service.name} not ready:\n{service.log()[-6000:]}"
-        time.sleep(0.1)
-
-
 def listening(port: int) -> bool:
     try:
         with socket.create_connection((LOOPBACK, port), timeout=0.5):
@@ -616,30 +524,30 @@ def kamailio_up(port: int) -> bool:
 
 
 @pytest.fixture
-def services(deployment: Deployment) -> Iterator[dict[str, Service]]:
+def services(deployment: Deployment) -> Iterator[dict[str, UnitProcess]]:
     d = deployment
     units = d.path("/etc/systemd/system")
     logs = d.root.parent
-    started: dict[str, Service] = {}
+    started: dict[str, UnitProcess] = {}
     names = {"kamailio": "chorus-kamailio", "prosody": "chorus-prosody", "chorus": "chorus"}
     if FREESWITCH_BIN:
         names = {"freeswitch": "chorus-freeswitch", **names}
     try:
         for name, unit in names.items():
-            service = Service(name, units / f"{unit}.service", logs / f"{name}.log")
+            service = UnitProcess(name, units / f"{unit}.service", logs / f"{name}.log")
             if name == "prosody":
                 prosody_register(d, "bob", "bob-password")
             started[name] = service.start()
             if name == "kamailio":
-                wait_for(service, lambda: kamailio_up(d.ports["kamailio_rpc"]))
+                service.wait_ready(lambda: kamailio_up(d.ports["kamailio_rpc"]))
             elif name == "prosody":
-                wait_for(
-                    service, lambda: listening(d.ports["c2s"]) and listening(d.ports["component"])
+                service.wait_ready(
+                    lambda: listening(d.ports["c2s"]) and listening(d.ports["component"])
                 )
             elif name == "freeswitch":
-                wait_for(service, lambda: profile_running(d.ports["fs_esl"]), timeout=90)
+                service.wait_ready(lambda: profile_running(d.ports["fs_esl"]), timeout=90)
             else:
-                wait_for(service, lambda s=service: "chorus ready" in s.log())
+                service.wait_ready(lambda s=service: "chorus ready" in s.log())
         yield started
     finally:
         for service in reversed(list(started.values())):
@@ -674,7 +582,7 @@ async def rooms(d: Deployment) -> list[str]:
 @RENDERS
 @pytest.mark.peer("sipp")
 async def test_a_call_through_kamailio_and_a_message_through_prosody(
-    deployment: Deployment, services: dict[str, Service]
+    deployment: Deployment, services: dict[str, UnitProcess]
 ) -> None:
     d = deployment
     # The node registered itself with the edge over the JSON-RPC the role set up.
