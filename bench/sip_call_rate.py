@@ -3,12 +3,14 @@ and resident memory per 1,000 established calls.
 
     python -m bench.sip_call_rate --hold 10 --rounds 1      # quick look
     python -m bench.sip_call_rate --hold 60 --rounds 3      # the figures for RESULTS.md
+    python -m bench.sip_call_rate --hold 60 --rounds 3 --targets chorus_direct chorus_direct_uvloop
 
 Each round searches the highest rate (INVITE with SDP, 200, ACK, BYE, 200; no media) that
 SIPp sustains with zero failed calls (bench.kamailio_reference.max_sustained_rate, short
 steps), then confirms it for ``--hold`` seconds, stepping down 10% until a whole hold passes
 with no failed call. Three targets in the same go: Kamailio in front of a SIPp UAS (the
-reference), Chorus' echo directly, and Chorus' echo behind the same Kamailio configuration.
+reference), Chorus' echo directly (the standard event loop, and ``[server] event_loop =
+uvloop``), and Chorus' echo behind the same Kamailio configuration (``--targets`` picks).
 Figures are medians of the confirmed rates over rounds; Chorus' rates are also given as a
 ratio of the reference.
 
@@ -57,9 +59,16 @@ def _pid(chorus: ChorusProcess) -> int:
 
 
 @contextlib.contextmanager
-def chorus_direct() -> Iterator[Target]:
-    with ChorusProcess(QUIET) as chorus:
+def chorus_direct(event_loop: str = "asyncio") -> Iterator[Target]:
+    overrides = {"server": {**QUIET["server"], "event_loop": event_loop}}
+    with ChorusProcess(overrides) as chorus:
         yield Target(f"127.0.0.1:{chorus.sip_port}", {"chorus": _pid(chorus)})
+
+
+@contextlib.contextmanager
+def chorus_direct_uvloop() -> Iterator[Target]:
+    with chorus_direct("uvloop") as target:
+        yield target
 
 
 @contextlib.contextmanager
@@ -134,6 +143,17 @@ def memory_per_thousand_calls(calls: int = 1000, rate: float = 200.0) -> dict[st
     }
 
 
+TARGETS: dict[str, TargetFactory] = {
+    "kamailio_to_sipp_uas": kamailio_target("u1"),  # the reference: always measured
+    "chorus_direct": chorus_direct,
+    "chorus_direct_uvloop": chorus_direct_uvloop,
+    "chorus_via_kamailio": chorus_behind_kamailio,
+}
+REFERENCE = "kamailio_to_sipp_uas"
+GOAL_RATE = 1000.0  # issue 14 item 4: echo calls/s on one core
+GOAL_CPU_RATIO = 4.0  # and CPU-seconds per call at most 4x Kamailio's
+
+
 def confirm(
     factory: TargetFactory, rate: float, hold: float, log: Any, tries: int = 5
 ) -> tuple[float, list[dict[str, Any]]]:
@@ -169,6 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=9)
     parser.add_argument("--precision", type=float, default=0.1)
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        choices=[name for name in TARGETS if name != REFERENCE],
+        default=["chorus_direct", "chorus_direct_uvloop", "chorus_via_kamailio"],
+        help="Chorus targets besides the Kamailio reference (always measured)",
+    )
+    parser.add_argument("--confirm-tries", type=int, default=5, help="holds stepping down 10%%")
+    parser.add_argument("--no-memory", action="store_true", help="skip the RSS measurement")
     args = parser.parse_args(argv)
 
     def log(line: str) -> None:
@@ -181,11 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "precision": args.precision,
         "log": log,
     }
-    targets = {
-        "kamailio_to_sipp_uas": kamailio_target("u1"),
-        "chorus_direct": chorus_direct,
-        "chorus_via_kamailio": chorus_behind_kamailio,
-    }
+    targets = {name: TARGETS[name] for name in (REFERENCE, *args.targets)}
     rounds: dict[str, list[float]] = {name: [] for name in targets}
     searched: dict[str, list[float]] = {name: [] for name in targets}
     confirmations: dict[str, list[Any]] = {name: [] for name in targets}
@@ -195,11 +220,11 @@ def main(argv: list[str] | None = None) -> int:
             log(f"round {round_index + 1}: {name}")
             result = max_sustained_rate(factory, start_rate=100.0, **search)
             searched[name].append(result.max_rate)
-            held, steps = confirm(factory, result.max_rate, args.hold, log)
+            held, steps = confirm(factory, result.max_rate, args.hold, log, args.confirm_tries)
             rounds[name].append(held)
             confirmations[name].append(steps)
     medians = {name: statistics.median(rates) for name, rates in rounds.items()}
-    reference = medians["kamailio_to_sipp_uas"] or 1.0
+    reference = medians[REFERENCE] or 1.0
     # CPU of each server over each round's last (confirming) hold, median over rounds
     cpu: dict[str, dict[str, float]] = {}
     for name, per_round in confirmations.items():
@@ -209,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 if value is not None:
                     by_process.setdefault(process, []).append(value)
         cpu[name] = {p: round(statistics.median(v), 3) for p, v in by_process.items()}
-    kamailio_cpu = cpu.get("kamailio_to_sipp_uas", {}).get("kamailio")
+    kamailio_cpu = cpu.get(REFERENCE, {}).get("kamailio")
     cpu_ratio = {
         name: round(values["chorus"] / kamailio_cpu, 1)
         for name, values in cpu.items()
@@ -232,10 +257,22 @@ def main(argv: list[str] | None = None) -> int:
         },
         "cpu_seconds_per_1000_calls": cpu,
         "chorus_cpu_per_call_to_kamailio": cpu_ratio,
-        "memory": memory_per_thousand_calls(),
+        "goals": {
+            name: {
+                f"{GOAL_RATE:.0f}_calls_per_second": medians[name] >= GOAL_RATE,
+                f"cpu_per_call_within_{GOAL_CPU_RATIO:g}x_kamailio": (
+                    name in cpu_ratio and cpu_ratio[name] <= GOAL_CPU_RATIO
+                ),
+            }
+            for name in args.targets
+        },
+        "memory": None if args.no_memory else memory_per_thousand_calls(),
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     print(json.dumps(report, indent=2))
+    if kamailio_cpu is None or not any(medians.values()):
+        print("no input: the reference or every target confirmed no rate", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -24,7 +24,7 @@ from control.app import (
     on_reoffer,
 )
 from control.echo.chat import EchoChat
-from control.echo.reflector import EchoMedia, RtpReflector
+from control.echo.reflector import EchoMedia, EchoSockets, RtpReflector
 from control.media.answer import answer_stream_crypto
 from control.media.ports import PortAllocator, PortsExhausted
 from control.media.srtp import CryptoChoice, CryptoNegotiationError, SrtpPolicy
@@ -281,6 +281,8 @@ class EchoApp:
     ) -> None:
         self.ua = ua
         self.ports = ports
+        # Socket pairs kept bound between calls: an eighth of the range at most, 64 pairs.
+        self.sockets = EchoSockets(ports, max_idle=min(64, ports.capacity // 8))
         self.srtp = srtp
         self.rtcp_interval = rtcp_interval
         self.supported = [(name, rate) for name in codecs for rate in CODEC_RATES.get(name, ())]
@@ -297,7 +299,7 @@ class EchoApp:
         offer = call.offer
         host = call.local_address
         reflector = RtpReflector(self.ua.rng.getrandbits(32), rtcp_interval=self.rtcp_interval)
-        media = EchoMedia(self.ports, reflector)
+        media = EchoMedia(self.sockets, reflector)
         if _wants_audio(offer):
             try:
                 await media.open(host)
@@ -372,3 +374,4 @@ class EchoApp:
                 )
         if self.files is not None:
             await self.files.settled()  # a file being committed is finished, not cut off
+        self.sockets.close()

@@ -200,21 +200,128 @@ class _EchoRtcp(asyncio.DatagramProtocol):
         self._reflector.receive_rtcp(data, addr, asyncio.get_running_loop().time())
 
 
-class EchoMedia:
-    """One reflector on a port pair from the allocator."""
+class _Relay(asyncio.DatagramProtocol):
+    """A pooled socket's protocol: datagrams go to the call holding the socket now, and are
+    dropped while it waits in the pool."""
 
-    def __init__(self, allocator: PortAllocator, reflector: RtpReflector) -> None:
-        self._allocator = allocator
+    def __init__(self) -> None:
+        self.target: asyncio.DatagramProtocol | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if self.target is not None:
+            self.target.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # an ICMP unreachable for a caller gone: the next packet tells
+
+
+class _SocketPair:
+    """An RTP/RTCP socket pair bound on one allocated port, with the relays in front."""
+
+    def __init__(self, host: str, port: int, rtp: _Relay, rtcp: _Relay) -> None:
+        self.host = host
+        self.port = port
+        self.rtp = rtp
+        self.rtcp = rtcp
+
+    @property
+    def usable(self) -> bool:
+        return all(r.transport is not None and not r.transport.is_closing() for r in self.relays)
+
+    @property
+    def relays(self) -> tuple[_Relay, _Relay]:
+        return self.rtp, self.rtcp
+
+    def close(self) -> None:
+        for relay in self.relays:
+            relay.target = None
+            if relay.transport is not None:
+                relay.transport.close()
+
+
+class EchoSockets:
+    """The echo calls' RTP/RTCP socket pairs, kept bound between calls.
+
+    Binding two sockets (and building their transports) cost more than the rest of an
+    echo call's media set-up (bench/RESULTS.md, issue 14): a pair a call ended with waits
+    here, still holding its port in the allocator, and the next call takes it as it is. At
+    most ``max_idle`` pairs wait; beyond that a pair is closed and its port released, so the
+    port range (the allocator's limit, shared with the conferences) is never held by more
+    idle sockets than that. An idle pair drops what it receives; a late packet of the
+    previous call that arrives after the pair was handed on reaches the new reflector, which
+    sends it back to where it came from (RFC 4961) or drops it failing SRTP.
+    """
+
+    def __init__(self, allocator: PortAllocator, *, max_idle: int = 64) -> None:
+        self.allocator = allocator
+        self.max_idle = max_idle
+        self._idle: dict[str, list[_SocketPair]] = {}
+        self._closed = False
+        self.reused = 0
+
+    async def acquire(self, host: str) -> _SocketPair:
+        idle = self._idle.get(host)
+        while idle:
+            pair = idle.pop()
+            if pair.usable:
+                self.reused += 1
+                return pair
+            self._discard(pair)
+        rtp, rtcp = _Relay(), _Relay()
+        port, _, _ = await self.allocator.bind_pair(host, lambda: rtp, lambda: rtcp)
+        return _SocketPair(host, port, rtp, rtcp)
+
+    def release(self, pair: _SocketPair) -> None:
+        for relay in pair.relays:
+            relay.target = None
+        idle = self._idle.setdefault(pair.host, [])
+        if not self._closed and pair.usable and self.idle() < self.max_idle:
+            idle.append(pair)
+        else:
+            self._discard(pair)
+
+    def idle(self) -> int:
+        return sum(map(len, self._idle.values()))
+
+    def _discard(self, pair: _SocketPair) -> None:
+        pair.close()
+        self.allocator.release(pair.port)
+
+    def close(self) -> None:
+        """Close every idle pair and give its port back (the application stops); a pair
+        released after this is closed at once."""
+        self._closed = True
+        for pairs in self._idle.values():
+            for pair in pairs:
+                self._discard(pair)
+        self._idle.clear()
+
+
+class EchoMedia:
+    """One reflector on a port pair from the echo socket pool."""
+
+    def __init__(self, sockets: EchoSockets, reflector: RtpReflector) -> None:
+        self._sockets = sockets
         self.reflector = reflector
         self.port = 0
+        self._pair: _SocketPair | None = None
         self._rtp: asyncio.DatagramTransport | None = None
         self._rtcp: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     async def open(self, host: str) -> int:
-        self.port, self._rtp, self._rtcp = await self._allocator.bind_pair(
-            host, lambda: self.reflector, lambda: _EchoRtcp(self.reflector)
-        )
+        pair = await self._sockets.acquire(host)
+        self._pair = pair
+        self.port = pair.port
+        self._rtp, self._rtcp = pair.rtp.transport, pair.rtcp.transport
+        pair.rtp.target = self.reflector
+        pair.rtcp.target = _EchoRtcp(self.reflector)
+        assert self._rtp is not None
+        self.reflector.connection_made(self._rtp)
         self._arm()
         return self.port
 
@@ -245,9 +352,9 @@ class EchoMedia:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for transport in (self._rtp, self._rtcp):
-            if transport is not None:
-                transport.close()
-        if self.port:
-            self._allocator.release(self.port)
-            self.port = 0
+        self.reflector.transport = None  # the socket is the next call's
+        self._rtp = self._rtcp = None
+        if self._pair is not None:
+            self._sockets.release(self._pair)
+            self._pair = None
+        self.port = 0
