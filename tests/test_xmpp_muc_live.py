@@ -24,7 +24,9 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 from control.cli import build_server
+from control.conference import ConferenceApp
 from control.config import parse_config
+from control.media.engine import RoomId
 from control.msrp import parse_iscomposing
 from control.msrp.iscomposing import ISCOMPOSING_CONTENT_TYPE as ISCOMPOSING
 from control.msrp.iscomposing import ComposingState
@@ -653,3 +655,43 @@ async def test_an_xmpp_moderators_kick_removes_the_participant(tmp_path: Path) -
             lambda s: presence_from(s, f"{setup.room_jid}/Carol", "unavailable")
         )
         assert {"110", "307"} <= codes(gone)
+
+
+async def test_room_moderation_applies_to_occupants(setup: Setup) -> None:
+    """The room's moderation (control/conference/moderation.py) holds for MUC: a locked room
+    refuses a join (forbidden), private messages switched off refuse a MUC private message
+    (forbidden), and an occupant's show/status reaches the other occupants."""
+    conference = setup.server.applications["conference"]
+    assert isinstance(conference, ConferenceApp)
+    async with (
+        sip_person("alice", "Alice") as alice,
+        occupant(setup, "bob") as bob,
+        occupant(setup, "carol") as carol,
+    ):
+        await alice.join(setup.ports, ROOM, secure=False)
+        bob.join("Bob")
+        await bob.joined("Bob")
+        room = conference.rooms[RoomId(f"{ROOM}@127.0.0.1")]
+        conference.moderation.set_locked(room, True)
+        carol.join("Carol")
+        error = await carol.wait(lambda s: s.get("id") == "join-Carol")
+        assert error.find(f"{{jabber:client}}error/{{{STANZAS_NS}}}forbidden") is not None
+        conference.moderation.set_locked(room, False)
+        carol.join("Carol")
+        await carol.joined("Carol")
+
+        conference.moderation.set_private_messages(room, False)
+        private = bob.xmpp.make_message(mto=f"{setup.room_jid}/Alice", mbody="psst", mtype="chat")
+        private["id"] = "private-off"
+        private.send()
+        error = await bob.wait(lambda s: s.get("id") == "private-off" and s.get("type") == "error")
+        assert error.find(f"{{jabber:client}}error/{{{STANZAS_NS}}}forbidden") is not None
+
+        bob.xmpp.send_presence(pto=f"{setup.room_jid}/Bob", pshow="away", pstatus="lunch")
+        away = await carol.wait(
+            lambda s: (
+                presence_from(s, f"{setup.room_jid}/Bob")
+                and s.findtext("{jabber:client}show") == "away"
+            )
+        )
+        assert away.findtext("{jabber:client}status") == "lunch"
