@@ -114,6 +114,7 @@ class MucGateway:
         self.wall = wall
         self.component = MucComponent(settings, self.stanza, self.connection_lost)
         self.occupancies: dict[tuple[str, RoomId], Occupancy] = {}
+        self._by_room: dict[RoomId, dict[str, Occupancy]] = {}  # the same, by room, by JID
         self.invitations = MucInvitations(self)  # XEP-0045 §7.8.2 <-> REFER method=INVITE
         self._listeners: dict[RoomId, Callable[[], None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # kicks under way (BYEs)
@@ -202,7 +203,7 @@ class MucGateway:
         return room
 
     def in_room(self, room: Room) -> Iterator[Occupancy]:
-        return (o for (_, rid), o in list(self.occupancies.items()) if rid == room.id)
+        return iter(list(self._by_room.get(room.id, {}).values()))
 
     def seats(self, room: Room) -> list[Seat]:
         """The room's occupants (see :meth:`_seats`), computed once per change of a room
@@ -395,6 +396,7 @@ class MucGateway:
         occupancy.status = presence.status
         occupancy.channel = XmppChannel(self, occupancy)
         self.occupancies[(str(presence.sender), room.id)] = occupancy
+        self._by_room.setdefault(room.id, {})[str(presence.sender)] = occupancy
         self._seats.pop(room.id, None)
         self._watch(room)
         limit, max_age = self._history(presence.history)
@@ -478,6 +480,10 @@ class MucGateway:
         if self.occupancies.get(key) is not occupancy:
             return
         del self.occupancies[key]
+        in_room = self._by_room.get(room.id, {})
+        in_room.pop(str(occupancy.jid), None)
+        if not in_room:
+            self._by_room.pop(room.id, None)
         self._seats.pop(room.id, None)
         live = self.rooms.rooms.get(room.id) is room and room.chat is not None
         if not occupancy.leaving:
