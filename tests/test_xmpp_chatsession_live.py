@@ -34,8 +34,9 @@ from control.msrp.iscomposing import (
     IsComposing,
     parse_iscomposing,
 )
-from control.msrp.sdp import Setup, accept_msrp, parse_msrp_media
+from control.msrp.sdp import MsrpMedia, Setup, accept_msrp, msrp_media, parse_msrp_media
 from control.msrp.transport import MsrpChannel, MsrpTransport
+from control.msrp.uri import MsrpUri
 from control.server import Server
 from control.sip import sdp
 from control.sip.message import Request
@@ -73,6 +74,7 @@ class Alice(SipClient):
         self.statuses: dict[str, int] = {}  # Message-ID of what she sent -> its MSRP status
         self.session: Session | None = None
         self.offered: tuple[sdp.SdpSession, ChatStream] | None = None  # our chat() offer
+        self.answered_with: tuple[MsrpUri, MsrpMedia] | None = None  # our answer's path
         self.channel: MsrpChannel | None = None
         self._readers: set[asyncio.Task[None]] = set()
         self.ua.request_handler = self._request
@@ -109,6 +111,7 @@ class Alice(SipClient):
             local, ("message/cpim", "text/plain"), accept_wrapped_types=("*",), setup=Setup.ACTIVE
         )
         self.session = call.accept(sdp.serialize(answer_of(offer, [accept])))
+        self.answered_with = (local, theirs)
         self.channel = self.msrp.open(local, theirs.path, active=True)
         await self.channel.wait_connected(20)
         self._read(self.channel)
@@ -141,6 +144,18 @@ class Alice(SipClient):
         response = await self.session.reinvite(sdp.serialize(state.offer([stream.offer_media()])))
         if response.status == 200:
             state.answer_received(sdp.parse(response.body))
+        return response.status
+
+    async def reoffer_answered(self) -> int:
+        """A re-INVITE in a session the gateway called her in: her path and role unchanged
+        (a session refresh); its status."""
+        assert self.session is not None and self.answered_with is not None
+        local, _ = self.answered_with
+        media = msrp_media(
+            local, ("message/cpim", "text/plain"), accept_wrapped_types=("*",), setup=Setup.ACTIVE
+        )
+        offer = sdp.SdpSession(sess_id=7, address="127.0.0.1").offer([media])
+        response = await self.session.reinvite(sdp.serialize(offer))
         return response.status
 
     def _read(self, channel: MsrpChannel) -> None:
@@ -359,6 +374,9 @@ async def test_an_xmpp_chat_becomes_an_invite_with_msrp_until_gone(tmp_path: Pat
         assert (await asyncio.wait_for(alice.received.get(), 60)).body == long_text.encode()
         # XEP-0184 receipts from the SIP user's MSRP 200s: the queued one, then the long one
         assert [await bob.receipt(), await bob.receipt()] == ["first", "long"]
+        assert await alice.reoffer_answered() == 200  # her refresh: the same MSRP goes on
+        alice.say("refreshed")
+        assert (await bob.text())["body"] == "refreshed"
         bob.say(None, state="gone")  # XEP-0085: bob left the chat
         assert await alice.ended() != ""
         assert await wait_until(lambda: sessions(server) == 0, timeout=30)

@@ -252,7 +252,7 @@ class ChatSessionGateway:
             link.xmpp_user,
             timeout=self.invite_timeout,
             cancel=link.cancel,
-            on_dialog=lambda dialog: self._watch(link, dialog),
+            on_dialog=lambda dialog: self._dialog_up(link, dialog),
         )
         if failure is None and link.core.end_reason is not None:
             failure = (487, "the chat ended while ringing")
@@ -319,6 +319,11 @@ class ChatSessionGateway:
         self._watch(link, link.leg.dialog)
         self._reader(link)
         self._arm()
+
+    def _dialog_up(self, link: _Link, dialog: Session) -> None:
+        """Our INVITE's dialog: watched for BYE, its re-INVITEs answered (refreshes)."""
+        self._watch(link, dialog)
+        on_reoffer(dialog, lambda reoffer: self._reoffer(link, reoffer))
 
     def _watch(self, link: _Link, dialog: Session) -> None:
         def ended(_: object) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from control.app import ReOffer
 from control.msrp.chat import ChatStream
 from control.msrp.iscomposing import ISCOMPOSING_CONTENT_TYPE
-from control.msrp.sdp import Setup
+from control.msrp.sdp import Setup, accept_msrp, answer_setup, parse_msrp_media
 from control.msrp.transport import MsrpChannel, MsrpConnectError, MsrpTransport
 from control.sip import sdp
 from control.sip.errors import SipError
@@ -65,8 +65,9 @@ class ChatLeg:
     channel: MsrpChannel | None = None
     accept_types: tuple[str, ...] = CHAT_TYPES
     accept_wrapped_types: tuple[str, ...] = WRAPPED_TYPES
-    local_sdp: sdp.SdpSession | None = None  # our side of an answered INVITE (re-offers)
-    streams: dict[int, Stream] = field(default_factory=dict)  # its m-lines' streams
+    local_sdp: sdp.SdpSession | None = None  # our side of the SDP (re-offers)
+    streams: dict[int, Stream] = field(default_factory=dict)  # an answered INVITE's streams
+    offered: ChatStream | None = None  # the chat m-line of an INVITE of ours
 
 
 def _sdp_session(rng: random.Random, host: str) -> sdp.SdpSession:
@@ -107,6 +108,8 @@ async def answer_chat(
 
 async def reanswer(leg: ChatLeg, reoffer: ReOffer) -> bool:
     """Answer a re-INVITE keeping the chat stream (module doc); False when it was 488."""
+    if leg.offered is not None:
+        return _reanswer_ours(leg, leg.offered, reoffer)
 
     async def refuse_new(request: StreamRequest) -> Stream | None:
         return None
@@ -120,6 +123,30 @@ async def reanswer(leg: ChatLeg, reoffer: ReOffer) -> bool:
     reoffer.answer(sdp.serialize(leg.local_sdp.answer(reoffer.offer, result.decisions)))
     await result.commit()
     leg.streams = dict(result.streams)
+    return True
+
+
+def _reanswer_ours(leg: ChatLeg, stream: ChatStream, reoffer: ReOffer) -> bool:
+    """A re-offer in a session whose INVITE was ours: its one MSRP m-line must keep the path
+    the SIP user answered with (the same MSRP session); we answer with our path and the
+    role opposite theirs (RFC 6135)."""
+    offer = reoffer.offer
+    theirs = None
+    if len(offer.media) == 1 and stream.remote is not None and leg.local_sdp is not None:
+        media = offer.media[0]
+        try:
+            theirs = parse_msrp_media(media, offer.direction_of(media))
+        except SipError:
+            theirs = None
+    if theirs is None or stream.remote is None or theirs.path != stream.remote.path:
+        reoffer.reject(488, "the chat stream cannot change in this session")
+        return False
+    setup, _ = answer_setup(theirs.setup)
+    accept = accept_msrp(
+        stream.local_uri, CHAT_TYPES, accept_wrapped_types=WRAPPED_TYPES, setup=setup
+    )
+    assert leg.local_sdp is not None
+    reoffer.answer(sdp.serialize(leg.local_sdp.answer(offer, [accept])))
     return True
 
 
@@ -148,6 +175,7 @@ async def call_chat(
     )
     state = _sdp_session(ua.rng, stream.local_uri.host)
     offer = sdp.serialize(state.offer([stream.offer_media()]))
+    leg.offered, leg.local_sdp = stream, state
     failure = await _call(ua, leg, stream, offer, target, from_, timeout, cancel, on_dialog)
     if failure is not None:
         stream.close()
@@ -179,6 +207,8 @@ async def _call(
         leg.dialog = dialog
         on_dialog(dialog)
         answered = sdp.parse(response.body)
+        if leg.local_sdp is not None:
+            leg.local_sdp.answer_received(answered)  # a re-offer's answer builds on it
         if len(answered.media) != 1 or not answered.media[0].port:
             return 488, "chat m-line refused"
         leg.channel = stream.answered(answered.media[0])
