@@ -41,7 +41,7 @@ from tests.peers.chatclient import ChatClient
 from tests.peers.ports import LOOPBACK
 from tests.peers.prosody import client_ssl_context, self_signed_certificate
 from tests.peers.sipp import SippUas, run_sipp_async, scenario_path
-from tests.peers.units import UnitProcess
+from tests.peers.units import UnitProcess, unit_command
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSIBLE = ROOT / "ansible"
@@ -349,6 +349,14 @@ def test_every_file_renders_and_validates(deployment: Deployment) -> None:
     for unit in ("chorus.service", "chorus-kamailio.service", "chorus-prosody.service"):
         assert (units / unit).read_bytes() == (DEPLOY / "systemd" / unit).read_bytes()
         assert (units / f"{unit}.d" / "ansible.conf").is_file()
+    # Each unit's command line, as systemd would build it, names only paths under site_root.
+    for unit in sorted(units.glob("*.service")):
+        pre, argv = unit_command(unit)
+        for command in [*pre, argv]:
+            paths = [a for a in command[1:] if a.startswith("/")]
+            assert paths and all(a.startswith(f"{d.root}/") for a in paths), (unit, command)
+    fs_dirs = [a for a in unit_command(units / "chorus-freeswitch.service")[1] if a.startswith("/")]
+    assert all(Path(a).is_dir() for a in fs_dirs[1:]), fs_dirs
     for key in ("/etc/kamailio/tls/edge.key", "/etc/chorus/tls/chorus.key"):
         assert d.path(key).stat().st_mode & 0o777 == 0o640
 
