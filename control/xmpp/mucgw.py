@@ -41,7 +41,6 @@ from control.media.engine import ParticipantId, RoomId
 from control.msrp.iscomposing import ISCOMPOSING_CONTENT_TYPE
 from control.xmpp.addressing import Addressing, AddressRefused, Jid
 from control.xmpp.muc import (
-    KICKED,
     Bounced,
     Declined,
     GroupMessage,
@@ -51,19 +50,10 @@ from control.xmpp.muc import (
     MucError,
     MucLeave,
     MucPresence,
-    Occupant,
     PrivateMessage,
-    error_reply,
-    fold,
-    iq_result,
-    occupant_presence,
     parse_iq,
     parse_message,
     parse_presence,
-    room_gone,
-    subject_message,
-    unique_nicks,
-    view_changes,
 )
 from control.xmpp.mucinvite import MucInvitations
 from control.xmpp.mucmessages import MucMessages
@@ -75,6 +65,18 @@ from control.xmpp.mucoccupant import (
     Seat,
     XmppChannel,
     stanza_like,
+)
+from control.xmpp.mucstanzas import (
+    KICKED,
+    Occupant,
+    error_reply,
+    fold,
+    iq_result,
+    occupant_presence,
+    room_gone,
+    subject_message,
+    unique_nicks,
+    view_changes,
 )
 
 __all__ = ["MucComponent", "MucGateway", "MucSettings", "Rooms", "XmppChannel"]

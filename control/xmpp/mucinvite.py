@@ -24,14 +24,9 @@ from control.media.engine import RoomId
 from control.sip.errors import SipError
 from control.sip.uri import NameAddr, SipUri, parse_uri
 from control.xmpp.addressing import AddressRefused, Jid
-from control.xmpp.muc import (
-    Declined,
-    Invitation,
-    MucError,
-    declined,
-    invitation,
-)
+from control.xmpp.muc import Declined, Invitation, MucError
 from control.xmpp.mucoccupant import Occupancy, key_of
+from control.xmpp.mucstanzas import declined, invitation
 
 if TYPE_CHECKING:
     from control.xmpp.mucgw import MucGateway

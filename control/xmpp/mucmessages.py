@@ -18,21 +18,13 @@ from control.msrp.cpim import CPIM_CONTENT_TYPE, CpimAddress, CpimMessage, parse
 from control.msrp.errors import CpimError, MsrpError
 from control.msrp.events import MessageReceived
 from control.xmpp.messages import Chat, MessageRefused, chat_from_sip, sip_from_chat
-from control.xmpp.muc import (
-    GroupMessage,
-    MucError,
-    PrivateMessage,
-    error_reply,
-    fold,
-    groupchat,
-    private_chat,
-    subject_message,
-)
+from control.xmpp.muc import GroupMessage, MucError, PrivateMessage
 from control.xmpp.mucoccupant import (
     Occupancy,
     key_of,
     stanza_like,
 )
+from control.xmpp.mucstanzas import error_reply, fold, groupchat, private_chat, subject_message
 
 if TYPE_CHECKING:
     from control.xmpp.mucgw import MucGateway

@@ -26,7 +26,8 @@ from control.msrp.events import ConnectionFailed, Event, NicknameRequested
 from control.msrp.message import ByteRange, FailureReport
 from control.xmpp.addressing import Jid
 from control.xmpp.component import Component
-from control.xmpp.muc import MUC_ADMIN_NS, MUC_NS, Occupant
+from control.xmpp.muc import MUC_ADMIN_NS, MUC_NS
+from control.xmpp.mucstanzas import Occupant
 
 __all__ = [
     "ChannelOwner",
