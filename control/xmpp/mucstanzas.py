@@ -231,21 +231,20 @@ def private_chat(
 
 def invitation(to: Jid, room: Jid, inviter: str, reason: str | None, *, id: str) -> ET.Element:
     """The room's mediated invitation to ``to`` (§7.8.2): ``<invite from=inviter/>``."""
-    stanza = _stanza("message", to, room, id=id)
-    x = ET.SubElement(stanza, f"{{{MUC_USER_NS}}}x")
-    invite = ET.SubElement(x, f"{{{MUC_USER_NS}}}invite", {"from": inviter})
-    if reason:
-        ET.SubElement(invite, f"{{{MUC_USER_NS}}}reason").text = reason
-    return stanza
+    return _mediated("invite", to, room, inviter, reason, id)
 
 
 def declined(to: Jid, room: Jid, invitee: str, reason: str | None, *, id: str) -> ET.Element:
     """An invitation declined, to its inviter (§7.8.2): ``<decline from=invitee/>``."""
+    return _mediated("decline", to, room, invitee, reason, id)
+
+
+def _mediated(kind: str, to: Jid, room: Jid, from_: str, reason: str | None, id: str) -> ET.Element:
     stanza = _stanza("message", to, room, id=id)
     x = ET.SubElement(stanza, f"{{{MUC_USER_NS}}}x")
-    decline = ET.SubElement(x, f"{{{MUC_USER_NS}}}decline", {"from": invitee})
+    element = ET.SubElement(x, f"{{{MUC_USER_NS}}}{kind}", {"from": from_})
     if reason:
-        ET.SubElement(decline, f"{{{MUC_USER_NS}}}reason").text = reason
+        ET.SubElement(element, f"{{{MUC_USER_NS}}}reason").text = reason
     return stanza
 
 
