@@ -30,6 +30,7 @@ FULL = {
     "cluster_rate": ["--rounds", "3"],
     "conference_info": ["--runs", "5"],
     "muc_fanout": ["--runs", "3"],
+    "xmpp_messages": ["--runs", "3"],
 }
 QUICK = {
     "sip_call_rate": ["--duration", "5", "--hold", "10", "--max-steps", "5"],
@@ -45,6 +46,7 @@ QUICK = {
     "cluster_rate": ["--rounds", "1", "--duration", "4", "--max-steps", "3", "--rooms-bisect", "0"],
     "conference_info": ["--runs", "3", "--subscribers", "50", "--room", "20"],
     "muc_fanout": ["--runs", "1", "--messages", "10", "--sip", "5", "--xmpp", "5"],
+    "xmpp_messages": ["--runs", "1", "--messages", "500"],
 }
 
 

@@ -85,7 +85,9 @@ class ProsodyProcess:
         component_secret: str = "chorus-test-secret",
         muc_secret: str = "chorus-test-muc-secret",
         users: dict[str, str] | None = None,
+        config: Path = CONFIG,
     ) -> None:
+        self.config = config  # deploy/prosody's, or a variant of it (bench: limits lifted)
         self.xmpp_domain = xmpp_domain
         self.component_jid = component_jid
         self.muc_domain = muc_domain
@@ -126,7 +128,7 @@ class ProsodyProcess:
 
     def prosodyctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["prosodyctl", "--config", str(CONFIG), *args],
+            ["prosodyctl", "--config", str(self.config), *args],
             env={**os.environ, **self.env},
             capture_output=True,
             text=True,
@@ -144,7 +146,7 @@ class ProsodyProcess:
             self.register(user, password)
         log = (self.dir / "stdout.log").open("ab")
         self._proc = subprocess.Popen(
-            ["prosody", "--config", str(CONFIG), "-F"],
+            ["prosody", "--config", str(self.config), "-F"],
             env={**os.environ, **self.env},
             stdout=log,
             stderr=subprocess.STDOUT,
