@@ -6,7 +6,8 @@ both ways (RFC 7572 §5.2).
 
 The SIP user is the test SIP endpoint of test_xmpp_messages_live: the gateway's outbound
 proxy, recording every MESSAGE and answering with the status the test sets, and sending
-MESSAGEs to Chorus as a SIP UA would.
+MESSAGEs to Chorus as a SIP UA would; and in the last test SIPp, both as the UAS behind the
+gateway (answering 200, or 404 for ``nobody``) and as a UAC writing to the XMPP user.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from control.msrp.iscomposing import (
     IsComposing,
     parse_iscomposing,
 )
+from tests.peers.prosody import ProsodyProcess
+from tests.peers.sipp import SippUas, run_sipp_async
 from tests.peers.wait import wait_until
 from tests.test_xmpp_messages_live import SipEndpoint, gateway
+from tests.test_xmpp_presence_live import chorus
 from tests.test_xmpp_receipts_live import answer_imdn, notifications, request_body
 
 pytestmark = [pytest.mark.peer("prosody", "aioxmpp")]
@@ -193,3 +197,36 @@ async def test_errors_come_back_as_errors_both_ways(gateway: Any) -> None:
         notice = endpoint.requests[before]
         assert str(notice.uri) == f"sip:alice@{prosody.component_jid}"
         assert b"not delivered" in notice.body and b"item-not-found" in notice.body
+
+
+@pytest.fixture
+async def sipp_gateway(tmp_path: Path) -> AsyncIterator[tuple[ProsodyProcess, int, SippUas]]:
+    """Prosody and Chorus whose outbound proxy is a SIPp UAS (tests/sipp/uas_message_gateway)."""
+    prosody = ProsodyProcess(users={"bob": "bob-password"}).start()
+    uas = SippUas("uas_message_gateway").start()
+    try:
+        async with chorus(prosody, tmp_path, uas.port, send_timeout=10) as (_, _, port):
+            yield prosody, port, uas
+    finally:
+        uas.stop()
+        prosody.cleanup()
+
+
+@pytest.mark.peer("sipp")
+async def test_sipp_and_aioxmpp_exchange_messages_and_errors(sipp_gateway: Any) -> None:
+    prosody, port, uas = sipp_gateway
+    async with aioxmpp_client(prosody) as bob:
+        bob.send(f"carol@{prosody.component_jid}", "to-carol", body="hello carol from aioxmpp")
+        bob.send(f"nobody@{prosody.component_jid}", "to-nobody", body="hi nobody from aioxmpp")
+        error = await bob.wait(lambda m: m["type"] == "error")
+        assert error["id"] == "to-nobody" and error["error"] == "item-not-found"
+        assert error["from"] == f"nobody@{prosody.component_jid}"
+
+        keys = {"xmpp_domain": prosody.xmpp_domain, "sip_domain": prosody.component_jid}
+        sent = await run_sipp_async("uac_message_xmpp", f"127.0.0.1:{port}", keys=keys)
+        assert sent.ok, sent.describe()
+        got = await bob.wait(lambda m: (m["body"] or "").strip() == "hello bob from sipp")
+        assert got["type"] == "chat" and got["from"] == f"carol@{prosody.component_jid}"
+        assert not bob.messages(lambda m: m["type"] == "error" and m["id"] == "to-carol")
+    result = uas.stop()
+    assert result.stats is not None and result.stats.successful == 2, result.describe()

@@ -18,14 +18,12 @@ from typing import Any
 
 import pytest
 
-from control.cli import build_server
-from control.config import parse_config
 from control.sip.message import Response, parse_message
 from control.xmpp.app import XmppGateway
-from tests.peers.ports import free_ports
-from tests.peers.prosody import ProsodyProcess, chorus_config
+from tests.peers.prosody import ProsodyProcess
 from tests.peers.wait import wait_until
 from tests.test_xmpp_messages_live import SipEndpoint, client
+from tests.test_xmpp_presence_live import chorus
 
 pytestmark = pytest.mark.peer("prosody")
 
@@ -54,20 +52,14 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[ProsodyProcess, XmppGatew
         RecordingEndpoint, local_addr=("127.0.0.1", 0)
     )
     proxy_port = endpoint.transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
-    (port,) = free_ports(1)
-    table = chorus_config(
-        prosody, tmp_path, port, proxy_port=proxy_port, reconnect_max=RECONNECT_MAX
-    )
-    server = build_server(parse_config(table))
-    await server.start()
-    app = server.applications["xmpp"]
-    assert isinstance(app, XmppGateway)
-    app.start()
     try:
-        assert await wait_until(lambda: app.component.connected, timeout=30)
-        yield prosody, app, port, endpoint
+        async with chorus(prosody, tmp_path, proxy_port, reconnect_max=RECONNECT_MAX) as (
+            _,
+            app,
+            port,
+        ):
+            yield prosody, app, port, endpoint
     finally:
-        await server.stop()
         endpoint.transport.close()  # type: ignore[union-attr]
         prosody.cleanup()
 
