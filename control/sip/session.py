@@ -149,9 +149,9 @@ class IncomingCall(Offer):
         response.headers.add("Contact", str(contact))
         response.headers.add("Allow", ALLOWED_METHODS)
         session.add_timer_headers(response, negotiated)
-        self.incoming.send_response(response)
+        sent = self.incoming.send_response(response)
         session.local_sdp = answer
-        session.start_2xx_retransmission(response)
+        session.start_2xx_retransmission(response, sent)
         if negotiated is not None:
             session.apply_timer(negotiated, we_are_uac=False)
         return session
@@ -203,11 +203,12 @@ class Session:
 
     # --- UAS side: 2xx retransmission and ACK ----------------------------------------------
 
-    def start_2xx_retransmission(self, response: Response) -> None:
+    def start_2xx_retransmission(self, response: Response, sent: bytes | None = None) -> None:
+        """``sent``: the bytes the transaction sent for ``response`` (not serialised again)."""
         # §13.3.1.4 applies on every transport: a proxy beyond a TCP hop may be on UDP.
         self._last_2xx = response
         self._retransmitter = TwoHundredRetransmitter(
-            response.serialize(), now=self.ua.now(), timers=self.ua.timers
+            sent or response.serialize(), now=self.ua.now(), timers=self.ua.timers
         )
         self.ua.schedule(self)
 
@@ -409,9 +410,9 @@ class Session:
         response = offer.request.make_response(200, body=answer, content_type=SDP)
         response.headers.add("Contact", str(self.dialog.local_contact))
         self.add_timer_headers(response, offer.session_timer)
-        offer.incoming.send_response(response)
+        sent = offer.incoming.send_response(response)
         self.local_sdp = answer
-        self.start_2xx_retransmission(response)
+        self.start_2xx_retransmission(response, sent)
         if offer.session_timer is not None:
             self.apply_timer(offer.session_timer, we_are_uac=False)
 

@@ -413,6 +413,11 @@ class ServerTransaction(_Transaction):
     def released(self) -> bool:
         return self._request is None
 
+    @property
+    def last_bytes(self) -> bytes | None:
+        """The last response as sent (what a retransmission sends again)."""
+        return self._last_bytes
+
     def send_response(self, response: Response, now: float) -> None:
         """Send the TU's response; a response the state forbids is a TransactionStateError."""
         if response.cseq != self.cseq:
@@ -511,13 +516,30 @@ class InviteServerTransaction(ServerTransaction):
     ) -> None:
         super().__init__(request, reliable=reliable, now=now, timers=timers)
         if send_trying:
-            # §17.2.1: a 100 quenches INVITE retransmissions at once; §8.2.6.1: it carries the
-            # request's Timestamp; its To gets no tag.
-            trying = request.make_response(100)
-            timestamp = request.headers.get("Timestamp")
-            if timestamp is not None:
-                trying.headers.add("Timestamp", timestamp)
-            self._send(trying)
+            self.send_trying()
+
+    @property
+    def responded(self) -> bool:
+        """Some response (a 100 included) has gone out."""
+        return self._last_bytes is not None
+
+    def send_trying(self) -> None:
+        """The 100 (Trying), unless a response went out already.
+
+        §17.2.1: a 100 quenches INVITE retransmissions; the transaction MUST send one when the
+        TU has not answered within 200 ms, and need not when it has (the UA sends it then, not
+        for every INVITE). §8.2.6.1: it carries the request's Timestamp; its To gets no tag.
+        """
+        if self.responded or self.state is not _S.PROCEEDING or self._request is None:
+            return
+        trying = self._request.make_response(100)  # copies Timestamp (§8.2.6.1)
+        self._send(trying)
+
+    def _do(self, action: _Do, message: Request | Response | None) -> None:
+        if action is _Do.RESEND and not self.responded:
+            self.send_trying()  # a retransmission before any answer: the 100 at once
+            return
+        super()._do(action, message)
 
     def _check_method(self, method: str) -> None:
         if method != "INVITE":

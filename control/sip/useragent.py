@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import random
 import string
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -53,6 +53,7 @@ log = logging.getLogger("chorus.sip.ua")
 
 ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO"
 USER_AGENT = "Chorus/0.1"
+TRYING_AFTER = 0.1  # s before an unanswered INVITE gets its 100 (RFC 3261 §17.2.1: <= 200 ms)
 _ALPHABET = string.ascii_letters + string.digits  # 62 characters
 # Methods counted by name in SipCounters; any other token a peer sends counts as "other", so
 # a flood of invented methods cannot grow the counters (or the metrics' label sets).
@@ -142,10 +143,11 @@ class IncomingRequest:
         self.send_response(response)
         return response
 
-    def send_response(self, response: Response) -> None:
+    def send_response(self, response: Response) -> bytes | None:
+        """Send ``response`` in the transaction; the bytes that went out (None: ignored)."""
         if self.final_sent:
             log.debug("ignoring a second final response to %s", self.request.method)
-            return
+            return None
         if response.status >= 200:
             self.final_sent = True
             self.ua.counters.count_final(self.request, response.status)
@@ -154,6 +156,7 @@ class IncomingRequest:
             self._to_tag = response.to.tag
         self._txn.send_response(response, self.ua.now())
         self.ua.pump_server(self._txn, self.source)
+        return self._txn.last_bytes
 
 
 class OutgoingRequest:
@@ -228,6 +231,9 @@ class UserAgent:
         self._timer: asyncio.Handle | None = None
         self._timer_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        # INVITEs whose 100 (Trying) is due unless answered first: (deadline, txn, source)
+        self._trying: deque[tuple[float, InviteServerTransaction, Peer]] = deque()
+        self._trying_timer: asyncio.Handle | None = None
         self.counters = SipCounters()
 
     # --- identity ---------------------------------------------------------------------------
@@ -323,8 +329,10 @@ class UserAgent:
         txn: ServerTransaction
         if request.method == "INVITE":
             txn = InviteServerTransaction(
-                request, reliable=peer.reliable, now=self.now(), timers=self.timers
-            )
+                request, reliable=peer.reliable, now=self.now(), timers=self.timers,
+                send_trying=False,
+            )  # fmt: skip
+            self._trying_due(txn, peer)
         else:
             txn = NonInviteServerTransaction(
                 request, reliable=peer.reliable, now=self.now(), timers=self.timers
@@ -346,6 +354,32 @@ class UserAgent:
             incoming.respond(503)
             return
         self.spawn(self._run_handler(incoming))
+
+    def _trying_due(self, txn: InviteServerTransaction, peer: Peer) -> None:
+        """Send the INVITE's 100 (Trying) in TRYING_AFTER unless it was answered by then
+        (RFC 3261 §17.2.1 asks for it only when the TU takes longer than 200 ms; an echo or a
+        room answers within the same loop turn, and a 100 then is one more message built and
+        sent per call). One sweep timer serves every pending INVITE, in arrival order."""
+        now = self.now()
+        self._trying.append((now + TRYING_AFTER, txn, peer))
+        if self._trying_timer is None:
+            self._trying_timer = asyncio.get_running_loop().call_at(
+                now + TRYING_AFTER, self._send_tryings
+            )
+
+    def _send_tryings(self) -> None:
+        self._trying_timer = None
+        now = self.now()
+        pending = self._trying
+        while pending and pending[0][0] <= now:
+            _, txn, peer = pending.popleft()
+            if not txn.responded and not txn.terminated:
+                txn.send_trying()
+                self.pump_server(txn, peer)
+        if pending:
+            self._trying_timer = asyncio.get_running_loop().call_at(
+                pending[0][0], self._send_tryings
+            )
 
     def answered(self, incoming: IncomingRequest) -> None:
         """A final response is going out: the transaction table lets go of the request's
@@ -595,6 +629,8 @@ class UserAgent:
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._trying_timer is not None:
+            self._trying_timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

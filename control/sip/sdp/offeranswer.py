@@ -290,8 +290,9 @@ class SdpSession:
         return self._connection
 
     def stamp(self, desc: SessionDescription) -> SessionDescription:
-        """A copy of ``desc`` under our origin, its version bumped only if the content changed."""
-        result = desc.copy()
+        """``desc`` (built for this exchange: it becomes ours) under our origin, its version
+        bumped only if the content changed. One copy is kept to compare the next one with."""
+        result = desc
         result.origin = self.origin
         if self._sent is not None and result != self._sent:
             self._version += 1
