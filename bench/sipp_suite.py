@@ -20,15 +20,19 @@ The method follows RFC 7502 (SIP benchmarking methodology):
   calls). It **passes** only when every call offered was created and completed
   successfully: SIPp exits 0; no failed call (a failed check in a scenario, an error
   response, a timeout, an unexpected message all fail a call); no retransmission (a
-  request or response SIPp had to send again: the server was late); no unexpected message
-  SIPp had to deal with outside a call (``OutOfCallMsgs``, ``DeadCallMsgs``) or answer by
-  itself (``AutoAnswered``); SIPp kept at least ``--min-rate-ratio`` of the offered rate
-  (else the generator, not the server, was the limit); and every helper (anchors, target,
-  trickle) did the same. A trial that completed no call fails: no input, no pass.
-- The *search* (RFC 7502 section 4.9's iterative load): from ``--start-rate`` the rate
-  doubles while trials pass; the first failure brackets the limit, and bisection narrows
-  the bracket to ``--precision`` (relative) or ``--max-steps`` trials. Each trial meets a
-  fresh server when the runner starts its own, so one trial's backlog cannot spoil the next.
+  request or response SIPp had to send again: the server was late); no unexpected
+  message SIPp had to deal with outside a call (``OutOfCallMsgs``, ``DeadCallMsgs``);
+  SIPp kept at least ``--min-rate-ratio`` of the offered rate (else the generator, not
+  the server, was the limit); and every helper (anchors, target, trickle) did the same.
+  A trial that completed no call fails: no input, no pass. NOTIFYs SIPp answered by
+  itself (``-aa``, ``AutoAnswered``: the subscribe scenario's one scheduling window, see
+  its file) are reported per trial, not failed: the server sent a valid NOTIFY in its
+  dialog, SIPp was not standing at its wait.
+- The *search* (RFC 7502's iterative search for the highest rate without failure): from
+  ``--start-rate`` the rate doubles while trials pass; the first failure brackets the
+  limit, and bisection narrows the bracket to ``--precision`` (relative) or
+  ``--max-steps`` trials. Each trial meets a fresh server when the runner starts its own,
+  so one trial's backlog cannot spoil the next.
 - The *hold* confirms the found rate with a trial of ``--hold`` seconds; when it fails the
   rate steps down 20 % and holds again (at most 6 holds: a short search trial can pass a
   rate a longer one cannot). The held rate is the figure; with ``--rounds N`` the median

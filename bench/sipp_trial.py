@@ -78,7 +78,9 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 # Counters of SIPp's -trace_stat that fail a trial besides FailedCall(C).
-UNEXPECTED = ("OutOfCallMsgs(C)", "DeadCallMsgs(C)", "AutoAnswered(C)")
+UNEXPECTED = ("OutOfCallMsgs(C)", "DeadCallMsgs(C)")
+# Reported, not failed: in-dialog NOTIFYs SIPp answered itself (-aa), see sipp_suite.py.
+AUTO_ANSWERED = "AutoAnswered(C)"
 
 
 def server_settings(call_hold: float, trial_seconds: float) -> dict[str, dict[str, Any]]:
@@ -121,6 +123,7 @@ class Trial:
     failed: int = 0
     retransmissions: int = 0
     unexpected: int = 0
+    auto_answered: int = 0
     achieved_rate: float = 0.0
     reasons: list[str] = field(default_factory=list)
     load_average: list[float] = field(default_factory=list)
@@ -187,6 +190,7 @@ def judge(
         "failed": stats.failed,
         "retransmissions": stats.retransmissions,
         "unexpected": sum(_count(raw, key) for key in UNEXPECTED),
+        "auto_answered": _count(raw, AUTO_ANSWERED),
         "achieved_rate": round(achieved_rate(raw), 2) if raw else 0.0,
     }
     if stats.successful == 0:
