@@ -8,6 +8,7 @@ failure, so a green run means every real peer ran: ``make test`` installs all of
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ ANSIBLE_TOOLS = ("ansible-playbook", "ansible-lint")
 def _system_python_has(module: str) -> Callable[[], bool]:
     """A module of a Debian python3-* package, importable by the system Python (not the venv)."""
 
+    @functools.cache  # one child process per session, not per test
     def check() -> bool:
         try:
             done = subprocess.run(
