@@ -145,10 +145,12 @@ def build_jingle(j: Jingle) -> ET.Element:
     return el
 
 
-def error_element(error: JingleError) -> ET.Element:
+def error_element(error: JingleError, *, stanza_ns: str = "jabber:client") -> ET.Element:
     """The ``<error/>`` child of the iq ``type='error'`` answering a refused request: the
-    RFC 6120 condition, the XEP-0166 §8 one when there is one, and the text."""
-    el = ET.Element("error", {"type": error.type})
+    RFC 6120 condition, the XEP-0166 §8 one when there is one, and the text. ``stanza_ns``
+    is the stream's (a component's is ``jabber:component:accept``): slixmpp would write an
+    element of no namespace as ``xmlns=""``."""
+    el = ET.Element(f"{{{stanza_ns}}}error", {"type": error.type})
     ET.SubElement(el, f"{{{STANZAS_NS}}}{error.condition}")
     if error.jingle is not None:
         ET.SubElement(el, f"{{{JINGLE_ERRORS_NS}}}{error.jingle}")

@@ -397,7 +397,8 @@ def media_to_content(
         transport = IceTransport(
             ufrag=ufrag,
             pwd=m.get("ice-pwd") or sdp.get("ice-pwd"),
-            candidates=tuple(c for c in candidates if c is not None),
+            # XEP-0176 defines only UDP; a TCP candidate (RFC 6544) has no place in it.
+            candidates=tuple(c for c in candidates if c is not None and c.protocol == "udp"),
             fingerprint=fingerprint,
         )
     else:

@@ -9,6 +9,7 @@ failure, so a green run means every real peer ran: ``make test`` installs all of
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -63,6 +64,10 @@ PEERS: dict[str, tuple[Callable[[], bool], str]] = {
     "aioxmpp": (
         _system_python_has("aioxmpp"),
         "aioxmpp for /usr/bin/python3 (Debian python3-aioxmpp)",
+    ),
+    "aiortc": (
+        lambda: importlib.util.find_spec("aiortc") is not None,
+        "aiortc in the venv (pip install -e '.[test]')",
     ),
 }
 
