@@ -1,4 +1,5 @@
-"""kill -9 of a real Prosody under the gateway component, and its restart (issue 12 item 7).
+"""kill -9 (or a clean stop) of a real Prosody under the gateway component, and its restart
+(issue 12 item 7).
 
 While Prosody is gone a SIP MESSAGE to an XMPP user is answered 503 with Retry-After (no
 silent loss: the SIP sender knows to retry); the component keeps trying with its back-off,
@@ -107,7 +108,10 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[ProsodyProcess, XmppGatew
         prosody.cleanup()
 
 
-async def test_prosody_killed_503_meanwhile_capped_backoff_then_through(setup: Any) -> None:
+@pytest.mark.parametrize("how", ["kill -9", "stop"])
+async def test_prosody_gone_503_meanwhile_capped_backoff_then_through(setup: Any, how: str) -> None:
+    """``kill -9`` (the connection just drops) and a clean stop (SIGTERM: Prosody closes
+    the component's stream first) both end the same way."""
     prosody, app, port, endpoint = setup
     assert app.component.backoff.cap == RECONNECT_MAX  # the config's value reached it
     bob_sip, alice_sip = f"sip:bob@{prosody.xmpp_domain}", f"sip:alice@{prosody.component_jid}"
@@ -125,7 +129,10 @@ async def test_prosody_killed_503_meanwhile_capped_backoff_then_through(setup: A
     assert (await asyncio.wait_for(inbox.get(), 30))["body"] == "before"
     bob.disconnect()
 
-    prosody.kill()
+    if how == "kill -9":
+        prosody.kill()
+    else:
+        prosody.stop()
     assert await wait_until(lambda: not app.component.connected, timeout=30)
     endpoint.send_message(port, bob_sip, alice_sip, b"while down", "text/plain")
     assert await wait_until(lambda: any(r.status == 503 for r in endpoint.whole), timeout=30)
