@@ -20,6 +20,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 from slixmpp import ClientXMPP
+from slixmpp.exceptions import IqError
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
@@ -695,3 +696,23 @@ async def test_room_moderation_applies_to_occupants(setup: Setup) -> None:
             )
         )
         assert away.findtext("{jabber:client}status") == "lunch"
+
+
+async def test_disco_lists_the_live_rooms(setup: Setup) -> None:
+    """XEP-0045 §6: the service is a text conference service; its items are the live rooms;
+    a room's info says MUC and how the room behaves; a room nobody is in is item-not-found."""
+    async with sip_person("alice", "Alice") as alice, occupant(setup, "bob") as bob:
+        await alice.join(setup.ports, ROOM, secure=False)
+        bob.xmpp.register_plugin("xep_0030")
+        disco = bob.xmpp.plugin["xep_0030"]
+        service = await disco.get_info(jid=setup.prosody.muc_domain, timeout=30)
+        assert ("conference", "text") in [i[:2] for i in service["disco_info"]["identities"]]
+        assert MUC_NS in service["disco_info"]["features"]
+        items = await disco.get_items(jid=setup.prosody.muc_domain, timeout=30)
+        assert setup.room_jid in [str(i[0]) for i in items["disco_items"]["items"]]
+        room = await disco.get_info(jid=setup.room_jid, timeout=30)
+        features = room["disco_info"]["features"]
+        assert MUC_NS in features and "muc_temporary" in features
+        with pytest.raises(IqError) as refused:
+            await disco.get_info(jid=f"nowhere@{setup.prosody.muc_domain}", timeout=30)
+        assert refused.value.condition == "item-not-found"

@@ -107,7 +107,9 @@ class MucGateway:
         self.settings = settings
         self.token = token
         self.wall = wall
-        self.component = MucComponent(settings, self.stanza, self.connection_lost)
+        self.component = MucComponent(
+            settings, self.stanza, self.connection_lost, directory=self.directory
+        )
         self.occupancies: dict[tuple[str, RoomId], Occupancy] = {}
         self._by_room: dict[RoomId, dict[str, Occupancy]] = {}  # the same, by room, by JID
         self.invitations = MucInvitations(self)  # XEP-0045 §7.8.2 <-> REFER method=INVITE
@@ -188,6 +190,15 @@ class MucGateway:
             log.info("MUC stanza to %s not sent: XMPP server not connected", element.get("to"))
 
     # --- rooms and occupants ---------------------------------------------------------------
+
+    def directory(self) -> dict[str, str]:
+        """The live rooms under the conference domain, by MUC local part (disco#items)."""
+        suffix = f"@{self.settings.conference_domain}"
+        return {
+            room_id[: -len(suffix)]: room_id[: -len(suffix)]
+            for room_id, room in self.rooms.rooms.items()
+            if room_id.endswith(suffix) and room.chat is not None
+        }
 
     def room_jid(self, room: Room) -> Jid:
         return Jid(room.id.rpartition("@")[0] or room.id, self.settings.muc_domain)

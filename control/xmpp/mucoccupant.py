@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from xml.etree import ElementTree as ET
 
+from slixmpp import JID
+from slixmpp.exceptions import XMPPError
 from slixmpp.xmlstream import StanzaBase
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
@@ -62,6 +64,17 @@ class MucSettings:
     invite_timeout: float = 60.0  # [conference] refer_timeout: an invitee's time to join
 
 
+# XEP-0045 §15.5.4 features of every room (disco#info).
+ROOM_FEATURES = (
+    "muc_temporary",
+    "muc_open",
+    "muc_semianonymous",
+    "muc_unmoderated",
+    "muc_unsecured",
+    "muc_public",
+)
+
+
 class MucComponent(Component):
     """The MUC domain's XEP-0114 connection: the reconnecting Component, whose stanzas go
     whole (ElementTree) to the MUC gateway, in order, instead of being mapped as chat."""
@@ -71,6 +84,7 @@ class MucComponent(Component):
         settings: MucSettings,
         on_stanza: Callable[[ET.Element], None],
         on_lost: Callable[[], None],
+        directory: Callable[[], dict[str, str]],
     ) -> None:
         super().__init__(
             settings.muc_domain,
@@ -81,12 +95,14 @@ class MucComponent(Component):
         )
         self.on_stanza = on_stanza
         self.on_lost = on_lost  # the server connection went away (it reconnects on its own)
+        self.directory = directory  # the live rooms: local part -> name (disco, §6.3)
 
     def start(self) -> None:
         super().start()
         xmpp = self._xmpp
         assert xmpp is not None
         xmpp.add_event_handler("disconnected", lambda _: self.on_lost())
+        xmpp.plugin["xep_0030"].api.register(self._disco_items, "get_items")
         path = f"{{{xmpp.default_ns}}}iq/{{{MUC_ADMIN_NS}}}query"  # §8.2 kicks
         xmpp.register_handler(
             Callback("chorus muc admin", MatchXPath(path), lambda iq: self.on_stanza(iq.xml))
@@ -99,14 +115,36 @@ class MucComponent(Component):
         self.on_stanza(stanza.xml)
 
     def _disco_info(self, jid: Any, node: str | None, ifrom: Any, data: Any) -> Any:
-        """XEP-0045 §6.1/§6.4: the service and each room are MUC (text conferencing)."""
+        """XEP-0045 §6.2 the service, §6.4 a room: text conferencing; a room is temporary
+        (it ends with its last SIP participant), open, semi-anonymous, unmoderated and
+        public; a room that is not live is item-not-found."""
         from slixmpp.plugins.xep_0030.stanza import DiscoInfo
 
         info = DiscoInfo()
-        if not node:
+        if node:
+            return info
+        local = str(jid.local).lower() if jid is not None else ""
+        if not local:
             info.add_identity("conference", "text", "Chorus rooms")
             info.add_feature(MUC_NS)
+            return info
+        if local not in self.directory():
+            raise XMPPError("item-not-found", "no conference of that name is live")
+        info.add_identity("conference", "text", local)
+        for feature in (MUC_NS, *ROOM_FEATURES):
+            info.add_feature(feature)
         return info
+
+    def _disco_items(self, jid: Any, node: str | None, ifrom: Any, data: Any) -> Any:
+        """XEP-0045 §6.3: the live rooms, as items of the service; a room has none."""
+        from slixmpp.plugins.xep_0030.stanza import DiscoItems
+
+        items = DiscoItems()
+        service = jid is None or not str(jid.local)
+        if service and not node:
+            for local, name in sorted(self.directory().items()):
+                items.add_item(JID(f"{local}@{self.jid}"), name=name)
+        return items
 
     def send_xml(self, element: ET.Element) -> None:
         self._require().send_xml(element)
