@@ -1,7 +1,8 @@
 """Jingle audio between two XMPP users on a real Prosody, each phone an aiortc stack driven by
 Chorus' Jingle layers (tests/peers/jinglepeer.py): the session-initiate built from aiortc's
-offer, the accept from its answer, ringing, hold, hang-up, and the XEP-0166 errors, all
-through Prosody's client-to-client routing; each hears the other's tone (FFT).
+offer, the accept from its answer, ringing, hold, hang-up, the XEP-0166 errors and XEP-0353
+message initiation (propose to a bare JID, proceed or reject), all through Prosody's
+client-to-client routing; each hears the other's tone (FFT).
 
 This checks the Jingle ↔ SDP mapping against an independent WebRTC stack in both directions
 (aiortc reads SDP that control/xmpp/jinglesdp.py wrote from Jingle that it wrote from aiortc's
@@ -16,8 +17,9 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from control.media.tone import dominant_frequencies
-from control.xmpp.jingle import Action, IceTransport, Jingle, SessionInfo
+from control.xmpp.jingle import Action, IceTransport, Jingle, Reason, SessionInfo
 from control.xmpp.jinglebuild import build_jingle
+from control.xmpp.jinglemessage import JingleMessage
 from control.xmpp.jinglesession import Accepted, Informed, Initiated, Terminated
 from tests.peers.jinglepeer import RATE, JinglePeer, iq_error, send_raw
 from tests.peers.prosody import ProsodyProcess, client_ssl_context
@@ -137,3 +139,41 @@ async def test_requests_out_of_order_and_malformed_are_refused(
     assert alice.session is not None and alice.session.state == "active"
     await alice.hangup()
     await bob.next_event(Terminated)
+
+
+def _bare(jid: str) -> str:
+    return jid.split("/", 1)[0]
+
+
+async def test_message_initiation_to_a_bare_jid(phones: tuple[JinglePeer, JinglePeer]) -> None:
+    """XEP-0353 as Conversations and Dino call: propose to the bare JID, ringing, proceed from
+    the device that takes it, then the session-initiate (sid = the propose's id) to it."""
+    alice, bob = phones
+    sid = alice.propose(_bare(bob.full_jid))
+    caller, propose = await bob.next_message("propose")
+    assert caller == alice.full_jid and propose.id == sid and propose.audio
+    bob.send_message(caller, JingleMessage("ringing", sid))
+    await alice.next_message("ringing")
+    bob.send_message(caller, JingleMessage("proceed", sid))
+    initiated = await bob.next_event(Initiated)
+    assert initiated.session.sid == sid and initiated.session.peer == alice.full_jid
+    await bob.answer(initiated)
+    await alice.next_event(Accepted)
+    await _both_hear(alice, bob)
+    await bob.hangup()
+    await alice.next_event(Terminated)
+    bob.send_message(caller, JingleMessage("finish", sid, reason=Reason("success")))
+    _, finish = await alice.next_message("finish")
+    assert finish.reason == Reason("success")
+
+
+async def test_a_rejected_proposal_opens_no_session(
+    phones: tuple[JinglePeer, JinglePeer],
+) -> None:
+    alice, bob = phones
+    sid = alice.propose(_bare(bob.full_jid))
+    caller, _ = await bob.next_message("propose")
+    bob.send_message(caller, JingleMessage("reject", sid, reason=Reason("busy", "SIP 486")))
+    _, reject = await alice.next_message("reject")
+    assert reject.id == sid and reject.reason == Reason("busy", "SIP 486")
+    assert alice.session is None and len(bob.sessions) == 0

@@ -225,3 +225,12 @@ def test_what_the_session_sends_parses_back() -> None:
     ]
     for j in sent:
         assert parse_jingle(ET.fromstring(ET.tostring(build_jingle(j)))) == j
+
+
+def test_a_session_after_a_propose_takes_its_id() -> None:
+    sessions = _sessions()
+    sid = sessions.new_sid(PEER)
+    session, initiate = sessions.initiate(US, PEER, [AUDIO], sid=sid)
+    assert session.sid == initiate.sid == sid == "sid1"
+    with pytest.raises(JingleMisuse):
+        sessions.initiate(US, PEER, [AUDIO], sid=sid)

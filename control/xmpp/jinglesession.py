@@ -297,13 +297,29 @@ class JingleSessions:
         self._sessions[(sender, j.sid)] = session
         return Initiated(session, j.contents, j.groups)
 
-    def initiate(
-        self, local: str, peer: str, contents: Sequence[Content], groups: Groups = ()
-    ) -> tuple[JingleSession, Jingle]:
-        """A new session of ours to ``peer`` and the session-initiate to send."""
+    def new_sid(self, peer: str) -> str:
+        """A sid no session with ``peer`` uses: for a XEP-0353 propose, whose id becomes the
+        sid of the session-initiate that follows the peer's proceed."""
         sid = self._new_sid()
         while (peer, sid) in self._sessions:
             sid = self._new_sid()
+        return sid
+
+    def initiate(
+        self,
+        local: str,
+        peer: str,
+        contents: Sequence[Content],
+        groups: Groups = (),
+        *,
+        sid: str | None = None,
+    ) -> tuple[JingleSession, Jingle]:
+        """A new session of ours to ``peer`` and the session-initiate to send; ``sid`` is a
+        propose's id when the session follows one (else a fresh one)."""
+        if sid is None:
+            sid = self.new_sid(peer)
+        elif (peer, sid) in self._sessions:
+            raise JingleMisuse(f"sid {sid!r} is in use with {peer}")
         session = JingleSession(sid, local=local, peer=peer, role="initiator")
         self._sessions[(peer, sid)] = session
         return session, session.initiate(contents, groups)

@@ -57,6 +57,13 @@ from control.xmpp.jingle import (
     parse_jingle,
 )
 from control.xmpp.jinglebuild import build_jingle, error_element
+from control.xmpp.jinglemessage import (
+    JMI_KINDS,
+    JMI_NS,
+    JingleMessage,
+    jingle_message,
+    read_jingle_message,
+)
 from control.xmpp.jinglesdp import jingle_to_sdp, sdp_to_jingle
 from control.xmpp.jinglesession import (
     Accepted,
@@ -155,6 +162,17 @@ class JinglePeer:
         self._pcm: list[npt.NDArray[np.int16]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._up = asyncio.Event()
+        # XEP-0353: (sender, payload) as they come; the ids we proposed, by callee
+        self.messages: asyncio.Queue[tuple[str, JingleMessage]] = asyncio.Queue()
+        self._proposed: dict[str, str] = {}
+        for kind in sorted(JMI_KINDS):
+            self.xmpp.register_handler(
+                Callback(
+                    f"jmi-{kind}",
+                    MatchXPath(f"{{jabber:client}}message/{{{JMI_NS}}}{kind}"),
+                    self._on_message,
+                )
+            )
         self.xmpp.add_event_handler("session_start", self._online)
         self.xmpp.register_handler(
             Callback(
@@ -263,12 +281,13 @@ class JinglePeer:
             return False
         return True
 
-    async def call(self, callee: str) -> JingleSession:
-        """Offer audio to ``callee`` (a full JID): aiortc's offer as a session-initiate."""
+    async def call(self, callee: str, *, sid: str | None = None) -> JingleSession:
+        """Offer audio to ``callee`` (a full JID): aiortc's offer as a session-initiate
+        (``sid``: the id of the propose it follows)."""
         pc = self._new_pc()
         self._add_tone(pc)
         contents, groups = await self._local_contents(pc, "offer", "initiator")
-        session, initiate = self.sessions.initiate(self.full_jid, callee, contents, groups)
+        session, initiate = self.sessions.initiate(self.full_jid, callee, contents, groups, sid=sid)
         self.session = session
         await self._send(callee, initiate)
         return session
@@ -338,14 +357,45 @@ class JinglePeer:
             return
         self._spawn(self._on_jingle(iq, j))
 
+    # ------------------------------------------------- XEP-0353 message initiation
+
+    def send_message(self, to: str, m: JingleMessage) -> None:
+        message = self.xmpp.make_message(mto=to, mtype="chat")
+        for child in jingle_message(m):
+            message.append(child)
+        message.send()
+
+    def propose(self, callee: str) -> str:
+        """Propose an audio call to ``callee`` (a bare JID, as Conversations does); the
+        session-initiate goes to the full JID that proceeds. Returns the id (the sid)."""
+        sid = self.sessions.new_sid(callee)
+        self._proposed[sid] = callee
+        self.send_message(callee, JingleMessage("propose", sid, ("audio",)))
+        return sid
+
+    def _on_message(self, message: Any) -> None:
+        try:
+            m = read_jingle_message(message.xml)
+        except JingleError as exc:
+            log.info("jingle peer %s ignores a bad XEP-0353 payload: %s", self.jid, exc)
+            return
+        if m is None:
+            return
+        sender = str(message["from"])
+        if m.kind == "proceed" and self._proposed.pop(m.id, None) is not None:
+            self._spawn(self._proceeded(sender, m.id))
+        self.messages.put_nowait((sender, m))
+
+    async def _proceeded(self, callee: str, sid: str) -> None:
+        await self.call(callee, sid=sid)
+
+    async def next_message(self, kind: str, *, timeout: float = 30.0) -> tuple[str, JingleMessage]:
+        """The next XEP-0353 payload of ``kind`` (sender, payload), skipping others."""
+        return await _next(self.messages, lambda item: item[1].kind == kind, timeout)
+
     async def next_event(self, kind: type, *, timeout: float = 30.0) -> Any:
         """The next event of type ``kind``, skipping others (ringing before an accept …)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            left = deadline - asyncio.get_running_loop().time()
-            event = await asyncio.wait_for(self.events.get(), max(0.01, left))
-            if isinstance(event, kind):
-                return event
+        return await _next(self.events, lambda event: isinstance(event, kind), timeout)
 
     async def close(self) -> None:
         await self._close_media()
@@ -354,6 +404,15 @@ class JinglePeer:
         self.xmpp.disconnect()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.xmpp.disconnected, 5)
+
+
+async def _next(queue: asyncio.Queue[Any], wanted: Any, timeout: float) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        item = await asyncio.wait_for(queue.get(), max(0.01, deadline - loop.time()))
+        if wanted(item):
+            return item
 
 
 def iq_error(iq: ET.Element) -> tuple[str, str | None]:
