@@ -134,6 +134,11 @@ def test_unknown_sid_is_item_not_found_unknown_session() -> None:
         sessions, Jingle(Action.SESSION_TERMINATE, "s1"), sender="mallory@evil.example/x"
     )
     assert other.jingle == "unknown-session"
+    # Nor can a request to another of the gateway's JIDs.
+    with pytest.raises(JingleError) as caught:
+        sessions.receive(PEER, "bob@sip.example", Jingle(Action.SESSION_TERMINATE, "s1"))
+    assert caught.value.jingle == "unknown-session"
+    assert sessions.get(PEER, "s1") is not None
 
 
 def test_out_of_order_requests() -> None:

@@ -279,7 +279,8 @@ class JingleSessions:
         if j.action == Action.SESSION_INITIATE:
             return self._initiated(sender, recipient, j)
         session = self.get(sender, j.sid)
-        if session is None:
+        if session is None or session.local != recipient:
+            # the sid is the pair's (XEP-0166 §7.1): not ours when sent to another of our JIDs
             raise JingleError.unknown_session(j.sid)
         event = session.receive(j)
         self._prune()
