@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -716,3 +717,63 @@ async def test_disco_lists_the_live_rooms(setup: Setup) -> None:
         with pytest.raises(IqError) as refused:
             await disco.get_info(jid=f"nowhere@{setup.prosody.muc_domain}", timeout=30)
         assert refused.value.condition == "item-not-found"
+
+
+AIOXMPP_MUC = Path(__file__).resolve().parent / "peers" / "aioxmpp_muc.py"
+
+
+@pytest.mark.peer("aioxmpp")
+async def test_aioxmpps_muc_client_joins_and_chats(setup: Setup) -> None:
+    """An independent XEP-0045 client (aioxmpp's MUCClient, system Python): its join
+    completes, its roster holds the SIP participant, its message reaches the SIP side once
+    and the SIP participant's reaches it."""
+    async with sip_person("alice", "Alice") as alice:
+        a = await alice.join(setup.ports, ROOM, secure=False)
+        prosody = setup.prosody
+        proc = await asyncio.create_subprocess_exec(
+            "/usr/bin/python3",
+            str(AIOXMPP_MUC),
+            f"carol@{prosody.xmpp_domain}/indie",
+            prosody.users["carol"],
+            "127.0.0.1",
+            str(prosody.c2s_port),
+            setup.room_jid,
+            "Carol",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        events: list[dict[str, Any]] = []
+
+        async def read() -> None:
+            assert proc.stdout is not None
+            while line := await proc.stdout.readline():
+                events.append(json.loads(line))
+
+        reader = asyncio.create_task(read())
+
+        def command(**fields: Any) -> None:
+            assert proc.stdin is not None
+            proc.stdin.write((json.dumps(fields) + "\n").encode())
+
+        try:
+            assert await wait_until(lambda: any(e["event"] == "joined" for e in events), timeout=60)
+            joined = next(e for e in events if e["event"] == "joined")
+            assert "Alice" in joined["members"] and "Carol" in joined["members"]
+            command(op="say", body="hello from aioxmpp")
+            await a.wait_text("hello from aioxmpp")
+            await a.say("hello aioxmpp")
+            assert await wait_until(
+                lambda: any(e.get("body") == "hello aioxmpp" for e in events), timeout=30
+            )
+            heard = [e for e in events if e.get("body") == "hello aioxmpp"]
+            assert heard[0]["nick"] == "Alice"
+            await a.say("barrier")
+            assert await wait_until(
+                lambda: any(e.get("body") == "barrier" for e in events), timeout=30
+            )
+            assert [m.text for m in a.public()].count("hello from aioxmpp") == 1
+            assert len(heard) == 1
+        finally:
+            command(op="quit")
+            await asyncio.wait_for(proc.wait(), 30)
+            reader.cancel()
