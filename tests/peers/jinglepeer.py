@@ -11,19 +11,17 @@ trickle here, and it speaks WebRTC only (ICE + DTLS-SRTP, rtcp-mux, BUNDLE), nev
 
 Loopback: aioice leaves 127.0.0.1 out of its host candidates, and the tests run on loopback
 only, so while aiortc gathers (inside ``setLocalDescription``) the peer makes aioice gather on
-127.0.0.1 alone (:func:`_loopback_only`).
+127.0.0.1 alone (:func:`loopback_only`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import itertools
 import logging
 import secrets
 import ssl
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 from unittest import mock
@@ -57,6 +55,7 @@ from control.xmpp.jingle import (
     parse_jingle,
 )
 from control.xmpp.jinglebuild import build_jingle, error_element
+from control.xmpp.jinglemedia import FRAME_SAMPLES, PacedTrack
 from control.xmpp.jinglemessage import (
     JMI_KINDS,
     JMI_NS,
@@ -74,52 +73,65 @@ from control.xmpp.jinglesession import (
     Terminated,
 )
 
-__all__ = ["CODECS", "RATE", "JinglePeer", "ToneTrack", "iq_error", "send_raw"]
+__all__ = [
+    "CODECS",
+    "RATE",
+    "JinglePeer",
+    "Recorder",
+    "ToneTrack",
+    "iq_error",
+    "loopback_only",
+    "send_raw",
+]
 
 log = logging.getLogger(__name__)
 
 RATE = 48000  # what the peer keeps of what it hears: mono int16 at 48 kHz
 CODECS = ("opus", "G722", "PCMU")  # issue 12's three, in the order the peer prefers them
-_FRAME = 0.02  # 20 ms audio frames, aiortc's ptime
 Groups = tuple[tuple[str, tuple[str, ...]], ...]
 
 
-class ToneTrack(MediaStreamTrack):
-    """An endless sine at ``freq`` Hz, 20 ms frames paced in real time (as aiortc's own
-    AudioStreamTrack paces its silence)."""
-
-    kind = "audio"
+class ToneTrack(PacedTrack):
+    """An endless sine at ``freq`` Hz."""
 
     def __init__(self, freq: float, *, amplitude: float = 0.3) -> None:
         super().__init__()
-        samples = int(RATE * _FRAME)
         # A whole number of periods per second keeps the phase continuous frame to frame.
         self._second = sine(freq, 1.0, RATE, amplitude)
-        self._samples = samples
-        self._pts = 0
-        self._start: float | None = None
 
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += self._samples
-            await asyncio.sleep(max(0.0, self._start + self._pts / RATE - time.monotonic()))
-        offset = self._pts % RATE
-        chunk = np.take(self._second, range(offset, offset + self._samples), mode="wrap")
-        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = RATE
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, RATE)
-        return frame
+    def next_pcm(self, pts: int) -> npt.NDArray[np.int16]:
+        offset = pts % RATE
+        return np.take(self._second, range(offset, offset + FRAME_SAMPLES), mode="wrap")
 
 
 @contextlib.contextmanager
-def _loopback_only() -> Iterator[None]:
+def loopback_only() -> Iterator[None]:
     with mock.patch("aioice.ice.get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"]):
         yield
+
+
+class Recorder:
+    """What a remote aiortc track plays, kept as mono int16 PCM at :data:`RATE`."""
+
+    def __init__(self) -> None:
+        self._pcm: list[npt.NDArray[np.int16]] = []
+
+    async def listen(self, track: MediaStreamTrack) -> None:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            assert isinstance(frame, av.AudioFrame)
+            for out in resampler.resample(frame):
+                self._pcm.append(out.to_ndarray().reshape(-1).astype(np.int16))
+
+    def pcm(self) -> npt.NDArray[np.int16]:
+        return np.concatenate(self._pcm) if self._pcm else np.zeros(0, dtype=np.int16)
+
+    def seconds(self) -> float:
+        return sum(len(p) for p in self._pcm) / RATE
 
 
 def _codec_preferences(names: Sequence[str]) -> list[Any]:
@@ -159,7 +171,7 @@ class JinglePeer:
         self.session: JingleSession | None = None
         self.pc: RTCPeerConnection | None = None
         self.answer_sdp: sdp.SessionDescription | None = None
-        self._pcm: list[npt.NDArray[np.int16]] = []
+        self.recorder = Recorder()
         self._tasks: set[asyncio.Task[None]] = set()
         self._up = asyncio.Event()
         # XEP-0353: (sender, payload) as they come; the ids we proposed, by callee
@@ -212,21 +224,13 @@ class JinglePeer:
         task.add_done_callback(self._tasks.discard)
 
     async def _listen(self, track: MediaStreamTrack) -> None:
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            assert isinstance(frame, av.AudioFrame)
-            for out in resampler.resample(frame):
-                self._pcm.append(out.to_ndarray().reshape(-1).astype(np.int16))
+        await self.recorder.listen(track)
 
     def heard(self) -> npt.NDArray[np.int16]:
-        return np.concatenate(self._pcm) if self._pcm else np.zeros(0, dtype=np.int16)
+        return self.recorder.pcm()
 
     def heard_seconds(self) -> float:
-        return sum(len(p) for p in self._pcm) / RATE
+        return self.recorder.seconds()
 
     def _add_tone(self, pc: RTCPeerConnection) -> None:
         transceiver = next((t for t in pc.getTransceivers() if t.kind == "audio"), None)
@@ -242,7 +246,7 @@ class JinglePeer:
         self, pc: RTCPeerConnection, kind: str, author: str
     ) -> tuple[tuple[Content, ...], Groups]:
         description = await (pc.createOffer() if kind == "offer" else pc.createAnswer())
-        with _loopback_only():
+        with loopback_only():
             await pc.setLocalDescription(description)
         local = sdp.parse(pc.localDescription.sdp)
         return sdp_to_jingle(local, author=author)
