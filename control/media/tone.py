@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["dominant_frequencies", "sine", "tone_power"]
+__all__ = ["dominant_frequencies", "sine", "steady_tone_power", "tone_power"]
 
 FULL_SCALE = 32767.0
 
@@ -47,6 +47,24 @@ def tone_power(pcm: npt.ArrayLike, rate: int, freq: float, *, bandwidth: float =
     hi = min(power.size, int(np.ceil((freq + bandwidth / 2) / bin_hz)) + 1)
     band = float(np.sum(power[lo:hi])) if hi > lo else 0.0
     return 10.0 * float(np.log10(max(band / 0.5, 1e-20)))
+
+
+def steady_tone_power(
+    pcm: npt.ArrayLike, rate: int, freq: float, *, segment: float = 0.2, bandwidth: float = 40.0
+) -> float:
+    """`tone_power` of each `segment`-second piece of the signal, the median of them.
+
+    For "tone X is absent" checks: a tone that is really there is there in every piece,
+    while a click (a late packet on a loaded machine, a concealed loss) spreads its energy
+    over the whole spectrum of the one piece it falls in — over the whole signal that
+    raises every band a little; the median of the pieces ignores it.
+    """
+    x = np.asarray(pcm)
+    size = max(1, int(segment * rate))
+    pieces = [x[i : i + size] for i in range(0, x.size - size + 1, size)]
+    if not pieces:
+        return tone_power(x, rate, freq, bandwidth=bandwidth)
+    return float(np.median([tone_power(p, rate, freq, bandwidth=bandwidth) for p in pieces]))
 
 
 def dominant_frequencies(pcm: npt.ArrayLike, rate: int, n: int = 1) -> list[float]:
