@@ -163,6 +163,30 @@ class WebRtcLeg:
         """Where the SIP side (the engine, a SIP UA) wants its RTP."""
         self.rtp_remote = remote
 
+    def rtp_offer(self, origin: sdp.Origin) -> sdp.SessionDescription:
+        """The SIP-side offer for the RTP socket (bound by :meth:`open`): the leg's one codec
+        in 20 ms packets, what an INVITE to a SIP user or the audio engine's attach takes."""
+        channels = self.codec.channels if self.codec.channels != 1 else None
+        rtpmap = sdp.RtpMap(self.payload_type, self.codec.name, self.codec.clock_rate, channels)
+        media = sdp.audio_media(self.rtp_port, [rtpmap], ptime=20)
+        connection = sdp.Connection.for_address(self.rtp_host)
+        return sdp.build_offer(origin=origin, connection=connection, media=[media])
+
+    def rtp_answered(self, answer: sdp.SessionDescription) -> None:
+        """The SIP side's answer to :meth:`rtp_offer`: where its RTP goes. An answer that
+        refuses the stream or picks another codec is :class:`~control.sip.sdp.SdpError` 488
+        (the leg carries one codec; RFC 3264 §6.1 lets the answer only narrow the offer)."""
+        media = next((m for m in answer.media if m.media == "audio" and not m.rejected), None)
+        if media is None:
+            raise sdp.SdpError(488, "the answer refuses the audio stream")
+        connection = answer.connection_of(media)
+        if connection is None or not media.rtpmaps():
+            raise sdp.SdpError(488, "the audio answer has no address or no codec")
+        first = media.rtpmaps()[0]
+        if first.payload_type != self.payload_type:
+            raise sdp.SdpError(488, f"the answer picked payload type {first.payload_type}")
+        self.connect_rtp((connection.address, media.port))
+
     # ------------------------------------------------------------- XMPP side
 
     def _add_track(self) -> None:
