@@ -145,12 +145,21 @@ async def test_through_the_audio_engine() -> None:
         sip_offer = sip.offer()
         sip.answered(sip_offer, await mixer.attach(ROOM, ParticipantId("sip"), sip_offer, 0))
         await phone.call(leg)
-        assert await wait_until(lambda: phone.recorder.seconds() >= 1.0, timeout=60)
+        # Both directions run before the SIP phone talks: the leg plays to the XMPP phone
+        # and has sent a second of the XMPP phone's audio into the mix.
+        assert await wait_until(
+            lambda: phone.recorder.seconds() >= 1.0 and leg.packets_out >= 50, timeout=60
+        ), (phone.recorder.seconds(), leg.packets_out, leg.state)
         mark = phone.recorder.pcm().size  # what the phone hears from here on
         await sip.play(MIX_SIP_HZ, 3.0)
         heard = sip.heard(skip=0.4)
+        assert heard.size > sip.sample_rate, "too little audio came back from the mix"
         assert tone_power(heard, sip.sample_rate, MIX_XMPP_HZ) > -30  # the XMPP side, mixed
-        assert tone_power(heard, sip.sample_rate, MIX_SIP_HZ) < -55  # not its own
+        # Not its own: a leaked own tone reads about -10 dB; the transcoding path (Opus,
+        # resampling, G.711, concealment of late packets on a loaded machine) leaves noise
+        # near -55 dB, so the line is drawn where tests/test_media_mixer.py draws it for lossy
+        # legs.
+        assert tone_power(heard, sip.sample_rate, MIX_SIP_HZ) < -35
         assert abs(phone.tone(mark) - MIX_SIP_HZ) < 15, phone.tone(mark)
     finally:
         await phone.close()
