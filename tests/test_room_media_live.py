@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from control.media.tone import tone_power
+from control.media.tone import steady_tone_power, tone_power
 from control.msrp.sdp import parse_msrp_media
 from tests.peers.chatclient import ChatClient, ChatSession
 from tests.peers.chorus import ChorusProcess
@@ -57,7 +57,9 @@ async def hear_each_other(alice: RtpEndpoint, bob: RtpEndpoint, tag: str) -> Non
         assert len(pcm) > endpoint.sample_rate, f"{tag}: too little audio heard"
         level = tone_power(pcm, endpoint.sample_rate, other)
         assert level > HEARD, f"{tag}: {other} Hz missing ({level:.1f} dB)"
-        assert tone_power(pcm, endpoint.sample_rate, own) < ABSENT, f"{tag}: {own} Hz heard back"
+        assert steady_tone_power(pcm, endpoint.sample_rate, own) < ABSENT, (
+            f"{tag}: {own} Hz heard back"
+        )
 
 
 async def test_audio_chat_then_chat_only_then_audio_chat(chorus: ChorusProcess) -> None:
