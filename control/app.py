@@ -220,8 +220,14 @@ class IncomingCall:
     def ringing(self) -> None:
         self._call.ringing()
 
-    def reject(self, status: int, reason: str | None = None) -> None:
-        self._call.reject(status, reason)
+    def reject(self, status: int, reason: str | None = None, *, headers: Headers = ()) -> None:
+        """A final error response (``headers``: Retry-After for a 503, Allow …)."""
+        if not headers:
+            self._call.reject(status, reason)
+        elif not self._call.answered:
+            self._call.incoming.respond(
+                status, reason, to_tag=self._call.local_tag, headers=list(headers)
+            )
 
     def accept(self, answer: bytes, *, user: str | None = None) -> Session:
         """Send 200 with ``answer``. MESSAGE inside the new dialog goes to the application's

@@ -147,6 +147,7 @@ async def test_prosody_gone_503_meanwhile_capped_backoff_then_through(setup: Any
     for method in ("SUBSCRIBE", "INVITE"):
         assert await wait_until(lambda m=method: refusals(endpoint, m), timeout=30), method
     assert refusals(endpoint, "SUBSCRIBE")[0].headers.get("Retry-After")
+    assert refusals(endpoint, "INVITE")[0].headers.get("Retry-After") == retry_after
     # several attempts against the dead port: the delays grow, and never past the cap
     assert await wait_until(lambda: len(delays) >= 4, timeout=60), delays
     assert delays[0] == 0.5 and max(delays) == RECONNECT_MAX

@@ -70,6 +70,7 @@ __all__ = ["ChatSessionGateway"]
 
 log = logging.getLogger("chorus.xmpp.chat")
 
+RETRY_AFTER = ("Retry-After", "5")  # while the XMPP server is away (as control/xmpp/app.py's)
 _MSRP_STATUS = {400: 400, 413: 413, 415: 415}  # MessageRefused's SIP status -> MSRP status
 
 
@@ -150,7 +151,8 @@ class ChatSessionGateway:
             call.reject(exc.sip_status, exc.reason[:80])
             return
         if not self.component.connected:
-            call.reject(503, "XMPP server unavailable")
+            # Retry-After as for MESSAGE and SUBSCRIBE (RFC 3261 §21.5.4): it is reconnecting
+            call.reject(503, "XMPP server unavailable", headers=[RETRY_AFTER])
             return
         key = SessionKey.of(xmpp_user, sip_user)
         if (old := self._links.get(key)) is not None:
