@@ -39,7 +39,7 @@ from control.xmpp.errors import (
 from control.xmpp.messages import Chat
 from control.xmpp.receipts import RECEIPTS_NS
 
-__all__ = ["Backoff", "Component", "XmppMessage", "XmppPresence"]
+__all__ = ["Backoff", "Component", "XmppMessage", "XmppPresence", "size_bound", "stanza_size"]
 
 log = logging.getLogger("chorus.xmpp")
 
@@ -69,6 +69,68 @@ def error_condition(xml: ET.Element) -> str | None:
             if condition.tag.startswith(f"{{{STANZAS_NS}}}") and name != "text":
                 return name
     return None
+
+
+# The most a name's namespace prefix adds when serialised: "{uri}local" is written as
+# "nsK:local" (or a well-known prefix such as "xml:"), K below 10^9.
+_PREFIX = len("ns123456789:")
+# One namespace declaration on the root, besides its escaped URI: ' xmlns:nsK=""'.
+_DECLARATION = len(' xmlns:="') + _PREFIX
+
+
+def _escaped(text: str, *, attribute: bool = False) -> int:
+    """The most ``text`` takes once ET escapes it (us-ascii): a non-ASCII character becomes
+    a character reference of at most 10 (``&#1114111;``); in ASCII, ``&`` becomes ``&amp;``,
+    ``<``/``>`` ``&lt;``/``&gt;``, and in an attribute ``"`` ``&quot;`` and CR/LF/tab ``&#13;``."""
+    if not text.isascii():
+        return 10 * len(text)
+    size = len(text) + 4 * text.count("&") + 3 * (text.count("<") + text.count(">"))
+    if attribute:
+        size += 5 * text.count('"')
+        size += 4 * (text.count("\r") + text.count("\n") + text.count("\t"))
+    return size
+
+
+def _name(name: str, uris: set[str]) -> int:
+    if name[:1] == "{":
+        uri, _, local = name[1:].rpartition("}")
+        uris.add(uri)
+        return _PREFIX + len(local)
+    return len(name)
+
+
+def size_bound(xml: ET.Element) -> int | None:
+    """An upper bound of ``len(ET.tostring(xml))`` from the lengths of the parsed tree's
+    names, texts and attribute values, at the cost of one walk (ET's serialiser is pure
+    Python and, per stanza, the gateway's largest cost after parsing: bench/RESULTS.md).
+    ``None`` when the tree holds something the bound does not know (a comment, a QName)."""
+    size = 0
+    uris: set[str] = set()
+    for element in xml.iter():
+        tag = element.tag
+        if not isinstance(tag, str):
+            return None
+        # <name attrs>text children</name>tail
+        size += 2 * _name(tag, uris) + len("<></>")
+        size += _escaped(element.text or "") + _escaped(element.tail or "")
+        for key, value in element.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                return None
+            size += _name(key, uris) + len(' =""') + _escaped(value, attribute=True)
+    return size + sum(_DECLARATION + _escaped(uri, attribute=True) for uri in uris)
+
+
+def stanza_size(
+    xml: ET.Element, limit: int, serialise: Callable[[ET.Element], bytes] = ET.tostring
+) -> int:
+    """The stanza's serialised size for the ``limit`` check, serialising only when it may
+    matter: while :func:`size_bound` is within the limit the bound is returned (the stanza
+    passes either way); over it, the exact size, so a stanza is refused exactly when its
+    serialisation is over the limit, as before."""
+    bound = size_bound(xml)
+    if bound is not None and bound <= limit:
+        return bound
+    return len(serialise(xml))
 
 
 class Backoff:
@@ -218,7 +280,7 @@ class Component:
 
     def _message(self, stanza: StanzaBase) -> None:
         try:
-            size = len(ET.tostring(stanza.xml))
+            size = stanza_size(stanza.xml, self.limits.max_stanza_bytes)
             checked = check_message(stanza.xml, size=size, limits=self.limits)
         except StanzaRefused as refused:
             self._refused(stanza, refused)
