@@ -278,9 +278,13 @@ def _parse_rtp(section: _Section) -> RtpConfig:
         rtcp_interval=section.number("rtcp_interval", default.rtcp_interval, minimum=0.1),
         native_media=bool(section.take("native_media", bool, default.native_media)),
     )
-    if config.native_media and not native_media.available():
+    if native_media.choose(config.native_media) and not native_media.available():
+        # Never a silent fall-back: the operator asked for (or defaulted to) the C loop.
         raise ConfigError(
-            section.key("native_media"), "the C media loop is not built (make deps builds it)"
+            section.key("native_media"),
+            "the C media loop (control/media/native/_media) is not built: run make deps "
+            "(pip install -e ., needs gcc and python3-dev), or set native_media = false "
+            f"(or {native_media.ENV}=0) for the Python path",
         )
     section.finish()
     return config

@@ -68,7 +68,7 @@ class RtpConfig:
     mixer_workers: int = 0
     failure_ticks: int = 100  # a room or listener whose mixing fails this many 20 ms ticks is ended
     rtcp_interval: float = 5.0  # RFC 3550 §6.2 minimum RTCP report interval, seconds
-    native_media: bool = False  # the mixer's C media loop (control/media/native)
+    native_media: bool = True  # the mixer's C media loop (control/media/native); false: Python
 
 
 @dataclass(frozen=True, slots=True)
