@@ -235,6 +235,7 @@ class Runner:
             "rss_kib_last": warm[-1] if warm else None,
             "rss_growth_percent": round(growth, 2) if growth is not None else None,
             "rss_samples": len(samples),
+            "rss_kib_series": [[round(at, 1), kib] for at, kib in samples],
         }
         self.log(f"soak {scenario.name}: {report}")
         return report
@@ -263,10 +264,13 @@ def markdown(report: dict[str, Any]) -> str:
         f" rooms; target {report['target']}. Pass = every call offered completed, no failed"
         " call, no retransmission, no unexpected message, offered rate kept, helpers clean"
         " (bench/sipp_suite.py docstring).",
-        "",
-        "| scenario | searched (calls/s) | held per round | median held | ratio to reference |",
-        "|---|---|---|---|---|",
     ]
+    if report["scenarios"]:
+        lines += [
+            "",
+            "| scenario | searched (calls/s) | held per round | median held | ratio to reference |",
+            "|---|---|---|---|---|",
+        ]
     reference = report.get("reference_calls_per_second")
     for name, result in report["scenarios"].items():
         ratio = f"{result['median'] / reference:.3f}" if reference else "—"
