@@ -8,6 +8,7 @@ item 2), with real SIPp against a real ``chorus serve``:
 - the subscribe scenario's version check fails a call when a notifier repeats a version
   (a SIPp notifier, bench/sipp/uas_stale_notifier.xml);
 - the runner's search + hold and a short soak produce a result and a RESULTS section;
+- a REFER the server refuses (403) fails the operator's call;
 - a target that answers every call with an error makes the runner report failure (exit 1,
   no rate held): nothing is hidden;
 - the search and the verdict as plain logic: bracket and bisection, no input is a failure.
@@ -162,3 +163,21 @@ def test_a_trial_without_statistics_or_calls_fails() -> None:
     reasons = judge(nothing, 10, 5.0, min_rate_ratio=0.9)[1]
     assert "no call completed (no input)" in reasons
     assert "0 of 10 calls completed" in reasons
+
+
+@pytest.mark.peer("sipp")
+def test_a_refused_refer_fails_the_operators_call(chorus: ChorusProcess, tmp_path: Path) -> None:
+    # No live room of that name: the server refuses the REFER (403), which the scenario
+    # does not take for its 202 or a NOTIFY, so the call fails instead of passing quietly.
+    rooms = rooms_file(tmp_path / "rooms.csv", 1)
+    result = run_sipp(
+        SIPP_DIR / "uac_refer_add_remove.xml",
+        f"127.0.0.1:{chorus.sip_port}",
+        keys={"target": "127.0.0.1:9"},
+        extra_args=["-inf", str(rooms)],
+        timeout=30,
+    )
+    assert result.stats is not None, result.describe()
+    assert (result.stats.successful, result.stats.failed) == (0, 1), result.describe()
+    assert result.stats.raw.get("FailedUnexpectedMessage(C)") == "1", result.describe()
+    assert "403" in result.errors, result.errors
