@@ -16,7 +16,7 @@ run: venv
 	$(BIN)/chorus serve $(if $(CONFIG),--config $(CONFIG),)
 
 test: deps lint typecheck
-	$(BIN)/pytest -q -rs -p no:cacheprovider
+	$(BIN)/pytest -q -rs -p no:cacheprovider --durations=30
 
 deps: debs venv
 
