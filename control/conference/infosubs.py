@@ -128,11 +128,7 @@ def room_snapshot(
 def _chat_only(room: Room, users: dict[str, UserInfo], names: dict[str, str]) -> None:
     """Chat members with no SIP session of their own (XMPP occupants through MUC,
     control/xmpp/mucgw.py) are users too, one endpoint per chat session with its chat."""
-    if room.chat is None:
-        return
-    for member in room.chat.core.members.values():
-        if member.participant in room.participants:
-            continue
+    for member in room.chat_only:
         name = names.get(member.uri) or member.shown_name
         label = f"{member.session}-chat"
         ep = EndpointInfo(

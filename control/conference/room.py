@@ -122,8 +122,21 @@ class Room:
         return [p for p in self.participants.values() if p.role == MODERATOR]
 
     @property
+    def chat_only(self) -> list[ChatMember]:
+        """Chat members with no SIP session in the room: XMPP occupants through MUC
+        (control/xmpp/mucgw.py). Conference-info and the admin API show them; the limit
+        counts them."""
+        if self.chat is None:
+            return []
+        members = self.chat.core.members.values()
+        return [m for m in members if m.participant not in self.participants]
+
+    @property
     def full(self) -> bool:
-        return len(self.participants) >= self.max_participants
+        """``max_participants`` counts SIP participants and chat-only identities (one per
+        XMPP user, however many resources), as a MUC join does (mucgw seats)."""
+        chat_only = len({m.key for m in self.chat_only})
+        return len(self.participants) + chat_only >= self.max_participants
 
     @property
     def empty(self) -> bool:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from control.conference.chat import ChatMember
 from control.conference.info import media_status
 from control.conference.infosubs import nicknames
 from control.conference.moderation import Moderation, check_pin, find_participant
@@ -36,13 +37,17 @@ from control.conference.participant import Participant
 from control.conference.room import Room
 from control.config import Config
 from control.media.engine import RoomId
+from control.sip.errors import SipError
+from control.sip.uri import SipUri, parse_uri
 from control.web.auth import bearer_refusal
+from control.xmpp.addressing import escape_localpart
 
 __all__ = [
     "ROUTES",
     "AdminApi",
     "ConferenceControl",
     "api_url",
+    "participants_json",
     "load_token",
     "openapi_document",
 ]
@@ -145,12 +150,81 @@ def participant_json(participant: Participant, room: Room | None = None) -> dict
     }
 
 
+def participants_json(room: Room, moderation: Moderation) -> list[dict[str, object]]:
+    """Everyone in the room as conference-info lists them: the SIP participants
+    (``kind: "sip"``) and the chat-only members, XMPP occupants through MUC
+    (``kind: "xmpp"``, :func:`occupant_json`)."""
+    people = [{**participant_json(p, room), "kind": "sip"} for p in room.participants.values()]
+    return people + [
+        occupant_json(room, sessions, moderation.role_for(room, sessions[0].uri))
+        for sessions in occupants(room).values()
+    ]
+
+
+def occupants(room: Room) -> dict[str, list[ChatMember]]:
+    """The room's XMPP occupants (:attr:`Room.chat_only`), one per identity: a user's
+    resources are one occupant (XEP-0045 §7.2.10), conference-info one user."""
+    found: dict[str, list[ChatMember]] = {}
+    for member in room.chat_only:
+        found.setdefault(member.key, []).append(member)
+    return found
+
+
+def occupant_json(room: Room, sessions: list[ChatMember], role: str) -> dict[str, object]:
+    """An XMPP occupant: its SIP identity (conference-info's user entity) and its bare JID,
+    its MUC nick (the room's nickname), one chat stream per session (resource)."""
+    member = sessions[0]
+    nickname = nicknames(room).get(member.uri) or member.nickname
+    return {
+        "id": str(member.participant),
+        "kind": "xmpp",
+        "uri": member.uri,
+        "jid": bare_jid(member.uri),
+        "name": member.shown_name,
+        "nickname": nickname,
+        "role": role,
+        "muted": False,
+        "awaiting_pin": False,
+        "transfer_only": False,
+        "joined_at": min((m.joined_at or room.created_at) for m in sessions),
+        "streams": [
+            {"index": index, "kind": "chat", "direction": "sendrecv"}
+            for index, _ in enumerate(sessions)
+        ],
+    }
+
+
+def bare_jid(uri: str) -> str | None:
+    """The bare JID of an XMPP user's SIP identity (the gateway's mapping, RFC 7247 +
+    XEP-0106), None when the URI is not a SIP URI with a user."""
+    try:
+        parsed = parse_uri(uri)
+    except SipError:
+        return None
+    user = parsed.unescaped_user() if isinstance(parsed, SipUri) else None
+    if not user or not isinstance(parsed, SipUri):
+        return None
+    return f"{escape_localpart(user)}@{parsed.host.lower()}"
+
+
+def find_occupant(room: Room, key: str) -> list[ChatMember] | None:
+    """An XMPP occupant's sessions, named by its id, SIP URI, bare JID or nickname."""
+    wanted = key.lower()
+    for sessions in occupants(room).values():
+        member = sessions[0]
+        names = {str(member.participant), member.uri, bare_jid(member.uri), member.shown_name}
+        if wanted in {n.lower() for n in names if n} or "sip:" + wanted == member.uri.lower():
+            return sessions
+    return None
+
+
 def room_summary(room: Room) -> dict[str, object]:
     people = [p for p in room.participants.values() if not p.transfer_only]
     return {
         "id": room.id,
         "uri": f"sip:{room.id}",
         "participants": len(people),
+        "xmpp_occupants": len(occupants(room)),
         "max_participants": room.max_participants,
         "locked": room.locked,
         "has_pin": room.pin is not None,
@@ -352,6 +426,11 @@ class AdminApi:
             raise ApiError(404, f"no participant {key!r} in {room.id}")
         return room, participant
 
+    def _occupant(self, request: web.Request, room: Room) -> list[ChatMember] | None:
+        """The XMPP occupant the path names, when no SIP participant goes by that name."""
+        key = request.match_info["participant"]
+        return find_occupant(room, key) if find_participant(room, key) is None else None
+
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:
             data = await request.json()
@@ -383,7 +462,7 @@ class AdminApi:
     async def show_room(self, request: web.Request) -> web.Response:
         room = self._room(request)
         data = room_summary(room)
-        data["participants"] = [participant_json(p, room) for p in room.participants.values()]
+        data["participants"] = participants_json(room, self.conference.moderation)
         data["files"] = self._files(room)
         data["screens"] = sorted(room.screens)
         data["subscriptions"] = self.conference.subscription_count(room)
@@ -411,12 +490,16 @@ class AdminApi:
 
     async def list_participants(self, request: web.Request) -> web.Response:
         room = self._room(request)
-        people = [participant_json(p, room) for p in room.participants.values()]
-        return _json({"participants": people})
+        return _json({"participants": participants_json(room, self.conference.moderation)})
 
     async def show_participant(self, request: web.Request) -> web.Response:
+        room = self._room(request)
+        sessions = self._occupant(request, room)
+        if sessions is not None:
+            role = self.conference.moderation.role_for(room, sessions[0].uri)
+            return _json(occupant_json(room, sessions, role))
         room, participant = self._participant(request)
-        return _json(participant_json(participant, room))
+        return _json({**participant_json(participant, room), "kind": "sip"})
 
     async def mute(self, request: web.Request) -> web.Response:
         room, participant = self._participant(request)
@@ -429,6 +512,12 @@ class AdminApi:
         return _json(participant_json(participant, room))
 
     async def kick(self, request: web.Request) -> web.Response:
+        room = self._room(request)
+        sessions = self._occupant(request, room)
+        if sessions is not None:
+            # Its chat sessions are detached: the MUC gateway sends it its 307 presence.
+            self.conference.moderation.kick_chat_only(room, sessions[0].uri)
+            return _json({"kicked": sessions[0].uri, "room": room.id, "kind": "xmpp"})
         room, participant = self._participant(request)
         await self.conference.moderation.kick(room, participant)
         return _json({"kicked": participant.uri, "room": room.id})

@@ -29,7 +29,7 @@ from control.conference.room import Room
 from control.media.engine import RoomId
 from control.media.freeswitch import FreeSwitchEngine
 from control.metrics import MetricSources
-from control.web.api import participant_json, room_summary
+from control.web.api import participants_json, room_summary
 
 __all__ = ["NodeDashboard"]
 
@@ -105,8 +105,8 @@ class NodeDashboard:
         conference = self.sources.conference
         assert conference is not None
         data = room_summary(room)
-        data["participant_list"] = [
-            participant_json(p, room) for p in room.participants.values() if not p.transfer_only
+        data["participant_list"] = [  # XMPP occupants too (kind "xmpp")
+            p for p in participants_json(room, conference.moderation) if not p["transfer_only"]
         ]
         files = conference.files.files.list(room.id) if conference.files is not None else []
         data["files"] = [

@@ -378,7 +378,7 @@ class MucGateway:
             raise MucError("forbidden", "the room is locked")
         if room.pin is not None:
             raise MucError("not-authorized", "the room needs a PIN, which XMPP cannot key")
-        if len(self.seats(room)) >= room.max_participants:
+        if room.full:  # SIP participants and XMPP occupants, as a SIP INVITE counts them
             raise MucError("service-unavailable", "the room is full")  # §7.2.10
         bare = Jid(presence.sender.local, presence.sender.domain)
         try:
