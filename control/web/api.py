@@ -281,7 +281,12 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", _PARTICIPANT, "show_participant", "One participant"),
     Route("POST", _PARTICIPANT + "/mute", "mute", "Mute: the mixer stops taking its audio"),
     Route("POST", _PARTICIPANT + "/unmute", "unmute", "Unmute"),
-    Route("POST", _PARTICIPANT + "/kick", "kick", "Remove: BYE to every session of it"),
+    Route(
+        "POST",
+        _PARTICIPANT + "/kick",
+        "kick",
+        "Remove: BYE to every session of it; an XMPP occupant leaves the MUC (307)",
+    ),
 )
 
 
