@@ -283,15 +283,15 @@ DASHBOARD_SCRIPT = """\
 
   function renderRoom(room) {
     const people = el("table", { className: "participants" },
-      el("tr", {}, el("th", {}, "name"), el("th", {}, "address"), el("th", {}, "via"),
-         el("th", {}, "media"), el("th", {}, "role"), el("th", {}, "muted")));
+      el("tr", {}, el("th", {}, "name"), el("th", {}, "address"), el("th", {}, "media"),
+         el("th", {}, "role"), el("th", {}, "muted"), el("th", {}, "via")));
     for (const p of room.participant_list) {
       // An XMPP occupant (MUC) shows its JID; a SIP participant its URI.
       people.append(el("tr", { "data-participant": p.id, "data-kind": p.kind },
         el("td", {}, p.nickname || p.name), el("td", {}, p.jid || p.uri),
-        el("td", {}, p.kind === "xmpp" ? "XMPP" : "SIP"),
         el("td", {}, p.streams.map((s) => s.kind).join(", ")),
-        el("td", {}, p.role), el("td", {}, p.muted ? "yes" : "")));
+        el("td", {}, p.role), el("td", {}, p.muted ? "yes" : ""),
+        el("td", {}, p.kind === "xmpp" ? "XMPP" : "SIP")));
     }
     const files = el("ul", { className: "files" });
     for (const f of room.files) {
