@@ -364,7 +364,10 @@ class ScreenSharing:
     def __init__(self, board: ScreenBoard, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.board = board
         self._loop = loop or asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        # The deadline the timer was armed for: uvloop's call_at hands back a plain Handle
+        # (no when()) for a deadline already passed, so the time is kept here.
+        self._timer_at = 0.0
         self._events: asyncio.Queue[ScreenEvent] = asyncio.Queue()
 
     def receive(
@@ -416,7 +419,7 @@ class ScreenSharing:
 
     def _on_timer(self) -> None:
         # asyncio may run a handle up to its clock resolution early: never before the deadline
-        when = self._timer.when() if self._timer is not None else 0.0
+        when = self._timer_at if self._timer is not None else 0.0
         self._timer = None
         self.board.handle_timer(max(self._loop.time(), when))
         self._pump()
@@ -425,8 +428,9 @@ class ScreenSharing:
         while (event := self.board.next_event()) is not None:
             self._events.put_nowait(event)
         deadline = self.board.next_timer()
-        if self._timer is not None and (deadline is None or self._timer.when() != deadline):
+        if self._timer is not None and (deadline is None or self._timer_at != deadline):
             self._timer.cancel()
             self._timer = None
         if deadline is not None and self._timer is None:
             self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline

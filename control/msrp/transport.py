@@ -76,6 +76,9 @@ class _Connection(asyncio.Protocol):
         self.used = False
         self.closing = False
         self._timer: TimerHandle | None = None
+        # The deadline the timer was armed for: uvloop's call_at hands back a plain Handle
+        # (no when()) for a deadline already passed, so the time is kept here.
+        self._timer_at = 0.0
         self._idle: TimerHandle | None = None
         self._bind: TimerHandle | None = None
         self._last = self.clock.time()
@@ -177,12 +180,13 @@ class _Connection(asyncio.Protocol):
     def _arm(self) -> None:
         deadline = self.core.next_timer()
         if self._timer is not None:
-            if deadline is not None and self._timer.when() == deadline:
+            if deadline is not None and self._timer_at == deadline:
                 return
             self._timer.cancel()
             self._timer = None
         if deadline is not None and not self.closing:
             self._timer = self.clock.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
 
     def _on_timer(self) -> None:
         self._timer = None
