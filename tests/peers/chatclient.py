@@ -73,6 +73,7 @@ __all__ = [
 CHORUS_NS = "urn:x-chorus:cpim"  # the room's own CPIM headers: Notice, History
 CHATROOM = ("nickname", "private-messages")  # what Blink offers (RFC 7701 §5.1 a=chatroom)
 HOST = "127.0.0.1"
+LEAVE_TIMEOUT = 5.0  # seconds a closing client waits for each BYE
 
 
 class ServerPorts(Protocol):
@@ -200,9 +201,10 @@ class ChatClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # Best effort: a server already stopped would hold each BYE for Timer F (32 s).
         for session in list(self.sessions):
             with contextlib.suppress(Exception):
-                await session.leave()
+                await asyncio.wait_for(session.leave(), LEAVE_TIMEOUT)
         with contextlib.suppress(Exception):
             await self.msrp.stop()
         await self.sip.__aexit__(None, None, None)
