@@ -91,6 +91,7 @@ def build_server(config: Config, *, room_observer: RoomObserver | None = None) -
             max_failing_ticks=config.rtp.failure_ticks,
             rtcp_interval=config.rtp.rtcp_interval,
             native=config.rtp.native_media,
+            opus_complexity=config.rtp.opus_complexity,
         )
     # Rooms' files and screens (issue 9): one store and one screen board for the node, read
     # by the web server too (serve() builds it on the same objects).

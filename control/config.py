@@ -277,7 +277,10 @@ def _parse_rtp(section: _Section) -> RtpConfig:
         failure_ticks=section.integer("failure_ticks", default.failure_ticks, minimum=1),
         rtcp_interval=section.number("rtcp_interval", default.rtcp_interval, minimum=0.1),
         native_media=bool(section.take("native_media", bool, default.native_media)),
+        opus_complexity=section.integer("opus_complexity", default.opus_complexity, minimum=0),
     )
+    if config.opus_complexity > 10:
+        raise ConfigError(section.key("opus_complexity"), "must be 0-10 (libopus complexity)")
     if native_media.choose(config.native_media) and not native_media.available():
         # Never a silent fall-back: the operator asked for (or defaulted to) the C loop.
         raise ConfigError(

@@ -69,6 +69,7 @@ class RtpConfig:
     failure_ticks: int = 100  # a room or listener whose mixing fails this many 20 ms ticks is ended
     rtcp_interval: float = 5.0  # RFC 3550 §6.2 minimum RTCP report interval, seconds
     native_media: bool = True  # the mixer's C media loop (control/media/native); false: Python
+    opus_complexity: int = 5  # libopus encoder complexity 0-10 (CPU per Opus listener)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ port_range = "40000-40100"
 timeout = 10
 codecs = ["PCMU"]
 srtp = "mandatory"
+opus_complexity = 2
 [tls]
 certificate = "{cert}"
 private_key = "{key}"
@@ -72,6 +73,7 @@ session_limit = 30
     assert config.rtp.timeout == 10
     assert config.rtp.codecs == ("PCMU",)
     assert config.rtp.srtp == "mandatory"
+    assert config.rtp.opus_complexity == 2
     assert config.tls.certificate == cert
     assert config.tls.private_key == key
     assert config.server.spool_dir == Path("/var/spool/chorus")
@@ -104,6 +106,8 @@ session_limit = 30
         ({"rtp": {"codecs": ["PCMU", "AMR"]}}, "rtp.codecs[1]"),
         ({"rtp": {"srtp": "sometimes"}}, "rtp.srtp"),
         ({"rtp": {"timeout": "30"}}, "rtp.timeout"),
+        ({"rtp": {"opus_complexity": 11}}, "rtp.opus_complexity"),
+        ({"rtp": {"opus_complexity": -1}}, "rtp.opus_complexity"),
         (
             {"tls": {"certificate": "/nonexistent.pem", "private_key": "/nonexistent.key"}},
             "tls.certificate",

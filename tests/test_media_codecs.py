@@ -14,6 +14,7 @@ from control.media.codecs import (
     SUPPORTED,
     Codec,
     CodecError,
+    CodecTuning,
     G722Codec,
     OpusCodec,
     PcmaCodec,
@@ -79,6 +80,8 @@ def _round_trip(codec: Codec, freq: float = 1000.0, seconds: float = 0.6) -> np.
         (G722Codec, 16000),
         (lambda: SpeexCodec(16000), 16000),
         (OpusCodec, 48000),
+        (lambda: OpusCodec(sample_rate=16000), 16000),
+        (lambda: OpusCodec(sample_rate=16000, complexity=0), 16000),
     ],
 )
 def test_codec_round_trip_keeps_a_1khz_tone(factory: type[Codec], rate: int) -> None:
@@ -117,6 +120,21 @@ def test_frame_sizes_and_clocks() -> None:
         opus.encode(np.zeros(100, dtype=np.int16))
     with pytest.raises(CodecError):
         g722.encode(np.zeros(3, dtype=np.int16))
+
+
+def test_opus_at_16khz_keeps_the_48khz_rtp_clock() -> None:
+    # RFC 7587 §4.1: the RTP clock is 48 kHz whatever rate libopus runs its PCM at.
+    opus = OpusCodec(sample_rate=16000)
+    assert (opus.frame_samples(20), opus.timestamp_step(20)) == (320, 960)
+    payload = opus.encode(np.zeros(320, dtype=np.int16))
+    assert opus.decode(payload).size == 320
+    assert opus.conceal(320).size == 320  # libopus PLC at the codec's own rate
+    # A packet from a 48 kHz encoder decodes at 16 kHz: the rate is the receiver's choice.
+    assert opus.decode(OpusCodec().encode(np.zeros(960, dtype=np.int16))).size == 320
+    with pytest.raises(CodecError):
+        OpusCodec(sample_rate=44100)
+    with pytest.raises(CodecError):
+        OpusCodec(complexity=11)
 
 
 def test_each_instance_keeps_its_own_state() -> None:
@@ -239,6 +257,11 @@ def test_registry() -> None:
     ]
     factory = codec_for("OPUS", 48000, 2, "useinbandfec=1; maxaveragebitrate=24000")
     assert factory is not None and isinstance(factory(), OpusCodec)
+    assert factory().sample_rate == 48000  # no tuning: fullband, as a 1:1 gateway needs
+    mixing = codec_for("opus", 48000, 2, None, CodecTuning(pcm_rate=16000))
+    assert mixing is not None and mixing().sample_rate == 16000  # the mixer's wideband rate
+    tuned = codec_for("G722", 8000, 1, None, CodecTuning(pcm_rate=8000))
+    assert tuned is not None and tuned().sample_rate == 16000  # only codecs that can, follow
     g722 = codec_for("g722", 8000)
     assert g722 is not None and isinstance(g722(), G722Codec)
     assert g722() is not g722()  # one instance per stream

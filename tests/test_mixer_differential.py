@@ -274,3 +274,16 @@ def test_native_mix_minus_is_the_numpy_mix_minus() -> None:
             assert payloads[row] == (None if expected is None else expected.tobytes())
     with pytest.raises(ValueError):
         media.mix_minus([np.zeros(100, np.int16)], 160, [None])
+
+
+def test_opus_runs_at_the_rooms_rate_with_a_48khz_rtp_clock() -> None:
+    # libopus decodes to and encodes from the room's 16 kHz: no resampler either way
+    # (RFC 7587 §4.1 keeps the RTP clock at 48 kHz, so the timestamps still step 960).
+    room = MixRoom(RoomId("opus"))
+    sent = _run(ROOMS["Opus, all talking"], room)
+    assert room.internal_rate == 16000
+    for stream in room.streams.values():
+        assert stream.codec_rate == 16000
+        assert stream.private.codec.sample_rate == 16000
+    stamps = [RtpPacket.parse(data).timestamp for data in sent[0]]
+    assert {(b - a) % 2**32 for a, b in zip(stamps, stamps[1:], strict=False)} == {960}

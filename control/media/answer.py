@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from control.media.codecs import Codec, codec_for, parse_fmtp
+from control.media.codecs import DEFAULT_TUNING, Codec, CodecTuning, codec_for, parse_fmtp
 from control.media.engine import AudioEngineError
 from control.media.srtp import CryptoChoice, CryptoNegotiationError, SrtpPolicy, answer_crypto
 from control.sip import sdp
@@ -83,9 +83,9 @@ class AudioTerms:
     def payload_type(self) -> int:
         return self.rtpmap.payload_type
 
-    def codec_factory(self) -> Callable[[], Codec]:
+    def codec_factory(self, tuning: CodecTuning = DEFAULT_TUNING) -> Callable[[], Codec]:
         r = self.rtpmap
-        factory = codec_for(r.encoding, r.clock_rate, r.channels or 1, r.fmtp)
+        factory = codec_for(r.encoding, r.clock_rate, r.channels or 1, r.fmtp, tuning)
         if factory is None:  # answer_audio only chooses codecs the registry knows
             raise AssertionError(f"no codec for {r.rtpmap_value()}")
         return factory

@@ -36,6 +36,9 @@ __all__ = [
     "CodecSpec",
     "G722Codec",
     "OpusCodec",
+    "CodecTuning",
+    "DEFAULT_TUNING",
+    "OPUS_PCM_RATES",
     "PcmaCodec",
     "PcmuCodec",
     "Resampler",
@@ -279,8 +282,20 @@ class SpeexCodec(Codec):
 _OPUS_FRAME_MS = (2.5, 5, 10, 20, 40, 60)
 
 
+# The PCM rates libopus runs its encoder and decoder at (RFC 6716 §2; opus_encoder_create).
+OPUS_PCM_RATES = (8000, 12000, 16000, 24000, 48000)
+OPUS_COMPLEXITY = 5  # libopus 0-10 ([rtp] opus_complexity): CPU per encode against quality
+
+
 class OpusCodec(Codec):
-    """Opus, RFC 7587: rtpmap always `opus/48000/2`; we encode and decode mono at 48 kHz.
+    """Opus, RFC 7587: rtpmap always `opus/48000/2`, RTP clock 48 kHz whatever the audio.
+
+    The PCM side runs at `sample_rate` (any of OPUS_PCM_RATES): a room mixing at 16 kHz
+    creates its encoders and decoders at 16 kHz, so libopus decodes straight to the room's
+    rate and encodes from it (wideband, 8 kHz audio bandwidth) instead of the mixer
+    resampling 16 <-> 48 kHz around a fullband codec (bench/RESULTS.md: that resampling was
+    a fifth of an Opus room's time).  RFC 7587 §4.1 keeps the RTP clock at 48 kHz, so the
+    timestamp step (clock_rate) is unchanged and the far end sees ordinary Opus.
 
     RFC 7587 §7.1: a receiver must accept stereo, and libopus downmixes a stereo packet
     when the decoder is created mono, so a mono mix loses nothing we use.
@@ -294,14 +309,20 @@ class OpusCodec(Codec):
     def __init__(
         self,
         *,
+        sample_rate: int = 48000,
         bitrate: int | None = None,
-        complexity: int = 5,
+        complexity: int = OPUS_COMPLEXITY,
         inband_fec: bool = False,
     ) -> None:
         super().__init__()
         import opuslib
 
-        self._enc: Any = opuslib.Encoder(48000, 1, "voip")
+        if sample_rate not in OPUS_PCM_RATES:
+            raise CodecError(f"opus cannot run at {sample_rate} Hz")
+        if not 0 <= complexity <= 10:
+            raise CodecError(f"opus complexity {complexity} is not 0-10")
+        self.sample_rate = sample_rate
+        self._enc: Any = opuslib.Encoder(sample_rate, 1, "voip")
         self._enc.complexity = complexity
         if bitrate is not None:
             self._enc.bitrate = bitrate
@@ -313,12 +334,14 @@ class OpusCodec(Codec):
             enc_state = self._enc.encoder_state
             opuslib.api.encoder.encoder_ctl(enc_state, opuslib.api.ctl.set_inband_fec, 1)
             opuslib.api.encoder.encoder_ctl(enc_state, opuslib.api.ctl.set_packet_loss_perc, 5)
-        self._dec: Any = opuslib.Decoder(48000, 1)
+        self._dec: Any = opuslib.Decoder(sample_rate, 1)
         self._error = opuslib.OpusError
+        self._max_samples = sample_rate * 120 // 1000  # RFC 6716 §3.2.5: 120 ms at most
+        self._plc_step = sample_rate // 400  # PLC lengths are multiples of 2.5 ms
 
     def encode(self, pcm: Pcm) -> bytes:
         samples = _as_pcm(pcm)
-        if samples.size * 1000 / 48000 not in _OPUS_FRAME_MS:
+        if samples.size * 1000 / self.sample_rate not in _OPUS_FRAME_MS:
             raise CodecError(f"{samples.size} samples is not an Opus frame size")
         try:
             return bytes(self._enc.encode(samples.tobytes(), samples.size))
@@ -330,16 +353,15 @@ class OpusCodec(Codec):
             raise CodecError("empty opus payload")
         try:
             # 120 ms is the longest an Opus packet can carry (RFC 6716 §3.2.5).
-            out = self._dec.decode(payload, 5760)
+            out = self._dec.decode(payload, self._max_samples)
         except self._error as exc:
             raise CodecError(f"opus decode: {exc}") from exc
         return np.frombuffer(out, dtype=np.int16).copy()
 
     def conceal(self, samples: int) -> Pcm:
         """libopus PLC: decoding an empty packet extrapolates `samples` of audio."""
-        n = samples
-        # The PLC length must be a multiple of 2.5 ms (120 samples at 48 kHz).
-        n = max(120, -(-n // 120) * 120)
+        step = self._plc_step
+        n = max(step, -(-samples // step) * step)
         try:
             out = np.frombuffer(self._dec.decode(b"", n), dtype=np.int16)
         except self._error:
@@ -360,7 +382,7 @@ class CodecSpec:
     clock_rate: int
     channels: int
     static_payload_type: int | None
-    factory: Callable[[dict[str, str]], Codec]
+    factory: Callable[[dict[str, str], CodecTuning], Codec]
 
     @property
     def rtpmap(self) -> str:
@@ -378,29 +400,56 @@ def parse_fmtp(fmtp: str | None) -> dict[str, str]:
     return params
 
 
-def _opus_factory(params: dict[str, str]) -> Codec:
+@dataclass(frozen=True, slots=True)
+class CodecTuning:
+    """How this process runs codecs, beyond what SDP negotiates.
+
+    `pcm_rate` is the rate the caller works at (the mixer's wideband rate): a codec that
+    can run its PCM there does (Opus), saving a resampler each way; None keeps each codec's
+    own rate (Opus at 48 kHz, fullband: a 1:1 gateway).  `opus_complexity` is libopus's
+    encoder complexity, an operator's CPU-against-quality knob.
+    """
+
+    pcm_rate: int | None = None
+    opus_complexity: int = OPUS_COMPLEXITY
+
+
+DEFAULT_TUNING = CodecTuning()
+
+
+def _opus_factory(params: dict[str, str], tuning: CodecTuning) -> Codec:
     # RFC 7587 §6.1: maxaveragebitrate caps what the receiver wants; useinbandfec asks
     # the sender for in-band FEC.
     bitrate = None
     if params.get("maxaveragebitrate", "").isdigit():
         bitrate = max(6000, min(510000, int(params["maxaveragebitrate"])))
-    return OpusCodec(bitrate=bitrate, inband_fec=params.get("useinbandfec") == "1")
+    rate = tuning.pcm_rate if tuning.pcm_rate in OPUS_PCM_RATES else 48000
+    return OpusCodec(
+        sample_rate=rate,
+        bitrate=bitrate,
+        complexity=tuning.opus_complexity,
+        inband_fec=params.get("useinbandfec") == "1",
+    )
 
 
 # Preference order for answers and offers: best wideband quality first, then the
 # cheaper wideband codecs, narrowband last.
 SUPPORTED: tuple[CodecSpec, ...] = (
     CodecSpec("opus", 48000, 2, None, _opus_factory),
-    CodecSpec("G722", 8000, 1, 9, lambda _p: G722Codec()),
-    CodecSpec("speex", 16000, 1, None, lambda _p: SpeexCodec(16000)),
-    CodecSpec("PCMU", 8000, 1, 0, lambda _p: PcmuCodec()),
-    CodecSpec("PCMA", 8000, 1, 8, lambda _p: PcmaCodec()),
-    CodecSpec("speex", 8000, 1, None, lambda _p: SpeexCodec(8000)),
+    CodecSpec("G722", 8000, 1, 9, lambda _p, _t: G722Codec()),
+    CodecSpec("speex", 16000, 1, None, lambda _p, _t: SpeexCodec(16000)),
+    CodecSpec("PCMU", 8000, 1, 0, lambda _p, _t: PcmuCodec()),
+    CodecSpec("PCMA", 8000, 1, 8, lambda _p, _t: PcmaCodec()),
+    CodecSpec("speex", 8000, 1, None, lambda _p, _t: SpeexCodec(8000)),
 )
 
 
 def codec_for(
-    encoding_name: str, clock_rate: int, channels: int = 1, fmtp: str | None = None
+    encoding_name: str,
+    clock_rate: int,
+    channels: int = 1,
+    fmtp: str | None = None,
+    tuning: CodecTuning = DEFAULT_TUNING,
 ) -> Callable[[], Codec] | None:
     """A factory for the rtpmap `encoding_name/clock_rate/channels`, or None.
 
@@ -415,7 +464,7 @@ def codec_for(
         if channels != spec.channels and not (name == "opus" and channels == 1):
             continue
         factory = spec.factory
-        return lambda: factory(params)
+        return lambda: factory(params, tuning)
     return None
 
 

@@ -41,6 +41,7 @@ from control.media.answer import (
     audio_accept,
     supported_rtpmaps,
 )
+from control.media.codecs import OPUS_COMPLEXITY, CodecTuning
 from control.media.engine import (
     AudioAnswer,
     AudioEngine,
@@ -56,7 +57,7 @@ from control.media.ports import PortAllocator, PortsExhausted
 from control.media.rtcpsession import StreamQuality
 from control.media.rtp import is_rtcp
 from control.media.srtp import SrtpPolicy
-from control.media.stream import PYTHON_KIT, ParticipantStream, level_db
+from control.media.stream import PYTHON_KIT, WIDEBAND_RATE, ParticipantStream, level_db
 from control.sip import sdp
 
 if TYPE_CHECKING:
@@ -137,8 +138,12 @@ class EmbeddedMixer(AudioEngine):
         max_failing_ticks: int = 100,  # a room or listener failing this long is ended
         rtcp_interval: float = 5.0,  # RFC 3550 §6.2 minimum between our reports
         native: bool = True,  # the C media loop (control/media/native); CHORUS_NATIVE_MEDIA wins
+        opus_complexity: int = OPUS_COMPLEXITY,  # libopus encoder complexity, 0-10
     ) -> None:
         self._ports = ports
+        # Codecs run at the rooms' wideband mixing rate where they can (Opus at 16 kHz: no
+        # 16 <-> 48 kHz resampling around it), with the operator's Opus complexity.
+        self._tuning = CodecTuning(pcm_rate=WIDEBAND_RATE, opus_complexity=opus_complexity)
         self._host = host
         self._codecs = tuple(codecs)
         self._supported = supported_rtpmaps(codecs)
@@ -187,6 +192,7 @@ class EmbeddedMixer(AudioEngine):
                 max_failing_ticks=max_failing_ticks,
                 rtcp_interval=rtcp_interval,
                 native=self.native,
+                opus_complexity=opus_complexity,
                 on_event=self._queue.put_nowait,
             )
 
@@ -240,6 +246,7 @@ class EmbeddedMixer(AudioEngine):
             wall_offset=time.time() - loop.time(),
             cname=f"chorus@{self._host}",
             kit=self._kit,
+            tuning=self._tuning,
         )
         self._read_natively(leg)
         mix = self._rooms.get(room)
@@ -250,6 +257,7 @@ class EmbeddedMixer(AudioEngine):
                 max_failing=self._max_failing,
                 level=level_db if self._native is None else self._native.level_db,
                 mix_minus=None if self._native is None else self._native.mix_minus,
+                tuning=self._tuning,
             )
         elif mix.ended:
             del self._legs[key]

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from control.media.answer import Address, AudioTerms
+from control.media.codecs import CodecTuning
 from control.media.engine import (
     AudioEvent,
     DtmfReceived,
@@ -36,7 +37,13 @@ from control.media.engine import (
     TalkingStopped,
 )
 from control.media.faults import FaultLog
-from control.media.stream import EncoderChain, ParticipantStream, level_db
+from control.media.stream import (
+    MIXER_TUNING,
+    WIDEBAND_RATE,
+    EncoderChain,
+    ParticipantStream,
+    level_db,
+)
 
 __all__ = ["MixCounters", "MixRoom", "Outgoing", "limit"]
 
@@ -129,15 +136,17 @@ class MixRoom:
         self,
         room: RoomId,
         *,
-        internal_rate: int = 16000,
+        internal_rate: int = WIDEBAND_RATE,
         share_encoding: bool = True,
         max_failing: int = 100,  # 2 s of 20 ms ticks: longer than any transient glitch
         fast: bool = True,
         narrowband: bool = True,
         level: Callable[[Pcm], float] = level_db,  # a frame's dBFS, or the native level_db
         mix_minus: NativeMixMinus | None = None,  # the native mix_minus (control/media/native)
+        tuning: CodecTuning = MIXER_TUNING,  # the shared encoders' codec settings
     ) -> None:
         self.room = room
+        self.tuning = tuning
         self._level = level
         self._native_mix = mix_minus
         self.internal_rate = internal_rate
@@ -208,7 +217,7 @@ class MixRoom:
     def _shared_chain(self, terms: AudioTerms) -> EncoderChain:
         chain = self._shared.get(terms.codec_key)
         if chain is None:
-            chain = EncoderChain(terms.codec_factory(), self.internal_rate)
+            chain = EncoderChain(terms.codec_factory(self.tuning), self.internal_rate)
             self._shared[terms.codec_key] = chain
         return chain
 

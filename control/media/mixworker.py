@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from control.media.codecs import OPUS_COMPLEXITY
 from control.media.engine import AudioEngineError, AudioEvent, ParticipantId, RoomId
 from control.media.mixroom import MixCounters
 from control.media.ports import PortAllocator
@@ -59,6 +60,7 @@ class WorkerSpec:
     max_failing_ticks: int = 100
     rtcp_interval: float = 5.0
     native: bool = True  # the C media loop (control/media/native)
+    opus_complexity: int = OPUS_COMPLEXITY
 
 
 def shard_of(room: RoomId, workers: int) -> int:
@@ -109,6 +111,7 @@ async def _serve(conn: Connection, spec: WorkerSpec) -> None:
         max_failing_ticks=spec.max_failing_ticks,
         rtcp_interval=spec.rtcp_interval,
         native=spec.native,
+        opus_complexity=spec.opus_complexity,
     )
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[tuple[str, int, tuple[Any, ...]] | None] = asyncio.Queue()
@@ -200,6 +203,7 @@ class WorkerPool:
         max_failing_ticks: int = 100,
         rtcp_interval: float = 5.0,
         native: bool = True,
+        opus_complexity: int = OPUS_COMPLEXITY,
     ) -> None:
         secure = isinstance(rng, random.SystemRandom)
         self._specs = [
@@ -218,6 +222,7 @@ class WorkerPool:
                 max_failing_ticks=max_failing_ticks,
                 rtcp_interval=rtcp_interval,
                 native=native,
+                opus_complexity=opus_complexity,
             )
             for i, (low, high) in enumerate(split_range(ports.low, ports.high, count))
         ]

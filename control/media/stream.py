@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from control.media.answer import PTIME_MS, Address, AudioTerms
-from control.media.codecs import Codec, CodecError
+from control.media.codecs import Codec, CodecError, CodecTuning
 from control.media.dtmf import DtmfReceiver
 from control.media.jitter import Frame, JitterBuffer
 from control.media.polyphase import resampler
@@ -150,6 +150,12 @@ class EncoderChain:
         return self.codec.encode(out)
 
 
+WIDEBAND_RATE = 16000  # what a room with any wideband codec mixes at
+# A mixer's codecs run their PCM at the wideband mixing rate where they can (Opus: libopus
+# at 16 kHz, no 16 <-> 48 kHz resampler either way); [rtp] opus_complexity is the mixer's.
+MIXER_TUNING = CodecTuning(pcm_rate=WIDEBAND_RATE)
+
+
 def _construct(factory: Callable[[], Codec]) -> Codec:
     return factory()
 
@@ -191,14 +197,16 @@ class ParticipantStream:
         *,
         rng: random.Random,
         now: float,
-        internal_rate: int = 16000,
+        internal_rate: int = WIDEBAND_RATE,
         talk: TalkDetector | None = None,
         rtcp_interval: float = 5.0,  # RFC 3550 §6.2 minimum report interval
         wall_offset: float = 0.0,  # wall clock minus `now`'s clock, for RTCP's NTP times
         cname: str = "chorus",  # RFC 3550 §6.5.1 CNAME in our SDES
         kit: MediaKit = PYTHON_KIT,  # Python's per-packet pieces or the native loop's
+        tuning: CodecTuning = MIXER_TUNING,  # codec rate and settings (the mixer's)
     ) -> None:
         self.internal_rate = internal_rate
+        self.tuning = tuning
         self._kit = kit
         self._parse = kit.parse
         self.stats = StreamStats()
@@ -237,7 +245,7 @@ class ParticipantStream:
             terms.codec_key,
             terms.payload_type,
         ):
-            factory = terms.codec_factory()
+            factory = terms.codec_factory(self.tuning)
             self._factory = factory
             self._decoder = kit.decoder(factory)
             self._upsampler = resampler(self._decoder.sample_rate, self.internal_rate)
