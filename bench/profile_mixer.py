@@ -33,6 +33,7 @@ import os
 import platform
 import pstats
 import random
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -40,14 +41,14 @@ from typing import Any
 
 from bench.mixer_capacity import paced_phones
 from control.media.answer import answer_audio, supported_rtpmaps
-from control.media.codecs import codec_for
+from control.media.codecs import CodecTuning, codec_for
 from control.media.engine import ParticipantId, RoomId
 from control.media.mixer import EmbeddedMixer
 from control.media.mixroom import MixCounters, MixRoom, Outgoing
 from control.media.ports import PortAllocator
 from control.media.rtp import RtpPacket
 from control.media.srtp import SrtpContext, SrtpPolicy, generate_crypto
-from control.media.stream import ParticipantStream
+from control.media.stream import MIXER_TUNING, ParticipantStream
 from control.media.tone import sine
 from control.sip import sdp
 
@@ -196,7 +197,13 @@ def _top(stats: pstats.Stats, n: int = 15) -> list[str]:
 
 
 def build_core(
-    codec: str, room_size: int, participants: int, ticks: int, srtp: bool, seed: int = 1
+    codec: str,
+    room_size: int,
+    participants: int,
+    ticks: int,
+    srtp: bool,
+    seed: int = 1,
+    tuning: CodecTuning = MIXER_TUNING,
 ) -> tuple[list[MixRoom], list[tuple[ParticipantStream, list[bytes], tuple[str, int]]]]:
     """Rooms of `room_size`, every participant sending its tone on every tick."""
     rng = random.Random(seed)
@@ -207,7 +214,7 @@ def build_core(
     rooms: list[MixRoom] = []
     feeds: list[tuple[ParticipantStream, list[bytes], tuple[str, int]]] = []
     for r in range(participants // room_size):
-        room = MixRoom(RoomId(f"r{r}"))
+        room = MixRoom(RoomId(f"r{r}"), tuning=tuning)
         for i in range(room_size):
             index = r * room_size + i
             port = 10000 + 2 * index
@@ -219,7 +226,7 @@ def build_core(
                 srtp=SrtpPolicy.OPTIONAL,
                 randbytes=rng.randbytes,
             )
-            stream = ParticipantStream(terms, rng=rng, now=0.0)
+            stream = ParticipantStream(terms, rng=rng, now=0.0, tuning=tuning)
             room.add(ParticipantId(f"p{i}"), stream)
             phone = None
             if phone_key is not None:
@@ -280,6 +287,68 @@ def core_profile(
         "stages_percent": _percentages(attribute(stats)),
         "top_self": _top(stats),
     }
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _opus_rss(room_size: int, participants: int, rate: int, cx: int, conn: Any) -> None:
+    """In a fresh process: RSS growth per participant from building and warming the rooms
+    (a process that built other rooms first reuses their freed pages: no figure)."""
+    before = _rss_kib()
+    tuning = CodecTuning(pcm_rate=rate, opus_complexity=cx)
+    rooms, feeds = build_core("Opus", room_size, participants, 40, False, tuning=tuning)
+    run_core(rooms, feeds, 40)
+    conn.send((_rss_kib() - before) / participants)
+
+
+def opus_tuning(
+    room_size: int,
+    participants: int,
+    ticks: int,
+    runs: int,
+    rates: list[int],
+    complexities: list[int],
+) -> dict[str, Any]:
+    """Opus core load per (PCM rate, complexity), interleaved run by run: CPU per
+    participant-tick (process time, median of `runs`) and RSS per participant (the growth
+    from building and warming the rooms).  48000 is the codec at its own rate with the
+    mixer resampling 16 <-> 48 kHz around it (the code before the room-rate change)."""
+    warm = 20
+    configs = [(rate, cx) for rate in rates for cx in complexities]
+    cpu: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
+    rss: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
+    for _ in range(runs):
+        for rate, cx in configs:
+            parent, child = multiprocessing.get_context("spawn").Pipe()
+            proc = multiprocessing.get_context("spawn").Process(
+                target=_opus_rss, args=(room_size, participants, rate, cx, child)
+            )
+            proc.start()
+            rss[(rate, cx)].append(parent.recv())
+            proc.join()
+            tuning = CodecTuning(pcm_rate=rate, opus_complexity=cx)
+            rooms, feeds = build_core("Opus", room_size, participants, ticks, False, tuning=tuning)
+            run_core(rooms, feeds, warm)
+            cpu0 = time.process_time()
+            counters = run_core(rooms, feeds, ticks, warm)
+            spent = time.process_time() - cpu0
+            if counters.frames_mixed != (ticks - warm) * participants:
+                raise RuntimeError(f"opus load sent {counters.frames_mixed} frames, not all")
+            cpu[(rate, cx)].append(100 * spent / ((ticks - warm) * participants) / 0.02)
+            del rooms, feeds
+    out: dict[str, Any] = {}
+    for rate, cx in configs:
+        runs_cpu = cpu[(rate, cx)]
+        out[f"opus{rate // 1000}k/complexity{cx}"] = {
+            "cpu_percent_per_participant": round(statistics.median(runs_cpu), 3),
+            "cpu_percent_per_participant_runs": [round(c, 3) for c in runs_cpu],
+            "participants_per_core": round(100 / statistics.median(runs_cpu), 1),
+            "rss_kib_per_participant_runs": [round(r, 1) for r in rss[(rate, cx)]],
+        }
+    return out
 
 
 # --- live load -----------------------------------------------------------------------
@@ -381,6 +450,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "live": {},
         "srtp": {},
     }
+    if args.opus_rates:
+        n = max(args.rooms[0], args.participants // args.rooms[0] * args.rooms[0])
+        result["opus_tuning"] = opus_tuning(
+            args.rooms[0], n, args.ticks, args.runs, args.opus_rates, args.opus_complexity
+        )
+        result["load_average_after"] = os.getloadavg()
+        return result
     for codec in args.codecs:
         result["srtp"][codec] = srtp_cost(codec)
         for room in args.rooms:
@@ -415,6 +491,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="live load: plain runs (median)")
     parser.add_argument("--srtp", action="store_true", help="core load over SDES-SRTP")
     parser.add_argument("--no-live", action="store_true", help="core load only")
+    parser.add_argument(
+        "--opus-rates",
+        nargs="+",
+        type=int,
+        help="only the Opus tuning comparison: libopus PCM rates (48000 16000), interleaved",
+    )
+    parser.add_argument("--opus-complexity", nargs="+", type=int, default=[5])
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
     print(json.dumps(result, indent=2))
