@@ -189,6 +189,22 @@ class OutgoingRequest:
 RequestHandler = Callable[[IncomingRequest], Awaitable[None]]
 
 
+class _Slot:
+    """An owner's place in the UA's timer heap: every heap entry of one owner names the same
+    slot, and ``unschedule`` (or a transaction's end) empties it. An ended session's entries
+    may stay in the heap until their deadline or the next compaction, but what they hold is
+    this empty slot, not the session with its dialog, 2xx, SDP and application state: held
+    by the heap until then, those were most of a soak's RSS growth (bench/RESULTS.md,
+    "Per-call retention")."""
+
+    __slots__ = ("entries", "owner", "pushed")
+
+    def __init__(self, owner: TimerOwner) -> None:
+        self.owner: TimerOwner | None = owner
+        self.entries = 0  # heap entries naming this slot
+        self.pushed: float | None = None  # the deadline last pushed, while still in the heap
+
+
 @dataclass(slots=True)
 class _ServerEntry:
     txn: ServerTransaction
@@ -223,9 +239,12 @@ class UserAgent:
         self.event_usages: dict[DialogId, dict[EventKey, DialogUsage]] = {}
         self._clients: dict[TransactionKey, tuple[ClientTransaction, OutgoingRequest]] = {}
         self._servers: dict[TransactionKey, _ServerEntry] = {}
-        self._heap: list[tuple[float, int, TimerOwner]] = []
+        self._heap: list[tuple[float, int, _Slot]] = []
+        # The slot of every owner with entries in the heap (by identity: owners need not be
+        # hashable by value); an owner leaves when its last entry does, or at ``unschedule``.
+        self._slots: dict[int, _Slot] = {}
         self._counter = 0
-        self._stale = 0  # heap entries whose owner said it has no more deadlines
+        self._stale = 0  # heap entries whose slot was emptied (unscheduled owners)
         # The loop timer and the deadline it was armed for: uvloop's call_at hands back a plain
         # Handle (no when()) for a deadline already passed, so the UA keeps the time itself.
         self._timer: asyncio.Handle | None = None
@@ -530,6 +549,7 @@ class UserAgent:
             self._schedule(txn)
         else:
             self._clients.pop(key, None)
+            self._forget(txn)
 
     def pump_server(self, txn: ServerTransaction, source: Peer) -> None:
         assert self.transport is not None
@@ -548,6 +568,7 @@ class UserAgent:
                     self._servers.pop(txn.key, None)
         if txn.terminated:
             self._servers.pop(txn.key, None)
+            self._forget(txn)
         else:
             self._schedule(txn)
 
@@ -556,21 +577,52 @@ class UserAgent:
         self._schedule(owner)
 
     def unschedule(self, owner: TimerOwner) -> None:
-        """``owner`` has no deadlines left (a session that ended). Its heap entries go in the
-        next compaction, so an ended session is not held until its far session-timer deadline
-        (half an hour by default) by the heap alone."""
-        self._stale += 1
+        """``owner`` has no deadlines left (a session that ended): its heap entries let go of
+        it now. The emptied entries go at their deadline or in the next compaction, so what
+        an ended session leaves in the heap until its far session-timer deadline (half an
+        hour by default) is a few empty slots, not the session."""
+        self._forget(owner)
+
+    def _forget(self, owner: TimerOwner) -> None:
+        slot = self._slots.pop(id(owner), None)
+        if slot is None:
+            return
+        slot.owner = None
+        self._stale += slot.entries
         if self._stale > max(64, len(self._heap) // 4):
-            self._heap = [entry for entry in self._heap if entry[2].next_timer() is not None]
-            heapq.heapify(self._heap)
-            self._stale = 0
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the heap's entries of emptied slots and of owners with no deadline left."""
+        kept: list[tuple[float, int, _Slot]] = []
+        for entry in self._heap:
+            owner = entry[2].owner
+            if owner is not None and owner.next_timer() is not None:
+                kept.append(entry)
+        for slot in self._slots.values():
+            slot.entries = 0
+            slot.pushed = None
+        for deadline, _, slot in kept:
+            slot.entries += 1
+            slot.pushed = deadline if slot.pushed is None else max(slot.pushed, deadline)
+        self._slots = {key: slot for key, slot in self._slots.items() if slot.entries}
+        heapq.heapify(kept)
+        self._heap = kept
+        self._stale = 0
 
     def _schedule(self, owner: TimerOwner) -> None:
         deadline = owner.next_timer()
         if deadline is None:
             return
+        slot = self._slots.get(id(owner))
+        if slot is None:
+            slot = self._slots[id(owner)] = _Slot(owner)
+        elif slot.pushed == deadline:
+            return  # that deadline is in the heap already (a transaction pumped again)
+        slot.entries += 1
+        slot.pushed = deadline
         self._counter += 1
-        heapq.heappush(self._heap, (deadline, self._counter, owner))
+        heapq.heappush(self._heap, (deadline, self._counter, slot))
         # Armed for the heap's first deadline, not this owner's: while `_fire` runs the timer
         # is unset, and an owner rescheduled there for later (a transaction's Timer K) must
         # not hide an earlier deadline still in the heap (a session's refresh).
@@ -584,15 +636,30 @@ class UserAgent:
         self._timer_at = deadline
         self._timer = asyncio.get_running_loop().call_at(deadline, self._fire)
 
+    def _pop_due(self, now: float) -> list[TimerOwner]:
+        """The owners of every heap entry due at ``now``, each once, in deadline order; a
+        slot whose last entry leaves the heap leaves the slot table (the owner's next
+        ``_schedule`` makes a new one)."""
+        due: list[TimerOwner] = []
+        while self._heap and self._heap[0][0] <= now:
+            deadline, _, slot = heapq.heappop(self._heap)
+            slot.entries -= 1
+            if slot.pushed == deadline:
+                slot.pushed = None
+            owner = slot.owner
+            if owner is None:
+                self._stale = max(0, self._stale - 1)
+                continue
+            if slot.entries == 0:
+                del self._slots[id(owner)]
+            if owner not in due:
+                due.append(owner)
+        return due
+
     def _fire(self) -> None:
         self._timer = None
         now = self.now()
-        due: list[TimerOwner] = []
-        while self._heap and self._heap[0][0] <= now:
-            _, _, owner = heapq.heappop(self._heap)
-            if owner not in due:
-                due.append(owner)
-        for owner in due:
+        for owner in self._pop_due(now):
             deadline = owner.next_timer()
             if deadline is None or deadline > now:
                 if deadline is not None:
