@@ -208,6 +208,129 @@ def _receiver(conn: Connection, calls_per_caller: list[int], seed: int) -> None:
                     keep.append(data)
 
 
+# --- what the server and the kernel say about the window --------------------------------
+
+MIXER_COUNTERS = (
+    "chorus_mixer_ticks",
+    "chorus_mixer_ticks_late",
+    "chorus_mixer_ticks_dropped",
+    "chorus_mixer_frames_mixed",
+    "chorus_mixer_frames_dropped",
+    "chorus_mixer_rtp_received",
+)
+UDP_COUNTERS = ("InDatagrams", "OutDatagrams", "InErrors", "RcvbufErrors", "SndbufErrors")
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """The server's mixer counters from its /metrics (summed over mixer workers), and its
+    mixer errors by kind; empty when the scrape fails (the step still runs)."""
+    import urllib.request
+
+    found: dict[str, float] = {}
+    try:
+        with urllib.request.urlopen(url, timeout=5.0) as response:
+            text = response.read().decode()
+    except OSError:
+        return found
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        name = name.replace("_total{", "{").removesuffix("_total")
+        if name in MIXER_COUNTERS or name.startswith("chorus_mixer_errors{"):
+            found[name] = float(value.split()[0])
+    return found
+
+
+def _udp_counters() -> dict[str, int]:
+    """The kernel's UDP counters (/proc/net/snmp, machine-wide): RcvbufErrors counts
+    datagrams dropped because a receiving socket's buffer was full, SndbufErrors sends
+    refused for a full send buffer."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
+    for head, values in zip(lines, lines[1:], strict=False):
+        if head[0] == "Udp:" and values[0] == "Udp:" and not values[1].isalpha():
+            table = dict(zip(head[1:], values[1:], strict=True))
+            return {k: int(table[k]) for k in UDP_COUNTERS if k in table}
+    return {}
+
+
+def _udp_drops() -> dict[int, int]:
+    """Datagrams each UDP socket dropped (full receive buffer), by local port: the kernel's
+    per-socket `drops` column of /proc/net/udp and udp6 (this machine, every process)."""
+    drops: dict[int, int] = {}
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                if int(fields[-1]):
+                    drops[port] = drops.get(port, 0) + int(fields[-1])
+    return drops
+
+
+def _where_dropped(
+    before: dict[int, int], after: dict[int, int], listener_ports: set[int], sipp_bases: list[int]
+) -> dict[str, int]:
+    """The window's per-socket drops, told apart: the bench's listener sockets (the mix the
+    server sent), SIPp's (the mix SIPp also receives on its media port), everything else
+    (the server's RTP sockets among them, or another process's)."""
+    where = {"listener_sockets": 0, "sipp_sockets": 0, "other_sockets": 0}
+    for port, count in after.items():
+        grew = count - before.get(port, 0)
+        if grew <= 0:
+            continue
+        if port in listener_ports:
+            where["listener_sockets"] += grew
+        elif any(base <= port < base + 4 * 200 for base in sipp_bases):
+            where["sipp_sockets"] += grew
+        else:
+            where["other_sockets"] += grew
+    return where
+
+
+def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+def diagnose(
+    server: dict[str, float],
+    kernel: dict[str, float],
+    listeners: list[dict[str, Any]],
+    participants: int,
+    window_ticks: float,
+) -> list[str]:
+    """Why a step's delivery check failed, in the order to suspect: the server did not mix
+    (late or dropped ticks), the kernel dropped datagrams (full socket buffers), or the
+    server sent what the listener never read (the receiver or the network)."""
+    reasons = []
+    dropped = server.get("chorus_mixer_ticks_dropped", 0)
+    late = server.get("chorus_mixer_ticks_late", 0)
+    if dropped:
+        frames = server.get("chorus_mixer_frames_dropped", 0)
+        reasons.append(
+            f"server dropped {dropped:.0f} ticks ({frames:.0f} listener frames) catching up "
+            "after stalls: the mixer was not scheduled in time"
+        )
+    if late:
+        reasons.append(f"server ran {late:.0f} ticks late (> 10 ms; summed over mixer workers)")
+    mixed = server.get("chorus_mixer_frames_mixed")
+    if mixed is not None and mixed < participants * window_ticks * (1 - TOLERANCE):
+        reasons.append(f"server sent {mixed:.0f} frames for {participants * window_ticks:.0f} due")
+    if kernel.get("RcvbufErrors"):
+        reasons.append(
+            f"kernel dropped {kernel['RcvbufErrors']:.0f} UDP datagrams at full receive buffers"
+            f" (machine-wide): {kernel.get('listener_sockets', 0):.0f} on the bench's listener"
+            f" sockets, {kernel.get('sipp_sockets', 0):.0f} on SIPp's, "
+            f"{kernel.get('other_sockets', 0):.0f} elsewhere (the server's RTP sockets or others)"
+        )
+    if kernel.get("SndbufErrors"):
+        reasons.append(f"kernel refused {kernel['SndbufErrors']} UDP sends (full send buffers)")
+    lost = [entry for entry in listeners if entry["seq_skipped"]]
+    if lost:
+        reasons.append(
+            f"{len(lost)} listeners skipped sequence numbers: sent by the server, not read"
+        )
+    return reasons
+
+
 # --- one step --------------------------------------------------------------------------
 
 
@@ -303,8 +426,11 @@ async def run_step(step: Step, workdir: Path, pcap_seconds: float, pause_ms: int
                 path, codec, freq, pcap_seconds, amplitude=amplitude, ssrc=0x5EED0000 + caller
             )
         pcaps.append(path)
+    (web_port,) = free_ports(1)
+    metrics_url = f"http://{LOOPBACK}:{web_port}/metrics"
     overrides: dict[str, dict[str, Any]] = {
         "server": {"log_level": "WARNING", "trace_sip": False},
+        "web": {"listen": f"http:{LOOPBACK}:{web_port}", "metrics_public": True},
         "rtp": {
             "codecs": ["PCMA", "PCMU", "G722", "opus", "speex", "telephone-event"],
             "mixer_workers": step.workers,
@@ -374,12 +500,18 @@ async def run_step(step: Step, workdir: Path, pcap_seconds: float, pause_ms: int
         tree = process_tree(server_pid)
         load_before = load_average()
         t1 = time.monotonic()
+        server1 = await asyncio.to_thread(_scrape, metrics_url)
+        kernel1 = _udp_counters()
+        drops1 = _udp_drops()
         parent.send(("start", sampled))
         cpu1 = cpu_seconds(tree)
         await asyncio.sleep(step.window)
         cpu2 = cpu_seconds(tree)
         t2 = time.monotonic()
         parent.send(("end",))
+        kernel2 = _udp_counters()
+        drops2 = _udp_drops()
+        server2 = await asyncio.to_thread(_scrape, metrics_url)
         counts, spans, sent, samples = await asyncio.to_thread(parent.recv)
         rss_steady = rss_kib(tree)
         load_after = load_average()
@@ -397,6 +529,29 @@ async def run_step(step: Step, workdir: Path, pcap_seconds: float, pause_ms: int
     expected = sum(spans)  # participants x ticks, each listener over its own span
     skipped = sum(max(0, s - c) for s, c in zip(sent, counts, strict=True))
     short = sum(1 for s in spans if s < window_ticks - 3)  # started late or stopped early
+    missed = [
+        {
+            "listener": i,
+            "caller": ports[i][0],
+            "room": ports[i][1],
+            "member": ports[i][2],
+            "received": counts[i],
+            "ticks_spanned": spans[i],
+            "sent_by_seq": sent[i],
+            "seq_skipped": max(0, sent[i] - counts[i]),
+            "short": spans[i] < window_ticks - 3,
+        }
+        for i in range(len(counts))
+        if counts[i] < spans[i] * (1 - TOLERANCE)
+        or sent[i] > counts[i]
+        or spans[i] < window_ticks - 3
+    ]
+    server = _delta(server1, server2)
+    kernel = _delta(kernel1, kernel2)
+    listener_ports = {
+        bases[c] + 1 + 4 * k for c, calls in enumerate(members) for k in range(len(calls))
+    }
+    kernel.update(_where_dropped(drops1, drops2, listener_ports, bases))
     tones = [_check_tones(step, codec, ports[i][0], samples.get(i, [])) for i in sampled]
     cpu = cpu2 - cpu1
     cpu_pp = 100.0 * cpu / seconds / step.participants
@@ -410,6 +565,10 @@ async def run_step(step: Step, workdir: Path, pcap_seconds: float, pause_ms: int
         and len(tones) > 0
         and sipp_ok
     )
+    why = diagnose(server, kernel, missed, step.participants, window_ticks)
+    why += [f"caller {t['caller']}'s listener heard {t['tone_db']}" for t in tones if not t["ok"]]
+    if not sipp_ok:
+        why.append("a SIPp caller failed: calls not set up, or dropped")
     return {
         "step": step.key,
         "participants": step.participants,
@@ -430,6 +589,11 @@ async def run_step(step: Step, workdir: Path, pcap_seconds: float, pause_ms: int
         "rss_steady_mib": round(rss_steady / 1024, 1),
         "rss_kib_per_participant": round((rss_steady - rss_idle) / step.participants, 1),
         "load_average": {"before": load_before, "after": load_after},
+        "server_counters": server,
+        "kernel_udp": kernel,
+        "listeners_missing": len(missed),
+        "missed": missed[:20],  # which participant missed what (the first 20)
+        "why": [] if ok else why,
         "tones": tones,
         "sipp": [
             {"ok": r.ok, "stats": None if r.stats is None else [r.stats.successful, r.stats.failed]}
@@ -560,6 +724,8 @@ async def _run_logged(step: Step, workdir: Path, run_index: int) -> dict[str, An
         file=sys.stderr,
         flush=True,
     )
+    for reason in done.get("why", []):
+        print("   ", reason, file=sys.stderr, flush=True)
     return done
 
 
