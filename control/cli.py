@@ -144,7 +144,9 @@ def build_server(config: Config, *, room_observer: RoomObserver | None = None) -
         muc = muc_gateway(config, conference, media_host, server.ua.token)
         # REFER method=INVITE to an XMPP user: a MUC invitation (control/xmpp/mucinvite.py)
         conference.referrals.remote = muc.invitations if muc is not None else None
-        gateway = XmppGateway(server.ua, gateway_settings(config), muc=muc, msrp=server.msrp)
+        gateway = XmppGateway(
+            server.ua, gateway_settings(config), muc=muc, msrp=server.msrp, rtp_host=media_host
+        )
         server.register("xmpp", gateway)
         mapping = {domain: "xmpp" for domain in config.xmpp.xmpp_domains}
         server.app_map = ApplicationMap(
@@ -172,6 +174,9 @@ def gateway_settings(config: Config) -> GatewaySettings:
         chat_sessions=xmpp.chat_sessions,
         chat_session_idle=xmpp.chat_session_idle,
         max_chat_sessions=xmpp.max_chat_sessions,
+        max_jingle_calls=xmpp.max_jingle_calls,
+        jingle_ring_timeout=xmpp.jingle_ring_timeout,
+        jingle_ice_addresses=xmpp.jingle_ice_addresses,
     )
 
 

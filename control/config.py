@@ -615,6 +615,13 @@ def _domain(key: str, text: str) -> str:
     return name
 
 
+def _ip_address(key: str, text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ConfigError(key, f"{text!r} is not an IP address") from None
+
+
 def _parse_xmpp(section: _Section) -> XmppConfig:
     default = XmppConfig()
     jid = section.take("component_jid", str, None)
@@ -677,6 +684,16 @@ def _parse_xmpp(section: _Section) -> XmppConfig:
         ),
         max_chat_sessions=section.integer(
             "max_chat_sessions", default.max_chat_sessions, minimum=1
+        ),
+        max_jingle_calls=section.integer("max_jingle_calls", default.max_jingle_calls, minimum=1),
+        jingle_ring_timeout=section.number(
+            "jingle_ring_timeout", default.jingle_ring_timeout, minimum=1.0
+        ),
+        jingle_ice_addresses=tuple(
+            _ip_address(f"xmpp.jingle_ice_addresses[{i}]", a)
+            for i, a in enumerate(
+                section.strings("jingle_ice_addresses", default.jingle_ice_addresses)
+            )
         ),
     )
     section.finish()

@@ -293,6 +293,9 @@ class XmppConfig:
     chat_sessions: bool = False  # XMPP chats to SIP users as MSRP sessions (RFC 7573), not MESSAGE
     chat_session_idle: float = 600.0  # seconds without a message before a chat session ends
     max_chat_sessions: int = 1000  # open chat sessions, both directions together
+    max_jingle_calls: int = 100  # Jingle audio calls bridged at once, both directions together
+    jingle_ring_timeout: float = 60.0  # seconds a Jingle <-> SIP call may ring unanswered
+    jingle_ice_addresses: tuple[str, ...] = ()  # ICE host candidates' addresses (): aioice's
 
     @property
     def enabled(self) -> bool:

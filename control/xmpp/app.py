@@ -30,6 +30,7 @@ from control.xmpp.addressing import Addressing, AddressRefused, Jid
 from control.xmpp.chatgw import ChatSessionGateway
 from control.xmpp.component import Component, XmppMessage, XmppPresence
 from control.xmpp.errors import StanzaLimits
+from control.xmpp.jinglegw import JingleGateway
 from control.xmpp.messages import (
     ACCEPTED_TYPES,
     Chat,
@@ -75,6 +76,9 @@ class GatewaySettings:
     chat_sessions: bool = False
     chat_session_idle: float = 600.0
     max_chat_sessions: int = 1000
+    max_jingle_calls: int = 100
+    jingle_ring_timeout: float = 60.0
+    jingle_ice_addresses: tuple[str, ...] = ()
 
 
 class XmppGateway:
@@ -87,6 +91,7 @@ class XmppGateway:
         *,
         muc: MucGateway | None = None,
         msrp: MsrpTransport | None = None,
+        rtp_host: str = "127.0.0.1",
     ) -> None:
         self.ua = ua
         self.settings = settings
@@ -103,6 +108,18 @@ class XmppGateway:
             limits=StanzaLimits(max_stanza_bytes=settings.max_stanza_bytes),
             domains=settings.sip_domains,
             on_down=self._xmpp_down,
+            on_jingle=lambda iq: self.jingle.xmpp_iq(iq),
+            on_jingle_message=lambda *m: self.jingle.xmpp_message(*m),
+        )
+        # Jingle audio calls <-> SIP INVITEs with RTP (jinglegw.py)
+        self.jingle = JingleGateway(
+            ua,
+            self.component,
+            self.addressing,
+            max_calls=settings.max_jingle_calls,
+            ring_timeout=settings.jingle_ring_timeout,
+            ice_addresses=settings.jingle_ice_addresses,
+            rtp_host=rtp_host,
         )
         self.presence = PresenceGateway(
             ua,
@@ -143,6 +160,7 @@ class XmppGateway:
             await self.muc.stop()
         if self.chats is not None:
             await self.chats.shutdown()
+        await self.jingle.shutdown()
         await self.presence.shutdown()
         await self.component.stop()
 
@@ -213,7 +231,12 @@ class XmppGateway:
         message.accept(200)
 
     async def incoming_invite(self, call: IncomingCall) -> None:
-        """An INVITE with MSRP chat to an XMPP user: a chat session (RFC 7573, chatgw.py)."""
+        """An INVITE with MSRP chat to an XMPP user: a chat session (RFC 7573, chatgw.py);
+        one with audio and no chat: a Jingle call (jinglegw.py)."""
+        kinds = {m.media for m in call.offer.media if not m.rejected}
+        if "audio" in kinds and "message" not in kinds:
+            await self.jingle.incoming_invite(call)
+            return
         if self.chats is None:
             call.reject(488, "no MSRP transport for chat sessions")
             return
@@ -232,6 +255,7 @@ class XmppGateway:
         sessions (BYE toward SIP)."""
         if self.chats is not None:
             self.chats.xmpp_lost()
+        self.jingle.xmpp_lost()
 
     def _xmpp_presence(self, presence: XmppPresence) -> None:
         if presence.type == "unavailable" and self.chats is not None:

@@ -36,10 +36,20 @@ from control.xmpp.errors import (
     error_type,
     refusal_for,
 )
+from control.xmpp.jingle import JINGLE_NS
+from control.xmpp.jinglemessage import JMI_NS
 from control.xmpp.messages import Chat
 from control.xmpp.receipts import RECEIPTS_NS
 
-__all__ = ["Backoff", "Component", "XmppMessage", "XmppPresence", "size_bound", "stanza_size"]
+__all__ = [
+    "Backoff",
+    "Component",
+    "XmppIq",
+    "XmppMessage",
+    "XmppPresence",
+    "size_bound",
+    "stanza_size",
+]
 
 log = logging.getLogger("chorus.xmpp")
 
@@ -52,6 +62,16 @@ DISCO_FEATURES = (
     "urn:xmpp:receipts",
     CHATSTATES_NS,
     XHTML_IM_NS,
+)
+# What a Jingle client asks before it calls (XEP-0166 §11, XEP-0167 §9, XEP-0176 §10,
+# XEP-0320 §6, XEP-0353 §5): offered only when the gateway carries Jingle audio.
+JINGLE_FEATURES = (
+    JINGLE_NS,
+    "urn:xmpp:jingle:apps:rtp:1",
+    "urn:xmpp:jingle:apps:rtp:audio",
+    "urn:xmpp:jingle:transports:ice-udp:1",
+    "urn:xmpp:jingle:apps:dtls:0",
+    JMI_NS,
 )
 
 
@@ -176,7 +196,21 @@ class XmppPresence:
     error_condition: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class XmppIq:
+    """An iq ``type='set'`` whose payload is a Jingle element (the only iqs the gateway
+    takes besides disco), addresses parsed; answered with :meth:`Component.reply_iq`."""
+
+    sender: Jid
+    recipient: Jid
+    id: str
+    payload: ET.Element
+
+
 MessageHandler = Callable[[XmppMessage], Coroutine[Any, Any, None]]
+JingleIqHandler = Callable[[XmppIq], Coroutine[Any, Any, None]]
+# A XEP-0353 message (sender, recipient, the stanza's XML), in stanza order.
+JingleMessageHandler = Callable[[Jid, Jid, ET.Element], None]
 # Called in stanza order, not as a task: a presence's meaning depends on the one before.
 PresenceHandler = Callable[[XmppPresence], None]
 PresenceType = Literal[
@@ -200,8 +234,12 @@ class Component:
         limits: StanzaLimits = StanzaLimits(),
         domains: tuple[str, ...] = (),
         on_down: Callable[[], None] | None = None,
+        on_jingle: JingleIqHandler | None = None,
+        on_jingle_message: JingleMessageHandler | None = None,
     ) -> None:
         self.jid = jid
+        self.on_jingle = on_jingle  # Jingle iqs (control/xmpp/jinglegw.py), as tasks
+        self.on_jingle_message = on_jingle_message  # XEP-0353 messages, in stanza order
         self.on_down = on_down  # the server connection was lost (reconnecting follows)
         self.limits = limits
         # the domains this component answers for (the SIP users'): an error's possible from
@@ -235,6 +273,9 @@ class Component:
         xmpp.auto_subscribe = False
         path = f"{{{xmpp.default_ns}}}presence"
         xmpp.register_handler(Callback("chorus presence", MatchXPath(path), self._presence))
+        if self.on_jingle is not None:
+            path = f"{{{xmpp.default_ns}}}iq/{{{JINGLE_NS}}}jingle"
+            xmpp.register_handler(Callback("chorus jingle", MatchXPath(path), self._jingle))
         xmpp.register_plugin("xep_0030")
         xmpp.plugin["xep_0030"].api.register(self._disco_info, "get_info")
         self._xmpp = xmpp
@@ -286,6 +327,12 @@ class Component:
             self._refused(stanza, refused)
             return
         kind = stanza["type"] or "normal"
+        if self.on_jingle_message is not None and kind != "error" and _is_jmi(stanza.xml):
+            try:
+                self.on_jingle_message(checked.sender, checked.recipient, stanza.xml)
+            except Exception as exc:  # noqa: BLE001 - answered and logged once
+                self._refused(stanza, refusal_for(exc), failure=exc)
+            return
         condition = error_condition(stanza.xml) if kind == "error" else None
         received = stanza.xml.find(f"{{{RECEIPTS_NS}}}received")
         message = XmppMessage(
@@ -335,6 +382,72 @@ class Component:
         if reply is not None and self.connected:
             self.send_error_reply(reply)
 
+    def _jingle(self, stanza: StanzaBase) -> None:
+        """A Jingle iq: parsed addresses to the gateway as a task; a result or error goes
+        back through :meth:`reply_iq` (slixmpp's own would answer every one
+        feature-not-implemented)."""
+        if stanza["type"] != "set" or self.on_jingle is None:
+            return
+        try:
+            sender = parse_jid(stanza.xml.get("from") or "")
+            recipient = parse_jid(stanza.xml.get("to") or "")
+        except AddressRefused as exc:
+            log.info("Jingle iq with a bad address refused: %s", exc.reason)
+            return
+        payload = stanza.xml.find(f"{{{JINGLE_NS}}}jingle")
+        assert payload is not None  # the handler's match
+        iq = XmppIq(sender, recipient, stanza["id"] or "", payload)
+        task = asyncio.get_running_loop().create_task(self.on_jingle(iq))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def reply_iq(self, iq: XmppIq, error: ET.Element | None = None) -> None:
+        """The empty result of ``iq``, or its error (``error``: the ``<error/>`` child, in
+        the component's namespace: jinglebuild.error_element with ``stanza_ns``)."""
+        if not self.connected or self._xmpp is None:
+            return
+        reply = self._xmpp.make_iq(
+            id=iq.id,
+            ito=str(iq.sender),
+            ifrom=str(iq.recipient),
+            itype="error" if error is not None else "result",
+        )
+        if error is not None:
+            reply.xml.append(error)
+        reply.send()
+
+    @property
+    def stanza_ns(self) -> str:
+        """The stream's namespace, for error elements built outside slixmpp."""
+        return str(self._require().default_ns)
+
+    async def send_iq(
+        self, to: Jid | str, from_: Jid | str, payload: ET.Element, *, timeout: float = 15.0
+    ) -> str | None:
+        """An iq set with ``payload``: None once it is answered with a result, the error's
+        condition (or "timeout", "remote-server-not-found" when not connected) otherwise."""
+        from slixmpp.exceptions import IqError, IqTimeout
+
+        if not self.connected or self._xmpp is None:
+            return "remote-server-not-found"
+        iq = self._xmpp.make_iq_set(ito=str(to), ifrom=str(from_))
+        iq.append(payload)
+        try:
+            await iq.send(timeout=timeout)
+        except IqError as exc:
+            return error_condition(exc.iq.xml) or "undefined-condition"
+        except IqTimeout:
+            return "timeout"
+        return None
+
+    def send_payload(self, to: Jid | str, from_: Jid | str, children: list[ET.Element]) -> None:
+        """A ``type='chat'`` message of ``children`` and nothing else (XEP-0353 payloads)."""
+        xmpp = self._require()
+        stanza = xmpp.make_message(mto=str(to), mfrom=str(from_), mtype="chat")
+        for child in children:
+            stanza.xml.append(child)
+        stanza.send()
+
     def _disco_info(self, jid: Any, node: str | None, ifrom: Any, data: Any) -> Any:
         """XEP-0030 disco#info for the component and every address under it (DISCO_*)."""
         from slixmpp.plugins.xep_0030.stanza import DiscoInfo
@@ -347,6 +460,9 @@ class Component:
             info.add_identity(category, kind, name)
             for feature in DISCO_FEATURES:
                 info.add_feature(feature)
+            if self.on_jingle is not None:
+                for feature in JINGLE_FEATURES:
+                    info.add_feature(feature)
         return info
 
     def _presence(self, stanza: StanzaBase) -> None:
@@ -445,6 +561,10 @@ class Component:
         if self._xmpp is None or not self.connected:
             raise ConnectionError("XMPP server not connected")
         return self._xmpp
+
+
+def _is_jmi(xml: ET.Element) -> bool:
+    return any(isinstance(c.tag, str) and c.tag.startswith(f"{{{JMI_NS}}}") for c in xml)
 
 
 def _set_error(stanza: Any, type: str, condition: str, text: str) -> None:

@@ -1,0 +1,556 @@
+"""Jingle audio through the gateway (issue 12 item 6): the asyncio glue between the
+component's Jingle iqs and XEP-0353 messages, a :class:`~control.xmpp.jinglemedia.WebRtcLeg`
+per call, and a SIP INVITE with plain RTP, following the rules of control/xmpp/jinglecall.py.
+
+XMPP → SIP. An XMPP user calls ``user@<sip domain>``:
+
+- with XEP-0353 (Conversations, Dino): the ``<propose/>`` places the INVITE at once (the
+  leg's RTP socket, the bridged codecs); a 180 is a ``<ringing/>``, the 200 a ``<proceed/>``
+  from ``user@<sip domain>/<RESOURCE>``, and the session-initiate that follows (sid = the
+  propose's id) is answered by the leg with a session-accept. A SIP failure is a
+  ``<reject/>`` with :func:`~control.xmpp.jinglecall.reason_for_status`; a ``<retract/>``
+  CANCELs the INVITE.
+- with a session-initiate straight to the gateway's JID: acked, the INVITE placed, 180 →
+  session-info ringing, 200 → session-accept, a SIP failure → session-terminate with the
+  mapped reason.
+
+SIP → XMPP. An INVITE with an audio m-line to ``sip:user@<xmpp domain>`` is a ``<propose/>``
+to the bare JID from ``caller@<sip domain>/<RESOURCE>``; a ``<ringing/>`` is a 180, the
+``<proceed/>`` of a device gets the leg's session-initiate, its session-accept the 200 with
+the leg's RTP answer; a reject or a terminate before the accept is
+:func:`~control.xmpp.jinglecall.status_for_reason`.
+
+Either way, a BYE ends the Jingle session (terminate ``success``, and a XEP-0353
+``<finish/>`` when the call began with a propose), a session-terminate ends the dialog (BYE).
+Calls are bounded by ``max_calls`` (past it: 486 toward SIP, ``<reject/>`` busy or
+``resource-constraint`` toward XMPP), ringing by ``ring_timeout``. The XMPP server lost ends
+every call. Hold is not bridged yet: a session-info hold is acked and logged.
+
+aioice 0.13 has no setting for the addresses it gathers host candidates on: with
+``ice_addresses`` configured, :func:`gathering_on` puts them in for the time aiortc gathers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from xml.etree import ElementTree as ET
+
+import aioice.ice
+
+from control.app import IncomingCall
+from control.media.codecs import PcmuCodec, codec_for
+from control.sip import sdp
+from control.sip.errors import SipError
+from control.sip.message import Response
+from control.sip.session import Session, place_call
+from control.sip.uri import NameAddr, SipUri
+from control.sip.useragent import UserAgent
+from control.xmpp.addressing import Addressing, AddressRefused, Jid
+from control.xmpp.component import Component, XmppIq
+from control.xmpp.jingle import Jingle, JingleError, Reason, parse_jingle
+from control.xmpp.jinglebuild import build_jingle, error_element
+from control.xmpp.jinglecall import reason_for_status, status_for_reason
+from control.xmpp.jinglemedia import WebRtcLeg
+from control.xmpp.jinglemessage import JingleMessage, jingle_message, read_jingle_message
+from control.xmpp.jinglesession import (
+    Accepted,
+    Informed,
+    Initiated,
+    JingleSession,
+    JingleSessions,
+    Terminated,
+)
+
+__all__ = ["RESOURCE", "SIP_CODECS", "JingleGateway", "gathering_on"]
+
+log = logging.getLogger("chorus.xmpp.jingle")
+
+RESOURCE = "chorus"  # the resource of the gateway's JIDs in calls (user@<sip domain>/chorus)
+# The bridged codecs (jinglecall.BRIDGED_CODECS) as the SIP side's offer lists them.
+SIP_CODECS: tuple[tuple[str, int], ...] = (("opus", 48000), ("G722", 8000), ("PCMU", 8000))
+_ORIGIN_USER = "chorus"
+
+_gathering = 0
+_aioice_default = aioice.ice.get_host_addresses
+
+
+@contextlib.contextmanager
+def gathering_on(addresses: Sequence[str]) -> Iterator[None]:
+    """aioice gathers host candidates on ``addresses`` only while inside (module doc); the
+    swap is counted, so overlapping gatherings of several calls restore it once."""
+    global _gathering
+    if not addresses:
+        yield
+        return
+    wanted = list(addresses)
+    _gathering += 1
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(wanted)
+    try:
+        yield
+    finally:
+        _gathering -= 1
+        if _gathering == 0:
+            aioice.ice.get_host_addresses = _aioice_default
+
+
+@dataclass(slots=True)
+class _Call:
+    """One bridged call: its Jingle half (``sid`` with ``xmpp`` once a device is known), its
+    SIP half (``dialog``) and the leg between."""
+
+    sid: str
+    local: Jid  # the gateway's JID in the call: user@<sip domain>/RESOURCE
+    xmpp: Jid  # the XMPP party (bare until a device proceeds, for calls from SIP)
+    leg: WebRtcLeg
+    from_xmpp: bool
+    proposed: bool  # began with a XEP-0353 propose
+    session: JingleSession | None = None
+    dialog: Session | None = None
+    cancel: asyncio.Future[object] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    initiated: asyncio.Future[Initiated] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    answered: asyncio.Future[Reason | None] = field(  # from SIP: accept (None) or the reason
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    ringing: Callable[[], None] | None = None  # from SIP: the INVITE's 180
+    ended: bool = False
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class JingleGateway:
+    """The Jingle calls of one gateway (module doc)."""
+
+    def __init__(
+        self,
+        ua: UserAgent,
+        component: Component,
+        addressing: Addressing,
+        *,
+        max_calls: int = 100,
+        ring_timeout: float = 60.0,
+        ice_addresses: Sequence[str] = (),
+        rtp_host: str = "127.0.0.1",
+    ) -> None:
+        self.ua = ua
+        self.component = component
+        self.addressing = addressing
+        self.max_calls = max_calls
+        self.ring_timeout = ring_timeout
+        self.ice_addresses = tuple(ice_addresses)
+        self.rtp_host = rtp_host
+        self.sessions = JingleSessions(new_sid=lambda: ua.token(16), max_sessions=max_calls)
+        self._calls: dict[tuple[str, str], _Call] = {}  # (XMPP party's JID, sid)
+        self._ours: dict[str, _Call] = {}  # sid of a propose of ours -> its call (from SIP)
+        self._free: set[asyncio.Task[object]] = set()  # refusals sent for no call
+
+    def __len__(self) -> int:
+        return len({id(c) for c in (*self._calls.values(), *self._ours.values())})
+
+    # XMPP in ---------------------------------------------------------------------------
+
+    def xmpp_message(self, sender: Jid, recipient: Jid, xml: ET.Element) -> None:
+        """A XEP-0353 message from the component."""
+        m = read_jingle_message(xml)  # JingleError: the component answers bad-request
+        if m is None:
+            return
+        if m.kind == "propose":
+            self._proposed(sender, recipient, m)
+            return
+        call = self._calls.get((str(sender), m.id))
+        ours = self._ours.get(m.id) if call is None else None
+        if ours is not None and ours.xmpp.bare == sender.bare:
+            call = ours
+        if call is None:
+            log.info("XEP-0353 %s from %s for no call (%s)", m.kind, sender, m.id[:40])
+            return
+        match m.kind:
+            case "retract" if call.from_xmpp:
+                self._spawn(call, self._end(call, "XMPP caller retracted", tell_xmpp=False))
+            case "ringing" if not call.from_xmpp:
+                self._sip_ringing(call)
+            case "proceed" if not call.from_xmpp and call.session is None:
+                call.xmpp = sender
+                self._spawn(call, self._initiate(call))
+            case "reject" if not call.from_xmpp and not call.answered.done():
+                call.answered.set_result(m.reason or Reason("decline"))
+            case _:
+                log.info("XEP-0353 %s from %s ignored in this call", m.kind, sender)
+
+    async def xmpp_iq(self, iq: XmppIq) -> None:
+        """A Jingle iq from the component: acked or refused, then acted on."""
+        try:
+            j = parse_jingle(iq.payload)
+            event = self.sessions.receive(str(iq.sender), str(iq.recipient), j)
+        except JingleError as exc:
+            log.info("Jingle request from %s refused: %s", iq.sender, exc)
+            self.component.reply_iq(iq, error_element(exc, stanza_ns=self.component.stanza_ns))
+            return
+        self.component.reply_iq(iq)
+        match event:
+            case Initiated():
+                self._initiated(iq, j, event)
+            case Accepted(sid=sid):
+                call = self._calls.get((str(iq.sender), sid))
+                if call is not None and not call.answered.done():
+                    await call.leg.accepted(event.contents, event.groups)
+                    call.answered.set_result(None)
+            case Terminated(sid=sid, reason=reason):
+                call = self._calls.get((str(iq.sender), sid))
+                if call is None:
+                    return
+                if not call.from_xmpp and not call.answered.done():
+                    call.answered.set_result(reason or Reason("decline"))
+                else:
+                    text = reason.condition if reason is not None else "no reason"
+                    await self._end(call, f"XMPP terminate ({text})", tell_xmpp=False)
+            case Informed(info=info):
+                log.info("Jingle session-info %s from %s (not bridged)", info.kind, iq.sender)
+            case _:
+                pass  # transport-info: aiortc gathered everything, a ping needs nothing
+
+    # XMPP → SIP ---------------------------------------------------------------------------
+
+    def _refusal(self, sender: Jid, recipient: Jid) -> tuple[SipUri, SipUri] | Reason:
+        """The SIP addresses of a call from ``sender`` to ``recipient``, or the reason it
+        is refused."""
+        try:
+            target = self.addressing.jid_to_sip(Jid(recipient.local, recipient.domain), side="sip")
+            caller = self.addressing.jid_to_sip(sender, side="xmpp", sender=True)
+        except AddressRefused as exc:
+            return Reason("gone" if exc.sip_status == 404 else "decline", exc.reason[:200])
+        if len(self) >= self.max_calls:
+            return Reason("busy", f"{self.max_calls} Jingle calls in progress")
+        return target, caller
+
+    def _proposed(self, sender: Jid, recipient: Jid, m: JingleMessage) -> None:
+        local = Jid(recipient.local, recipient.domain, RESOURCE)
+        addresses = self._refusal(sender, recipient)
+        if not m.audio:
+            addresses = Reason("unsupported-applications", "audio calls only")
+        if isinstance(addresses, Reason):
+            log.info("Jingle propose from %s to %s refused: %s", sender, recipient, addresses)
+            self._jmi(sender, local, JingleMessage("reject", m.id, reason=addresses))
+            return
+        if (str(sender), m.id) in self._calls:
+            return  # a propose repeated (a resend after a reconnect)
+        call = _Call(m.id, local, sender, self._leg(), from_xmpp=True, proposed=True)
+        self._calls[(str(sender), m.id)] = call
+        self._spawn(call, self._invite(call, *addresses))
+
+    def _initiated(self, iq: XmppIq, j: Jingle, event: Initiated) -> None:
+        key = (str(iq.sender), j.sid)
+        call = self._calls.get(key)
+        if call is not None and call.proposed and call.from_xmpp:
+            call.session = event.session
+            if not call.initiated.done():
+                call.initiated.set_result(event)
+            return
+        addresses = self._refusal(iq.sender, iq.recipient)
+        if isinstance(addresses, Reason):
+            log.info("Jingle call from %s to %s refused: %s", iq.sender, iq.recipient, addresses)
+            self._spawn_free(self._send(iq.sender, event.session.terminate(*_args(addresses))))
+            return
+        call = _Call(j.sid, iq.recipient, iq.sender, self._leg(), from_xmpp=True, proposed=False)
+        call.session = event.session
+        call.initiated.set_result(event)
+        self._calls[key] = call
+        self._spawn(call, self._invite(call, *addresses))
+
+    def _leg(self) -> WebRtcLeg:
+        # PCMU until the SIP answer names the codec (_use_answer): nothing is sent before
+        return WebRtcLeg(PcmuCodec(), 0, rtp_host=self.rtp_host)
+
+    def _sip_offer(self, leg: WebRtcLeg) -> bytes:
+        media = sdp.audio_media(leg.rtp_port, [*SIP_CODECS, ("telephone-event", 8000)], ptime=20)
+        origin = sdp.Origin(
+            _ORIGIN_USER, str(self.ua.rng.randrange(1, 2**31)), 1, "IN", "IP4", self.rtp_host
+        )
+        offer = sdp.build_offer(
+            origin=origin, connection=sdp.Connection.for_address(self.rtp_host), media=[media]
+        )
+        return bytes(sdp.serialize(offer))
+
+    async def _invite(self, call: _Call, target: SipUri, caller: SipUri) -> None:
+        """Our INVITE for an XMPP caller; then the Jingle answer, or the failure's reason."""
+        await call.leg.open()
+        try:
+            dialog, response = await place_call(
+                self.ua,
+                target,
+                from_=NameAddr(caller),
+                offer=self._sip_offer(call.leg),
+                timeout=self.ring_timeout,
+                cancel=call.cancel,
+                on_provisional=lambda r: self._progress(call, r),
+            )
+        except (OSError, ValueError, SipError) as exc:
+            log.info("Jingle call to %s: INVITE not sent: %s", target, exc)
+            await self._failed(call, 503)
+            return
+        if dialog is None:
+            log.info("Jingle call to %s: SIP answered %d", target, response.status)
+            await self._failed(call, response.status)
+            return
+        call.dialog = dialog
+        self._watch(call, dialog)
+        if call.ended:
+            await self._end(call, "ended while ringing")
+            return
+        try:
+            _use_answer(call.leg, sdp.parse(response.body))
+        except SipError as exc:
+            log.info("Jingle call to %s: unusable SIP answer: %s", target, exc)
+            await self._end(call, "unusable SIP answer", reason=Reason("incompatible-parameters"))
+            return
+        if call.proposed and call.session is None:
+            self._jmi(call.xmpp, call.local, JingleMessage("proceed", call.sid))
+        try:
+            initiated = await asyncio.wait_for(asyncio.shield(call.initiated), self.ring_timeout)
+        except TimeoutError:
+            await self._end(call, "no session-initiate after proceed", reason=Reason("timeout"))
+            return
+        with gathering_on(self.ice_addresses):
+            contents, groups = await call.leg.answer(initiated.contents, initiated.groups)
+        if call.session is None or call.ended:
+            return
+        await self._send(call.xmpp, call.session.accept(contents, groups))
+        log.info("Jingle call %s -> %s up", call.xmpp, target)
+
+    def _progress(self, call: _Call, response: Response) -> None:
+        if response.status != 180 or call.ended:
+            return
+        if call.session is not None:
+            self._spawn(call, self._send(call.xmpp, call.session.info("ringing")))
+        elif call.proposed:
+            self._jmi(call.xmpp, call.local, JingleMessage("ringing", call.sid))
+
+    async def _failed(self, call: _Call, status: int) -> None:
+        reason = reason_for_status(status) if status >= 300 else Reason("general-error")
+        await self._end(call, f"SIP {status}", reason=reason)
+
+    # SIP → XMPP ---------------------------------------------------------------------------
+
+    async def incoming_invite(self, call_in: IncomingCall) -> None:
+        """An INVITE with audio to an XMPP user (module doc)."""
+        try:
+            callee = self.addressing.sip_to_jid(call_in.request_uri, side="xmpp")
+            caller_uri = call_in.remote_identity.uri
+            if not isinstance(caller_uri, SipUri):
+                raise AddressRefused("caller is not a SIP URI", sip_status=403)
+            caller = self.addressing.sip_to_jid(caller_uri, side="sip", sender=True)
+        except AddressRefused as exc:
+            call_in.reject(exc.sip_status, exc.reason[:80])
+            return
+        if not self.component.connected:
+            call_in.reject(503, "XMPP server unavailable", headers=[("Retry-After", "5")])
+            return
+        if len(self) >= self.max_calls:
+            call_in.reject(486, f"{self.max_calls} Jingle calls in progress")
+            return
+        offer = call_in.offer
+        media = next((m for m in offer.media if m.media == "audio" and not m.rejected), None)
+        chosen = sdp.choose_codecs(media, SIP_CODECS) if media is not None else []
+        factory = (
+            codec_for(
+                chosen[0].encoding, chosen[0].clock_rate, chosen[0].channels or 1, chosen[0].fmtp
+            )
+            if chosen
+            else None
+        )
+        connection = offer.connection_of(media) if media is not None else None
+        if media is None or factory is None or connection is None:
+            call_in.reject(488, "no audio in a bridged codec")
+            return
+        leg = WebRtcLeg(factory(), chosen[0].payload_type, rtp_host=self.rtp_host)
+        local = Jid(caller.local, caller.domain, RESOURCE)
+        sid = self.sessions.new_sid(callee.bare)
+        call = _Call(
+            sid, local, Jid(callee.local, callee.domain), leg, from_xmpp=False, proposed=True
+        )
+        call.ringing = call_in.ringing
+        self._ours[sid] = call
+        await leg.open()
+        leg.connect_rtp((connection.address, media.port))
+        self._jmi(call.xmpp, local, JingleMessage("propose", sid, ("audio",)))
+        try:
+            reason = await asyncio.wait_for(asyncio.shield(call.answered), self.ring_timeout)
+        except TimeoutError:
+            reason = Reason("timeout")
+        if call_in.cancelled:
+            await self._end(call, "SIP caller cancelled", reason=Reason("cancel"))
+            return
+        if reason is not None:
+            status = status_for_reason(reason)
+            log.info("Jingle call %s -> %s refused: %s, SIP %d", caller, callee, reason, status)
+            call_in.reject(status, reason.text[:80] if reason.text else reason.condition)
+            await self._end(
+                call, f"XMPP {reason.condition}", tell_xmpp=reason.condition == "timeout"
+            )
+            return
+        decision = sdp.Accept(
+            leg.rtp_port, [c.format for c in chosen], attributes=[sdp.Attribute("ptime", "20")]
+        )
+        origin = sdp.Origin(
+            _ORIGIN_USER, str(self.ua.rng.randrange(1, 2**31)), 1, "IN", "IP4", self.rtp_host
+        )
+        answer = sdp.build_answer(
+            offer,
+            [decision if m is media else sdp.Reject() for m in offer.media],
+            origin=origin,
+            connection=sdp.Connection.for_address(self.rtp_host),
+        )
+        call.dialog = call_in.accept(bytes(sdp.serialize(answer)), user=callee.local)
+        self._watch(call, call.dialog)
+        log.info("Jingle call %s -> %s up", caller, call.xmpp)
+
+    def _sip_ringing(self, call: _Call) -> None:
+        if call.ringing is not None and not call.answered.done():
+            call.ringing()
+
+    async def _initiate(self, call: _Call) -> None:
+        """A device proceeded: the leg's offer as our session-initiate to it."""
+        with gathering_on(self.ice_addresses):
+            contents, groups = await call.leg.offer()
+        if call.ended:
+            return
+        session, initiate = self.sessions.initiate(
+            str(call.local), str(call.xmpp), contents, groups, sid=call.sid
+        )
+        call.session = session
+        self._calls[(str(call.xmpp), call.sid)] = call
+        failure = await self._send(call.xmpp, initiate)
+        if failure is not None and not call.answered.done():
+            call.answered.set_result(Reason("general-error", f"session-initiate: {failure}"))
+
+    # Both ways ----------------------------------------------------------------------------
+
+    def _watch(self, call: _Call, dialog: Session) -> None:
+        def ended(_: object) -> None:
+            if not call.ended:
+                self._spawn(call, self._end(call, "SIP BYE", reason=Reason("success")))
+
+        dialog.terminated.add_done_callback(ended)
+
+    async def _end(
+        self,
+        call: _Call,
+        why: str,
+        *,
+        reason: Reason | None = None,
+        tell_xmpp: bool = True,
+    ) -> None:
+        """End ``call`` once: the Jingle session terminated (or the proposal rejected /
+        retracted) unless XMPP ended it, the INVITE CANCELled or the dialog BYEd, the leg
+        closed."""
+        if call.ended:
+            return
+        call.ended = True
+        log.info(
+            "Jingle call %s %s %s ended: %s",
+            call.xmpp,
+            "->" if call.from_xmpp else "<-",
+            call.local,
+            why,
+        )
+        self._forget(call)
+        reason = reason or Reason("success")
+        if tell_xmpp and self.component.connected:
+            if call.session is not None and call.session.state != "ended":
+                await self._send(call.xmpp, call.session.terminate(*_args(reason)))
+                if call.proposed:
+                    self._jmi(
+                        call.xmpp, call.local, JingleMessage("finish", call.sid, reason=reason)
+                    )
+            elif call.proposed and call.from_xmpp:
+                self._jmi(call.xmpp, call.local, JingleMessage("reject", call.sid, reason=reason))
+            elif call.proposed:
+                self._jmi(call.xmpp, call.local, JingleMessage("retract", call.sid, reason=reason))
+        elif call.session is not None and call.session.state != "ended":
+            call.session.terminate(*_args(reason))  # our state only: XMPP ended it
+        if not call.cancel.done():
+            call.cancel.set_result(None)
+        if not call.answered.done():
+            call.answered.set_result(reason if reason.condition != "success" else Reason("cancel"))
+        if call.dialog is not None:
+            with contextlib.suppress(Exception):
+                await call.dialog.bye(reason=why[:80])
+        await call.leg.close()
+        current = asyncio.current_task()
+        for task in list(call.tasks):
+            if task is not current:
+                task.cancel()
+
+    def _forget(self, call: _Call) -> None:
+        for key in [k for k, c in self._calls.items() if c is call]:
+            del self._calls[key]
+        if self._ours.get(call.sid) is call:
+            del self._ours[call.sid]
+
+    def xmpp_lost(self) -> None:
+        """The XMPP server connection is gone: every call ends (BYE toward SIP)."""
+        for call in {id(c): c for c in (*self._calls.values(), *self._ours.values())}.values():
+            self._spawn(call, self._end(call, "XMPP server lost", tell_xmpp=False))
+
+    async def shutdown(self) -> None:
+        calls = {id(c): c for c in (*self._calls.values(), *self._ours.values())}.values()
+        await asyncio.gather(
+            *(self._end(c, "shutdown", reason=Reason("gone")) for c in calls),
+            return_exceptions=True,
+        )
+
+    # Out ----------------------------------------------------------------------------------
+
+    async def _send(self, to: Jid, j: Jingle) -> str | None:
+        failure = await self.component.send_iq(to, self._local_of(to, j), build_jingle(j))
+        if failure is not None:
+            log.info("Jingle %s to %s answered %s", j.action.value, to, failure)
+        return failure
+
+    def _local_of(self, to: Jid, j: Jingle) -> str:
+        session = self.sessions.get(str(to), j.sid)
+        if session is not None:
+            return session.local
+        call = self._calls.get((str(to), j.sid))
+        return str(call.local) if call is not None else self.component.jid
+
+    def _jmi(self, to: Jid, from_: Jid, m: JingleMessage) -> None:
+        if self.component.connected:
+            self.component.send_payload(to, from_, jingle_message(m))
+
+    def _spawn(self, call: _Call, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        call.tasks.add(task)
+        task.add_done_callback(call.tasks.discard)
+
+    def _spawn_free(self, coro: object) -> None:
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._free.add(task)
+        task.add_done_callback(self._free.discard)
+
+
+def _args(reason: Reason) -> tuple[str, str | None]:
+    return reason.condition, reason.text
+
+
+def _use_answer(leg: WebRtcLeg, answer: sdp.SessionDescription) -> None:
+    """The SIP answer to :meth:`JingleGateway._sip_offer`: its first codec becomes the leg's
+    (the offer listed several; the leg carries one), then where its RTP goes."""
+    media = next((m for m in answer.media if m.media == "audio" and not m.rejected), None)
+    if media is None or not media.rtpmaps():
+        raise sdp.SdpError(488, "the answer refuses the audio stream")
+    first = media.rtpmaps()[0]
+    factory = codec_for(first.encoding, first.clock_rate, first.channels or 1, first.fmtp)
+    if factory is None or (first.encoding.lower(), first.clock_rate) not in {
+        (n.lower(), r) for n, r in SIP_CODECS
+    }:
+        raise sdp.SdpError(488, f"the answer picked {first.encoding}/{first.clock_rate}")
+    leg.codec = factory()
+    leg.payload_type = first.payload_type
+    leg.rtp_answered(answer)

@@ -1,0 +1,169 @@
+"""Jingle audio through the gateway (issue 12 item 6), against a real Prosody and a real SIP
+phone: juliet@xmpp.localhost is tests/peers/jinglepeer.py (slixmpp + aiortc: ICE, DTLS-SRTP),
+romeo@sip.localhost is baresip, Chorus' outbound proxy, so every INVITE the gateway places
+toward sip.localhost reaches it. Chorus terminates the WebRTC half (control/xmpp/jinglemedia.py)
+and carries the audio to baresip as plain RTP (control/xmpp/jinglegw.py).
+
+- XMPP → SIP with XEP-0353, as Conversations calls: propose to the bare JID, the INVITE, 180 →
+  ``<ringing/>``, 200 → ``<proceed/>``, the session-initiate answered by a session-accept; each
+  hears the other's tone (FFT), and juliet's hang-up is baresip's BYE.
+- A SIP failure (baresip declining the call: 486) arrives as the ``<reject/>`` with the
+  jinglecall reason (busy, "SIP 486").
+- SIP → XMPP: baresip dials sip:juliet@xmpp.localhost; the propose reaches juliet, her
+  proceed brings the session-initiate, her accept the 200; each hears the other's tone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from control.cli import build_server
+from control.config import parse_config
+from control.media.tone import dominant_frequencies, sine
+from control.xmpp.app import XmppGateway
+from control.xmpp.jingle import Reason
+from control.xmpp.jinglegw import RESOURCE
+from control.xmpp.jinglesession import Accepted, Initiated, Terminated
+from tests.peers.baresip import BaresipProcess, write_wav
+from tests.peers.jinglepeer import RATE, JinglePeer
+from tests.peers.ports import free_ports
+from tests.peers.prosody import ProsodyProcess, chorus_config, client_ssl_context
+from tests.peers.wait import wait_until
+
+pytestmark = [pytest.mark.peer("prosody", "aiortc", "baresip"), pytest.mark.timeout(300)]
+
+JULIET_HZ, ROMEO_HZ = 600.0, 1000.0
+ROMEO = "romeo@sip.localhost"
+CODEC = "G722/16000/1"
+SIP_RATE = 16000
+
+
+@contextlib.contextmanager
+def romeo(tmp_path: Path, *, answermode: str, seconds: float = 30.0) -> Iterator[BaresipProcess]:
+    """baresip as sip:romeo, sending ROMEO_HZ for ``seconds`` once a call is up."""
+    tone = sine(ROMEO_HZ, seconds, SIP_RATE, 0.3)
+    source = write_wav(tmp_path / "romeo.wav", np.asarray(tone, dtype=np.int16), SIP_RATE)
+    with BaresipProcess(source, codec=CODEC, user="romeo", answermode=answermode) as ua:
+        yield ua
+
+
+@contextlib.asynccontextmanager
+async def gateway(
+    tmp_path: Path, ua: BaresipProcess
+) -> AsyncIterator[tuple[XmppGateway, JinglePeer, int]]:
+    """Prosody, Chorus with the gateway (baresip as its outbound proxy), juliet online."""
+    prosody = ProsodyProcess(users={"juliet": "juliet-pw"}).start()
+    (port,) = free_ports(1)
+    table = chorus_config(
+        prosody,
+        tmp_path,
+        port,
+        proxy_port=ua.sip_port,
+        jingle_ice_addresses=["127.0.0.1"],
+        jingle_ring_timeout=30,
+    )
+    server = build_server(parse_config(table))
+    await server.start()
+    app = server.applications["xmpp"]
+    assert isinstance(app, XmppGateway)
+    app.start()
+    juliet = JinglePeer(
+        f"juliet@{prosody.xmpp_domain}/phone",
+        "juliet-pw",
+        freq=JULIET_HZ,
+        ssl_context=client_ssl_context(),
+    )
+    try:
+        assert await wait_until(lambda: app.component.connected, timeout=30)
+        await juliet.connect("127.0.0.1", prosody.c2s_port)
+        yield app, juliet, port
+    finally:
+        await juliet.close()
+        await server.stop()
+        prosody.stop()
+        prosody.cleanup()
+
+
+def _tone(pcm: Any, rate: int) -> float:
+    (freq,) = dominant_frequencies(pcm[-rate:], rate, 1)
+    return float(freq)
+
+
+def _romeo_heard(ua: BaresipProcess) -> Any:
+    recordings = ua.recordings("dec")
+    assert recordings, ua.log()
+    return recordings[-1]
+
+
+async def test_xmpp_calls_sip_both_hear_and_hang_up(tmp_path: Path) -> None:
+    with romeo(tmp_path, answermode="auto") as ua:
+        async with gateway(tmp_path, ua) as (app, juliet, _):
+            sid = juliet.propose(ROMEO)
+            sender, proceed = await juliet.next_message("proceed", timeout=60)
+            assert proceed.id == sid and sender == f"{ROMEO}/{RESOURCE}"
+            accepted = await juliet.next_event(Accepted, timeout=60)
+            assert accepted.sid == sid
+            assert await wait_until(lambda: juliet.heard_seconds() >= 3.0, timeout=60)
+            await asyncio.sleep(2.0)  # romeo's recording of juliet's tone grows meanwhile
+            assert abs(_tone(juliet.heard(), RATE) - ROMEO_HZ) < 15, _tone(juliet.heard(), RATE)
+            assert len(app.jingle) == 1
+            await juliet.hangup()
+            await asyncio.to_thread(ua.wait_event, "CALL_CLOSED", 30)
+            assert await wait_until(lambda: len(app.jingle) == 0, timeout=30)
+            assert juliet.errors == []
+        heard = _romeo_heard(ua)
+        assert heard.samples.size >= heard.rate, "romeo heard less than a second"
+        assert abs(_tone(heard.samples, heard.rate) - JULIET_HZ) < 15
+
+
+async def test_a_sip_refusal_is_a_jingle_reject_with_its_reason(tmp_path: Path) -> None:
+    with romeo(tmp_path, answermode="manual") as ua:
+        async with gateway(tmp_path, ua) as (app, juliet, _):
+            sid = juliet.propose(ROMEO)
+            await asyncio.to_thread(ua.wait_event, "CALL_INCOMING", 60)
+            _, ringing = await juliet.next_message("ringing", timeout=30)  # baresip's 180
+            assert ringing.id == sid
+            ua.hangup()  # baresip declines the ringing call: 486
+            _, reject = await juliet.next_message("reject", timeout=30)
+            assert reject.id == sid
+            assert reject.reason == Reason("busy", "SIP 486")
+            assert juliet.session is None
+            assert await wait_until(lambda: len(app.jingle) == 0, timeout=30)
+
+
+def _with_outbound(ua: BaresipProcess, port: int) -> None:
+    """romeo's account sends every request through Chorus (an outbound proxy)."""
+    accounts = ua.config_dir / "accounts"
+    line = accounts.read_text().strip()
+    accounts.write_text(f'{line};outbound="sip:127.0.0.1:{port}"\n')
+
+
+async def test_sip_calls_xmpp_both_hear(tmp_path: Path) -> None:
+    with romeo(tmp_path, answermode="auto") as ua:
+        async with gateway(tmp_path, ua) as (app, juliet, port):
+            ua.dial(f"sip:juliet@xmpp.localhost;maddr=127.0.0.1;port={port}")
+            _ = app
+            caller, propose = await juliet.next_message("propose", timeout=60)
+            assert caller == f"{ROMEO}/{RESOURCE}" and propose.audio
+            from control.xmpp.jinglemessage import JingleMessage
+
+            juliet.send_message(caller, JingleMessage("proceed", propose.id))
+            initiated = await juliet.next_event(Initiated, timeout=60)
+            assert initiated.session.sid == propose.id
+            await juliet.answer(initiated)
+            await asyncio.to_thread(ua.wait_event, "CALL_ESTABLISHED", 60)
+            assert await wait_until(lambda: juliet.heard_seconds() >= 3.0, timeout=60)
+            await asyncio.sleep(2.0)
+            assert abs(_tone(juliet.heard(), RATE) - ROMEO_HZ) < 15
+            ua.hangup()
+            ended = await juliet.next_event(Terminated, timeout=30)
+            assert ended.reason is not None and ended.reason.condition == "success"
+        heard = _romeo_heard(ua)
+        assert abs(_tone(heard.samples, heard.rate) - JULIET_HZ) < 15
