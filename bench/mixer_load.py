@@ -323,6 +323,12 @@ def diagnose(
         )
     if kernel.get("SndbufErrors"):
         reasons.append(f"kernel refused {kernel['SndbufErrors']} UDP sends (full send buffers)")
+    short = [entry for entry in listeners if entry["short"]]
+    if short:
+        reasons.append(
+            f"{len(short)} listeners' streams started late or stopped early in the window"
+            " (their first or last packet more than 3 ticks inside it)"
+        )
     lost = [entry for entry in listeners if entry["seq_skipped"]]
     if lost:
         reasons.append(
@@ -499,14 +505,16 @@ async def run_step(step: Step, workdir: Path, pcap_seconds: float, pause_ms: int
         sampled = list(range(0, len(ports), stride))[:MAX_SAMPLES]
         tree = process_tree(server_pid)
         load_before = load_average()
-        t1 = time.monotonic()
-        server1 = await asyncio.to_thread(_scrape, metrics_url)
+        server1 = await asyncio.to_thread(_scrape, metrics_url)  # outside the window
         kernel1 = _udp_counters()
         drops1 = _udp_drops()
+        t1 = time.monotonic()
         parent.send(("start", sampled))
         cpu1 = cpu_seconds(tree)
+        by_process1 = [cpu_seconds([pid]) for pid in tree]
         await asyncio.sleep(step.window)
         cpu2 = cpu_seconds(tree)
+        by_process2 = [cpu_seconds([pid]) for pid in tree]
         t2 = time.monotonic()
         parent.send(("end",))
         kernel2 = _udp_counters()
@@ -583,6 +591,11 @@ async def run_step(step: Step, workdir: Path, pcap_seconds: float, pause_ms: int
         "received_per_wall_tick": round(received / (step.participants * window_ticks), 5),
         "cpu_s": round(cpu, 3),
         "server_processes": len(tree),
+        # the server first, then its mixer workers (and any other child): how evenly the
+        # rooms' work spread over the workers
+        "cpu_s_by_process": [
+            round(b - a, 3) for a, b in zip(by_process1, by_process2, strict=True)
+        ],
         "cpu_percent_per_participant": round(cpu_pp, 3),
         "participants_per_core": round(100.0 / cpu_pp, 1) if cpu_pp > 0 else None,
         "rss_idle_mib": round(rss_idle / 1024, 1),
@@ -636,9 +649,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         Step(
             codec,
             room,
-            max(room, PARTICIPANTS[codec] // room * room)
-            if args.participants is None
-            else args.participants,
+            (
+                max(room, PARTICIPANTS[codec] // room * room)
+                if args.participants is None
+                else args.participants
+            )
+            * (max(1, workers) if args.scale else 1),
             workers,
             warmup,
             window,
@@ -676,6 +692,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             theirs = result["summary"][python_key].get("cpu_percent_per_participant")
             if ours and theirs:
                 result["summary"][step.key]["ratio_to_python"] = round(ours / theirs, 3)
+        for step in steps:  # N workers against the one-process mixer, same codec/room/path
+            one = result["summary"].get(step.key.replace(f"/workers{step.workers}/", "/workers0/"))
+            ours = result["summary"][step.key]
+            if not step.workers or not one or not one.get("cpu_percent_per_participant"):
+                continue
+            if ours.get("cpu_percent_per_participant"):
+                ours["vs_one_process"] = {
+                    "participants": round(ours["participants"] / one["participants"], 2),
+                    "cpu_per_participant": round(
+                        ours["cpu_percent_per_participant"] / one["cpu_percent_per_participant"], 3
+                    ),
+                    "passed": f"{ours['passed']}/{ours['runs']} vs {one['passed']}/{one['runs']}",
+                }
         if not args.no_checks:
             # A step whose callers send only digital silence must fail (no input, no pass).
             silent = Step("G711", 5, 20, 0, warmup, min(window, 4.0), silent=True, label="silent")
@@ -738,6 +767,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rooms", nargs="+", type=int, default=[5, 50])
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 2])
     parser.add_argument("--participants", type=int, help="override the per-codec count")
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="N workers carry N times the participants (1 -> 2 workers scaling)",
+    )
     parser.add_argument(
         "--media",
         nargs="+",

@@ -28,6 +28,7 @@ from control.media.engine import (
 )
 from control.media.mixer import EmbeddedMixer
 from control.media.mixroom import MixCounters, MixRoom, limit
+from control.media.mixworker import shard_of, split_range
 from control.media.ports import PortAllocator
 from control.media.rtp import RtpPacket
 from control.media.srtp import SrtpPolicy
@@ -291,6 +292,48 @@ async def test_sharded_workers() -> None:
         for peer in peers:
             peer.close()
     finally:
+        await engine.close()
+
+
+async def test_rooms_go_to_the_least_loaded_worker_whatever_their_hash() -> None:
+    # Two rooms whose ids hash to the same worker: by hash alone both would be mixed by
+    # one process (the benchmark's rooms of 50 were).  The second room goes to the other
+    # worker, which the answers' ports show (each worker owns a slice of the port range).
+    allocator = _allocator()
+    engine = EmbeddedMixer(
+        allocator,
+        host="127.0.0.1",
+        codecs=CODECS,
+        rng=random.Random(5),
+        rtp_timeout=60.0,
+        srtp="optional",
+        workers=2,
+    )
+    names = [RoomId(f"big{i}") for i in range(40)]
+    first = names[0]
+    twin = next(n for n in names[1:] if shard_of(n, 2) == shard_of(first, 2))
+    slices = split_range(allocator.low, allocator.high, 2)
+    peers: list[RtpEndpoint] = []
+    try:
+        worker_of: dict[RoomId, set[int]] = {}
+        for room in (first, twin, first, twin):
+            peer = _peer("PCMU", seed=len(peers))
+            peers.append(peer)
+            await peer.open()
+            answer = await engine.attach(room, ParticipantId(f"p{len(peers)}"), peer.offer(), 0)
+            port = answer.accept.port
+            worker_of.setdefault(room, set()).update(
+                i for i, (low, high) in enumerate(slices) if low <= port <= high
+            )
+        assert worker_of[first] != worker_of[twin]
+        assert all(len(found) == 1 for found in worker_of.values())  # a room stays put
+        for index in (1, 3):  # the whole first room leaves: it is forgotten
+            await engine.detach(first, ParticipantId(f"p{index}"))
+        pool = engine._pool
+        assert pool is not None and first not in pool._placed and twin in pool._placed
+    finally:
+        for peer in peers:
+            peer.close()
         await engine.close()
 
 

@@ -3,8 +3,11 @@
 One event loop carries about 14,000 RTP packets a second per core here, so a busy node
 runs the same in-process `EmbeddedMixer` in N worker processes, each with its own loop,
 its own slice of the RTP port range and its own sockets.  A room lives in exactly one
-worker (chosen by a stable hash of its id, so every command for it lands in the same
-place).  The parent sends commands over a pipe and gets answers and events back.
+worker, so every command for it lands in the same place: a new room goes to the worker
+mixing the fewest participants (ties: the stable hash of its id, `shard_of`), and stays
+there while it has participants.  A hash alone put both rooms of 50 of the mixer
+benchmark on one worker (bench/RESULTS.md): with few, large rooms it spreads badly.
+The parent sends commands over a pipe and gets answers and events back.
 
 Wire format over `multiprocessing.Pipe` (pickled tuples):
 
@@ -230,6 +233,8 @@ class WorkerPool:
         self._workers: list[_Worker] = []
         self._ids = itertools.count(1)
         self._starting: asyncio.Task[None] | None = None
+        self._placed: dict[RoomId, int] = {}  # live rooms -> their worker's index
+        self._members: dict[RoomId, set[Any]] = {}  # participants per live room
 
     @property
     def count(self) -> int:
@@ -298,9 +303,45 @@ class WorkerPool:
         worker.conn.send((op, request, args))
         return await future
 
+    def place(self, room: RoomId) -> int:
+        """The worker of `room`: where it lives, or (a new room) the least-loaded one."""
+        index = self._placed.get(room)
+        if index is None:
+            load = [0] * self.count
+            for other, worker in self._placed.items():
+                load[worker] += len(self._members.get(other, ()))
+            least = min(load)
+            preferred = shard_of(room, self.count)
+            index = preferred if load[preferred] == least else load.index(least)
+            self._placed[room] = index
+        return index
+
     async def call(self, room: RoomId, op: str, *args: Any) -> Any:
         await self.start()
-        return await self._request(self._workers[shard_of(room, self.count)], op, *args)
+        worker = self._workers[self.place(room)]
+        # attach and detach carry (room, participant, ...): the room's members are counted
+        # from the start of a join, so a concurrent join finds the room placed.
+        member = args[1] if op in ("attach", "detach") else None
+        if op == "attach":
+            self._members.setdefault(room, set()).add(member)
+        try:
+            value = await self._request(worker, op, *args)
+        except BaseException:
+            if op == "attach":
+                self._leave(room, member)
+            raise
+        if op == "detach":
+            self._leave(room, member)
+        return value
+
+    def _leave(self, room: RoomId, member: Any) -> None:
+        """A participant gone (or a join that failed); an empty room is forgotten."""
+        members = self._members.get(room)
+        if members is not None:
+            members.discard(member)
+        if not members:
+            self._members.pop(room, None)
+            self._placed.pop(room, None)
 
     async def stats(self) -> MixCounters:
         await self.start()
