@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import json
 import multiprocessing
@@ -692,13 +693,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             theirs = result["summary"][python_key].get("cpu_percent_per_participant")
             if ours and theirs:
                 result["summary"][step.key]["ratio_to_python"] = round(ours / theirs, 3)
-        for step in steps:  # N workers against the one-process mixer, same codec/room/path
-            one = result["summary"].get(step.key.replace(f"/workers{step.workers}/", "/workers0/"))
+        fewest = min(args.workers)
+        for step in steps:  # N workers against the fewest asked for, same codec/room/path
+            one = result["summary"].get(dataclasses.replace(step, workers=fewest).key)
             ours = result["summary"][step.key]
-            if not step.workers or not one or not one.get("cpu_percent_per_participant"):
+            if step.workers == fewest or not one or not one.get("cpu_percent_per_participant"):
                 continue
             if ours.get("cpu_percent_per_participant"):
-                ours["vs_one_process"] = {
+                ours[f"vs_workers{fewest}"] = {
                     "participants": round(ours["participants"] / one["participants"], 2),
                     "cpu_per_participant": round(
                         ours["cpu_percent_per_participant"] / one["cpu_percent_per_participant"], 3
