@@ -30,6 +30,7 @@ from control.media.tone import dominant_frequencies, sine
 from control.xmpp.app import XmppGateway
 from control.xmpp.jingle import Reason
 from control.xmpp.jinglegw import RESOURCE
+from control.xmpp.jinglemessage import JingleMessage
 from control.xmpp.jinglesession import Accepted, Initiated, Terminated
 from tests.peers.baresip import BaresipProcess, write_wav
 from tests.peers.jinglepeer import RATE, JinglePeer
@@ -46,21 +47,31 @@ SIP_RATE = 16000
 
 
 @contextlib.contextmanager
-def romeo(tmp_path: Path, *, answermode: str, seconds: float = 30.0) -> Iterator[BaresipProcess]:
-    """baresip as sip:romeo, sending ROMEO_HZ for ``seconds`` once a call is up."""
+def romeo(
+    tmp_path: Path, *, answermode: str, seconds: float = 30.0, outbound: int | None = None
+) -> Iterator[BaresipProcess]:
+    """baresip as sip:romeo, sending ROMEO_HZ for ``seconds`` once a call is up; with
+    ``outbound`` (Chorus' SIP port) every request it sends goes through Chorus."""
     tone = sine(ROMEO_HZ, seconds, SIP_RATE, 0.3)
     source = write_wav(tmp_path / "romeo.wav", np.asarray(tone, dtype=np.int16), SIP_RATE)
-    with BaresipProcess(source, codec=CODEC, user="romeo", answermode=answermode) as ua:
+    ua = BaresipProcess(source, codec=CODEC, user="romeo", answermode=answermode)
+    if outbound is not None:
+        accounts = ua.config_dir / "accounts"
+        line = accounts.read_text().strip().replace(ua.aor, f"sip:{ROMEO}")  # From: the SIP user
+        accounts.write_text(f'{line};outbound="sip:127.0.0.1:{outbound}"\n')
+    with ua:
         yield ua
 
 
 @contextlib.asynccontextmanager
 async def gateway(
-    tmp_path: Path, ua: BaresipProcess
+    tmp_path: Path, ua: BaresipProcess, port: int | None = None
 ) -> AsyncIterator[tuple[XmppGateway, JinglePeer, int]]:
-    """Prosody, Chorus with the gateway (baresip as its outbound proxy), juliet online."""
+    """Prosody, Chorus (on ``port``, else a free one) with the gateway (baresip as its
+    outbound proxy), juliet online."""
     prosody = ProsodyProcess(users={"juliet": "juliet-pw"}).start()
-    (port,) = free_ports(1)
+    if port is None:
+        (port,) = free_ports(1)
     table = chorus_config(
         prosody,
         tmp_path,
@@ -138,22 +149,16 @@ async def test_a_sip_refusal_is_a_jingle_reject_with_its_reason(tmp_path: Path) 
             assert await wait_until(lambda: len(app.jingle) == 0, timeout=30)
 
 
-def _with_outbound(ua: BaresipProcess, port: int) -> None:
-    """romeo's account sends every request through Chorus (an outbound proxy)."""
-    accounts = ua.config_dir / "accounts"
-    line = accounts.read_text().strip()
-    accounts.write_text(f'{line};outbound="sip:127.0.0.1:{port}"\n')
-
-
 async def test_sip_calls_xmpp_both_hear(tmp_path: Path) -> None:
-    with romeo(tmp_path, answermode="auto") as ua:
-        async with gateway(tmp_path, ua) as (app, juliet, port):
-            ua.dial(f"sip:juliet@xmpp.localhost;maddr=127.0.0.1;port={port}")
-            _ = app
-            caller, propose = await juliet.next_message("propose", timeout=60)
+    (port,) = free_ports(1)
+    with romeo(tmp_path, answermode="auto", outbound=port) as ua:
+        async with gateway(tmp_path, ua, port) as (app, juliet, _):
+            ua.dial("sip:juliet@xmpp.localhost")
+            try:
+                caller, propose = await juliet.next_message("propose", timeout=60)
+            except TimeoutError:
+                raise AssertionError(ua.log()) from None
             assert caller == f"{ROMEO}/{RESOURCE}" and propose.audio
-            from control.xmpp.jinglemessage import JingleMessage
-
             juliet.send_message(caller, JingleMessage("proceed", propose.id))
             initiated = await juliet.next_event(Initiated, timeout=60)
             assert initiated.session.sid == propose.id
@@ -162,8 +167,10 @@ async def test_sip_calls_xmpp_both_hear(tmp_path: Path) -> None:
             assert await wait_until(lambda: juliet.heard_seconds() >= 3.0, timeout=60)
             await asyncio.sleep(2.0)
             assert abs(_tone(juliet.heard(), RATE) - ROMEO_HZ) < 15
+            assert len(app.jingle) == 1
             ua.hangup()
             ended = await juliet.next_event(Terminated, timeout=30)
             assert ended.reason is not None and ended.reason.condition == "success"
+            assert await wait_until(lambda: len(app.jingle) == 0, timeout=30)
         heard = _romeo_heard(ua)
         assert abs(_tone(heard.samples, heard.rate) - JULIET_HZ) < 15

@@ -255,7 +255,9 @@ class JingleGateway:
         addresses = self._refusal(iq.sender, iq.recipient)
         if isinstance(addresses, Reason):
             log.info("Jingle call from %s to %s refused: %s", iq.sender, iq.recipient, addresses)
-            self._spawn_free(self._send(iq.sender, event.session.terminate(*_args(addresses))))
+            self._spawn_free(
+                self._send(iq.sender, iq.recipient, event.session.terminate(*_args(addresses)))
+            )
             return
         call = _Call(j.sid, iq.recipient, iq.sender, self._leg(), from_xmpp=True, proposed=False)
         call.session = event.session
@@ -320,14 +322,14 @@ class JingleGateway:
             contents, groups = await call.leg.answer(initiated.contents, initiated.groups)
         if call.session is None or call.ended:
             return
-        await self._send(call.xmpp, call.session.accept(contents, groups))
+        await self._send(call.xmpp, call.local, call.session.accept(contents, groups))
         log.info("Jingle call %s -> %s up", call.xmpp, target)
 
     def _progress(self, call: _Call, response: Response) -> None:
         if response.status != 180 or call.ended:
             return
         if call.session is not None:
-            self._spawn(call, self._send(call.xmpp, call.session.info("ringing")))
+            self._spawn(call, self._send(call.xmpp, call.local, call.session.info("ringing")))
         elif call.proposed:
             self._jmi(call.xmpp, call.local, JingleMessage("ringing", call.sid))
 
@@ -425,7 +427,7 @@ class JingleGateway:
         )
         call.session = session
         self._calls[(str(call.xmpp), call.sid)] = call
-        failure = await self._send(call.xmpp, initiate)
+        failure = await self._send(call.xmpp, call.local, initiate)
         if failure is not None and not call.answered.done():
             call.answered.set_result(Reason("general-error", f"session-initiate: {failure}"))
 
@@ -463,7 +465,7 @@ class JingleGateway:
         reason = reason or Reason("success")
         if tell_xmpp and self.component.connected:
             if call.session is not None and call.session.state != "ended":
-                await self._send(call.xmpp, call.session.terminate(*_args(reason)))
+                await self._send(call.xmpp, call.local, call.session.terminate(*_args(reason)))
                 if call.proposed:
                     self._jmi(
                         call.xmpp, call.local, JingleMessage("finish", call.sid, reason=reason)
@@ -507,18 +509,11 @@ class JingleGateway:
 
     # Out ----------------------------------------------------------------------------------
 
-    async def _send(self, to: Jid, j: Jingle) -> str | None:
-        failure = await self.component.send_iq(to, self._local_of(to, j), build_jingle(j))
+    async def _send(self, to: Jid, from_: Jid, j: Jingle) -> str | None:
+        failure = await self.component.send_iq(to, from_, build_jingle(j))
         if failure is not None:
             log.info("Jingle %s to %s answered %s", j.action.value, to, failure)
         return failure
-
-    def _local_of(self, to: Jid, j: Jingle) -> str:
-        session = self.sessions.get(str(to), j.sid)
-        if session is not None:
-            return session.local
-        call = self._calls.get((str(to), j.sid))
-        return str(call.local) if call is not None else self.component.jid
 
     def _jmi(self, to: Jid, from_: Jid, m: JingleMessage) -> None:
         if self.component.connected:
