@@ -174,3 +174,34 @@ async def test_sip_calls_xmpp_both_hear(tmp_path: Path) -> None:
             assert await wait_until(lambda: len(app.jingle) == 0, timeout=30)
         heard = _romeo_heard(ua)
         assert abs(_tone(heard.samples, heard.rate) - JULIET_HZ) < 15
+
+
+async def test_an_xmpp_reject_answers_the_sip_invite_with_its_status(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    with romeo(tmp_path, answermode="auto", outbound=port) as ua:
+        async with gateway(tmp_path, ua, port) as (app, juliet, _):
+            ua.dial("sip:juliet@xmpp.localhost")
+            caller, propose = await juliet.next_message("propose", timeout=60)
+            juliet.send_message(caller, JingleMessage("ringing", propose.id))
+            await asyncio.to_thread(ua.wait_event, "CALL_RINGING", 30)  # our 180
+            juliet.send_message(caller, JingleMessage("reject", propose.id, reason=Reason("busy")))
+            closed = await asyncio.to_thread(ua.wait_event, "CALL_CLOSED", 30)
+            assert "486" in str(closed.get("param")), closed  # jinglecall: busy -> 486
+            assert await wait_until(lambda: len(app.jingle) == 0, timeout=30)
+
+
+async def test_a_session_initiate_straight_to_the_gateway_jid(tmp_path: Path) -> None:
+    """A client that skips XEP-0353 sends its session-initiate to a full JID of ours: the
+    INVITE goes out, the 200 is its session-accept, the tones cross, romeo's BYE ends it."""
+    with romeo(tmp_path, answermode="auto") as ua:
+        async with gateway(tmp_path, ua) as (app, juliet, _):
+            session = await juliet.call(f"{ROMEO}/{RESOURCE}")
+            accepted = await juliet.next_event(Accepted, timeout=60)
+            assert accepted.sid == session.sid
+            assert await wait_until(lambda: juliet.heard_seconds() >= 3.0, timeout=60)
+            assert abs(_tone(juliet.heard(), RATE) - ROMEO_HZ) < 15
+            ua.hangup()
+            ended = await juliet.next_event(Terminated, timeout=30)
+            assert ended.reason is not None and ended.reason.condition == "success"
+            assert await wait_until(lambda: len(app.jingle) == 0, timeout=30)
+            assert juliet.errors == []
