@@ -31,7 +31,7 @@ from control.xmpp.app import XmppGateway
 from control.xmpp.jingle import Reason
 from control.xmpp.jinglegw import RESOURCE
 from control.xmpp.jinglemessage import JingleMessage
-from control.xmpp.jinglesession import Accepted, Initiated, Terminated
+from control.xmpp.jinglesession import Accepted, Informed, Initiated, Terminated
 from tests.peers.baresip import BaresipProcess, write_wav
 from tests.peers.jinglepeer import RATE, JinglePeer
 from tests.peers.ports import free_ports
@@ -205,3 +205,31 @@ async def test_a_session_initiate_straight_to_the_gateway_jid(tmp_path: Path) ->
             assert ended.reason is not None and ended.reason.condition == "success"
             assert await wait_until(lambda: len(app.jingle) == 0, timeout=30)
             assert juliet.errors == []
+
+
+async def test_hold_both_ways(tmp_path: Path) -> None:
+    """XEP-0167 hold from juliet is a re-INVITE that stops receiving (sendonly from Chorus,
+    baresip sees a remote offer); baresip's hold (a sendonly re-INVITE) reaches juliet as
+    session-info hold, its resume as unhold."""
+    with romeo(tmp_path, answermode="auto") as ua:
+        async with gateway(tmp_path, ua) as (_, juliet, _port):
+            await juliet.call(f"{ROMEO}/{RESOURCE}")
+            await juliet.next_event(Accepted, timeout=60)
+            await asyncio.to_thread(ua.wait_event, "CALL_ESTABLISHED", 30)
+            mark = len(ua.events)
+            await juliet.hold()
+            offer = await asyncio.to_thread(
+                ua.wait_event,
+                lambda e: e.get("type") == "CALL_REMOTE_SDP" and e.get("param") == "offer",
+                30,
+                start=mark,
+            )
+            assert offer
+            ua.command("hold")
+            held = await juliet.next_event(Informed, timeout=30)
+            assert held.info.kind == "hold"
+            ua.command("resume")
+            resumed = await juliet.next_event(Informed, timeout=30)
+            assert resumed.info.kind == "unhold"
+            assert juliet.errors == []
+            await juliet.hangup()

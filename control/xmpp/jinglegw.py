@@ -24,7 +24,8 @@ Either way, a BYE ends the Jingle session (terminate ``success``, and a XEP-0353
 ``<finish/>`` when the call began with a propose), a session-terminate ends the dialog (BYE).
 Calls are bounded by ``max_calls`` (past it: 486 toward SIP, ``<reject/>`` busy or
 ``resource-constraint`` toward XMPP), ringing by ``ring_timeout``. The XMPP server lost ends
-every call. Hold is not bridged yet: a session-info hold is acked and logged.
+every call. Hold both ways: a XEP-0167 hold / unhold is a re-offer toward SIP that stops /
+resumes receiving, a SIP re-offer that stops / resumes receiving a session-info hold / unhold.
 
 aioice 0.13 has no setting for the addresses it gathers host candidates on: with
 ``ice_addresses`` configured, :func:`gathering_on` puts them in for the time aiortc gathers.
@@ -41,7 +42,7 @@ from xml.etree import ElementTree as ET
 
 import aioice.ice
 
-from control.app import IncomingCall
+from control.app import IncomingCall, ReOffer, on_reoffer
 from control.media.codecs import PcmuCodec, codec_for
 from control.sip import sdp
 from control.sip.errors import SipError
@@ -53,7 +54,12 @@ from control.xmpp.addressing import Addressing, AddressRefused, Jid
 from control.xmpp.component import Component, XmppIq
 from control.xmpp.jingle import Jingle, JingleError, Reason, parse_jingle
 from control.xmpp.jinglebuild import build_jingle, error_element
-from control.xmpp.jinglecall import reason_for_status, status_for_reason
+from control.xmpp.jinglecall import (
+    direction_for_info,
+    info_for_direction,
+    reason_for_status,
+    status_for_reason,
+)
 from control.xmpp.jinglemedia import WebRtcLeg
 from control.xmpp.jinglemessage import JingleMessage, jingle_message, read_jingle_message
 from control.xmpp.jinglesession import (
@@ -120,6 +126,10 @@ class _Call:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     ringing: Callable[[], None] | None = None  # from SIP: the INVITE's 180
+    sess_id: str = "1"  # our o= toward SIP: the id stays, the version counts our SDPs
+    sess_version: int = 0
+    direction: sdp.Direction = sdp.Direction.SENDRECV  # ours toward SIP (XMPP's hold)
+    held_by_sip: bool = False  # the SIP side's re-offer stopped receiving (told as hold)
     ended: bool = False
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -210,8 +220,10 @@ class JingleGateway:
                 else:
                     text = reason.condition if reason is not None else "no reason"
                     await self._end(call, f"XMPP terminate ({text})", tell_xmpp=False)
-            case Informed(info=info):
-                log.info("Jingle session-info %s from %s (not bridged)", info.kind, iq.sender)
+            case Informed(sid=sid, info=info):
+                call = self._calls.get((str(iq.sender), sid))
+                if call is not None and info.kind in ("hold", "unhold"):
+                    await self._xmpp_hold(call, info.kind)
             case _:
                 pass  # transport-info: aiortc gathered everything, a ping needs nothing
 
@@ -269,13 +281,25 @@ class JingleGateway:
         # PCMU until the SIP answer names the codec (_use_answer): nothing is sent before
         return WebRtcLeg(PcmuCodec(), 0, rtp_host=self.rtp_host)
 
-    def _sip_offer(self, leg: WebRtcLeg) -> bytes:
-        media = sdp.audio_media(leg.rtp_port, [*SIP_CODECS, ("telephone-event", 8000)], ptime=20)
-        origin = sdp.Origin(
-            _ORIGIN_USER, str(self.ua.rng.randrange(1, 2**31)), 1, "IN", "IP4", self.rtp_host
-        )
+    def _origin(self, call: _Call) -> sdp.Origin:
+        if not call.sess_version:
+            call.sess_id = str(self.ua.rng.randrange(1, 2**31))
+        call.sess_version += 1
+        return sdp.Origin(_ORIGIN_USER, call.sess_id, call.sess_version, "IN", "IP4", self.rtp_host)
+
+    def _sip_offer(self, call: _Call) -> bytes:
+        """Our offer toward SIP: the bridged codecs in the INVITE; in a re-offer (hold) the
+        leg's one codec and ``call.direction``."""
+        leg = call.leg
+        codecs: list[sdp.RtpMap | tuple[str, int]] = [*SIP_CODECS, ("telephone-event", 8000)]
+        if call.sess_version:
+            channels = leg.codec.channels if leg.codec.channels != 1 else None
+            codecs = [sdp.RtpMap(leg.payload_type, leg.codec.name, leg.codec.clock_rate, channels)]
+        media = sdp.audio_media(leg.rtp_port, codecs, ptime=20, direction=call.direction)
         offer = sdp.build_offer(
-            origin=origin, connection=sdp.Connection.for_address(self.rtp_host), media=[media]
+            origin=self._origin(call),
+            connection=sdp.Connection.for_address(self.rtp_host),
+            media=[media],
         )
         return bytes(sdp.serialize(offer))
 
@@ -287,7 +311,7 @@ class JingleGateway:
                 self.ua,
                 target,
                 from_=NameAddr(caller),
-                offer=self._sip_offer(call.leg),
+                offer=self._sip_offer(call),
                 timeout=self.ring_timeout,
                 cancel=call.cancel,
                 on_provisional=lambda r: self._progress(call, r),
@@ -399,13 +423,10 @@ class JingleGateway:
         decision = sdp.Accept(
             leg.rtp_port, [c.format for c in chosen], attributes=[sdp.Attribute("ptime", "20")]
         )
-        origin = sdp.Origin(
-            _ORIGIN_USER, str(self.ua.rng.randrange(1, 2**31)), 1, "IN", "IP4", self.rtp_host
-        )
         answer = sdp.build_answer(
             offer,
             [decision if m is media else sdp.Reject() for m in offer.media],
-            origin=origin,
+            origin=self._origin(call),
             connection=sdp.Connection.for_address(self.rtp_host),
         )
         call.dialog = call_in.accept(bytes(sdp.serialize(answer)), user=callee.local)
@@ -439,6 +460,47 @@ class JingleGateway:
                 self._spawn(call, self._end(call, "SIP BYE", reason=Reason("success")))
 
         dialog.terminated.add_done_callback(ended)
+        on_reoffer(dialog, lambda reoffer: self._reoffer(call, reoffer))
+
+    async def _reoffer(self, call: _Call, reoffer: ReOffer) -> None:
+        """A SIP re-offer: the leg's codec and address kept, its direction told to XMPP as
+        hold / unhold (jinglecall.info_for_direction); anything else is 488."""
+        offer = reoffer.offer
+        media = next((m for m in offer.media if m.media == "audio" and not m.rejected), None)
+        fmt = str(call.leg.payload_type)
+        connection = offer.connection_of(media) if media is not None else None
+        if media is None or connection is None or fmt not in media.formats:
+            reoffer.reject(488, "the bridged stream cannot change")
+            return
+        direction = offer.direction_of(media)
+        decision = sdp.Accept(call.leg.rtp_port, [fmt], attributes=[sdp.Attribute("ptime", "20")])
+        answer = sdp.build_answer(
+            offer,
+            [decision if m is media else sdp.Reject() for m in offer.media],
+            origin=self._origin(call),
+            connection=sdp.Connection.for_address(self.rtp_host),
+        )
+        reoffer.answer(bytes(sdp.serialize(answer)))
+        if not connection.is_hold:
+            call.leg.connect_rtp((connection.address, media.port))
+        info = info_for_direction(direction, held=call.held_by_sip)
+        if info is not None and call.session is not None and call.session.state == "active":
+            call.held_by_sip = info == "hold"
+            await self._send(call.xmpp, call.local, call.session.info(info))
+
+    async def _xmpp_hold(self, call: _Call, kind: str) -> None:
+        """The XMPP side's hold / unhold: a re-offer toward SIP that stops (or resumes)
+        receiving (jinglecall.direction_for_info)."""
+        direction = direction_for_info(kind, call.direction)
+        if direction is None or call.dialog is None or direction == call.direction:
+            return
+        call.direction = direction
+        try:
+            response = await call.dialog.reinvite(self._sip_offer(call))
+        except (SipError, OSError) as exc:
+            log.info("Jingle %s toward %s not sent: %s", kind, call.dialog, exc)
+            return
+        log.info("Jingle %s from %s: SIP re-offer answered %d", kind, call.xmpp, response.status)
 
     async def _end(
         self,
