@@ -20,20 +20,23 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree as ET
 
 import numpy as np
 import pytest
+from slixmpp.exceptions import IqError
 
 from control.cli import build_server
 from control.config import parse_config
 from control.media.tone import dominant_frequencies, sine
 from control.xmpp.app import XmppGateway
-from control.xmpp.jingle import Reason
+from control.xmpp.jingle import Action, Jingle, Reason
+from control.xmpp.jinglebuild import build_jingle
 from control.xmpp.jinglegw import RESOURCE
 from control.xmpp.jinglemessage import JingleMessage
 from control.xmpp.jinglesession import Accepted, Informed, Initiated, Terminated
 from tests.peers.baresip import BaresipProcess, write_wav
-from tests.peers.jinglepeer import RATE, JinglePeer
+from tests.peers.jinglepeer import RATE, JinglePeer, iq_error, send_raw
 from tests.peers.ports import free_ports
 from tests.peers.prosody import ProsodyProcess, chorus_config, client_ssl_context
 from tests.peers.wait import wait_until
@@ -65,7 +68,7 @@ def romeo(
 
 @contextlib.asynccontextmanager
 async def gateway(
-    tmp_path: Path, ua: BaresipProcess, port: int | None = None
+    tmp_path: Path, ua: BaresipProcess, port: int | None = None, **xmpp: Any
 ) -> AsyncIterator[tuple[XmppGateway, JinglePeer, int]]:
     """Prosody, Chorus (on ``port``, else a free one) with the gateway (baresip as its
     outbound proxy), juliet online."""
@@ -79,6 +82,7 @@ async def gateway(
         proxy_port=ua.sip_port,
         jingle_ice_addresses=["127.0.0.1"],
         jingle_ring_timeout=30,
+        **xmpp,
     )
     server = build_server(parse_config(table))
     await server.start()
@@ -233,3 +237,38 @@ async def test_hold_both_ways(tmp_path: Path) -> None:
             assert resumed.info.kind == "unhold"
             assert juliet.errors == []
             await juliet.hangup()
+
+
+async def test_errors_the_limit_a_retract_and_a_refused_initiate(tmp_path: Path) -> None:
+    """An unknown sid is unknown-session and a sid-less jingle bad-request (the XEP-0166
+    errors, from the gateway's JID); at max_jingle_calls a second propose is rejected busy;
+    a retract CANCELs the ringing INVITE; a SIP refusal of a plain session-initiate is its
+    session-terminate with the mapped reason."""
+    with romeo(tmp_path, answermode="manual") as ua:
+        async with gateway(tmp_path, ua, max_jingle_calls=1) as (app, juliet, _):
+            ours = f"{ROMEO}/{RESOURCE}"
+            late = build_jingle(Jingle(Action.SESSION_INFO, "no-such-sid"))
+            with pytest.raises(IqError) as caught:
+                await send_raw(juliet, ours, late)
+            assert iq_error(caught.value.iq.xml) == ("item-not-found", "unknown-session")
+            bad = ET.fromstring("<jingle xmlns='urn:xmpp:jingle:1' action='session-info'/>")
+            with pytest.raises(IqError) as caught:
+                await send_raw(juliet, ours, bad)
+            assert iq_error(caught.value.iq.xml) == ("bad-request", None)
+            first = juliet.propose(ROMEO)
+            await asyncio.to_thread(ua.wait_event, "CALL_INCOMING", 60)
+            second = juliet.propose(ROMEO)
+            _, busy = await juliet.next_message("reject", timeout=30)
+            assert busy.id == second and busy.reason is not None
+            assert busy.reason.condition == "busy"
+            mark = len(ua.events)
+            juliet.send_message(ROMEO, JingleMessage("retract", first))
+            await asyncio.to_thread(ua.wait_event, "CALL_CLOSED", 30, start=mark)
+            assert await wait_until(lambda: len(app.jingle) == 0, timeout=30)
+            mark = len(ua.events)
+            session = await juliet.call(ours)
+            await asyncio.to_thread(ua.wait_event, "CALL_INCOMING", 60, start=mark)
+            ua.hangup()
+            ended = await juliet.next_event(Terminated, timeout=30)
+            assert ended.sid == session.sid
+            assert ended.reason == Reason("busy", "SIP 486")

@@ -254,7 +254,7 @@ class JingleGateway:
             return  # a propose repeated (a resend after a reconnect)
         call = _Call(m.id, local, sender, self._leg(), from_xmpp=True, proposed=True)
         self._calls[(str(sender), m.id)] = call
-        self._spawn(call, self._invite(call, *addresses))
+        self._spawn_free(self._invite(call, *addresses))  # an end CANCELs it
 
     def _initiated(self, iq: XmppIq, j: Jingle, event: Initiated) -> None:
         key = (str(iq.sender), j.sid)
@@ -275,7 +275,7 @@ class JingleGateway:
         call.session = event.session
         call.initiated.set_result(event)
         self._calls[key] = call
-        self._spawn(call, self._invite(call, *addresses))
+        self._spawn_free(self._invite(call, *addresses))  # an end CANCELs it
 
     def _leg(self) -> WebRtcLeg:
         # PCMU until the SIP answer names the codec (_use_answer): nothing is sent before
@@ -325,10 +325,10 @@ class JingleGateway:
             await self._failed(call, response.status)
             return
         call.dialog = dialog
-        self._watch(call, dialog)
-        if call.ended:
-            await self._end(call, "ended while ringing")
+        if call.ended:  # a 2xx that crossed our CANCEL
+            await dialog.bye(reason="the Jingle call ended")
             return
+        self._watch(call, dialog)
         try:
             _use_answer(call.leg, sdp.parse(response.body))
         except SipError as exc:
@@ -539,7 +539,9 @@ class JingleGateway:
         elif call.session is not None and call.session.state != "ended":
             call.session.terminate(*_args(reason))  # our state only: XMPP ended it
         if not call.cancel.done():
-            call.cancel.set_result(None)
+            call.cancel.set_result(None)  # a ringing INVITE of ours is CANCELled
+        if not call.initiated.done():
+            call.initiated.cancel()
         if not call.answered.done():
             call.answered.set_result(reason if reason.condition != "success" else Reason("cancel"))
         if call.dialog is not None:
