@@ -4,6 +4,7 @@ with zero failures, confirmed by a hold, and a soak at a fraction of it.
     python -m bench.sipp_suite                              # every scenario, short steps
     python -m bench.sipp_suite --rounds 3 --hold 60         # the figures for RESULTS.md
     python -m bench.sipp_suite --soak 30 --soak-scenarios echo join
+    python -m bench.sipp_suite --scenarios echo join --soak 30 --soak-rates 48 35 --soak-together
     python -m bench.sipp_suite --target 10.0.0.5:5060 --scenarios echo
 
 Scenarios (bench/sipp/, see its README): ``join`` (a room with audio from a pcap, held),
@@ -40,7 +41,11 @@ The method follows RFC 7502 (SIP benchmarking methodology):
 - The *soak* (``--soak MINUTES``) runs one trial of that length at ``--soak-fraction`` of
   the held rate (or ``--soak-rate``), sampling the server's resident memory (bench/procstat.py,
   the server and its children) every ``--soak-sample`` seconds: the failed calls and the RSS
-  growth from the first sample after the warm-up (a tenth of the soak) to the last.
+  growth from the first sample after the warm-up (a tenth of the soak) to the last. A soak
+  passes when its trial does and that growth is under ``--soak-max-growth`` percent (5, the
+  issue's). ``--soak-together`` offers every soak scenario at once against one server (each
+  at its rate, ``--soak-rates`` one per scenario), the issue's soak at half the maximum echo
+  and room-join rates; without it they soak one after the other, each on a fresh server.
 - The *reference*: the same search for the echo scenario against a SIPp UAS (tests/sipp/
   uas.xml) on the same machine, the generator's own ceiling; Chorus' rates are also given as
   a ratio of it.
@@ -70,7 +75,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.procstat import load_average, process_tree, rss_kib
-from bench.sipp_trial import SCENARIOS, Scenario, TrialSettings, run_trial, server_settings
+from bench.sipp_trial import (
+    SCENARIOS,
+    Scenario,
+    Trial,
+    TrialSettings,
+    run_trial,
+    server_settings,
+)
 from tests.peers.chorus import ChorusProcess
 from tests.peers.ports import LOOPBACK
 from tests.peers.sipp import SippUas, scenario_path
@@ -202,8 +214,15 @@ class Runner:
 
     def soak(self, scenario: Scenario, rate: float) -> dict[str, Any]:
         """One long trial at ``rate``, the server's RSS sampled all along."""
+        return self.soak_together([(scenario, rate)])[0]
+
+    def soak_together(self, plan: Sequence[tuple[Scenario, float]]) -> list[dict[str, Any]]:
+        """One long trial of each scenario at its rate, all at once against one server
+        (each SIPp in a thread of its own), the server's RSS sampled all along: one report
+        per scenario, the RSS series and its verdict shared."""
         seconds = self.args.soak * 60
         samples: list[tuple[float, int]] = []
+        trials: list[Trial | None] = [None] * len(plan)
         with _server(self.args.target, self.settings.call_hold, seconds) as (address, pid):
             pid = pid if pid is not None else self.args.pid
             done = threading.Event()
@@ -213,32 +232,66 @@ class Runner:
                 while pid is not None and not done.wait(self.args.soak_sample):
                     samples.append((time.monotonic() - started, rss_kib(process_tree(pid))))
 
+            def offer(index: int) -> None:
+                scenario, rate = plan[index]
+                trials[index] = run_trial(scenario, address, rate, seconds, self.settings)
+
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
+            offers = [threading.Thread(target=offer, args=(i,)) for i in range(len(plan))]
             try:
-                trial = run_trial(scenario, address, rate, seconds, self.settings)
+                for thread in offers:
+                    thread.start()
             finally:
+                for thread in offers:
+                    thread.join()
                 done.set()
                 sampler.join()
-        warm = [kib for at, kib in samples if at >= seconds / 10] or [kib for _, kib in samples]
-        growth = (warm[-1] - warm[0]) * 100 / warm[0] if len(warm) >= 2 and warm[0] else None
-        report = {
-            "scenario": scenario.name,
-            "minutes": self.args.soak,
-            "rate": rate,
-            "calls": trial.offered,
-            "successful": trial.successful,
-            "failed": trial.failed,
-            "passed": trial.passed,
-            "reasons": trial.reasons,
-            "rss_kib_first_after_warmup": warm[0] if warm else None,
-            "rss_kib_last": warm[-1] if warm else None,
-            "rss_growth_percent": round(growth, 2) if growth is not None else None,
-            "rss_samples": len(samples),
-            "rss_kib_series": [[round(at, 1), kib] for at, kib in samples],
-        }
-        self.log(f"soak {scenario.name}: {report}")
-        return report
+        rss = rss_verdict(samples, seconds, self.args.soak_max_growth)
+        names = [scenario.name for scenario, _ in plan]
+        reports = []
+        for (scenario, rate), trial in zip(plan, trials, strict=True):
+            assert trial is not None, f"{scenario.name}: the SIPp thread ended without a trial"
+            reasons = [*trial.reasons, *rss["reasons"]]
+            report = {
+                "scenario": scenario.name,
+                "minutes": self.args.soak,
+                "rate": rate,
+                "together_with": [n for n in names if n != scenario.name],
+                "calls": trial.offered,
+                "successful": trial.successful,
+                "failed": trial.failed,
+                "retransmissions": trial.retransmissions,
+                "passed": not reasons,
+                "reasons": reasons,
+                **{key: value for key, value in rss.items() if key != "reasons"},
+                "rss_samples": len(samples),
+                "rss_kib_series": [[round(at, 1), kib] for at, kib in samples],
+            }
+            self.log(f"soak {scenario.name}: {report}")
+            reports.append(report)
+        return reports
+
+
+def rss_verdict(
+    samples: Sequence[tuple[float, int]], seconds: float, max_growth: float
+) -> dict[str, Any]:
+    """The RSS growth from the first sample after the warm-up (a tenth of the soak) to the
+    last, and a reason to fail when it is over ``max_growth`` percent (issue 13: 5) or when
+    there were not two samples to judge by (no input, no pass)."""
+    warm = [kib for at, kib in samples if at >= seconds / 10] or [kib for _, kib in samples]
+    growth = (warm[-1] - warm[0]) * 100 / warm[0] if len(warm) >= 2 and warm[0] else None
+    reasons = []
+    if growth is None:
+        reasons.append(f"RSS not judged: {len(samples)} samples")
+    elif growth >= max_growth:
+        reasons.append(f"RSS grew {growth:.2f} % (limit {max_growth:g} %)")
+    return {
+        "rss_kib_first_after_warmup": warm[0] if warm else None,
+        "rss_kib_last": warm[-1] if warm else None,
+        "rss_growth_percent": round(growth, 2) if growth is not None else None,
+        "reasons": reasons,
+    }
 
 
 def reference_search(runner: Runner) -> float:
@@ -287,11 +340,16 @@ def markdown(report: dict[str, Any]) -> str:
         verdict = "pass" if soak["passed"] else "FAIL: " + "; ".join(soak["reasons"])
         lines += [
             "",
-            f"Soak {soak['scenario']}: {soak['minutes']} min at {soak['rate']:g} calls/s,"
-            f" {soak['successful']} of {soak['calls']} calls completed, {soak['failed']} failed,"
+            f"Soak {soak['scenario']}: {soak['minutes']} min at {soak['rate']:g} calls/s"
+            + (f" (at once with {', '.join(together)})" if (together := soak.get("together_with"))
+               else "")
+            + f", {soak['successful']} of {soak['calls']} calls completed, {soak['failed']} failed,"
             f" RSS {soak['rss_kib_first_after_warmup']} → {soak['rss_kib_last']} KiB"
             f" ({soak['rss_growth_percent']} %), {verdict}.",
-        ]
+        ]  # fmt: skip
+        series = soak.get("rss_kib_series") or []
+        if series:
+            lines.append("RSS series (s, KiB): " + ", ".join(f"{at:g} {kib}" for at, kib in series))
     return "\n".join(lines) + "\n"
 
 
@@ -315,6 +373,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak-fraction", type=float, default=0.5)
     parser.add_argument("--soak-rate", type=float, help="soak at this rate, no search")
     parser.add_argument("--soak-scenarios", nargs="+", choices=sorted(SCENARIOS))
+    parser.add_argument(
+        "--soak-together",
+        action="store_true",
+        help="soak the soak scenarios at once against one server (the issue's soak), not in turn",
+    )
+    parser.add_argument(
+        "--soak-max-growth",
+        type=float,
+        default=5.0,
+        help="RSS growth (percent, after the warm-up) a soak may show and pass",
+    )
+    parser.add_argument(
+        "--soak-rates",
+        nargs="+",
+        type=float,
+        metavar="RATE",
+        help="per soak scenario, in order (overrides --soak-rate)",
+    )
     parser.add_argument(
         "--soak-sample", type=float, default=10.0, help="seconds between RSS samples"
     )
@@ -345,22 +421,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = Runner(args, log)
     started = time.monotonic()
     results = {name: ScenarioResult(name, SCENARIOS[name].what) for name in args.scenarios}
-    search = args.soak_rate is None or not args.soak
+    search = (args.soak_rate is None and args.soak_rates is None) or not args.soak
     if search:
         for round_index in range(args.rounds):
             for name in args.scenarios:
                 log(f"round {round_index + 1}: {name}")
                 runner.search_and_hold(SCENARIOS[name], results[name])
     soaks = []
-    for name in args.soak_scenarios or (args.scenarios if args.soak else []):
-        rate = args.soak_rate or round(results[name].median * args.soak_fraction, 1)
+    plan: list[tuple[Scenario, float]] = []
+    names = args.soak_scenarios or (args.scenarios if args.soak else [])
+    if args.soak_rates is not None and len(args.soak_rates) != len(names):
+        raise SystemExit(f"--soak-rates: {len(args.soak_rates)} rates for {len(names)} scenarios")
+    for index, name in enumerate(names):
+        rate = (
+            args.soak_rates[index]
+            if args.soak_rates is not None
+            else args.soak_rate or round(results[name].median * args.soak_fraction, 1)
+        )
         if rate <= 0:
             soaks.append({"scenario": name, "minutes": args.soak, "rate": 0.0, "passed": False,
                           "reasons": ["no held rate to soak at"], "calls": 0, "successful": 0,
                           "failed": 0, "rss_kib_first_after_warmup": None, "rss_kib_last": None,
                           "rss_growth_percent": None})  # fmt: skip
             continue
-        soaks.append(runner.soak(SCENARIOS[name], rate))
+        plan.append((SCENARIOS[name], rate))
+    if args.soak_together and plan:
+        soaks += runner.soak_together(plan)
+    else:
+        soaks += [runner.soak(scenario, rate) for scenario, rate in plan]
     report: dict[str, Any] = {
         "benchmark": "sipp_suite",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from bench.sipp_suite import find_max_rate, hold_rate, main
+from bench.sipp_suite import find_max_rate, hold_rate, main, rss_verdict
 from bench.sipp_trial import (
     SCENARIOS,
     SIPP_DIR,
@@ -83,18 +83,30 @@ def _report(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     return report
 
 
+def _passing_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> tuple[dict[str, Any], str]:
+    """The runner's report and the RESULTS section it wrote, for a run that must pass.
+    A soak of seconds on a fresh server is all warm-up: its RSS limit is lifted here and
+    judged by test_rss_verdict_*."""
+    results = tmp_path / "RESULTS.md"
+    status = main([*argv, "--soak-max-growth", "1000", "--results", str(results)])
+    report = _report(capsys)
+    assert status == 0, report
+    return report, results.read_text()
+
+
 @pytest.mark.peer("sipp")
 def test_runner_search_hold_and_soak_produce_a_result(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    results = tmp_path / "RESULTS.md"
-    status = main(
+    report, text = _passing_run(
+        tmp_path,
+        capsys,
         ["--scenarios", "echo", "--duration", "2", "--hold", "2", "--call-hold", "0.5",
          "--start-rate", "2", "--max-rate", "4", "--rooms", "2",
-         "--soak", "0.25", "--soak-sample", "1", "--results", str(results)]
+         "--soak", "0.25", "--soak-sample", "1"],
     )  # fmt: skip
-    report = _report(capsys)
-    assert status == 0, report
     echo = report["scenarios"]["echo"]
     assert echo["searched"] == [4.0] and echo["held"] == [4.0] and echo["median"] == 4.0
     assert [t["rate"] for t in echo["trials"]] == [2.0, 4.0, 4.0]
@@ -103,7 +115,6 @@ def test_runner_search_hold_and_soak_produce_a_result(
     assert soak["rate"] == 2.0 and soak["passed"] and soak["failed"] == 0
     assert soak["calls"] == soak["successful"] == 30
     assert soak["rss_samples"] > 0 and soak["rss_growth_percent"] is not None
-    text = results.read_text()
     assert "## SIPp load-test suite" in text
     assert "| echo | 4 | 4 | **4** |" in text
     assert "Soak echo: 0.25 min at 2 calls/s, 30 of 30 calls completed, 0 failed" in text
@@ -181,3 +192,38 @@ def test_a_refused_refer_fails_the_operators_call(chorus: ChorusProcess, tmp_pat
     assert (result.stats.successful, result.stats.failed) == (0, 1), result.describe()
     assert result.stats.raw.get("FailedUnexpectedMessage(C)") == "1", result.describe()
     assert "403" in result.errors, result.errors
+
+
+def test_rss_verdict_fails_a_soak_whose_rss_grew_by_the_limit_or_more() -> None:
+    # 600 s soak: samples before 60 s are warm-up and not judged
+    samples = [(10.0, 50_000), (60.0, 100_000), (300.0, 104_000), (600.0, 105_000)]
+    verdict = rss_verdict(samples, 600, 5.0)
+    assert verdict["rss_kib_first_after_warmup"] == 100_000
+    assert verdict["rss_growth_percent"] == 5.0
+    assert verdict["reasons"] == ["RSS grew 5.00 % (limit 5 %)"]
+    assert rss_verdict(samples[:3], 600, 5.0)["reasons"] == []  # 4 % passes
+
+
+def test_rss_verdict_without_two_samples_is_no_pass() -> None:
+    assert rss_verdict([(70.0, 100_000)], 600, 5.0)["reasons"] == ["RSS not judged: 1 samples"]
+    assert rss_verdict([], 600, 5.0)["reasons"] == ["RSS not judged: 0 samples"]
+
+
+@pytest.mark.peer("sipp")
+def test_soak_together_offers_echo_and_join_at_once_to_one_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report, text = _passing_run(
+        tmp_path,
+        capsys,
+        ["--scenarios", "echo", "join", "--call-hold", "0.5", "--rooms", "2",
+         "--soak", "0.25", "--soak-rates", "2", "1", "--soak-together", "--soak-sample", "1"],
+    )  # fmt: skip
+    assert report["scenarios"] == {}  # rates given: no search
+    echo, join = report["soaks"]
+    assert (echo["scenario"], echo["rate"], echo["together_with"]) == ("echo", 2.0, ["join"])
+    assert (join["scenario"], join["rate"], join["together_with"]) == ("join", 1.0, ["echo"])
+    assert echo["calls"] == echo["successful"] == 30 and join["calls"] == join["successful"] == 15
+    assert echo["rss_kib_series"] == join["rss_kib_series"] and echo["rss_samples"] > 0
+    assert "Soak echo: 0.25 min at 2 calls/s (at once with join), 30 of 30 calls completed" in text
+    assert "RSS series (s, KiB): " in text
