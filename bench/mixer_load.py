@@ -11,6 +11,7 @@ participant and ≈1.2 % per G.722 participant, all talking, on a machine of thi
     python -m bench.mixer_load              # three runs, the figures for RESULTS.md
     python -m bench.mixer_load --codecs G711 --rooms 5 --workers 0 --runs 1
     python -m bench.mixer_load --media python native   # the C media loop against Python
+    python -m bench.mixer_load --workers 1 2 --scale   # 2 workers carry twice 1 worker's
 
 How a step runs (one fresh server per step, so RSS starts from an idle server):
 
@@ -27,6 +28,10 @@ How a step runs (one fresh server per step, so RSS starts from an idle server):
   within 0.1 %, no sequence number was skipped beyond 0.1 %, every listener received, and
   the decoded sample of each sampled listener holds the tones it must hear (FFT) and, in
   rooms of 5, not its own; a server that got no input sends silence and fails the step.
+  A failed step says why (`why`, also printed): the server's mixer counters over the
+  window from its /metrics (late and dropped ticks, frames mixed), the kernel's UDP drops
+  by socket (the bench's listeners, SIPp's, others), and which listeners (`missed`: caller,
+  room, member) were short of packets or skipped sequence numbers.
 
 The load generator and the receiver share the 2 cores with the server and with whatever
 else runs: the load average is recorded with every figure. CPU % per participant is the
@@ -48,9 +53,11 @@ import random
 import select
 import socket
 import statistics
+import struct
 import sys
 import tempfile
 import time
+import tomllib
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -83,6 +90,22 @@ PARTICIPANTS = {"G711": 100, "G722": 100, "SpeexWB": 50, "Opus": 50}
 # --- the receiver (its own process: every listener's socket) ---------------------------
 
 
+# Linux: SO_TIMESTAMPNS (= SCM_TIMESTAMPNS) gives each datagram the kernel's receive time
+# (struct timespec, CLOCK_REALTIME), which the socket module does not name.
+SO_TIMESTAMPNS = 35
+_CMSG_SPACE = socket.CMSG_SPACE(16)
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]], fallback: float) -> float:
+    """A datagram's kernel arrival time, so a receiver that was descheduled and read late
+    does not stretch or shrink a listener's span (its read time would)."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack("qq", data[:16])
+            return sec + nsec * 1e-9
+    return fallback
+
+
 def _bind_block(base: int, calls: int) -> list[socket.socket] | None:
     """Sockets on base+1+4k (k < calls), if SIPp's own base and base+2 are free too."""
     held: list[socket.socket] = []
@@ -97,6 +120,7 @@ def _bind_block(base: int, calls: int) -> list[socket.socket] | None:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             held.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             sock.bind((LOOPBACK, base + 1 + 4 * k))
             sock.setblocking(False)
         return held
@@ -117,8 +141,9 @@ def _receiver(conn: Connection, calls_per_caller: list[int], seed: int) -> None:
     its stream spanned (first to last arrival / 20 ms, + 1), the packets the server sent
     over that span (by sequence number), and the samples; ("stop",).
 
-    A listener's ticks come from its own arrival times, so the count is not off by one
-    tick at each edge of the window, which 0.1 % could not absorb.
+    A listener's ticks come from its own arrival times (the kernel's, SO_TIMESTAMPNS), so
+    the count is not off by one tick at each edge of the window, which 0.1 % could not
+    absorb, nor by a receiver that read late.
     """
     rng = random.Random(seed)
     socks: list[socket.socket] = []
@@ -155,7 +180,7 @@ def _receiver(conn: Connection, calls_per_caller: list[int], seed: int) -> None:
     poller.register(control, select.EPOLLIN)
     while True:
         events = poller.poll(0.5)
-        now = time.monotonic()
+        now = time.time()  # the kernel timestamps are CLOCK_REALTIME too
         for fd, _ in events:
             if fd == control:
                 command = conn.recv()
@@ -187,7 +212,7 @@ def _receiver(conn: Connection, calls_per_caller: list[int], seed: int) -> None:
             keep = recording.get(i)
             while True:
                 try:
-                    data = sock.recv(2048)
+                    data, ancillary, _flags, _addr = sock.recvmsg(2048, _CMSG_SPACE)
                 except BlockingIOError:
                     break
                 if len(data) < 12 or 192 <= data[1] <= 223:
@@ -196,15 +221,16 @@ def _receiver(conn: Connection, calls_per_caller: list[int], seed: int) -> None:
                 if not counting:
                     continue
                 seq = (data[2] << 8) | data[3]
+                arrival = _arrival(ancillary, now)
                 if counts[i] == 0:
-                    first_t[i] = now
+                    first_t[i] = arrival
                     first_seq[i] = top_seq[i] = seq
                 else:
                     step = (seq - top_seq[i]) & 0xFFFF
                     if step < 0x8000:
                         top_seq[i] += step
                 counts[i] += 1
-                last_t[i] = now
+                last_t[i] = arrival
                 if keep is not None:
                     keep.append(data)
 
@@ -268,12 +294,16 @@ def _udp_drops() -> dict[int, int]:
 
 
 def _where_dropped(
-    before: dict[int, int], after: dict[int, int], listener_ports: set[int], sipp_bases: list[int]
+    before: dict[int, int],
+    after: dict[int, int],
+    listener_ports: set[int],
+    sipp_bases: list[int],
+    server_ports: range,
 ) -> dict[str, int]:
     """The window's per-socket drops, told apart: the bench's listener sockets (the mix the
     server sent), SIPp's (the mix SIPp also receives on its media port), everything else
     (the server's RTP sockets among them, or another process's)."""
-    where = {"listener_sockets": 0, "sipp_sockets": 0, "other_sockets": 0}
+    where = {"listener_sockets": 0, "sipp_sockets": 0, "server_sockets": 0, "other_sockets": 0}
     for port, count in after.items():
         grew = count - before.get(port, 0)
         if grew <= 0:
@@ -282,6 +312,8 @@ def _where_dropped(
             where["listener_sockets"] += grew
         elif any(base <= port < base + 4 * 200 for base in sipp_bases):
             where["sipp_sockets"] += grew
+        elif port in server_ports:
+            where["server_sockets"] += grew
         else:
             where["other_sockets"] += grew
     return where
@@ -320,7 +352,8 @@ def diagnose(
             f"kernel dropped {kernel['RcvbufErrors']:.0f} UDP datagrams at full receive buffers"
             f" (machine-wide): {kernel.get('listener_sockets', 0):.0f} on the bench's listener"
             f" sockets, {kernel.get('sipp_sockets', 0):.0f} on SIPp's, "
-            f"{kernel.get('other_sockets', 0):.0f} elsewhere (the server's RTP sockets or others)"
+            f"{kernel.get('server_sockets', 0):.0f} on the server's RTP sockets, "
+            f"{kernel.get('other_sockets', 0):.0f} on other processes' sockets"
         )
     if kernel.get("SndbufErrors"):
         reasons.append(f"kernel refused {kernel['SndbufErrors']} UDP sends (full send buffers)")
@@ -447,6 +480,8 @@ async def run_step(step: Step, workdir: Path, pcap_seconds: float, pause_ms: int
         "conference": {"max_participants": max(100, step.room_size), "max_rooms": 1000},
     }
     chorus = ChorusProcess(overrides)
+    low, high = tomllib.loads(chorus.config_path.read_text())["rtp"]["port_range"].split("-")
+    server_ports = range(int(low), int(high) + 1)  # the server's (and its workers') RTP
     await asyncio.to_thread(chorus.start, 60.0)
     assert chorus.process is not None
     server_pid = chorus.process.pid
@@ -560,7 +595,7 @@ async def run_step(step: Step, workdir: Path, pcap_seconds: float, pause_ms: int
     listener_ports = {
         bases[c] + 1 + 4 * k for c, calls in enumerate(members) for k in range(len(calls))
     }
-    kernel.update(_where_dropped(drops1, drops2, listener_ports, bases))
+    kernel.update(_where_dropped(drops1, drops2, listener_ports, bases, server_ports))
     tones = [_check_tones(step, codec, ports[i][0], samples.get(i, [])) for i in sampled]
     cpu = cpu2 - cpu1
     cpu_pp = 100.0 * cpu / seconds / step.participants
