@@ -75,11 +75,12 @@ async def gateway(
     prosody = ProsodyProcess(users={"juliet": "juliet-pw"}).start()
     if port is None:
         (port,) = free_ports(1)
+    proxy = xmpp.pop("proxy_port", ua.sip_port)
     table = chorus_config(
         prosody,
         tmp_path,
         port,
-        proxy_port=ua.sip_port,
+        proxy_port=proxy,
         jingle_ice_addresses=["127.0.0.1"],
         jingle_ring_timeout=30,
         **xmpp,
@@ -272,3 +273,28 @@ async def test_errors_the_limit_a_retract_and_a_refused_initiate(tmp_path: Path)
             ended = await juliet.next_event(Terminated, timeout=30)
             assert ended.sid == session.sid
             assert ended.reason == Reason("busy", "SIP 486")
+
+
+async def test_an_xmpp_call_joins_a_rooms_audio(tmp_path: Path) -> None:
+    """A Jingle call to lobby@sip.localhost is an INVITE to sip:lobby@sip.localhost; with
+    Chorus as its own outbound proxy (as a SIP provider's proxy routes the conference domain
+    back to it) that INVITE reaches the conference application, so juliet is a participant of
+    the room's audio: baresip dialled into the same room hears her tone through the mix and she
+    hears its."""
+    (port,) = free_ports(1)
+    with romeo(tmp_path, answermode="auto", outbound=port) as ua:
+        async with gateway(tmp_path, ua, port, proxy_port=port) as (app, juliet, _):
+            ua.dial("sip:lobby@sip.localhost")
+            await asyncio.to_thread(ua.wait_event, "CALL_ESTABLISHED", 60)
+            juliet.propose("lobby@sip.localhost")
+            await juliet.next_message("proceed", timeout=60)
+            await juliet.next_event(Accepted, timeout=60)
+            assert await wait_until(lambda: juliet.heard_seconds() >= 4.0, timeout=60)
+            await asyncio.sleep(2.0)
+            assert abs(_tone(juliet.heard(), RATE) - ROMEO_HZ) < 15
+            assert len(app.jingle) == 1
+            await juliet.hangup()
+            assert await wait_until(lambda: len(app.jingle) == 0, timeout=30)
+            ua.hangup()
+        heard = _romeo_heard(ua)
+        assert abs(_tone(heard.samples, heard.rate) - JULIET_HZ) < 15

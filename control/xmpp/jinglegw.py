@@ -20,6 +20,11 @@ to the bare JID from ``caller@<sip domain>/<RESOURCE>``; a ``<ringing/>`` is a 1
 the leg's RTP answer; a reject or a terminate before the accept is
 :func:`~control.xmpp.jinglecall.status_for_reason`.
 
+A room's audio: a Jingle call to ``room@<sip domain>`` is an INVITE to ``sip:room@<sip
+domain>``, which the SIP routing (the provider's proxy, or Chorus as its own outbound proxy)
+brings to the conference application when that domain is the rooms': the leg joins the mix as
+an ordinary RTP participant (tests/test_xmpp_jingle_gateway.py).
+
 Either way, a BYE ends the Jingle session (terminate ``success``, and a XEP-0353
 ``<finish/>`` when the call began with a propose), a session-terminate ends the dialog (BYE).
 Calls are bounded by ``max_calls`` (past it: 486 toward SIP, ``<reject/>`` busy or
