@@ -8,7 +8,7 @@ CONFIG ?=
 DEBIAN_PACKAGES := sip-tester kamailio kamailio-json-modules kamailio-presence-modules \
 	kamailio-tls-modules kamailio-utils-modules kamailio-extra-modules \
 	baresip-core libspeex1 libopus0 openssl chromium prosody \
-	gcc libc6-dev python3-dev libxml2-utils python3-aioxmpp
+	gcc libc6-dev python3-dev libxml2-utils python3-aioxmpp keepalived
 
 .PHONY: run test deps debs venv lint typecheck unit bench clean
 
@@ -22,7 +22,8 @@ deps: debs venv
 
 # Debian packages the tests need (gcc, libc6-dev, python3-dev: pip builds the C media loop,
 # control/media/native/_media.c; libxml2-utils: xmllint, which validates the FreeSWITCH files
-# ansible/ renders); installed only when missing.
+# ansible/ renders; keepalived: its -t checks the VRRP file the keepalived role renders, and
+# Debian's unit never starts without /etc/keepalived/keepalived.conf); installed only when missing.
 debs:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \

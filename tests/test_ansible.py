@@ -53,6 +53,10 @@ FREESWITCH_BIN = os.environ.get("FREESWITCH_BIN", "")
 API_TOKEN = "ansible-test-api-token-0123456789"
 ESL_PASSWORD = "ansible-test-esl-password"
 COMPONENT_SECRET = "ansible-test-component-secret"
+VRRP_SECRET = "vrrp-tst"
+# The VRRP file names a real non-loopback interface (keepalived -t refuses lo and unknown
+# ones); keepalived is never started, so nothing is sent or added on it.
+VRRP_INTERFACE = next((n for n in sorted(os.listdir("/sys/class/net")) if n != "lo"), "eth0")
 ROOM = "ansible-room"
 CHAT_ROOM = "ansible-chat"
 
@@ -190,6 +194,18 @@ def local_site(root: Path) -> dict[str, Any]:
     }
 
 
+def vrrp_site() -> dict[str, Any]:
+    """The keepalived role's values for a test host: a documentation address (RFC 5737),
+    the track script as this user (root in CI: keepalived 2.2.7's -t dies on a non-root
+    script_user, ansible/roles/keepalived/defaults)."""
+    return {
+        "keepalived_virtual_ip": "192.0.2.10/32",
+        "keepalived_interface": VRRP_INTERFACE,
+        "keepalived_auth_pass": VRRP_SECRET,
+        "keepalived_script_user": pwd.getpwuid(os.geteuid()).pw_name,
+    }
+
+
 def write_inventory(tmp: Path) -> tuple[Path, dict[str, int]]:
     names = ["kamailio_sip", "kamailio_rpc", "kamailio_tls", "chorus_sip", "chorus_tls"]
     names += ["chorus_api", "sip_user", "c2s", "s2s", "component", "fs_sip", "fs_esl"]
@@ -256,6 +272,8 @@ def write_inventory(tmp: Path) -> tuple[Path, dict[str, int]]:
         "chorus_audio_engine": "freeswitch" if on else "embedded",
         "chorus_drain_timeout": 5,
         "chorus_log_level": "DEBUG",
+        **vrrp_site(),
+        "keepalived_priority": 150,
     }
     host: dict[str, dict[str, Any]] = {"localhost": {}}
     groups = ("kamailio", "freeswitch", "prosody", "chorus")
@@ -289,7 +307,8 @@ def recap(output: str) -> dict[str, int]:
 
 
 # Every template is validated by the real program: the run needs them all.
-RENDERS = pytest.mark.peer("ansible", "kamailio", "prosody", "xmllint")
+RENDERS = pytest.mark.peer("ansible", "kamailio", "prosody", "xmllint", "keepalived")
+KEEPALIVED = shutil.which("keepalived") or "/usr/sbin/keepalived"
 
 
 @RENDERS
@@ -301,6 +320,7 @@ def test_every_file_renders_and_validates(deployment: Deployment) -> None:
     fs_conf = d.path("/etc/freeswitch-chorus")
     prosody = d.path("/etc/prosody/chorus.cfg.lua")
     chorus = d.path("/etc/chorus/chorus.toml")
+    vrrp = d.path("/etc/keepalived/keepalived.conf")
     # Each passed its validate: in the run; checked again here with the real tools.
     kamailio = shutil.which("kamailio") or "/usr/sbin/kamailio"
     for argv in (
@@ -308,6 +328,7 @@ def test_every_file_renders_and_validates(deployment: Deployment) -> None:
         ["xmllint", "--noout", *map(str, sorted(fs_conf.rglob("*.xml")))],
         ["prosodyctl", "--root", "--config", str(prosody), "check", "config"],
         [str(BIN / "chorus"), "check-config", str(chorus)],
+        [KEEPALIVED, "--config-test", "--use-file", str(vrrp)],
     ):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, f"{shlex.join(argv)}:\n{done.stdout}{done.stderr}"
@@ -323,6 +344,27 @@ def test_every_file_renders_and_validates(deployment: Deployment) -> None:
     assert f'#!define TLS_CERTIFICATE "{d.path("/etc/kamailio/tls/edge.crt")}"' in head
     dispatcher = d.path("/etc/kamailio/chorus-dispatcher.list").read_text()
     assert f"1 sip:127.0.0.1:{d.ports['chorus_sip']} 0 0" in dispatcher
+
+    # keepalived: deploy/keepalived/keepalived.conf after the site's definitions; the track
+    # script as it is; the secret file 0600; the real config test refuses a bad priority.
+    text = vrrp.read_text()
+    source = (DEPLOY / "keepalived" / "keepalived.conf").read_text().rstrip("\n")
+    assert source in text
+    head = text[: text.index(source)]
+    for line in ("$PRIORITY=150", f"$AUTH_PASS={VRRP_SECRET}", "$VIRTUAL_IP=192.0.2.10/32"):
+        assert f"{line}\n" in head, head
+    assert f"$INTERFACE={VRRP_INTERFACE}\n" in head
+    check = d.path("/etc/keepalived/chorus-kamailio-check")
+    url = f"http://127.0.0.1:{d.ports['kamailio_rpc']}/RPC"
+    assert f"$CHECK_SCRIPT={check} {url} 1.5\n" in head, head
+    assert check.read_bytes() == (DEPLOY / "keepalived" / "chorus-kamailio-check").read_bytes()
+    assert vrrp.stat().st_mode & 0o777 == 0o600
+    bad = d.root.parent / "keepalived-bad.conf"
+    bad.write_text(text.replace("$PRIORITY=150\n", "$PRIORITY=300\n"))
+    done = subprocess.run([KEEPALIVED, "-t", "-f", str(bad)], capture_output=True, text=True)
+    assert done.returncode != 0 and "Priority not valid" in done.stderr, done.stderr
+    dropin = d.path("/etc/systemd/system/keepalived.service.d/chorus.conf").read_text()
+    assert f"--use-file {vrrp} " in dropin
 
     # FreeSWITCH: every deploy file as it is, vars.xml with the site's values only.
     for original in sorted((DEPLOY / "freeswitch").rglob("*.xml")):
@@ -413,6 +455,9 @@ def test_the_cluster_shape_renders_on_one_machine(tmp_path: Path) -> None:
     hosts["xmpp1"] = {"prosody_c2s_port": 28222}
     for name, values in hosts.items():
         values.update(local_site(tmp_path / name), ansible_host=LOOPBACK)
+    # The pair's priorities, per host as in inventories/cluster (edge1 holds the address).
+    hosts["edge1"]["keepalived_priority"] = 150
+    hosts["edge2"]["keepalived_priority"] = 100
     groups = {"kamailio": ["edge1", "edge2"], "chorus": ["control1", "control2"]}
     groups |= {"freeswitch": ["media1", "media2"], "prosody": ["xmpp1"]}
     variables = {
@@ -425,6 +470,7 @@ def test_the_cluster_shape_renders_on_one_machine(tmp_path: Path) -> None:
         "prosody_xmpp_domain": "example.com",
         "prosody_component_secret": COMPONENT_SECRET,
         "prosody_run_as_root": os.geteuid() == 0,
+        **vrrp_site(),
     }
     inventory = {
         "all": {
@@ -446,6 +492,13 @@ def test_the_cluster_shape_renders_on_one_machine(tmp_path: Path) -> None:
             "#!define WITH_DS_PING\n"
             in (tmp_path / edge / "etc/kamailio/chorus-edge.cfg").read_text()
         )
+    # One VRRP instance for the pair (same router id and secret), edge1 the higher priority;
+    # each edge's track script asks its own Kamailio.
+    for edge, priority, rpc_port in (("edge1", 150, 25070), ("edge2", 100, 25071)):
+        vrrp = (tmp_path / edge / "etc/keepalived/keepalived.conf").read_text()
+        assert f"$PRIORITY={priority}\n" in vrrp and "$VRID=51\n" in vrrp, vrrp
+        assert f"$AUTH_PASS={VRRP_SECRET}\n" in vrrp and f"$ROUTER_ID={edge}\n" in vrrp
+        assert f" http://127.0.0.1:{rpc_port}/RPC " in vrrp, vrrp
     for control in ("control1", "control2"):
         toml = (tmp_path / control / "etc/chorus/chorus.toml").read_text()
         assert 'engine = "freeswitch"' in toml
@@ -621,6 +674,13 @@ async def test_a_call_through_kamailio_and_a_message_through_prosody(
     assert result.ok, result.describe() + services["kamailio"].log()[-3000:]
     assert seen, f"room never listed by the admin API:\n{services['chorus'].log()[-4000:]}"
     assert node in pins, pins
+
+    # keepalived's track script, as rendered, finds this Kamailio alive, and a dead one not.
+    check = str(d.path("/etc/keepalived/chorus-kamailio-check"))
+    alive = subprocess.run([check, f"http://127.0.0.1:{d.ports['kamailio_rpc']}/RPC"])
+    assert alive.returncode == 0
+    dead = subprocess.run([check, f"http://127.0.0.1:{fixed_ports(1)[0]}/RPC"], capture_output=True)
+    assert dead.returncode == 1, dead
 
     # Two people chat in a room over MSRP, joined through the edge: alice over UDP, bob over
     # SIP TLS to the edge (the certificate Ansible placed) and MSRP over TCP.

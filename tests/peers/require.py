@@ -61,6 +61,10 @@ PEERS: dict[str, tuple[Callable[[], bool], str]] = {
         "ansible-playbook and ansible-lint in the venv (pip install -e '.[test]')",
     ),
     "xmllint": (_on_path("xmllint"), "xmllint (Debian libxml2-utils)"),
+    "keepalived": (
+        lambda: Path("/usr/sbin/keepalived").exists() or _on_path("keepalived")(),
+        "keepalived (Debian keepalived)",
+    ),
     "aioxmpp": (
         _system_python_has("aioxmpp"),
         "aioxmpp for /usr/bin/python3 (Debian python3-aioxmpp)",
