@@ -410,10 +410,9 @@ class JingleGateway:
         await leg.open()
         leg.connect_rtp((connection.address, media.port))
         self._jmi(call.xmpp, local, JingleMessage("propose", sid, ("audio",)))
-        try:
-            reason = await asyncio.wait_for(asyncio.shield(call.answered), self.ring_timeout)
-        except TimeoutError:
-            reason = Reason("timeout")
+        cancelled = call_in.incoming.cancelled  # a CANCEL retracts the propose at once
+        await asyncio.wait({call.answered, cancelled}, timeout=self.ring_timeout)
+        reason = call.answered.result() if call.answered.done() else Reason("timeout")
         if call_in.cancelled:
             await self._end(call, "SIP caller cancelled", reason=Reason("cancel"))
             return
