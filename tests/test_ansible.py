@@ -290,7 +290,10 @@ def write_inventory(tmp: Path) -> tuple[Path, dict[str, int]]:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, cluster_run: BackgroundRun
+) -> Iterator[Deployment]:
+    # cluster_run: started first, so the two runs overlap.
     tmp = tmp_path_factory.mktemp("ansible")
     inventory, ports = write_inventory(tmp)
     home = tmp / "ansible-home"
@@ -440,11 +443,8 @@ def test_a_missing_secret_stops_the_run(deployment: Deployment, tmp_path: Path) 
     assert "set chorus_api_token" in done.stdout, done.stdout[-4000:]
 
 
-@RENDERS
-def test_the_cluster_shape_renders_on_one_machine(tmp_path: Path) -> None:
-    """inventories/cluster's shape — a Kamailio pair, two control nodes, two media nodes, one
-    Prosody — each host this machine under a root of its own: every file of every host renders
-    and validates, and each role found the others in the inventory."""
+def write_cluster_inventory(tmp_path: Path) -> Path:
+    """inventories/cluster's shape, each host this machine under a root of its own."""
     hosts: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(["edge1", "edge2"]):
         hosts[name] = {"kamailio_sip_port": 25060 + i, "kamailio_rpc_port": 25070 + i}
@@ -481,8 +481,52 @@ def test_the_cluster_shape_renders_on_one_machine(tmp_path: Path) -> None:
     }
     path = tmp_path / "hosts.yml"
     path.write_text(json.dumps(inventory, indent=1))
-    out = run([str(PLAYBOOK), "-i", str(path), "site.yml"], env=ansible_env(tmp_path / "home"))
+    return path
+
+
+@dataclass
+class BackgroundRun:
+    """A site.yml run going on beside the others: started first, waited for where used."""
+
+    root: Path
+    process: subprocess.Popen[bytes]
+    argv: list[str]
+    log: Path
+
+    def output(self) -> str:
+        self.process.wait(timeout=900)
+        out = self.log.read_text(errors="replace")
+        assert self.process.returncode == 0, f"{shlex.join(self.argv)}:\n{out[-8000:]}"
+        return out
+
+
+@pytest.fixture(scope="module")
+def cluster_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundRun]:
+    """The cluster shape's run, rendering files only its own test reads: it goes on while
+    the deployment's run does (each is one Ansible process, mostly one core's work)."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    argv = [str(PLAYBOOK), "-i", str(write_cluster_inventory(tmp)), "site.yml"]
+    log = tmp / "ansible-playbook.log"  # a file, not a pipe nobody reads while it runs
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv, cwd=ANSIBLE, env=ansible_env(tmp / "home"), stdout=out, stderr=out
+        )
+    try:
+        yield BackgroundRun(tmp, process, argv, log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+@RENDERS
+def test_the_cluster_shape_renders_on_one_machine(cluster_run: BackgroundRun) -> None:
+    """inventories/cluster's shape — a Kamailio pair, two control nodes, two media nodes, one
+    Prosody — each host this machine under a root of its own: every file of every host renders
+    and validates, and each role found the others in the inventory."""
+    out = cluster_run.output()
     assert "failed=0" in out
+    tmp_path = cluster_run.root
 
     nodes = {"1 sip:127.0.0.1:26060 0 0", "1 sip:127.0.0.1:26070 0 0"}
     for edge in ("edge1", "edge2"):
