@@ -418,9 +418,22 @@ def test_a_second_run_changes_nothing(deployment: Deployment) -> None:
 
 
 @RENDERS
-def test_a_missing_secret_stops_the_run(deployment: Deployment, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("secret", "task", "message"),
+    [
+        ("chorus_api_token", "Check the admin API token is set", "set chorus_api_token"),
+        (
+            "keepalived_auth_pass",
+            "Check the pair's address and secret are set",
+            "and keepalived_auth_pass (6 to 8",
+        ),
+    ],
+)
+def test_a_missing_secret_stops_the_run(
+    deployment: Deployment, tmp_path: Path, secret: str, task: str, message: str
+) -> None:
     inventory = json.loads(deployment.inventory.read_text())
-    del inventory["all"]["vars"]["chorus_api_token"]
+    del inventory["all"]["vars"][secret]
     path = tmp_path / "hosts.yml"
     path.write_text(json.dumps(inventory))
     done = subprocess.run(
@@ -430,7 +443,7 @@ def test_a_missing_secret_stops_the_run(deployment: Deployment, tmp_path: Path) 
             str(path),
             "site.yml",
             "--start-at-task",
-            "Check the admin API token is set",
+            task,
         ],
         cwd=ANSIBLE,
         env=ansible_env(tmp_path / "home"),
@@ -440,7 +453,7 @@ def test_a_missing_secret_stops_the_run(deployment: Deployment, tmp_path: Path) 
         check=False,
     )
     assert done.returncode != 0
-    assert "set chorus_api_token" in done.stdout, done.stdout[-4000:]
+    assert message in done.stdout, done.stdout[-4000:]
 
 
 def write_cluster_inventory(tmp_path: Path) -> Path:
