@@ -1,24 +1,30 @@
 """Chorus echo call rate, directly and behind Kamailio, against Kamailio's own as reference;
-and resident memory per 1,000 established calls.
+CPU-seconds per call side by side; resident memory per 1,000 established calls.
 
-    python -m bench.sip_call_rate --hold 10 --rounds 1      # quick look
-    python -m bench.sip_call_rate --hold 60 --rounds 3      # the figures for RESULTS.md
-    python -m bench.sip_call_rate --hold 60 --rounds 3 --targets chorus_direct chorus_direct_uvloop
+    python -m bench.sip_call_rate --hold 10 --rounds 1 --rates 200 400          # quick look
+    python -m bench.sip_call_rate --hold 60 --rounds 3 --rates 800 1000 --pin-cpu 1 \
+        --targets chorus_direct chorus_direct_uvloop --no-memory               # RESULTS.md
 
-Each round searches the highest rate (INVITE with SDP, 200, ACK, BYE, 200; no media) that
-SIPp sustains with zero failed calls (bench.kamailio_reference.max_sustained_rate, short
-steps), then confirms it for ``--hold`` seconds, stepping down 10% until a whole hold passes
-with no failed call. Three targets in the same go: Kamailio in front of a SIPp UAS (the
-reference), Chorus' echo directly (the standard event loop, and ``[server] event_loop =
-uvloop``), and Chorus' echo behind the same Kamailio configuration (``--targets`` picks).
-Figures are medians of the confirmed rates over rounds; Chorus' rates are also given as a
-ratio of the reference.
+Interleaved ladder (the default): each round walks the ``--rates`` ladder, and at each rate
+runs one ``--hold``-second step (INVITE with SDP, 200, ACK, BYE, 200; no media) against
+every target in turn, Kamailio in front of a SIPp UAS (the reference) and the Chorus targets
+(``--targets``), the order alternating from round to round. So a drift of the machine's
+speed between minutes hits both sides of a same-rate pair alike, which a search per target
+(minutes apart) could not promise. A target that fails a rate is not offered the higher
+rates of that round. A step passes with zero failed calls, every call completed, and at
+least 90 % of the rate offered; a step that received no call fails.
 
-Next to the rates: CPU-seconds per 1,000 calls of each server over the confirming hold
-(process CPU time of Chorus, and of Kamailio with all its children, from /proc), so the
-Chorus : Kamailio ratio does not depend on what the load generator could send. Memory per
-1,000 established calls divides the RSS growth by the dialogs actually up: the 200s to
-INVITE that SIPp received (its -trace_counts), not the calls it attempted.
+``--pin-cpu N`` makes "on one core" literal: the measured server's processes and threads
+(Chorus; Kamailio with all its children) are moved to CPU N once up, and the bench itself,
+so every SIPp it starts (the UAC, Kamailio's UAS), runs on the other CPUs.
+
+Reported per step: CPU-seconds per 1,000 calls of each server (process CPU time from
+/proc, children included) and, per same-rate pair of a round, the Chorus : Kamailio ratio,
+whose median over the pairs is the figure checked against the goal (4x). The rate figure
+per target is the median over rounds of the highest ladder rate passed. ``--search`` keeps
+the older mode (a rate search per target, then ``--hold`` confirmations stepping down 10 %).
+Memory per 1,000 established calls divides the RSS growth by the dialogs actually up: the
+200s to INVITE that SIPp received (its -trace_counts), not the calls it attempted.
 """
 
 from __future__ import annotations
@@ -38,13 +44,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.kamailio_reference import (
+    StepResult,
     Target,
     TargetFactory,
     kamailio_target,
     max_sustained_rate,
     run_step,
 )
-from bench.procstat import load_average, rss_kib
+from bench.procstat import load_average, process_tree, rss_kib
 from tests.peers.chorus import ChorusProcess
 from tests.peers.kamailio import KamailioProcess
 from tests.peers.ports import free_ports
@@ -154,22 +161,27 @@ GOAL_RATE = 1000.0  # issue 14 item 4: echo calls/s on one core
 GOAL_CPU_RATIO = 4.0  # and CPU-seconds per call at most 4x Kamailio's
 
 
+def echo_step(factory: TargetFactory, rate: float, hold: float) -> StepResult:
+    """One ``hold``-second step of echo calls at ``rate`` against a fresh target."""
+    with factory() as target:
+        return run_step(
+            target,
+            rate,
+            duration=hold,
+            scenario="uac_echo",
+            service="echo",
+            transport="u1",
+            min_rate_ratio=0.9,
+        )
+
+
 def confirm(
     factory: TargetFactory, rate: float, hold: float, log: Any, tries: int = 5
 ) -> tuple[float, list[dict[str, Any]]]:
     """Step down from ``rate`` until a ``hold``-second run has no failed call."""
     steps: list[dict[str, Any]] = []
     for _ in range(tries):
-        with factory() as target:
-            step = run_step(
-                target,
-                rate,
-                duration=hold,
-                scenario="uac_echo",
-                service="echo",
-                transport="u1",
-                min_rate_ratio=0.9,
-            )
+        step = echo_step(factory, rate, hold)
         steps.append({"rate": rate, "sustained": step.sustained, "failed": step.failed,
                       "successful": step.successful, "achieved_rate": step.achieved_rate,
                       "cpu_seconds": step.cpu_seconds,
@@ -182,27 +194,140 @@ def confirm(
     return 0.0, steps
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per search step")
-    parser.add_argument("--hold", type=float, default=60.0, help="seconds the rate must hold")
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--max-steps", type=int, default=9)
-    parser.add_argument("--precision", type=float, default=0.1)
-    parser.add_argument(
-        "--targets",
-        nargs="+",
-        choices=[name for name in TARGETS if name != REFERENCE],
-        default=["chorus_direct", "chorus_direct_uvloop", "chorus_via_kamailio"],
-        help="Chorus targets besides the Kamailio reference (always measured)",
-    )
-    parser.add_argument("--confirm-tries", type=int, default=5, help="holds stepping down 10%%")
-    parser.add_argument("--no-memory", action="store_true", help="skip the RSS measurement")
-    args = parser.parse_args(argv)
+def pin_tree(root: int, cpu: int) -> int:
+    """Move every thread of ``root`` and its descendants to ``cpu``; how many were moved.
 
-    def log(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
+    sched_setaffinity on a pid moves one thread only (Linux), so each task is set.
+    """
+    moved = 0
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task), {cpu})
+                    moved += 1
+    return moved
 
+
+def pinned(factory: TargetFactory, cpu: int | None) -> TargetFactory:
+    """The target of ``factory`` with its servers' processes pinned to ``cpu``."""
+    if cpu is None:
+        return factory
+
+    @contextlib.contextmanager
+    def wrapped() -> Iterator[Target]:
+        with factory() as target:
+            for pid in target.processes.values():
+                pin_tree(pid, cpu)
+            yield target
+
+    return wrapped
+
+
+def step_record(step: StepResult) -> dict[str, Any]:
+    """What the report keeps of one step; no call received fails it whatever SIPp said."""
+    return {
+        "rate": step.rate,
+        "passed": step.sustained and step.successful > 0,
+        "successful": step.successful,
+        "failed": step.failed,
+        "achieved_rate": step.achieved_rate,
+        "retransmissions": step.retransmissions,
+        "cpu_seconds": step.cpu_seconds,
+        "cpu_seconds_per_1000_calls": step.cpu_seconds_per_1000_calls,
+        "load_average": load_average(),
+    }
+
+
+def ladder_round(
+    targets: dict[str, TargetFactory],
+    rates: list[float],
+    hold: float,
+    log: Any,
+    *,
+    reverse: bool = False,
+) -> dict[str, list[dict[str, Any]]]:
+    """One round: at each rate, one hold step per target in turn (order reversed when
+    ``reverse``); a target that failed a rate sits out the higher ones."""
+    order = list(targets)[::-1] if reverse else list(targets)
+    steps: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    out: set[str] = set()
+    for rate in rates:
+        for name in order:
+            if name in out:
+                continue
+            record = step_record(echo_step(targets[name], rate, hold))
+            steps[name].append(record)
+            log(json.dumps({"target": name, **record}))
+            if not record["passed"]:
+                out.add(name)
+            time.sleep(0.5)
+    return steps
+
+
+def pair_ratios(rounds: list[dict[str, list[dict[str, Any]]]], name: str) -> list[dict[str, Any]]:
+    """Chorus : Kamailio CPU per call for each rate both passed in the same round."""
+    pairs = []
+    for index, steps in enumerate(rounds):
+        reference = {s["rate"]: s for s in steps.get(REFERENCE, []) if s["passed"]}
+        for step in steps.get(name, []):
+            ref = reference.get(step["rate"])
+            if not step["passed"] or ref is None:
+                continue
+            ours = step["cpu_seconds_per_1000_calls"].get("chorus")
+            theirs = ref["cpu_seconds_per_1000_calls"].get("kamailio")
+            if ours and theirs:
+                pairs.append({"round": index + 1, "rate": step["rate"], "chorus": ours,
+                              "kamailio": theirs, "ratio": round(ours / theirs, 2)})  # fmt: skip
+    return pairs
+
+
+def ladder_report(
+    args: argparse.Namespace, targets: dict[str, TargetFactory], log: Any
+) -> tuple[dict[str, Any], bool]:
+    """Run the interleaved ladder for ``args.rounds`` rounds; the report and whether any
+    input was received at all."""
+    rounds = [
+        ladder_round(targets, args.rates, args.hold, log, reverse=index % 2 == 1)
+        for index in range(args.rounds)
+    ]
+    best = {
+        name: [max((s["rate"] for s in r[name] if s["passed"]), default=0.0) for r in rounds]
+        for name in targets
+    }
+    medians = {name: statistics.median(values) for name, values in best.items()}
+    pairs = {name: pair_ratios(rounds, name) for name in targets if name != REFERENCE}
+    ratio = {
+        name: statistics.median(p["ratio"] for p in found) if found else None
+        for name, found in pairs.items()
+    }
+    report = {
+        "mode": "interleaved ladder",
+        "rates": args.rates,
+        "rounds": rounds,
+        "highest_rate_passed": best,
+        "median_calls_per_second": medians,
+        "cpu_per_call_pairs": pairs,
+        "median_cpu_ratio_to_kamailio": ratio,
+        "goals": {
+            name: {
+                f"{GOAL_RATE:.0f}_calls_per_second": medians[name] >= GOAL_RATE,
+                f"cpu_per_call_within_{GOAL_CPU_RATIO:g}x_kamailio": (
+                    ratio[name] is not None and ratio[name] <= GOAL_CPU_RATIO  # type: ignore[operator]
+                ),
+            }
+            for name in args.targets
+        },
+    }
+    # no input anywhere: every target (the reference too) must have received calls
+    received = all(any(s["successful"] for r in rounds for s in r[name]) for name in targets)
+    return report, received
+
+
+def search_report(
+    args: argparse.Namespace, targets: dict[str, TargetFactory], log: Any
+) -> tuple[dict[str, Any], bool]:
+    """The older mode: per round and target, a rate search, then holds stepping down."""
     search = {
         "service": "echo",
         "duration": args.duration,
@@ -210,11 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         "precision": args.precision,
         "log": log,
     }
-    targets = {name: TARGETS[name] for name in (REFERENCE, *args.targets)}
     rounds: dict[str, list[float]] = {name: [] for name in targets}
     searched: dict[str, list[float]] = {name: [] for name in targets}
     confirmations: dict[str, list[Any]] = {name: [] for name in targets}
-    started = time.monotonic()
     for round_index in range(args.rounds):
         for name, factory in targets.items():
             log(f"round {round_index + 1}: {name}")
@@ -240,14 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, values in cpu.items()
         if "chorus" in values and kamailio_cpu
     }
-    report: dict[str, Any] = {
-        "benchmark": "sip_call_rate",
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "command": " ".join(["python -m bench.sip_call_rate", *sys.argv[1:]]),
-        "what": "INVITE(SDP)-200-ACK-BYE-200 calls/s to echo, sustained with zero failed calls",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    report = {
+        "mode": "search",
         "search_step_seconds": args.duration,
-        "hold_seconds": args.hold,
         "searched_rates": searched,
         "confirmed_rates": rounds,
         "confirmations": confirmations,
@@ -266,12 +384,61 @@ def main(argv: list[str] | None = None) -> int:
             }
             for name in args.targets
         },
+    }
+    return report, kamailio_cpu is not None and any(medians.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--hold", type=float, default=60.0, help="seconds of each ladder step")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--rates", type=float, nargs="+", default=[400.0, 800.0, 1000.0], help="the ladder"
+    )
+    parser.add_argument(
+        "--pin-cpu", type=int, default=None, help="pin the measured servers to this CPU"
+    )
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        choices=[name for name in TARGETS if name != REFERENCE],
+        default=["chorus_direct", "chorus_direct_uvloop", "chorus_via_kamailio"],
+        help="Chorus targets besides the Kamailio reference (always measured)",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the RSS measurement")
+    parser.add_argument("--search", action="store_true", help="the older search mode")
+    parser.add_argument("--duration", type=float, default=10.0, help="--search: step seconds")
+    parser.add_argument("--max-steps", type=int, default=9, help="--search")
+    parser.add_argument("--precision", type=float, default=0.1, help="--search")
+    parser.add_argument("--confirm-tries", type=int, default=5, help="--search: holds -10%%")
+    args = parser.parse_args(argv)
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    if args.pin_cpu is not None:
+        cpus = os.sched_getaffinity(0)
+        if args.pin_cpu not in cpus or len(cpus) < 2:
+            parser.error(f"--pin-cpu {args.pin_cpu}: needs it among >= 2 CPUs {sorted(cpus)}")
+        os.sched_setaffinity(0, cpus - {args.pin_cpu})  # the bench and every SIPp
+    targets = {name: pinned(TARGETS[name], args.pin_cpu) for name in (REFERENCE, *args.targets)}
+    started = time.monotonic()
+    body, received = (search_report if args.search else ladder_report)(args, targets, log)
+    report: dict[str, Any] = {
+        "benchmark": "sip_call_rate",
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": " ".join(["python -m bench.sip_call_rate", *sys.argv[1:]]),
+        "what": "INVITE(SDP)-200-ACK-BYE-200 calls/s to echo, sustained with zero failed calls",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "pinned_cpu": args.pin_cpu,
+        "hold_seconds": args.hold,
+        **body,
         "memory": None if args.no_memory else memory_per_thousand_calls(),
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     print(json.dumps(report, indent=2))
-    if kamailio_cpu is None or not any(medians.values()):
-        print("no input: the reference or every target confirmed no rate", file=sys.stderr)
+    if not received:
+        print("no input: a target received no call in any step", file=sys.stderr)
         return 1
     return 0
 
