@@ -14,6 +14,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from control.configtable import Section as _Section
+from control.configtable import host_port as _host_port
 from control.logs import LOG_FORMATS
 from control.media import native as native_media
 from control.settings import (
@@ -43,6 +45,7 @@ from control.settings import (
     XmppConfig,
 )
 from control.sip.transaction import Timers
+from control.xmpp.config import parse_xmpp
 
 __all__ = [
     "AUDIO_ENGINES",
@@ -100,58 +103,6 @@ EVENT_LOOPS = ("asyncio", "uvloop")
 REFER_POLICIES = ("moderators", "participants")  # control/conference/refer.py
 
 
-class _Section:
-    """Reads one TOML table, checking types and rejecting unknown keys."""
-
-    def __init__(self, name: str, data: Any) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(name, "must be a table")
-        self.name = name
-        self.data: dict[str, Any] = dict(data)
-
-    def key(self, key: str) -> str:
-        return f"{self.name}.{key}"
-
-    def take(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
-        if key not in self.data:
-            return default
-        value = self.data.pop(key)
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            raise ConfigError(self.key(key), f"expected {_kind_name(kind)}, got a boolean")
-        if not isinstance(value, kind):
-            raise ConfigError(self.key(key), f"expected {_kind_name(kind)}, got {value!r}")
-        return value
-
-    def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
-        value = float(self.take(key, (int, float), default))
-        if value < minimum:
-            raise ConfigError(self.key(key), f"must be at least {minimum}")
-        return value
-
-    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
-        value = int(self.take(key, int, default))
-        if value < minimum:
-            raise ConfigError(self.key(key), f"must be at least {minimum}")
-        return value
-
-    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.take(key, list, list(default))
-        for index, item in enumerate(value):
-            if not isinstance(item, str):
-                raise ConfigError(f"{self.key(key)}[{index}]", "expected a string")
-        return tuple(value)
-
-    def finish(self) -> None:
-        if self.data:
-            raise ConfigError(self.key(sorted(self.data)[0]), "unknown key")
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a table"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
 def load_config(path: Path | None) -> Config:
     """Read and validate ``path``; None gives the defaults."""
     if path is None:
@@ -185,7 +136,7 @@ def parse_config(data: dict[str, Any]) -> Config:
         web=_parse_web(_Section("web", root.take("web", dict, {}))),
         screen=_parse_screen(_Section("screen", root.take("screen", dict, {}))),
         api=_parse_api(_Section("api", root.take("api", dict, {}))),
-        xmpp=_parse_xmpp(_Section("xmpp", root.take("xmpp", dict, {}))),
+        xmpp=parse_xmpp(_Section("xmpp", root.take("xmpp", dict, {}))),
     )
     if config.audio.engine == "freeswitch" and not config.freeswitch.nodes:
         raise ConfigError("freeswitch.nodes", 'needs at least one node with engine = "freeswitch"')
@@ -525,20 +476,6 @@ def _parse_audio(section: _Section) -> AudioConfig:
     return AudioConfig(engine=engine)
 
 
-def _host_port(key: str, text: Any) -> tuple[str, int]:
-    if not isinstance(text, str):
-        raise ConfigError(key, "expected a string HOST:PORT")
-    host, sep, port_text = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
-        raise ConfigError(key, f"{text!r}: expected HOST:PORT")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError as exc:
-        raise ConfigError(key, f"{host!r} is not an IP address") from exc
-    return host, int(port_text)
-
-
 def _parse_freeswitch(section: _Section) -> FreeSwitchConfig:
     default = FreeSwitchConfig()
     nodes = []
@@ -597,109 +534,4 @@ def _parse_screen(section: _Section) -> ScreenConfig:
         max_height=section.integer("max_height", default.max_height, minimum=16),
     )
     section.finish()
-    return config
-
-
-def _domain(key: str, text: str) -> str:
-    name = text.strip().lower().rstrip(".")
-    labels = name.split(".")
-    if (
-        not name
-        or len(name) > 253
-        or any(
-            not label or len(label) > 63 or not all(c.isalnum() or c == "-" for c in label)
-            for label in labels
-        )
-    ):
-        raise ConfigError(key, f"{text!r} is not a domain name")
-    return name
-
-
-def _ip_address(key: str, text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text.strip()))
-    except ValueError:
-        raise ConfigError(key, f"{text!r} is not an IP address") from None
-
-
-def _parse_xmpp(section: _Section) -> XmppConfig:
-    default = XmppConfig()
-    jid = section.take("component_jid", str, None)
-    component = _domain(section.key("component_jid"), jid) if jid is not None else None
-    secret = section.take("component_secret", str, None)
-    if component is not None and not secret:
-        raise ConfigError(section.key("component_secret"), "required with component_jid")
-    server_text = section.take("server", str, None)
-    server = _host_port(section.key("server"), server_text) if server_text else default.server
-    sip_domains = tuple(
-        _domain(f"xmpp.sip_domains[{i}]", d)
-        for i, d in enumerate(section.strings("sip_domains", default.sip_domains))
-    )
-    if component is not None and not sip_domains:
-        sip_domains = (component,)
-    xmpp_domains = tuple(
-        _domain(f"xmpp.xmpp_domains[{i}]", d)
-        for i, d in enumerate(section.strings("xmpp_domains", default.xmpp_domains))
-    )
-    overlap = set(sip_domains) & set(xmpp_domains)
-    if overlap:
-        raise ConfigError(section.key("xmpp_domains"), f"{sorted(overlap)[0]} is on both sides")
-    muc = section.take("muc_domain", str, None)
-    muc_domain = _domain(section.key("muc_domain"), muc) if muc is not None else None
-    if muc_domain is not None and muc_domain in (component, *sip_domains, *xmpp_domains):
-        raise ConfigError(section.key("muc_domain"), f"{muc_domain} is already another domain")
-    muc_secret = section.take("muc_secret", str, None) or secret
-    if muc_domain is not None and not muc_secret:
-        raise ConfigError(section.key("muc_secret"), "required with muc_domain")
-    rooms = section.take("conference_domain", str, None)
-    config = XmppConfig(
-        component_jid=component,
-        component_secret=secret,
-        server=server,
-        sip_domains=sip_domains,
-        xmpp_domains=xmpp_domains,
-        muc_domain=muc_domain,
-        muc_secret=muc_secret,
-        conference_domain=(
-            _domain(section.key("conference_domain"), rooms) if rooms is not None else None
-        ),
-        reconnect_max=section.number("reconnect_max", default.reconnect_max, minimum=0.5),
-        max_message_bytes=section.integer(
-            "max_message_bytes", default.max_message_bytes, minimum=1024
-        ),
-        max_stanza_bytes=section.integer(
-            "max_stanza_bytes", default.max_stanza_bytes, minimum=4096
-        ),
-        send_timeout=section.number("send_timeout", default.send_timeout, minimum=1.0),
-        presence_expires=section.integer("presence_expires", default.presence_expires, minimum=60),
-        presence_retry_max=section.number(
-            "presence_retry_max", default.presence_retry_max, minimum=1.0
-        ),
-        max_presence_subscriptions=section.integer(
-            "max_presence_subscriptions", default.max_presence_subscriptions, minimum=1
-        ),
-        chat_sessions=section.take("chat_sessions", bool, default.chat_sessions),
-        chat_session_idle=section.number(
-            "chat_session_idle", default.chat_session_idle, minimum=1.0
-        ),
-        max_chat_sessions=section.integer(
-            "max_chat_sessions", default.max_chat_sessions, minimum=1
-        ),
-        max_jingle_calls=section.integer("max_jingle_calls", default.max_jingle_calls, minimum=1),
-        jingle_ring_timeout=section.number(
-            "jingle_ring_timeout", default.jingle_ring_timeout, minimum=1.0
-        ),
-        jingle_ice_addresses=tuple(
-            _ip_address(f"xmpp.jingle_ice_addresses[{i}]", a)
-            for i, a in enumerate(
-                section.strings("jingle_ice_addresses", default.jingle_ice_addresses)
-            )
-        ),
-    )
-    section.finish()
-    if config.max_stanza_bytes <= config.max_message_bytes:
-        raise ConfigError(
-            section.key("max_stanza_bytes"),
-            "must exceed max_message_bytes: a stanza holds the body",
-        )
     return config
