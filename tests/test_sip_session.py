@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from control.sip.compose import build_request
 from control.sip.message import Request, Response
 from control.sip.session import SDP, Offer, Session, SessionState
 from control.sip.transaction import build_cancel
 from control.sip.uri import NameAddr
-from control.sip.useragent import build_request
 from tests.peers.wait import wait_until
 from tests.sip_endpoints import (
     ANSWER,

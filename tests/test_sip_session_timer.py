@@ -187,7 +187,7 @@ async def test_ended_owners_do_not_stay_in_the_timer_heap() -> None:
     for owner in owners[:150]:
         owner.deadline = None
         ua.unschedule(owner)
-    kept = [entry[2].owner for entry in ua._heap]
+    kept = ua._timer_heap.owners()
     assert all(owner in kept for owner in owners[150:])  # the live ones keep their deadline
     assert not any(owner in kept for owner in owners[:150])  # ended ones let go at once
     assert len(kept) <= 50 + 64  # and their emptied entries linger until the next compaction

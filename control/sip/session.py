@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from control.sip.compose import ALLOWED_METHODS, build_request
 from control.sip.dialog import Dialog
 from control.sip.errors import SipError
 from control.sip.events import RefreshDue, SessionExpired
@@ -36,13 +37,7 @@ from control.sip.sessiontimer import (
 from control.sip.transaction import TwoHundredRetransmitter, build_cancel
 from control.sip.transport import Peer
 from control.sip.uri import NameAddr, SipUri, Uri, parse_name_addr
-from control.sip.useragent import (
-    ALLOWED_METHODS,
-    IncomingRequest,
-    OutgoingRequest,
-    UserAgent,
-    build_request,
-)
+from control.sip.useragent import IncomingRequest, OutgoingRequest, UserAgent
 
 log = logging.getLogger("chorus.sip.session")
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import ipaddress
 import logging
 import random
 import string
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
+from control.sip.compose import ALLOWED_METHODS, USER_AGENT, build_request, status_line
+from control.sip.counters import COUNTED_METHODS, SipCounters, counted_method
 from control.sip.dialog import DialogId, dialog_id_of_request
 from control.sip.errors import SipError
 from control.sip.events import (
@@ -29,10 +30,10 @@ from control.sip.events import (
     TimedOut,
     TransactionTerminated,
 )
-from control.sip.headers import Headers
-from control.sip.message import Request, Response, reason_phrase
+from control.sip.message import Request, Response
 from control.sip.sessiontimer import TimerPolicy
 from control.sip.subscription import EventKey, parse_event
+from control.sip.timerheap import TimerHeap, TimerOwner
 from control.sip.transaction import (
     ClientTransaction,
     InviteClientTransaction,
@@ -49,48 +50,28 @@ from control.sip.transaction import (
 from control.sip.transport import Peer, SipTransportLayer
 from control.sip.uri import NameAddr, SipUri, Uri, format_host
 
+# Requests, identity and counters live in compose / counters; named here too for the
+# applications that import them with the UA.
+__all__ = [
+    "ALLOWED_METHODS",
+    "COUNTED_METHODS",
+    "USER_AGENT",
+    "DialogUsage",
+    "IncomingRequest",
+    "OutgoingRequest",
+    "RequestHandler",
+    "SipCounters",
+    "TimerOwner",
+    "UserAgent",
+    "build_request",
+    "counted_method",
+    "status_line",
+]
+
 log = logging.getLogger("chorus.sip.ua")
 
-ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO"
-USER_AGENT = "Chorus/0.1"
 TRYING_AFTER = 0.1  # s before an unanswered INVITE gets its 100 (RFC 3261 §17.2.1: <= 200 ms)
 _ALPHABET = string.ascii_letters + string.digits  # 62 characters
-# Methods counted by name in SipCounters; any other token a peer sends counts as "other", so
-# a flood of invented methods cannot grow the counters (or the metrics' label sets).
-COUNTED_METHODS = frozenset(ALLOWED_METHODS.split(", ")) | {
-    "REGISTER",
-    "PUBLISH",
-    "UPDATE",
-    "PRACK",
-}
-
-
-def counted_method(method: str) -> str:
-    return method if method in COUNTED_METHODS else "other"
-
-
-@dataclass(slots=True)
-class SipCounters:
-    """What went through the UA since it started, for /metrics (control/metrics.py reads it at
-    scrape time). Retransmissions are the transactions' business and are not counted."""
-
-    requests_received: Counter[str] = field(default_factory=Counter)  # new server transactions
-    requests_sent: Counter[str] = field(default_factory=Counter)  # new client transactions
-    # (method, status class 2..6) of every final response we sent
-    final_responses: Counter[tuple[str, int]] = field(default_factory=Counter)
-    calls: Counter[int] = field(default_factory=Counter)  # class of the final to initial INVITEs
-
-    def count_final(self, request: Request, status: int) -> None:
-        method = counted_method(request.method)
-        self.final_responses[method, status // 100] += 1
-        if method == "INVITE" and request.to.tag is None:  # a call, not a re-INVITE
-            self.calls[status // 100] += 1
-
-
-class TimerOwner(Protocol):
-    def next_timer(self) -> float | None: ...
-
-    def handle_timer(self, now: float) -> None: ...
 
 
 class DialogUsage(Protocol):
@@ -189,22 +170,6 @@ class OutgoingRequest:
 RequestHandler = Callable[[IncomingRequest], Awaitable[None]]
 
 
-class _Slot:
-    """An owner's place in the UA's timer heap: every heap entry of one owner names the same
-    slot, and ``unschedule`` (or a transaction's end) empties it. An ended session's entries
-    may stay in the heap until their deadline or the next compaction, but what they hold is
-    this empty slot, not the session with its dialog, 2xx, SDP and application state: held
-    by the heap until then, those were most of a soak's RSS growth (bench/RESULTS.md,
-    "Per-call retention")."""
-
-    __slots__ = ("entries", "owner", "pushed")
-
-    def __init__(self, owner: TimerOwner) -> None:
-        self.owner: TimerOwner | None = owner
-        self.entries = 0  # heap entries naming this slot
-        self.pushed: float | None = None  # the deadline last pushed, while still in the heap
-
-
 @dataclass(slots=True)
 class _ServerEntry:
     txn: ServerTransaction
@@ -239,12 +204,7 @@ class UserAgent:
         self.event_usages: dict[DialogId, dict[EventKey, DialogUsage]] = {}
         self._clients: dict[TransactionKey, tuple[ClientTransaction, OutgoingRequest]] = {}
         self._servers: dict[TransactionKey, _ServerEntry] = {}
-        self._heap: list[tuple[float, int, _Slot]] = []
-        # The slot of every owner with entries in the heap (by identity: owners need not be
-        # hashable by value); an owner leaves when its last entry does, or at ``unschedule``.
-        self._slots: dict[int, _Slot] = {}
-        self._counter = 0
-        self._stale = 0  # heap entries whose slot was emptied (unscheduled owners)
+        self._timer_heap = TimerHeap()
         # The loop timer and the deadline it was armed for: uvloop's call_at hands back a plain
         # Handle (no when()) for a deadline already passed, so the UA keeps the time itself.
         self._timer: asyncio.Handle | None = None
@@ -584,49 +544,17 @@ class UserAgent:
         self._forget(owner)
 
     def _forget(self, owner: TimerOwner) -> None:
-        slot = self._slots.pop(id(owner), None)
-        if slot is None:
-            return
-        slot.owner = None
-        self._stale += slot.entries
-        if self._stale > max(64, len(self._heap) // 4):
-            self._compact()
-
-    def _compact(self) -> None:
-        """Drop the heap's entries of emptied slots and of owners with no deadline left."""
-        kept: list[tuple[float, int, _Slot]] = []
-        for entry in self._heap:
-            owner = entry[2].owner
-            if owner is not None and owner.next_timer() is not None:
-                kept.append(entry)
-        for slot in self._slots.values():
-            slot.entries = 0
-            slot.pushed = None
-        for deadline, _, slot in kept:
-            slot.entries += 1
-            slot.pushed = deadline if slot.pushed is None else max(slot.pushed, deadline)
-        self._slots = {key: slot for key, slot in self._slots.items() if slot.entries}
-        heapq.heapify(kept)
-        self._heap = kept
-        self._stale = 0
+        self._timer_heap.forget(owner)
 
     def _schedule(self, owner: TimerOwner) -> None:
         deadline = owner.next_timer()
-        if deadline is None:
-            return
-        slot = self._slots.get(id(owner))
-        if slot is None:
-            slot = self._slots[id(owner)] = _Slot(owner)
-        elif slot.pushed == deadline:
-            return  # that deadline is in the heap already (a transaction pumped again)
-        slot.entries += 1
-        slot.pushed = deadline
-        self._counter += 1
-        heapq.heappush(self._heap, (deadline, self._counter, slot))
+        if deadline is None or not self._timer_heap.push(owner, deadline):
+            return  # no deadline, or that one is in the heap already (pumped again)
         # Armed for the heap's first deadline, not this owner's: while `_fire` runs the timer
         # is unset, and an owner rescheduled there for later (a transaction's Timer K) must
         # not hide an earlier deadline still in the heap (a session's refresh).
-        first = self._heap[0][0]
+        first = self._timer_heap.first()
+        assert first is not None
         if self._timer is None or first < self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
@@ -636,30 +564,10 @@ class UserAgent:
         self._timer_at = deadline
         self._timer = asyncio.get_running_loop().call_at(deadline, self._fire)
 
-    def _pop_due(self, now: float) -> list[TimerOwner]:
-        """The owners of every heap entry due at ``now``, each once, in deadline order; a
-        slot whose last entry leaves the heap leaves the slot table (the owner's next
-        ``_schedule`` makes a new one)."""
-        due: list[TimerOwner] = []
-        while self._heap and self._heap[0][0] <= now:
-            deadline, _, slot = heapq.heappop(self._heap)
-            slot.entries -= 1
-            if slot.pushed == deadline:
-                slot.pushed = None
-            owner = slot.owner
-            if owner is None:
-                self._stale = max(0, self._stale - 1)
-                continue
-            if slot.entries == 0:
-                del self._slots[id(owner)]
-            if owner not in due:
-                due.append(owner)
-        return due
-
     def _fire(self) -> None:
         self._timer = None
         now = self.now()
-        for owner in self._pop_due(now):
+        for owner in self._timer_heap.pop_due(now):
             deadline = owner.next_timer()
             if deadline is None or deadline > now:
                 if deadline is not None:
@@ -674,8 +582,9 @@ class UserAgent:
                     self.pump_server(owner, entry.source)
             else:
                 self._schedule(owner)
-        if self._heap and self._timer is None:
-            self._arm(self._heap[0][0])
+        first = self._timer_heap.first()
+        if first is not None and self._timer is None:
+            self._arm(first)
 
     def spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -708,37 +617,3 @@ class UserAgent:
     @property
     def transaction_count(self) -> int:
         return len(self._clients) + len(self._servers)
-
-
-def build_request(
-    method: str,
-    uri: Uri,
-    *,
-    from_: NameAddr,
-    to: NameAddr,
-    call_id: str,
-    cseq: int = 1,
-    contact: NameAddr | None = None,
-    body: bytes = b"",
-    content_type: str | None = None,
-    extra_headers: list[tuple[str, str]] | None = None,
-) -> Request:
-    """An out-of-dialog request (RFC 3261 §8.1.1); the UA adds Via and Max-Forwards."""
-    headers = Headers()
-    if from_.tag is None:
-        raise ValueError("From needs a tag")
-    headers.add("From", str(from_))
-    headers.add("To", str(to))
-    headers.add("Call-ID", call_id)
-    headers.add("CSeq", f"{cseq} {method}")
-    if contact is not None:
-        headers.add("Contact", str(contact))
-    for name, value in extra_headers or []:
-        headers.add(name, value)
-    if content_type is not None:
-        headers.add("Content-Type", content_type)
-    return Request(headers=headers, body=body, method=method, uri=uri)
-
-
-def status_line(status: int) -> str:
-    return f"{status} {reason_phrase(status)}"
