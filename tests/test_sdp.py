@@ -358,6 +358,22 @@ def test_rtpmap_overrides_static_and_malformed_ones_are_skipped() -> None:
     ]
 
 
+def test_rtpmaps_follow_changes_made_after_a_first_read() -> None:
+    m = parse(BARESIP_OFFER).media[0]
+    first = m.rtpmaps()
+    first.clear()  # the caller's list: the next read is whole again
+    assert len(m.rtpmaps()) == 5
+    m.attributes[m.attributes.index(Attribute("rtpmap", "0 PCMU/8000"))] = Attribute(
+        "rtpmap", "0 PCMU/16000"
+    )
+    assert RtpMap(0, "PCMU", 16000) in m.rtpmaps()
+    m.formats.append("8")
+    m.attributes.append(Attribute("fmtp", "8 mode=x"))
+    assert m.rtpmaps()[-1] == RtpMap(8, "PCMA", 8000, None, "mode=x")
+    m.proto = "UDP/TLS/MSRP"
+    assert m.rtpmaps() == []
+
+
 def test_attribute_access() -> None:
     m = parse(BARESIP_OFFER).media[0]
     assert m.get("ptime") == "20" and m.ptime == 20
@@ -790,6 +806,10 @@ def test_generated_models_round_trip(desc: SessionDescription) -> None:
     data = serialize(desc)
     assert parse(data) == desc
     assert serialize(parse(data)) == data
+    copied = desc.copy()  # every field, lists not shared
+    assert copied == desc and serialize(copied) == data
+    assert all(a is not b for a, b in zip(copied.media, desc.media, strict=True))
+    assert copied.attributes is not desc.attributes
 
 
 @settings(max_examples=300, deadline=None)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from control.sip.errors import SipError
@@ -232,7 +232,11 @@ def _number(text: str, what: str) -> int:
 
 def _fields(value: str) -> list[str]:
     stripped = value.strip(" \t")
-    return _FIELD_SPLIT.split(stripped) if stripped else []
+    if not stripped:
+        return []
+    if "\t" in stripped or "  " in stripped:
+        return _FIELD_SPLIT.split(stripped)
+    return stripped.split(" ")  # the common case: single blanks (no regex call)
 
 
 class _AttributeAccess:
@@ -295,6 +299,12 @@ class MediaDescription(_AttributeAccess):
     information: str | None = None
     key: str | None = None
     other_lines: list[Line] = field(default_factory=list)
+    # rtpmaps() of the last call and what it was read from (proto, formats, attributes):
+    # an answer reads the offer's formats three times (codec choice, RTCP clocks, the
+    # answer's rtpmaps); any change to those fields, in place or not, misses the snapshot.
+    _rtpmaps: tuple[tuple[object, ...], tuple[RtpMap, ...]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def is_rtp(self) -> bool:
@@ -339,26 +349,37 @@ class MediaDescription(_AttributeAccess):
         A format without ``a=rtpmap`` falls back to RFC 3551's static table; an unknown dynamic
         one, or a malformed rtpmap, is left out rather than failing the whole offer.
         """
+        source = (self.proto, tuple(self.formats), tuple(self.attributes))
+        cached = self._rtpmaps
+        if cached is not None and cached[0] == source:
+            return list(cached[1])
+        result = self._read_rtpmaps()
+        self._rtpmaps = (source, tuple(result))
+        return result
+
+    def _read_rtpmaps(self) -> list[RtpMap]:
         if not self.is_rtp:
             return []
         mapped: dict[int, tuple[str, int, int | None]] = {}
-        for value in self.get_all("rtpmap"):
-            parts = _fields(value)
-            if len(parts) != 2:
-                continue
-            pt = _digits(parts[0])
-            enc = parts[1].split("/")
-            if pt is None or pt in mapped or len(enc) not in (2, 3) or not enc[0]:
-                continue
-            rate = _digits(enc[1])
-            channels = _digits(enc[2]) if len(enc) == 3 else None
-            if rate is None or (len(enc) == 3 and channels is None):
-                continue
-            mapped[pt] = (enc[0], rate, channels)
         fmtps: dict[str, str] = {}  # as fmtp(): the first a=fmtp of each format
-        for value in self.get_all("fmtp"):
-            head, _, params = value.partition(" ")
-            fmtps.setdefault(head, params.strip())
+        for a in self.attributes:
+            if a.name == "fmtp":
+                head, _, params = (a.value or "").partition(" ")
+                if head not in fmtps:
+                    fmtps[head] = params.strip()
+            elif a.name == "rtpmap":
+                parts = _fields(a.value or "")
+                if len(parts) != 2:
+                    continue
+                pt = _digits(parts[0])
+                enc = parts[1].split("/")
+                if pt is None or pt in mapped or len(enc) not in (2, 3) or not enc[0]:
+                    continue
+                rate = _digits(enc[1])
+                channels = _digits(enc[2]) if len(enc) == 3 else None
+                if rate is None or (len(enc) == 3 and channels is None):
+                    continue
+                mapped[pt] = (enc[0], rate, channels)
         result = []
         for fmt in self.formats:
             pt = _digits(fmt)
@@ -382,12 +403,19 @@ class MediaDescription(_AttributeAccess):
 
     def copy(self) -> MediaDescription:
         # Every value inside is a frozen dataclass or a str: copying the lists is a deep copy.
-        return replace(
-            self,
-            formats=list(self.formats),
-            bandwidths=list(self.bandwidths),
-            attributes=list(self.attributes),
-            other_lines=list(self.other_lines),
+        # Spelled out rather than dataclasses.replace, which costs several times more.
+        return MediaDescription(
+            self.media,
+            self.port,
+            self.port_count,
+            self.proto,
+            list(self.formats),
+            self.connection,
+            list(self.bandwidths),
+            list(self.attributes),
+            self.information,
+            self.key,
+            list(self.other_lines),
         )
 
 
@@ -420,12 +448,19 @@ class SessionDescription(_AttributeAccess):
 
     def copy(self) -> SessionDescription:
         # As MediaDescription.copy: the lists are the only mutable parts.
-        return replace(
-            self,
+        return SessionDescription(
+            origin=self.origin,
+            session_name=self.session_name,
+            version=self.version,
+            information=self.information,
+            uri=self.uri,
             emails=list(self.emails),
             phones=list(self.phones),
+            connection=self.connection,
             bandwidths=list(self.bandwidths),
             timings=list(self.timings),
+            zone=self.zone,
+            key=self.key,
             attributes=list(self.attributes),
             media=[m.copy() for m in self.media],
             other_lines=list(self.other_lines),
