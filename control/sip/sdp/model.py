@@ -218,9 +218,9 @@ _AUXILIARY = frozenset({"telephone-event", "cn"})
 
 
 def _digits(text: str) -> int | None:
-    if not text or len(text) > _MAX_DIGITS or not (text.isascii() and text.isdigit()):
-        return None
-    return int(text)
+    if text.isdigit() and text.isascii() and len(text) <= _MAX_DIGITS:  # "" is not a digit
+        return int(text)
+    return None
 
 
 def _number(text: str, what: str) -> int:
@@ -501,8 +501,11 @@ def parse(data: bytes | str, *, max_size: int = MAX_SDP_SIZE) -> SessionDescript
     text = data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
     if "\x00" in text:
         raise SdpError(400, "NUL byte in SDP")
-    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
-    lines = [line for line in lines if line]
+    # CRLF or bare LF ends a line; a CR left inside one is refused by the parser.
+    text = text.replace("\r\n", "\n")
+    if text.endswith("\r"):
+        text = text[:-1]
+    lines = [line for line in text.split("\n") if line]
     if not lines or not lines[0].startswith("v="):
         raise SdpError(400, "body does not start with v=")
     return _Parser().run(lines)
@@ -527,14 +530,20 @@ class _Parser:
         version = _number(lines[0][2:], "v=")
         if version != 0:
             raise SdpError(488, f"unsupported SDP version {version}")
+        attributes = self.s_attrs  # where a= lines go: the session's, then the m-line's
         for line in lines[1:]:
             if len(line) < 2 or line[1] != "=" or not ("a" <= line[0] <= "z"):
                 raise SdpError(488, f"malformed SDP line {line[:40]!r}")
             if "\r" in line:
                 raise SdpError(488, "bare CR inside an SDP line")
             kind, value = line[0], line[2:]
-            if kind == "m":
-                self.media.append(_parse_m(value))
+            if kind == "a":  # most lines of an offer: no call per line
+                name, colon, rest = value.partition(":")
+                attributes.append(Attribute(name, rest if colon else None))
+            elif kind == "m":
+                media = _parse_m(value)
+                self.media.append(media)
+                attributes = media.attributes
             elif kind == "v":
                 raise SdpError(488, "v= repeated")
             elif self.media:
@@ -573,8 +582,6 @@ class _Parser:
             if self.name is not None:
                 raise SdpError(488, "s= repeated")
             self.name = value
-        elif kind == "a":
-            self.s_attrs.append(_parse_a(value))
         elif kind == "b":
             self.s_bw.append(_parse_b(value))
         elif kind == "t":
@@ -602,9 +609,7 @@ class _Parser:
 
     @staticmethod
     def media_line(m: MediaDescription, kind: str, value: str) -> None:
-        if kind == "a":
-            m.attributes.append(_parse_a(value))
-        elif kind == "c":
+        if kind == "c":
             # Several c= per m-line only exist for layered multicast (RFC 8866 §5.7).
             if m.connection is not None:
                 raise SdpError(488, "media-level c= repeated")
@@ -650,11 +655,6 @@ def _parse_b(value: str) -> Bandwidth:
     if not colon or not bwtype:
         raise SdpError(488, "malformed b= line")
     return Bandwidth(bwtype, _number(amount, "b="))
-
-
-def _parse_a(value: str) -> Attribute:
-    name, colon, rest = value.partition(":")
-    return Attribute(name, rest if colon else None)
 
 
 def _parse_m(value: str) -> MediaDescription:

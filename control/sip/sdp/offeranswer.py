@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from control.sip.sdp.model import (
     _AUXILIARY,
@@ -72,27 +73,33 @@ def choose_codecs(
     are kept when their clock rate equals the chosen codec's (RFC 4733 §2.1). The voice codec
     comes first; an empty list means no codec in common.
     """
-    formats = media.rtpmaps()
-    offered = [r for r in formats if r.encoding.lower() not in _AUXILIARY]
-    ours = [(name, rate) for name, rate in supported if name.lower() not in _AUXILIARY]
+    voice, auxiliary = _our_codecs(tuple(supported))
+    offered = [(r, (r.encoding.lower(), r.clock_rate)) for r in media.rtpmaps()]
     chosen: RtpMap | None = None
     if offerer_order:
-        chosen = next((r for r in offered if any(r.matches(n, c) for n, c in ours)), None)
+        chosen = next((r for r, key in offered if key in voice), None)
     else:
-        for name, rate in ours:
-            chosen = next((r for r in offered if r.matches(name, rate)), None)
+        for ours in voice:  # dicts keep our order
+            chosen = next((r for r, key in offered if key == ours), None)
             if chosen is not None:
                 break
     if chosen is None:
         return []
-    extras = [
-        r
-        for r in formats
-        if r.encoding.lower() in _AUXILIARY
-        and r.clock_rate == chosen.clock_rate
-        and any(r.matches(n, c) for n, c in supported)
-    ]
+    rate = chosen.clock_rate
+    extras = [r for r, key in offered if key in auxiliary and r.clock_rate == rate]
     return [chosen, *extras]
+
+
+@lru_cache(maxsize=32)
+def _our_codecs(
+    supported: tuple[tuple[str, int], ...],
+) -> tuple[dict[tuple[str, int], None], frozenset[tuple[str, int]]]:
+    """``supported`` as (lower-case name, rate) keys (RFC 4855 §3: names are
+    case-insensitive): the voice codecs in order, and the auxiliary formats. An application
+    passes the same list on every call, so this is worked out once per configuration."""
+    keys = [(name.lower(), rate) for name, rate in supported]
+    voice = dict.fromkeys(k for k in keys if k[0] not in _AUXILIARY)
+    return voice, frozenset(k for k in keys if k[0] in _AUXILIARY)
 
 
 def accept_audio(
