@@ -525,6 +525,11 @@ class Session:
             return
         self.state = SessionState.TERMINATED
         self._retransmitter = None
+        # No request reaches an ended session (its dialog leaves the table below): its hooks
+        # let go of the application, whose call object usually holds the session, so the
+        # pair is freed when the call's task ends, not left as a cycle for the collector.
+        self.on_reinvite = None
+        self.on_request = None
         if self.session_timer is not None:
             self.session_timer.stop()
         self.ua.unschedule(self)
