@@ -68,14 +68,20 @@ def romeo(
 
 @contextlib.asynccontextmanager
 async def gateway(
-    tmp_path: Path, ua: BaresipProcess, port: int | None = None, **xmpp: Any
+    tmp_path: Path,
+    ua: BaresipProcess | None,
+    port: int | None = None,
+    *,
+    trace_sip: Path | None = None,
+    **xmpp: Any,
 ) -> AsyncIterator[tuple[XmppGateway, JinglePeer, int]]:
-    """Prosody, Chorus (on ``port``, else a free one) with the gateway (baresip as its
-    outbound proxy), juliet online."""
+    """Prosody, Chorus (on ``port``, else a free one) with the gateway (baresip ``ua`` as its
+    outbound proxy unless ``proxy_port`` says otherwise; None: no proxy), juliet online;
+    ``trace_sip``: where Chorus writes its SIP trace (tests/peers/siptrace.py)."""
     prosody = ProsodyProcess(users={"juliet": "juliet-pw"}).start()
     if port is None:
         (port,) = free_ports(1)
-    proxy = xmpp.pop("proxy_port", ua.sip_port)
+    proxy = xmpp.pop("proxy_port", ua.sip_port if ua is not None else None)
     table = chorus_config(
         prosody,
         tmp_path,
@@ -85,6 +91,8 @@ async def gateway(
         jingle_ring_timeout=xmpp.pop("jingle_ring_timeout", 30),
         **xmpp,
     )
+    if trace_sip is not None:
+        table["server"]["trace_sip"] = str(trace_sip)
     server = build_server(parse_config(table))
     await server.start()
     app = server.applications["xmpp"]

@@ -408,10 +408,20 @@ class JingleGateway:
         call.ringing = call_in.ringing
         self._ours[sid] = call
         await leg.open()
+        if call_in.cancelled:  # CANCELled while the leg opened: nothing to retract yet
+            await self._end(call, "SIP caller cancelled", tell_xmpp=False)
+            return
         leg.connect_rtp((connection.address, media.port))
         self._jmi(call.xmpp, local, JingleMessage("propose", sid, ("audio",)))
-        cancelled = call_in.incoming.cancelled  # a CANCEL retracts the propose at once
-        await asyncio.wait({call.answered, cancelled}, timeout=self.ring_timeout)
+        # Whichever comes first: XMPP's answer, the caller's CANCEL (a retract at once), the
+        # ring timeout. asyncio.wait's default is ALL_COMPLETED, which waited out the ring
+        # timeout after a CANCEL (the issue 12 late retract).
+        cancelled = call_in.incoming.cancelled
+        await asyncio.wait(
+            {call.answered, cancelled},
+            timeout=self.ring_timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         reason = call.answered.result() if call.answered.done() else Reason("timeout")
         if call_in.cancelled:
             await self._end(call, "SIP caller cancelled", reason=Reason("cancel"))
