@@ -11,6 +11,8 @@ and carries the audio to baresip as plain RTP (control/xmpp/jinglegw.py).
   jinglecall reason (busy, "SIP 486").
 - SIP → XMPP: baresip dials sip:juliet@xmpp.localhost; the propose reaches juliet, her
   proceed brings the session-initiate, her accept the 200; each hears the other's tone.
+  Hung up while ringing (baresip's CANCEL) it is a ``<retract/>`` at once, not at the ring
+  timeout (SIPp's CANCEL: tests/test_xmpp_jingle_gateway_cancel.py).
 """
 
 from __future__ import annotations
@@ -306,3 +308,20 @@ async def test_an_xmpp_call_joins_a_rooms_audio(tmp_path: Path) -> None:
             ua.hangup()
         heard = _romeo_heard(ua)
         assert abs(_tone(heard.samples, heard.rate) - JULIET_HZ) < 15
+
+
+async def test_a_baresip_cancel_retracts_the_proposal(tmp_path: Path) -> None:
+    """romeo hangs up his ringing call to juliet (libre's CANCEL, after our 180): juliet gets
+    the retract (cancel) well before ``jingle_ring_timeout``, so it was the CANCEL's."""
+    (port,) = free_ports(1)
+    with romeo(tmp_path, answermode="auto", outbound=port) as ua:
+        async with gateway(tmp_path, ua, port, jingle_ring_timeout=120) as (app, juliet, _):
+            ua.dial("sip:juliet@xmpp.localhost")
+            caller, propose = await juliet.next_message("propose", timeout=60)
+            juliet.send_message(caller, JingleMessage("ringing", propose.id))
+            await asyncio.to_thread(ua.wait_event, "CALL_RINGING", 30)  # our 180
+            ua.hangup()  # CANCEL of the ringing INVITE
+            _, retract = await juliet.next_message("retract", timeout=20)
+            assert retract.id == propose.id
+            assert retract.reason is not None and retract.reason.condition == "cancel"
+            assert await wait_until(lambda: len(app.jingle) == 0, timeout=30)
