@@ -716,3 +716,61 @@ def test_framer_keeps_messages_framed_before_an_error() -> None:
     assert framer.error is not None and framer.error.status == 400
     with pytest.raises(SipParseError):
         framer.feed(b"more")
+
+
+# --- parsed views and the fast paths -------------------------------------------------------
+
+
+def test_parsed_views_follow_changes_to_the_headers() -> None:
+    request = req(make("Contact: <sip:alice@192.0.2.1>"))
+    assert request.to.tag is None and request.top_via.branch == "z9hG4bK-1"
+    assert request.cseq == CSeq(1, "OPTIONS") and len(request.contacts) == 1
+    request.headers.set("To", "<sip:room@chorus.example.com>;tag=x")
+    request.headers.set("Via", "SIP/2.0/TCP 192.0.2.2;branch=z9hG4bK-2")
+    request.headers.set("CSeq", "7 OPTIONS")
+    request.headers.remove("Contact")
+    assert request.to.tag == "x" and request.top_via.branch == "z9hG4bK-2"
+    assert request.cseq == CSeq(7, "OPTIONS") and request.contacts == []
+    request.headers.add("Content-Type", "text/plain")
+    assert request.content_type is not None and request.content_type.mime == "text/plain"
+    request.contacts.append(NameAddr(SipUri("h")))  # a copy: the remembered list is not changed
+    assert request.contacts == []
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        "<sip:room@chorus.example.com>",
+        "Room <sip:room@chorus.example.com>;x=1",
+        '"Room"   <sip:room@chorus.example.com>',  # not as it prints: rebuilt from the parse
+        "sip:room@chorus.example.com;x=1",
+        "<sip:room@chorus.example.com>;tag",  # a tag without a value keeps its place
+        "<SIP:Room@Chorus.example.com;lr>",
+    ],
+)
+def test_a_to_tag_is_added_as_the_parsed_value_prints(to: str) -> None:
+    request = req(make().replace(b"To: <sip:room@chorus.example.com>", f"To: {to}".encode()))
+    ok = request.make_response(200, to_tag="t1")
+    assert ok.headers.get("To") == str(parse_name_addr(to).with_tag("t1"))
+
+
+@pytest.mark.parametrize(
+    ("tail", "header", "body"),
+    [
+        (b"\r\n\r\nB", None, b"B"),
+        (b"\n\nB\r\n\r\nC", None, b"B\r\n\r\nC"),
+        (b"\r\nY: 2\n\r\nC", "2", b"C"),
+        (b"\r\n\nB", None, b"B"),
+        (b"\n\r\n\r\nB", None, b"\r\nB"),
+        (b"\nY: 2\n\nB\n\nC", "2", b"B\n\nC"),
+    ],
+)
+def test_the_head_ends_at_the_first_empty_line_whatever_its_line_ends(
+    tail: bytes, header: str | None, body: bytes
+) -> None:
+    """RFC 3261 §7.5 tolerance: CRLF CRLF, LF LF, or a mix; the first empty line wins."""
+    head = make().split(b"\r\nContent-Length")[0] + b"\r\nX: 1"
+    message = req(head + tail)
+    assert message.headers.get("X") == "1"
+    assert message.headers.get("Y") == header
+    assert message.body == body

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from control.sip.errors import SipError
 from control.sip.uri import (
@@ -145,10 +146,25 @@ def canonical_name(name: str) -> str:
     return _CANONICAL.get(lower, name)
 
 
-@functools.lru_cache(maxsize=4096)
+_KEYS: dict[str, str] = {}  # header name as asked -> lookup key; bounded by _KEY_CACHE
+_KEY_CACHE = 4096
+
+
 def _key(name: str) -> str:
-    """The lookup key of a header name: canonical, then case-folded (§7.3.1)."""
-    return canonical_name(name).lower()
+    """The lookup key of a header name: canonical, then case-folded (§7.3.1).
+
+    A plain dict in front: the stack asks for the same few names thousands of times a
+    second, and a dict lookup is about half the cost of an lru_cache call."""
+    key = _KEYS.get(name)
+    if key is None:
+        key = canonical_name(name).lower()
+        if len(_KEYS) >= _KEY_CACHE:
+            _KEYS.clear()  # names from peers must not grow it without bound
+        _KEYS[name] = key
+    return key
+
+
+_T = TypeVar("_T")
 
 
 class Headers:
@@ -162,19 +178,53 @@ class Headers:
     collector two objects (the headers and their line list), not one list per header.
     """
 
-    __slots__ = ("_items", "_index")
+    __slots__ = ("_items", "_index", "_memo")
 
     def __init__(self, items: list[tuple[str, str]] | None = None) -> None:
         self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in (items or [])]
         self._index: dict[str, tuple[str, ...]] | None = None
+        self._memo: dict[str, Any] | None = None
 
     @classmethod
-    def of_canonical(cls, items: list[tuple[str, str]]) -> Headers:
+    def of_canonical(
+        cls, items: list[tuple[str, str]], index: dict[str, tuple[str, ...]] | None = None
+    ) -> Headers:
         """Headers over lines whose names are canonical already (the parser's), taken as
-        they are: not canonicalised again, not copied."""
-        headers = cls()
+        they are: not canonicalised again, not copied. ``index``, when given, must be what
+        the first lookup would build from ``items`` (the parser builds both in one pass)."""
+        headers = cls.__new__(cls)
         headers._items = items
+        headers._index = index
+        headers._memo = None
         return headers
+
+    def parsed(self, name: str, parse: Callable[[Headers], _T]) -> _T:
+        """``parse(self)``, remembered under ``name`` until the headers change: a message's
+        From, To, CSeq and Via are read a dozen times on its way through the stack, and the
+        parser has parsed them all once already (``remember``)."""
+        memo = self._memo
+        if memo is None:
+            memo = self._memo = {}
+        elif name in memo:
+            return memo[name]
+        value = parse(self)
+        memo[name] = value
+        return value
+
+    def values(self, name: str) -> tuple[str, ...]:
+        """Every header line's value as received (``get_raw`` without the copy)."""
+        index = self._index
+        if index is None:
+            index = self._lookup()
+        return index.get(_key(name), ())
+
+    def remember(self, name: str, value: object) -> None:
+        """Store what ``parsed(name, …)`` would return (the parser's own results)."""
+        memo = self._memo
+        if memo is None:
+            self._memo = {name: value}
+        else:
+            memo[name] = value
 
     def _lookup(self) -> dict[str, tuple[str, ...]]:
         index = self._index
@@ -210,9 +260,7 @@ class Headers:
         return _key(name) in self._lookup()
 
     def copy(self) -> Headers:
-        clone = Headers()
-        clone._items = list(self._items)
-        return clone
+        return Headers.of_canonical(list(self._items))
 
     def get(self, name: str, default: str | None = None) -> str | None:
         index = self._index
@@ -236,10 +284,12 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         self._items.append((canonical_name(name), value))
         self._index = None
+        self._memo = None
 
     def prepend(self, name: str, value: str) -> None:
         self._items.insert(0, (canonical_name(name), value))
         self._index = None
+        self._memo = None
 
     def set(self, name: str, value: str) -> None:
         """Replace all lines of ``name`` with one, keeping the first one's position."""
@@ -258,11 +308,13 @@ class Headers:
             out.append((canonical, value))
         self._items = out
         self._index = None
+        self._memo = None
 
     def remove(self, name: str) -> None:
         key = _key(name)
         self._items = [item for item in self._items if item[0].lower() != key]
         self._index = None
+        self._memo = None
 
     def name_addrs(self, name: str) -> list[NameAddr]:
         return [parse_name_addr(v) for v in self.get_all(name)]

@@ -99,9 +99,39 @@ def reason_phrase(status: int) -> str:
     return REASONS.get(status, REASONS.get(status // 100 * 100, "Unknown"))
 
 
+def _from(headers: Headers) -> NameAddr:
+    return parse_name_addr(headers.get("From") or "")
+
+
+def _to(headers: Headers) -> NameAddr:
+    return parse_name_addr(headers.get("To") or "")
+
+
+def _cseq(headers: Headers) -> CSeq:
+    return parse_cseq(headers.get("CSeq") or "")
+
+
+def _top_via(headers: Headers) -> Via:
+    return parse_via(headers.get_all("Via")[0])
+
+
+def _contacts(headers: Headers) -> tuple[NameAddr, ...]:
+    values = headers.get_all("Contact")
+    return tuple(parse_name_addr(v) for v in values if v.strip(" \t") != "*")
+
+
+def _content_type(headers: Headers) -> ContentType | None:
+    value = headers.get("Content-Type")
+    return parse_content_type(value) if value else None
+
+
 @dataclass(slots=True)
 class Message:
-    """What requests and responses share: headers, body and the parsed mandatory fields."""
+    """What requests and responses share: headers, body and the parsed mandatory fields.
+
+    The parsed views are remembered by the headers (``Headers.parsed``) until they change:
+    the parser stores what its validation parsed, so reading them again costs a dict lookup.
+    """
 
     headers: Headers
     body: bytes = b""
@@ -112,15 +142,15 @@ class Message:
 
     @property
     def cseq(self) -> CSeq:
-        return parse_cseq(self.headers.get("CSeq") or "")
+        return self.headers.parsed("CSeq", _cseq)
 
     @property
     def from_(self) -> NameAddr:
-        return parse_name_addr(self.headers.get("From") or "")
+        return self.headers.parsed("From", _from)
 
     @property
     def to(self) -> NameAddr:
-        return parse_name_addr(self.headers.get("To") or "")
+        return self.headers.parsed("To", _to)
 
     @property
     def vias(self) -> list[Via]:
@@ -128,26 +158,23 @@ class Message:
 
     @property
     def top_via(self) -> Via:
-        return parse_via(self.headers.get_all("Via")[0])
+        return self.headers.parsed("Via", _top_via)
 
     @property
     def contacts(self) -> list[NameAddr]:
-        values = self.headers.get_all("Contact")
-        return [parse_name_addr(v) for v in values if v.strip(" \t") != "*"]
+        return list(self.headers.parsed("Contact", _contacts))
 
     @property
     def content_type(self) -> ContentType | None:
-        value = self.headers.get("Content-Type")
-        return parse_content_type(value) if value else None
+        return self.headers.parsed("Content-Type", _content_type)
 
     def _serialize(self, start_line: str) -> bytes:
-        lines = [start_line]
-        for name, value in self.headers:
-            if name != "Content-Length":
-                lines.append(f"{name}: {value}")
-        lines.append(f"Content-Length: {len(self.body)}")
-        head = "\r\n".join(lines) + "\r\n\r\n"
-        return head.encode("utf-8", "surrogateescape") + self.body
+        lines = [f"{name}: {value}" for name, value in self.headers if name != "Content-Length"]
+        head = "\r\n".join(lines)
+        text = f"{start_line}\r\n{head}\r\nContent-Length: {len(self.body)}\r\n\r\n"
+        if not lines:
+            text = f"{start_line}\r\nContent-Length: {len(self.body)}\r\n\r\n"
+        return text.encode("utf-8", "surrogateescape") + self.body
 
 
 @dataclass(slots=True)
@@ -180,30 +207,47 @@ class Request(Message):
 
         Record-Route is copied into responses that can establish a dialog (§12.1.1).
         """
-        headers = Headers()
-        for value in self.headers.get_raw("Via"):
-            headers.add("Via", value)
-        headers.add("From", self.headers.get("From") or "")
-        to_value = self.headers.get("To") or ""
+        mine = self.headers
+        items = [("Via", value) for value in mine.values("Via")]
+        to_value = mine.get("To") or ""
         if to_tag is not None and status != 100:
-            to_addr = parse_name_addr(to_value)
+            to_addr = self.to
             if to_addr.tag is None:
-                to_value = str(to_addr.with_tag(to_tag))
-        headers.add("To", to_value)
-        headers.add("Call-ID", self.call_id)
-        headers.add("CSeq", self.headers.get("CSeq") or "")
+                to_value = _with_tag(to_value, to_addr, to_tag)
+        items += (
+            ("From", mine.get("From") or ""),
+            ("To", to_value),
+            ("Call-ID", mine.get("Call-ID") or ""),
+            ("CSeq", mine.get("CSeq") or ""),
+        )
         if 100 < status < 300 and self.method in ("INVITE", "SUBSCRIBE", "REFER"):
-            for value in self.headers.get_raw("Record-Route"):
-                headers.add("Record-Route", value)
+            items += [("Record-Route", value) for value in mine.values("Record-Route")]
         if status == 100:
             # RFC 3261 §8.2.6.1: a 100 (Trying) copies the request's Timestamp.
-            for value in self.headers.get_raw("Timestamp"):
-                headers.add("Timestamp", value)
+            items += [("Timestamp", value) for value in mine.values("Timestamp")]
         if content_type is not None:
-            headers.add("Content-Type", content_type)
+            items.append(("Content-Type", content_type))
         return Response(
-            headers=headers, body=body, status=status, reason=reason or reason_phrase(status)
+            headers=Headers.of_canonical(items),
+            body=body,
+            status=status,
+            reason=reason or reason_phrase(status),
         )
+
+
+@functools.lru_cache(maxsize=1024)
+def _prints_as_received(value: str) -> bool:
+    """Whether a To value is what its parse serialises to: then adding a tag is appending
+    ``;tag=…`` to the text, and no NameAddr needs to be copied and printed. Cached: every
+    call to one service carries the same To."""
+    return str(parse_name_addr(value)) == value
+
+
+def _with_tag(value: str, addr: NameAddr, tag: str) -> str:
+    """``str(addr.with_tag(tag))`` for the To ``value`` that ``addr`` was parsed from."""
+    if "tag" not in addr.params and _prints_as_received(value):
+        return f"{value};tag={tag}"
+    return str(addr.with_tag(tag))
 
 
 @dataclass(slots=True)
@@ -224,33 +268,56 @@ _STATUS_LINE_RE = re.compile(r"SIP/2\.0 ([0-9]{3})(?: (.*))?", re.DOTALL)
 _HEADER_NAME_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() and \d accept other scripts' digits
 _MAX_LENGTH_DIGITS = 12  # no Content-Length needs more; int() of thousands of digits raises
-# The empty line ending the header block: CRLF CRLF, or bare LF tolerated (RFC 3261 §7.5).
-_END_OF_HEADERS_RE = re.compile(rb"\r?\n\r?\n")
 
 
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
-    """Cut at the first empty line, whichever line ending it uses."""
-    match = _END_OF_HEADERS_RE.search(data)
-    if match is None:
+    """Cut at the first empty line, whichever line ending it uses (CRLF CRLF, or bare LF
+    tolerated, RFC 3261 §7.5): the first LF followed by an optional CR and an LF ends the
+    head, and a CR before that LF belongs to the empty line too. Two byte searches, not a
+    regular expression: this runs on every message."""
+    end = data.find(b"\n\r\n")
+    bare = data.find(b"\n\n", 0, end + 2 if end >= 0 else len(data))
+    if bare >= 0:
+        end, after = bare, bare + 2
+    elif end >= 0:
+        after = end + 3
+    else:
         raise SipParseError(400, "no end of headers")
-    return data[: match.start()], data[match.end() :]
+    if end and data[end - 1] == 13:  # the CR of the last line's CRLF
+        end -= 1
+    return data[:end], data[after:]
 
 
-@functools.lru_cache(maxsize=1024)
-def _field_name(name: str) -> str | None:
-    """The canonical name of a header line's field name (whitespace before the colon is
-    LWS), None when it is not a token (RFC 3261 §25.1). Cached: peers send the same few
-    dozen names over and over, each checked and canonicalised once."""
-    name = name.rstrip(" \t")
-    return canonical_name(name) if _HEADER_NAME_RE.fullmatch(name) is not None else None
+# Header field name as it appears before the colon -> (canonical name, lookup key), or None
+# when it is not a token (RFC 3261 §25.1). Peers send the same few dozen names over and
+# over, each checked and canonicalised once; bounded (cleared when full) against a flood.
+_FIELD_NAMES: dict[str, tuple[str, str] | None] = {}
+_FIELD_NAME_CACHE = 1024
+
+
+def _field_name(name: str) -> tuple[str, str] | None:
+    """The canonical name and lookup key of a header line's field name (whitespace before
+    the colon is LWS), None when it is not a token."""
+    stripped = name.rstrip(" \t")
+    found: tuple[str, str] | None = None
+    if _HEADER_NAME_RE.fullmatch(stripped) is not None:
+        canonical = canonical_name(stripped)
+        found = (canonical, canonical.lower())
+    if len(_FIELD_NAMES) >= _FIELD_NAME_CACHE:
+        _FIELD_NAMES.clear()
+    _FIELD_NAMES[name] = found
+    return found
 
 
 def _header_lines(head: str) -> list[str]:
     """Split and unfold (RFC 3261 §7.3.1: a line starting with whitespace continues)."""
+    lines = head.split("\r\n")
+    if head.count("\n") == len(lines) - 1 and "\n " not in head and "\n\t" not in head:
+        return lines  # CRLF only, nothing folded (the usual case)
     text = head.replace("\r\n", "\n")
     if "\n " not in text and "\n\t" not in text:
-        return text.split("\n")  # nothing folded (the usual case)
-    lines: list[str] = []
+        return text.split("\n")
+    lines = []
     for line in text.split("\n"):
         if line[:1] in (" ", "\t") and lines:
             lines[-1] = lines[-1] + " " + line.strip(" \t")
@@ -271,6 +338,10 @@ def parse_message(
     On a datagram (``stream=False``) octets past Content-Length are ignored (RFC 3261 §18.3) and
     a missing Content-Length means the rest of the datagram; on a stream the framer has already
     cut the message to its Content-Length.
+
+    One pass over the header lines builds the lines, the lookup index of the Headers and the
+    first fault about a single line (a repeated single-valued header, a list header with an
+    unbalanced quote), which ``_validate`` reports in its turn.
     """
     data = data.lstrip(b"\r\n")
     head_bytes, rest = _split_head(data)
@@ -279,24 +350,46 @@ def parse_message(
     start = lines[0]
     is_request = not start.startswith("SIP/")
     raw: list[tuple[str, str]] = []
+    index: dict[str, tuple[str, ...]] = {}
+    fault: SipError | None = None
+    names = _FIELD_NAMES
     try:
-        for line in lines[1:]:
+        for position in range(1, len(lines)):
+            line = lines[position]
             name, colon, value = line.partition(":")
-            canonical = _field_name(name) if colon else None
-            if canonical is None:
+            found = names.get(name, False) if colon else None
+            if found is False:
+                found = _field_name(name)
+            if found is None:
                 raise SipError(400, f"bad header line {line[:40]!r}")
-            raw.append((canonical, value.strip(" \t")))
+            canonical, key = found  # type: ignore[misc]
+            value = value.strip(" \t")
+            raw.append((canonical, value))
+            values = index.get(key)
+            if values is None:
+                index[key] = (value,)
+            else:
+                index[key] = (*values, value)
+                if fault is None and canonical in SINGLE_HEADERS:
+                    fault = SipError(400, f"several {canonical} headers")
+            if fault is None and '"' in value and canonical in LIST_HEADERS:
+                try:
+                    split_header_list(value)  # balanced quotes, so later reads cannot fail
+                except SipError as exc:
+                    fault = exc
         if len(head_bytes) > max_header_bytes:
             # Checked after reading the lines so that a server can still answer 513 (a datagram
             # is bounded by the transport, so the work is too).
             raise SipError(513, "header block too large")
-        headers = Headers.of_canonical(raw)
-        body = _take_body(headers, rest, stream=stream, max_body_bytes=max_body_bytes)
+        headers = Headers.of_canonical(raw, index)
+        body = _take_body(index, rest, stream=stream, max_body_bytes=max_body_bytes)
         if is_request:
             message: Request | Response = _parse_request_line(start, headers, body)
         else:
             message = _parse_status_line(start, headers, body)
-        _validate(message)
+        if fault is not None:
+            raise fault
+        _validate(message, index)
         return message
     except SipParseError as exc:
         exc.is_request = is_request
@@ -310,8 +403,10 @@ def parse_message(
         ) from exc
 
 
-def _take_body(headers: Headers, rest: bytes, *, stream: bool, max_body_bytes: int) -> bytes:
-    lengths = headers.get_raw("Content-Length")
+def _take_body(
+    index: dict[str, tuple[str, ...]], rest: bytes, *, stream: bool, max_body_bytes: int
+) -> bytes:
+    lengths = index.get("content-length", ())
     if len(lengths) > 1:
         raise SipError(400, "several Content-Length headers")
     if not lengths:
@@ -319,7 +414,7 @@ def _take_body(headers: Headers, rest: bytes, *, stream: bool, max_body_bytes: i
             raise SipError(400, "no Content-Length on a stream transport")
         length = len(rest)
     else:
-        text = lengths[0].strip(" \t")
+        text = lengths[0]
         if _DIGITS.fullmatch(text) is None:
             raise SipError(400, f"bad Content-Length {text[:20]!r}")
         if len(text.lstrip("0")) > _MAX_LENGTH_DIGITS:
@@ -329,7 +424,7 @@ def _take_body(headers: Headers, rest: bytes, *, stream: bool, max_body_bytes: i
         raise SipError(413, "body too large")
     if length > len(rest):
         raise SipError(400, "Content-Length larger than message")
-    return rest[:length]
+    return rest if length == len(rest) else rest[:length]
 
 
 def _parse_request_line(start: str, headers: Headers, body: bytes) -> Request:
@@ -347,7 +442,7 @@ def _parse_request_line(start: str, headers: Headers, body: bytes) -> Request:
     if isinstance(uri, SipUri) and uri.headers:
         # RFC 3261 §19.1.5 / RFC 4475 §3.1.2.11: headers are not allowed in a Request-URI.
         raise SipError(400, "headers in Request-URI")
-    return Request(headers=headers, body=body, method=method, uri=uri)
+    return Request(headers, body, method, uri)
 
 
 def _parse_status_line(start: str, headers: Headers, body: bytes) -> Response:
@@ -357,67 +452,100 @@ def _parse_status_line(start: str, headers: Headers, body: bytes) -> Response:
     status = int(match.group(1))
     if not 100 <= status <= 699:
         raise SipError(400, "status out of range")
-    return Response(headers=headers, body=body, status=status, reason=match.group(2) or "")
+    return Response(headers, body, status, match.group(2) or "")
 
 
-def _validate(message: Request | Response) -> None:
+def _list_values(values: tuple[str, ...]) -> list[str]:
+    """A list header's lines split at their commas (as Headers.get_all)."""
+    if len(values) == 1:
+        return split_header_list(values[0])
+    return [part for value in values for part in split_header_list(value)]
+
+
+# Headers with a check of their own besides the mandatory ones, by lookup key.
+_CHECKED = frozenset(
+    {
+        "contact",
+        "expires",
+        "min-expires",
+        "retry-after",
+        "warning",
+        "date",
+        "content-type",
+        "record-route",
+        "route",
+        "event",
+    }
+)
+
+
+def _validate(message: Request | Response, index: dict[str, tuple[str, ...]]) -> None:
+    """The message-level checks, over the parser's index (``parse_message`` has done the
+    per-line ones). What they parse, the headers remember for the stack's later reads."""
     headers = message.headers
-    seen: set[str] = set()
-    for name, value in headers:  # one pass over the lines for what is about each line
-        if name in SINGLE_HEADERS:
-            if name in seen:
-                raise SipError(400, f"several {name} headers")
-            seen.add(name)
-        elif name in LIST_HEADERS:
-            split_header_list(value)  # balanced quotes, so later reads cannot fail (§7.3.1)
-    for name in ("Call-ID", "CSeq", "From", "To"):
-        if not (headers.get(name) or "").strip():
+    for key, name in (("call-id", "Call-ID"), ("cseq", "CSeq"), ("from", "From"), ("to", "To")):
+        values = index.get(key)
+        if not values or not values[0].strip():
             raise SipError(400, f"missing {name}")
-    vias = headers.get_all("Via")
+    vias = _list_values(index.get("via", ()))
     if not vias:
         raise SipError(400, "missing Via")
-    for value in vias:
+    for position, value in enumerate(vias):
         via = parse_via(value)
-        if "rport" in via.params and via.params["rport"] not in (None, ""):
-            _bounded_int(via.params["rport"] or "", 65535, "rport")
-    message.from_  # noqa: B018 - parse for validation
-    message.to  # noqa: B018
-    cseq = message.cseq
+        if not position:
+            headers.remember("Via", via)
+        rport = via.params.get("rport")
+        if rport:
+            _bounded_int(rport, 65535, "rport")
+    headers.remember("From", parse_name_addr(index["from"][0]))
+    headers.remember("To", parse_name_addr(index["to"][0]))
+    cseq = parse_cseq(index["cseq"][0])
+    headers.remember("CSeq", cseq)
     if isinstance(message, Request):
         if cseq.method != message.method:
             raise SipError(400, "CSeq method does not match the request")
-        max_forwards = headers.get("Max-Forwards")
+        max_forwards = index.get("max-forwards")
         if max_forwards is not None:
-            _bounded_int(max_forwards, 255, "Max-Forwards")
-    for value in headers.get_all("Contact"):
+            _bounded_int(max_forwards[0], 255, "Max-Forwards")
+    if _CHECKED.isdisjoint(index):
+        headers.remember("Contact", ())
+        headers.remember("Content-Type", None)
+        return
+    _validate_optional(headers, index)
+
+
+def _validate_optional(headers: Headers, index: dict[str, tuple[str, ...]]) -> None:
+    contacts: list[NameAddr] = []
+    for value in _list_values(index.get("contact", ())):
         if value.strip(" \t") == "*":
             continue
         contact = parse_name_addr(value)
+        contacts.append(contact)
         if "expires" in contact.params:
             _bounded_int(contact.params["expires"] or "", MAX_DELTA_SECONDS, "Contact expires")
-    for name in ("Expires", "Min-Expires"):
-        seconds = headers.get(name)
+    headers.remember("Contact", tuple(contacts))
+    for key, name in (("expires", "Expires"), ("min-expires", "Min-Expires")):
+        seconds = index.get(key)
         if seconds is not None:
-            _bounded_int(seconds, MAX_DELTA_SECONDS, name)
-    retry = headers.get("Retry-After")
+            _bounded_int(seconds[0], MAX_DELTA_SECONDS, name)
+    retry = index.get("retry-after")
     if retry is not None:
-        _bounded_int(retry.split(";")[0].split("(")[0], MAX_DELTA_SECONDS, "Retry-After")
-    for value in headers.get_all("Warning"):
+        _bounded_int(retry[0].split(";")[0].split("(")[0], MAX_DELTA_SECONDS, "Retry-After")
+    for value in _list_values(index.get("warning", ())):
         code = value.split(" ", 1)[0]
         if len(code) != 3 or not code.isdigit():
             raise SipError(400, "bad Warning code")
-    date = headers.get("Date")
-    if date is not None and not date.rstrip(" \t").endswith("GMT"):
+    date = index.get("date")
+    if date is not None and not date[0].rstrip(" \t").endswith("GMT"):
         raise SipError(400, "Date must be in GMT")  # RFC 3261 §20.17, RFC 4475 §3.1.2.12
-    content_type = headers.get("Content-Type")
-    if content_type is not None:
-        parse_content_type(content_type)
-    for value in headers.get_raw("Record-Route") + headers.get_raw("Route"):
+    content_type = index.get("content-type")
+    headers.remember("Content-Type", parse_content_type(content_type[0]) if content_type else None)
+    for value in index.get("record-route", ()) + index.get("route", ()):
         for part in split_header_list(value):
             parse_name_addr(part)
-    event = headers.get("Event")
+    event = index.get("event")
     if event is not None:
-        name, _, params = event.partition(";")
+        name, _, params = event[0].partition(";")
         if not is_token(name.strip(" \t")):
             raise SipError(400, "bad Event")
         parse_params(params)
