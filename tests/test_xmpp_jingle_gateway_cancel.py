@@ -6,7 +6,12 @@ Prosody and real SIP peers, juliet@xmpp.localhost being tests/peers/jinglepeer.p
   ``<retract/>`` (reason cancel) at once. ``jingle_ring_timeout`` is far longer than the
   wait for it, so the retract cannot be the ring timer's.
 
-The gateway is Chorus itself here: SIPp sends straight to it, no outbound proxy.
+- XMPP → SIP: juliet proposes a call to romeo@sip.localhost, the gateway's INVITE reaches a
+  SIPp UAS (tests/sipp/uas_refer_ringing.xml: 180, then it waits for the CANCEL) as Chorus'
+  outbound proxy; the 180 is juliet's ``<ringing/>``, her ``<retract/>`` the INVITE's CANCEL
+  (SIPp answers 200 and 487, Chorus ACKs), again well before ``jingle_ring_timeout``.
+
+SIPp as the caller sends straight to Chorus (no outbound proxy then).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import pytest
 from control.xmpp.jinglegw import RESOURCE
 from control.xmpp.jinglemessage import JingleMessage
 from tests.peers.ports import free_ports
-from tests.peers.sipp import run_sipp_async
+from tests.peers.sipp import SippUas, run_sipp_async
 from tests.peers.wait import wait_until
 from tests.test_xmpp_jingle_gateway import gateway
 
@@ -60,6 +65,23 @@ async def test_a_sipp_cancel_of_a_ringing_call_retracts_the_proposal(tmp_path: P
         assert result.ok, result.describe()  # 200 for the CANCEL, 487 for the INVITE
         assert await wait_until(lambda: len(app.jingle) == 0, timeout=30)
         assert juliet.session is None
+
+
+async def test_an_xmpp_retract_of_a_ringing_call_cancels_the_sip_invite(tmp_path: Path) -> None:
+    with SippUas("uas_refer_ringing") as uas:
+        async with gateway(
+            tmp_path, None, proxy_port=uas.port, jingle_ring_timeout=RING_TIMEOUT
+        ) as (app, juliet, _):
+            sid = juliet.propose(ROMEO)
+            _, ringing = await juliet.next_message("ringing", timeout=60)  # SIPp's 180
+            assert ringing.id == sid
+            juliet.send_message(ROMEO, JingleMessage("retract", sid))
+            # the SIPp call ends once its CANCEL came (it waits 30 s for it), was answered
+            # 200 and 487, and the 487 was ACKed
+            assert await wait_until(lambda: len(app.jingle) == 0, timeout=30)
+        result = await uas.astop()
+    assert result.stats is not None and result.stats.successful == 1, result.describe()
+    assert result.stats.failed == 0, result.describe()
 
 
 def _read(path: Path) -> str:
