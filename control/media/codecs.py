@@ -12,6 +12,7 @@ and Opus (RFC 7587 §4.1: always 48000).
 
 from __future__ import annotations
 
+import ctypes
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from control.media.speex import (
     SpeexDecoder,
     SpeexEncoder,
     SpeexError,
+    require_speex,
 )
 
 __all__ = [
@@ -258,24 +260,35 @@ class SpeexCodec(Codec):
             raise CodecError(f"speex/{clock_rate} is not supported")
         self.clock_rate = clock_rate
         self.sample_rate = clock_rate
-        mode = SPEEX_MODEID_NB if clock_rate == 8000 else SPEEX_MODEID_WB
-        self._enc = SpeexEncoder(mode, quality=quality)
-        self._dec = SpeexDecoder(mode)
+        require_speex()  # a missing libspeex fails here, as when both states were made here
+        self._mode = SPEEX_MODEID_NB if clock_rate == 8000 else SPEEX_MODEID_WB
+        self._quality = quality
+        # Each half on its first use (a mixer uses an instance one way only; see OpusCodec).
+        self._enc: SpeexEncoder | None = None
+        self._dec: SpeexDecoder | None = None
+
+    def _decoder(self) -> SpeexDecoder:
+        if self._dec is None:
+            self._dec = SpeexDecoder(self._mode)
+        return self._dec
 
     def encode(self, pcm: Pcm) -> bytes:
         try:
+            if self._enc is None:
+                self._enc = SpeexEncoder(self._mode, quality=self._quality)
             return self._enc.encode(_as_pcm(pcm))
         except SpeexError as exc:
             raise CodecError(str(exc)) from exc
 
     def _decode(self, payload: bytes) -> Pcm:
         try:
-            return self._dec.decode(payload)
+            return self._decoder().decode(payload)
         except SpeexError as exc:
             raise CodecError(str(exc)) from exc
 
     def conceal(self, samples: int) -> Pcm:
-        frames = [self._dec.conceal() for _ in range(-(-samples // self._dec.frame_size))]
+        dec = self._decoder()
+        frames = [dec.conceal() for _ in range(-(-samples // dec.frame_size))]
         return np.concatenate(frames)[:samples]
 
 
@@ -299,6 +312,15 @@ class OpusCodec(Codec):
 
     RFC 7587 §7.1: a receiver must accept stereo, and libopus downmixes a stereo packet
     when the decoder is created mono, so a mono mix loses nothing we use.
+
+    Memory (bench/RESULTS.md, issue 14): a libopus encoder is 43 KiB and a decoder 18 KiB
+    whatever the rate, and a mixer uses each instance for one direction only (a stream's
+    decoder, a listener's encoder chain), so each half is created on its first use: a fresh
+    state then is the same fresh state as at construction, so the audio is unchanged.  A
+    decode writes into this codec's own buffer through libopus directly: opuslib's `decode`
+    makes a fresh ctypes buffer per call tied into a reference cycle (`ctypes.cast`), which
+    only the cyclic collector frees, and with the server's young-generation threshold
+    (`[server] gc_threshold`) some 5,000 of them (38 MiB at 16 kHz) were alive at once.
     """
 
     name = "opus"
@@ -322,48 +344,94 @@ class OpusCodec(Codec):
         if not 0 <= complexity <= 10:
             raise CodecError(f"opus complexity {complexity} is not 0-10")
         self.sample_rate = sample_rate
-        self._enc: Any = opuslib.Encoder(sample_rate, 1, "voip")
-        self._enc.complexity = complexity
-        if bitrate is not None:
-            self._enc.bitrate = bitrate
-        if inband_fec:
+        self._bitrate = bitrate
+        self._complexity = complexity
+        self._inband_fec = inband_fec
+        self._enc: Any = None  # opuslib.Encoder, on the first encode
+        self._dec: Any = None  # opuslib.Decoder, on the first decode or conceal
+        self._error = opuslib.OpusError
+        self._max_samples = sample_rate * 120 // 1000  # RFC 6716 §3.2.5: 120 ms at most
+        self._plc_step = sample_rate // 400  # PLC lengths are multiples of 2.5 ms
+        self._pcm: Any = None  # the decoder's output buffer (ctypes int16 array)
+        self._enc_in: Any = None  # the encoder's input and output buffers
+        self._enc_out: Any = None
+
+    def _encoder(self) -> Any:
+        import opuslib
+
+        enc = opuslib.Encoder(self.sample_rate, 1, "voip")
+        enc.complexity = self._complexity
+        if self._bitrate is not None:
+            enc.bitrate = self._bitrate
+        if self._inband_fec:
             # opuslib's `inband_fec` setter drops its value; call the ctl directly.
             import opuslib.api.ctl
             import opuslib.api.encoder
 
-            enc_state = self._enc.encoder_state
-            opuslib.api.encoder.encoder_ctl(enc_state, opuslib.api.ctl.set_inband_fec, 1)
-            opuslib.api.encoder.encoder_ctl(enc_state, opuslib.api.ctl.set_packet_loss_perc, 5)
-        self._dec: Any = opuslib.Decoder(sample_rate, 1)
-        self._error = opuslib.OpusError
-        self._max_samples = sample_rate * 120 // 1000  # RFC 6716 §3.2.5: 120 ms at most
-        self._plc_step = sample_rate // 400  # PLC lengths are multiples of 2.5 ms
+            state = enc.encoder_state
+            opuslib.api.encoder.encoder_ctl(state, opuslib.api.ctl.set_inband_fec, 1)
+            opuslib.api.encoder.encoder_ctl(state, opuslib.api.ctl.set_packet_loss_perc, 5)
+        self._enc = enc
+        return enc
+
+    def _decoder(self) -> Any:
+        import opuslib
+
+        self._dec = opuslib.Decoder(self.sample_rate, 1)
+        self._pcm = (ctypes.c_int16 * self._max_samples)()
+        return self._dec
 
     def encode(self, pcm: Pcm) -> bytes:
         samples = _as_pcm(pcm)
         if samples.size * 1000 / self.sample_rate not in _OPUS_FRAME_MS:
             raise CodecError(f"{samples.size} samples is not an Opus frame size")
-        try:
-            return bytes(self._enc.encode(samples.tobytes(), samples.size))
-        except self._error as exc:
-            raise CodecError(f"opus encode: {exc}") from exc
+        import opuslib.api.encoder
+
+        enc = self._enc if self._enc is not None else self._encoder()
+        n = samples.size
+        if self._enc_in is None or len(self._enc_in) < n:
+            self._enc_in = (ctypes.c_int16 * n)()
+            self._enc_out = ctypes.create_string_buffer(2 * n)
+        np.frombuffer(self._enc_in, dtype=np.int16, count=n)[:] = samples
+        # Our own buffers as opuslib's encode would make them (output room: the PCM's own
+        # size in bytes, as it gives libopus), but no fresh ctypes objects per frame.
+        got = opuslib.api.encoder.libopus_encode(
+            enc.encoder_state, self._enc_in, n, self._enc_out, 2 * n
+        )
+        if got < 0:
+            raise CodecError(f"opus encode: {self._error(got)}")
+        return self._enc_out.raw[:got]
+
+    def _opus_decode(self, payload: bytes, samples: int) -> Pcm:
+        """libopus's opus_decode into our buffer (b"": its PLC); raises its OpusError."""
+        import opuslib.api.decoder
+
+        dec = self._dec if self._dec is not None else self._decoder()
+        if samples > len(self._pcm):  # a concealment longer than 120 ms
+            self._pcm = (ctypes.c_int16 * samples)()
+        # A ctypes array passes as the int16 pointer itself: no cast, no reference cycle.
+        n = opuslib.api.decoder.libopus_decode(
+            dec.decoder_state, payload, len(payload), self._pcm, samples, 0
+        )
+        if n < 0:
+            raise self._error(n)
+        return np.frombuffer(self._pcm, dtype=np.int16, count=n).copy()
 
     def _decode(self, payload: bytes) -> Pcm:
         if not payload:
             raise CodecError("empty opus payload")
         try:
             # 120 ms is the longest an Opus packet can carry (RFC 6716 §3.2.5).
-            out = self._dec.decode(payload, self._max_samples)
+            return self._opus_decode(payload, self._max_samples)
         except self._error as exc:
             raise CodecError(f"opus decode: {exc}") from exc
-        return np.frombuffer(out, dtype=np.int16).copy()
 
     def conceal(self, samples: int) -> Pcm:
         """libopus PLC: decoding an empty packet extrapolates `samples` of audio."""
         step = self._plc_step
         n = max(step, -(-samples // step) * step)
         try:
-            out = np.frombuffer(self._dec.decode(b"", n), dtype=np.int16)
+            out = self._opus_decode(b"", n)
         except self._error:
             return super().conceal(samples)
         pcm = np.zeros(samples, dtype=np.int16)

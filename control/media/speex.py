@@ -27,6 +27,7 @@ __all__ = [
     "SpeexDecoder",
     "SpeexEncoder",
     "SpeexError",
+    "require_speex",
     "speex_available",
 ]
 
@@ -75,7 +76,6 @@ def _load() -> Any:
         except OSError as exc:
             raise SpeexError(f"libspeex not available: {exc}") from exc
         vp, ip = ctypes.c_void_p, ctypes.c_int
-        i16p = ctypes.POINTER(ctypes.c_int16)
         lib.speex_lib_get_mode.restype = vp
         lib.speex_lib_get_mode.argtypes = [ip]
         for fn in ("speex_encoder_init", "speex_decoder_init"):
@@ -98,12 +98,19 @@ def _load() -> Any:
         lib.speex_bits_peek_unsigned.argtypes = [vp, ip]
         lib.speex_bits_remaining.restype = ip
         lib.speex_bits_remaining.argtypes = [vp]
+        # PCM goes by address (`ndarray.ctypes.data`): numpy's `data_as` ties every pointer it
+        # makes into a reference cycle, garbage only the cyclic collector frees (issue 14).
         lib.speex_encode_int.restype = ip
-        lib.speex_encode_int.argtypes = [vp, i16p, vp]
+        lib.speex_encode_int.argtypes = [vp, vp, vp]
         lib.speex_decode_int.restype = ip
-        lib.speex_decode_int.argtypes = [vp, vp, i16p]
+        lib.speex_decode_int.argtypes = [vp, vp, vp]
         _lib = lib
         return lib
+
+
+def require_speex() -> None:
+    """Raise SpeexError now if libspeex cannot be loaded (codecs create states lazily)."""
+    _load()
 
 
 def speex_available() -> bool:
@@ -164,11 +171,10 @@ class SpeexEncoder:
             raise SpeexError(f"need a multiple of {self.frame_size} samples, got {samples.size}")
         lib = self._lib
         lib.speex_bits_reset(self._bits.ptr)
-        i16p = ctypes.POINTER(ctypes.c_int16)
         for start in range(0, samples.size, self.frame_size):
             # speex_encode_int scales its input in place: give it a private copy.
             frame = np.array(samples[start : start + self.frame_size], dtype=np.int16)
-            lib.speex_encode_int(self._state, frame.ctypes.data_as(i16p), self._bits.ptr)
+            lib.speex_encode_int(self._state, frame.ctypes.data, self._bits.ptr)
         n = lib.speex_bits_write(self._bits.ptr, self._out, _MAX_PACKET)
         return self._out.raw[:n]
 
@@ -218,13 +224,12 @@ class SpeexDecoder:
             raise SpeexError("speex payload does not start with a narrowband frame")
         lib = self._lib
         lib.speex_bits_read_from(self._bits.ptr, payload, len(payload))
-        i16p = ctypes.POINTER(ctypes.c_int16)
         frames: list[npt.NDArray[np.int16]] = []
         while len(frames) < _MAX_FRAMES:
             if frames and lib.speex_bits_peek_unsigned(self._bits.ptr, 5) > 8:
                 break  # not a narrowband frame header: terminator, padding or garbage
             out = np.zeros(self.frame_size, dtype=np.int16)
-            rc = lib.speex_decode_int(self._state, self._bits.ptr, out.ctypes.data_as(i16p))
+            rc = lib.speex_decode_int(self._state, self._bits.ptr, out.ctypes.data)
             if rc != 0:
                 break
             frames.append(out)
@@ -240,8 +245,7 @@ class SpeexDecoder:
         if self._state is None:
             raise SpeexError("decoder closed")
         out = np.zeros(self.frame_size, dtype=np.int16)
-        i16p = ctypes.POINTER(ctypes.c_int16)
-        self._lib.speex_decode_int(self._state, None, out.ctypes.data_as(i16p))
+        self._lib.speex_decode_int(self._state, None, out.ctypes.data)
         return out
 
     def close(self) -> None:
