@@ -34,7 +34,6 @@ from typing import Any
 from control.echo.app import EchoApp, EchoCall
 from control.echo.reflector import EchoMedia, RtpReflector
 from control.media.ports import PortAllocator
-from control.msrp.cpim import CpimAddress
 from control.sip import sdp
 from control.sip.uri import NameAddr, SipUri
 
@@ -72,11 +71,12 @@ def make_offers(count: int, seed: int = 7) -> list[bytes]:
 
 
 class _Session:
-    """The part of control.sip.session.Session an echo call touches: already ended."""
+    """The part of control.sip.session.Session an echo call touches: its BYE comes in the
+    next turn of the event loop (the call waits for it, as a real one does)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, call_id: str) -> None:
         self.terminated: asyncio.Future[str] = loop.create_future()
-        self.terminated.set_result("BYE")
+        loop.call_soon(self.terminated.set_result, "BYE")
         self.dialog = SimpleNamespace(call_id=call_id)
         self.on_reinvite: Any = None
 
@@ -117,11 +117,11 @@ async def run_answer(app: EchoApp, offers: list[bytes]) -> None:
     """Negotiation and the serialised answer on an already open media pair (no set-up)."""
     media = EchoMedia(app.sockets, RtpReflector(1))
     await media.open(HOST)
-    service = CpimAddress("sip:echo@127.0.0.1", "Echo")
+    local, remote = _Call.local_identity, _Call.remote_identity
     for body in offers:
         offer = sdp.parse(body)
         state = sdp.SdpSession(sess_id=app.ua.rng.randrange(1, 2**31), address=HOST)
-        call = EchoCall(app, media, state, service=service, caller=service)
+        call = EchoCall(app, media, state, local=local, remote=remote)
         answer, result = await call.negotiate(offer)
         await call.settle(result)
     media.close()

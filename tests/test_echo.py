@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from control.echo.app import _done_within
 from control.media.codecs import G722Codec, PcmuCodec
 from control.media.rtp import RtpPacket
 from control.media.tone import tone_power
@@ -233,6 +234,24 @@ async def test_session_limit_ends_call_with_bye() -> None:
             assert session.state is SessionState.TERMINATED
             # Echo logs why it hung up just before sending that BYE.
             assert f"echo call {session.dialog.call_id} reached its limit" in chorus.log()
+
+
+async def test_waiting_for_the_bye_never_cancels_the_session_future() -> None:
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[str] = loop.create_future()
+    assert not await _done_within(ended, 0.01)  # the limit: the call goes on
+    assert not ended.done()
+    loop.call_soon(ended.set_result, "remote BYE")
+    assert await _done_within(ended, 60) and ended.result() == "remote BYE"
+    assert await _done_within(ended, 0)  # already ended
+    pending: asyncio.Future[str] = loop.create_future()
+    waiting = asyncio.create_task(_done_within(pending, 60))
+    await asyncio.sleep(0)
+    waiting.cancel()  # the echo call's task cancelled (shutdown): the session's future stays
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert not pending.done()
+    pending.set_result("later")
 
 
 async def test_tls_options_and_invite(chorus: ChorusProcess) -> None:

@@ -729,6 +729,20 @@ def test_session_version_increments_only_on_change() -> None:
     assert session.offer([audio_media(4002, [("PCMU", 8000)])]).origin.sess_version == 4
 
 
+def test_answer_body_is_the_serialised_answer_and_what_stamp_compares() -> None:
+    session = SdpSession(sess_id=5555, address="192.0.2.1", initial_version=1)
+    offer = parse(SIPP_OFFER)
+    body = session.answer_body(offer, [Accept(4000, ["0"])])
+    assert session.local is not None and body == serialize(session.local) == session.sent
+    assert session.answer_body(offer, [Accept(4000, ["0"])]) == body  # refresh: version 1
+    # The answer we were given, changed in place, is not what we sent: a new answer with
+    # the old content is compared with the bytes sent, not with the changed model.
+    session.local.media[0].port = 4002
+    assert session.answer_body(offer, [Accept(4000, ["0"])]) == body
+    changed = session.answer_body(offer, [Accept(4002, ["0"])])
+    assert parse(changed).origin.sess_version == 2
+
+
 def test_session_offer_answer_cycle_and_m_line_rules() -> None:
     session = SdpSession(sess_id=900, address="::1", username="chorus", session_name="Chorus")
     offer = session.offer([audio_media(4000, [("PCMU", 8000)])])

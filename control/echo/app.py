@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 
 from control.app import (
     IncomingCall,
@@ -105,18 +106,27 @@ class EchoCall:
         media: EchoMedia,
         sdp_session: sdp.SdpSession,
         *,
-        service: CpimAddress,
-        caller: CpimAddress,
+        local: NameAddr,
+        remote: NameAddr,
     ) -> None:
         self.app = app
         self.session: Session | None = None
         self.media = media
         self.sdp = sdp_session
-        self.service = service
-        self.caller = caller
+        self._local = local  # who was called (To) and the caller (From)
+        self._remote = remote
         self.streams: dict[int, Stream] = {}
         self.crypto: CryptoChoice | None = None  # SDES keys of the audio stream, if any
         self._tasks: set[asyncio.Task[None]] = set()
+
+    # Chat and file streams' addresses, worked out when one is made (most calls are audio).
+    @cached_property
+    def service(self) -> CpimAddress:
+        return CpimAddress(str(self._local.uri), "Echo")
+
+    @cached_property
+    def caller(self) -> CpimAddress:
+        return CpimAddress(str(self._remote.uri), self._remote.display_name)
 
     async def negotiate(self, offer: sdp.SessionDescription) -> tuple[bytes, Negotiation]:
         """Answer an offer or re-offer: the first usable audio stream is reflected, every usable
@@ -126,7 +136,7 @@ class EchoCall:
         try:
             if not result.accepted:
                 raise SipError(488, "no audio stream with a common codec and no usable chat")
-            answer = sdp.serialize(self.sdp.answer(offer, result.decisions))
+            answer = self.sdp.answer_body(offer, result.decisions)
         except SipError:
             await result.abort()
             raise
@@ -217,14 +227,13 @@ class EchoCall:
     async def run(self) -> None:
         assert self.session is not None
         on_reoffer(self.session, self.reinvite)
+        terminated = self.session.terminated
         try:
-            reason = await asyncio.wait_for(
-                asyncio.shield(self.session.terminated), self.app.limits.session_limit
-            )
-            log.info("echo call %s ended: %s", self.session.dialog.call_id, reason)
-        except TimeoutError:
-            log.info("echo call %s reached its limit", self.session.dialog.call_id)
-            await self.session.bye(reason="session limit")
+            if await _done_within(terminated, self.app.limits.session_limit):
+                log.info("echo call %s ended: %s", self.session.dialog.call_id, terminated.result())
+            else:
+                log.info("echo call %s reached its limit", self.session.dialog.call_id)
+                await self.session.bye(reason="session limit")
         finally:
             self.close()
 
@@ -257,6 +266,30 @@ class EchoCall:
             return
         reoffer.answer(answer)
         await self.settle(result)
+
+
+async def _done_within(future: asyncio.Future[str], timeout: float) -> bool:
+    """Wait until ``future`` is done (True) or ``timeout`` seconds pass (False); the future
+    itself is never cancelled. What ``wait_for(shield(future), timeout)`` does, with one
+    future and one timer instead of three futures, a timer and a callback chain: every echo
+    call waits like this for its BYE."""
+    if future.done():
+        return True
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    future.add_done_callback(wake)
+    timer = loop.call_later(timeout, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        future.remove_done_callback(wake)
+    return future.done()
 
 
 def _wants_audio(offer: sdp.SessionDescription) -> bool:
@@ -298,7 +331,9 @@ class EchoApp:
             return
         offer = call.offer
         host = call.local_address
-        reflector = RtpReflector(self.ua.rng.getrandbits(32), rtcp_interval=self.rtcp_interval)
+        # One draw for the SSRC and the origin's sess-id (the UA's source may be a syscall).
+        bits = self.ua.rng.getrandbits(63)
+        reflector = RtpReflector(bits & 0xFFFFFFFF, rtcp_interval=self.rtcp_interval)
         media = EchoMedia(self.sockets, reflector)
         if _wants_audio(offer):
             try:
@@ -306,16 +341,9 @@ class EchoApp:
             except PortsExhausted:
                 call.reject(503, "no RTP ports left")
                 return
-        state = sdp.SdpSession(
-            sess_id=self.ua.rng.randrange(1, 2**31), address=host, username="chorus"
-        )
-        caller = call.remote_identity
+        state = sdp.SdpSession(sess_id=(bits >> 32) or 1, address=host, username="chorus")
         echo_call = EchoCall(
-            self,
-            media,
-            state,
-            service=CpimAddress(str(call.local_identity.uri), "Echo"),
-            caller=CpimAddress(str(caller.uri), caller.display_name),
+            self, media, state, local=call.local_identity, remote=call.remote_identity
         )
         if self.files is not None:
             await self.files.settled()  # a pull sees every file whose last chunk arrived

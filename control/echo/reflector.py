@@ -230,7 +230,8 @@ class _SocketPair:
 
     @property
     def usable(self) -> bool:
-        return all(r.transport is not None and not r.transport.is_closing() for r in self.relays)
+        rtp, rtcp = self.rtp.transport, self.rtcp.transport  # asked twice per call: no genexpr
+        return not (rtp is None or rtp.is_closing() or rtcp is None or rtcp.is_closing())
 
     @property
     def relays(self) -> tuple[_Relay, _Relay]:

@@ -700,10 +700,13 @@ def serialize(desc: SessionDescription) -> bytes:
         _maybe(out, "k", m.key)
         _attributes(out, m.attributes)
         out += [f"{line.type}={line.value}" for line in m.other_lines]
-    for line in out:
-        if "\r" in line or "\n" in line or "\x00" in line:
-            raise ValueError(f"CR, LF or NUL inside SDP line {line[:40]!r}")
-    return ("\r\n".join(out) + "\r\n").encode("utf-8", "surrogateescape")
+    text = "\r\n".join(out)
+    breaks = len(out) - 1  # one test of the whole text; the line is looked for if it fails
+    if text.count("\n") != breaks or text.count("\r") != breaks or "\x00" in text:
+        for line in out:
+            if "\r" in line or "\n" in line or "\x00" in line:
+                raise ValueError(f"CR, LF or NUL inside SDP line {line[:40]!r}")
+    return (text + "\r\n").encode("utf-8", "surrogateescape")
 
 
 def _maybe(out: list[str], kind: str, value: str | None) -> None:

@@ -21,6 +21,7 @@ from control.sip.sdp.model import (
     SdpError,
     SessionDescription,
     Timing,
+    serialize,
 )
 
 __all__ = [
@@ -280,7 +281,7 @@ class SdpSession:
         self._sess_id = str(sess_id)
         self._session_name = session_name
         self._version = initial_version if initial_version is not None else int(self._sess_id)
-        self._sent: SessionDescription | None = None
+        self._sent: bytes | None = None  # the last SDP we stamped, serialised
         self.local: SessionDescription | None = None  # ours, from the last completed exchange
         self.remote: SessionDescription | None = None  # theirs, from the last completed exchange
         self._pending_offer: SessionDescription | None = None
@@ -298,14 +299,23 @@ class SdpSession:
 
     def stamp(self, desc: SessionDescription) -> SessionDescription:
         """``desc`` (built for this exchange: it becomes ours) under our origin, its version
-        bumped only if the content changed. One copy is kept to compare the next one with."""
-        result = desc
-        result.origin = self.origin
-        if self._sent is not None and result != self._sent:
+        bumped only if what goes on the wire changed. What is kept to compare the next one
+        with is its serialisation (:attr:`sent`): one bytes object, no copy of the model for
+        the garbage collector to walk for the life of the dialog."""
+        desc.origin = self.origin
+        data = serialize(desc)
+        if self._sent is not None and data != self._sent:
             self._version += 1
-            result.origin = self.origin
-        self._sent = result.copy()
-        return result
+            desc.origin = self.origin
+            data = serialize(desc)
+        self._sent = data
+        return desc
+
+    @property
+    def sent(self) -> bytes | None:
+        """The last SDP :meth:`stamp` gave (offer or answer) as sent: ``serialize`` of it,
+        unless it was changed in place since."""
+        return self._sent
 
     def offer(
         self, media: Sequence[MediaDescription], *, attributes: Sequence[Attribute] = ()
@@ -355,6 +365,19 @@ class SdpSession:
         )
         self.local, self.remote = self.stamp(desc), offer
         return self.local
+
+    def answer_body(
+        self,
+        offer: SessionDescription,
+        decisions: Sequence[Accept | Reject],
+        *,
+        attributes: Sequence[Attribute] = (),
+    ) -> bytes:
+        """:meth:`answer`, serialised for the response body (the bytes :meth:`stamp` made:
+        no second serialisation)."""
+        self.answer(offer, decisions, attributes=attributes)
+        assert self._sent is not None
+        return self._sent
 
     def remote_changed(self, offer: SessionDescription) -> bool:
         """False for a refresh: same SDP as last time, whatever its o= version says."""
