@@ -87,6 +87,20 @@ def test_domains_not_served_are_refused_both_sides() -> None:
         ADDR.sip_to_jid(sip("sip:alice@sip.example.com"), side="xmpp")
 
 
+def test_an_invites_parties_are_the_xmpp_callee_and_the_sip_caller() -> None:
+    callee, caller = ADDR.call_parties(
+        sip("sip:juliet@xmpp.example.org"), sip("sip:romeo@sip.example.com;gr=phone")
+    )
+    assert (str(callee), str(caller)) == ("juliet@xmpp.example.org", "romeo@sip.example.com/phone")
+    with pytest.raises(AddressRefused) as callee_refused:  # a SIP user is no callee here
+        ADDR.call_parties(sip("sip:alice@sip.example.com"), sip("sip:romeo@sip.example.com"))
+    assert callee_refused.value.sip_status == 404
+    for caller_uri in (parse_uri("tel:+15551234"), sip("sip:eve@elsewhere.net")):
+        with pytest.raises(AddressRefused) as caller_refused:
+            ADDR.call_parties(sip("sip:juliet@xmpp.example.org"), caller_uri)
+        assert caller_refused.value.sip_status == 403
+
+
 @pytest.mark.parametrize("text", ["@example.com", "a@", "a@b/", ""])
 def test_malformed_jids_are_refused(text: str) -> None:
     with pytest.raises(AddressRefused) as refused:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-from control.sip.uri import SipUri
+from control.sip.uri import SipUri, Uri
 
 __all__ = [
     "AddressRefused",
@@ -151,6 +151,15 @@ class Addressing:
         if len(local.encode()) > MAX_PART or (resource and len(resource.encode()) > MAX_PART):
             raise AddressRefused("address too long for a JID", sip_status=400)
         return Jid(local, uri.host.lower(), resource)
+
+    def call_parties(self, request_uri: SipUri, caller: Uri) -> tuple[Jid, Jid]:
+        """The two JIDs of a SIP user's INVITE to an XMPP user (a Jingle call, a chat
+        session): the callee from ``request_uri`` (an XMPP domain) and the caller from the
+        From URI (a SIP domain; any other scheme is refused 403, as a foreign domain is)."""
+        callee = self.sip_to_jid(request_uri, side="xmpp")
+        if not isinstance(caller, SipUri):
+            raise AddressRefused("caller is not a SIP URI", sip_status=403, condition="not-allowed")
+        return callee, self.sip_to_jid(caller, side="sip", sender=True)
 
     # XMPP → SIP -------------------------------------------------------------------------
 

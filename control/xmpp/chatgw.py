@@ -140,12 +140,9 @@ class ChatSessionGateway:
     # SIP → XMPP: an INVITE -------------------------------------------------------------
 
     async def incoming_invite(self, call: IncomingCall) -> None:
+        caller = call.remote_identity.uri
         try:
-            xmpp_user = self.addressing.sip_to_jid(call.request_uri, side="xmpp")
-            caller = call.remote_identity.uri
-            if not isinstance(caller, SipUri):
-                raise AddressRefused("caller is not a SIP URI", sip_status=403)
-            sip_user = self.addressing.sip_to_jid(caller, side="sip", sender=True)
+            xmpp_user, sip_user = self.addressing.call_parties(call.request_uri, caller)
         except AddressRefused as exc:
             log.info("chat INVITE to %s refused: %s", call.request_uri, exc.reason)
             call.reject(exc.sip_status, exc.reason[:80])
@@ -164,6 +161,7 @@ class ChatSessionGateway:
         except SessionsFull as exc:
             call.reject(486, str(exc))
             return
+        assert isinstance(caller, SipUri)  # call_parties refused any other
         link = _Link(core, sip_user=_plain(caller), xmpp_user=_plain(call.request_uri))
         self._links[key] = link
         try:

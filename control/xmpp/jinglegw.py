@@ -371,11 +371,9 @@ class JingleGateway:
     async def incoming_invite(self, call_in: IncomingCall) -> None:
         """An INVITE with audio to an XMPP user (module doc)."""
         try:
-            callee = self.addressing.sip_to_jid(call_in.request_uri, side="xmpp")
-            caller_uri = call_in.remote_identity.uri
-            if not isinstance(caller_uri, SipUri):
-                raise AddressRefused("caller is not a SIP URI", sip_status=403)
-            caller = self.addressing.sip_to_jid(caller_uri, side="sip", sender=True)
+            callee, caller = self.addressing.call_parties(
+                call_in.request_uri, call_in.remote_identity.uri
+            )
         except AddressRefused as exc:
             call_in.reject(exc.sip_status, exc.reason[:80])
             return
