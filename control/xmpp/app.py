@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Concatenate, ParamSpec, TypeVar
 
 from control.app import IncomingCall, IncomingMessage, Messenger, Referral, Subscription
 from control.msrp.imdn import ImdnNotification
@@ -54,6 +56,9 @@ from control.xmpp.receipts import (
 __all__ = ["GatewaySettings", "XmppGateway"]
 
 log = logging.getLogger("chorus.xmpp")
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 SIP_SIDE_DOWN = 0  # _send_sip: the MESSAGE could not even be sent (service-unavailable)
 PENDING_LIMIT = 10000  # messages remembered for an error or a receipt that may come back
@@ -112,29 +117,23 @@ class XmppGateway:
             on_jingle_message=lambda *m: self.jingle.xmpp_message(*m),
         )
         # Jingle audio calls <-> SIP INVITEs with RTP (jinglegw.py)
-        self.jingle = JingleGateway(
-            ua,
-            self.component,
-            self.addressing,
+        self.jingle = self._part(
+            JingleGateway,
             max_calls=settings.max_jingle_calls,
             ring_timeout=settings.jingle_ring_timeout,
             ice_addresses=settings.jingle_ice_addresses,
             rtp_host=rtp_host,
         )
-        self.presence = PresenceGateway(
-            ua,
-            self.component,
-            self.addressing,
+        self.presence = self._part(
+            PresenceGateway,
             expires=settings.presence_expires,
             retry_max=settings.presence_retry_max,
             limit=settings.max_presence_subscriptions,
         )
         # RFC 7573 chat sessions (chatgw.py), over the server's MSRP transport
         self.chats = (
-            ChatSessionGateway(
-                ua,
-                self.component,
-                self.addressing,
+            self._part(
+                ChatSessionGateway,
                 msrp,
                 chat_sessions=settings.chat_sessions,
                 idle=settings.chat_session_idle,
@@ -149,6 +148,16 @@ class XmppGateway:
         self._pending: ReceiptBook[SipOrigin] = ReceiptBook(PENDING_LIMIT)
         # our IMDN Message-ID of a message sent to SIP -> the XMPP stanza to acknowledge
         self._to_sip: ReceiptBook[XmppOrigin] = ReceiptBook(PENDING_LIMIT)
+
+    def _part(
+        self,
+        factory: Callable[Concatenate[UserAgent, Component, Addressing, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """One part of the gateway (Jingle calls, presence, chat sessions): each works on the
+        same user agent, component and address mapping, and takes its own settings after."""
+        return factory(self.ua, self.component, self.addressing, *args, **kwargs)
 
     def start(self) -> None:
         self.component.start()
