@@ -530,6 +530,7 @@ class Session:
         # pair is freed when the call's task ends, not left as a cycle for the collector.
         self.on_reinvite = None
         self.on_request = None
+        self._last_2xx = None  # only an ACK to it needed it, and none reaches an ended session
         if self.session_timer is not None:
             self.session_timer.stop()
         self.ua.unschedule(self)

@@ -138,8 +138,14 @@ def _classify(status: int) -> _In:
 
 
 class _Transaction:
-    """What all four machines share: timers, the outgoing queue, the event queue."""
+    """What all four machines share: timers, the outgoing queue, the event queue.
 
+    Slotted, and the queues and retransmission intervals made only when first used: every
+    call leaves its server transactions alive for Timer J/L (32 s over UDP), so what each
+    holds is what the garbage collector walks again and again at a high call rate.
+    """
+
+    __slots__ = ("_deadlines", "_events", "_intervals", "_outgoing", "reliable", "state", "timers")
     _TABLE: ClassVar[_Table]
 
     def __init__(self, state: TransactionState, *, reliable: bool, timers: Timers) -> None:
@@ -147,9 +153,30 @@ class _Transaction:
         self.timers = timers
         self.state = state
         self._deadlines: dict[_In, float] = {}
-        self._intervals: dict[_In, float] = {}
-        self._outgoing: list[bytes] = []
-        self._events: deque[TransactionEvent] = deque()
+        self._intervals: dict[_In, float] | None = None  # of retransmission timers only
+        self._outgoing: list[bytes] | None = None
+        self._events: deque[TransactionEvent] | None = None
+
+    def _queue(self, data: bytes) -> None:
+        if self._outgoing is None:
+            self._outgoing = [data]
+        else:
+            self._outgoing.append(data)
+
+    def _emit(self, event: TransactionEvent) -> None:
+        if self._events is None:
+            self._events = deque((event,))
+        else:
+            self._events.append(event)
+
+    def _pop_event(self) -> TransactionEvent | None:
+        events = self._events
+        if not events:
+            return None
+        event = events.popleft()
+        if not events:
+            self._events = None
+        return event
 
     @property
     def terminated(self) -> bool:
@@ -174,8 +201,8 @@ class _Transaction:
 
     def data_to_send(self) -> list[bytes]:
         """Bytes queued since the last call, in order; the caller sends each as one message."""
-        out, self._outgoing = self._outgoing, []
-        return out
+        out, self._outgoing = self._outgoing, None
+        return [] if out is None else out
 
     # --- the machine --------------------------------------------------------------------------
 
@@ -199,7 +226,7 @@ class _Transaction:
         """Start and stop the timers a state owns (each subclass adds its own)."""
         if state is TransactionState.TERMINATED:
             self._deadlines.clear()
-            self._events.append(TransactionTerminated())
+            self._emit(TransactionTerminated())
 
     def _start(self, timer: _In, delay: float, now: float) -> None:
         """Arm ``timer``; a zero delay (D, I, J, K on reliable transports) fires it at once."""
@@ -207,7 +234,10 @@ class _Transaction:
             self._apply(timer, now)
             return
         self._deadlines[timer] = now + delay
-        self._intervals[timer] = delay
+        if timer in _RETRANSMIT_TIMERS:
+            if self._intervals is None:
+                self._intervals = {}
+            self._intervals[timer] = delay
 
     def _stop(self, *timers: _In) -> None:
         for timer in timers:
@@ -221,6 +251,7 @@ class _Transaction:
         late caller has already passed are skipped without sending again.
         """
         deadline = self._deadlines[timer]
+        assert self._intervals is not None
         interval = self._intervals[timer]
         while deadline <= now:
             if timer is _In.TIMER_A:
@@ -240,6 +271,7 @@ class _Transaction:
 class ClientTransaction(_Transaction):
     """The client side: sends the request at creation and passes responses up."""
 
+    __slots__ = ("_ack_bytes", "_request_bytes", "key", "request")
     _INITIAL_STATE: ClassVar[TransactionState]
 
     def __init__(
@@ -254,7 +286,7 @@ class ClientTransaction(_Transaction):
         self.key: TransactionKey = (branch, "", request.method)
         self._request_bytes = request.serialize()
         self._ack_bytes: bytes | None = None
-        self._outgoing.append(self._request_bytes)
+        self._queue(self._request_bytes)
         self._start_timers(now)
 
     def receive_response(self, response: Response, now: float) -> None:
@@ -264,9 +296,7 @@ class ClientTransaction(_Transaction):
         self._apply(_classify(response.status), now, response)
 
     def next_event(self) -> ClientEvent | None:
-        if not self._events:
-            return None
-        event = self._events.popleft()
+        event = self._pop_event()
         assert not isinstance(event, AckReceived | AckFor2xxReceived)
         return event
 
@@ -278,17 +308,17 @@ class ClientTransaction(_Transaction):
 
     def _do(self, action: _Do, message: Request | Response | None) -> None:
         if action is _Do.RESEND:
-            self._outgoing.append(self._request_bytes)
+            self._queue(self._request_bytes)
         elif action is _Do.TIME_OUT:
-            self._events.append(TimedOut())
+            self._emit(TimedOut())
         elif action is _Do.PASS_UP:
             assert isinstance(message, Response)
-            self._events.append(ResponseReceived(message))
+            self._emit(ResponseReceived(message))
         elif action is _Do.ACK:
             assert isinstance(message, Response)
             if self._ack_bytes is None:
                 self._ack_bytes = build_ack_for_non2xx(self.request, message).serialize()
-            self._outgoing.append(self._ack_bytes)
+            self._queue(self._ack_bytes)
 
 
 class InviteClientTransaction(ClientTransaction):
@@ -299,6 +329,8 @@ class InviteClientTransaction(ClientTransaction):
     Accepted, where every further 2xx is passed up so the dialog layer can ACK it (§13.2.2.4);
     Timer B only runs in Calling: once a provisional arrived the TU decides (CANCEL, Timer C).
     """
+
+    __slots__ = ()
 
     _INITIAL_STATE = _S.CALLING
     _TABLE: ClassVar[_Table] = {
@@ -338,6 +370,8 @@ class InviteClientTransaction(ClientTransaction):
 
 class NonInviteClientTransaction(ClientTransaction):
     """Figure 6 of RFC 3261: Timer E retransmits, Timer F times out, Timer K lingers."""
+
+    __slots__ = ()
 
     _INITIAL_STATE = _S.TRYING
     _TABLE: ClassVar[_Table] = {
@@ -385,6 +419,7 @@ class ServerTransaction(_Transaction):
     collector would otherwise walk again and again (bench/RESULTS.md, issue 14).
     """
 
+    __slots__ = ("_last_bytes", "_request", "cseq", "key", "last_response", "method")
     _INITIAL_STATE: ClassVar[TransactionState]
     _RELEASED: ClassVar[frozenset[TransactionState]] = frozenset(
         {_S.ACCEPTED, _S.CONFIRMED, _S.TERMINATED}
@@ -447,9 +482,7 @@ class ServerTransaction(_Transaction):
             self._release()  # the ACK for a non-2xx confirmed it
 
     def next_event(self) -> ServerEvent | None:
-        if not self._events:
-            return None
-        event = self._events.popleft()
+        event = self._pop_event()
         assert not isinstance(event, ResponseReceived)
         return event
 
@@ -462,20 +495,20 @@ class ServerTransaction(_Transaction):
             self._send(message)
         elif action is _Do.RESEND:
             if self._last_bytes is not None:
-                self._outgoing.append(self._last_bytes)
+                self._queue(self._last_bytes)
         elif action is _Do.TIME_OUT:
-            self._events.append(TimedOut())
+            self._emit(TimedOut())
         elif action is _Do.PASS_ACK:
             assert isinstance(message, Request)
-            self._events.append(AckReceived(message))
+            self._emit(AckReceived(message))
         elif action is _Do.PASS_2XX_ACK:
             assert isinstance(message, Request)
-            self._events.append(AckFor2xxReceived(message))
+            self._emit(AckFor2xxReceived(message))
 
     def _send(self, response: Response) -> None:
         self.last_response = response
         self._last_bytes = response.serialize()
-        self._outgoing.append(self._last_bytes)
+        self._queue(self._last_bytes)
 
 
 class InviteServerTransaction(ServerTransaction):
@@ -485,6 +518,8 @@ class InviteServerTransaction(ServerTransaction):
     the 2xx until the ACK arrives is the UAS core's job (§13.3.1.4, ``TwoHundredRetransmitter``)
     because that ACK is a transaction of its own.
     """
+
+    __slots__ = ()
 
     _INITIAL_STATE = _S.PROCEEDING
     _TABLE: ClassVar[_Table] = {
@@ -560,6 +595,8 @@ class InviteServerTransaction(ServerTransaction):
 
 class NonInviteServerTransaction(ServerTransaction):
     """Figure 8 of RFC 3261: Timer J keeps the final response for retransmitted requests."""
+
+    __slots__ = ()
 
     _INITIAL_STATE = _S.TRYING
     _RELEASED = frozenset({_S.COMPLETED, _S.TERMINATED})
