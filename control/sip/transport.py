@@ -54,6 +54,7 @@ class Peer:
 
 
 MessageHandler = Callable[[Request | Response, Peer], None]
+PEER_CACHE_SIZE = 4096  # UDP source addresses whose Peer is kept for reuse
 
 
 class SipTracer:
@@ -137,6 +138,9 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self._layer = layer
         self.listen = listen
         self.transport: asyncio.DatagramTransport | None = None
+        # One Peer per source address, not one per datagram: a call's messages and the
+        # transactions that outlive it (Timer J/L) share it. Bounded; emptied when full.
+        self._peers: dict[tuple[str | int, ...], Peer] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -144,7 +148,11 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         if not data.strip(b"\r\n\x00 "):
             return  # keep-alive
-        peer = Peer("udp", str(addr[0]), int(addr[1]))
+        peer = self._peers.get(addr)
+        if peer is None:
+            if len(self._peers) >= PEER_CACHE_SIZE:
+                self._peers.clear()
+            peer = self._peers[addr] = Peer("udp", str(addr[0]), int(addr[1]))
         reply = self._receiver.handle_bytes(data, peer, stream=False)
         if reply is not None and self.transport is not None:
             self._layer.tracer.trace("send", peer, reply)
@@ -259,6 +267,9 @@ class SipTransportLayer:
         self.send_errors = 0  # UDP errors reported by the kernel (error_received)
         self._sweeper: asyncio.Task[None] | None = None
         self.bound: list[ListenAddress] = []
+        # local_address answers by (transport, family), for the ``bound`` list they came from
+        self._local: dict[tuple[str, bool | None], ListenAddress | None] = {}
+        self._local_for: tuple[list[ListenAddress] | None, int] = (None, 0)
 
     async def start(self, listen: tuple[ListenAddress, ...]) -> None:
         loop = asyncio.get_running_loop()
@@ -304,10 +315,24 @@ class SipTransportLayer:
         self.tracer.close()
 
     def local_address(self, transport: str, family_of: str | None = None) -> ListenAddress | None:
-        """The listening address to advertise in Via and Contact for ``transport``."""
+        """The listening address to advertise in Via and Contact for ``transport``.
+
+        Asked twice per call (Contact, the SDP's address); ``bound`` changes only while
+        listeners start, so the answers are kept until it does."""
+        v6 = None if family_of is None else _is_ipv6(family_of)
+        key = (transport, v6)
+        if self._local_for[0] is not self.bound or self._local_for[1] != len(self.bound):
+            self._local.clear()
+            self._local_for = (self.bound, len(self.bound))
+        try:
+            return self._local[key]
+        except KeyError:
+            found = self._local[key] = self._find_local(transport, v6)
+            return found
+
+    def _find_local(self, transport: str, v6: bool | None) -> ListenAddress | None:
         candidates = [b for b in self.bound if b.transport == transport]
-        if family_of is not None:
-            v6 = _is_ipv6(family_of)
+        if v6 is not None:
             same = [b for b in candidates if _is_ipv6(b.host) == v6]
             candidates = same or candidates
         return candidates[0] if candidates else None
