@@ -262,17 +262,37 @@ def run_core(
     return counters
 
 
-def core_profile(
-    codec: str, room_size: int, participants: int, ticks: int, srtp: bool
-) -> dict[str, Any]:
-    warm = 20
-    rooms, feeds = build_core(codec, room_size, participants, ticks, srtp)
+WARM_TICKS = 20  # core load: ticks run before any measurement
+
+
+def timed_core(
+    codec: str,
+    room_size: int,
+    participants: int,
+    ticks: int,
+    srtp: bool,
+    tuning: CodecTuning = MIXER_TUNING,
+) -> float:
+    """CPU seconds of a fresh core load's ticks after the warm-up; raises unless every
+    listener got every frame (a load that sends less would look cheap)."""
+    warm = WARM_TICKS
+    rooms, feeds = build_core(codec, room_size, participants, ticks, srtp, tuning=tuning)
     run_core(rooms, feeds, warm)
     cpu0 = time.process_time()
     counters = run_core(rooms, feeds, ticks, warm)
     cpu = time.process_time() - cpu0
     if counters.frames_mixed != (ticks - warm) * participants:
-        raise RuntimeError(f"core load sent {counters.frames_mixed} frames, not every listener's")
+        raise RuntimeError(
+            f"{codec} core load sent {counters.frames_mixed} frames, not every listener's"
+        )
+    return cpu
+
+
+def core_profile(
+    codec: str, room_size: int, participants: int, ticks: int, srtp: bool
+) -> dict[str, Any]:
+    warm = WARM_TICKS
+    cpu = timed_core(codec, room_size, participants, ticks, srtp)
     rooms, feeds = build_core(codec, room_size, participants, ticks, srtp)
     run_core(rooms, feeds, warm)
     prof = cProfile.Profile()
@@ -316,7 +336,7 @@ def opus_tuning(
     participant-tick (process time, median of `runs`) and RSS per participant (the growth
     from building and warming the rooms).  48000 is the codec at its own rate with the
     mixer resampling 16 <-> 48 kHz around it (the code before the room-rate change)."""
-    warm = 20
+    warm = WARM_TICKS
     configs = [(rate, cx) for rate in rates for cx in complexities]
     cpu: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
     rss: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
@@ -330,15 +350,8 @@ def opus_tuning(
             rss[(rate, cx)].append(parent.recv())
             proc.join()
             tuning = CodecTuning(pcm_rate=rate, opus_complexity=cx)
-            rooms, feeds = build_core("Opus", room_size, participants, ticks, False, tuning=tuning)
-            run_core(rooms, feeds, warm)
-            cpu0 = time.process_time()
-            counters = run_core(rooms, feeds, ticks, warm)
-            spent = time.process_time() - cpu0
-            if counters.frames_mixed != (ticks - warm) * participants:
-                raise RuntimeError(f"opus load sent {counters.frames_mixed} frames, not all")
+            spent = timed_core("Opus", room_size, participants, ticks, False, tuning)
             cpu[(rate, cx)].append(100 * spent / ((ticks - warm) * participants) / 0.02)
-            del rooms, feeds
     out: dict[str, Any] = {}
     for rate, cx in configs:
         runs_cpu = cpu[(rate, cx)]
