@@ -363,11 +363,24 @@ def test_via_other_protocol_is_kept() -> None:
         "SIP/2.0/UDP",
         "SIP/2.0/UDP host;;branch=1",
         "SIP/2.0/UDP host;branch=a b",
+        "SIP/2.0/UDP host;",
+        "SIP/2.0/UDP host; ;branch=1",
+        "SIP/2.0/UDP host;branch=1\n",
+        "SIP/2.0/UDP host:0;branch=1",
     ],
 )
 def test_bad_via(text: str) -> None:
     with pytest.raises(SipError):
         parse_via(text)
+
+
+def test_vias_of_one_peer_share_their_sent_by_but_not_their_params() -> None:
+    first = parse_via("SIP/2.0/udp  h.example.com : 5070 ;branch=z9hG4bK-1;rport")
+    second = parse_via("SIP/2.0/udp  h.example.com : 5070 ;branch=z9hG4bK-2")
+    assert (first.transport, first.host, first.port) == ("UDP", "h.example.com", 5070)
+    assert (second.transport, second.host, second.port) == ("UDP", "h.example.com", 5070)
+    assert first.params == {"branch": "z9hG4bK-1", "rport": None}
+    assert second.params == {"branch": "z9hG4bK-2"}
 
 
 def test_cseq_bounds() -> None:

@@ -341,9 +341,11 @@ class Via:
         )
 
 
-_VIA_RE = re.compile(
+# sent-protocol LWS sent-by: everything of a via-parm before its first ";" (no token, and no
+# character of sent-by, is a ";").
+_SENT_BY_RE = re.compile(
     r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*"
-    r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]+([^;]+?)[ \t]*(;.*)?"
+    r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]+([^;]+?)[ \t]*"
 )
 _SENT_BY_COLON_RE = re.compile(r"[ \t]*:[ \t]*")
 
@@ -356,16 +358,29 @@ def parse_via(value: str) -> Via:
     is kept as received unless it is SIP/2.0, so that a 505 can still copy a ``SIP/7.0`` Via
     (RFC 4475 §3.1.2.16). LWS may surround the ``:`` of sent-by (HCOLON) but not split a host.
     """
-    match = _VIA_RE.fullmatch(value.strip(" \t"))
-    if match is None:
+    head, semi, param_text = value.strip(" \t").partition(";")
+    sent = _sent_by(head)
+    if sent is None or "\n" in param_text:
         raise SipError(400, f"bad Via {value!r}")
-    name, version, transport, sent_by, param_text = match.groups()
+    protocol, transport, host, port = sent
+    params = parse_params(";" + param_text) if semi else {}  # ";;x" stays an empty parameter
+    return Via(transport, host, port, params, protocol)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sent_by(text: str) -> tuple[str, str, str, int | None] | None:
+    """Protocol, transport, host and port of a Via's part before its parameters, None when
+    it is not one. Cached apart from the parameters: a peer's Vias differ in their branch
+    only, so this part parses once per peer, not once per request."""
+    match = _SENT_BY_RE.fullmatch(text)
+    if match is None:
+        return None
+    name, version, transport, sent_by = match.groups()
     protocol = f"{name}/{version}"
     if protocol.upper() == "SIP/2.0":
         protocol = "SIP/2.0"
     host, port = split_host_port(_SENT_BY_COLON_RE.sub(":", sent_by))
-    params = parse_params(param_text or "")
-    return Via(transport.upper(), host, port, params, protocol)
+    return protocol, transport.upper(), host, port
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +424,7 @@ class ContentType:
         return self.mime + format_params(self.params)
 
 
+@functools.lru_cache(maxsize=256)  # values are frozen; peers send a handful of types
 def parse_content_type(value: str) -> ContentType:
     """``m-type SLASH m-subtype *(SEMI m-parameter)`` (RFC 3261 §20.15): both types tokens."""
     mime, semi, rest = value.partition(";")

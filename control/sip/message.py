@@ -428,6 +428,14 @@ def _take_body(
 
 
 def _parse_request_line(start: str, headers: Headers, body: bytes) -> Request:
+    method, uri = _request_line(start)
+    return Request(headers, body, method, uri)
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_line(start: str) -> tuple[str, Uri]:
+    """Method and Request-URI of a request line. Cached: a peer's requests to one service,
+    and its in-dialog requests to our Contact, share one line."""
     match = _REQUEST_LINE_RE.fullmatch(start)
     if match is None:
         raise SipError(400, "bad request line")
@@ -442,7 +450,7 @@ def _parse_request_line(start: str, headers: Headers, body: bytes) -> Request:
     if isinstance(uri, SipUri) and uri.headers:
         # RFC 3261 §19.1.5 / RFC 4475 §3.1.2.11: headers are not allowed in a Request-URI.
         raise SipError(400, "headers in Request-URI")
-    return Request(headers, body, method, uri)
+    return method, uri
 
 
 def _parse_status_line(start: str, headers: Headers, body: bytes) -> Response:

@@ -69,22 +69,35 @@ def parse_params(text: str) -> dict[str, str | None]:
         return params
     if text.startswith(";"):
         text = text[1:]
+    keys = _PARAM_KEYS
     for part in _split_outside_quotes(text, ";"):
         part = part.strip(_WS)
         if not part:
             raise SipError(400, "empty parameter")
         name, eq, value = part.partition("=")
         name = name.strip(_WS)
-        if not is_token(name):
-            raise SipError(400, f"bad parameter name {name!r}")
+        key = keys.get(name)
+        if key is None:
+            if not is_token(name):
+                raise SipError(400, f"bad parameter name {name!r}")
+            key = name.lower()
+            if len(keys) >= _PARAM_KEY_CACHE:
+                keys.clear()  # names from peers must not grow it without bound
+            keys[name] = key
         if not eq:
-            params[name.lower()] = None
+            params[key] = None
             continue
         value = value.strip(_WS)
         if not _is_param_value(value):
             raise SipError(400, f"bad value for parameter {name!r}")
-        params[name.lower()] = value
+        params[key] = value
     return params
+
+
+# Parameter names seen and found to be tokens -> their lower-case form: branch, tag, lr,
+# transport, … come with nearly every header, and a dict hit is cheaper than the token check.
+_PARAM_KEYS: dict[str, str] = {}
+_PARAM_KEY_CACHE = 1024
 
 
 def _is_param_value(value: str) -> bool:
@@ -98,7 +111,9 @@ def _is_param_value(value: str) -> bool:
 
 
 def format_params(params: dict[str, str | None]) -> str:
-    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+    if not params:
+        return ""
+    return "".join([f";{k}" if v is None else f";{k}={v}" for k, v in params.items()])
 
 
 def split_host_port(text: str) -> tuple[str, int | None]:
@@ -329,6 +344,9 @@ def parse_name_addr(text: str) -> NameAddr:
 
 
 def _closing_quote(text: str) -> int:
+    end = text.find('"', 1)
+    if end > 0 and text.find("\\", 1, end) < 0:
+        return end  # no quoted-pair before the first quote: it closes (the usual case)
     index = 1
     while index < len(text):
         char = text[index]
@@ -342,6 +360,8 @@ def _closing_quote(text: str) -> int:
 
 
 def _unquote(text: str) -> str:
+    if "\\" not in text:
+        return text
     return re.sub(r"\\(.)", r"\1", text)
 
 
