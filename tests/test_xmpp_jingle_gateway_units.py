@@ -16,7 +16,15 @@ from control.media.codecs import G722Codec, PcmuCodec
 from control.sip import sdp
 from control.sip.uri import NameAddr, SipUri
 from control.xmpp.addressing import Addressing
-from control.xmpp.jinglegw import SIP_CODECS, JingleGateway, _use_answer, gathering_on
+from control.xmpp.jingle import Content, Fingerprint, IceTransport, RawUdpTransport, RtpDescription
+from control.xmpp.jinglegw import (
+    PLAIN_RTP,
+    SIP_CODECS,
+    JingleGateway,
+    _use_answer,
+    gathering_on,
+    webrtc_audio,
+)
 from control.xmpp.jinglemedia import WebRtcLeg
 from control.xmpp.jinglemessage import JingleMessage, read_jingle_message
 
@@ -176,3 +184,20 @@ async def test_a_cancel_before_the_propose_sends_nothing_to_xmpp() -> None:
     call.incoming.cancelled.set_result(None)  # came while the call was being set up
     await asyncio.wait_for(gateway.incoming_invite(call), 30)  # type: ignore[arg-type]
     assert component.sent == [] and len(gateway) == 0
+
+
+def test_the_leg_takes_audio_over_ice_with_dtls_only() -> None:
+    """webrtc_audio: what aiortc can terminate; plain RTP ends the call with PLAIN_RTP (the
+    live refusals: tests/test_xmpp_jingle_plain_rtp.py)."""
+    audio = RtpDescription("audio")
+    dtls = Fingerprint("sha-256", "AB:CD", "actpass")
+    assert webrtc_audio(
+        [Content("a", description=audio, transport=IceTransport("u", "p", (), dtls))]
+    )
+    assert not webrtc_audio([Content("a", description=audio, transport=RawUdpTransport())])
+    assert not webrtc_audio([Content("a", description=audio, transport=IceTransport("u", "p"))])
+    video = RtpDescription("video")
+    assert not webrtc_audio(
+        [Content("v", description=video, transport=IceTransport("u", "p", (), dtls))]
+    )
+    assert PLAIN_RTP.condition == "unsupported-transports"

@@ -32,6 +32,11 @@ Calls are bounded by ``max_calls`` (past it: 486 toward SIP, ``<reject/>`` busy 
 every call. Hold both ways: a XEP-0167 hold / unhold is a re-offer toward SIP that stops /
 resumes receiving, a SIP re-offer that stops / resumes receiving a session-info hold / unhold.
 
+The Jingle media must be ICE with DTLS-SRTP, all the leg (aiortc) terminates: a plain RTP
+offer or answer (XEP-0177 raw UDP, or ICE without a fingerprint) ends the call with
+``unsupported-transports`` (:data:`PLAIN_RTP`; 488 toward a SIP caller), a plain
+session-initiate straight to the gateway before any INVITE goes out.
+
 aioice 0.13 has no setting for the addresses it gathers host candidates on: with
 ``ice_addresses`` configured, :func:`gathering_on` puts them in for the time aiortc gathers.
 """
@@ -57,7 +62,7 @@ from control.sip.uri import NameAddr, SipUri
 from control.sip.useragent import UserAgent
 from control.xmpp.addressing import Addressing, AddressRefused, Jid
 from control.xmpp.component import Component, XmppIq
-from control.xmpp.jingle import Jingle, JingleError, Reason, parse_jingle
+from control.xmpp.jingle import Content, IceTransport, Jingle, JingleError, Reason, parse_jingle
 from control.xmpp.jinglebuild import build_jingle, error_element
 from control.xmpp.jinglecall import (
     direction_for_info,
@@ -76,7 +81,7 @@ from control.xmpp.jinglesession import (
     Terminated,
 )
 
-__all__ = ["RESOURCE", "SIP_CODECS", "JingleGateway", "gathering_on"]
+__all__ = ["PLAIN_RTP", "RESOURCE", "SIP_CODECS", "JingleGateway", "gathering_on", "webrtc_audio"]
 
 log = logging.getLogger("chorus.xmpp.jingle")
 
@@ -84,6 +89,8 @@ RESOURCE = "chorus"  # the resource of the gateway's JIDs in calls (user@<sip do
 # The bridged codecs (jinglecall.BRIDGED_CODECS) as the SIP side's offer lists them.
 SIP_CODECS: tuple[tuple[str, int], ...] = (("opus", 48000), ("G722", 8000), ("PCMU", 8000))
 _ORIGIN_USER = "chorus"
+# A Jingle audio content the leg cannot terminate (webrtc_audio): the session ends with it.
+PLAIN_RTP = Reason("unsupported-transports", "audio over ICE with DTLS-SRTP only")
 
 _gathering = 0
 _aioice_default = aioice.ice.get_host_addresses
@@ -214,6 +221,9 @@ class JingleGateway:
             case Accepted(sid=sid):
                 call = self._calls.get((str(iq.sender), sid))
                 if call is not None and not call.answered.done():
+                    if not webrtc_audio(event.contents):  # the SIP caller gets 488
+                        await self._end(call, "plain RTP answer", reason=PLAIN_RTP)
+                        return
                     await call.leg.accepted(event.contents, event.groups)
                     call.answered.set_result(None)
             case Terminated(sid=sid, reason=reason):
@@ -266,10 +276,14 @@ class JingleGateway:
         call = self._calls.get(key)
         if call is not None and call.proposed and call.from_xmpp:
             call.session = event.session
-            if not call.initiated.done():
+            if not webrtc_audio(event.contents):  # its INVITE is CANCELled or BYEd
+                self._spawn(call, self._end(call, "plain RTP offer", reason=PLAIN_RTP))
+            elif not call.initiated.done():
                 call.initiated.set_result(event)
             return
         addresses = self._refusal(iq.sender, iq.recipient)
+        if not webrtc_audio(event.contents):
+            addresses = PLAIN_RTP  # refused before any SIP phone rings
         if isinstance(addresses, Reason):
             log.info("Jingle call from %s to %s refused: %s", iq.sender, iq.recipient, addresses)
             self._spawn_free(
@@ -604,6 +618,19 @@ class JingleGateway:
         task: asyncio.Task[object] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         self._free.add(task)
         task.add_done_callback(self._free.discard)
+
+
+def webrtc_audio(contents: Sequence[Content]) -> bool:
+    """The leg (aiortc) terminates audio over ICE with DTLS-SRTP only: plain RTP, as XEP-0177
+    raw UDP or ICE without a DTLS fingerprint, makes aiortc refuse the description, so such an
+    offer or answer ends the call with :data:`PLAIN_RTP` instead."""
+    return any(
+        c.description is not None
+        and c.description.media == "audio"
+        and isinstance(c.transport, IceTransport)
+        and c.transport.fingerprint is not None
+        for c in contents
+    )
 
 
 def _args(reason: Reason) -> tuple[str, str | None]:
