@@ -216,15 +216,16 @@ class Headers:
         index = self._index
         if index is None:
             index = self._lookup()
-        return index.get(_key(name), ())
+        return index.get(_KEYS.get(name) or _key(name), ())
 
-    def remember(self, name: str, value: object) -> None:
-        """Store what ``parsed(name, …)`` would return (the parser's own results)."""
+    def remember(self, parsed: dict[str, Any]) -> None:
+        """Store what ``parsed(name, …)`` would return for each name (the parser's own
+        results), all at once."""
         memo = self._memo
         if memo is None:
-            self._memo = {name: value}
+            self._memo = parsed
         else:
-            memo[name] = value
+            memo.update(parsed)
 
     def _lookup(self) -> dict[str, tuple[str, ...]]:
         index = self._index
@@ -266,18 +267,19 @@ class Headers:
         index = self._index
         if index is None:
             index = self._lookup()
-        values = index.get(_key(name))
+        values = index.get(_KEYS.get(name) or _key(name))
         return values[0] if values else default
 
     def get_raw(self, name: str) -> list[str]:
         """Every header line's value as received, one entry per line."""
-        return list(self._lookup().get(_key(name), ()))
+        return list(self.values(name))
 
     def get_all(self, name: str) -> list[str]:
         """Every value, list headers split at their commas."""
-        canonical = canonical_name(name)
-        values = self._lookup().get(canonical.lower(), ())
-        if canonical in LIST_HEADERS:
+        values = self.values(name)
+        if values and canonical_name(name) in LIST_HEADERS:
+            if len(values) == 1:
+                return split_header_list(values[0])
             return [part for value in values for part in split_header_list(value)]
         return list(values)
 

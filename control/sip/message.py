@@ -498,17 +498,20 @@ def _validate(message: Request | Response, index: dict[str, tuple[str, ...]]) ->
     vias = _list_values(index.get("via", ()))
     if not vias:
         raise SipError(400, "missing Via")
-    for position, value in enumerate(vias):
+    top = None
+    for value in vias:
         via = parse_via(value)
-        if not position:
-            headers.remember("Via", via)
+        if top is None:
+            top = via
         rport = via.params.get("rport")
         if rport:
             _bounded_int(rport, 65535, "rport")
-    headers.remember("From", parse_name_addr(index["from"][0]))
-    headers.remember("To", parse_name_addr(index["to"][0]))
-    cseq = parse_cseq(index["cseq"][0])
-    headers.remember("CSeq", cseq)
+    parsed: dict[str, object] = {
+        "Via": top,
+        "From": parse_name_addr(index["from"][0]),
+        "To": parse_name_addr(index["to"][0]),
+    }
+    parsed["CSeq"] = cseq = parse_cseq(index["cseq"][0])
     if isinstance(message, Request):
         if cseq.method != message.method:
             raise SipError(400, "CSeq method does not match the request")
@@ -516,13 +519,14 @@ def _validate(message: Request | Response, index: dict[str, tuple[str, ...]]) ->
         if max_forwards is not None:
             _bounded_int(max_forwards[0], 255, "Max-Forwards")
     if _CHECKED.isdisjoint(index):
-        headers.remember("Contact", ())
-        headers.remember("Content-Type", None)
-        return
-    _validate_optional(headers, index)
+        parsed["Contact"] = ()
+        parsed["Content-Type"] = None
+    else:
+        _validate_optional(parsed, index)
+    headers.remember(parsed)
 
 
-def _validate_optional(headers: Headers, index: dict[str, tuple[str, ...]]) -> None:
+def _validate_optional(parsed: dict[str, object], index: dict[str, tuple[str, ...]]) -> None:
     contacts: list[NameAddr] = []
     for value in _list_values(index.get("contact", ())):
         if value.strip(" \t") == "*":
@@ -531,7 +535,7 @@ def _validate_optional(headers: Headers, index: dict[str, tuple[str, ...]]) -> N
         contacts.append(contact)
         if "expires" in contact.params:
             _bounded_int(contact.params["expires"] or "", MAX_DELTA_SECONDS, "Contact expires")
-    headers.remember("Contact", tuple(contacts))
+    parsed["Contact"] = tuple(contacts)
     for key, name in (("expires", "Expires"), ("min-expires", "Min-Expires")):
         seconds = index.get(key)
         if seconds is not None:
@@ -547,7 +551,7 @@ def _validate_optional(headers: Headers, index: dict[str, tuple[str, ...]]) -> N
     if date is not None and not date[0].rstrip(" \t").endswith("GMT"):
         raise SipError(400, "Date must be in GMT")  # RFC 3261 §20.17, RFC 4475 §3.1.2.12
     content_type = index.get("content-type")
-    headers.remember("Content-Type", parse_content_type(content_type[0]) if content_type else None)
+    parsed["Content-Type"] = parse_content_type(content_type[0]) if content_type else None
     for value in index.get("record-route", ()) + index.get("route", ()):
         for part in split_header_list(value):
             parse_name_addr(part)
