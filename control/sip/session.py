@@ -54,12 +54,15 @@ def timer_terms(incoming: IncomingRequest, policy: TimerPolicy | None) -> Negoti
     if policy is None:
         return None
     try:
-        return answer_request(incoming.request, policy)
+        terms = answer_request(incoming.request, policy)
     except IntervalTooSmall as exc:
         incoming.respond(exc.status, exc.reason, headers=exc.headers)
+        return None
     except SipError as exc:
         incoming.respond(exc.status, exc.reason)
-    return None
+        return None
+    incoming.timer_terms = (policy, terms)
+    return terms
 
 
 class SessionState(enum.Enum):
@@ -137,7 +140,11 @@ class IncomingCall(Offer):
         contact = self.ua.contact_for(self.incoming.source, user, secure=self._secure_request())
         dialog = Dialog.as_uas(self.request, self.local_tag, contact)
         session = Session(self.ua, dialog, self.incoming.source, is_uac=False)
-        negotiated = session.negotiate_timer(self.request)
+        known = self.incoming.timer_terms  # the server's 422 check worked it out already
+        if known is not None and known[0] is self.ua.session_timers:
+            negotiated: Negotiated | None = known[1]
+        else:
+            negotiated = session.negotiate_timer(self.request)
         response = self.request.make_response(
             200, to_tag=self.local_tag, body=answer, content_type=SDP
         )
@@ -173,7 +180,7 @@ class Session:
         self.on_request: Callable[[IncomingRequest], Awaitable[None]] | None = None
         self._retransmitter: TwoHundredRetransmitter | None = None
         self._pending_reinvite: OutgoingRequest | None = None
-        self._reinvite_lock = asyncio.Lock()
+        self._reinvite_lock: asyncio.Lock | None = None  # made by the first re-INVITE we send
         self._incoming_reinvite: IncomingRequest | None = None
         self._last_2xx: Response | None = None
         self.local_sdp = b""  # what a refresh re-INVITE offers again (RFC 4028 §7.4)
@@ -440,6 +447,8 @@ class Session:
 
         Calls are taken one at a time: §14.1 forbids a second re-INVITE while one is pending.
         """
+        if self._reinvite_lock is None:
+            self._reinvite_lock = asyncio.Lock()
         async with self._reinvite_lock:
             return await self._reinvite(body, attempts)
 

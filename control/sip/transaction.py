@@ -77,6 +77,10 @@ class TransactionStateError(Exception):
 class TransactionState(enum.Enum):
     """The states of Figures 5-8 of RFC 3261, plus RFC 6026's Accepted."""
 
+    # Members are singletons compared by identity: hash them so too, in C. Enum's own
+    # __hash__ is a Python call, paid on every table lookup and timer dict access.
+    __hash__ = object.__hash__
+
     CALLING = "Calling"
     TRYING = "Trying"
     PROCEEDING = "Proceeding"
@@ -88,6 +92,8 @@ class TransactionState(enum.Enum):
 
 class _In(enum.Enum):
     """What can happen to a transaction: a class of message, or one of the RFC's timers."""
+
+    __hash__ = object.__hash__  # as TransactionState's
 
     PROVISIONAL = "1xx"
     SUCCESS = "2xx"

@@ -31,7 +31,7 @@ from control.sip.events import (
     TransactionTerminated,
 )
 from control.sip.message import Request, Response
-from control.sip.sessiontimer import TimerPolicy
+from control.sip.sessiontimer import Negotiated, TimerPolicy
 from control.sip.subscription import EventKey, parse_event
 from control.sip.timerheap import TimerHeap, TimerOwner
 from control.sip.transaction import (
@@ -95,6 +95,9 @@ class IncomingRequest:
         self.final_sent = False
         self.cancelled = asyncio.get_running_loop().create_future()
         self._to_tag: str | None = None  # the To tag our responses to this request carry
+        # The session layer's RFC 4028 answer to this request (policy, terms), kept by its
+        # 422 check so the 2xx need not work it out again.
+        self.timer_terms: tuple[TimerPolicy, Negotiated] | None = None
 
     @property
     def method(self) -> str:
@@ -214,6 +217,8 @@ class UserAgent:
         self._trying: deque[tuple[float, InviteServerTransaction, Peer]] = deque()
         self._trying_timer: asyncio.Handle | None = None
         self.counters = SipCounters()
+        # contact_for's answers by (transport, host, port, user, secure): one per call else
+        self._contacts: dict[tuple[str, str, int, str | None, bool], NameAddr] = {}
 
     # --- identity ---------------------------------------------------------------------------
 
@@ -255,11 +260,18 @@ class UserAgent:
         peers such as baresip can route an ACK to while they cannot follow a ``sips:`` one.
         """
         host, port = self.local_host_port(peer.transport, peer.host)
-        params: dict[str, str | None] = {}
-        if peer.transport != "udp":
-            params["transport"] = peer.transport
-        scheme = "sips" if secure else "sip"
-        return NameAddr(SipUri(host=host, user=user, port=port, scheme=scheme, params=params))
+        key = (peer.transport, host, port, user, secure)
+        contact = self._contacts.get(key)
+        if contact is None:
+            if len(self._contacts) >= 256:
+                self._contacts.clear()
+            params: dict[str, str | None] = {}
+            if peer.transport != "udp":
+                params["transport"] = peer.transport
+            scheme = "sips" if secure else "sip"
+            uri = SipUri(host=host, user=user, port=port, scheme=scheme, params=params)
+            contact = self._contacts[key] = NameAddr(uri)
+        return contact
 
     # --- receiving --------------------------------------------------------------------------
 
