@@ -215,11 +215,11 @@ class Session:
         self.ua.schedule(self)
 
     def next_timer(self) -> float | None:
-        deadlines = [
-            self._retransmitter.next_timer() if self._retransmitter else None,
-            self.session_timer.next_timer() if self.session_timer else None,
-        ]
-        return min((d for d in deadlines if d is not None), default=None)
+        resend = self._retransmitter.next_timer() if self._retransmitter else None
+        refresh = self.session_timer.next_timer() if self.session_timer else None
+        if resend is None:
+            return refresh
+        return resend if refresh is None else min(resend, refresh)
 
     def handle_timer(self, now: float) -> None:
         self._handle_retransmission(now)

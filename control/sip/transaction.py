@@ -432,14 +432,21 @@ class ServerTransaction(_Transaction):
     )
 
     def __init__(
-        self, request: Request, *, reliable: bool, now: float, timers: Timers = Timers()
+        self,
+        request: Request,
+        *,
+        reliable: bool,
+        now: float,
+        timers: Timers = Timers(),
+        key: TransactionKey | None = None,
     ) -> None:
+        """``key``: ``server_key(request)`` when the caller matched with it already."""
         self._check_method(request.method)
         super().__init__(self._INITIAL_STATE, reliable=reliable, timers=timers)
         self._request: Request | None = request
         self.method = request.method
         self.cseq = request.cseq
-        self.key: TransactionKey = server_key(request)
+        self.key: TransactionKey = server_key(request) if key is None else key
         self.last_response: Response | None = None
         self._last_bytes: bytes | None = None
 
@@ -554,8 +561,9 @@ class InviteServerTransaction(ServerTransaction):
         now: float,
         timers: Timers = Timers(),
         send_trying: bool = True,
+        key: TransactionKey | None = None,
     ) -> None:
-        super().__init__(request, reliable=reliable, now=now, timers=timers)
+        super().__init__(request, reliable=reliable, now=now, timers=timers, key=key)
         if send_trying:
             self.send_trying()
 

@@ -318,18 +318,19 @@ class UserAgent:
             self._handle_cancel(request, peer)
             return
         txn: ServerTransaction
+        now = self.now()
         if request.method == "INVITE":
             txn = InviteServerTransaction(
-                request, reliable=peer.reliable, now=self.now(), timers=self.timers,
-                send_trying=False,
+                request, reliable=peer.reliable, now=now, timers=self.timers,
+                send_trying=False, key=key,
             )  # fmt: skip
-            self._trying_due(txn, peer)
+            self._trying_due(txn, peer, now)
         else:
             txn = NonInviteServerTransaction(
-                request, reliable=peer.reliable, now=self.now(), timers=self.timers
+                request, reliable=peer.reliable, now=now, timers=self.timers, key=key
             )
         incoming = IncomingRequest(self, request, peer, txn)
-        self._servers[txn.key] = _ServerEntry(txn, peer, incoming)
+        self._servers[key] = _ServerEntry(txn, peer, incoming)
         self.pump_server(txn, peer)
         # Max-Forwards 0 is a proxy's concern (RFC 3261 §16.3): the focus is the request's
         # endpoint and processes it as usual (RFC 4475, "zeromf").
@@ -346,12 +347,11 @@ class UserAgent:
             return
         self.spawn(self._run_handler(incoming))
 
-    def _trying_due(self, txn: InviteServerTransaction, peer: Peer) -> None:
+    def _trying_due(self, txn: InviteServerTransaction, peer: Peer, now: float) -> None:
         """Send the INVITE's 100 (Trying) in TRYING_AFTER unless it was answered by then
         (RFC 3261 §17.2.1 asks for it only when the TU takes longer than 200 ms; an echo or a
         room answers within the same loop turn, and a 100 then is one more message built and
         sent per call). One sweep timer serves every pending INVITE, in arrival order."""
-        now = self.now()
         self._trying.append((now + TRYING_AFTER, txn, peer))
         if self._trying_timer is None:
             self._trying_timer = asyncio.get_running_loop().call_at(
