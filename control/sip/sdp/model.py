@@ -217,6 +217,11 @@ _STATIC_PT: dict[int, tuple[str, int, int | None]] = {
 _AUXILIARY = frozenset({"telephone-event", "cn"})
 
 
+# The numbers rtpmaps() reads most (payload types, RTP clock rates) in their canonical
+# spelling: a table look-up instead of _digits (which still reads "008" or "8000000").
+_NUMBERS = {str(n): n for n in (*range(128), 8000, 11025, 16000, 22050, 32000, 44100, 48000, 90000)}
+
+
 def _digits(text: str) -> int | None:
     if text.isdigit() and text.isascii() and len(text) <= _MAX_DIGITS:  # "" is not a digit
         return int(text)
@@ -246,7 +251,7 @@ class _AttributeAccess:
     attributes: list[Attribute]
 
     def has(self, name: str) -> bool:
-        return any(a.name == name for a in self.attributes)
+        return name in [a.name for a in self.attributes]  # any() over a genexpr costs 2x
 
     def get(self, name: str) -> str | None:
         """Value of the first ``a=name``; None when absent or a flag (use :meth:`has`)."""
@@ -371,18 +376,24 @@ class MediaDescription(_AttributeAccess):
                 parts = _fields(a.value or "")
                 if len(parts) != 2:
                     continue
-                pt = _digits(parts[0])
+                pt = _NUMBERS.get(parts[0])
+                if pt is None:
+                    pt = _digits(parts[0])
                 enc = parts[1].split("/")
                 if pt is None or pt in mapped or len(enc) not in (2, 3) or not enc[0]:
                     continue
-                rate = _digits(enc[1])
+                rate = _NUMBERS.get(enc[1])
+                if rate is None:
+                    rate = _digits(enc[1])
                 channels = _digits(enc[2]) if len(enc) == 3 else None
                 if rate is None or (len(enc) == 3 and channels is None):
                     continue
                 mapped[pt] = (enc[0], rate, channels)
         result = []
         for fmt in self.formats:
-            pt = _digits(fmt)
+            pt = _NUMBERS.get(fmt)
+            if pt is None:
+                pt = _digits(fmt)
             if pt is None or pt > 127:
                 continue
             entry = mapped.get(pt) or _STATIC_PT.get(pt)

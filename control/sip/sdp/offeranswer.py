@@ -78,12 +78,16 @@ def choose_codecs(
     offered = [(r, (r.encoding.lower(), r.clock_rate)) for r in media.rtpmaps()]
     chosen: RtpMap | None = None
     if offerer_order:
-        chosen = next((r for r, key in offered if key in voice), None)
-    else:
-        for ours in voice:  # dicts keep our order
-            chosen = next((r for r, key in offered if key == ours), None)
-            if chosen is not None:
+        for r, key in offered:
+            if key in voice:
+                chosen = r
                 break
+    else:
+        rank = {key: i for i, key in enumerate(voice)}  # dicts keep our order
+        best = len(rank)
+        for r, key in offered:
+            if rank.get(key, best) < best:
+                chosen, best = r, rank[key]
     if chosen is None:
         return []
     rate = chosen.clock_rate
