@@ -69,11 +69,11 @@ class Direction(StrEnum):
 
     @property
     def sends(self) -> bool:
-        return self in (Direction.SENDRECV, Direction.SENDONLY)
+        return self in _SENDING  # sets made once: every answer asks these several times
 
     @property
     def receives(self) -> bool:
-        return self in (Direction.SENDRECV, Direction.RECVONLY)
+        return self in _RECEIVING
 
     @classmethod
     def from_flags(cls, *, send: bool, recv: bool) -> Direction:
@@ -87,6 +87,8 @@ class Direction(StrEnum):
 
 
 _DIRECTIONS = frozenset(d.value for d in Direction)
+_SENDING = frozenset({Direction.SENDRECV, Direction.SENDONLY})
+_RECEIVING = frozenset({Direction.SENDRECV, Direction.RECVONLY})
 
 
 @dataclass(frozen=True, slots=True)

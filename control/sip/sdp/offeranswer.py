@@ -286,16 +286,21 @@ class SdpSession:
         self._session_name = session_name
         self._version = initial_version if initial_version is not None else int(self._sess_id)
         self._sent: bytes | None = None  # the last SDP we stamped, serialised
+        self._origin: Origin | None = None
         self.local: SessionDescription | None = None  # ours, from the last completed exchange
         self.remote: SessionDescription | None = None  # theirs, from the last completed exchange
         self._pending_offer: SessionDescription | None = None
 
     @property
     def origin(self) -> Origin:
-        c = self._connection
-        return Origin(
-            self._username, self._sess_id, self._version, c.nettype, c.addrtype, c.address
-        )
+        origin = self._origin
+        if origin is None or origin.sess_version != self._version:  # one per version
+            c = self._connection
+            origin = Origin(
+                self._username, self._sess_id, self._version, c.nettype, c.addrtype, c.address
+            )
+            self._origin = origin
+        return origin
 
     @property
     def connection(self) -> Connection:
