@@ -787,3 +787,26 @@ def test_the_head_ends_at_the_first_empty_line_whatever_its_line_ends(
     assert message.headers.get("X") == "1"
     assert message.headers.get("Y") == header
     assert message.body == body
+
+
+@pytest.mark.parametrize("status", [100, 180, 200, 486])
+@pytest.mark.parametrize("to_tag", [None, "t1"])
+@pytest.mark.parametrize(
+    "to",
+    [
+        "<sip:room@chorus.example.com>",
+        '"Room"   <sip:room@chorus.example.com>',
+        "<sip:room@chorus.example.com>;tag=old",
+        "<sip:room@chorus.example.com>;tag",
+    ],
+)
+def test_a_response_reads_as_its_bytes_parse(status: int, to_tag: str | None, to: str) -> None:
+    """make_response hands the request's parses to the response: they must be what a parse
+    of the response would give."""
+    request = req(make().replace(b"To: <sip:room@chorus.example.com>", f"To: {to}".encode()))
+    request.to  # noqa: B018 - parsed and remembered, as the stack does before answering
+    response = request.make_response(status, to_tag=to_tag)
+    response.headers.add("Contact", "<sip:room@192.0.2.9>")
+    again = parse_message(response.serialize())
+    views = ("to", "from_", "cseq", "top_via", "vias", "contacts", "call_id")
+    assert [getattr(response, v) for v in views] == [getattr(again, v) for v in views]

@@ -201,7 +201,10 @@ class Headers:
     def parsed(self, name: str, parse: Callable[[Headers], _T]) -> _T:
         """``parse(self)``, remembered under ``name`` until the headers change: a message's
         From, To, CSeq and Via are read a dozen times on its way through the stack, and the
-        parser has parsed them all once already (``remember``)."""
+        parser has parsed them all once already (``remember``).
+
+        ``name`` is the canonical name of the only header ``parse`` reads: ``add`` forgets
+        just what was parsed from the header it appends to, the other changes everything."""
         memo = self._memo
         if memo is None:
             memo = self._memo = {}
@@ -217,6 +220,10 @@ class Headers:
         if index is None:
             index = self._lookup()
         return index.get(_KEYS.get(name) or _key(name), ())
+
+    def remembered(self) -> dict[str, Any]:
+        """What ``parsed`` and ``remember`` hold now, by name (not to be changed)."""
+        return self._memo or {}
 
     def remember(self, parsed: dict[str, Any]) -> None:
         """Store what ``parsed(name, …)`` would return for each name (the parser's own
@@ -284,9 +291,12 @@ class Headers:
         return list(values)
 
     def add(self, name: str, value: str) -> None:
-        self._items.append((canonical_name(name), value))
+        canonical = canonical_name(name)
+        self._items.append((canonical, value))
         self._index = None
-        self._memo = None
+        memo = self._memo
+        if memo:  # a line appended changes only what is parsed from its own header
+            memo.pop(canonical, None)
 
     def prepend(self, name: str, value: str) -> None:
         self._items.insert(0, (canonical_name(name), value))

@@ -208,12 +208,20 @@ class Request(Message):
         Record-Route is copied into responses that can establish a dialog (§12.1.1).
         """
         mine = self.headers
+        known = mine.remembered()
         items = [("Via", value) for value in mine.values("Via")]
         to_value = mine.get("To") or ""
+        to_addr = known.get("To")
         if to_tag is not None and status != 100:
-            to_addr = self.to
-            if to_addr.tag is None:
-                to_value = _with_tag(to_value, to_addr, to_tag)
+            addr = self.to
+            if addr.tag is None:
+                if "tag" not in addr.params and _prints_as_received(to_value) and is_token(to_tag):
+                    # what parsing the response's To would give: the request's, with the tag
+                    to_value = f"{to_value};tag={to_tag}"
+                    to_addr = NameAddr(addr.uri, addr.display_name, addr.params | {"tag": to_tag})
+                else:
+                    to_value = str(addr.with_tag(to_tag))
+                    to_addr = None
         items += (
             ("From", mine.get("From") or ""),
             ("To", to_value),
@@ -227,12 +235,14 @@ class Request(Message):
             items += [("Timestamp", value) for value in mine.values("Timestamp")]
         if content_type is not None:
             items.append(("Content-Type", content_type))
-        return Response(
-            headers=Headers.of_canonical(items),
-            body=body,
-            status=status,
-            reason=reason or reason_phrase(status),
-        )
+        headers = Headers.of_canonical(items)
+        # Via, From and CSeq are the request's text, so their parses are the request's (when
+        # it has them: a request built here may never have been parsed).
+        parsed: dict[str, object] = {n: known[n] for n in ("Via", "From", "CSeq") if n in known}
+        if to_addr is not None:
+            parsed["To"] = to_addr
+        headers.remember(parsed)
+        return Response(headers, body, status, reason or reason_phrase(status))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -241,13 +251,6 @@ def _prints_as_received(value: str) -> bool:
     ``;tag=…`` to the text, and no NameAddr needs to be copied and printed. Cached: every
     call to one service carries the same To."""
     return str(parse_name_addr(value)) == value
-
-
-def _with_tag(value: str, addr: NameAddr, tag: str) -> str:
-    """``str(addr.with_tag(tag))`` for the To ``value`` that ``addr`` was parsed from."""
-    if "tag" not in addr.params and _prints_as_received(value):
-        return f"{value};tag={tag}"
-    return str(addr.with_tag(tag))
 
 
 @dataclass(slots=True)
