@@ -134,7 +134,9 @@ class _Bits:
     def __init__(self, lib: Any) -> None:
         self._lib = lib
         self.buf = ctypes.create_string_buffer(_BITS_SIZE)
-        self.ptr = ctypes.cast(self.buf, ctypes.c_void_p)
+        # Its address, not a cast (a cast would tie buf into a reference cycle): self.buf
+        # keeps the memory alive, and a closed stream's state goes when its codec does.
+        self.ptr = ctypes.c_void_p(ctypes.addressof(self.buf))
         lib.speex_bits_init(self.ptr)
         self._alive = True
 
