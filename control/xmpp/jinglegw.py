@@ -32,10 +32,13 @@ Calls are bounded by ``max_calls`` (past it: 486 toward SIP, ``<reject/>`` busy 
 every call. Hold both ways: a XEP-0167 hold / unhold is a re-offer toward SIP that stops /
 resumes receiving, a SIP re-offer that stops / resumes receiving a session-info hold / unhold.
 
-The Jingle media must be ICE with DTLS-SRTP, all the leg (aiortc) terminates: a plain RTP
-offer or answer (XEP-0177 raw UDP, or ICE without a fingerprint) ends the call with
-``unsupported-transports`` (:data:`PLAIN_RTP`; 488 toward a SIP caller), a plain
-session-initiate straight to the gateway before any INVITE goes out.
+The Jingle media is ICE with DTLS-SRTP, all the leg (aiortc) terminates, or plain RTP:
+a session-initiate straight to the gateway offering XEP-0177 raw UDP with RTP/AVP is
+translated, no leg (control/xmpp/jingleplain.py): its description and candidate are the
+INVITE's offer, the 200's answer the session-accept, RTP flows phone to phone (no hold, a
+SIP re-offer is 488); a bad candidate is ``bad-request``. Other plain RTP (ICE without a
+fingerprint, SDES, a plain session-initiate after a proceed, a plain session-accept of ours)
+ends the call with ``unsupported-transports`` (:data:`PLAIN_RTP`; 488 toward a SIP caller).
 
 aioice 0.13 has no setting for the addresses it gathers host candidates on: with
 ``ice_addresses`` configured, :func:`gathering_on` puts them in for the time aiortc gathers.
@@ -62,7 +65,15 @@ from control.sip.uri import NameAddr, SipUri
 from control.sip.useragent import UserAgent
 from control.xmpp.addressing import Addressing, AddressRefused, Jid
 from control.xmpp.component import Component, XmppIq
-from control.xmpp.jingle import Content, IceTransport, Jingle, JingleError, Reason, parse_jingle
+from control.xmpp.jingle import (
+    Action,
+    Content,
+    IceTransport,
+    Jingle,
+    JingleError,
+    Reason,
+    parse_jingle,
+)
 from control.xmpp.jinglebuild import build_jingle, error_element
 from control.xmpp.jinglecall import (
     direction_for_info,
@@ -72,6 +83,7 @@ from control.xmpp.jinglecall import (
 )
 from control.xmpp.jinglemedia import WebRtcLeg
 from control.xmpp.jinglemessage import JingleMessage, jingle_message, read_jingle_message
+from control.xmpp.jingleplain import check_offer, plain_accept, plain_audio, plain_offer
 from control.xmpp.jinglesession import (
     Accepted,
     Informed,
@@ -123,9 +135,10 @@ class _Call:
     sid: str
     local: Jid  # the gateway's JID in the call: user@<sip domain>/RESOURCE
     xmpp: Jid  # the XMPP party (bare until a device proceeds, for calls from SIP)
-    leg: WebRtcLeg
+    leg: WebRtcLeg | None  # None: a plain RTP call, media phone to phone (``plain``)
     from_xmpp: bool
     proposed: bool  # began with a XEP-0353 propose
+    plain: Content | None = None  # the raw-UDP audio offered (jingleplain)
     session: JingleSession | None = None
     dialog: Session | None = None
     cancel: asyncio.Future[object] = field(
@@ -209,6 +222,10 @@ class JingleGateway:
         """A Jingle iq from the component: acked or refused, then acted on."""
         try:
             j = parse_jingle(iq.payload)
+            if j.action == Action.SESSION_INITIATE and not webrtc_audio(j.contents):
+                plain = plain_audio(j.contents)
+                if plain is not None:
+                    check_offer(plain)  # bad-request before any session state
             event = self.sessions.receive(str(iq.sender), str(iq.recipient), j)
         except JingleError as exc:
             log.info("Jingle request from %s refused: %s", iq.sender, exc)
@@ -220,7 +237,7 @@ class JingleGateway:
                 self._initiated(iq, j, event)
             case Accepted(sid=sid):
                 call = self._calls.get((str(iq.sender), sid))
-                if call is not None and not call.answered.done():
+                if call is not None and call.leg is not None and not call.answered.done():
                     if not webrtc_audio(event.contents):  # the SIP caller gets 488
                         await self._end(call, "plain RTP answer", reason=PLAIN_RTP)
                         return
@@ -282,7 +299,8 @@ class JingleGateway:
                 call.initiated.set_result(event)
             return
         addresses = self._refusal(iq.sender, iq.recipient)
-        if not webrtc_audio(event.contents):
+        plain = None if webrtc_audio(event.contents) else plain_audio(event.contents)
+        if not webrtc_audio(event.contents) and plain is None:
             addresses = PLAIN_RTP  # refused before any SIP phone rings
         if isinstance(addresses, Reason):
             log.info("Jingle call from %s to %s refused: %s", iq.sender, iq.recipient, addresses)
@@ -290,7 +308,9 @@ class JingleGateway:
                 self._send(iq.sender, iq.recipient, event.session.terminate(*_args(addresses)))
             )
             return
-        call = _Call(j.sid, iq.recipient, iq.sender, self._leg(), from_xmpp=True, proposed=False)
+        leg = self._leg() if plain is None else None
+        call = _Call(j.sid, iq.recipient, iq.sender, leg, from_xmpp=True, proposed=False)
+        call.plain = plain
         call.session = event.session
         call.initiated.set_result(event)
         self._calls[key] = call
@@ -310,6 +330,9 @@ class JingleGateway:
         """Our offer toward SIP: the bridged codecs in the INVITE; in a re-offer (hold) the
         leg's one codec and ``call.direction``."""
         leg = call.leg
+        if leg is None:  # plain RTP: the Jingle offer itself
+            assert call.plain is not None
+            return plain_offer(call.plain, self._origin(call))
         codecs: list[sdp.RtpMap | tuple[str, int]] = [*SIP_CODECS, ("telephone-event", 8000)]
         if call.sess_version:
             channels = leg.codec.channels if leg.codec.channels != 1 else None
@@ -324,7 +347,8 @@ class JingleGateway:
 
     async def _invite(self, call: _Call, target: SipUri, caller: SipUri) -> None:
         """Our INVITE for an XMPP caller; then the Jingle answer, or the failure's reason."""
-        await call.leg.open()
+        if call.leg is not None:
+            await call.leg.open()
         try:
             dialog, response = await place_call(
                 self.ua,
@@ -348,6 +372,9 @@ class JingleGateway:
             await dialog.bye(reason="the Jingle call ended")
             return
         self._watch(call, dialog)
+        if call.leg is None:
+            await self._plain_answered(call, response, target)
+            return
         try:
             _use_answer(call.leg, sdp.parse(response.body))
         except SipError as exc:
@@ -367,6 +394,18 @@ class JingleGateway:
             return
         await self._send(call.xmpp, call.local, call.session.accept(contents, groups))
         log.info("Jingle call %s -> %s up", call.xmpp, target)
+
+    async def _plain_answered(self, call: _Call, response: Response, target: SipUri) -> None:
+        """The SIP answer to a plain RTP offer as the session-accept (jingleplain)."""
+        assert call.plain is not None and call.session is not None
+        try:
+            contents = plain_accept(sdp.parse(response.body), call.plain)
+        except SipError as exc:
+            log.info("Jingle call to %s: unusable SIP answer: %s", target, exc)
+            await self._end(call, "unusable SIP answer", reason=Reason("incompatible-parameters"))
+            return
+        await self._send(call.xmpp, call.local, call.session.accept(contents))
+        log.info("Jingle call %s -> %s up (plain RTP, phone to phone)", call.xmpp, target)
 
     def _progress(self, call: _Call, response: Response) -> None:
         if response.status != 180 or call.ended:
@@ -465,6 +504,7 @@ class JingleGateway:
 
     async def _initiate(self, call: _Call) -> None:
         """A device proceeded: the leg's offer as our session-initiate to it."""
+        assert call.leg is not None  # a call from SIP always has one
         with gathering_on(self.ice_addresses):
             contents, groups = await call.leg.offer()
         if call.ended:
@@ -491,6 +531,9 @@ class JingleGateway:
     async def _reoffer(self, call: _Call, reoffer: ReOffer) -> None:
         """A SIP re-offer: the leg's codec and address kept, its direction told to XMPP as
         hold / unhold (jinglecall.info_for_direction); anything else is 488."""
+        if call.leg is None:  # the phones' own media: not ours to renegotiate
+            reoffer.reject(488, "a plain RTP Jingle call cannot change")
+            return
         offer = reoffer.offer
         media = next((m for m in offer.media if m.media == "audio" and not m.rejected), None)
         fmt = str(call.leg.payload_type)
@@ -518,6 +561,9 @@ class JingleGateway:
         """The XMPP side's hold / unhold: a re-offer toward SIP that stops (or resumes)
         receiving (jinglecall.direction_for_info)."""
         direction = direction_for_info(kind, call.direction)
+        if call.leg is None:
+            log.info("Jingle %s from %s ignored: a plain RTP call", kind, call.xmpp)
+            return
         if direction is None or call.dialog is None or direction == call.direction:
             return
         call.direction = direction
@@ -573,7 +619,8 @@ class JingleGateway:
         if call.dialog is not None:
             with contextlib.suppress(Exception):
                 await call.dialog.bye(reason=why[:80])
-        await call.leg.close()
+        if call.leg is not None:
+            await call.leg.close()
         current = asyncio.current_task()
         for task in list(call.tasks):
             if task is not current:
