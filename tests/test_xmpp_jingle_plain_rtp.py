@@ -35,8 +35,8 @@ from control.xmpp.jinglebuild import build_jingle
 from control.xmpp.jinglegw import PLAIN_RTP, RESOURCE, webrtc_audio
 from control.xmpp.jinglemessage import JingleMessage
 from control.xmpp.jinglesdp import sdp_to_jingle
-from control.xmpp.jinglesession import Accepted, Initiated, Terminated
-from tests.peers.jinglepeer import iq_error, send_raw
+from control.xmpp.jinglesession import Accepted, Initiated, JingleSession, Terminated
+from tests.peers.jinglepeer import JinglePeer, iq_error, send_raw
 from tests.peers.ports import free_ports
 from tests.peers.rtp_tone import RtpToneClient
 from tests.peers.sipp import SippUas, run_sipp_async
@@ -99,6 +99,45 @@ async def test_ice_without_dtls_and_bad_candidates_are_refused_before_any_invite
     assert "INVITE" not in _read(trace)
 
 
+def _g722_offer(port: int) -> tuple[Content, ...]:
+    """juliet's raw-UDP offer: G.722 then PCMU at 127.0.0.1:``port`` (her Python socket)."""
+    offer = (
+        f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP 9 0\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\n"
+        f"a=ptime:20\r\na=mid:audio\r\n"
+    ).encode()
+    return plain_rtp("initiator", offer)
+
+
+async def _raw_udp_call(
+    juliet: JinglePeer, to: str, port: int, monkeypatch: pytest.MonkeyPatch
+) -> tuple[JingleSession, tuple[str, int]]:
+    """juliet's raw-UDP session-initiate to ``to``, accepted: the session and where the
+    accept says to send RTP (G.722 first)."""
+
+    async def no_media(*_: Any, **__: Any) -> None:
+        return None  # juliet's media is the RTP socket, not aiortc
+
+    monkeypatch.setattr(juliet, "_remote", no_media)
+    session, initiate = juliet.sessions.initiate(juliet.full_jid, to, _g722_offer(port))
+    await send_raw(juliet, to, build_jingle(initiate))
+    accepted = await juliet.next_event(Accepted, timeout=60)
+    assert accepted.sid == session.sid and juliet.errors == []
+    (content,) = accepted.contents
+    assert content.name == "audio" and content.description is not None
+    assert [p.name for p in content.description.payload_types][:1] == ["G722"]
+    assert isinstance(content.transport, RawUdpTransport)
+    rtp = next(c for c in content.transport.candidates if c.component == 1)
+    return session, (rtp.ip, rtp.port)
+
+
+def _heard_tone(client: RtpToneClient) -> float:
+    heard = client.heard(G722Codec())
+    assert heard.size >= 16000, "juliet heard less than a second"
+    assert {p.payload_type for p in client.collector.packets} == {9}
+    return _tone(heard, 16000)
+
+
 @pytest.mark.peer("baresip")
 async def test_a_raw_udp_call_to_a_sip_phone_carries_rtp_phone_to_phone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -109,34 +148,12 @@ async def test_a_raw_udp_call_to_a_sip_phone_carries_rtp_phone_to_phone(
     trace = tmp_path / "sip.trace"
     client = RtpToneClient(G722Codec(), 9)
     port = await client.open()
-    offer = (
-        f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-        f"m=audio {port} RTP/AVP 9 0\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\n"
-        f"a=ptime:20\r\na=mid:audio\r\n"
-    ).encode()
     try:
         with romeo(tmp_path, answermode="auto") as ua:
             async with gateway(tmp_path, ua, trace_sip=trace) as (app, juliet, _):
-
-                async def no_media(*_: Any, **__: Any) -> None:
-                    return None  # juliet's media is the RTP socket, not aiortc
-
-                monkeypatch.setattr(juliet, "_remote", no_media)
-                contents = plain_rtp("initiator", offer)
-                session, initiate = juliet.sessions.initiate(juliet.full_jid, OURS, contents)
-                await send_raw(juliet, OURS, build_jingle(initiate))
-                accepted = await juliet.next_event(Accepted, timeout=60)
-                assert accepted.sid == session.sid and juliet.errors == []
-                (content,) = accepted.contents
-                assert content.name == "audio" and content.description is not None
-                assert [p.name for p in content.description.payload_types][:1] == ["G722"]
-                assert isinstance(content.transport, RawUdpTransport)
-                rtp = next(c for c in content.transport.candidates if c.component == 1)
-                await client.play((rtp.ip, rtp.port), JULIET_HZ, 4.0)
-                heard = client.heard(G722Codec())
-                assert heard.size >= 16000, "juliet heard less than a second"
-                assert abs(_tone(heard, 16000) - ROMEO_HZ) < 15
-                assert {p.payload_type for p in client.collector.packets} == {9}
+                session, rtp = await _raw_udp_call(juliet, OURS, port, monkeypatch)
+                await client.play(rtp, JULIET_HZ, 4.0)
+                assert abs(_heard_tone(client) - ROMEO_HZ) < 15
                 assert len(app.jingle) == 1
                 await send_raw(juliet, OURS, build_jingle(session.terminate("success")))
                 await asyncio.to_thread(ua.wait_event, "CALL_CLOSED", 30)
@@ -148,6 +165,35 @@ async def test_a_raw_udp_call_to_a_sip_phone_carries_rtp_phone_to_phone(
     sip = _read(trace)
     assert f"m=audio {port} RTP/AVP 9 0" in sip  # the INVITE offered juliet's own socket
     assert "BYE" in sip
+
+
+@pytest.mark.peer("baresip")
+async def test_a_raw_udp_call_joins_a_rooms_audio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A raw-UDP session-initiate to lobby@sip.localhost is an INVITE to sip:lobby@sip.localhost
+    (Chorus its own outbound proxy, as in tests/test_xmpp_jingle_gateway.py), answered by the
+    conference: juliet's RTP goes to the mix, baresip in the same room hears her tone and she
+    hears its."""
+    (port,) = free_ports(1)
+    client = RtpToneClient(G722Codec(), 9)
+    rtp_port = await client.open()
+    room = f"lobby@sip.localhost/{RESOURCE}"
+    try:
+        with romeo(tmp_path, answermode="auto", outbound=port) as ua:
+            async with gateway(tmp_path, ua, port, proxy_port=port) as (app, juliet, _):
+                ua.dial("sip:lobby@sip.localhost")
+                await asyncio.to_thread(ua.wait_event, "CALL_ESTABLISHED", 60)
+                session, rtp = await _raw_udp_call(juliet, room, rtp_port, monkeypatch)
+                await client.play(rtp, JULIET_HZ, 5.0)
+                assert abs(_heard_tone(client) - ROMEO_HZ) < 15
+                await send_raw(juliet, room, build_jingle(session.terminate("success")))
+                assert await wait_until(lambda: len(app.jingle) == 0, timeout=30)
+                ua.hangup()
+            romeo_heard = _romeo_heard(ua)
+    finally:
+        client.close()
+    assert abs(_tone(romeo_heard.samples, romeo_heard.rate) - JULIET_HZ) < 15
 
 
 @pytest.mark.peer("sipp")
