@@ -810,3 +810,11 @@ def test_a_response_reads_as_its_bytes_parse(status: int, to_tag: str | None, to
     again = parse_message(response.serialize())
     views = ("to", "from_", "cseq", "top_via", "vias", "contacts", "call_id")
     assert [getattr(response, v) for v in views] == [getattr(again, v) for v in views]
+
+
+@pytest.mark.parametrize("line", ["Via", "To", "Subject", "Via SIP/2.0/UDP h"])
+def test_a_line_without_colon_is_rejected_even_when_it_is_a_known_name(line: str) -> None:
+    req(make("Subject: x"))  # every name of the lines below has been seen
+    with pytest.raises(SipParseError) as info:
+        parse_message(make(line))
+    assert info.value.status == 400 and "bad header line" in info.value.reason

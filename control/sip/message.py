@@ -291,10 +291,10 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
     return data[:end], data[after:]
 
 
-# Header field name as it appears before the colon -> (canonical name, lookup key), or None
-# when it is not a token (RFC 3261 §25.1). Peers send the same few dozen names over and
-# over, each checked and canonicalised once; bounded (cleared when full) against a flood.
-_FIELD_NAMES: dict[str, tuple[str, str] | None] = {}
+# Header field name as it appears before the colon -> (canonical name, lookup key), for the
+# names that are tokens (RFC 3261 §25.1). Peers send the same few dozen names over and over,
+# each checked and canonicalised once; bounded (cleared when full) against a flood.
+_FIELD_NAMES: dict[str, tuple[str, str]] = {}
 _FIELD_NAME_CACHE = 1024
 
 
@@ -302,10 +302,10 @@ def _field_name(name: str) -> tuple[str, str] | None:
     """The canonical name and lookup key of a header line's field name (whitespace before
     the colon is LWS), None when it is not a token."""
     stripped = name.rstrip(" \t")
-    found: tuple[str, str] | None = None
-    if _HEADER_NAME_RE.fullmatch(stripped) is not None:
-        canonical = canonical_name(stripped)
-        found = (canonical, canonical.lower())
+    if _HEADER_NAME_RE.fullmatch(stripped) is None:
+        return None
+    canonical = canonical_name(stripped)
+    found = (canonical, canonical.lower())
     if len(_FIELD_NAMES) >= _FIELD_NAME_CACHE:
         _FIELD_NAMES.clear()
     _FIELD_NAMES[name] = found
@@ -356,26 +356,26 @@ def parse_message(
     index: dict[str, tuple[str, ...]] = {}
     fault: SipError | None = None
     names = _FIELD_NAMES
+    header_lines = iter(lines)
+    next(header_lines)  # the start line
     try:
-        for position in range(1, len(lines)):
-            line = lines[position]
+        for line in header_lines:
             name, colon, value = line.partition(":")
-            found = names.get(name, False) if colon else None
-            if found is False:
-                found = _field_name(name)
+            found = names.get(name) if colon else None
             if found is None:
-                raise SipError(400, f"bad header line {line[:40]!r}")
-            canonical, key = found  # type: ignore[misc]
+                found = _field_name(name) if colon else None
+                if found is None:
+                    raise SipError(400, f"bad header line {line[:40]!r}")
+            canonical, key = found
             value = value.strip(" \t")
             raw.append((canonical, value))
-            values = index.get(key)
-            if values is None:
-                index[key] = (value,)
-            else:
-                index[key] = (*values, value)
+            if key in index:
+                index[key] += (value,)
                 if fault is None and canonical in SINGLE_HEADERS:
                     fault = SipError(400, f"several {canonical} headers")
-            if fault is None and '"' in value and canonical in LIST_HEADERS:
+            else:
+                index[key] = (value,)
+            if '"' in value and fault is None and canonical in LIST_HEADERS:
                 try:
                     split_header_list(value)  # balanced quotes, so later reads cannot fail
                 except SipError as exc:
