@@ -38,36 +38,62 @@ SKIP = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc", "*.egg-info")
 TOKEN = "packaging-token-0123456789"
 
 
-def _run(argv: list[str], *, cwd: Path, timeout: float = 600) -> str:
+def _env() -> dict[str, str]:
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONNOUSERSITE": "1"}
     env.pop("PYTHONPATH", None)  # the checkout must not leak into the venv's imports
+    return env
+
+
+def _run(argv: list[str], *, cwd: Path, timeout: float = 600) -> str:
     done = subprocess.run(
-        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        argv, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout, check=False
     )
     assert done.returncode == 0, f"{argv}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done.stdout
+
+
+def _start(argv: list[str], *, cwd: Path) -> subprocess.Popen[str]:
+    """``argv`` started now, to be finished by ``_finish`` after other work."""
+    return subprocess.Popen(
+        argv, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _finish(process: subprocess.Popen[str], *, timeout: float = 600) -> str:
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, f"{process.args}\n{out[-4000:]}\n{err[-4000:]}"
+    return out
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """(the wheel, the fresh venv it is installed in)."""
     base = tmp_path_factory.mktemp("packaging")
-    source = base / "source"
-    source.mkdir()
-    for name in SOURCES:
-        path = ROOT / name
-        if path.is_dir():
-            shutil.copytree(path, source / name, ignore=SKIP)
-        else:
-            shutil.copy2(path, source / name)
-    wheels = base / "wheels"
-    _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheels), str(source)],
-        cwd=base,
-    )
-    [wheel] = wheels.glob("chorus-*.whl")
+    # The venv (and its seeded pip) is made while the wheel builds: neither reads the other.
     venv = base / "venv"
-    _run([sys.executable, "-m", "venv", str(venv)], cwd=base)
+    making_venv = _start([sys.executable, "-m", "venv", str(venv)], cwd=base)
+    try:
+        source = base / "source"
+        source.mkdir()
+        for name in SOURCES:
+            path = ROOT / name
+            if path.is_dir():
+                shutil.copytree(path, source / name, ignore=SKIP)
+            else:
+                shutil.copy2(path, source / name)
+        wheels = base / "wheels"
+        _run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheels), str(source)],
+            cwd=base,
+        )
+    finally:
+        _finish(making_venv)  # waited for (and checked) even if the build failed
+    [wheel] = wheels.glob("chorus-*.whl")
     assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
     _run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], cwd=base)
     yield wheel, venv
