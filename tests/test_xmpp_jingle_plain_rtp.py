@@ -110,10 +110,10 @@ def _g722_offer(port: int) -> tuple[Content, ...]:
 
 
 async def _raw_udp_call(
-    juliet: JinglePeer, to: str, port: int, monkeypatch: pytest.MonkeyPatch
+    juliet: JinglePeer, to: str, port: int, monkeypatch: pytest.MonkeyPatch, first: str = "G722"
 ) -> tuple[JingleSession, tuple[str, int]]:
     """juliet's raw-UDP session-initiate to ``to``, accepted: the session and where the
-    accept says to send RTP (G.722 first)."""
+    accept says to send RTP (``first`` the answer's codec)."""
 
     async def no_media(*_: Any, **__: Any) -> None:
         return None  # juliet's media is the RTP socket, not aiortc
@@ -125,7 +125,7 @@ async def _raw_udp_call(
     assert accepted.sid == session.sid and juliet.errors == []
     (content,) = accepted.contents
     assert content.name == "audio" and content.description is not None
-    assert [p.name for p in content.description.payload_types][:1] == ["G722"]
+    assert [p.name for p in content.description.payload_types][:1] == [first]
     assert isinstance(content.transport, RawUdpTransport)
     rtp = next(c for c in content.transport.candidates if c.component == 1)
     return session, (rtp.ip, rtp.port)
@@ -194,6 +194,28 @@ async def test_a_raw_udp_call_joins_a_rooms_audio(
     finally:
         client.close()
     assert abs(_tone(romeo_heard.samples, romeo_heard.rate) - JULIET_HZ) < 15
+
+
+@pytest.mark.peer("sipp")
+async def test_a_raw_udp_call_answers_a_refresh_and_refuses_a_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIPp (tests/sipp/uas_refresh.xml) answers, re-INVITEs with its SDP unchanged (a
+    session refresh: 200 with juliet's side again) and then with a=sendonly (488: with no leg
+    the gateway cannot carry a change); the call stays up and juliet's terminate is its BYE."""
+    trace = tmp_path / "sip.trace"
+    (rtp_port,) = free_ports(1)
+    with SippUas("uas_refresh") as uas:
+        peers = gateway(tmp_path, None, proxy_port=uas.port, trace_sip=trace)
+        async with peers as (app, juliet, _):
+            session, _rtp = await _raw_udp_call(juliet, OURS, rtp_port, monkeypatch, first="PCMU")
+            assert await wait_until(lambda: "SIP/2.0 488" in _read(trace), timeout=30)
+            assert len(app.jingle) == 1
+            await send_raw(juliet, OURS, build_jingle(session.terminate("success")))
+            assert await wait_until(lambda: len(app.jingle) == 0, timeout=30)
+        result = await uas.astop()
+    assert result.stats is not None and result.stats.successful == 1, result.describe()
+    assert f"m=audio {rtp_port} RTP/AVP 0" in _read(trace)  # the refresh's answer: juliet's
 
 
 @pytest.mark.peer("sipp")

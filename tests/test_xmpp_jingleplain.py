@@ -10,7 +10,13 @@ import pytest
 
 from control.sip import sdp
 from control.xmpp.jingle import Candidate, Content, IceTransport, JingleError, RawUdpTransport
-from control.xmpp.jingleplain import check_offer, plain_accept, plain_audio, plain_offer
+from control.xmpp.jingleplain import (
+    check_offer,
+    plain_accept,
+    plain_audio,
+    plain_offer,
+    plain_reanswer,
+)
 from control.xmpp.jinglesdp import sdp_to_jingle
 
 OFFER = (
@@ -97,3 +103,27 @@ def test_an_unusable_answer_is_488(answer: bytes) -> None:
     with pytest.raises(sdp.SdpError) as caught:
         plain_accept(sdp.parse(answer), offered())
     assert caught.value.status == 488
+
+
+def test_a_refresh_reoffer_is_answered_with_the_xmpp_side_unchanged() -> None:
+    (accepted,) = plain_accept(sdp.parse(ANSWER), offered())
+    refresh = sdp.parse(ANSWER.replace(b"o=bob 2 2", b"o=bob 2 3"))
+    answer = plain_reanswer(refresh, offered(), accepted, ORIGIN)
+    assert answer is not None
+    (m,) = sdp.parse(answer).media
+    conn = sdp.parse(answer).connection_of(m)
+    assert (m.port, m.formats) == (40000, ["9"])
+    assert conn is not None and conn.address == "192.0.2.7"
+
+
+@pytest.mark.parametrize(
+    "reoffer",
+    [
+        ANSWER.replace(b"m=audio 12000", b"m=audio 12002"),  # moved
+        ANSWER.replace(b"a=sendrecv", b"a=sendonly"),  # hold
+        ANSWER.replace(b"RTP/AVP 9\r\na=rtpmap:9 G722/8000", b"RTP/AVP 0\r\na=rtpmap:0 PCMU/8000"),
+    ],
+)
+def test_any_other_reoffer_is_not_answered(reoffer: bytes) -> None:
+    (accepted,) = plain_accept(sdp.parse(ANSWER), offered())
+    assert plain_reanswer(sdp.parse(reoffer), offered(), accepted, ORIGIN) is None

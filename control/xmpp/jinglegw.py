@@ -35,8 +35,9 @@ resumes receiving, a SIP re-offer that stops / resumes receiving a session-info 
 The Jingle media is ICE with DTLS-SRTP, all the leg (aiortc) terminates, or plain RTP:
 a session-initiate straight to the gateway offering XEP-0177 raw UDP with RTP/AVP is
 translated, no leg (control/xmpp/jingleplain.py): its description and candidate are the
-INVITE's offer, the 200's answer the session-accept, RTP flows phone to phone (no hold, a
-SIP re-offer is 488); a bad candidate is ``bad-request``. Other plain RTP (ICE without a
+INVITE's offer, the 200's answer the session-accept, RTP flows phone to phone (no hold; a
+SIP re-offer is answered only when it changes nothing, a refresh, else 488); a bad candidate
+is ``bad-request``. Other plain RTP (ICE without a
 fingerprint, SDES, a plain session-initiate after a proceed, a plain session-accept of ours)
 ends the call with ``unsupported-transports`` (:data:`PLAIN_RTP`; 488 toward a SIP caller).
 
@@ -83,7 +84,13 @@ from control.xmpp.jinglecall import (
 )
 from control.xmpp.jinglemedia import WebRtcLeg
 from control.xmpp.jinglemessage import JingleMessage, jingle_message, read_jingle_message
-from control.xmpp.jingleplain import check_offer, plain_accept, plain_audio, plain_offer
+from control.xmpp.jingleplain import (
+    check_offer,
+    plain_accept,
+    plain_audio,
+    plain_offer,
+    plain_reanswer,
+)
 from control.xmpp.jinglesession import (
     Accepted,
     Informed,
@@ -139,6 +146,7 @@ class _Call:
     from_xmpp: bool
     proposed: bool  # began with a XEP-0353 propose
     plain: Content | None = None  # the raw-UDP audio offered (jingleplain)
+    plain_answer: Content | None = None  # and the SIP side's, as accepted
     session: JingleSession | None = None
     dialog: Session | None = None
     cancel: asyncio.Future[object] = field(
@@ -404,6 +412,7 @@ class JingleGateway:
             log.info("Jingle call to %s: unusable SIP answer: %s", target, exc)
             await self._end(call, "unusable SIP answer", reason=Reason("incompatible-parameters"))
             return
+        call.plain_answer = contents[0]
         await self._send(call.xmpp, call.local, call.session.accept(contents))
         log.info("Jingle call %s -> %s up (plain RTP, phone to phone)", call.xmpp, target)
 
@@ -531,8 +540,13 @@ class JingleGateway:
     async def _reoffer(self, call: _Call, reoffer: ReOffer) -> None:
         """A SIP re-offer: the leg's codec and address kept, its direction told to XMPP as
         hold / unhold (jinglecall.info_for_direction); anything else is 488."""
-        if call.leg is None:  # the phones' own media: not ours to renegotiate
-            reoffer.reject(488, "a plain RTP Jingle call cannot change")
+        if call.leg is None:  # the phones' own media: a refresh only (jingleplain)
+            origin = self._origin(call)
+            again = plain_reanswer(reoffer.offer, call.plain, call.plain_answer, origin)
+            if again is None:
+                reoffer.reject(488, "a plain RTP Jingle call cannot change")
+            else:
+                reoffer.answer(again)
             return
         offer = reoffer.offer
         media = next((m for m in offer.media if m.media == "audio" and not m.rejected), None)

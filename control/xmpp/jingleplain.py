@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from control.sip import sdp
 from control.xmpp.jingle import (
+    Candidate,
     Content,
     JingleError,
     RawUdpTransport,
@@ -33,7 +34,7 @@ from control.xmpp.jingle import (
 )
 from control.xmpp.jinglesdp import contents_to_media, media_to_content
 
-__all__ = ["check_offer", "plain_accept", "plain_audio", "plain_offer"]
+__all__ = ["check_offer", "plain_accept", "plain_audio", "plain_offer", "plain_reanswer"]
 
 
 def plain_audio(contents: Sequence[Content]) -> Content | None:
@@ -108,3 +109,43 @@ def plain_accept(answer: sdp.SessionDescription, offered: Content) -> tuple[Cont
         if problem is not None:
             raise sdp.SdpError(488, problem)
     return (dataclasses.replace(content, name=offered.name),)
+
+
+def _rtp_candidate(content: Content) -> Candidate | None:
+    transport = content.transport
+    if not isinstance(transport, RawUdpTransport):
+        return None
+    return next((c for c in transport.candidates if c.component == 1), None)
+
+
+def plain_reanswer(
+    offer: sdp.SessionDescription,
+    offered: Content | None,
+    accepted: Content | None,
+    origin: sdp.Origin,
+) -> bytes | None:
+    """The answer to a SIP re-offer that leaves the stream as answered (a session refresh,
+    RFC 4028): the XMPP side's address and the accepted payload types again. None for any
+    change (another address, port, direction or codec): with no leg, carrying it would take
+    a Jingle transport-replace or hold the gateway does not do, so it is 488."""
+    media = next((m for m in offer.media if m.media == "audio" and not m.rejected), None)
+    conn = offer.connection_of(media) if media is not None else None
+    if media is None or conn is None or offered is None or accepted is None:
+        return None
+    theirs, ours = _rtp_candidate(accepted), _rtp_candidate(offered)
+    d = accepted.description
+    if theirs is None or ours is None or d is None or accepted.senders != "both":
+        return None
+    if (conn.address.split("/")[0], media.port) != (theirs.ip, theirs.port):
+        return None
+    if offer.direction_of(media) != sdp.Direction.SENDRECV:
+        return None
+    formats = [str(p.id) for p in d.payload_types if str(p.id) in media.formats]
+    if not formats:
+        return None
+    accept = sdp.Accept(ours.port, formats)
+    decisions = [accept if m is media else sdp.Reject() for m in offer.media]
+    answer = sdp.build_answer(
+        offer, decisions, origin=origin, connection=sdp.Connection.for_address(ours.ip)
+    )
+    return bytes(sdp.serialize(answer))
