@@ -76,9 +76,13 @@ class _Session:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, call_id: str) -> None:
         self.terminated: asyncio.Future[str] = loop.create_future()
-        loop.call_soon(self.terminated.set_result, "BYE")
+        loop.call_soon(self._terminate)
         self.dialog = SimpleNamespace(call_id=call_id)
         self.on_reinvite: Any = None
+
+    def _terminate(self) -> None:
+        self.on_reinvite = None  # as Session._terminate drops its hooks
+        self.terminated.set_result("BYE")
 
 
 class _Call:
