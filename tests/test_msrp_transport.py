@@ -147,6 +147,26 @@ async def test_sessions_share_one_connection_and_release_it(
     assert server.connection_count == 0 and client.connection_count == 0
 
 
+async def test_a_session_bound_on_a_shared_connection_its_peer_is_closing_connects_anew(
+    server: MsrpTransport, client: MsrpTransport
+) -> None:
+    """The server ends its last session on a connection (a BYE) just as the client, sharing
+    that connection, binds a new session on it: the server closes the connection before the
+    binding SEND is answered. The new session connects on a new connection instead of
+    failing with "connection closed" (the echo file tests' push, BYE, next push)."""
+    old_passive, old_active = await pair(server, client, secure=True)
+    ours, theirs = server.local_uri(True), client.local_uri(True)
+    passive = server.open(ours, [theirs], active=False)
+    old_passive.close()  # the server's last session there: it closes the connection...
+    active = client.open(theirs, [ours], active=True)  # ...the client has not seen it yet
+    assert isinstance(await next_of(old_active, ConnectionFailed), ConnectionFailed)
+    await asyncio.wait_for(asyncio.gather(active.wait_connected(), passive.wait_connected()), 5)
+    assert client.connection_count == 1 and server.connection_count == 1
+    active.send_message("text/plain", b"on the new connection")
+    got = await next_of(passive, MessageReceived)
+    assert isinstance(got, MessageReceived) and got.body == b"on the new connection"
+
+
 async def test_file_session_answers_the_last_chunk_when_completed(
     server: MsrpTransport, client: MsrpTransport
 ) -> None:

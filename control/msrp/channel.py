@@ -66,6 +66,8 @@ class MsrpChannel:
         self._conn: _Connection | None = None
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._bind_message_id: str | None = None
+        self._shared_bind = False  # our binding SEND went out on a connection already in use
+        self._rebound = False  # ... and it closed before the answer: bound again elsewhere
         clock = owner.clock
         self._deadline = clock.call_at(
             clock.time() + owner.connect_timeout, self._connect_timed_out
@@ -250,6 +252,24 @@ class MsrpChannel:
 
     def _attached(self, conn: _Connection) -> None:
         self._conn = conn
+
+    @property
+    def _rebind_elsewhere(self) -> bool:
+        """Our connection closed while our binding SEND on it, a shared connection, was
+        unanswered: connect again rather than fail (MsrpTransport._connect)."""
+        return (
+            self.active
+            and self._shared_bind
+            and self._bind_message_id is not None
+            and not self.connected.done()
+            and not self.closed
+        )
+
+    def _detached_for_rebind(self) -> None:
+        self._conn = None
+        self._bind_message_id = None
+        self._shared_bind = False
+        self._rebound = True
 
     def _set_connected(self) -> None:
         self._deadline.cancel()

@@ -10,7 +10,9 @@ session on a port is told apart by the session-id in its URI (§6), so one port 
 - **Active** end (we connect): we connect to the first URI of the peer's path, or reuse a
   connection we already have to that host, port and scheme (connection sharing, §6, §7.3), and
   send a bodiless SEND at once so the far end can bind (§5.4). Its 200 marks the session
-  connected.
+  connected. A shared connection its peer closes before that SEND is answered (the peer's last
+  session on it ended just then, and it binds nothing on a connection it is closing) does not
+  fail the session: it connects once more, on a new connection.
 - A connection is closed when its last session closes (the BYE of the last call on it), when it
   stays silent for ``idle_timeout``, or when its byte stream can no longer be framed. Everything
   else a peer sends wrong is answered by the core (400, 403, 413, 415, 481, 501) and the other
@@ -116,6 +118,14 @@ class _Connection(asyncio.Protocol):
             )
             self.close()
 
+    def eof_received(self) -> bool | None:
+        """The peer closed its side (TCP FIN, TLS close_notify): nothing more comes, so the
+        connection is no longer shared with a new session while asyncio closes it (TLS takes
+        a few more round trips before ``connection_lost``, the window a reuse fell into)."""
+        self.closing = True
+        self.owner._connection_gone(self)
+        return None  # asyncio closes the transport
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         for handle in (self._timer, self._idle, self._bind):
@@ -123,9 +133,13 @@ class _Connection(asyncio.Protocol):
                 handle.cancel()
         self.owner._connection_gone(self)
         reason = f"connection lost: {exc}" if exc else "connection closed"
-        for channel in list(self.channels.values()):
-            channel._fail(reason)
+        channels = list(self.channels.values())
         self.channels.clear()
+        for channel in channels:
+            if channel._rebind_elsewhere:
+                self.owner._reconnect(channel)
+            else:
+                channel._fail(reason)
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
@@ -140,6 +154,10 @@ class _Connection(asyncio.Protocol):
     # ---- plumbing -----------------------------------------------------------------------
 
     def _lookup(self, session_id: str) -> MsrpSession | None:
+        if self.closing:
+            # A connection we are closing binds nothing: the session stays pending for the
+            # connection its peer opens next (see _Connection.connection_lost).
+            return None
         channel = self.owner._pending.get(session_id)
         if channel is None or channel.local_uri.secure != self.secure:
             return None
@@ -419,9 +437,7 @@ class MsrpTransport:
         channel = MsrpChannel(self, session, remote_path or (), active=active)
         self._channels[channel.session_id] = channel
         if active:
-            task = asyncio.create_task(self._connect(channel))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start_connect(channel)
         else:
             self._pending[channel.session_id] = channel
         return channel
@@ -444,6 +460,11 @@ class MsrpTransport:
             if not conn.channels:
                 conn.close()
             return
+        # Sharing a connection races with its peer closing it: the peer's last session on it
+        # may end (a BYE) just as we send this session's binding SEND there, and the close
+        # comes before the SEND is answered.  Such a session is connected again, once, on a
+        # new connection (connection_lost); one on a connection of its own fails then.
+        channel._shared_bind = conn.used and not channel._rebound
         conn.attach(channel)
         mid = conn.core.new_message_id()
         channel._bind_message_id = mid
@@ -490,6 +511,19 @@ class MsrpTransport:
         finally:
             if self._connecting.get(key) is future:
                 del self._connecting[key]
+
+    def _reconnect(self, channel: MsrpChannel) -> None:
+        """Bind ``channel`` again on a new connection: its shared one closed before the
+        binding SEND was answered, so the peer never bound it there (a closing connection
+        binds nothing, :meth:`_Connection._lookup`).  Its connect deadline still runs."""
+        log.info("MSRP %s: its shared connection closed before binding", channel.session_id)
+        channel._detached_for_rebind()
+        self._start_connect(channel)
+
+    def _start_connect(self, channel: MsrpChannel) -> None:
+        task = asyncio.create_task(self._connect(channel))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _forget(self, channel: MsrpChannel) -> None:
         self._channels.pop(channel.session_id, None)
