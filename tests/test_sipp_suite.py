@@ -105,7 +105,7 @@ def test_runner_search_hold_and_soak_produce_a_result(
         capsys,
         ["--scenarios", "echo", "--duration", "2", "--hold", "2", "--call-hold", "0.5",
          "--start-rate", "2", "--max-rate", "4", "--rooms", "2",
-         "--soak", "0.25", "--soak-sample", "1"],
+         "--soak", "0.1", "--soak-sample", "1"],
     )  # fmt: skip
     echo = report["scenarios"]["echo"]
     assert echo["searched"] == [4.0] and echo["held"] == [4.0] and echo["median"] == 4.0
@@ -113,11 +113,11 @@ def test_runner_search_hold_and_soak_produce_a_result(
     assert all(t["passed"] for t in echo["trials"])
     (soak,) = report["soaks"]
     assert soak["rate"] == 2.0 and soak["passed"] and soak["failed"] == 0
-    assert soak["calls"] == soak["successful"] == 30
+    assert soak["calls"] == soak["successful"] == 12
     assert soak["rss_samples"] > 0 and soak["rss_growth_percent"] is not None
     assert "## SIPp load-test suite" in text
     assert "| echo | 4 | 4 | **4** |" in text
-    assert "Soak echo: 0.25 min at 2 calls/s, 30 of 30 calls completed, 0 failed" in text
+    assert "Soak echo: 0.1 min at 2 calls/s, 12 of 12 calls completed, 0 failed" in text
 
 
 @pytest.mark.peer("sipp")
@@ -217,13 +217,13 @@ def test_soak_together_offers_echo_and_join_at_once_to_one_server(
         tmp_path,
         capsys,
         ["--scenarios", "echo", "join", "--call-hold", "0.5", "--rooms", "2",
-         "--soak", "0.25", "--soak-rates", "2", "1", "--soak-together", "--soak-sample", "1"],
+         "--soak", "0.1", "--soak-rates", "2", "1", "--soak-together", "--soak-sample", "1"],
     )  # fmt: skip
     assert report["scenarios"] == {}  # rates given: no search
     echo, join = report["soaks"]
     assert (echo["scenario"], echo["rate"], echo["together_with"]) == ("echo", 2.0, ["join"])
     assert (join["scenario"], join["rate"], join["together_with"]) == ("join", 1.0, ["echo"])
-    assert echo["calls"] == echo["successful"] == 30 and join["calls"] == join["successful"] == 15
+    assert echo["calls"] == echo["successful"] == 12 and join["calls"] == join["successful"] == 6
     assert echo["rss_kib_series"] == join["rss_kib_series"] and echo["rss_samples"] > 0
-    assert "Soak echo: 0.25 min at 2 calls/s (at once with join), 30 of 30 calls completed" in text
+    assert "Soak echo: 0.1 min at 2 calls/s (at once with join), 12 of 12 calls completed" in text
     assert "RSS series (s, KiB): " in text
