@@ -37,9 +37,9 @@ a session-initiate straight to the gateway offering XEP-0177 raw UDP with RTP/AV
 translated, no leg (control/xmpp/jingleplain.py): its description and candidate are the
 INVITE's offer, the 200's answer the session-accept, RTP flows phone to phone (no hold; a
 SIP re-offer is answered only when it changes nothing, a refresh, else 488); a bad candidate
-is ``bad-request``. Other plain RTP (ICE without a
-fingerprint, SDES, a plain session-initiate after a proceed, a plain session-accept of ours)
-ends the call with ``unsupported-transports`` (:data:`PLAIN_RTP`; 488 toward a SIP caller).
+is ``bad-request``. Other plain RTP (ICE without a fingerprint, SDES, a plain
+session-initiate after a proceed, a plain session-accept of ours) ends the call with
+``unsupported-transports`` (:data:`PLAIN_RTP`; 488 toward a SIP caller).
 
 aioice 0.13 has no setting for the addresses it gathers host candidates on: with
 ``ice_addresses`` configured, :func:`gathering_on` puts them in for the time aiortc gathers.
@@ -307,8 +307,9 @@ class JingleGateway:
                 call.initiated.set_result(event)
             return
         addresses = self._refusal(iq.sender, iq.recipient)
-        plain = None if webrtc_audio(event.contents) else plain_audio(event.contents)
-        if not webrtc_audio(event.contents) and plain is None:
+        webrtc = webrtc_audio(event.contents)
+        plain = None if webrtc else plain_audio(event.contents)
+        if not webrtc and plain is None:
             addresses = PLAIN_RTP  # refused before any SIP phone rings
         if isinstance(addresses, Reason):
             log.info("Jingle call from %s to %s refused: %s", iq.sender, iq.recipient, addresses)
