@@ -17,15 +17,8 @@ from control.sip import sdp
 from control.sip.uri import NameAddr, SipUri
 from control.xmpp.addressing import Addressing
 from control.xmpp.jingle import Content, Fingerprint, IceTransport, RawUdpTransport, RtpDescription
-from control.xmpp.jinglegw import (
-    PLAIN_RTP,
-    SIP_CODECS,
-    JingleGateway,
-    _use_answer,
-    gathering_on,
-    webrtc_audio,
-)
-from control.xmpp.jinglemedia import WebRtcLeg
+from control.xmpp.jinglegw import PLAIN_RTP, JingleGateway
+from control.xmpp.jinglemedia import SIP_CODECS, WebRtcLeg, gathering_on, use_answer, webrtc_audio
 from control.xmpp.jinglemessage import JingleMessage, read_jingle_message
 
 
@@ -61,7 +54,7 @@ def _answer(*rtpmaps: sdp.RtpMap, port: int = 4000) -> sdp.SessionDescription:
 
 def test_the_answers_codec_becomes_the_legs() -> None:
     leg = WebRtcLeg(PcmuCodec(), 0)
-    _use_answer(leg, _answer(sdp.RtpMap(9, "G722", 8000)))
+    use_answer(leg, _answer(sdp.RtpMap(9, "G722", 8000)))
     assert isinstance(leg.codec, G722Codec) and leg.payload_type == 9
     assert leg.rtp_remote == ("127.0.0.1", 4000)
     assert ("G722", 8000) in SIP_CODECS
@@ -70,10 +63,10 @@ def test_the_answers_codec_becomes_the_legs() -> None:
 def test_an_answer_outside_the_bridged_codecs_is_488() -> None:
     leg = WebRtcLeg(PcmuCodec(), 0)
     with pytest.raises(sdp.SdpError) as refused:
-        _use_answer(leg, _answer(sdp.RtpMap(8, "PCMA", 8000)))
+        use_answer(leg, _answer(sdp.RtpMap(8, "PCMA", 8000)))
     assert refused.value.status == 488
     with pytest.raises(sdp.SdpError):
-        _use_answer(leg, _answer(sdp.RtpMap(0, "PCMU", 8000), port=0))
+        use_answer(leg, _answer(sdp.RtpMap(0, "PCMU", 8000), port=0))
     assert leg.rtp_remote is None
 
 

@@ -32,7 +32,8 @@ from control.media.codecs import G722Codec
 from control.sip import sdp
 from control.xmpp.jingle import Candidate, Content, IceTransport, RawUdpTransport
 from control.xmpp.jinglebuild import build_jingle
-from control.xmpp.jinglegw import PLAIN_RTP, RESOURCE, webrtc_audio
+from control.xmpp.jinglegw import PLAIN_RTP, RESOURCE
+from control.xmpp.jinglemedia import webrtc_audio
 from control.xmpp.jinglemessage import JingleMessage
 from control.xmpp.jinglesdp import sdp_to_jingle
 from control.xmpp.jinglesession import Accepted, Initiated, JingleSession, Terminated

@@ -50,11 +50,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from xml.etree import ElementTree as ET
-
-import aioice.ice
 
 from control.app import IncomingCall, ReOffer, on_reoffer
 from control.media.codecs import PcmuCodec, codec_for
@@ -69,7 +67,6 @@ from control.xmpp.component import Component, XmppIq
 from control.xmpp.jingle import (
     Action,
     Content,
-    IceTransport,
     Jingle,
     JingleError,
     Reason,
@@ -82,7 +79,13 @@ from control.xmpp.jinglecall import (
     reason_for_status,
     status_for_reason,
 )
-from control.xmpp.jinglemedia import WebRtcLeg
+from control.xmpp.jinglemedia import (
+    SIP_CODECS,
+    WebRtcLeg,
+    gathering_on,
+    use_answer,
+    webrtc_audio,
+)
 from control.xmpp.jinglemessage import JingleMessage, jingle_message, read_jingle_message
 from control.xmpp.jingleplain import (
     check_offer,
@@ -100,38 +103,14 @@ from control.xmpp.jinglesession import (
     Terminated,
 )
 
-__all__ = ["PLAIN_RTP", "RESOURCE", "SIP_CODECS", "JingleGateway", "gathering_on", "webrtc_audio"]
+__all__ = ["PLAIN_RTP", "RESOURCE", "JingleGateway"]
 
 log = logging.getLogger("chorus.xmpp.jingle")
 
 RESOURCE = "chorus"  # the resource of the gateway's JIDs in calls (user@<sip domain>/chorus)
-# The bridged codecs (jinglecall.BRIDGED_CODECS) as the SIP side's offer lists them.
-SIP_CODECS: tuple[tuple[str, int], ...] = (("opus", 48000), ("G722", 8000), ("PCMU", 8000))
 _ORIGIN_USER = "chorus"
 # A Jingle audio content the leg cannot terminate (webrtc_audio): the session ends with it.
 PLAIN_RTP = Reason("unsupported-transports", "audio over ICE with DTLS-SRTP only")
-
-_gathering = 0
-_aioice_default = aioice.ice.get_host_addresses
-
-
-@contextlib.contextmanager
-def gathering_on(addresses: Sequence[str]) -> Iterator[None]:
-    """aioice gathers host candidates on ``addresses`` only while inside (module doc); the
-    swap is counted, so overlapping gatherings of several calls restore it once."""
-    global _gathering
-    if not addresses:
-        yield
-        return
-    wanted = list(addresses)
-    _gathering += 1
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(wanted)
-    try:
-        yield
-    finally:
-        _gathering -= 1
-        if _gathering == 0:
-            aioice.ice.get_host_addresses = _aioice_default
 
 
 @dataclass(slots=True)
@@ -385,7 +364,7 @@ class JingleGateway:
             await self._plain_answered(call, response, target)
             return
         try:
-            _use_answer(call.leg, sdp.parse(response.body))
+            use_answer(call.leg, sdp.parse(response.body))
         except SipError as exc:
             log.info("Jingle call to %s: unusable SIP answer: %s", target, exc)
             await self._end(call, "unusable SIP answer", reason=Reason("incompatible-parameters"))
@@ -682,35 +661,5 @@ class JingleGateway:
         task.add_done_callback(self._free.discard)
 
 
-def webrtc_audio(contents: Sequence[Content]) -> bool:
-    """The leg (aiortc) terminates audio over ICE with DTLS-SRTP only: plain RTP, as XEP-0177
-    raw UDP or ICE without a DTLS fingerprint, makes aiortc refuse the description, so such an
-    offer or answer ends the call with :data:`PLAIN_RTP` instead."""
-    return any(
-        c.description is not None
-        and c.description.media == "audio"
-        and isinstance(c.transport, IceTransport)
-        and c.transport.fingerprint is not None
-        for c in contents
-    )
-
-
 def _args(reason: Reason) -> tuple[str, str | None]:
     return reason.condition, reason.text
-
-
-def _use_answer(leg: WebRtcLeg, answer: sdp.SessionDescription) -> None:
-    """The SIP answer to :meth:`JingleGateway._sip_offer`: its first codec becomes the leg's
-    (the offer listed several; the leg carries one), then where its RTP goes."""
-    media = next((m for m in answer.media if m.media == "audio" and not m.rejected), None)
-    if media is None or not media.rtpmaps():
-        raise sdp.SdpError(488, "the answer refuses the audio stream")
-    first = media.rtpmaps()[0]
-    factory = codec_for(first.encoding, first.clock_rate, first.channels or 1, first.fmtp)
-    if factory is None or (first.encoding.lower(), first.clock_rate) not in {
-        (n.lower(), r) for n, r in SIP_CODECS
-    }:
-        raise sdp.SdpError(488, f"the answer picked {first.encoding}/{first.clock_rate}")
-    leg.codec = factory()
-    leg.payload_type = first.payload_type
-    leg.rtp_answered(answer)

@@ -22,9 +22,10 @@ import contextlib
 import fractions
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
+import aioice.ice
 import av
 import numpy as np
 import numpy.typing as npt
@@ -32,18 +33,30 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp as aiortc_candidate
 
-from control.media.codecs import Codec
+from control.media.codecs import Codec, codec_for
 from control.media.rtp import RtpError, RtpPacket
 from control.sip import sdp
 from control.xmpp.jingle import Content, IceTransport
 from control.xmpp.jinglesdp import candidate_to_sdp, jingle_to_sdp, sdp_to_jingle
 
-__all__ = ["FRAME_SAMPLES", "WEBRTC_RATE", "PacedTrack", "WebRtcLeg", "audio_frame"]
+__all__ = [
+    "FRAME_SAMPLES",
+    "SIP_CODECS",
+    "WEBRTC_RATE",
+    "PacedTrack",
+    "WebRtcLeg",
+    "audio_frame",
+    "gathering_on",
+    "use_answer",
+    "webrtc_audio",
+]
 
 WEBRTC_RATE = 48000  # the PCM rate on aiortc's side
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 Groups = tuple[tuple[str, tuple[str, ...]], ...]
 Pcm = npt.NDArray[np.int16]
+# The bridged codecs (jinglecall.BRIDGED_CODECS) as the SIP side's offer lists them.
+SIP_CODECS: tuple[tuple[str, int], ...] = (("opus", 48000), ("G722", 8000), ("PCMU", 8000))
 
 
 def _resampler(rate: int) -> av.AudioResampler:
@@ -304,3 +317,56 @@ class WebRtcLeg:
     def state(self) -> Any:
         """aiortc's connection state: new, connecting, connected, failed, closed."""
         return self.pc.connectionState
+
+
+_gathering = 0
+_aioice_default = aioice.ice.get_host_addresses
+
+
+@contextlib.contextmanager
+def gathering_on(addresses: Sequence[str]) -> Iterator[None]:
+    """aioice gathers host candidates on ``addresses`` only while inside (module doc); the
+    swap is counted, so overlapping gatherings of several calls restore it once."""
+    global _gathering
+    if not addresses:
+        yield
+        return
+    wanted = list(addresses)
+    _gathering += 1
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(wanted)
+    try:
+        yield
+    finally:
+        _gathering -= 1
+        if _gathering == 0:
+            aioice.ice.get_host_addresses = _aioice_default
+
+
+def webrtc_audio(contents: Sequence[Content]) -> bool:
+    """The leg (aiortc) terminates audio over ICE with DTLS-SRTP only: plain RTP, as XEP-0177
+    raw UDP or ICE without a DTLS fingerprint, makes aiortc refuse the description, so such an
+    offer or answer ends the call with :data:`~control.xmpp.jinglegw.PLAIN_RTP` instead."""
+    return any(
+        c.description is not None
+        and c.description.media == "audio"
+        and isinstance(c.transport, IceTransport)
+        and c.transport.fingerprint is not None
+        for c in contents
+    )
+
+
+def use_answer(leg: WebRtcLeg, answer: sdp.SessionDescription) -> None:
+    """The SIP answer to the gateway's offer (control/xmpp/jinglegw.py): its first codec
+    becomes the leg's (the offer listed several; the leg carries one), then where its RTP goes."""
+    media = next((m for m in answer.media if m.media == "audio" and not m.rejected), None)
+    if media is None or not media.rtpmaps():
+        raise sdp.SdpError(488, "the answer refuses the audio stream")
+    first = media.rtpmaps()[0]
+    factory = codec_for(first.encoding, first.clock_rate, first.channels or 1, first.fmtp)
+    if factory is None or (first.encoding.lower(), first.clock_rate) not in {
+        (n.lower(), r) for n, r in SIP_CODECS
+    }:
+        raise sdp.SdpError(488, f"the answer picked {first.encoding}/{first.clock_rate}")
+    leg.codec = factory()
+    leg.payload_type = first.payload_type
+    leg.rtp_answered(answer)
