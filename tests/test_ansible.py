@@ -111,23 +111,6 @@ def run(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 
     return output
 
 
-@pytest.mark.peer("ansible")
-@pytest.mark.parametrize("inventory", ["single", "cluster"])
-def test_syntax_check(inventory: str, tmp_path: Path) -> None:
-    hosts = f"inventories/{inventory}/hosts.yml"
-    out = run([str(PLAYBOOK), "-i", hosts, "--syntax-check", "site.yml"], env=ansible_env(tmp_path))
-    assert "playbook: site.yml" in out
-
-
-@pytest.mark.peer("ansible")
-def test_ansible_lint_production_profile(tmp_path: Path) -> None:
-    out = run(
-        [str(LINT), "--offline", "--profile", "production", "--nocolor"],
-        env=ansible_env(tmp_path),
-    )
-    assert "Passed" in out or "0 failure(s)" in out, out
-
-
 # The ports are handed out before a playbook run of a minute or more, so they come from below
 # the kernel's ephemeral range (32768-60999), where no port-0 socket of another test lands.
 SIGNALLING_PORTS = range(15000, 20000)
@@ -303,6 +286,15 @@ def deployment(
     yield Deployment(tmp / "root", home, ports, output, inventory)
 
 
+@pytest.fixture(scope="module")
+def second_run(deployment: Deployment) -> Iterator[BackgroundRun]:
+    """The idempotence run of the same inventory on the same tree, started as soon as the
+    first run is done: it goes on while the tests that only read the tree (or stop at a check
+    task before any write) run; the services start only after it ended (``services``)."""
+    argv = [str(PLAYBOOK), "-i", str(deployment.inventory), "site.yml"]
+    yield from background(argv, deployment.home, deployment.root.parent / "second-run.log")
+
+
 def recap(output: str) -> dict[str, int]:
     match = re.search(r"^localhost\s+:\s+(.*)$", output, re.M)
     assert match, output[-3000:]
@@ -315,7 +307,11 @@ KEEPALIVED = shutil.which("keepalived") or "/usr/sbin/keepalived"
 
 
 @RENDERS
-def test_every_file_renders_and_validates(deployment: Deployment) -> None:
+def test_every_file_renders_and_validates(
+    deployment: Deployment, second_run: BackgroundRun
+) -> None:
+    # second_run: started here, so the idempotence run goes on while this and the next tests
+    # read the tree (test_a_second_run_changes_nothing waits for it and checks its recap).
     counts = recap(deployment.output)
     assert counts["failed"] == 0 and counts["unreachable"] == 0, counts
     d = deployment
@@ -406,15 +402,25 @@ def test_every_file_renders_and_validates(deployment: Deployment) -> None:
         assert d.path(key).stat().st_mode & 0o777 == 0o640
 
 
-@RENDERS
-def test_a_second_run_changes_nothing(deployment: Deployment) -> None:
-    output = run(
-        [str(PLAYBOOK), "-i", str(deployment.inventory), "site.yml"],
-        env=ansible_env(deployment.home),
-        timeout=900,
+# The syntax check and ansible-lint read only the playbook: they come after the first run, so
+# that they run while the idempotence run (second_run) goes on.
+
+
+@pytest.mark.peer("ansible")
+@pytest.mark.parametrize("inventory", ["single", "cluster"])
+def test_syntax_check(inventory: str, tmp_path: Path) -> None:
+    hosts = f"inventories/{inventory}/hosts.yml"
+    out = run([str(PLAYBOOK), "-i", hosts, "--syntax-check", "site.yml"], env=ansible_env(tmp_path))
+    assert "playbook: site.yml" in out
+
+
+@pytest.mark.peer("ansible")
+def test_ansible_lint_production_profile(tmp_path: Path) -> None:
+    out = run(
+        [str(LINT), "--offline", "--profile", "production", "--nocolor"],
+        env=ansible_env(tmp_path),
     )
-    counts = recap(output)
-    assert counts["changed"] == 0 and counts["failed"] == 0, output[-6000:]
+    assert "Passed" in out or "0 failure(s)" in out, out
 
 
 @RENDERS
@@ -519,13 +525,18 @@ def cluster_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background
     the deployment's run does (each is one Ansible process, mostly one core's work)."""
     tmp = tmp_path_factory.mktemp("cluster")
     argv = [str(PLAYBOOK), "-i", str(write_cluster_inventory(tmp)), "site.yml"]
-    log = tmp / "ansible-playbook.log"  # a file, not a pipe nobody reads while it runs
+    yield from background(argv, tmp / "home", tmp / "ansible-playbook.log", root=tmp)
+
+
+def background(
+    argv: list[str], home: Path, log: Path, *, root: Path | None = None
+) -> Iterator[BackgroundRun]:
+    """``argv`` started now with Ansible's state under ``home``, its output in ``log`` (a
+    file, not a pipe nobody reads while it runs); killed at teardown if still going."""
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            argv, cwd=ANSIBLE, env=ansible_env(tmp / "home"), stdout=out, stderr=out
-        )
+        process = subprocess.Popen(argv, cwd=ANSIBLE, env=ansible_env(home), stdout=out, stderr=out)
     try:
-        yield BackgroundRun(tmp, process, argv, log)
+        yield BackgroundRun(root or log.parent, process, argv, log)
     finally:
         if process.poll() is None:
             process.kill()
@@ -568,6 +579,13 @@ def test_the_cluster_shape_renders_on_one_machine(cluster_run: BackgroundRun) ->
     for media in ("media1", "media2"):
         assert (tmp_path / media / "etc/freeswitch-chorus/vars.xml").is_file()
     assert (tmp_path / "xmpp1" / "etc/prosody/chorus.cfg.lua").is_file()
+
+
+@RENDERS
+def test_a_second_run_changes_nothing(second_run: BackgroundRun) -> None:
+    output = second_run.output()
+    counts = recap(output)
+    assert counts["changed"] == 0 and counts["failed"] == 0, output[-6000:]
 
 
 # --- the services, started from what Ansible rendered -----------------------------------------
@@ -642,7 +660,10 @@ def kamailio_up(port: int) -> bool:
 
 
 @pytest.fixture
-def services(deployment: Deployment) -> Iterator[dict[str, UnitProcess]]:
+def services(deployment: Deployment, second_run: BackgroundRun) -> Iterator[dict[str, UnitProcess]]:
+    # The services write under site_root (logs, spool, Prosody's data): only once the
+    # idempotence run is over, so it checks the tree the first run left, as it did in series.
+    second_run.process.wait(timeout=900)
     d = deployment
     units = d.path("/etc/systemd/system")
     logs = d.root.parent
