@@ -67,7 +67,10 @@ class ChorusProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
 
-    def start(self, timeout: float = 20.0) -> ChorusProcess:
+    def start(self, timeout: float = 60.0) -> ChorusProcess:
+        """Start ``chorus serve`` and wait for its ready line. ``timeout`` is a bound on a
+        hung start, not a speed check: on a loaded machine a start took over 20 s. A start
+        that fails kills the process, or it would outlive the test and load the machine."""
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "control.cli", "serve", "--config", str(self.config_path)],
@@ -87,6 +90,7 @@ class ChorusProcess:
         deadline = time.monotonic() + timeout
         while not ready.wait(0.05):
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop(timeout=5.0)
                 raise RuntimeError(f"chorus did not start:\n{self.log()}")
         return self
 
