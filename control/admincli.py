@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from control.apiaccess import api_url, load_token
 from control.config import Config
-from control.web.api import api_url, load_token
 
 __all__ = ["COMMANDS", "add_commands", "run"]
 

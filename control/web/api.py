@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -29,13 +27,13 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from control.apiaccess import api_url, load_token  # re-exported (the CLI's: no aiohttp)
 from control.conference.chat import ChatMember
 from control.conference.info import media_status
 from control.conference.infosubs import nicknames
 from control.conference.moderation import Moderation, check_pin, find_participant
 from control.conference.participant import Participant
 from control.conference.room import Room
-from control.config import Config
 from control.media.engine import RoomId
 from control.sip.errors import SipError
 from control.sip.uri import SipUri, parse_uri
@@ -54,8 +52,6 @@ __all__ = [
 
 log = logging.getLogger("chorus.api")
 
-TOKEN_FILE = "token"
-URL_FILE = "url"
 MAX_BODY = 64 * 1024  # an action's JSON body
 
 
@@ -70,40 +66,6 @@ class ConferenceControl(Protocol):
 
 class FileLister(Protocol):
     def list(self, room: str) -> list[Any]: ...
-
-
-def api_dir(config: Config) -> Path:
-    return Path(config.server.spool_dir) / "api"
-
-
-def load_token(config: Config, *, create: bool = True) -> str:
-    """``[api] token``, else the spool's token file, generated (0600) when missing."""
-    if config.api.token is not None:
-        return config.api.token
-    path = api_dir(config) / TOKEN_FILE
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        if not create:
-            raise
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as out:
-        out.write(token + "\n")
-    return token
-
-
-def api_url(config: Config) -> str:
-    """Where the running node's API listens: the configured port, else the spool's URL file."""
-    listen = config.api.listen
-    if listen.port:
-        host = f"[{listen.host}]" if ":" in listen.host else listen.host
-        return f"http://{host}:{listen.port}"
-    return (api_dir(config) / URL_FILE).read_text().strip()
 
 
 class ApiError(Exception):
