@@ -19,12 +19,11 @@ from hypothesis import strategies as st
 
 from control.config import ListenAddress
 from control.sip.errors import SipParseError
+from control.sip.framing import StreamFramer, build_error_response
 from control.sip.headers import COMPACT_FORMS, CSeq, Via
 from control.sip.message import (
     Request,
     Response,
-    StreamFramer,
-    build_error_response,
     parse_message,
 )
 from control.sip.transport import Peer, SipTransportLayer, StreamConnection, _UdpProtocol

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from control.sip.errors import SipError, SipParseError
+from control.sip.framing import StreamFramer, build_error_response
 from control.sip.headers import (
     COMPACT_FORMS,
     CSeq,
@@ -18,8 +19,6 @@ from control.sip.headers import (
 from control.sip.message import (
     Request,
     Response,
-    StreamFramer,
-    build_error_response,
     parse_message,
 )
 from control.sip.uri import (

@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 
 from control.sip.errors import SipParseError
+from control.sip.framing import StreamFramer, build_error_response
 from control.sip.headers import Headers
 from control.sip.message import (
     Request,
     Response,
-    StreamFramer,
-    build_error_response,
     parse_message,
 )
 from control.sip.uri import AbsoluteUri, NameAddr, SipUri, parse_name_addr

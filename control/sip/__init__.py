@@ -16,12 +16,11 @@ from control.sip.events import (
     TimedOut,
     TransactionTerminated,
 )
+from control.sip.framing import StreamFramer, build_error_response
 from control.sip.headers import ContentType, CSeq, Headers, Via, parse_cseq, parse_via
 from control.sip.message import (
     Request,
     Response,
-    StreamFramer,
-    build_error_response,
     parse_message,
     reason_phrase,
 )

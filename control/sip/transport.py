@@ -23,13 +23,12 @@ from typing import TextIO, cast
 
 from control.config import ListenAddress
 from control.sip.errors import SipError, SipParseError
+from control.sip.framing import StreamFramer, build_error_response
 from control.sip.headers import parse_via
 from control.sip.message import (
     MAX_BODY_BYTES,
     Request,
     Response,
-    StreamFramer,
-    build_error_response,
     parse_message,
 )
 from control.sip.uri import format_host, split_header_list
