@@ -277,7 +277,7 @@ class ConferenceApp:
             call.reject(488, "no acceptable stream")
             self._drop_if_empty(room)
             return
-        answer = sdp.serialize(state.answer(offer, result.decisions))
+        answer = state.answer_body(offer, result.decisions)
         if call.cancelled or call.answered:
             await result.abort()
             self._drop_if_empty(room)
@@ -392,7 +392,7 @@ class ConferenceApp:
         # A re-offer may leave the session with no stream at all (audio removed, nothing
         # else): the participant stays in the room, and a later re-INVITE adds media again.
         try:
-            answer = sdp.serialize(participant.sdp.answer(description, result.decisions))
+            answer = participant.sdp.answer_body(description, result.decisions)
         except SipError as exc:
             await result.abort()
             reoffer.reject(exc.status, exc.reason)

@@ -119,7 +119,7 @@ class EngineEvents:
         decisions = list(participant.decisions)
         decisions[index] = decision
         participant.decisions = decisions
-        body = sdp.serialize(participant.sdp.answer(remote, decisions))
+        body = participant.sdp.answer_body(remote, decisions)
         response = await participant.session.reinvite(body)
         if response.status >= 300:
             log.warning(

@@ -480,20 +480,20 @@ class Referrals:
         if dial.failure is None and dial.room.full:
             dial.failure = (486, "Room is full")
         if dial.failure is not None:
-            return sdp.serialize(state.answer(offer, rejected))
+            return state.answer_body(offer, rejected)
         try:
             result = await negotiate(
                 offer, {}, self.host.answerer(dial.room, participant_id, target.identity)
             )
         except SipError as exc:
             dial.failure = (exc.status, exc.reason)
-            return sdp.serialize(state.answer(offer, rejected))
+            return state.answer_body(offer, rejected)
         dial.negotiation = result
         if not result.accepted:
             dial.failure = (488, "No acceptable stream")
-            return sdp.serialize(state.answer(offer, rejected))
+            return state.answer_body(offer, rejected)
         dial.state = state
-        return sdp.serialize(state.answer(offer, result.decisions))
+        return state.answer_body(offer, result.decisions)
 
     # --- the rooms' and the server's end ---------------------------------------------------
 

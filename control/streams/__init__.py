@@ -27,7 +27,7 @@ How an application uses it (echo does exactly this; the conference the same with
     result = await negotiate(offer, participant_streams, answerer)   # {} for an initial offer
     if not result.accepted:
         await result.abort(); reject 488
-    answer = sdp.serialize(sdp_session.answer(offer, result.decisions))
+    answer = sdp_session.answer_body(offer, result.decisions)
     try: send the answer (call.accept / session.answer_reinvite)
     except ...: await result.abort(); raise
     await result.commit()            # closes removed/replaced streams (after the answer)

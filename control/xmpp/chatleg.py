@@ -94,7 +94,7 @@ async def answer_chat(
         raise SipError(488, "no usable MSRP chat stream")
     stream = chats[0]
     state = _sdp_session(rng, stream.channel.local_uri.host)
-    answer = sdp.serialize(state.answer(offer, result.decisions))
+    answer = state.answer_body(offer, result.decisions)
     await result.commit()
     leg = ChatLeg(
         channel=stream.channel,
@@ -120,7 +120,7 @@ async def reanswer(leg: ChatLeg, reoffer: ReOffer) -> bool:
         await result.abort()
         reoffer.reject(488, "the chat stream cannot change in this session")
         return False
-    reoffer.answer(sdp.serialize(leg.local_sdp.answer(reoffer.offer, result.decisions)))
+    reoffer.answer(leg.local_sdp.answer_body(reoffer.offer, result.decisions))
     await result.commit()
     leg.streams = dict(result.streams)
     return True
@@ -146,7 +146,7 @@ def _reanswer_ours(leg: ChatLeg, stream: ChatStream, reoffer: ReOffer) -> bool:
         stream.local_uri, CHAT_TYPES, accept_wrapped_types=WRAPPED_TYPES, setup=setup
     )
     assert leg.local_sdp is not None
-    reoffer.answer(sdp.serialize(leg.local_sdp.answer(offer, [accept])))
+    reoffer.answer(leg.local_sdp.answer_body(offer, [accept]))
     return True
 
 
