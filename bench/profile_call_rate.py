@@ -36,10 +36,20 @@ from tests.peers.sipp import run_sipp
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("SIP parse / serialise", ("sip/message.py", "sip/headers.py", "sip/uri.py")),
     ("SDP", ("sip/sdp/", "media/answer.py")),
-    ("transactions + timers", ("sip/transaction.py", "sip/timers.py", "sip/matching.py")),
+    (
+        "transactions + timers",
+        ("sip/transaction.py", "sip/timers.py", "sip/timerheap.py", "sip/matching.py"),
+    ),
     (
         "dialog / session / UA",
-        ("sip/useragent.py", "sip/session.py", "sip/dialog.py", "sip/sessiontimer.py"),
+        (
+            "sip/useragent.py",
+            "sip/compose.py",
+            "sip/counters.py",
+            "sip/session.py",
+            "sip/dialog.py",
+            "sip/sessiontimer.py",
+        ),
     ),
     ("app routing", ("control/app.py", "control/server.py", "control/streams")),
     ("echo media set-up (RTP sockets, RTCP)", ("control/echo/", "media/ports.py", "media/rtcp")),

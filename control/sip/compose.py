@@ -1,5 +1,5 @@
-"""Composing what the UA sends out of dialog: requests (RFC 3261 §8.1.1) and status lines,
-and the identity every message of ours carries (Allow, User-Agent / Server).
+"""Composing what the UA sends out of dialog: requests (RFC 3261 §8.1.1), and the identity
+every message of ours carries (Allow, User-Agent / Server).
 
 Kept apart from the user agent: applications, the session layer and tests build requests
 without needing the UA's transaction machinery.
@@ -8,10 +8,10 @@ without needing the UA's transaction machinery.
 from __future__ import annotations
 
 from control.sip.headers import Headers
-from control.sip.message import Request, reason_phrase
+from control.sip.message import Request
 from control.sip.uri import NameAddr, Uri
 
-__all__ = ["ALLOWED_METHODS", "USER_AGENT", "build_request", "status_line"]
+__all__ = ["ALLOWED_METHODS", "USER_AGENT", "build_request"]
 
 ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO"
 USER_AGENT = "Chorus/0.1"
@@ -45,7 +45,3 @@ def build_request(
     if content_type is not None:
         headers.add("Content-Type", content_type)
     return Request(headers=headers, body=body, method=method, uri=uri)
-
-
-def status_line(status: int) -> str:
-    return f"{status} {reason_phrase(status)}"

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from control.sip.compose import ALLOWED_METHODS, USER_AGENT, build_request, status_line
+from control.sip.compose import ALLOWED_METHODS, USER_AGENT, build_request
 from control.sip.counters import COUNTED_METHODS, SipCounters, counted_method
 from control.sip.dialog import DialogId, dialog_id_of_request
 from control.sip.errors import SipError
@@ -65,7 +65,6 @@ __all__ = [
     "UserAgent",
     "build_request",
     "counted_method",
-    "status_line",
 ]
 
 log = logging.getLogger("chorus.sip.ua")
