@@ -34,7 +34,10 @@ from tests.peers.sipp import run_sipp
 
 # A frame's file names the stage it belongs to; the first match from the leaf wins.
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("SIP parse / serialise", ("sip/message.py", "sip/headers.py", "sip/uri.py")),
+    (
+        "SIP parse / serialise",
+        ("sip/message.py", "sip/framing.py", "sip/headers.py", "sip/uri.py"),
+    ),
     ("SDP", ("sip/sdp/", "media/answer.py")),
     (
         "transactions + timers",
