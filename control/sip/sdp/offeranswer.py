@@ -21,8 +21,8 @@ from control.sip.sdp.model import (
     SdpError,
     SessionDescription,
     Timing,
-    serialize,
 )
+from control.sip.sdp.wire import serialize
 
 __all__ = [
     "Accept",
