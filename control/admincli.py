@@ -27,10 +27,12 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from control.apiaccess import api_url, load_token
-from control.config import Config
+
+if TYPE_CHECKING:
+    from control.config import Config
 
 __all__ = ["COMMANDS", "add_commands", "run"]
 

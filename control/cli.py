@@ -11,13 +11,11 @@ The node's wiring is control/node.py; ``build_server``, ``serve``, ``gateway_set
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from control import admincli, package_version
-from control.config import ConfigError, load_config
 
 if TYPE_CHECKING:
     from control.node import build_server, gateway_settings, muc_gateway, serve
@@ -50,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     drain.add_argument("--config", type=Path, help="the node's TOML configuration file")
     drain.add_argument("--undo", action="store_true", help="take new rooms again")
     admincli.add_commands(commands)  # rooms, room show, kick, mute, lock, pin, end, api-token
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --version and --help exit here, having loaded nothing
+    from control.config import ConfigError, load_config
+
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"chorus: node {pid} {'takes new rooms again' if args.undo else 'drains'}")
         return 0
+    import asyncio
+
     from control.logs import configure_logging
     from control.node import serve
     from control.server import loop_factory
