@@ -198,6 +198,10 @@ def _parse_sip(section: _Section) -> SipConfig:
         max_subscriptions_per_source=section.integer(
             "max_subscriptions_per_source", default.max_subscriptions_per_source, minimum=1
         ),
+        overload_lag_ms=section.integer("overload_lag_ms", default.overload_lag_ms, minimum=0),
+        overload_retry_after=section.integer(
+            "overload_retry_after", default.overload_retry_after, minimum=0
+        ),
     )
     section.finish()
     return config

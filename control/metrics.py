@@ -187,6 +187,26 @@ class _NodeCollector(Collector):
             "SIP transactions alive (Timer J/K included)",
             ua.transaction_count,
         )
+        guard = ua.overload  # [sip] overload_lag_ms; None: off, nothing is ever shed
+        yield _by_method(
+            "chorus_sip_overload_shed",
+            "New out-of-dialog requests refused 503 while the event loop was behind",
+            guard.shed if guard is not None else {},
+        )
+        yield _gauge(
+            "chorus_sip_overloaded",
+            "1 while new requests are refused because the event loop is behind",
+            1 if guard is not None and guard.overloaded else 0,
+        )
+        if guard is not None:
+            yield _counter(
+                "chorus_sip_overload_entered", "Times the node went into overload", guard.entered
+            )
+            yield _gauge(
+                "chorus_event_loop_lag_seconds",
+                "How late the loop's periodic probe runs, averaged over about a second",
+                guard.lag,
+            )
 
     def _msrp(self) -> Iterator[Metric]:
         msrp = self.sources.msrp

@@ -31,6 +31,7 @@ from control.msrp.trace import MsrpTracer
 from control.msrp.transport import MsrpTransport
 from control.sip.message import Request
 from control.sip.notifier import EventPolicy, SubscriptionBook
+from control.sip.overload import OverloadGuard
 from control.sip.session import IncomingCall as SipCall
 from control.sip.session import timer_terms
 from control.sip.sessiontimer import MIN_SE_FLOOR, TimerPolicy
@@ -110,6 +111,11 @@ class Server:
             if config.sip.outbound_proxy
             else None,
             session_timers=TimerPolicy(config.sip.session_expires, config.sip.min_se),
+            overload=OverloadGuard(
+                config.sip.overload_lag_ms / 1000, retry_after=config.sip.overload_retry_after
+            )
+            if config.sip.overload_lag_ms
+            else None,
         )
         if config.sip.min_se < MIN_SE_FLOOR:
             log.warning(
@@ -186,6 +192,7 @@ class Server:
         )
         self.ua.transport = self.transport
         await self.transport.start(self.config.sip.listen)
+        self.ua.watch_load()  # [sip] overload_lag_ms: the lag probe, stopped by ua.close
         for bound in self.transport.bound:
             log.info("listening on %s", bound)
         await self.msrp.start(self.config.msrp.listen, ssl_server=ssl_server, ssl_client=ssl_client)

@@ -57,6 +57,8 @@ class SipConfig:
     subscription_max_expires: int = 3600  # RFC 6665 §4.2.1.1: longer Expires are shortened
     subscription_min_expires: int = 60  # shorter (but not 0) is 423 with this Min-Expires
     max_subscriptions_per_source: int = 100  # live subscriptions per source IP; more get 503
+    overload_lag_ms: int = 0  # smoothed event-loop lag that sheds new requests (503); 0: off
+    overload_retry_after: int = 2  # Retry-After of those 503s, seconds
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,9 @@ from control.sip.events import (
     TimedOut,
     TransactionTerminated,
 )
+from control.sip.lagprobe import LagProbe
 from control.sip.message import Request, Response
+from control.sip.overload import OverloadGuard
 from control.sip.sessiontimer import Negotiated, TimerPolicy
 from control.sip.subscription import EventKey, parse_event
 from control.sip.timerheap import TimerHeap, TimerOwner
@@ -190,8 +192,12 @@ class UserAgent:
         outbound_proxy: Uri | None = None,
         rng: random.Random | None = None,
         session_timers: TimerPolicy | None = TimerPolicy(),
+        overload: OverloadGuard | None = None,
     ) -> None:
         self.timers = timers
+        # Load shedding (control/sip/overload.py); None: off, one attribute check per request.
+        self.overload = overload
+        self._probe: LagProbe | None = None
         self.session_timers = session_timers  # RFC 4028 policy for every session; None: off
         self.advertised_address = advertised_address
         self.outbound_proxy = outbound_proxy
@@ -309,7 +315,8 @@ class UserAgent:
             entry.txn.receive_request(request, self.now())
             self.pump_server(entry.txn, entry.source)
             return
-        self.counters.requests_received[counted_method(request.method)] += 1
+        method = counted_method(request.method)
+        self.counters.requests_received[method] += 1
         if request.method == "ACK":
             self._handle_2xx_ack(request, peer)
             return
@@ -340,6 +347,11 @@ class UserAgent:
                 incoming.respond(481)
                 return
             usage.handle_request(incoming)
+            return
+        if self.overload is not None and not self.overload.admit(now, method):
+            # RFC 3261 §21.5.4: behind, so new work waits; answered in the transaction, so
+            # the client's retransmissions get this 503 again and cost no more.
+            incoming.respond(503, headers=[("Retry-After", self.overload.retry_header)])
             return
         if self.request_handler is None:
             incoming.respond(503)
@@ -613,7 +625,17 @@ class UserAgent:
         if exc is not None:
             log.error("task %s failed", task.get_coro(), exc_info=exc)
 
+    def watch_load(self) -> None:
+        """Start the loop-lag probe that feeds ``overload`` (a no-op without one); `close`
+        stops it."""
+        if self.overload is not None and self.overload.enabled and self._probe is None:
+            self._probe = LagProbe(self.overload)
+            self._probe.start()
+
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.stop()
+            self._probe = None
         if self._timer is not None:
             self._timer.cancel()
         if self._trying_timer is not None:
