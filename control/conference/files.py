@@ -270,6 +270,11 @@ class ConferenceFiles:
         if not task.cancelled() and task.exception() is not None:
             log.error("applying after_room_ends failed", exc_info=task.exception())
 
+    async def rooms_ended(self) -> None:
+        """Wait for the ``after_room_ends`` policy of every room that has ended so far: it
+        runs on the spool's worker thread, in real time, after the room left the table."""
+        await asyncio.gather(*self._ending, return_exceptions=True)
+
     async def _room_ended(self, room: Room, *, still_gone: Callable[[], bool]) -> None:
         """Wait for the room's transfers and pushes to settle, then apply ``[files]
         after_room_ends`` — unless ``still_gone()`` says a new room of the same URI has
@@ -324,5 +329,5 @@ class ConferenceFiles:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._running.clear()
         # A room that ended just before: its policy runs to the end on the open database.
-        await asyncio.gather(*self._ending, return_exceptions=True)
+        await self.rooms_ended()
         self.files.close()
