@@ -27,10 +27,6 @@ class LagProbe:
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
 
-    @property
-    def running(self) -> bool:
-        return self._handle is not None
-
     def start(self) -> None:
         if self._handle is not None:
             return
